@@ -1,0 +1,36 @@
+# directord: see README.md. Targets that touch the network need root.
+GO ?= go
+STATICCHECK_VERSION ?= v0.8.2
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS = -X main.version=$(VERSION)
+
+.PHONY: all build test lint demo clean clean-lab
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/directord ./cmd/directorctl
+
+# Unit tests and the network-namespace integration tests (root needed;
+# without root they skip, except under CI=true where they fail).
+test:
+	$(GO) test -count=1 ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# Builds, starts directord in a lab of network namespaces, shows it working
+# and removes everything again.
+demo: build
+	$(GO) run ./internal/demo -bin bin
+
+clean:
+	rm -rf bin
+
+# Removes lab namespaces left behind by a test run that was killed (-9).
+# Do not run it while tests run: it cannot tell theirs from leftovers.
+clean-lab:
+	ip netns list | awk '/^dl[0-9a-f]{6}-/ {print $$1}' | xargs -r -n1 ip netns del

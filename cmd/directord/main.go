@@ -1,0 +1,86 @@
+// Command directord is the director daemon: VRRP for the virtual addresses,
+// the kernel load balancer, health checks and the replicated table.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/internal/daemon"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("directord", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("c", "/etc/directord/directord.toml", "configuration `file`")
+	check := fs.Bool("t", false, "check the configuration file and exit: 0 valid, 1 not")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "directord: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "directord", version)
+		return 0
+	}
+	if *check {
+		return checkConfig(*file, stdout, stderr)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{})
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	err := daemon.Run(ctx, daemon.Options{ConfigFile: *file, Version: version, Reload: reload, Log: stderr})
+	if err != nil {
+		printError(stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func checkConfig(file string, stdout, stderr io.Writer) int {
+	if _, err := config.Load(file); err != nil {
+		printError(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: configuration is valid\n", file)
+	return 0
+}
+
+func printError(w io.Writer, err error) {
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		for _, p := range ce.Problems {
+			fmt.Fprintln(w, p)
+		}
+		fmt.Fprintf(w, "directord: %d problem(s) in the configuration\n", len(ce.Problems))
+		return
+	}
+	fmt.Fprintln(w, "directord:", err)
+}

@@ -1,0 +1,171 @@
+// Package config reads directord's TOML file strictly and turns it into a
+// validated Config. Every problem is reported with the file, the line and
+// the key, and all problems of a file are reported together.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is a validated configuration with every default filled in.
+type Config struct {
+	// File is the path the configuration was read from.
+	File           string          `json:"file"`
+	Node           Node            `json:"node"`
+	Dataplane      Dataplane       `json:"dataplane"`
+	VRRP           []VRRPInstance  `json:"vrrp_instance"`
+	VirtualServers []VirtualServer `json:"virtual_server"`
+	// Cluster is nil when the file has no [cluster] section: a single
+	// director with no peer.
+	Cluster *Cluster `json:"cluster,omitempty"`
+}
+
+type Node struct {
+	Name          string `json:"name"`
+	DataDir       string `json:"data_dir"`
+	StatusSocket  string `json:"status_socket"`
+	MetricsListen string `json:"metrics_listen,omitempty"`
+	LogFormat     string `json:"log_format"`
+	LogLevel      string `json:"log_level"`
+}
+
+type Dataplane struct {
+	Kind string `json:"kind"`
+}
+
+type VRRPInstance struct {
+	Name         string         `json:"name"`
+	Interface    string         `json:"interface"`
+	VRID         uint8          `json:"virtual_router_id"`
+	Priority     uint8          `json:"priority"`
+	AdvertInt    time.Duration  `json:"advert_int"`
+	Version      int            `json:"version"`
+	Preempt      bool           `json:"preempt"`
+	PreemptDelay time.Duration  `json:"preempt_delay"`
+	VIPs         []netip.Prefix `json:"virtual_ipaddress"`
+	// UnicastSrc is the zero Addr when the interface's primary address is used.
+	UnicastSrc   netip.Addr   `json:"unicast_src_ip,omitzero"`
+	UnicastPeers []netip.Addr `json:"unicast_peer"`
+}
+
+// IPv6 reports whether the instance carries IPv6 addresses.
+func (v VRRPInstance) IPv6() bool { return len(v.VIPs) > 0 && v.VIPs[0].Addr().Is6() }
+
+type VirtualServer struct {
+	Name               string         `json:"name"`
+	Address            netip.AddrPort `json:"address"`
+	Protocol           string         `json:"protocol"`
+	Scheduler          string         `json:"scheduler"`
+	Forwarding         string         `json:"forwarding"`
+	PersistenceTimeout time.Duration  `json:"persistence_timeout"`
+	RealServers        []RealServer   `json:"real_server"`
+	HealthCheck        *HealthCheck   `json:"health_check,omitempty"`
+}
+
+type RealServer struct {
+	Address netip.AddrPort `json:"address"`
+	Weight  int            `json:"weight"`
+}
+
+type HealthCheck struct {
+	Type     string        `json:"type"`
+	Path     string        `json:"path,omitempty"`
+	Interval time.Duration `json:"interval"`
+	Timeout  time.Duration `json:"timeout"`
+	Rise     int           `json:"rise"`
+	Fall     int           `json:"fall"`
+}
+
+type Cluster struct {
+	Bind     netip.AddrPort `json:"bind"`
+	RaftBind netip.AddrPort `json:"raft_bind"`
+	Peers    []string       `json:"peers"`
+}
+
+// Problem is one thing wrong with a file.
+type Problem struct {
+	File string
+	Line int // 0 when the problem has no single line
+	Key  string
+	Msg  string
+}
+
+func (p Problem) String() string {
+	var b strings.Builder
+	b.WriteString(p.File)
+	if p.Line > 0 {
+		fmt.Fprintf(&b, ":%d", p.Line)
+	}
+	b.WriteString(": ")
+	if p.Key != "" {
+		b.WriteString(p.Key)
+		b.WriteString(": ")
+	}
+	b.WriteString(p.Msg)
+	return b.String()
+}
+
+// Error lists every problem found in a file.
+type Error struct {
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	lines := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Load reads and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse validates data as if read from file. On failure the error is an
+// *Error listing every problem.
+func Parse(file string, data []byte) (*Config, error) {
+	var raw rawConfig
+	md, err := toml.Decode(string(data), &raw)
+	if err != nil {
+		return nil, &Error{Problems: []Problem{decodeProblem(file, err)}}
+	}
+	v := &validator{file: file, pos: scanPositions(string(data))}
+	v.unknownKeys(md.Undecoded())
+	cfg := v.config(&raw)
+	if len(v.problems) > 0 {
+		return nil, &Error{Problems: v.problems}
+	}
+	cfg.File = file
+	return cfg, nil
+}
+
+var lineInText = regexp.MustCompile(`^toml: line (\d+)(?: \(last key "([^"]*)"\))?: (.*)$`)
+
+// decodeProblem turns a toml error into a Problem. Syntax errors come as
+// ParseError with a position; type mismatches only carry the line in text.
+func decodeProblem(file string, err error) Problem {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		return Problem{File: file, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
+	}
+	if m := lineInText.FindStringSubmatch(err.Error()); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return Problem{File: file, Line: line, Key: m[2], Msg: m[3]}
+	}
+	return Problem{File: file, Msg: err.Error()}
+}

@@ -1,0 +1,315 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `
+[node]
+name = "lb1"
+`
+
+func TestExampleIsValid(t *testing.T) {
+	_, self, _, _ := runtime.Caller(0)
+	path := filepath.Join(filepath.Dir(self), "..", "..", "etc", "directord.toml")
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatalf("etc/directord.toml: %v", err)
+	}
+	if cfg.Node.Name != "lb1" || len(cfg.VRRP) != 1 || len(cfg.VirtualServers) != 1 || cfg.Cluster == nil {
+		t.Fatalf("example decoded wrongly: %+v", cfg)
+	}
+	vs := cfg.VirtualServers[0]
+	if len(vs.RealServers) != 2 || vs.RealServers[1].Weight != 2 || vs.HealthCheck.Fall != 3 {
+		t.Fatalf("virtual server decoded wrongly: %+v", vs)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Parse("m.toml", []byte(minimal+`
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 7
+virtual_ipaddress = ["192.0.2.1", "192.0.2.2/24"]
+
+[[virtual_server]]
+name = "dns"
+address = "192.0.2.1:53"
+  [virtual_server.health_check]
+  type = "http"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Node.StatusSocket != DefaultStatusSocket || cfg.Node.DataDir != DefaultDataDir || cfg.Node.LogFormat != "text" || cfg.Node.LogLevel != "info" {
+		t.Errorf("node defaults: %+v", cfg.Node)
+	}
+	if cfg.Dataplane.Kind != "auto" || cfg.Cluster != nil {
+		t.Errorf("dataplane %q, cluster %v", cfg.Dataplane.Kind, cfg.Cluster)
+	}
+	in := cfg.VRRP[0]
+	if in.Priority != 100 || in.Version != 3 || in.AdvertInt != time.Second || !in.Preempt {
+		t.Errorf("vrrp defaults: %+v", in)
+	}
+	if want := netip.MustParsePrefix("192.0.2.1/32"); in.VIPs[0] != want {
+		t.Errorf("bare VIP = %v, want %v", in.VIPs[0], want)
+	}
+	vs := cfg.VirtualServers[0]
+	if vs.Protocol != "tcp" || vs.Scheduler != "wlc" || vs.Forwarding != "nat" || vs.HealthCheck.Path != "/" {
+		t.Errorf("virtual server defaults: %+v %+v", vs, vs.HealthCheck)
+	}
+}
+
+// problems parses src and returns its problems as "line key: msg" strings.
+func problems(t *testing.T, src string) []string {
+	t.Helper()
+	_, err := Parse("f.toml", []byte(src))
+	if err == nil {
+		return nil
+	}
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("error is %T, not *Error: %v", err, err)
+	}
+	var out []string
+	for _, p := range ce.Problems {
+		if p.File != "f.toml" {
+			t.Errorf("problem names file %q", p.File)
+		}
+		out = append(out, p.String())
+	}
+	return out
+}
+
+func TestProblems(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  string
+		want []string // each must appear, in order, as a substring of one problem
+	}{
+		{"missing node", `[dataplane]
+kind = "auto"`, []string{"f.toml: node: missing [node] section"}},
+		{"syntax error", "[node]\nname = \"lb1\nx = 1\n", []string{"f.toml:2: "}},
+		{"type mismatch", "[node]\nname = \"lb1\"\n[[vrrp_instance]]\npriority = \"high\"\n", []string{"f.toml:4: vrrp_instance.priority: incompatible types"}},
+		{"misspelt key with suggestion", minimal + `[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 1
+priorty = 100
+virtual_ipaddress = ["192.0.2.1"]
+`, []string{`f.toml:8: vrrp_instance.priorty: unknown key (did you mean "priority"?)`}},
+		{"unknown table reported once", minimal + "[global]\nfoo = 1\nbar = 2\n", []string{"f.toml:4: global: unknown key"}},
+		{"misspelt key in second real server", minimal + `[[virtual_server]]
+name = "a"
+address = "192.0.2.1:80"
+  [[virtual_server.real_server]]
+  address = "203.0.113.1:80"
+  [[virtual_server.real_server]]
+  address = "203.0.113.2:80"
+  wieght = 3
+`, []string{`f.toml:11: virtual_server.real_server.wieght: unknown key (did you mean "weight"?)`}},
+		{"ranges", minimal + `[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 256
+priority = 0
+version = 4
+virtual_ipaddress = ["192.0.2.1"]
+`, []string{
+			"f.toml:7: vrrp_instance[0].virtual_router_id: 256 is out of range [1, 255]",
+			"f.toml:8: vrrp_instance[0].priority: 0 is out of range [1, 255]",
+			"f.toml:9: vrrp_instance[0].version: 4 is out of range [2, 3]",
+		}},
+		{"duplicate VRID and VIP across instances", minimal + `[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24"]
+
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24", "192.0.2.300/24"]
+`, []string{
+			`f.toml:14: vrrp_instance[1].virtual_ipaddress[0]: 192.0.2.100 is already a virtual address of instance "VI_1" (line 8)`,
+			`f.toml:14: vrrp_instance[1].virtual_ipaddress[1]: "192.0.2.300/24" is not an address in CIDR notation`,
+			`f.toml:13: vrrp_instance[1].virtual_router_id: virtual_router_id 51 is already used on interface eth0 by instance "VI_1" (line 7)`,
+		}},
+		{"same VRID on another interface or family is fine, v2 timing", minimal + `[[vrrp_instance]]
+name = "A"
+interface = "eth0"
+virtual_router_id = 5
+version = 2
+advert_int = "1500ms"
+virtual_ipaddress = ["192.0.2.1"]
+[[vrrp_instance]]
+name = "B"
+interface = "eth1"
+virtual_router_id = 5
+virtual_ipaddress = ["192.0.2.2"]
+[[vrrp_instance]]
+name = "C"
+interface = "eth0"
+virtual_router_id = 5
+advert_int = "15ms"
+virtual_ipaddress = ["2001:db8::1/64"]
+`, []string{
+			"f.toml:9: vrrp_instance[0].advert_int: 1.5s: VRRP version 2 advertises whole seconds only",
+			"f.toml:20: vrrp_instance[2].advert_int: 15ms: VRRP version 3 advertises in steps of 10ms",
+		}},
+		{"mixed families and v2 IPv6", minimal + `[[vrrp_instance]]
+name = "A"
+interface = "eth0"
+virtual_router_id = 5
+version = 2
+virtual_ipaddress = ["2001:db8::1", "192.0.2.1"]
+unicast_peer = ["192.0.2.9", "bogus"]
+`, []string{
+			"f.toml:9: vrrp_instance[0].virtual_ipaddress[1]: 192.0.2.1: an instance carries one address family",
+			"f.toml:8: vrrp_instance[0].version: IPv6 virtual addresses need VRRP version 3",
+			"f.toml:10: vrrp_instance[0].unicast_peer[0]: 192.0.2.9 is not of the instance's address family",
+			`f.toml:10: vrrp_instance[0].unicast_peer[1]: "bogus" is not an IP address`,
+		}},
+		{"durations", minimal + `[[vrrp_instance]]
+name = "A"
+interface = "eth0"
+virtual_router_id = 5
+advert_int = "1 second"
+preempt_delay = "2h"
+virtual_ipaddress = ["192.0.2.1"]
+`, []string{
+			`f.toml:8: vrrp_instance[0].advert_int: "1 second" is not a duration`,
+			"f.toml:9: vrrp_instance[0].preempt_delay: 2h0m0s is out of range [0s, 16m40s]",
+		}},
+		{"virtual server checks", minimal + `[[virtual_server]]
+name = "web"
+address = "192.0.2.1"
+scheduler = "fastest"
+forwarding = "magic"
+  [[virtual_server.real_server]]
+  address = "203.0.113.1:80"
+  [[virtual_server.real_server]]
+  address = "203.0.113.1:80"
+  weight = 70000
+  [virtual_server.health_check]
+  type = "ping"
+  interval = "1s"
+  timeout = "2s"
+[[virtual_server]]
+name = "web"
+address = "[2001:db8::1]:80"
+  [[virtual_server.real_server]]
+  address = "203.0.113.1:80"
+`, []string{
+			`f.toml:6: virtual_server[0].address: "192.0.2.1" is not an IP:port address`,
+			`f.toml:7: virtual_server[0].scheduler: "fastest" is not one of rr, wrr`,
+			`f.toml:8: virtual_server[0].forwarding: "magic" is not one of nat, dr, tun`,
+			"f.toml:12: virtual_server[0].real_server[1].address: real server 203.0.113.1:80 is listed twice (also at line 10)",
+			`f.toml:15: virtual_server[0].health_check.type: "ping" is not one of tcp`,
+			"f.toml:17: virtual_server[0].health_check.timeout: 2s is longer than the interval 1s",
+			`f.toml:19: virtual_server[1].name: virtual server "web" is already defined at line 5`,
+			"f.toml:22: virtual_server[1].real_server[0].address: 203.0.113.1:80 is not of the virtual server's address family",
+		}},
+		{"node and cluster", `[node]
+name = "lb 1"
+status_socket = "run/x.sock"
+log_format = "xml"
+[dataplane]
+kind = "lvs"
+[cluster]
+bind = "192.0.2.1:7946"
+raft_bind = "192.0.2.1:7946"
+peers = ["192.0.2.1:7946", "lb2", "lb2:7946", "lb2:7946"]
+`, []string{
+			`f.toml:2: node.name: "lb 1": use letters`,
+			`f.toml:3: node.status_socket: "run/x.sock" is not an absolute path`,
+			`f.toml:4: node.log_format: "xml" is not one of text, json`,
+			`f.toml:6: dataplane.kind: "lvs" is not one of auto, ipvs, nftables`,
+			"f.toml:9: cluster.raft_bind: must differ from bind",
+			"f.toml:10: cluster.peers[0]: 192.0.2.1:7946 is this node's own bind address",
+			`f.toml:10: cluster.peers[1]: "lb2" is not a host:port address`,
+			"f.toml:10: cluster.peers[3]: lb2:7946 is listed twice",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := problems(t, tc.src)
+			if len(got) != len(tc.want) {
+				t.Errorf("got %d problems, want %d:\n%s", len(got), len(tc.want), strings.Join(got, "\n"))
+			}
+			for i, w := range tc.want {
+				if i >= len(got) || !strings.Contains(got[i], w) {
+					t.Errorf("problem %d: want containing\n  %s\ngot:\n%s", i, w, strings.Join(got, "\n"))
+				}
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "none.toml"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("err = %v, want not exist", err)
+	}
+}
+
+func TestPositionsScanner(t *testing.T) {
+	src := `# comment with [brackets] and key = "value"
+[node]
+name = "x" # trailing
+text = """
+multi [line]
+key = no
+"""
+[[a]]
+list = [
+  "one", # c
+  { k = 1, j = "}" },
+  { k = 2 },
+]
+[a.sub]
+z = 1
+[[a]]
+"quoted.key" = 'lit'
+[[a.b]]
+y = 1
+`
+	p := scanPositions(src)
+	for path, want := range map[string]int{
+		"node.name":       3,
+		"node.text":       4,
+		"a.0":             8,
+		"a.0.list":        9,
+		"a.0.list.1":      11,
+		"a.0.list.1.j":    11,
+		"a.0.list.2.k":    12,
+		"a.0.sub.z":       15,
+		"a.1":             16,
+		"a.1.quoted.key":  17,
+		"a.1.b.0.y":       19,
+		"node.text.inner": 0,
+	} {
+		if got := p.indexed[path]; got != want && want != 0 {
+			t.Errorf("%s at line %d, want %d", path, got, want)
+		}
+		if want == 0 {
+			if _, ok := p.indexed[path]; ok {
+				t.Errorf("%s recorded from inside a string", path)
+			}
+		}
+	}
+	if got := p.plain["a.list.k"]; len(got) != 2 || got[0] != 11 || got[1] != 12 {
+		t.Errorf("plain a.list.k lines = %v, want [11 12]", got)
+	}
+	if _, ok := p.indexed["node.key"]; ok {
+		t.Error("scanner read a key inside a multi-line string")
+	}
+}

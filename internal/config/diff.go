@@ -1,0 +1,83 @@
+package config
+
+import (
+	"reflect"
+	"slices"
+)
+
+// Changes says what a reload changes, by name, so that each subsystem can
+// apply only its part and the daemon can report the rest.
+type Changes struct {
+	VRRP           Delta `json:"vrrp_instance"`
+	VirtualServers Delta `json:"virtual_server"`
+	// Live lists node settings applied without a restart.
+	Live []string `json:"live,omitempty"`
+	// Restart lists settings that only take effect after a restart.
+	Restart []string `json:"restart,omitempty"`
+}
+
+// Delta names the added, removed and changed entries of a named list.
+type Delta struct {
+	Added   []string `json:"added,omitempty"`
+	Removed []string `json:"removed,omitempty"`
+	Changed []string `json:"changed,omitempty"`
+}
+
+func (d Delta) Empty() bool { return len(d.Added)+len(d.Removed)+len(d.Changed) == 0 }
+
+// Empty reports whether the reload changes nothing.
+func (c Changes) Empty() bool {
+	return c.VRRP.Empty() && c.VirtualServers.Empty() && len(c.Live)+len(c.Restart) == 0
+}
+
+// Diff compares the running configuration with a newly loaded one.
+func Diff(old, cur *Config) Changes {
+	var c Changes
+	c.VRRP = diffNamed(old.VRRP, cur.VRRP, func(v VRRPInstance) string { return v.Name })
+	c.VirtualServers = diffNamed(old.VirtualServers, cur.VirtualServers, func(v VirtualServer) string { return v.Name })
+	if old.Node.LogLevel != cur.Node.LogLevel {
+		c.Live = append(c.Live, "node.log_level")
+	}
+	for _, f := range []struct {
+		key      string
+		old, cur any
+	}{
+		{"node.name", old.Node.Name, cur.Node.Name},
+		{"node.data_dir", old.Node.DataDir, cur.Node.DataDir},
+		{"node.status_socket", old.Node.StatusSocket, cur.Node.StatusSocket},
+		{"node.metrics_listen", old.Node.MetricsListen, cur.Node.MetricsListen},
+		{"node.log_format", old.Node.LogFormat, cur.Node.LogFormat},
+		{"dataplane", old.Dataplane, cur.Dataplane},
+		{"cluster", old.Cluster, cur.Cluster},
+	} {
+		if !reflect.DeepEqual(f.old, f.cur) {
+			c.Restart = append(c.Restart, f.key)
+		}
+	}
+	return c
+}
+
+func diffNamed[T any](old, cur []T, name func(T) string) Delta {
+	var d Delta
+	before := map[string]T{}
+	for _, o := range old {
+		before[name(o)] = o
+	}
+	for _, n := range cur {
+		o, ok := before[name(n)]
+		switch {
+		case !ok:
+			d.Added = append(d.Added, name(n))
+		case !reflect.DeepEqual(o, n):
+			d.Changed = append(d.Changed, name(n))
+		}
+		delete(before, name(n))
+	}
+	for _, o := range old {
+		if _, gone := before[name(o)]; gone {
+			d.Removed = append(d.Removed, name(o))
+		}
+	}
+	slices.Sort(d.Removed)
+	return d
+}

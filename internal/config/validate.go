@@ -1,0 +1,533 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Defaults, documented in docs/configuration.md.
+const (
+	DefaultDataDir      = "/var/lib/directord"
+	DefaultStatusSocket = "/run/directord/directord.sock"
+)
+
+// Schedulers lists the IPVS schedulers by their ipvsadm names.
+var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos"}
+
+// HealthCheckTypes lists the checker kinds, keepalived's TCP_CHECK, HTTP_GET,
+// SSL_GET and MISC_CHECK among them.
+var HealthCheckTypes = []string{"tcp", "http", "https", "tls", "udp", "dns", "exec"}
+
+type validator struct {
+	file     string
+	pos      *positions
+	problems []Problem
+}
+
+// add records a problem at the line of path, a sequence of keys and array
+// indices such as ("vrrp_instance", 1, "priority").
+func (v *validator) add(path []any, format string, args ...any) {
+	v.problems = append(v.problems, Problem{
+		File: v.file,
+		Line: v.pos.line(path...),
+		Key:  keyName(path),
+		Msg:  fmt.Sprintf(format, args...),
+	})
+}
+
+// keyName renders a path the way an operator reads it: vrrp_instance[1].priority.
+func keyName(path []any) string {
+	var b strings.Builder
+	for _, e := range path {
+		switch x := e.(type) {
+		case int:
+			fmt.Fprintf(&b, "[%d]", x)
+		case string:
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(x)
+		}
+	}
+	return b.String()
+}
+
+func at(path []any, more ...any) []any {
+	return append(append(make([]any, 0, len(path)+len(more)), path...), more...)
+}
+
+// unknownKeys reports every key the schema does not have, with the line of
+// each occurrence and the nearest known spelling.
+func (v *validator) unknownKeys(keys []toml.Key) {
+	known := knownKeys(reflect.TypeFor[rawConfig](), "")
+	undecoded := map[string]bool{}
+	for _, k := range keys {
+		undecoded[k.String()] = true
+	}
+	for _, k := range keys {
+		name := k.String()
+		if len(k) > 1 && undecoded[k[:len(k)-1].String()] {
+			continue // reported with its unknown table
+		}
+		msg := "unknown key"
+		if s := suggest(name, known); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		}
+		lines := v.pos.plain[name]
+		if len(lines) == 0 {
+			lines = []int{0}
+		}
+		for _, l := range lines {
+			v.problems = append(v.problems, Problem{File: v.file, Line: l, Key: name, Msg: msg})
+		}
+	}
+}
+
+func knownKeys(t reflect.Type, prefix string) []string {
+	var out []string
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	for f := range t.Fields() {
+		name := prefix + f.Tag.Get("toml")
+		out = append(out, name)
+		out = append(out, knownKeys(f.Type, name+".")...)
+	}
+	return out
+}
+
+// suggest returns the known key of the same table closest to name, if close.
+func suggest(name string, known []string) string {
+	parent, leaf := "", name
+	if i := strings.LastIndexByte(name, '.'); i >= 0 {
+		parent, leaf = name[:i+1], name[i+1:]
+	}
+	best, bestDist := "", 3
+	for _, k := range known {
+		if !strings.HasPrefix(k, parent) || strings.Contains(k[len(parent):], ".") {
+			continue
+		}
+		if d := editDistance(leaf, k[len(parent):]); d < bestDist {
+			best, bestDist = k[len(parent):], d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func (v *validator) config(raw *rawConfig) *Config {
+	cfg := &Config{}
+	if raw.Node == nil {
+		v.problems = append(v.problems, Problem{File: v.file, Key: "node", Msg: "missing [node] section"})
+	} else {
+		cfg.Node = v.node(raw.Node)
+	}
+	cfg.Dataplane.Kind = v.oneOf([]any{"dataplane", "kind"}, raw.Dataplane.Kind, "auto", "auto", "ipvs", "nftables")
+	cfg.VRRP = v.vrrp(raw.VRRPInstance)
+	cfg.VirtualServers = v.virtualServers(raw.VirtualServer)
+	if raw.Cluster != nil {
+		cfg.Cluster = v.cluster(raw.Cluster)
+	}
+	return cfg
+}
+
+func (v *validator) node(r *rawNode) Node {
+	p := []any{"node"}
+	n := Node{
+		Name:          r.Name,
+		DataDir:       r.DataDir,
+		StatusSocket:  r.StatusSocket,
+		MetricsListen: r.MetricsListen,
+	}
+	if n.Name == "" {
+		v.add(at(p, "name"), "required: a name for this director, such as its host name")
+	} else if !validName(n.Name) {
+		v.add(at(p, "name"), "%q: use letters, digits, '.', '_' and '-' only", n.Name)
+	}
+	if n.DataDir == "" {
+		n.DataDir = DefaultDataDir
+	} else if !filepath.IsAbs(n.DataDir) {
+		v.add(at(p, "data_dir"), "%q is not an absolute path", n.DataDir)
+	}
+	if n.StatusSocket == "" {
+		n.StatusSocket = DefaultStatusSocket
+	} else if !filepath.IsAbs(n.StatusSocket) {
+		v.add(at(p, "status_socket"), "%q is not an absolute path", n.StatusSocket)
+	} else if len(n.StatusSocket) > 107 {
+		// sun_path holds 108 bytes including the terminating NUL.
+		v.add(at(p, "status_socket"), "path is %d bytes long; a unix socket path can have at most 107", len(n.StatusSocket))
+	}
+	if n.MetricsListen != "" {
+		if _, err := netip.ParseAddrPort(n.MetricsListen); err != nil {
+			v.add(at(p, "metrics_listen"), "%q is not an IP:port address", n.MetricsListen)
+		}
+	}
+	n.LogFormat = v.oneOf(at(p, "log_format"), r.LogFormat, "text", "text", "json")
+	n.LogLevel = v.oneOf(at(p, "log_level"), r.LogLevel, "info", "debug", "info", "warn", "error")
+	return n
+}
+
+func validName(s string) bool {
+	for _, c := range s {
+		if !(c == '.' || c == '_' || c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// oneOf returns s, or def when s is empty, and reports a value outside allowed.
+func (v *validator) oneOf(path []any, s, def string, allowed ...string) string {
+	if s == "" {
+		return def
+	}
+	if !slices.Contains(allowed, s) {
+		v.add(path, "%q is not one of %s", s, strings.Join(allowed, ", "))
+	}
+	return s
+}
+
+// duration parses s (Go syntax, "100ms") within [lo, hi]; empty gives def.
+func (v *validator) duration(path []any, s string, def, lo, hi time.Duration) time.Duration {
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		v.add(path, "%q is not a duration (write it like \"1s\" or \"100ms\")", s)
+		return def
+	}
+	if d < lo || d > hi {
+		v.add(path, "%s is out of range [%s, %s]", d, lo, hi)
+	}
+	return d
+}
+
+// intIn checks an optional integer against [lo, hi]; nil gives def.
+func (v *validator) intIn(path []any, p *int, def, lo, hi int) int {
+	if p == nil {
+		return def
+	}
+	if *p < lo || *p > hi {
+		v.add(path, "%d is out of range [%d, %d]", *p, lo, hi)
+	}
+	return *p
+}
+
+func (v *validator) vrrp(raws []rawVRRP) []VRRPInstance {
+	type seen struct {
+		name string
+		line int
+	}
+	names := map[string]int{}
+	vrids := map[string]seen{} // interface/family/vrid -> instance
+	vips := map[netip.Addr]seen{}
+	out := make([]VRRPInstance, 0, len(raws))
+	for i, r := range raws {
+		p := []any{"vrrp_instance", i}
+		in := VRRPInstance{Name: r.Name, Interface: r.Interface}
+		switch {
+		case r.Name == "":
+			v.add(at(p, "name"), "required")
+		case !validName(r.Name):
+			v.add(at(p, "name"), "%q: use letters, digits, '.', '_' and '-' only", r.Name)
+		default:
+			if l, dup := names[r.Name]; dup {
+				v.add(at(p, "name"), "instance %q is already defined at line %d", r.Name, l)
+			}
+			names[r.Name] = v.pos.line(at(p, "name")...)
+		}
+		if r.Interface == "" {
+			v.add(at(p, "interface"), "required")
+		} else if len(r.Interface) > 15 || strings.ContainsAny(r.Interface, "/ \t") {
+			v.add(at(p, "interface"), "%q is not a valid interface name", r.Interface)
+		}
+		if r.VirtualRouterID == nil {
+			v.add(at(p, "virtual_router_id"), "required (1-255)")
+		} else {
+			in.VRID = uint8(v.intIn(at(p, "virtual_router_id"), r.VirtualRouterID, 0, 1, 255))
+		}
+		in.Priority = uint8(v.intIn(at(p, "priority"), r.Priority, 100, 1, 255))
+		in.Version = v.intIn(at(p, "version"), r.Version, 3, 2, 3)
+		if in.Version == 2 {
+			// RFC 3768 carries the interval in whole seconds.
+			in.AdvertInt = v.duration(at(p, "advert_int"), r.AdvertInt, time.Second, time.Second, 255*time.Second)
+			if in.AdvertInt%time.Second != 0 {
+				v.add(at(p, "advert_int"), "%s: VRRP version 2 advertises whole seconds only (use version = 3 for shorter intervals)", in.AdvertInt)
+			}
+		} else {
+			// RFC 5798 carries a 12-bit count of centiseconds.
+			in.AdvertInt = v.duration(at(p, "advert_int"), r.AdvertInt, time.Second, 10*time.Millisecond, 4095*10*time.Millisecond)
+			if in.AdvertInt%(10*time.Millisecond) != 0 {
+				v.add(at(p, "advert_int"), "%s: VRRP version 3 advertises in steps of 10ms", in.AdvertInt)
+			}
+		}
+		in.Preempt = r.Preempt == nil || *r.Preempt
+		in.PreemptDelay = v.duration(at(p, "preempt_delay"), r.PreemptDelay, 0, 0, 1000*time.Second)
+
+		if len(r.VirtualIPAddress) == 0 {
+			v.add(at(p, "virtual_ipaddress"), "required: at least one address")
+		}
+		family := "" // of the first address, even one rejected below
+		for j, s := range r.VirtualIPAddress {
+			vp := at(p, "virtual_ipaddress", j)
+			if family == "" {
+				// From the text, so that a duplicate VRID is still found
+				// when the address itself is malformed.
+				family = map[bool]string{true: "IPv6", false: "IPv4"}[strings.Contains(s, ":")]
+			}
+			pfx, err := parseVIP(s)
+			if err != nil {
+				v.add(vp, "%v", err)
+				continue
+			}
+			if len(in.VIPs) > 0 && pfx.Addr().Is4() != in.VIPs[0].Addr().Is4() {
+				v.add(vp, "%s: an instance carries one address family; put IPv4 and IPv6 in separate instances", s)
+				continue
+			}
+			if other, dup := vips[pfx.Addr()]; dup {
+				if other.name == in.Name {
+					v.add(vp, "%s is listed twice in this instance", pfx.Addr())
+				} else {
+					v.add(vp, "%s is already a virtual address of instance %q (line %d)", pfx.Addr(), other.name, other.line)
+				}
+				continue
+			}
+			vips[pfx.Addr()] = seen{name: in.Name, line: v.pos.line(vp...)}
+			in.VIPs = append(in.VIPs, pfx)
+		}
+		if in.IPv6() && in.Version == 2 {
+			v.add(at(p, "version"), "IPv6 virtual addresses need VRRP version 3")
+		}
+		if r.UnicastSrcIP != "" {
+			a, err := netip.ParseAddr(r.UnicastSrcIP)
+			if err != nil {
+				v.add(at(p, "unicast_src_ip"), "%q is not an IP address", r.UnicastSrcIP)
+			} else {
+				in.UnicastSrc = a
+			}
+		}
+		peers := map[netip.Addr]bool{}
+		for j, s := range r.UnicastPeer {
+			pp := at(p, "unicast_peer", j)
+			a, err := netip.ParseAddr(s)
+			switch {
+			case err != nil:
+				v.add(pp, "%q is not an IP address", s)
+			case len(in.VIPs) > 0 && a.Is4() != in.VIPs[0].Addr().Is4():
+				v.add(pp, "%s is not of the instance's address family", a)
+			case peers[a]:
+				v.add(pp, "%s is listed twice", a)
+			default:
+				peers[a] = true
+				in.UnicastPeers = append(in.UnicastPeers, a)
+			}
+		}
+		if in.VRID != 0 && in.Interface != "" && family != "" {
+			// VRRP for IPv4 and IPv6 are separate protocols, so one VRID may
+			// serve both on one link.
+			key := fmt.Sprintf("%s/%s/%d", in.Interface, family, in.VRID)
+			if other, dup := vrids[key]; dup {
+				v.add(at(p, "virtual_router_id"), "virtual_router_id %d is already used on interface %s by instance %q (line %d)", in.VRID, in.Interface, other.name, other.line)
+			} else {
+				vrids[key] = seen{name: in.Name, line: v.pos.line(at(p, "virtual_router_id")...)}
+			}
+		}
+		out = append(out, in)
+	}
+	return out
+}
+
+// parseVIP accepts "192.0.2.1/24" or a bare address, which means a host route.
+func parseVIP(s string) (netip.Prefix, error) {
+	var pfx netip.Prefix
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return pfx, fmt.Errorf("%q is not an address in CIDR notation (like 192.0.2.100/24)", s)
+		}
+		pfx = p
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return pfx, fmt.Errorf("%q is not an IP address", s)
+		}
+		pfx = netip.PrefixFrom(a, a.BitLen())
+	}
+	a := pfx.Addr()
+	if a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+		return pfx, fmt.Errorf("%q cannot be a virtual address", s)
+	}
+	return pfx, nil
+}
+
+func (v *validator) addrPort(path []any, s string) (netip.AddrPort, bool) {
+	if s == "" {
+		v.add(path, "required (IP:port)")
+		return netip.AddrPort{}, false
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		v.add(path, "%q is not an IP:port address (IPv6 as [2001:db8::1]:80)", s)
+		return ap, false
+	}
+	if ap.Port() == 0 {
+		v.add(path, "%q: port 0 is not allowed", s)
+		return ap, false
+	}
+	return ap, true
+}
+
+func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
+	names := map[string]int{}
+	services := map[string]int{}
+	out := make([]VirtualServer, 0, len(raws))
+	for i, r := range raws {
+		p := []any{"virtual_server", i}
+		vs := VirtualServer{Name: r.Name}
+		switch {
+		case r.Name == "":
+			v.add(at(p, "name"), "required")
+		case !validName(r.Name):
+			v.add(at(p, "name"), "%q: use letters, digits, '.', '_' and '-' only", r.Name)
+		default:
+			if l, dup := names[r.Name]; dup {
+				v.add(at(p, "name"), "virtual server %q is already defined at line %d", r.Name, l)
+			}
+			names[r.Name] = v.pos.line(at(p, "name")...)
+		}
+		addrOK := false
+		vs.Address, addrOK = v.addrPort(at(p, "address"), r.Address)
+		vs.Protocol = v.oneOf(at(p, "protocol"), r.Protocol, "tcp", "tcp", "udp")
+		vs.Scheduler = v.oneOf(at(p, "scheduler"), r.Scheduler, "wlc", Schedulers...)
+		vs.Forwarding = v.oneOf(at(p, "forwarding"), r.Forwarding, "nat", "nat", "dr", "tun")
+		vs.PersistenceTimeout = v.duration(at(p, "persistence_timeout"), r.PersistenceTimeout, 0, 0, (1<<32-1)*time.Second)
+		if vs.PersistenceTimeout%time.Second != 0 {
+			v.add(at(p, "persistence_timeout"), "%s: the kernel keeps persistence in whole seconds", vs.PersistenceTimeout)
+		}
+		if addrOK {
+			key := vs.Protocol + "/" + vs.Address.String()
+			if l, dup := services[key]; dup {
+				v.add(at(p, "address"), "%s %s is already a virtual server (line %d)", vs.Protocol, vs.Address, l)
+			}
+			services[key] = v.pos.line(at(p, "address")...)
+		}
+		rs := map[netip.AddrPort]int{}
+		for j, rr := range r.RealServer {
+			rp := at(p, "real_server", j)
+			a, ok := v.addrPort(at(rp, "address"), rr.Address)
+			if !ok {
+				continue
+			}
+			if addrOK && a.Addr().Is4() != vs.Address.Addr().Is4() {
+				v.add(at(rp, "address"), "%s is not of the virtual server's address family", a)
+				continue
+			}
+			if l, dup := rs[a]; dup {
+				v.add(at(rp, "address"), "real server %s is listed twice (also at line %d)", a, l)
+				continue
+			}
+			rs[a] = v.pos.line(at(rp, "address")...)
+			vs.RealServers = append(vs.RealServers, RealServer{
+				Address: a,
+				Weight:  v.intIn(at(rp, "weight"), rr.Weight, 1, 0, 65535),
+			})
+		}
+		if r.HealthCheck != nil {
+			vs.HealthCheck = v.healthCheck(at(p, "health_check"), r.HealthCheck)
+		}
+		out = append(out, vs)
+	}
+	return out
+}
+
+func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
+	hc := &HealthCheck{Type: r.Type, Path: r.Path}
+	if r.Type == "" {
+		v.add(at(p, "type"), "required: one of %s", strings.Join(HealthCheckTypes, ", "))
+	} else {
+		v.oneOf(at(p, "type"), r.Type, "", HealthCheckTypes...)
+	}
+	if hc.Type == "http" || hc.Type == "https" {
+		if hc.Path == "" {
+			hc.Path = "/"
+		} else if !strings.HasPrefix(hc.Path, "/") {
+			v.add(at(p, "path"), "%q must start with /", hc.Path)
+		}
+	} else if hc.Path != "" {
+		v.add(at(p, "path"), "only http and https checks have a path")
+	}
+	hc.Interval = v.duration(at(p, "interval"), r.Interval, 2*time.Second, 10*time.Millisecond, time.Hour)
+	hc.Timeout = v.duration(at(p, "timeout"), r.Timeout, time.Second, time.Millisecond, time.Hour)
+	if hc.Timeout > hc.Interval {
+		v.add(at(p, "timeout"), "%s is longer than the interval %s", hc.Timeout, hc.Interval)
+	}
+	hc.Rise = v.intIn(at(p, "rise"), r.Rise, 2, 1, 100)
+	hc.Fall = v.intIn(at(p, "fall"), r.Fall, 2, 1, 100)
+	return hc
+}
+
+func (v *validator) cluster(r *rawCluster) *Cluster {
+	p := []any{"cluster"}
+	c := &Cluster{}
+	c.Bind, _ = v.addrPort(at(p, "bind"), r.Bind)
+	c.RaftBind, _ = v.addrPort(at(p, "raft_bind"), r.RaftBind)
+	if c.Bind.IsValid() && c.Bind == c.RaftBind {
+		v.add(at(p, "raft_bind"), "must differ from bind (%s)", c.Bind)
+	}
+	seen := map[string]bool{}
+	for i, s := range r.Peers {
+		pp := at(p, "peers", i)
+		host, port, err := net.SplitHostPort(s)
+		if err != nil || host == "" {
+			v.add(pp, "%q is not a host:port address", s)
+			continue
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			v.add(pp, "%q: bad port", s)
+			continue
+		}
+		if seen[s] {
+			v.add(pp, "%s is listed twice", s)
+			continue
+		}
+		if s == c.Bind.String() {
+			v.add(pp, "%s is this node's own bind address", s)
+			continue
+		}
+		seen[s] = true
+		c.Peers = append(c.Peers, s)
+	}
+	return c
+}

@@ -1,0 +1,196 @@
+// Package ctl is directorctl: commands that read and steer a running
+// directord through its status socket.
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/status"
+)
+
+const usage = `usage: directorctl [--socket PATH] COMMAND [--json]
+
+commands:
+  status    what the daemon is doing (--json: the raw status document)
+  reload    re-read the configuration file, like SIGHUP, and show the result
+  config    print the running configuration as JSON
+`
+
+type command struct {
+	run func(ctx context.Context, c *status.Client, o opts) error
+}
+
+type opts struct {
+	json bool
+	out  io.Writer
+}
+
+var commands = map[string]command{
+	"status": {runStatus},
+	"reload": {runReload},
+	"config": {runConfig},
+}
+
+// Main runs directorctl with args and returns its exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	global := flag.NewFlagSet("directorctl", flag.ContinueOnError)
+	global.SetOutput(stderr)
+	global.Usage = func() { fmt.Fprint(stderr, usage) }
+	socket := global.String("socket", config.DefaultStatusSocket, "status socket `path`")
+	if err := global.Parse(args); err != nil {
+		return 2
+	}
+	if global.NArg() == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	name := global.Arg(0)
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "directorctl: unknown command %q\n%s", name, usage)
+		return 2
+	}
+	sub := flag.NewFlagSet("directorctl "+name, flag.ContinueOnError)
+	sub.SetOutput(stderr)
+	sub.StringVar(socket, "socket", *socket, "status socket `path`")
+	asJSON := sub.Bool("json", false, "print JSON")
+	if err := sub.Parse(global.Args()[1:]); err != nil {
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cmd.run(ctx, status.NewClient(*socket), opts{json: *asJSON, out: stdout}); err != nil {
+		fmt.Fprintln(stderr, "directorctl:", err)
+		return 1
+	}
+	return 0
+}
+
+func printJSON(w io.Writer, raw []byte) error {
+	_, err := w.Write(raw)
+	return err
+}
+
+func runConfig(ctx context.Context, c *status.Client, o opts) error {
+	raw, err := c.Raw(ctx, "/v1/config")
+	if err != nil {
+		return err
+	}
+	return printJSON(o.out, raw)
+}
+
+func runReload(ctx context.Context, c *status.Client, o opts) error {
+	var res daemon.ReloadResult
+	if err := c.Post(ctx, "/v1/reload", nil, &res); err != nil {
+		return err
+	}
+	if o.json {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		return printJSON(o.out, append(b, '\n'))
+	}
+	fmt.Fprintln(o.out, "reloaded:", describeChanges(res.Changes))
+	return nil
+}
+
+func describeChanges(c *config.Changes) string {
+	if c == nil || c.Empty() {
+		return "no change"
+	}
+	var parts []string
+	for _, d := range []struct {
+		what  string
+		delta config.Delta
+	}{{"vrrp_instance", c.VRRP}, {"virtual_server", c.VirtualServers}} {
+		for _, e := range []struct {
+			verb  string
+			names []string
+		}{{"added", d.delta.Added}, {"removed", d.delta.Removed}, {"changed", d.delta.Changed}} {
+			if len(e.names) > 0 {
+				parts = append(parts, fmt.Sprintf("%s %s %s", d.what, e.verb, strings.Join(e.names, ",")))
+			}
+		}
+	}
+	if len(c.Live) > 0 {
+		parts = append(parts, "applied "+strings.Join(c.Live, ","))
+	}
+	if len(c.Restart) > 0 {
+		parts = append(parts, "needs a restart for "+strings.Join(c.Restart, ","))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// statusDoc is the part of the status document directorctl renders itself;
+// sections it does not know are listed by name.
+type statusDoc struct {
+	APIVersion int                 `json:"api_version"`
+	Node       daemon.NodeStatus   `json:"node"`
+	Config     daemon.ConfigStatus `json:"config"`
+	raw        map[string]json.RawMessage
+}
+
+func runStatus(ctx context.Context, c *status.Client, o opts) error {
+	raw, err := c.Raw(ctx, "/v1/status")
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return printJSON(o.out, raw)
+	}
+	var doc statusDoc
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return fmt.Errorf("decode status: %w", err)
+	}
+	if err := json.Unmarshal(raw, &doc.raw); err != nil {
+		return fmt.Errorf("decode status: %w", err)
+	}
+	if doc.APIVersion != status.APIVersion {
+		return fmt.Errorf("the daemon speaks status API v%d, this directorctl v%d: use the directorctl of the same release", doc.APIVersion, status.APIVersion)
+	}
+	renderStatus(o.out, &doc)
+	return nil
+}
+
+func renderStatus(w io.Writer, doc *statusDoc) {
+	n, cs := doc.Node, doc.Config
+	fmt.Fprintf(w, "directord %s  pid %d  version %s  up %s\n\n", n.Name, n.PID, n.Version, n.Uptime)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "config\t%s (generation %d, loaded %s)\n", cs.File, cs.Generation, cs.LoadedAt.Local().Format(time.DateTime))
+	fmt.Fprintf(tw, "reloads\t%d ok, %d failed\n", cs.ReloadsOK, cs.ReloadsFailed)
+	if lr := cs.LastReload; lr != nil {
+		if lr.OK {
+			fmt.Fprintf(tw, "last reload\t%s ok: %s\n", lr.At.Local().Format(time.TimeOnly), describeChanges(lr.Changes))
+		} else {
+			fmt.Fprintf(tw, "last reload\t%s REJECTED (running configuration unchanged):\n", lr.At.Local().Format(time.TimeOnly))
+			for _, p := range lr.Problems {
+				fmt.Fprintf(tw, "\t  %s\n", p)
+			}
+		}
+	}
+	fmt.Fprintf(tw, "dataplane\t%s\n", cs.Dataplane)
+	fmt.Fprintf(tw, "configured\t%d vrrp instance(s), %d virtual server(s), cluster %s\n",
+		cs.VRRPInstances, cs.VirtualServers, map[bool]string{true: "configured", false: "none"}[cs.Cluster])
+	tw.Flush()
+
+	known := []string{"api_version", "node", "config"}
+	var other []string
+	for k := range doc.raw {
+		if !slices.Contains(known, k) {
+			other = append(other, k)
+		}
+	}
+	if len(other) > 0 {
+		sort.Strings(other)
+		fmt.Fprintf(w, "\nother sections (see --json): %s\n", strings.Join(other, ", "))
+	}
+}

@@ -1,0 +1,329 @@
+// Package daemon wires directord's subsystems together: it loads the
+// configuration, runs every subsystem as a task under one errgroup, serves
+// the status socket and metrics, and applies reloads.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/internal/status"
+)
+
+// Options are what the command line gives the daemon.
+type Options struct {
+	ConfigFile string
+	Version    string
+	// Reload delivers a request to re-read the file (SIGHUP).
+	Reload <-chan struct{}
+	// Log receives the daemon's log; os.Stderr when nil.
+	Log io.Writer
+	// SkipPrivilegeCheck is for in-process unit tests only.
+	SkipPrivilegeCheck bool
+}
+
+// Daemon is one running directord.
+type Daemon struct {
+	opts    Options
+	log     *slog.Logger
+	level   *slog.LevelVar
+	started time.Time
+	reg     *prometheus.Registry
+	status  *status.Server
+	reloads chan chan ReloadResult
+
+	mu         sync.Mutex
+	cfg        *config.Config
+	loadedAt   time.Time
+	generation int
+	reloadsOK  int
+	reloadsBad int
+	last       *ReloadResult
+
+	mReloads    *prometheus.CounterVec
+	mGeneration prometheus.Gauge
+	mLastOK     prometheus.Gauge
+}
+
+// ReloadResult is the outcome of one reload, kept for status.
+type ReloadResult struct {
+	At       time.Time       `json:"at"`
+	OK       bool            `json:"ok"`
+	Problems []string        `json:"problems,omitempty"`
+	Changes  *config.Changes `json:"changes,omitempty"`
+}
+
+// Run loads the configuration and runs the daemon until ctx ends. It
+// returns nil on a clean shutdown.
+func Run(ctx context.Context, opts Options) error {
+	if opts.Log == nil {
+		opts.Log = os.Stderr
+	}
+	cfg, err := config.Load(opts.ConfigFile)
+	if err != nil {
+		return err
+	}
+	if !opts.SkipPrivilegeCheck {
+		if err := checkPrivileges(); err != nil {
+			return err
+		}
+	}
+	d := newDaemon(opts, cfg)
+
+	// Listen before anything else starts: status.Listen changes the
+	// process umask for an instant.
+	ln, err := status.Listen(cfg.Node.StatusSocket)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	if err := os.MkdirAll(cfg.Node.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	var mln net.Listener
+	if cfg.Node.MetricsListen != "" {
+		if mln, err = net.Listen("tcp", cfg.Node.MetricsListen); err != nil {
+			return fmt.Errorf("metrics_listen: %w", err)
+		}
+		defer mln.Close()
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.status.Serve(ctx, ln) })
+	if mln != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
+		g.Go(func() error { return status.ServeHTTP(ctx, mln, mux, d.log) })
+	}
+	g.Go(func() error { return d.reloadLoop(ctx) })
+
+	d.log.Info("directord started", "node", cfg.Node.Name, "version", opts.Version, "config", cfg.File,
+		"status_socket", cfg.Node.StatusSocket, "metrics", cfg.Node.MetricsListen,
+		"vrrp_instances", len(cfg.VRRP), "virtual_servers", len(cfg.VirtualServers))
+	err = g.Wait()
+	d.log.Info("directord stopped")
+	return err
+}
+
+func newDaemon(opts Options, cfg *config.Config) *Daemon {
+	level := new(slog.LevelVar)
+	level.Set(parseLevel(cfg.Node.LogLevel))
+	d := &Daemon{
+		opts:       opts,
+		log:        newLogger(opts.Log, cfg.Node.LogFormat, level),
+		level:      level,
+		started:    time.Now(),
+		reg:        prometheus.NewRegistry(),
+		reloads:    make(chan chan ReloadResult),
+		cfg:        cfg,
+		loadedAt:   time.Now(),
+		generation: 1,
+	}
+	d.status = status.NewServer(d.log)
+	d.registerMetrics()
+	d.status.Register("node", d.nodeStatus)
+	d.status.Register("config", d.configStatus)
+	d.status.Handle("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
+		status.WriteJSON(w, http.StatusOK, d.config())
+	})
+	d.status.Handle("POST /v1/reload", d.handleReload)
+	return d
+}
+
+func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(s)) // validated by config
+	return l
+}
+
+func (d *Daemon) registerMetrics() {
+	d.mReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "directord_config_reloads_total",
+		Help: "Configuration reloads, by result (ok, failed).",
+	}, []string{"result"})
+	d.mGeneration = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "directord_config_generation",
+		Help: "Number of configurations applied since start (1 = the one read at start).",
+	})
+	d.mLastOK = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "directord_config_last_load_success_timestamp_seconds",
+		Help: "When the running configuration was loaded.",
+	})
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "directord_build_info",
+		Help: "Always 1; labels give the version of directord and Go.",
+	}, []string{"version", "goversion"})
+	info.WithLabelValues(d.opts.Version, runtime.Version()).Set(1)
+	d.mReloads.WithLabelValues("ok")
+	d.mReloads.WithLabelValues("failed")
+	d.mGeneration.Set(1)
+	d.mLastOK.Set(float64(d.loadedAt.UnixNano()) / 1e9)
+	d.reg.MustRegister(d.mReloads, d.mGeneration, d.mLastOK, info,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}
+
+func (d *Daemon) config() *config.Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
+
+// reloadLoop serialises reloads from SIGHUP and from the status socket.
+func (d *Daemon) reloadLoop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.opts.Reload:
+			d.reload()
+		case reply := <-d.reloads:
+			reply <- d.reload()
+		}
+	}
+}
+
+// reload re-reads the file. A file with any problem changes nothing: the
+// running configuration stays as it was.
+func (d *Daemon) reload() ReloadResult {
+	res := ReloadResult{At: time.Now()}
+	cfg, err := config.Load(d.opts.ConfigFile)
+	if err != nil {
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			for _, p := range ce.Problems {
+				res.Problems = append(res.Problems, p.String())
+			}
+		} else {
+			res.Problems = []string{err.Error()}
+		}
+		d.log.Error("reload rejected: the running configuration is unchanged",
+			"config", d.opts.ConfigFile, "problems", len(res.Problems))
+		for _, p := range res.Problems {
+			d.log.Error("config problem", "problem", p)
+		}
+		d.mu.Lock()
+		d.reloadsBad++
+		d.last = &res
+		d.mu.Unlock()
+		d.mReloads.WithLabelValues("failed").Inc()
+		return res
+	}
+
+	changes := config.Diff(d.config(), cfg)
+	res.OK, res.Changes = true, &changes
+	if cfg.Node.LogLevel != d.config().Node.LogLevel {
+		d.level.Set(parseLevel(cfg.Node.LogLevel))
+	}
+	if changes.Empty() {
+		d.log.Info("reload: no change", "config", cfg.File)
+	} else {
+		d.log.Info("reload applied", "config", cfg.File,
+			"vrrp_added", changes.VRRP.Added, "vrrp_removed", changes.VRRP.Removed, "vrrp_changed", changes.VRRP.Changed,
+			"vs_added", changes.VirtualServers.Added, "vs_removed", changes.VirtualServers.Removed, "vs_changed", changes.VirtualServers.Changed,
+			"live", changes.Live)
+	}
+	if len(changes.Restart) > 0 {
+		d.log.Warn("reload: these settings take effect only after a restart", "settings", changes.Restart)
+	}
+	d.mu.Lock()
+	d.cfg = cfg
+	d.loadedAt = res.At
+	d.generation++
+	d.reloadsOK++
+	d.last = &res
+	gen := d.generation
+	d.mu.Unlock()
+	d.mReloads.WithLabelValues("ok").Inc()
+	d.mGeneration.Set(float64(gen))
+	d.mLastOK.Set(float64(res.At.UnixNano()) / 1e9)
+	return res
+}
+
+func (d *Daemon) handleReload(w http.ResponseWriter, r *http.Request) {
+	reply := make(chan ReloadResult, 1)
+	select {
+	case d.reloads <- reply:
+	case <-r.Context().Done():
+		return
+	}
+	res := <-reply
+	if !res.OK {
+		status.WriteError(w, http.StatusUnprocessableEntity,
+			errors.New("configuration rejected; the running configuration is unchanged"), res.Problems...)
+		return
+	}
+	status.WriteJSON(w, http.StatusOK, res)
+}
+
+// NodeStatus is the "node" section of the status document.
+type NodeStatus struct {
+	Name      string    `json:"name"`
+	Version   string    `json:"version"`
+	PID       int       `json:"pid"`
+	StartedAt time.Time `json:"started_at"`
+	Uptime    string    `json:"uptime"`
+}
+
+func (d *Daemon) nodeStatus() any {
+	return NodeStatus{
+		Name:      d.config().Node.Name,
+		Version:   d.opts.Version,
+		PID:       os.Getpid(),
+		StartedAt: d.started,
+		Uptime:    time.Since(d.started).Round(time.Second).String(),
+	}
+}
+
+// ConfigStatus is the "config" section of the status document.
+type ConfigStatus struct {
+	File           string        `json:"file"`
+	LoadedAt       time.Time     `json:"loaded_at"`
+	Generation     int           `json:"generation"`
+	ReloadsOK      int           `json:"reloads_ok"`
+	ReloadsFailed  int           `json:"reloads_failed"`
+	LastReload     *ReloadResult `json:"last_reload,omitempty"`
+	Dataplane      string        `json:"dataplane"`
+	VRRPInstances  int           `json:"vrrp_instances"`
+	VirtualServers int           `json:"virtual_servers"`
+	Cluster        bool          `json:"cluster"`
+}
+
+func (d *Daemon) configStatus() any {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return ConfigStatus{
+		File:           d.cfg.File,
+		LoadedAt:       d.loadedAt,
+		Generation:     d.generation,
+		ReloadsOK:      d.reloadsOK,
+		ReloadsFailed:  d.reloadsBad,
+		LastReload:     d.last,
+		Dataplane:      d.cfg.Dataplane.Kind,
+		VRRPInstances:  len(d.cfg.VRRP),
+		VirtualServers: len(d.cfg.VirtualServers),
+		Cluster:        d.cfg.Cluster != nil,
+	}
+}

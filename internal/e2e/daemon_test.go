@@ -1,0 +1,325 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/directord/directord/internal/lab"
+)
+
+func TestConfigCheck(t *testing.T) {
+	out, errOut, code := run(t, directord, "-t", "-c", repoFile("etc", "directord.toml"))
+	if code != 0 {
+		t.Fatalf("directord -t on etc/directord.toml: exit %d\n%s%s", code, out, errOut)
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	writeFile(t, bad, `[node]
+name = "lb1"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priorty = 150
+virtual_ipaddress = ["192.0.2.100/24"]
+
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.301/24"]
+`)
+	_, errOut, code = run(t, directord, "-t", "-c", bad)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, errOut)
+	}
+	for _, want := range []string{
+		bad + `:8: vrrp_instance.priorty: unknown key (did you mean "priority"?)`,
+		bad + `:14: vrrp_instance[1].virtual_router_id: virtual_router_id 51 is already used on interface eth0 by instance "VI_1" (line 7)`,
+		bad + `:15: vrrp_instance[1].virtual_ipaddress[0]: "192.0.2.301/24" is not an address in CIDR notation`,
+		"directord: 3 problem(s) in the configuration",
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("output lacks\n  %s\ngot:\n%s", want, errOut)
+		}
+	}
+}
+
+// daemonConfig is a VRRP-and-LVS file for host lb1 of the lab.
+func daemonConfig(dir, extra string) string {
+	return fmt.Sprintf(`[node]
+name = "lb1"
+data_dir = %q
+status_socket = %q
+metrics_listen = "192.0.2.11:9167"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = 150
+advert_int = "1s"
+virtual_ipaddress = ["192.0.2.100/24"]
+
+[[virtual_server]]
+name = "web"
+address = "192.0.2.100:80"
+scheduler = "wrr"
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:8080"
+%s`, filepath.Join(dir, "data"), filepath.Join(dir, "directord.sock"), extra)
+}
+
+type statusDoc struct {
+	APIVersion int `json:"api_version"`
+	Node       struct {
+		Name string `json:"name"`
+		PID  int    `json:"pid"`
+	} `json:"node"`
+	Config struct {
+		Generation    int `json:"generation"`
+		ReloadsOK     int `json:"reloads_ok"`
+		ReloadsFailed int `json:"reloads_failed"`
+		LastReload    *struct {
+			OK       bool     `json:"ok"`
+			Problems []string `json:"problems"`
+			Changes  *struct {
+				VRRP struct {
+					Added []string `json:"added"`
+				} `json:"vrrp_instance"`
+			} `json:"changes"`
+		} `json:"last_reload"`
+	} `json:"config"`
+}
+
+func statusJSON(socket string) (*statusDoc, error) {
+	cmd := exec.Command(directorctl, "--socket", socket, "status", "--json")
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("directorctl status --json: %v", err)
+	}
+	var doc statusDoc
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return nil, fmt.Errorf("decode %q: %v", out, err)
+	}
+	return &doc, nil
+}
+
+func TestDaemonLifecycle(t *testing.T) {
+	l := lab.New(t)
+	sw := l.AddSwitch("sw")
+	lb1 := l.AddHost("lb1")
+	sw.Plug(lb1, "eth0", "192.0.2.11/24")
+
+	dir := t.TempDir()
+	file := filepath.Join(dir, "directord.toml")
+	socket := filepath.Join(dir, "directord.sock")
+	writeFile(t, file, daemonConfig(dir, ""))
+
+	d := lb1.Start(directord, "-c", file)
+	var doc *statusDoc
+	if err := lab.Eventually(10*time.Second, func() (err error) {
+		if d.Exited() {
+			return errors.New("directord exited")
+		}
+		doc, err = statusJSON(socket)
+		return err
+	}); err != nil {
+		t.Fatalf("daemon never answered: %v\n%s", err, d.Output())
+	}
+	if doc.APIVersion != 1 || doc.Node.Name != "lb1" || doc.Node.PID != d.Pid() || doc.Config.Generation != 1 {
+		t.Fatalf("status document: %+v", doc)
+	}
+
+	t.Run("status socket is 0600 root", func(t *testing.T) {
+		fi, err := os.Stat(socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if fi.Mode().Perm() != 0o600 || st.Uid != 0 || st.Gid != 0 || fi.Mode()&os.ModeSocket == 0 {
+			t.Fatalf("socket mode %v uid %d gid %d", fi.Mode(), st.Uid, st.Gid)
+		}
+	})
+
+	t.Run("directorctl status prints tables", func(t *testing.T) {
+		out, errOut, code := run(t, directorctl, "--socket", socket, "status")
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		for _, want := range []string{"directord lb1", "generation 1", "0 ok, 0 failed", "1 vrrp instance(s), 1 virtual server(s), cluster none"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("status lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("a second daemon on the same socket is refused", func(t *testing.T) {
+		second := lb1.Start(directord, "-c", file)
+		code, err := second.Wait(10 * time.Second)
+		if err != nil || code != 1 || !strings.Contains(second.Output(), "another directord is answering") {
+			t.Fatalf("second daemon: code %d err %v\n%s", code, err, second.Output())
+		}
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		var body string
+		if err := lb1.Do(func() error {
+			// Dial here: http.Transport would dial from another thread,
+			// outside the host's namespace.
+			conn, err := net.Dial("tcp", "192.0.2.11:9167")
+			if err != nil {
+				return err
+			}
+			client := &http.Client{Transport: &http.Transport{
+				DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil },
+			}}
+			resp, err := client.Get("http://192.0.2.11:9167/metrics")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			body = string(b)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"directord_config_generation 1", `directord_config_reloads_total{result="failed"} 0`, "directord_build_info{"} {
+			if !strings.Contains(body, want) {
+				t.Errorf("metrics lack %q", want)
+			}
+		}
+	})
+
+	t.Run("SIGHUP with a broken file keeps the old config", func(t *testing.T) {
+		writeFile(t, file, daemonConfig(dir, "  wieght = 2\n"))
+		if err := d.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		if err := lab.Eventually(5*time.Second, func() (err error) {
+			doc, err = statusJSON(socket)
+			if err == nil && doc.Config.ReloadsFailed != 1 {
+				err = fmt.Errorf("reloads_failed = %d", doc.Config.ReloadsFailed)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%v\n%s", err, d.Output())
+		}
+		if d.Exited() || doc.Config.Generation != 1 || doc.Config.LastReload.OK ||
+			!strings.Contains(strings.Join(doc.Config.LastReload.Problems, "\n"), ":21: virtual_server.real_server.wieght: unknown key") {
+			t.Fatalf("after a broken reload: exited %v, %+v", d.Exited(), doc.Config)
+		}
+		out, _, _ := run(t, directorctl, "--socket", socket, "status")
+		if !strings.Contains(out, "REJECTED (running configuration unchanged)") {
+			t.Errorf("status does not show the rejected reload:\n%s", out)
+		}
+		// The same through directorctl reload: exit 1 with the problem.
+		_, errOut, code := run(t, directorctl, "--socket", socket, "reload")
+		if code != 1 || !strings.Contains(errOut, "configuration rejected") || !strings.Contains(errOut, "wieght") {
+			t.Fatalf("directorctl reload: exit %d: %s", code, errOut)
+		}
+	})
+
+	t.Run("SIGHUP with a valid file applies the diff", func(t *testing.T) {
+		writeFile(t, file, daemonConfig(dir, `
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth0"
+virtual_router_id = 52
+virtual_ipaddress = ["192.0.2.101/24"]
+`))
+		if err := d.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		if err := lab.Eventually(5*time.Second, func() (err error) {
+			doc, err = statusJSON(socket)
+			if err == nil && doc.Config.Generation != 2 {
+				err = fmt.Errorf("generation = %d", doc.Config.Generation)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%v\n%s", err, d.Output())
+		}
+		if lr := doc.Config.LastReload; !lr.OK || lr.Changes == nil || len(lr.Changes.VRRP.Added) != 1 || lr.Changes.VRRP.Added[0] != "VI_2" {
+			t.Fatalf("last reload: %+v", lr)
+		}
+		out, _, code := run(t, directorctl, "--socket", socket, "reload")
+		if code != 0 || !strings.Contains(out, "reloaded: no change") {
+			t.Fatalf("directorctl reload of an unchanged file: exit %d: %s", code, out)
+		}
+	})
+
+	t.Run("SIGTERM exits 0 within a second", func(t *testing.T) {
+		start := time.Now()
+		if err := d.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		code, err := d.Wait(time.Second)
+		if err != nil || code != 0 {
+			t.Fatalf("exit code %d, err %v\n%s", code, err, d.Output())
+		}
+		t.Logf("stopped in %s", time.Since(start))
+		if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("status socket left behind: %v", err)
+		}
+		_, errOut, code := run(t, directorctl, "--socket", socket, "status")
+		if code != 1 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "directord is not running") {
+			t.Fatalf("directorctl against a stopped daemon: exit %d: %q", code, errOut)
+		}
+	})
+
+	t.Run("a stale socket after kill -9 is replaced", func(t *testing.T) {
+		d := lb1.Start(directord, "-c", file)
+		if err := lab.Eventually(10*time.Second, func() error { _, err := statusJSON(socket); return err }); err != nil {
+			t.Fatal(err)
+		}
+		d.Kill()
+		if _, err := os.Stat(socket); err != nil {
+			t.Fatalf("kill -9 should leave the socket behind: %v", err)
+		}
+		d2 := lb1.Start(directord, "-c", file)
+		if err := lab.Eventually(10*time.Second, func() error {
+			doc, err := statusJSON(socket)
+			if err == nil && doc.Node.PID != d2.Pid() {
+				err = fmt.Errorf("pid %d answers, want %d", doc.Node.PID, d2.Pid())
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%v\n%s", err, d2.Output())
+		}
+	})
+}
+
+// TestNotRoot: without the capabilities the daemon says what is missing.
+func TestNotRoot(t *testing.T) {
+	lab.Require(t, "setpriv")
+	// t.TempDir's parent is private to root; nobody must read the file.
+	dir, err := os.MkdirTemp("", "directord-notroot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "directord.toml")
+	writeFile(t, file, daemonConfig(dir, ""))
+	_, errOut, code := run(t, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", directord, "-c", file)
+	if code != 1 || !strings.Contains(errOut, "directord needs CAP_NET_ADMIN and CAP_NET_RAW") || !strings.Contains(errOut, "run it as root") {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}
