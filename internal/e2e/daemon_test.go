@@ -323,3 +323,46 @@ func TestNotRoot(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 }
+
+// TestExampleConfigRuns starts the shipped etc/directord.toml unchanged in a
+// lab host. Its default paths (/run/directord, /var/lib/directord) are
+// covered by tmpfs in the daemon's private mount namespace (ip netns exec
+// makes one), so the machine running the test is not touched; directorctl
+// joins that namespace with nsenter and uses its default socket path.
+func TestExampleConfigRuns(t *testing.T) {
+	lab.Require(t, "nsenter")
+	l := lab.New(t)
+	sw := l.AddSwitch("sw")
+	lb1 := l.AddHost("lb1")
+	sw.Plug(lb1, "eth0", "192.0.2.11/24")
+
+	d := lb1.Start("sh", "-c", `mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib && exec "$0" -c "$1"`,
+		directord, repoFile("etc", "directord.toml"))
+	ctl := func(args ...string) (string, error) {
+		pid := fmt.Sprint(d.Pid())
+		out, err := exec.Command("nsenter", append([]string{"-t", pid, "-m", "-n", directorctl}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	var out string
+	if err := lab.Eventually(10*time.Second, func() (err error) {
+		if d.Exited() {
+			return errors.New("directord exited")
+		}
+		out, err = ctl("status")
+		return err
+	}); err != nil {
+		t.Fatalf("%v: %s\n%s", err, out, d.Output())
+	}
+	if !strings.Contains(out, "directord lb1") || !strings.Contains(out, "1 vrrp instance(s), 1 virtual server(s), cluster configured") {
+		t.Fatalf("status:\n%s", out)
+	}
+	if out, err := ctl("status", "--json"); err != nil || !strings.Contains(out, `"api_version": 1`) {
+		t.Fatalf("status --json: %v: %s", err, out)
+	}
+	if err := d.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := d.Wait(time.Second); err != nil || code != 0 {
+		t.Fatalf("SIGTERM: exit %d, %v\n%s", code, err, d.Output())
+	}
+}
