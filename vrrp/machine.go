@@ -1,0 +1,334 @@
+package vrrp
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// State is an RFC 5798 state, plus Fault as keepalived has it.
+type State int
+
+const (
+	Init State = iota
+	Backup
+	Master
+	Fault
+)
+
+func (s State) String() string {
+	switch s {
+	case Init:
+		return "INIT"
+	case Backup:
+		return "BACKUP"
+	case Master:
+		return "MASTER"
+	case Fault:
+		return "FAULT"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Config is one virtual router.
+type Config struct {
+	Name      string
+	Interface string
+	VRID      uint8
+	Priority  uint8
+	Version   int // 2 or 3
+	// AdvertInt is this router's advertisement interval.
+	AdvertInt    time.Duration
+	Preempt      bool
+	PreemptDelay time.Duration
+	VIPs         []netip.Prefix
+	// UnicastPeers, when set, replace multicast and are the only accepted
+	// sources.
+	UnicastPeers []netip.Addr
+	// UnicastSrc overrides the interface's primary address as source.
+	UnicastSrc netip.Addr
+	// ChecksumAsV2 sends version 3 IPv4 checksums without the pseudo-header
+	// (RFC 9568 peers), keepalived's v3_checksum_as_v2.
+	ChecksumAsV2 bool
+	// AuthPass is version 2's simple password (keepalived auth_type PASS).
+	AuthPass string
+}
+
+// IPv6 reports whether the router carries IPv6 addresses.
+func (c *Config) IPv6() bool { return len(c.VIPs) > 0 && c.VIPs[0].Addr().Is6() }
+
+// Transition records a change of state.
+type Transition struct {
+	From   State     `json:"from"`
+	To     State     `json:"to"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
+}
+
+// Effects are what the runner must do after a call into the Machine.
+type Effects struct {
+	// Send asks for an advertisement at SendPriority.
+	Send         bool
+	SendPriority uint8
+	// GARP asks for gratuitous ARP / unsolicited NA for the addresses.
+	GARP bool
+	// Transition is set when the state changed: entering Master means add
+	// the addresses, leaving it means remove them.
+	Transition *Transition
+}
+
+// Machine is the VRRP state machine of one virtual router. It holds no
+// clock and does no I/O: every call gets the current time and returns the
+// effects, so each decision can be tested with exact times.
+type Machine struct {
+	cfg     Config
+	primary netip.Addr // our source address, for equal-priority tie breaks
+
+	state          State
+	priority       uint8 // effective priority
+	masterAdverInt time.Duration
+	masterDown     time.Time // Backup: when the master is declared dead
+	adverDue       time.Time // Master: when the next advert is due
+	holdUntil      time.Time // preempt_delay: a lower master is tolerated until then
+	master         netip.Addr
+	masterPriority uint8
+	last           *Transition
+}
+
+// NewMachine returns a router in Init.
+func NewMachine(cfg Config, primary netip.Addr) *Machine {
+	return &Machine{cfg: cfg, primary: primary, priority: cfg.Priority, masterAdverInt: cfg.AdvertInt}
+}
+
+// State is the current state.
+func (m *Machine) State() State { return m.state }
+
+func (m *Machine) transition(now time.Time, to State, reason string) *Transition {
+	t := &Transition{From: m.state, To: to, Reason: reason, At: now}
+	m.state, m.last = to, t
+	return t
+}
+
+// skew is RFC 5798's Skew_Time (RFC 3768's for version 2).
+func (m *Machine) skew() time.Duration {
+	if m.cfg.Version == 2 {
+		return time.Duration(256-int(m.priority)) * time.Second / 256
+	}
+	return time.Duration(256-int(m.priority)) * m.masterAdverInt / 256
+}
+
+// masterDownInterval is 3 × the master's interval + skew.
+func (m *Machine) masterDownInterval() time.Duration {
+	if m.cfg.Version == 2 {
+		return 3*m.cfg.AdvertInt + m.skew()
+	}
+	return 3*m.masterAdverInt + m.skew()
+}
+
+// Start leaves Init: the address owner becomes Master at once, every other
+// router waits as Backup for a master.
+func (m *Machine) Start(now time.Time) Effects {
+	m.holdUntil = now.Add(m.cfg.PreemptDelay)
+	if m.priority == PriorityOwner {
+		return m.becomeMaster(now, "address owner (priority 255)")
+	}
+	m.masterAdverInt = m.cfg.AdvertInt
+	m.masterDown = now.Add(m.masterDownInterval())
+	m.master = netip.Addr{}
+	return Effects{Transition: m.transition(now, Backup, "started")}
+}
+
+func (m *Machine) becomeMaster(now time.Time, reason string) Effects {
+	m.adverDue = now.Add(m.cfg.AdvertInt)
+	m.master, m.masterPriority = m.primary, m.priority
+	return Effects{Send: true, SendPriority: m.priority, GARP: true, Transition: m.transition(now, Master, reason)}
+}
+
+func (m *Machine) becomeBackup(now time.Time, reason string) Effects {
+	m.masterDown = now.Add(m.masterDownInterval())
+	return Effects{Transition: m.transition(now, Backup, reason)}
+}
+
+// Deadline is when Tick must next be called; zero when no timer runs.
+func (m *Machine) Deadline() time.Time {
+	switch m.state {
+	case Backup:
+		return m.masterDown
+	case Master:
+		return m.adverDue
+	}
+	return time.Time{}
+}
+
+// Tick runs the timers that are due at now.
+func (m *Machine) Tick(now time.Time) Effects {
+	switch m.state {
+	case Backup:
+		if !now.Before(m.masterDown) {
+			return m.becomeMaster(now, fmt.Sprintf("no advertisement from the master for %s", m.masterDownInterval()))
+		}
+	case Master:
+		if !now.Before(m.adverDue) {
+			m.adverDue = m.adverDue.Add(m.cfg.AdvertInt)
+			if m.adverDue.Before(now) { // we were stalled: don't burst
+				m.adverDue = now.Add(m.cfg.AdvertInt)
+			}
+			return Effects{Send: true, SendPriority: m.priority}
+		}
+	}
+	return Effects{}
+}
+
+// check applies the receive rules that need the configuration (RFC 3768
+// and RFC 5798 §7.1, after the codec's own checks).
+func (m *Machine) check(src netip.Addr, a *Advert) DropReason {
+	switch {
+	case a.Version != m.cfg.Version:
+		return DropVersion
+	case a.VRID != m.cfg.VRID:
+		return DropVRID
+	case src.Is6() != m.cfg.IPv6() || a.Addrs[0].Is6() != m.cfg.IPv6():
+		return DropFamily
+	case len(m.cfg.UnicastPeers) > 0 && !slices.Contains(m.cfg.UnicastPeers, src):
+		return DropUnicastSrc
+	case m.cfg.Priority == PriorityOwner:
+		return DropOwner
+	}
+	if a.Version == 2 {
+		if !m.authOK(a) {
+			return DropAuth
+		}
+		if a.Interval != m.cfg.AdvertInt {
+			return DropInterval
+		}
+		if a.Priority != PriorityOwner && !m.sameAddrs(a.Addrs) {
+			return DropAddrList
+		}
+	}
+	return ""
+}
+
+func (m *Machine) authOK(a *Advert) bool {
+	if m.cfg.AuthPass == "" {
+		return a.AuthType == AuthNone
+	}
+	var want [8]byte
+	copy(want[:], m.cfg.AuthPass)
+	return a.AuthType == AuthSimple && a.AuthData == want
+}
+
+func (m *Machine) sameAddrs(addrs []netip.Addr) bool {
+	if len(addrs) != len(m.cfg.VIPs) {
+		return false
+	}
+	for _, p := range m.cfg.VIPs {
+		if !slices.Contains(addrs, p.Addr()) {
+			return false
+		}
+	}
+	return true
+}
+
+// Receive handles an advertisement that passed Parse. It returns the drop
+// reason when a configuration-dependent check rejects it.
+func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) (Effects, DropReason) {
+	if r := m.check(src, &a); r != "" {
+		return Effects{}, r
+	}
+	switch m.state {
+	case Backup:
+		if a.Priority == PriorityResign {
+			// The master is leaving: take over after the skew only.
+			m.masterDown = now.Add(m.skew())
+			return Effects{}, ""
+		}
+		lower := a.Priority < m.priority
+		if !m.cfg.Preempt || !lower || now.Before(m.holdUntil) {
+			if m.cfg.Version == 3 {
+				m.masterAdverInt = a.Interval // v3 backups learn the master's interval
+			}
+			m.masterDown = now.Add(m.masterDownInterval())
+			m.master, m.masterPriority = src, a.Priority
+		}
+		// A lower-priority master is ignored: our timer runs out and we
+		// preempt it.
+		return Effects{}, ""
+	case Master:
+		if a.Priority == PriorityResign {
+			m.adverDue = now.Add(m.cfg.AdvertInt)
+			return Effects{Send: true, SendPriority: m.priority}, ""
+		}
+		if a.Priority > m.priority || a.Priority == m.priority && bytes.Compare(src.AsSlice(), m.primary.AsSlice()) > 0 {
+			if m.cfg.Version == 3 {
+				m.masterAdverInt = a.Interval
+			}
+			m.master, m.masterPriority = src, a.Priority
+			return m.becomeBackup(now, fmt.Sprintf("master %s has priority %d (ours %d)", src, a.Priority, m.priority)), ""
+		}
+		// Another master with lower priority: a partition has healed or a
+		// peer missed us. Assert ourselves at once so it steps down and
+		// the switches relearn where the addresses are.
+		m.adverDue = now.Add(m.cfg.AdvertInt)
+		return Effects{Send: true, SendPriority: m.priority, GARP: true}, ""
+	}
+	return Effects{}, ""
+}
+
+// Stop resigns: a master sends priority 0 so a backup takes over after its
+// skew time alone.
+func (m *Machine) Stop(now time.Time) Effects {
+	if m.state == Master {
+		return Effects{Send: true, SendPriority: PriorityResign, Transition: m.transition(now, Init, "stopping")}
+	}
+	if m.state == Init {
+		return Effects{}
+	}
+	return Effects{Transition: m.transition(now, Init, "stopping")}
+}
+
+// LinkDown moves to Fault: the router cannot serve and must not hold the
+// addresses.
+func (m *Machine) LinkDown(now time.Time, why string) Effects {
+	if m.state == Fault {
+		return Effects{}
+	}
+	return Effects{Transition: m.transition(now, Fault, why)}
+}
+
+// LinkUp leaves Fault and starts over.
+func (m *Machine) LinkUp(now time.Time) Effects {
+	if m.state != Fault {
+		return Effects{}
+	}
+	return m.Start(now)
+}
+
+// Info is a snapshot for status.
+type Info struct {
+	State          State         `json:"state"`
+	Priority       uint8         `json:"priority"`
+	Master         string        `json:"master,omitempty"`
+	MasterPriority uint8         `json:"master_priority,omitempty"`
+	AdvertInt      time.Duration `json:"advert_int_ns"`
+	MasterAdverInt time.Duration `json:"master_advert_int_ns"`
+	LastTransition *Transition   `json:"last_transition,omitempty"`
+}
+
+func (m *Machine) Info() Info {
+	i := Info{
+		State:          m.state,
+		Priority:       m.priority,
+		MasterPriority: m.masterPriority,
+		AdvertInt:      m.cfg.AdvertInt,
+		MasterAdverInt: m.masterAdverInt,
+		LastTransition: m.last,
+	}
+	if m.master.IsValid() && (m.state == Master || m.state == Backup) {
+		i.Master = m.master.String()
+	}
+	return i
+}

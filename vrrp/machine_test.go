@@ -1,0 +1,257 @@
+package vrrp
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+var (
+	t0    = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	me    = netip.MustParseAddr("192.0.2.11")
+	peer  = netip.MustParseAddr("192.0.2.12") // higher than me
+	lowIP = netip.MustParseAddr("192.0.2.5")  // lower than me
+)
+
+func cfg(prio uint8, mod ...func(*Config)) Config {
+	c := Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: prio, Version: 3,
+		AdvertInt: time.Second, Preempt: true, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}}
+	for _, f := range mod {
+		f(&c)
+	}
+	return c
+}
+
+func adv(prio uint8, mod ...func(*Advert)) Advert {
+	a := Advert{Version: 3, VRID: 51, Priority: prio, Interval: time.Second, Addrs: []netip.Addr{vip1}}
+	for _, f := range mod {
+		f(&a)
+	}
+	return a
+}
+
+func at(d time.Duration) time.Time { return t0.Add(d) }
+
+// skewOf is (256-prio)/256 of interval.
+func skewOf(prio int, interval time.Duration) time.Duration {
+	return time.Duration(256-prio) * interval / 256
+}
+
+func mustState(t *testing.T, m *Machine, want State) {
+	t.Helper()
+	if m.State() != want {
+		t.Fatalf("state %s, want %s", m.State(), want)
+	}
+}
+
+func TestBackupTakesOverAfterMasterDownInterval(t *testing.T) {
+	m := NewMachine(cfg(100), me)
+	e := m.Start(t0)
+	if e.Transition == nil || e.Transition.To != Backup || e.Send {
+		t.Fatalf("start: %+v", e)
+	}
+	mdi := 3*time.Second + skewOf(100, time.Second)
+	if m.Deadline() != at(mdi) {
+		t.Fatalf("deadline %v, want %v", m.Deadline().Sub(t0), mdi)
+	}
+	if e := m.Tick(at(mdi - time.Nanosecond)); e.Transition != nil {
+		t.Fatal("took over before the master down interval")
+	}
+	e = m.Tick(at(mdi))
+	if e.Transition == nil || e.Transition.To != Master || !e.Send || e.SendPriority != 100 || !e.GARP {
+		t.Fatalf("takeover: %+v", e)
+	}
+	// Adverts every interval from then on.
+	if m.Deadline() != at(mdi+time.Second) {
+		t.Fatalf("next advert at %v", m.Deadline().Sub(t0))
+	}
+	if e := m.Tick(at(mdi + time.Second)); !e.Send || e.Transition != nil {
+		t.Fatalf("advert timer: %+v", e)
+	}
+	// After a stall the next advert is one interval from now, not a burst.
+	m.Tick(at(mdi + 10*time.Second))
+	if m.Deadline() != at(mdi+11*time.Second) {
+		t.Fatalf("after stall next advert at %v", m.Deadline().Sub(t0))
+	}
+}
+
+func TestOwnerIsMasterAtOnce(t *testing.T) {
+	m := NewMachine(cfg(255), me)
+	e := m.Start(t0)
+	if e.Transition == nil || e.Transition.To != Master || !e.Send || !e.GARP {
+		t.Fatalf("owner start: %+v", e)
+	}
+	// An owner ignores adverts (RFC 5798 §7.1).
+	if _, r := m.Receive(at(time.Second), peer, adv(254)); r != DropOwner {
+		t.Fatalf("owner accepted an advert: %q", r)
+	}
+}
+
+func TestBackupFollowsMaster(t *testing.T) {
+	m := NewMachine(cfg(100), me)
+	m.Start(t0)
+	// A master with a 100ms interval: a v3 backup learns it.
+	m.Receive(at(time.Second), peer, adv(150, func(a *Advert) { a.Interval = 100 * time.Millisecond }))
+	want := at(time.Second + 300*time.Millisecond + skewOf(100, 100*time.Millisecond))
+	if m.Deadline() != want {
+		t.Fatalf("master down at %v, want %v", m.Deadline().Sub(t0), want.Sub(t0))
+	}
+	if i := m.Info(); i.Master != peer.String() || i.MasterPriority != 150 || i.MasterAdverInt != 100*time.Millisecond {
+		t.Fatalf("info %+v", i)
+	}
+	// The master resigns: take over after the skew only.
+	m.Receive(at(2*time.Second), peer, adv(0))
+	if want := at(2*time.Second + skewOf(100, 100*time.Millisecond)); m.Deadline() != want {
+		t.Fatalf("after priority 0, master down at %v, want %v", m.Deadline().Sub(t0), want.Sub(t0))
+	}
+}
+
+func TestPreemption(t *testing.T) {
+	lower := adv(50)
+	for _, tc := range []struct {
+		name     string
+		cfg      Config
+		wantTake bool
+	}{
+		{"preempt", cfg(100), true},
+		{"nopreempt", cfg(100, func(c *Config) { c.Preempt = false }), false},
+		{"preempt_delay holds off, then preempts", cfg(100, func(c *Config) { c.PreemptDelay = 5 * time.Second }), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMachine(tc.cfg, me)
+			m.Start(t0)
+			// A lower-priority master advertises every second for 20s.
+			for s := 1; s <= 20; s++ {
+				now := at(time.Duration(s) * time.Second)
+				if e := m.Tick(now); e.Transition != nil {
+					if !tc.wantTake {
+						t.Fatalf("took over at %ds", s)
+					}
+					if tc.cfg.PreemptDelay > 0 && now.Before(at(tc.cfg.PreemptDelay)) {
+						t.Fatalf("preempted at %ds, within preempt_delay", s)
+					}
+					return
+				}
+				m.Receive(now, lowIP, lower)
+			}
+			if tc.wantTake {
+				t.Fatal("never preempted the lower master")
+			}
+			mustState(t, m, Backup)
+		})
+	}
+}
+
+func TestMasterMeetsAnotherMaster(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		src       netip.Addr
+		prio      uint8
+		wantState State
+		wantSend  bool
+		wantGARP  bool
+	}{
+		{"higher priority wins", lowIP, 200, Backup, false, false},
+		{"equal priority, higher address wins", peer, 100, Backup, false, false},
+		{"equal priority, lower address loses", lowIP, 100, Master, true, true},
+		{"lower priority: re-advertise and re-GARP at once", peer, 50, Master, true, true},
+		{"priority 0: advertise at once", peer, 0, Master, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMachine(cfg(100), me)
+			m.Start(t0)
+			m.Tick(at(4 * time.Second))
+			mustState(t, m, Master)
+			e, r := m.Receive(at(4500*time.Millisecond), tc.src, adv(tc.prio))
+			if r != "" {
+				t.Fatalf("dropped: %s", r)
+			}
+			mustState(t, m, tc.wantState)
+			if e.Send != tc.wantSend || e.GARP != tc.wantGARP {
+				t.Fatalf("effects %+v", e)
+			}
+			if tc.wantSend && m.Deadline() != at(5500*time.Millisecond) {
+				t.Fatalf("advert timer not restarted: %v", m.Deadline().Sub(t0))
+			}
+		})
+	}
+}
+
+func TestStopAndFault(t *testing.T) {
+	m := NewMachine(cfg(100), me)
+	m.Start(t0)
+	m.Tick(at(4 * time.Second))
+	e := m.Stop(at(5 * time.Second))
+	if !e.Send || e.SendPriority != 0 || e.Transition == nil || e.Transition.From != Master || e.Transition.To != Init {
+		t.Fatalf("stop as master: %+v", e)
+	}
+
+	m = NewMachine(cfg(100), me)
+	m.Start(t0)
+	m.Tick(at(4 * time.Second))
+	e = m.LinkDown(at(5*time.Second), "eth0 down")
+	if e.Transition == nil || e.Transition.To != Fault || e.Send {
+		t.Fatalf("link down: %+v", e)
+	}
+	if m.Deadline() != (time.Time{}) {
+		t.Fatal("a timer runs in Fault")
+	}
+	if _, r := m.Receive(at(6*time.Second), peer, adv(50)); r != "" {
+		t.Fatalf("receive in fault: %q", r)
+	}
+	mustState(t, m, Fault)
+	e = m.LinkUp(at(7 * time.Second))
+	if e.Transition == nil || e.Transition.To != Backup {
+		t.Fatalf("link up: %+v", e)
+	}
+}
+
+func TestReceiveChecks(t *testing.T) {
+	v2 := func(c *Config) { c.Version = 2 }
+	v2adv := func(a *Advert) { a.Version = 2 }
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		src  netip.Addr
+		adv  Advert
+		want DropReason
+	}{
+		{"accepted", cfg(100), peer, adv(150), ""},
+		{"other version", cfg(100), peer, adv(150, v2adv), DropVersion},
+		{"other VRID", cfg(100), peer, adv(150, func(a *Advert) { a.VRID = 52 }), DropVRID},
+		{"IPv6 advert for IPv4 router", cfg(100), netip.MustParseAddr("fe80::1"), adv(150, func(a *Advert) { a.Addrs = []netip.Addr{netip.MustParseAddr("2001:db8::1")} }), DropFamily},
+		{"unicast: unknown source", cfg(100, func(c *Config) { c.UnicastPeers = []netip.Addr{lowIP} }), peer, adv(150), DropUnicastSrc},
+		{"unicast: known source", cfg(100, func(c *Config) { c.UnicastPeers = []netip.Addr{peer} }), peer, adv(150), ""},
+		{"v2 accepted", cfg(100, v2), peer, adv(150, v2adv), ""},
+		{"v2 interval mismatch", cfg(100, v2), peer, adv(150, v2adv, func(a *Advert) { a.Interval = 2 * time.Second }), DropInterval},
+		{"v2 address list mismatch", cfg(100, v2), peer, adv(150, v2adv, func(a *Advert) { a.Addrs = []netip.Addr{vip2} }), DropAddrList},
+		{"v2 address list mismatch from owner", cfg(100, v2), peer, adv(255, v2adv, func(a *Advert) { a.Addrs = []netip.Addr{vip2} }), ""},
+		{"v3 address list mismatch is only a MAY", cfg(100), peer, adv(150, func(a *Advert) { a.Addrs = []netip.Addr{vip2} }), ""},
+		{"v2 auth expected", cfg(100, v2, func(c *Config) { c.AuthPass = "secret" }), peer, adv(150, v2adv), DropAuth},
+		{"v2 auth matches", cfg(100, v2, func(c *Config) { c.AuthPass = "secret" }), peer, adv(150, v2adv, func(a *Advert) {
+			a.AuthType = AuthSimple
+			copy(a.AuthData[:], "secret")
+		}), ""},
+		{"v2 auth wrong", cfg(100, v2, func(c *Config) { c.AuthPass = "secret" }), peer, adv(150, v2adv, func(a *Advert) {
+			a.AuthType = AuthSimple
+			copy(a.AuthData[:], "guess")
+		}), DropAuth},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMachine(tc.cfg, me)
+			m.Start(t0)
+			if _, got := m.Receive(at(time.Second), tc.src, tc.adv); got != tc.want {
+				t.Fatalf("reason %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestV2Timing(t *testing.T) {
+	// RFC 3768: skew is (256-prio)/256 s whatever the interval.
+	m := NewMachine(cfg(100, func(c *Config) { c.Version = 2; c.AdvertInt = 2 * time.Second }), me)
+	m.Start(t0)
+	if want := at(6*time.Second + skewOf(100, time.Second)); m.Deadline() != want {
+		t.Fatalf("v2 master down at %v, want %v", m.Deadline().Sub(t0), want.Sub(t0))
+	}
+}
