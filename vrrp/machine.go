@@ -34,6 +34,16 @@ func (s State) String() string {
 
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+func (s *State) UnmarshalText(b []byte) error {
+	for _, c := range []State{Init, Backup, Master, Fault} {
+		if c.String() == string(b) {
+			*s = c
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown VRRP state %q", b)
+}
+
 // Config is one virtual router.
 type Config struct {
 	Name      string
@@ -94,6 +104,7 @@ type Machine struct {
 	masterDown     time.Time // Backup: when the master is declared dead
 	adverDue       time.Time // Master: when the next advert is due
 	holdUntil      time.Time // preempt_delay: a lower master is tolerated until then
+	resigned       bool      // the master sent priority 0
 	master         netip.Addr
 	masterPriority uint8
 	last           *Transition
@@ -169,6 +180,9 @@ func (m *Machine) Tick(now time.Time) Effects {
 	switch m.state {
 	case Backup:
 		if !now.Before(m.masterDown) {
+			if m.resigned {
+				return m.becomeMaster(now, "the master resigned (priority 0)")
+			}
 			return m.becomeMaster(now, fmt.Sprintf("no advertisement from the master for %s", m.masterDownInterval()))
 		}
 	case Master:
@@ -244,8 +258,10 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 		if a.Priority == PriorityResign {
 			// The master is leaving: take over after the skew only.
 			m.masterDown = now.Add(m.skew())
+			m.resigned = true
 			return Effects{}, ""
 		}
+		m.resigned = false
 		lower := a.Priority < m.priority
 		if !m.cfg.Preempt || !lower || now.Before(m.holdUntil) {
 			if m.cfg.Version == 3 {

@@ -104,6 +104,9 @@ func TestBackupFollowsMaster(t *testing.T) {
 	if want := at(2*time.Second + skewOf(100, 100*time.Millisecond)); m.Deadline() != want {
 		t.Fatalf("after priority 0, master down at %v, want %v", m.Deadline().Sub(t0), want.Sub(t0))
 	}
+	if e := m.Tick(m.Deadline()); e.Transition == nil || e.Transition.Reason != "the master resigned (priority 0)" {
+		t.Fatalf("takeover after resign: %+v", e.Transition)
+	}
 }
 
 func TestPreemption(t *testing.T) {

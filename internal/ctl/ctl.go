@@ -136,6 +136,7 @@ type statusDoc struct {
 	APIVersion int                 `json:"api_version"`
 	Node       daemon.NodeStatus   `json:"node"`
 	Config     daemon.ConfigStatus `json:"config"`
+	VRRP       *daemon.VRRPStatus  `json:"vrrp"`
 	raw        map[string]json.RawMessage
 }
 
@@ -182,7 +183,11 @@ func renderStatus(w io.Writer, doc *statusDoc) {
 		cs.VRRPInstances, cs.VirtualServers, map[bool]string{true: "configured", false: "none"}[cs.Cluster])
 	tw.Flush()
 
-	known := []string{"api_version", "node", "config"}
+	if doc.VRRP != nil && len(doc.VRRP.Instances) > 0 {
+		renderVRRP(w, doc.VRRP)
+	}
+
+	known := []string{"api_version", "node", "config", "vrrp"}
 	var other []string
 	for k := range doc.raw {
 		if !slices.Contains(known, k) {
@@ -193,4 +198,43 @@ func renderStatus(w io.Writer, doc *statusDoc) {
 		sort.Strings(other)
 		fmt.Fprintf(w, "\nother sections (see --json): %s\n", strings.Join(other, ", "))
 	}
+}
+
+func renderVRRP(w io.Writer, v *daemon.VRRPStatus) {
+	fmt.Fprintln(w, "\nVRRP")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE\tINTERFACE\tVRID\tSTATE\tPRIO\tMASTER\tADVERT\tSENT\tRECV\tDROPS\tLAST TRANSITION")
+	for _, in := range v.Instances {
+		master := in.Master
+		if master == "" {
+			master = "-"
+		} else if in.State.String() == "MASTER" {
+			master += " (us)"
+		}
+		var drops uint64
+		var reasons []string
+		for r, n := range in.Drops {
+			drops += n
+			reasons = append(reasons, fmt.Sprintf("%s=%d", r, n))
+		}
+		sort.Strings(reasons)
+		dropText := fmt.Sprint(drops)
+		if len(reasons) > 0 {
+			dropText += " (" + strings.Join(reasons, ",") + ")"
+		}
+		last := "-"
+		if t := in.LastTransition; t != nil {
+			last = fmt.Sprintf("%s %s->%s: %s", t.At.Local().Format(time.TimeOnly), t.From, t.To, t.Reason)
+		}
+		interval := in.MasterAdverInt
+		if interval == 0 {
+			interval = in.AdvertInt
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", in.Name, in.Interface, in.VRID, in.State,
+			in.Priority, master, interval, in.AdvertsSent, in.AdvertsReceived, dropText, last)
+		if in.Error != "" {
+			fmt.Fprintf(tw, "\t  error: %s\n", in.Error)
+		}
+	}
+	tw.Flush()
 }

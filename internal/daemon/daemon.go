@@ -23,6 +23,7 @@ import (
 
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/status"
+	"github.com/directord/directord/vrrp"
 )
 
 // Options are what the command line gives the daemon.
@@ -35,6 +36,8 @@ type Options struct {
 	Log io.Writer
 	// SkipPrivilegeCheck is for in-process unit tests only.
 	SkipPrivilegeCheck bool
+	// VRRPDeps replaces the kernel (unit tests only).
+	VRRPDeps *vrrp.Deps
 }
 
 // Daemon is one running directord.
@@ -46,6 +49,7 @@ type Daemon struct {
 	reg     *prometheus.Registry
 	status  *status.Server
 	reloads chan chan ReloadResult
+	vrrp    *vrrp.Group
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -111,6 +115,9 @@ func Run(ctx context.Context, opts Options) error {
 		g.Go(func() error { return status.ServeHTTP(ctx, mln, mux, d.log) })
 	}
 	g.Go(func() error { return d.reloadLoop(ctx) })
+	// VRRP runs from the file's settings alone and never waits on any other
+	// subsystem: failover must work whatever else is doing.
+	g.Go(func() error { return d.vrrp.Run(ctx, vrrpConfigs(cfg)) })
 
 	d.log.Info("directord started", "node", cfg.Node.Name, "version", opts.Version, "config", cfg.File,
 		"status_socket", cfg.Node.StatusSocket, "metrics", cfg.Node.MetricsListen,
@@ -135,7 +142,13 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 		generation: 1,
 	}
 	d.status = status.NewServer(d.log)
+	deps := vrrp.KernelDeps(d.log)
+	if opts.VRRPDeps != nil {
+		deps = *opts.VRRPDeps
+	}
+	d.vrrp = vrrp.NewGroup(deps)
 	d.registerMetrics()
+	d.status.Register("vrrp", vrrpStatus(d.vrrp))
 	d.status.Register("node", d.nodeStatus)
 	d.status.Register("config", d.configStatus)
 	d.status.Handle("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
@@ -182,7 +195,8 @@ func (d *Daemon) registerMetrics() {
 	d.mGeneration.Set(1)
 	d.mLastOK.Set(float64(d.loadedAt.UnixNano()) / 1e9)
 	d.reg.MustRegister(d.mReloads, d.mGeneration, d.mLastOK, info,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		newVRRPCollector(d.vrrp))
 }
 
 func (d *Daemon) config() *config.Config {
@@ -236,6 +250,9 @@ func (d *Daemon) reload() ReloadResult {
 	res.OK, res.Changes = true, &changes
 	if cfg.Node.LogLevel != d.config().Node.LogLevel {
 		d.level.Set(parseLevel(cfg.Node.LogLevel))
+	}
+	if restarted := d.vrrp.Update(vrrpConfigs(cfg)); len(restarted) > 0 {
+		d.log.Info("reload: VRRP instances (re)started; the others kept their state", "instances", restarted)
 	}
 	if changes.Empty() {
 		d.log.Info("reload: no change", "config", cfg.File)

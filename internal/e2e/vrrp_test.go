@@ -1,0 +1,336 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/vrrp"
+)
+
+const vip = "192.0.2.100"
+
+// pair is a client and two directors on one switch.
+type pair struct {
+	t              *testing.T
+	lab            *lab.Lab
+	sw             *lab.Switch
+	client         *lab.Host
+	lb1, lb2       *lab.Host
+	port1, port2   string // the directors' switch ports
+	dir            string
+	procs          map[*lab.Host]*lab.Process
+	sockets, files map[*lab.Host]string
+}
+
+func newPair(t *testing.T) *pair {
+	l := lab.New(t)
+	p := &pair{t: t, lab: l, sw: l.AddSwitch("sw"), dir: t.TempDir(),
+		procs: map[*lab.Host]*lab.Process{}, sockets: map[*lab.Host]string{}, files: map[*lab.Host]string{}}
+	p.client, p.lb1, p.lb2 = l.AddHost("client"), l.AddHost("lb1"), l.AddHost("lb2")
+	p.sw.Plug(p.client, "eth0", "192.0.2.50/24", "2001:db8::50/64")
+	p.port1 = p.sw.Plug(p.lb1, "eth0", "192.0.2.11/24", "2001:db8::11/64")
+	p.port2 = p.sw.Plug(p.lb2, "eth0", "192.0.2.12/24", "2001:db8::12/64")
+	return p
+}
+
+// vrrpFile is a configuration with one instance; extra lines go into it.
+func (p *pair) vrrpFile(h *lab.Host, prio int, extra string) {
+	dir := filepath.Join(p.dir, h.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		p.t.Fatal(err)
+	}
+	p.sockets[h] = filepath.Join(dir, "directord.sock")
+	p.files[h] = filepath.Join(dir, "directord.toml")
+	if !strings.Contains(extra, "virtual_ipaddress") {
+		extra += "\nvirtual_ipaddress = [\"" + vip + "/24\"]"
+	}
+	writeFile(p.t, p.files[h], fmt.Sprintf(`[node]
+name = %q
+data_dir = %q
+status_socket = %q
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = %d
+advert_int = "100ms"
+%s
+`, h.Name, filepath.Join(dir, "data"), p.sockets[h], prio, extra))
+}
+
+func (p *pair) start(h *lab.Host) {
+	p.procs[h] = h.Start(directord, "-c", p.files[h])
+}
+
+func (p *pair) instance(h *lab.Host) (vrrp.InstanceStatus, error) {
+	out, err := exec.Command(directorctl, "--socket", p.sockets[h], "status", "--json").Output()
+	if err != nil {
+		return vrrp.InstanceStatus{}, fmt.Errorf("%s: directorctl: %v", h.Name, err)
+	}
+	var doc struct {
+		VRRP daemon.VRRPStatus `json:"vrrp"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return vrrp.InstanceStatus{}, err
+	}
+	if len(doc.VRRP.Instances) != 1 {
+		return vrrp.InstanceStatus{}, fmt.Errorf("%s: %d instances", h.Name, len(doc.VRRP.Instances))
+	}
+	return doc.VRRP.Instances[0], nil
+}
+
+// waitStates polls until each director is in its wanted state.
+func (p *pair) waitStates(timeout time.Duration, want map[*lab.Host]vrrp.State) {
+	p.t.Helper()
+	if err := lab.Eventually(timeout, func() error {
+		for h, st := range want {
+			in, err := p.instance(h)
+			if err != nil {
+				return err
+			}
+			if in.State != st {
+				return fmt.Errorf("%s is %s, want %s", h.Name, in.State, st)
+			}
+			// A backup that has not heard a master yet may still time out.
+			if st == vrrp.Backup && in.Master == "" {
+				return fmt.Errorf("%s is a backup that has heard no master yet", h.Name)
+			}
+		}
+		return nil
+	}); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func hasAddr(h *lab.Host, addr string) bool {
+	out, _ := h.Run("ip", "-o", "addr", "show", "dev", "eth0")
+	return strings.Contains(out, " "+addr+"/")
+}
+
+// owner checks that exactly h holds the VIP (addr) among the directors.
+func (p *pair) owner(h *lab.Host, addr string) {
+	p.t.Helper()
+	if err := lab.Eventually(2*time.Second, func() error {
+		for _, d := range []*lab.Host{p.lb1, p.lb2} {
+			if has := hasAddr(d, addr); has != (d == h) {
+				return fmt.Errorf("%s holds %s: %v", d.Name, addr, has)
+			}
+		}
+		return nil
+	}); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func mac(h *lab.Host) string {
+	out, _ := h.Run("cat", "/sys/class/net/eth0/address")
+	return strings.TrimSpace(out)
+}
+
+// neighbour returns the client's link-layer address for the VIP, or "".
+func (p *pair) neighbour() string {
+	out, _ := p.client.Run("ip", "neigh", "show", vip, "dev", "eth0")
+	if f := strings.Fields(out); len(f) >= 3 && f[1] == "lladdr" {
+		return f[2]
+	}
+	return ""
+}
+
+// clientSees checks that the client learnt the VIP at h from a gratuitous
+// ARP (its neighbour entry changes without it asking), then that the VIP
+// answers ping.
+func (p *pair) clientSees(h *lab.Host) {
+	p.t.Helper()
+	want := mac(h)
+	if err := lab.Eventually(3*time.Second, func() error {
+		if got := p.neighbour(); got != want {
+			return fmt.Errorf("client's neighbour entry for %s is %q, want %s's %s", vip, got, h.Name, want)
+		}
+		return nil
+	}); err != nil {
+		p.t.Fatal(err)
+	}
+	p.client.MustRun("ping", "-c", "1", "-W", "2", vip)
+}
+
+// arpAnswers checks that, asked afresh, only h answers ARP for the VIP.
+func (p *pair) arpAnswers(h *lab.Host) {
+	p.t.Helper()
+	p.client.MustRun("ip", "neigh", "flush", "dev", "eth0")
+	p.client.MustRun("ping", "-c", "1", "-W", "2", vip)
+	if got, want := p.neighbour(), mac(h); got != want {
+		p.t.Fatalf("ARP for %s answered by %q, want %s's %s", vip, got, h.Name, want)
+	}
+}
+
+func TestVRRPFailover(t *testing.T) {
+	lab.Require(t, "ping")
+	p := newPair(t)
+	p.vrrpFile(p.lb1, 150, "")
+	p.vrrpFile(p.lb2, 100, "")
+	p.start(p.lb1)
+	p.start(p.lb2)
+
+	t.Log("election by priority")
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+	p.owner(p.lb1, vip)
+	p.arpAnswers(p.lb1)
+	in, err := p.instance(p.lb2)
+	if err != nil || in.Master != "192.0.2.11" || in.AdvertsReceived == 0 {
+		t.Fatalf("backup's view: %+v %v", in, err)
+	}
+
+	t.Log("the master's host dies (kill -9, cable cut): the backup takes over and answers ARP")
+	p.procs[p.lb1].Kill()
+	p.sw.IP("link", "set", p.port1, "down")
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb2: vrrp.Master})
+	if !hasAddr(p.lb2, vip) {
+		t.Fatal("new master lacks the VIP")
+	}
+	p.clientSees(p.lb2)
+	p.arpAnswers(p.lb2)
+
+	t.Log("the old master comes back: it drops its stale VIP and preempts")
+	p.sw.IP("link", "set", p.port1, "up")
+	p.start(p.lb1)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+	p.owner(p.lb1, vip)
+	p.clientSees(p.lb1)
+
+	t.Log("graceful stop: the master resigns with priority 0")
+	if err := p.procs[p.lb1].Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := p.procs[p.lb1].Wait(5 * time.Second); err != nil || code != 0 {
+		t.Fatalf("SIGTERM: %d %v", code, err)
+	}
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb2: vrrp.Master})
+	p.owner(p.lb2, vip)
+	in, _ = p.instance(p.lb2)
+	if in.LastTransition == nil || in.LastTransition.Reason != "the master resigned (priority 0)" {
+		t.Fatalf("takeover was not caused by the resignation: %+v", in.LastTransition)
+	}
+	p.clientSees(p.lb2)
+}
+
+func TestVRRPNoPreempt(t *testing.T) {
+	p := newPair(t)
+	p.vrrpFile(p.lb1, 150, "preempt = false")
+	p.vrrpFile(p.lb2, 100, "")
+	p.start(p.lb2)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb2: vrrp.Master})
+	p.start(p.lb1)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Backup})
+	// Ten master down intervals of the higher-priority node: it must stay
+	// backup throughout.
+	deadline := time.Now().Add(10 * 400 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		in, err := p.instance(p.lb1)
+		if err != nil || in.State != vrrp.Backup {
+			t.Fatalf("nopreempt node: %v %v", in.State, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.owner(p.lb2, vip)
+}
+
+func TestVRRPLinkDownIsFault(t *testing.T) {
+	p := newPair(t)
+	p.vrrpFile(p.lb1, 150, "")
+	p.vrrpFile(p.lb2, 100, "")
+	p.start(p.lb1)
+	p.start(p.lb2)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+
+	// The switch port goes down: lb1's eth0 loses carrier.
+	p.sw.IP("link", "set", p.port1, "down")
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Fault, p.lb2: vrrp.Master})
+	p.owner(p.lb2, vip)
+
+	p.sw.IP("link", "set", p.port1, "up")
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+	p.owner(p.lb1, vip)
+}
+
+// partition drops VRRP on the switch; heal removes the rule.
+func (p *pair) partition() {
+	p.sw.MustRun("nft", "add table bridge partition; add chain bridge partition filter { type filter hook forward priority 0; }; add rule bridge partition filter ip protocol 112 drop")
+}
+
+func (p *pair) heal() { p.sw.MustRun("nft", "delete table bridge partition") }
+
+func TestVRRPPartitionHeals(t *testing.T) {
+	lab.Require(t, "nft")
+	p := newPair(t)
+	p.vrrpFile(p.lb1, 150, "")
+	p.vrrpFile(p.lb2, 100, "")
+	p.start(p.lb1)
+	p.start(p.lb2)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+
+	p.partition()
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Master})
+	if !hasAddr(p.lb1, vip) || !hasAddr(p.lb2, vip) {
+		t.Fatal("during the partition both masters should hold the VIP")
+	}
+
+	// Point the client at the loser, as after a partition where it was
+	// the last to answer ARP; the winner's GARP must correct it.
+	p.client.MustRun("ip", "neigh", "replace", vip, "lladdr", mac(p.lb2), "dev", "eth0", "nud", "stale")
+	p.heal()
+	p.waitStates(2*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+	p.owner(p.lb1, vip)
+	in, _ := p.instance(p.lb2)
+	if in.LastTransition == nil || !strings.Contains(in.LastTransition.Reason, "has priority 150") {
+		t.Fatalf("lb2 did not step down for the higher master: %+v", in.LastTransition)
+	}
+	p.clientSees(p.lb1) // the winner re-sent GARP when it heard the loser
+}
+
+func TestVRRPUnicast(t *testing.T) {
+	lab.Require(t, "nft")
+	p := newPair(t)
+	// Multicast VRRP is dropped on the switch: only unicast gets through.
+	p.sw.MustRun("nft", "add table bridge nomcast; add chain bridge nomcast filter { type filter hook forward priority 0; }; add rule bridge nomcast filter ip daddr 224.0.0.18 drop")
+	p.vrrpFile(p.lb1, 150, `unicast_peer = ["192.0.2.12"]`)
+	p.vrrpFile(p.lb2, 100, `unicast_peer = ["192.0.2.11"]`)
+	p.start(p.lb1)
+	p.start(p.lb2)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+	p.owner(p.lb1, vip)
+	p.procs[p.lb1].Kill()
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb2: vrrp.Master})
+}
+
+func TestVRRPIPv6(t *testing.T) {
+	p := newPair(t)
+	six := `virtual_ipaddress = ["2001:db8::100/64"]`
+	p.vrrpFile(p.lb1, 150, six)
+	p.vrrpFile(p.lb2, 100, six)
+	p.start(p.lb1)
+	p.start(p.lb2)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+	p.owner(p.lb1, "2001:db8::100")
+	in, _ := p.instance(p.lb2)
+	if !strings.HasPrefix(in.Master, "fe80::") || in.AdvertsReceived == 0 {
+		t.Fatalf("backup should follow the master's link-local address: %+v", in)
+	}
+	p.procs[p.lb1].Kill()
+	p.sw.IP("link", "set", p.port1, "down")
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb2: vrrp.Master})
+	// The dead host's namespace keeps its stale copy; the cable is cut.
+	if !hasAddr(p.lb2, "2001:db8::100") {
+		t.Fatal("new master lacks the VIP")
+	}
+	p.client.MustRun("ping", "-c", "1", "-W", "2", "2001:db8::100")
+}

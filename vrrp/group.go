@@ -1,0 +1,605 @@
+package vrrp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Deps are the group's ties to the kernel and the daemon, injected so the
+// runner can be driven by fakes in unit tests.
+type Deps struct {
+	// Listen opens the VRRP socket of an interface and family.
+	Listen    func(ifname string, ipv6 bool) (Conn, error)
+	Addresses Addresses
+	Announcer Announcer
+	// Primary finds the address adverts are sent from.
+	Primary func(ifname string, ipv6 bool, vips []netip.Prefix) (netip.Addr, error)
+	// WatchLinks calls fn with every interface's link state until ctx ends;
+	// nil means links are taken as up.
+	WatchLinks func(ctx context.Context, fn func(ifname string, up bool)) error
+	// Notify is told of every transition, from its own goroutine.
+	Notify func(instance string, t Transition)
+	Now    func() time.Time
+	Log    *slog.Logger
+	// GARPRefresh is the delay of the second gratuitous ARP burst after
+	// becoming master (keepalived's garp_master_delay); 0 for none.
+	GARPRefresh time.Duration
+}
+
+// KernelDeps uses the real kernel: raw sockets, rtnetlink and ARP.
+func KernelDeps(log *slog.Logger) Deps {
+	return Deps{
+		Listen: func(ifname string, ipv6 bool) (Conn, error) {
+			if ipv6 {
+				return ListenIPv6(ifname)
+			}
+			return ListenIPv4(ifname)
+		},
+		Addresses:   NetlinkAddresses{},
+		Announcer:   GARP{Repeat: 5},
+		Primary:     PrimaryAddress,
+		WatchLinks:  WatchLinks,
+		Now:         time.Now,
+		Log:         log,
+		GARPRefresh: 5 * time.Second,
+	}
+}
+
+// Group runs a set of virtual routers.
+type Group struct {
+	deps Deps
+
+	mu        sync.Mutex
+	ctx       context.Context
+	routers   map[routerKey]*router
+	instances map[string]*instance
+	links     map[string]bool
+	pending   []Config // an Update that came before Run
+}
+
+type routerKey struct {
+	ifname string
+	ipv6   bool
+}
+
+// router owns one socket and hands each packet to its instance by VRID.
+type router struct {
+	key  routerKey
+	conn Conn
+	done chan struct{}
+
+	mu     sync.Mutex
+	byVRID map[uint8]*instance
+	drops  map[DropReason]uint64 // packets no instance could be charged with
+}
+
+type received struct {
+	src netip.Addr
+	adv Advert
+}
+
+type instance struct {
+	cfg    Config
+	rx     chan received
+	link   chan bool
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu          sync.Mutex
+	info        Info
+	source      netip.Addr
+	sent        uint64
+	received    uint64
+	transitions uint64
+	drops       map[DropReason]uint64
+	lastLog     map[DropReason]time.Time
+	err         string
+}
+
+func NewGroup(deps Deps) *Group {
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if deps.Log == nil {
+		deps.Log = slog.Default()
+	}
+	return &Group{deps: deps, routers: map[routerKey]*router{}, instances: map[string]*instance{}, links: map[string]bool{}}
+}
+
+// Run starts the routers and runs until ctx ends; then every master
+// resigns (priority 0) and the virtual addresses are removed.
+func (g *Group) Run(ctx context.Context, cfgs []Config) error {
+	g.mu.Lock()
+	g.ctx = ctx
+	if g.pending != nil {
+		cfgs, g.pending = g.pending, nil
+	}
+	g.mu.Unlock()
+	if g.deps.WatchLinks != nil {
+		go func() {
+			if err := g.deps.WatchLinks(ctx, g.linkChanged); err != nil && ctx.Err() == nil {
+				g.deps.Log.Error("VRRP: watching links failed; link changes will not move instances to FAULT", "err", err)
+			}
+		}()
+	}
+	g.Update(cfgs)
+	<-ctx.Done()
+	g.mu.Lock()
+	names := make([]string, 0, len(g.instances))
+	for n := range g.instances {
+		names = append(names, n)
+	}
+	g.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, n := range names {
+		wg.Go(func() { g.stop(n) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// Update applies a new set of routers: unchanged ones keep running and
+// keep their state; changed ones restart; removed ones stop (resigning if
+// master); new ones start. It returns the names that were (re)started.
+func (g *Group) Update(cfgs []Config) (started []string) {
+	g.mu.Lock()
+	if g.ctx == nil { // not running yet: Run starts these
+		g.pending = cfgs
+		g.mu.Unlock()
+		return nil
+	}
+	g.mu.Unlock()
+	want := map[string]Config{}
+	for _, c := range cfgs {
+		want[c.Name] = c
+	}
+	g.mu.Lock()
+	var stop []string
+	for name, in := range g.instances {
+		if c, ok := want[name]; !ok || !reflect.DeepEqual(c, in.cfg) {
+			stop = append(stop, name)
+		}
+	}
+	g.mu.Unlock()
+	for _, n := range stop {
+		g.stop(n)
+	}
+	for _, c := range cfgs {
+		g.mu.Lock()
+		_, running := g.instances[c.Name]
+		g.mu.Unlock()
+		if !running {
+			g.start(c)
+			started = append(started, c.Name)
+		}
+	}
+	return started
+}
+
+func (g *Group) linkChanged(ifname string, up bool) {
+	g.mu.Lock()
+	prev, known := g.links[ifname]
+	g.links[ifname] = up
+	var ins []*instance
+	for _, in := range g.instances {
+		if in.cfg.Interface == ifname {
+			ins = append(ins, in)
+		}
+	}
+	g.mu.Unlock()
+	if known && prev == up {
+		return
+	}
+	for _, in := range ins {
+		select {
+		case in.link <- up:
+		default: // the instance has a newer event queued to read
+		}
+	}
+}
+
+func (g *Group) start(cfg Config) {
+	in := &instance{
+		cfg:     cfg,
+		rx:      make(chan received, 64),
+		link:    make(chan bool, 1),
+		done:    make(chan struct{}),
+		drops:   map[DropReason]uint64{},
+		lastLog: map[DropReason]time.Time{},
+	}
+	in.info = Info{State: Init, Priority: cfg.Priority, AdvertInt: cfg.AdvertInt}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.instances[cfg.Name] = in
+	key := routerKey{cfg.Interface, cfg.IPv6()}
+	r := g.routers[key]
+	if r == nil {
+		conn, err := g.deps.Listen(cfg.Interface, cfg.IPv6())
+		if err != nil {
+			in.fail(g.deps.Now(), err)
+			g.deps.Log.Error("VRRP instance cannot run", "instance", cfg.Name, "err", err)
+			close(in.done)
+			return
+		}
+		r = &router{key: key, conn: conn, done: make(chan struct{}), byVRID: map[uint8]*instance{}, drops: map[DropReason]uint64{}}
+		g.routers[key] = r
+		go r.readLoop(g.deps.Log)
+	}
+	r.mu.Lock()
+	r.byVRID[cfg.VRID] = in
+	r.mu.Unlock()
+	ctx, cancel := context.WithCancel(g.ctx)
+	in.cancel = cancel
+	linkUp, known := g.links[cfg.Interface]
+	go in.run(ctx, g, r, !known || linkUp)
+}
+
+// stop ends an instance and closes its router's socket when it was the
+// last one on it.
+func (g *Group) stop(name string) {
+	g.mu.Lock()
+	in := g.instances[name]
+	g.mu.Unlock()
+	if in == nil {
+		return
+	}
+	if in.cancel != nil {
+		in.cancel()
+	}
+	<-in.done
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.instances, name)
+	key := routerKey{in.cfg.Interface, in.cfg.IPv6()}
+	r := g.routers[key]
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	if r.byVRID[in.cfg.VRID] == in {
+		delete(r.byVRID, in.cfg.VRID)
+	}
+	empty := len(r.byVRID) == 0
+	r.mu.Unlock()
+	if empty {
+		r.conn.Close()
+		<-r.done
+		delete(g.routers, key)
+	}
+}
+
+func (r *router) readLoop(log *slog.Logger) {
+	defer close(r.done)
+	buf := make([]byte, 1500)
+	for {
+		n, src, dst, ttl, err := r.conn.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			log.Warn("VRRP read failed", "interface", r.key.ifname, "err", err)
+			time.Sleep(10 * time.Millisecond) // don't spin on a persistent error
+			continue
+		}
+		a, _, reason := Parse(buf[:n], src, dst)
+		var in *instance
+		if n >= 2 {
+			r.mu.Lock()
+			in = r.byVRID[buf[1]]
+			r.mu.Unlock()
+		}
+		// RFC 5798 §7.1: TTL must be 255. Unicast adverts may cross a
+		// router, so keepalived (and we) skip the check there.
+		if reason == "" && ttl != 255 && (in == nil || len(in.cfg.UnicastPeers) == 0) {
+			reason = DropTTL
+		}
+		if in == nil {
+			if reason == "" {
+				reason = DropVRID
+			}
+			r.mu.Lock()
+			r.drops[reason]++
+			r.mu.Unlock()
+			continue
+		}
+		if reason != "" {
+			in.drop(log, reason, src)
+			continue
+		}
+		select {
+		case in.rx <- received{src: src, adv: a}:
+		default:
+			in.drop(log, "queue_full", src)
+		}
+	}
+}
+
+// drop counts a dropped packet and logs each reason at most once a minute.
+func (in *instance) drop(log *slog.Logger, reason DropReason, src netip.Addr) {
+	in.mu.Lock()
+	in.drops[reason]++
+	now := time.Now()
+	quiet := now.Sub(in.lastLog[reason]) < time.Minute
+	if !quiet {
+		in.lastLog[reason] = now
+	}
+	count := in.drops[reason]
+	in.mu.Unlock()
+	if !quiet {
+		log.Warn("VRRP advert dropped", "instance", in.cfg.Name, "reason", string(reason), "from", src, "count", count)
+	}
+}
+
+func (in *instance) fail(now time.Time, err error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.err = err.Error()
+	from := in.info.State
+	in.info.State = Fault
+	in.info.LastTransition = &Transition{From: from, To: Fault, Reason: err.Error(), At: now}
+}
+
+// run is the instance's event loop; it alone touches its Machine.
+func (in *instance) run(ctx context.Context, g *Group, r *router, linkUp bool) {
+	defer close(in.done)
+	log := g.deps.Log.With("instance", in.cfg.Name)
+	src := in.cfg.UnicastSrc
+	for logged := false; !src.IsValid(); {
+		var err error
+		src, err = g.deps.Primary(in.cfg.Interface, in.cfg.IPv6(), in.cfg.VIPs)
+		if err == nil {
+			break
+		}
+		// No address yet (an interface being configured): wait in FAULT.
+		if !logged {
+			log.Warn("VRRP instance waits in FAULT for a source address", "err", err)
+			in.fail(g.deps.Now(), err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	in.mu.Lock()
+	in.err, in.source = "", src
+	in.mu.Unlock()
+
+	m := NewMachine(in.cfg, src)
+	a := &actor{in: in, g: g, r: r, m: m, src: src, log: log}
+	// Addresses left by an earlier run that died (kill -9) are ours and
+	// must go until we are master again.
+	a.removeVIPs()
+	if linkUp {
+		a.apply(m.Start(g.deps.Now()))
+	} else {
+		m.Start(g.deps.Now())
+		a.apply(m.LinkDown(g.deps.Now(), fmt.Sprintf("%s is down", in.cfg.Interface)))
+	}
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var garp <-chan time.Time
+	for {
+		wait := time.Hour
+		if d := m.Deadline(); !d.IsZero() {
+			wait = max(d.Sub(g.deps.Now()), 0)
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			a.apply(m.Stop(g.deps.Now()))
+			return
+		case p := <-in.rx:
+			e, reason := m.Receive(g.deps.Now(), p.src, p.adv)
+			if reason != "" {
+				in.drop(log, reason, p.src)
+				continue
+			}
+			in.mu.Lock()
+			in.received++
+			in.mu.Unlock()
+			a.apply(e)
+		case <-timer.C:
+			a.apply(m.Tick(g.deps.Now()))
+		case up := <-in.link:
+			if up {
+				a.apply(m.LinkUp(g.deps.Now()))
+			} else {
+				a.apply(m.LinkDown(g.deps.Now(), fmt.Sprintf("%s is down", in.cfg.Interface)))
+			}
+		case <-garp:
+			garp = nil
+			if m.State() == Master {
+				a.announce()
+			}
+		}
+		if a.garpDue && g.deps.GARPRefresh > 0 {
+			garp = time.After(g.deps.GARPRefresh)
+		}
+		a.garpDue = false
+	}
+}
+
+// actor carries out a Machine's effects.
+type actor struct {
+	in      *instance
+	g       *Group
+	r       *router
+	m       *Machine
+	src     netip.Addr
+	log     *slog.Logger
+	held    bool // the virtual addresses are on the interface
+	garpDue bool
+}
+
+func (a *actor) apply(e Effects) {
+	cfg := &a.in.cfg
+	if t := e.Transition; t != nil {
+		if t.To == Master {
+			a.addVIPs()
+		}
+		a.log.Info("VRRP transition", "from", t.From, "to", t.To, "reason", t.Reason)
+	}
+	if e.Send {
+		a.send(e.SendPriority)
+	}
+	if t := e.Transition; t != nil && t.To != Master && a.held {
+		a.removeVIPs()
+	}
+	if e.GARP {
+		a.announce()
+		a.garpDue = true
+	}
+	a.in.mu.Lock()
+	a.in.info = a.m.Info()
+	if e.Transition != nil {
+		a.in.transitions++
+	}
+	a.in.mu.Unlock()
+	if t := e.Transition; t != nil && a.g.deps.Notify != nil {
+		go a.g.deps.Notify(cfg.Name, *t)
+	}
+}
+
+func (a *actor) vipAddrs() []netip.Addr {
+	out := make([]netip.Addr, len(a.in.cfg.VIPs))
+	for i, p := range a.in.cfg.VIPs {
+		out[i] = p.Addr()
+	}
+	return out
+}
+
+func (a *actor) send(prio uint8) {
+	cfg := &a.in.cfg
+	adv := Advert{Version: cfg.Version, VRID: cfg.VRID, Priority: prio, Interval: cfg.AdvertInt, Addrs: a.vipAddrs()}
+	if cfg.Version == 2 && cfg.AuthPass != "" {
+		adv.AuthType = AuthSimple
+		copy(adv.AuthData[:], cfg.AuthPass)
+	}
+	dsts := cfg.UnicastPeers
+	if len(dsts) == 0 {
+		dsts = []netip.Addr{GroupIPv4}
+		if cfg.IPv6() {
+			dsts = []netip.Addr{GroupIPv6}
+		}
+	}
+	for _, dst := range dsts {
+		if err := a.r.conn.WriteTo(adv.Marshal(a.src, dst, !cfg.ChecksumAsV2), a.src, dst); err != nil {
+			a.log.Warn("VRRP advert not sent", "to", dst, "err", err)
+			continue
+		}
+		a.in.mu.Lock()
+		a.in.sent++
+		a.in.mu.Unlock()
+	}
+}
+
+func (a *actor) addVIPs() {
+	for _, p := range a.in.cfg.VIPs {
+		if err := a.g.deps.Addresses.Add(a.in.cfg.Interface, p); err != nil {
+			a.log.Error("VRRP: cannot add a virtual address", "err", err)
+		}
+	}
+	a.held = true
+}
+
+func (a *actor) removeVIPs() {
+	for _, p := range a.in.cfg.VIPs {
+		if err := a.g.deps.Addresses.Remove(a.in.cfg.Interface, p); err != nil {
+			a.log.Error("VRRP: cannot remove a virtual address", "err", err)
+		}
+	}
+	a.held = false
+}
+
+func (a *actor) announce() {
+	if err := a.g.deps.Announcer.Announce(a.in.cfg.Interface, a.vipAddrs()); err != nil {
+		a.log.Warn("VRRP: announcing the virtual addresses failed", "err", err)
+	}
+}
+
+// InstanceStatus is one virtual router as status shows it.
+type InstanceStatus struct {
+	Name      string   `json:"name"`
+	Interface string   `json:"interface"`
+	VRID      uint8    `json:"virtual_router_id"`
+	Version   int      `json:"version"`
+	VIPs      []string `json:"virtual_ipaddress"`
+	Source    string   `json:"source,omitempty"`
+	Info
+	AdvertsSent     uint64                `json:"adverts_sent"`
+	AdvertsReceived uint64                `json:"adverts_received"`
+	Transitions     uint64                `json:"transitions"`
+	Drops           map[DropReason]uint64 `json:"drops"`
+	Error           string                `json:"error,omitempty"`
+}
+
+// Status returns every instance, sorted by name.
+func (g *Group) Status() []InstanceStatus {
+	g.mu.Lock()
+	ins := make([]*instance, 0, len(g.instances))
+	for _, in := range g.instances {
+		ins = append(ins, in)
+	}
+	g.mu.Unlock()
+	out := make([]InstanceStatus, 0, len(ins))
+	for _, in := range ins {
+		in.mu.Lock()
+		s := InstanceStatus{
+			Name: in.cfg.Name, Interface: in.cfg.Interface, VRID: in.cfg.VRID, Version: in.cfg.Version,
+			Info: in.info, AdvertsSent: in.sent, AdvertsReceived: in.received, Transitions: in.transitions,
+			Drops: map[DropReason]uint64{}, Error: in.err,
+		}
+		if in.source.IsValid() {
+			s.Source = in.source.String()
+		}
+		for k, v := range in.drops {
+			s.Drops[k] = v
+		}
+		in.mu.Unlock()
+		for _, p := range in.cfg.VIPs {
+			s.VIPs = append(s.VIPs, p.String())
+		}
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b InstanceStatus) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// UnattributedDrops counts packets dropped before an instance could be
+// found for them (unknown VRID, or too short to name one), by interface.
+func (g *Group) UnattributedDrops() map[string]map[DropReason]uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := map[string]map[DropReason]uint64{}
+	for k, r := range g.routers {
+		r.mu.Lock()
+		if len(r.drops) > 0 {
+			m := map[DropReason]uint64{}
+			for reason, n := range r.drops {
+				m[reason] = n
+			}
+			out[k.ifname] = m
+		}
+		r.mu.Unlock()
+	}
+	return out
+}

@@ -1,0 +1,331 @@
+package vrrp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"syscall"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
+)
+
+// Conn sends and receives VRRP messages on one interface and family.
+type Conn interface {
+	// ReadFrom returns one VRRP message with its source, destination and
+	// TTL (hop limit).
+	ReadFrom(b []byte) (n int, src, dst netip.Addr, ttl int, err error)
+	WriteTo(b []byte, src, dst netip.Addr) error
+	Close() error
+}
+
+// Addresses adds and removes the virtual addresses.
+type Addresses interface {
+	Add(ifname string, p netip.Prefix) error
+	Remove(ifname string, p netip.Prefix) error
+}
+
+// Announcer tells the link where addresses now live (gratuitous ARP).
+type Announcer interface {
+	Announce(ifname string, addrs []netip.Addr) error
+}
+
+var (
+	_ Conn      = (*rawConn4)(nil)
+	_ Conn      = (*rawConn6)(nil)
+	_ Addresses = NetlinkAddresses{}
+	_ Announcer = GARP{}
+)
+
+// bindToDevice keeps a raw socket to one interface, so that each router
+// sees only its own link's adverts.
+func bindToDevice(ifname string) func(string, string, syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, ifname)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+}
+
+type rawConn4 struct {
+	pc  net.PacketConn
+	p   *ipv4.PacketConn
+	ifi *net.Interface
+}
+
+// ListenIPv4 opens a raw IP protocol 112 socket on ifname, joined to
+// 224.0.0.18, sending with TTL 255 and precedence TOS like keepalived.
+func ListenIPv4(ifname string) (Conn, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %w", ifname, err)
+	}
+	lc := net.ListenConfig{Control: bindToDevice(ifname)}
+	pc, err := lc.ListenPacket(context.Background(), "ip4:112", "0.0.0.0")
+	if err != nil {
+		return nil, fmt.Errorf("VRRP socket on %s: %w", ifname, err)
+	}
+	p := ipv4.NewPacketConn(pc)
+	c := &rawConn4{pc: pc, p: p, ifi: ifi}
+	for _, step := range []struct {
+		what string
+		err  error
+	}{
+		{"join 224.0.0.18", p.JoinGroup(ifi, &net.IPAddr{IP: GroupIPv4.AsSlice()})},
+		{"control messages", p.SetControlMessage(ipv4.FlagTTL|ipv4.FlagDst|ipv4.FlagInterface, true)},
+		{"multicast interface", p.SetMulticastInterface(ifi)},
+		{"multicast TTL", p.SetMulticastTTL(255)},
+		{"multicast loopback", p.SetMulticastLoopback(false)},
+		{"TTL", p.SetTTL(255)},
+		{"TOS", p.SetTOS(0xc0)},
+	} {
+		if step.err != nil {
+			pc.Close()
+			return nil, fmt.Errorf("VRRP socket on %s: %s: %w", ifname, step.what, step.err)
+		}
+	}
+	return c, nil
+}
+
+func (c *rawConn4) ReadFrom(b []byte) (int, netip.Addr, netip.Addr, int, error) {
+	n, cm, src, err := c.p.ReadFrom(b)
+	if err != nil {
+		return 0, netip.Addr{}, netip.Addr{}, 0, err
+	}
+	var s, d netip.Addr
+	if ia, ok := src.(*net.IPAddr); ok {
+		s, _ = netip.AddrFromSlice(ia.IP.To4())
+	}
+	ttl := 0
+	if cm != nil {
+		d, _ = netip.AddrFromSlice(cm.Dst.To4())
+		ttl = cm.TTL
+	}
+	return n, s, d, ttl, nil
+}
+
+func (c *rawConn4) WriteTo(b []byte, src, dst netip.Addr) error {
+	cm := &ipv4.ControlMessage{IfIndex: c.ifi.Index, Src: src.AsSlice()}
+	_, err := c.p.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice()})
+	return err
+}
+
+func (c *rawConn4) Close() error { return c.pc.Close() }
+
+type rawConn6 struct {
+	pc  net.PacketConn
+	p   *ipv6.PacketConn
+	ifi *net.Interface
+}
+
+// ListenIPv6 opens a raw IPv6 protocol 112 socket on ifname joined to
+// ff02::12; the kernel computes and verifies the checksum.
+func ListenIPv6(ifname string) (Conn, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %w", ifname, err)
+	}
+	lc := net.ListenConfig{Control: bindToDevice(ifname)}
+	pc, err := lc.ListenPacket(context.Background(), "ip6:112", "::")
+	if err != nil {
+		return nil, fmt.Errorf("VRRP socket on %s: %w", ifname, err)
+	}
+	p := ipv6.NewPacketConn(pc)
+	for _, step := range []struct {
+		what string
+		err  error
+	}{
+		{"join ff02::12", p.JoinGroup(ifi, &net.IPAddr{IP: GroupIPv6.AsSlice()})},
+		{"control messages", p.SetControlMessage(ipv6.FlagHopLimit|ipv6.FlagDst|ipv6.FlagInterface, true)},
+		{"multicast interface", p.SetMulticastInterface(ifi)},
+		{"multicast hop limit", p.SetMulticastHopLimit(255)},
+		{"multicast loopback", p.SetMulticastLoopback(false)},
+		{"hop limit", p.SetHopLimit(255)},
+		{"checksum", p.SetChecksum(true, 6)},
+	} {
+		if step.err != nil {
+			pc.Close()
+			return nil, fmt.Errorf("VRRP socket on %s: %s: %w", ifname, step.what, step.err)
+		}
+	}
+	return &rawConn6{pc: pc, p: p, ifi: ifi}, nil
+}
+
+func (c *rawConn6) ReadFrom(b []byte) (int, netip.Addr, netip.Addr, int, error) {
+	n, cm, src, err := c.p.ReadFrom(b)
+	if err != nil {
+		return 0, netip.Addr{}, netip.Addr{}, 0, err
+	}
+	var s, d netip.Addr
+	if ia, ok := src.(*net.IPAddr); ok {
+		s, _ = netip.AddrFromSlice(ia.IP)
+	}
+	hop := 0
+	if cm != nil {
+		d, _ = netip.AddrFromSlice(cm.Dst)
+		hop = cm.HopLimit
+	}
+	return n, s.WithZone(""), d, hop, nil
+}
+
+func (c *rawConn6) WriteTo(b []byte, src, dst netip.Addr) error {
+	cm := &ipv6.ControlMessage{IfIndex: c.ifi.Index, Src: src.AsSlice(), HopLimit: 255}
+	_, err := c.p.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice(), Zone: c.ifi.Name})
+	return err
+}
+
+func (c *rawConn6) Close() error { return c.pc.Close() }
+
+// NetlinkAddresses manages addresses with rtnetlink.
+type NetlinkAddresses struct{}
+
+func nlAddr(p netip.Prefix) *netlink.Addr {
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD // usable at once after a takeover
+	}
+	return a
+}
+
+// Add adds p to ifname; an address already there is fine.
+func (NetlinkAddresses) Add(ifname string, p netip.Prefix) error {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("add VIP %s: %w", p, err)
+	}
+	if err := netlink.AddrAdd(link, nlAddr(p)); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add VIP %s to %s: %w", p, ifname, err)
+	}
+	return nil
+}
+
+// Remove removes p from ifname; an address already gone is fine.
+func (NetlinkAddresses) Remove(ifname string, p netip.Prefix) error {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("remove VIP %s: %w", p, err)
+	}
+	if err := netlink.AddrDel(link, nlAddr(p)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("remove VIP %s from %s: %w", p, ifname, err)
+	}
+	return nil
+}
+
+// GARP announces IPv4 addresses with gratuitous ARP requests, Repeat
+// times each (keepalived's garp_master_repeat).
+type GARP struct{ Repeat int }
+
+func (g GARP) Announce(ifname string, addrs []netip.Addr) error {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("gratuitous ARP: %w", err)
+	}
+	var v4 []netip.Addr
+	for _, a := range addrs {
+		if a.Is4() {
+			v4 = append(v4, a)
+		}
+	}
+	if len(v4) == 0 {
+		return nil
+	}
+	c, err := arp.Dial(ifi)
+	if err != nil {
+		return fmt.Errorf("gratuitous ARP on %s: %w", ifname, err)
+	}
+	defer c.Close()
+	for range max(g.Repeat, 1) {
+		for _, a := range v4 {
+			p, err := arp.NewPacket(arp.OperationRequest, ifi.HardwareAddr, a, ethernet.Broadcast, a)
+			if err != nil {
+				return fmt.Errorf("gratuitous ARP for %s: %w", a, err)
+			}
+			if err := c.WriteTo(p, ethernet.Broadcast); err != nil {
+				return fmt.Errorf("gratuitous ARP for %s on %s: %w", a, ifname, err)
+			}
+		}
+	}
+	return nil
+}
+
+// PrimaryAddress returns the address adverts are sent from: the first
+// IPv4 address of ifname that is not a virtual one, or for IPv6 its
+// link-local address. Tentative addresses (still in duplicate address
+// detection) cannot be a source yet, so they are passed over.
+func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Prefix) (netip.Addr, error) {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("interface %s: %w", ifname, err)
+	}
+	family := netlink.FAMILY_V4
+	if ipv6 {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := netlink.AddrList(link, family)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("addresses of %s: %w", ifname, err)
+	}
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		ip = ip.Unmap()
+		if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 || slices.ContainsFunc(vips, func(v netip.Prefix) bool { return v.Addr() == ip }) {
+			continue
+		}
+		if !ipv6 || ip.IsLinkLocalUnicast() {
+			return ip, nil
+		}
+	}
+	fam := "usable IPv4"
+	if ipv6 {
+		fam = "usable (non-tentative) IPv6 link-local"
+	}
+	return netip.Addr{}, fmt.Errorf("%s has no %s address to send adverts from", ifname, fam)
+}
+
+// WatchLinks reports the operational state of every link (and each change)
+// to fn until ctx ends.
+func WatchLinks(ctx context.Context, fn func(ifname string, up bool)) error {
+	updates := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	errc := make(chan error, 1)
+	opts := netlink.LinkSubscribeOptions{
+		ListExisting: true,
+		ErrorCallback: func(err error) {
+			select {
+			case errc <- err:
+			default:
+			}
+		},
+	}
+	if err := netlink.LinkSubscribeWithOptions(updates, done, opts); err != nil {
+		return fmt.Errorf("subscribe to link changes: %w", err)
+	}
+	defer close(done)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return fmt.Errorf("link changes: %w", err)
+		case u, ok := <-updates:
+			if !ok {
+				return errors.New("link change subscription closed")
+			}
+			attrs := u.Attrs()
+			up := attrs.OperState == netlink.OperUp ||
+				attrs.OperState == netlink.OperUnknown && attrs.Flags&net.FlagUp != 0
+			fn(attrs.Name, up)
+		}
+	}
+}
