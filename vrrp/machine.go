@@ -283,7 +283,14 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 				m.masterAdverInt = a.Interval
 			}
 			m.master, m.masterPriority = src, a.Priority
-			return m.becomeBackup(now, fmt.Sprintf("master %s has priority %d (ours %d)", src, a.Priority, m.priority)), ""
+			// Two masters means the link was split and some hosts may have
+			// learnt our MAC for the addresses. One last advert at our own
+			// priority tells the winner so: hearing a lower master, it
+			// re-announces the addresses at once (below), instead of the
+			// hosts waiting for their neighbour entries to expire.
+			e := m.becomeBackup(now, fmt.Sprintf("master %s has priority %d (ours %d)", src, a.Priority, m.priority))
+			e.Send, e.SendPriority = true, m.priority
+			return e, ""
 		}
 		// Another master with lower priority: a partition has healed or a
 		// peer missed us. Assert ourselves at once so it steps down and
