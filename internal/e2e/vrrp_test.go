@@ -53,6 +53,9 @@ func (p *pair) vrrpFile(h *lab.Host, prio int, extra string) {
 	if !strings.Contains(extra, "virtual_ipaddress") {
 		extra += "\nvirtual_ipaddress = [\"" + vip + "/24\"]"
 	}
+	if !strings.Contains(extra, "advert_int") {
+		extra += "\nadvert_int = \"100ms\""
+	}
 	writeFile(p.t, p.files[h], fmt.Sprintf(`[node]
 name = %q
 data_dir = %q
@@ -63,7 +66,6 @@ name = "VI_1"
 interface = "eth0"
 virtual_router_id = 51
 priority = %d
-advert_int = "100ms"
 %s
 `, h.Name, filepath.Join(dir, "data"), p.sockets[h], prio, extra))
 }

@@ -15,9 +15,12 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -145,12 +148,30 @@ func (l *Lab) AddHost(name string) *Host {
 	h := &Host{lab: l, Name: name, NS: fmt.Sprintf("%s%s-%s", Prefix, l.id, name)}
 	l.ip("netns", "add", h.NS)
 	l.onClose(func() {
+		h.KillAll() // daemons that left their process group (keepalived's children)
 		if out, err := exec.Command("ip", "netns", "del", h.NS).CombinedOutput(); err != nil {
 			l.logf("remove namespace %s: %v: %s", h.NS, err, out)
 		}
 	})
 	l.ip("-n", h.NS, "link", "set", "lo", "up")
 	return h
+}
+
+// KillAll kills every process in the host's namespace with SIGKILL, as
+// if the machine died, and waits until none is left.
+func (h *Host) KillAll() {
+	for range 100 {
+		out, err := exec.Command("ip", "netns", "pids", h.NS).Output()
+		if err != nil || len(strings.TrimSpace(string(out))) == 0 {
+			return
+		}
+		for _, f := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // Switch is a bridge in a namespace of its own; hosts plug into it.
