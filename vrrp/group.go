@@ -3,7 +3,6 @@ package vrrp
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -25,13 +24,11 @@ type Deps struct {
 	// WatchLinks calls fn with every interface's link state until ctx ends;
 	// nil means links are taken as up.
 	WatchLinks func(ctx context.Context, fn func(ifname string, up bool)) error
-	// Notify is told of every transition, from its own goroutine.
+	// Notify is told of every transition, in order. It is called from the
+	// instance's event loop and must return at once (queue, don't run).
 	Notify func(instance string, t Transition)
 	Now    func() time.Time
 	Log    *slog.Logger
-	// GARPRefresh is the delay of the second gratuitous ARP burst after
-	// becoming master (keepalived's garp_master_delay); 0 for none.
-	GARPRefresh time.Duration
 }
 
 // KernelDeps uses the real kernel: raw sockets, rtnetlink and ARP.
@@ -43,13 +40,12 @@ func KernelDeps(log *slog.Logger) Deps {
 			}
 			return ListenIPv4(ifname)
 		},
-		Addresses:   NetlinkAddresses{},
-		Announcer:   GARP{Repeat: 5},
-		Primary:     PrimaryAddress,
-		WatchLinks:  WatchLinks,
-		Now:         time.Now,
-		Log:         log,
-		GARPRefresh: 5 * time.Second,
+		Addresses:  NetlinkAddresses{},
+		Announcer:  GARP{},
+		Primary:    PrimaryAddress,
+		WatchLinks: WatchLinks,
+		Now:        time.Now,
+		Log:        log,
 	}
 }
 
@@ -89,7 +85,7 @@ type received struct {
 type instance struct {
 	cfg    Config
 	rx     chan received
-	link   chan bool
+	links  chan struct{} // a link this instance depends on changed
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -190,7 +186,7 @@ func (g *Group) linkChanged(ifname string, up bool) {
 	g.links[ifname] = up
 	var ins []*instance
 	for _, in := range g.instances {
-		if in.cfg.Interface == ifname {
+		if in.dependsOn(ifname) {
 			ins = append(ins, in)
 		}
 	}
@@ -200,17 +196,51 @@ func (g *Group) linkChanged(ifname string, up bool) {
 	}
 	for _, in := range ins {
 		select {
-		case in.link <- up:
-		default: // the instance has a newer event queued to read
+		case in.links <- struct{}{}:
+		default: // a notice is already queued; the instance reads all links
 		}
 	}
+}
+
+// linkUp reports a link's state; a link not heard of yet counts as up.
+func (g *Group) linkUp(ifname string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	up, known := g.links[ifname]
+	return !known || up
+}
+
+func (in *instance) dependsOn(ifname string) bool {
+	return in.cfg.Interface == ifname || slices.ContainsFunc(in.cfg.Track, func(t Track) bool { return t.Interface == ifname })
+}
+
+// health derives FAULT (a non-empty reason) and the effective priority
+// from the links the instance depends on, as keepalived's track_interface.
+func (in *instance) health(g *Group) (fault string, prio uint8) {
+	if !g.linkUp(in.cfg.Interface) {
+		return in.cfg.Interface + " is down", in.cfg.Priority
+	}
+	p := int(in.cfg.Priority)
+	for _, t := range in.cfg.Track {
+		if g.linkUp(t.Interface) {
+			continue
+		}
+		if t.Weight == 0 {
+			return "tracked interface " + t.Interface + " is down", in.cfg.Priority
+		}
+		p += t.Weight
+	}
+	if in.cfg.Priority == PriorityOwner {
+		return "", PriorityOwner
+	}
+	return "", uint8(min(max(p, 1), 254))
 }
 
 func (g *Group) start(cfg Config) {
 	in := &instance{
 		cfg:     cfg,
 		rx:      make(chan received, 64),
-		link:    make(chan bool, 1),
+		links:   make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		drops:   map[DropReason]uint64{},
 		lastLog: map[DropReason]time.Time{},
@@ -238,8 +268,7 @@ func (g *Group) start(cfg Config) {
 	r.mu.Unlock()
 	ctx, cancel := context.WithCancel(g.ctx)
 	in.cancel = cancel
-	linkUp, known := g.links[cfg.Interface]
-	go in.run(ctx, g, r, !known || linkUp)
+	go in.run(ctx, g, r)
 }
 
 // stop ends an instance and closes its router's socket when it was the
@@ -348,7 +377,7 @@ func (in *instance) fail(now time.Time, err error) {
 }
 
 // run is the instance's event loop; it alone touches its Machine.
-func (in *instance) run(ctx context.Context, g *Group, r *router, linkUp bool) {
+func (in *instance) run(ctx context.Context, g *Group, r *router) {
 	defer close(in.done)
 	log := g.deps.Log.With("instance", in.cfg.Name)
 	src := in.cfg.UnicastSrc
@@ -379,16 +408,16 @@ func (in *instance) run(ctx context.Context, g *Group, r *router, linkUp bool) {
 	// Addresses left by an earlier run that died (kill -9) are ours and
 	// must go until we are master again.
 	a.removeVIPs()
-	if linkUp {
-		a.apply(m.Start(g.deps.Now()))
+	fault, prio := in.health(g)
+	m.SetPriority(g.deps.Now(), prio)
+	if fault != "" {
+		a.apply(m.LinkDown(g.deps.Now(), fault))
 	} else {
-		m.Start(g.deps.Now())
-		a.apply(m.LinkDown(g.deps.Now(), fmt.Sprintf("%s is down", in.cfg.Interface)))
+		a.apply(m.Start(g.deps.Now()))
 	}
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	var garp <-chan time.Time
 	for {
 		wait := time.Hour
 		if d := m.Deadline(); !d.IsZero() {
@@ -411,35 +440,47 @@ func (in *instance) run(ctx context.Context, g *Group, r *router, linkUp bool) {
 			a.apply(e)
 		case <-timer.C:
 			a.apply(m.Tick(g.deps.Now()))
-		case up := <-in.link:
-			if up {
-				a.apply(m.LinkUp(g.deps.Now()))
-			} else {
-				a.apply(m.LinkDown(g.deps.Now(), fmt.Sprintf("%s is down", in.cfg.Interface)))
-			}
-		case <-garp:
-			garp = nil
+		case <-in.links:
+			a.follow(g.deps.Now())
+		case <-a.garpDelay:
+			a.garpDelay = nil
 			if m.State() == Master {
 				a.announce()
 			}
+		case <-a.garpRefresh:
+			a.garpRefresh = nil
+			if m.State() == Master {
+				a.announce()
+				a.garpRefresh = time.After(in.cfg.GARPRefresh)
+			}
 		}
-		if a.garpDue && g.deps.GARPRefresh > 0 {
-			garp = time.After(g.deps.GARPRefresh)
-		}
-		a.garpDue = false
+	}
+}
+
+// follow applies the links' verdict: FAULT, or back from it, and the
+// effective priority.
+func (a *actor) follow(now time.Time) {
+	fault, prio := a.in.health(a.g)
+	a.apply(a.m.SetPriority(now, prio))
+	switch {
+	case fault != "" && a.m.State() != Fault:
+		a.apply(a.m.LinkDown(now, fault))
+	case fault == "" && a.m.State() == Fault:
+		a.apply(a.m.LinkUp(now))
 	}
 }
 
 // actor carries out a Machine's effects.
 type actor struct {
-	in      *instance
-	g       *Group
-	r       *router
-	m       *Machine
-	src     netip.Addr
-	log     *slog.Logger
-	held    bool // the virtual addresses are on the interface
-	garpDue bool
+	in   *instance
+	g    *Group
+	r    *router
+	m    *Machine
+	src  netip.Addr
+	log  *slog.Logger
+	held bool // the virtual addresses are on the interface
+	// garpDelay and garpRefresh fire the follow-up gratuitous ARP bursts.
+	garpDelay, garpRefresh <-chan time.Time
 }
 
 func (a *actor) apply(e Effects) {
@@ -458,7 +499,12 @@ func (a *actor) apply(e Effects) {
 	}
 	if e.GARP {
 		a.announce()
-		a.garpDue = true
+		if cfg.GARPDelay > 0 {
+			a.garpDelay = time.After(cfg.GARPDelay)
+		}
+		if cfg.GARPRefresh > 0 && a.garpRefresh == nil {
+			a.garpRefresh = time.After(cfg.GARPRefresh)
+		}
 	}
 	a.in.mu.Lock()
 	a.in.info = a.m.Info()
@@ -467,7 +513,7 @@ func (a *actor) apply(e Effects) {
 	}
 	a.in.mu.Unlock()
 	if t := e.Transition; t != nil && a.g.deps.Notify != nil {
-		go a.g.deps.Notify(cfg.Name, *t)
+		a.g.deps.Notify(cfg.Name, *t)
 	}
 }
 
@@ -523,7 +569,7 @@ func (a *actor) removeVIPs() {
 }
 
 func (a *actor) announce() {
-	if err := a.g.deps.Announcer.Announce(a.in.cfg.Interface, a.vipAddrs()); err != nil {
+	if err := a.g.deps.Announcer.Announce(a.in.cfg.Interface, a.vipAddrs(), a.in.cfg.GARPRepeat); err != nil {
 		a.log.Warn("VRRP: announcing the virtual addresses failed", "err", err)
 	}
 }

@@ -32,9 +32,10 @@ type Addresses interface {
 	Remove(ifname string, p netip.Prefix) error
 }
 
-// Announcer tells the link where addresses now live (gratuitous ARP).
+// Announcer tells the link where addresses now live (gratuitous ARP),
+// repeat times each.
 type Announcer interface {
-	Announce(ifname string, addrs []netip.Addr) error
+	Announce(ifname string, addrs []netip.Addr, repeat int) error
 }
 
 var (
@@ -222,11 +223,10 @@ func (NetlinkAddresses) Remove(ifname string, p netip.Prefix) error {
 	return nil
 }
 
-// GARP announces IPv4 addresses with gratuitous ARP requests, Repeat
-// times each (keepalived's garp_master_repeat).
-type GARP struct{ Repeat int }
+// GARP announces IPv4 addresses with gratuitous ARP requests.
+type GARP struct{}
 
-func (g GARP) Announce(ifname string, addrs []netip.Addr) error {
+func (GARP) Announce(ifname string, addrs []netip.Addr, repeat int) error {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return fmt.Errorf("gratuitous ARP: %w", err)
@@ -245,7 +245,7 @@ func (g GARP) Announce(ifname string, addrs []netip.Addr) error {
 		return fmt.Errorf("gratuitous ARP on %s: %w", ifname, err)
 	}
 	defer c.Close()
-	for range max(g.Repeat, 1) {
+	for range max(repeat, 1) {
 		for _, a := range v4 {
 			p, err := arp.NewPacket(arp.OperationRequest, ifi.HardwareAddr, a, ethernet.Broadcast, a)
 			if err != nil {

@@ -66,6 +66,21 @@ type Config struct {
 	ChecksumAsV2 bool
 	// AuthPass is version 2's simple password (keepalived auth_type PASS).
 	AuthPass string
+	// Track lists other links the router depends on.
+	Track []Track
+	// GARPRepeat is how many gratuitous ARPs a burst sends (default 1);
+	// GARPDelay is when a second burst follows becoming master (0: none);
+	// GARPRefresh repeats a burst that often while master (0: never).
+	GARPRepeat  int
+	GARPDelay   time.Duration
+	GARPRefresh time.Duration
+}
+
+// Track is a link the router depends on: when it is down the router goes
+// to FAULT if Weight is 0, else its priority moves by Weight.
+type Track struct {
+	Interface string
+	Weight    int
 }
 
 // IPv6 reports whether the router carries IPv6 addresses.
@@ -73,10 +88,11 @@ func (c *Config) IPv6() bool { return len(c.VIPs) > 0 && c.VIPs[0].Addr().Is6() 
 
 // Transition records a change of state.
 type Transition struct {
-	From   State     `json:"from"`
-	To     State     `json:"to"`
-	Reason string    `json:"reason"`
-	At     time.Time `json:"at"`
+	From     State     `json:"from"`
+	To       State     `json:"to"`
+	Reason   string    `json:"reason"`
+	At       time.Time `json:"at"`
+	Priority uint8     `json:"priority"` // effective, at the transition
 }
 
 // Effects are what the runner must do after a call into the Machine.
@@ -119,7 +135,7 @@ func NewMachine(cfg Config, primary netip.Addr) *Machine {
 func (m *Machine) State() State { return m.state }
 
 func (m *Machine) transition(now time.Time, to State, reason string) *Transition {
-	t := &Transition{From: m.state, To: to, Reason: reason, At: now}
+	t := &Transition{From: m.state, To: to, Reason: reason, At: now, Priority: m.priority}
 	m.state, m.last = to, t
 	return t
 }
@@ -299,6 +315,22 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 		return Effects{Send: true, SendPriority: m.priority, GARP: true}, ""
 	}
 	return Effects{}, ""
+}
+
+// SetPriority changes the effective priority (tracking). A master
+// advertises the new priority at once, so that a backup that now ranks
+// higher can preempt it without waiting. The owner's priority is fixed.
+func (m *Machine) SetPriority(now time.Time, p uint8) Effects {
+	if p == m.priority || m.cfg.Priority == PriorityOwner || p == PriorityOwner || p == PriorityResign {
+		return Effects{}
+	}
+	m.priority = p
+	if m.state == Master {
+		m.master, m.masterPriority = m.primary, p
+		m.adverDue = now.Add(m.cfg.AdvertInt)
+		return Effects{Send: true, SendPriority: p}
+	}
+	return Effects{}
 }
 
 // Stop resigns: a master sends priority 0 so a backup takes over after its

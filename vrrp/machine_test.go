@@ -259,3 +259,25 @@ func TestV2Timing(t *testing.T) {
 		t.Fatalf("v2 master down at %v, want %v", m.Deadline().Sub(t0), want.Sub(t0))
 	}
 }
+
+func TestSetPriority(t *testing.T) {
+	m := NewMachine(cfg(100), me)
+	m.Start(t0)
+	m.Tick(at(4 * time.Second))
+	e := m.SetPriority(at(5*time.Second), 80)
+	if !e.Send || e.SendPriority != 80 || m.Info().Priority != 80 {
+		t.Fatalf("master lowering its priority: %+v", e)
+	}
+	// A backup at 90 now outranks us: its advert makes us step down.
+	if _, r := m.Receive(at(5500*time.Millisecond), peer, adv(90)); r != "" || m.State() != Backup {
+		t.Fatalf("after a 90 advert: %s %q", m.State(), r)
+	}
+	if e := m.SetPriority(at(6*time.Second), 0); e.Send || m.Info().Priority != 80 {
+		t.Fatal("tracking must not reach priority 0")
+	}
+	owner := NewMachine(cfg(255), me)
+	owner.Start(t0)
+	if owner.SetPriority(at(time.Second), 200); owner.Info().Priority != 255 {
+		t.Fatal("the owner's priority moved")
+	}
+}

@@ -55,6 +55,32 @@ type VRRPInstance struct {
 	// UnicastSrc is the zero Addr when the interface's primary address is used.
 	UnicastSrc   netip.Addr   `json:"unicast_src_ip,omitzero"`
 	UnicastPeers []netip.Addr `json:"unicast_peer"`
+	// AuthPass is VRRPv2's clear-text password; never shown or logged.
+	AuthPass          string           `json:"-"`
+	V3ChecksumAsV2    bool             `json:"v3_checksum_as_v2"`
+	GARPMasterDelay   time.Duration    `json:"garp_master_delay"`
+	GARPMasterRepeat  int              `json:"garp_master_repeat"`
+	GARPMasterRefresh time.Duration    `json:"garp_master_refresh"`
+	TrackInterfaces   []TrackInterface `json:"track_interface"`
+	Notify            Notify           `json:"notify"`
+}
+
+// TrackInterface is another link the instance depends on: down means
+// FAULT when Weight is 0, else the priority moves by Weight.
+type TrackInterface struct {
+	Interface string `json:"interface"`
+	Weight    int    `json:"weight"`
+}
+
+// Notify holds the programs run on transitions, as argument vectors
+// (no shell is involved).
+type Notify struct {
+	Master  []string      `json:"notify_master,omitempty"`
+	Backup  []string      `json:"notify_backup,omitempty"`
+	Fault   []string      `json:"notify_fault,omitempty"`
+	Stop    []string      `json:"notify_stop,omitempty"`
+	Any     []string      `json:"notify,omitempty"`
+	Timeout time.Duration `json:"notify_timeout"`
 }
 
 // IPv6 reports whether the instance carries IPv6 addresses.

@@ -59,6 +59,9 @@ address = "192.0.2.1:53"
 	if in.Priority != 100 || in.Version != 3 || in.AdvertInt != time.Second || !in.Preempt {
 		t.Errorf("vrrp defaults: %+v", in)
 	}
+	if in.GARPMasterDelay != 5*time.Second || in.GARPMasterRepeat != 5 || in.GARPMasterRefresh != 0 || in.Notify.Timeout != 10*time.Second {
+		t.Errorf("vrrp garp/notify defaults: %+v", in)
+	}
 	if want := netip.MustParsePrefix("192.0.2.1/32"); in.VIPs[0] != want {
 		t.Errorf("bare VIP = %v, want %v", in.VIPs[0], want)
 	}
@@ -219,6 +222,31 @@ address = "[2001:db8::1]:80"
 			`f.toml:19: virtual_server[1].name: virtual server "web" is already defined at line 5`,
 			"f.toml:22: virtual_server[1].real_server[0].address: 203.0.113.1:80 is not of the virtual server's address family",
 		}},
+		{"vrrp extras", minimal + `[[vrrp_instance]]
+name = "A"
+interface = "eth0"
+virtual_router_id = 5
+virtual_ipaddress = ["192.0.2.1"]
+auth_pass = "secret"
+garp_master_refresh = "100ms"
+track_interface = ["eth1", { interface = "eth2", weight = -300 }, "eth1"]
+notify_master = ["notify.sh", "master"]
+notify = []
+`, []string{
+			"f.toml:9: vrrp_instance[0].auth_pass: VRRP version 3 has no authentication",
+			"f.toml:10: vrrp_instance[0].garp_master_refresh: 100ms: use 0 (off) or at least 1s",
+			"f.toml:11: vrrp_instance[0].track_interface[1]: -300 is out of range [-253, 253]",
+			"f.toml:11: vrrp_instance[0].track_interface[2]: eth1 is tracked twice",
+			"f.toml:12: vrrp_instance[0].notify_master: give the program as an array starting with its absolute path",
+			"f.toml:13: vrrp_instance[0].notify: give the program as an array",
+		}},
+		{"track_interface entry of the wrong shape", minimal + `[[vrrp_instance]]
+name = "A"
+interface = "eth0"
+virtual_router_id = 5
+virtual_ipaddress = ["192.0.2.1"]
+track_interface = [{ ifname = "eth1" }]
+`, []string{`f.toml:9: vrrp_instance.track_interface: unknown key "ifname" (use interface and weight)`}},
 		{"node and cluster", `[node]
 name = "lb 1"
 status_socket = "run/x.sock"

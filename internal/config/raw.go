@@ -1,5 +1,7 @@
 package config
 
+import "fmt"
+
 // The raw structs mirror the TOML file one to one. Everything that can be
 // wrong in a way worth a line number (addresses, durations, enumerations) is
 // decoded as a string and checked in validate, so that one run reports every
@@ -27,17 +29,67 @@ type rawDataplane struct {
 }
 
 type rawVRRP struct {
-	Name             string   `toml:"name"`
-	Interface        string   `toml:"interface"`
-	VirtualRouterID  *int     `toml:"virtual_router_id"`
-	Priority         *int     `toml:"priority"`
-	AdvertInt        string   `toml:"advert_int"`
-	Version          *int     `toml:"version"`
-	Preempt          *bool    `toml:"preempt"`
-	PreemptDelay     string   `toml:"preempt_delay"`
-	VirtualIPAddress []string `toml:"virtual_ipaddress"`
-	UnicastSrcIP     string   `toml:"unicast_src_ip"`
-	UnicastPeer      []string `toml:"unicast_peer"`
+	Name              string       `toml:"name"`
+	Interface         string       `toml:"interface"`
+	VirtualRouterID   *int         `toml:"virtual_router_id"`
+	Priority          *int         `toml:"priority"`
+	AdvertInt         string       `toml:"advert_int"`
+	Version           *int         `toml:"version"`
+	Preempt           *bool        `toml:"preempt"`
+	PreemptDelay      string       `toml:"preempt_delay"`
+	VirtualIPAddress  []string     `toml:"virtual_ipaddress"`
+	UnicastSrcIP      string       `toml:"unicast_src_ip"`
+	UnicastPeer       []string     `toml:"unicast_peer"`
+	AuthPass          string       `toml:"auth_pass"`
+	V3ChecksumAsV2    bool         `toml:"v3_checksum_as_v2"`
+	GARPMasterDelay   string       `toml:"garp_master_delay"`
+	GARPMasterRepeat  *int         `toml:"garp_master_repeat"`
+	GARPMasterRefresh string       `toml:"garp_master_refresh"`
+	TrackInterface    []rawTrackIf `toml:"track_interface"`
+	NotifyMaster      []string     `toml:"notify_master"`
+	NotifyBackup      []string     `toml:"notify_backup"`
+	NotifyFault       []string     `toml:"notify_fault"`
+	NotifyStop        []string     `toml:"notify_stop"`
+	Notify            []string     `toml:"notify"`
+	NotifyTimeout     string       `toml:"notify_timeout"`
+}
+
+// rawTrackIf is a tracked interface: "eth1" or { interface = "eth1", weight = -10 }.
+type rawTrackIf struct {
+	Interface string `toml:"interface"`
+	Weight    *int   `toml:"weight"`
+}
+
+// UnmarshalTOML accepts both spellings; anything else is reported by the
+// validator, with its line, rather than failing the whole decode.
+func (t *rawTrackIf) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case string:
+		t.Interface = x
+	case map[string]any:
+		for k, val := range x {
+			switch k {
+			case "interface":
+				s, ok := val.(string)
+				if !ok {
+					return fmt.Errorf("interface must be a string")
+				}
+				t.Interface = s
+			case "weight":
+				n, ok := val.(int64)
+				if !ok {
+					return fmt.Errorf("weight must be an integer")
+				}
+				w := int(n)
+				t.Weight = &w
+			default:
+				return fmt.Errorf("unknown key %q (use interface and weight)", k)
+			}
+		}
+	default:
+		return fmt.Errorf("want \"ifname\" or { interface = \"ifname\", weight = N }")
+	}
+	return nil
 }
 
 type rawVS struct {

@@ -354,6 +354,50 @@ func (v *validator) vrrp(raws []rawVRRP) []VRRPInstance {
 				in.UnicastPeers = append(in.UnicastPeers, a)
 			}
 		}
+		if r.AuthPass != "" {
+			switch {
+			case in.Version != 2:
+				v.add(at(p, "auth_pass"), "VRRP version 3 has no authentication (RFC 5798 removed it); use version = 2 or drop auth_pass")
+			case len(r.AuthPass) > 8:
+				v.add(at(p, "auth_pass"), "is %d bytes long; VRRPv2 carries at most 8", len(r.AuthPass))
+			}
+			in.AuthPass = r.AuthPass
+		}
+		in.V3ChecksumAsV2 = r.V3ChecksumAsV2
+		if r.V3ChecksumAsV2 && in.Version != 3 {
+			v.add(at(p, "v3_checksum_as_v2"), "applies to VRRP version 3 only")
+		}
+		in.GARPMasterDelay = v.duration(at(p, "garp_master_delay"), r.GARPMasterDelay, 5*time.Second, 0, 1000*time.Second)
+		in.GARPMasterRepeat = v.intIn(at(p, "garp_master_repeat"), r.GARPMasterRepeat, 5, 1, 100)
+		in.GARPMasterRefresh = v.duration(at(p, "garp_master_refresh"), r.GARPMasterRefresh, 0, 0, 24*time.Hour)
+		if in.GARPMasterRefresh > 0 && in.GARPMasterRefresh < time.Second {
+			v.add(at(p, "garp_master_refresh"), "%s: use 0 (off) or at least 1s", in.GARPMasterRefresh)
+		}
+		tracked := map[string]bool{}
+		for j, ti := range r.TrackInterface {
+			tp := at(p, "track_interface", j)
+			switch {
+			case ti.Interface == "" || len(ti.Interface) > 15 || strings.ContainsAny(ti.Interface, "/ \t"):
+				v.add(tp, "%q is not a valid interface name", ti.Interface)
+				continue
+			case tracked[ti.Interface]:
+				v.add(tp, "%s is tracked twice", ti.Interface)
+				continue
+			}
+			tracked[ti.Interface] = true
+			in.TrackInterfaces = append(in.TrackInterfaces, TrackInterface{
+				Interface: ti.Interface,
+				Weight:    v.intIn(tp, ti.Weight, 0, -253, 253),
+			})
+		}
+		in.Notify = Notify{
+			Master:  v.argv(at(p, "notify_master"), r.NotifyMaster),
+			Backup:  v.argv(at(p, "notify_backup"), r.NotifyBackup),
+			Fault:   v.argv(at(p, "notify_fault"), r.NotifyFault),
+			Stop:    v.argv(at(p, "notify_stop"), r.NotifyStop),
+			Any:     v.argv(at(p, "notify"), r.Notify),
+			Timeout: v.duration(at(p, "notify_timeout"), r.NotifyTimeout, 10*time.Second, 100*time.Millisecond, time.Hour),
+		}
 		if in.VRID != 0 && in.Interface != "" && family != "" {
 			// VRRP for IPv4 and IPv6 are separate protocols, so one VRID may
 			// serve both on one link.
@@ -367,6 +411,18 @@ func (v *validator) vrrp(raws []rawVRRP) []VRRPInstance {
 		out = append(out, in)
 	}
 	return out
+}
+
+// argv checks a program to run without a shell: an absolute path and its
+// arguments, as an array.
+func (v *validator) argv(path []any, args []string) []string {
+	if args == nil {
+		return nil
+	}
+	if len(args) == 0 || !filepath.IsAbs(args[0]) {
+		v.add(path, "give the program as an array starting with its absolute path, like [\"/usr/local/bin/notify\", \"arg\"]; no shell runs it")
+	}
+	return args
 }
 
 // parseVIP accepts "192.0.2.1/24" or a bare address, which means a host route.

@@ -50,6 +50,7 @@ type Daemon struct {
 	status  *status.Server
 	reloads chan chan ReloadResult
 	vrrp    *vrrp.Group
+	notify  *notifier
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -123,6 +124,7 @@ func Run(ctx context.Context, opts Options) error {
 		"status_socket", cfg.Node.StatusSocket, "metrics", cfg.Node.MetricsListen,
 		"vrrp_instances", len(cfg.VRRP), "virtual_servers", len(cfg.VirtualServers))
 	err = g.Wait()
+	d.notify.Close() // runs the notify_stop programs of the shutdown
 	d.log.Info("directord stopped")
 	return err
 }
@@ -146,6 +148,15 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 	if opts.VRRPDeps != nil {
 		deps = *opts.VRRPDeps
 	}
+	d.notify = newNotifier(d.log, func(name string) (config.Notify, bool) {
+		for _, in := range d.config().VRRP {
+			if in.Name == name {
+				return in.Notify, true
+			}
+		}
+		return config.Notify{}, false
+	})
+	deps.Notify = d.notify.Notify
 	d.vrrp = vrrp.NewGroup(deps)
 	d.registerMetrics()
 	d.status.Register("vrrp", vrrpStatus(d.vrrp))

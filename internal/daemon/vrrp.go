@@ -23,7 +23,21 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 			VIPs:         in.VIPs,
 			UnicastPeers: in.UnicastPeers,
 			UnicastSrc:   in.UnicastSrc,
+			AuthPass:     in.AuthPass,
+			ChecksumAsV2: in.V3ChecksumAsV2,
+			Track:        tracks(in.TrackInterfaces),
+			GARPRepeat:   in.GARPMasterRepeat,
+			GARPDelay:    in.GARPMasterDelay,
+			GARPRefresh:  in.GARPMasterRefresh,
 		})
+	}
+	return out
+}
+
+func tracks(ts []config.TrackInterface) []vrrp.Track {
+	var out []vrrp.Track
+	for _, t := range ts {
+		out = append(out, vrrp.Track{Interface: t.Interface, Weight: t.Weight})
 	}
 	return out
 }

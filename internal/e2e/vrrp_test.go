@@ -336,3 +336,96 @@ func TestVRRPIPv6(t *testing.T) {
 	}
 	p.client.MustRun("ping", "-c", "1", "-W", "2", "2001:db8::100")
 }
+
+func TestVRRPNotify(t *testing.T) {
+	p := newPair(t)
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "notify.log")
+	script := filepath.Join(dir, "notify.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$*\" >> "+logFile+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p.vrrpFile(p.lb1, 150, fmt.Sprintf(`notify_master = [%q, "master"]
+notify_stop = [%q, "stop"]
+notify = [%q]
+notify_backup = ["/bin/sleep", "60"]
+notify_timeout = "300ms"`, script, script, script))
+	p.start(p.lb1)
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master})
+	d := p.procs[p.lb1]
+	if err := d.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := d.Wait(5 * time.Second); err != nil || code != 0 {
+		t.Fatalf("SIGTERM: %d %v\n%s", code, err, d.Output())
+	}
+	b, _ := os.ReadFile(logFile)
+	want := "INSTANCE VI_1 BACKUP 150\nmaster\nINSTANCE VI_1 MASTER 150\nstop\nINSTANCE VI_1 STOP 150\n"
+	if string(b) != want {
+		t.Fatalf("notify log:\n%s\nwant:\n%s\ndaemon:\n%s", b, want, d.Output())
+	}
+	// The slow notify_backup was killed and did not hold up the takeover.
+	if !strings.Contains(d.Output(), "notify program timed out and was killed") {
+		t.Fatalf("no timeout logged:\n%s", d.Output())
+	}
+}
+
+func TestVRRPTrackInterface(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		track   string
+		lb1When vrrp.State // lb1's state while eth1 is down
+		lb1Prio uint8
+	}{
+		{"down means FAULT", `track_interface = ["eth1"]`, vrrp.Fault, 150},
+		{"down lowers the priority", `track_interface = [{ interface = "eth1", weight = -60 }]`, vrrp.Backup, 90},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPair(t)
+			sw2 := p.lab.AddSwitch("sw2")
+			port := sw2.Plug(p.lb1, "eth1", "198.51.100.11/24")
+			p.vrrpFile(p.lb1, 150, tc.track)
+			p.vrrpFile(p.lb2, 100, "")
+			p.start(p.lb1)
+			p.start(p.lb2)
+			p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+
+			sw2.IP("link", "set", port, "down")
+			p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb1: tc.lb1When, p.lb2: vrrp.Master})
+			p.owner(p.lb2, vip)
+			if in, _ := p.instance(p.lb1); in.Priority != tc.lb1Prio {
+				t.Fatalf("lb1 priority %d with eth1 down, want %d", in.Priority, tc.lb1Prio)
+			}
+
+			sw2.IP("link", "set", port, "up")
+			p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+			p.owner(p.lb1, vip)
+		})
+	}
+}
+
+func TestVRRPv2Authentication(t *testing.T) {
+	p := newPair(t)
+	v2 := "version = 2\nadvert_int = \"1s\"\nauth_pass = "
+	p.vrrpFile(p.lb1, 150, v2+`"secret"`)
+	p.vrrpFile(p.lb2, 100, v2+`"guess"`)
+	p.start(p.lb1)
+	p.start(p.lb2)
+	// Different passwords: neither accepts the other, both become master.
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Master})
+	if in, _ := p.instance(p.lb2); in.Drops[vrrp.DropAuth] == 0 {
+		t.Fatalf("lb2 should drop lb1's adverts for auth: %+v", in.Drops)
+	}
+	// The same password: lb2 follows lb1 after a reload.
+	p.vrrpFile(p.lb2, 100, v2+`"secret"`)
+	if out, err := exec.Command(directorctl, "--socket", p.sockets[p.lb2], "reload").CombinedOutput(); err != nil {
+		t.Fatalf("reload: %v %s", err, out)
+	}
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+	p.owner(p.lb1, vip)
+	// The password is a secret: not in the running configuration's JSON.
+	out, _ := exec.Command(directorctl, "--socket", p.sockets[p.lb2], "config").CombinedOutput()
+	if strings.Contains(string(out), "secret") {
+		t.Fatalf("auth_pass shown by directorctl config:\n%s", out)
+	}
+}
