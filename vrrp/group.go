@@ -3,6 +3,7 @@ package vrrp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -86,6 +87,7 @@ type instance struct {
 	cfg    Config
 	rx     chan received
 	links  chan struct{} // a link this instance depends on changed
+	cmds   chan func(*actor)
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -241,6 +243,7 @@ func (g *Group) start(cfg Config) {
 		cfg:     cfg,
 		rx:      make(chan received, 64),
 		links:   make(chan struct{}, 1),
+		cmds:    make(chan func(*actor)),
 		done:    make(chan struct{}),
 		drops:   map[DropReason]uint64{},
 		lastLog: map[DropReason]time.Time{},
@@ -442,6 +445,8 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 			a.apply(m.Tick(g.deps.Now()))
 		case <-in.links:
 			a.follow(g.deps.Now())
+		case cmd := <-in.cmds:
+			cmd(a)
 		case <-a.garpDelay:
 			a.garpDelay = nil
 			if m.State() == Master {
@@ -572,6 +577,33 @@ func (a *actor) announce() {
 	if err := a.g.deps.Announcer.Announce(a.in.cfg.Interface, a.vipAddrs(), a.in.cfg.GARPRepeat); err != nil {
 		a.log.Warn("VRRP: announcing the virtual addresses failed", "err", err)
 	}
+}
+
+// Failover makes the named instance, if master here, hand over: it sends
+// priority 0 and stays backup for hold.
+func (g *Group) Failover(ctx context.Context, name string, hold time.Duration) error {
+	g.mu.Lock()
+	in := g.instances[name]
+	g.mu.Unlock()
+	if in == nil {
+		return fmt.Errorf("no VRRP instance %q", name)
+	}
+	errc := make(chan error, 1)
+	cmd := func(a *actor) {
+		e, err := a.m.Resign(g.deps.Now(), hold)
+		if err == nil {
+			a.apply(e)
+		}
+		errc <- err
+	}
+	select {
+	case in.cmds <- cmd:
+	case <-in.done:
+		return fmt.Errorf("VRRP instance %q is not running", name)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-errc
 }
 
 // InstanceStatus is one virtual router as status shows it.

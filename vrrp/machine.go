@@ -333,6 +333,19 @@ func (m *Machine) SetPriority(now time.Time, p uint8) Effects {
 	return Effects{}
 }
 
+// Resign hands over as a planned failover: a master sends priority 0,
+// becomes backup, and does not preempt until hold has passed.
+func (m *Machine) Resign(now time.Time, hold time.Duration) (Effects, error) {
+	if m.state != Master {
+		return Effects{}, fmt.Errorf("%s is %s here, not MASTER", m.cfg.Name, m.state)
+	}
+	m.holdUntil = now.Add(hold)
+	e := m.becomeBackup(now, fmt.Sprintf("planned failover (no preemption for %s)", hold))
+	m.master, m.masterPriority = netip.Addr{}, 0
+	e.Send, e.SendPriority = true, PriorityResign
+	return e, nil
+}
+
 // Stop resigns: a master sends priority 0 so a backup takes over after its
 // skew time alone.
 func (m *Machine) Stop(now time.Time) Effects {

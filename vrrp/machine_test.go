@@ -281,3 +281,31 @@ func TestSetPriority(t *testing.T) {
 		t.Fatal("the owner's priority moved")
 	}
 }
+
+func TestResign(t *testing.T) {
+	m := NewMachine(cfg(150), me)
+	m.Start(t0)
+	if _, err := m.Resign(at(time.Second), time.Minute); err == nil {
+		t.Fatal("a backup resigned")
+	}
+	m.Tick(at(4 * time.Second))
+	e, err := m.Resign(at(5*time.Second), 10*time.Second)
+	if err != nil || !e.Send || e.SendPriority != 0 || e.Transition == nil || e.Transition.To != Backup {
+		t.Fatalf("resign: %+v %v", e, err)
+	}
+	// The lower-priority peer takes over; we follow it during the hold...
+	for s := 6; s < 15; s++ {
+		m.Receive(at(time.Duration(s)*time.Second), lowIP, adv(100))
+		if e := m.Tick(at(time.Duration(s)*time.Second + 500*time.Millisecond)); e.Transition != nil {
+			t.Fatalf("preempted at %ds, within the hold", s)
+		}
+	}
+	// ...and preempt once it is over.
+	for s := 15; s < 25; s++ {
+		m.Receive(at(time.Duration(s)*time.Second), lowIP, adv(100))
+		if e := m.Tick(at(time.Duration(s)*time.Second + 500*time.Millisecond)); e.Transition != nil && e.Transition.To == Master {
+			return
+		}
+	}
+	t.Fatal("never preempted after the hold")
+}

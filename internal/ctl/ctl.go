@@ -19,12 +19,14 @@ import (
 	"github.com/directord/directord/internal/status"
 )
 
-const usage = `usage: directorctl [--socket PATH] COMMAND [--json]
+const usage = `usage: directorctl [--socket PATH] COMMAND [ARGS] [--json]
 
 commands:
-  status    what the daemon is doing (--json: the raw status document)
-  reload    re-read the configuration file, like SIGHUP, and show the result
-  config    print the running configuration as JSON
+  status                       what the daemon is doing (--json: the raw status document)
+  reload                       re-read the configuration file, like SIGHUP, and show the result
+  config                       print the running configuration as JSON
+  failover INSTANCE [--hold D] planned handover of a VRRP instance mastered here: send
+                               priority 0 and stay backup for D (default: its preempt_delay)
 `
 
 type command struct {
@@ -33,13 +35,16 @@ type command struct {
 
 type opts struct {
 	json bool
+	hold string
+	args []string
 	out  io.Writer
 }
 
 var commands = map[string]command{
-	"status": {runStatus},
-	"reload": {runReload},
-	"config": {runConfig},
+	"status":   {runStatus},
+	"reload":   {runReload},
+	"config":   {runConfig},
+	"failover": {runFailover},
 }
 
 // Main runs directorctl with args and returns its exit code.
@@ -65,12 +70,23 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	sub.SetOutput(stderr)
 	sub.StringVar(socket, "socket", *socket, "status socket `path`")
 	asJSON := sub.Bool("json", false, "print JSON")
-	if err := sub.Parse(global.Args()[1:]); err != nil {
-		return 2
+	hold := sub.String("hold", "", "failover: how long to stay backup (Go duration)")
+	// Flags may come before or after the positional arguments.
+	var positional []string
+	rest := global.Args()[1:]
+	for {
+		if err := sub.Parse(rest); err != nil {
+			return 2
+		}
+		if sub.NArg() == 0 {
+			break
+		}
+		positional = append(positional, sub.Arg(0))
+		rest = sub.Args()[1:]
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := cmd.run(ctx, status.NewClient(*socket), opts{json: *asJSON, out: stdout}); err != nil {
+	if err := cmd.run(ctx, status.NewClient(*socket), opts{json: *asJSON, hold: *hold, args: positional, out: stdout}); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)
 		return 1
 	}
@@ -88,6 +104,25 @@ func runConfig(ctx context.Context, c *status.Client, o opts) error {
 		return err
 	}
 	return printJSON(o.out, raw)
+}
+
+func runFailover(ctx context.Context, c *status.Client, o opts) error {
+	if len(o.args) != 1 {
+		return fmt.Errorf("usage: directorctl failover INSTANCE [--hold DURATION]")
+	}
+	var res daemon.FailoverResult
+	if err := c.Post(ctx, "/v1/vrrp/"+o.args[0]+"/failover", daemon.FailoverRequest{Hold: o.hold}, &res); err != nil {
+		return err
+	}
+	if o.json {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		return printJSON(o.out, append(b, '\n'))
+	}
+	fmt.Fprintf(o.out, "%s: sent priority 0 and is now %s here; staying backup for %s\n", res.Instance, res.Now.State, res.Hold)
+	if res.Warning != "" {
+		fmt.Fprintln(o.out, "note:", res.Warning)
+	}
+	return nil
 }
 
 func runReload(ctx context.Context, c *status.Client, o opts) error {

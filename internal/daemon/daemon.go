@@ -166,6 +166,7 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 		status.WriteJSON(w, http.StatusOK, d.config())
 	})
 	d.status.Handle("POST /v1/reload", d.handleReload)
+	d.status.Handle("POST /v1/vrrp/{instance}/failover", d.handleFailover)
 	return d
 }
 

@@ -1,9 +1,15 @@
 package daemon
 
 import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/internal/status"
 	"github.com/directord/directord/vrrp"
 )
 
@@ -93,4 +99,65 @@ func (c *vrrpCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.drop, prometheus.CounterValue, float64(n), s.Name, string(reason))
 		}
 	}
+}
+
+// FailoverRequest is the body of POST /v1/vrrp/{instance}/failover.
+type FailoverRequest struct {
+	// Hold is how long this director stays backup (a Go duration); empty
+	// means the instance's preempt_delay.
+	Hold string `json:"hold,omitempty"`
+}
+
+// FailoverResult answers it.
+type FailoverResult struct {
+	Instance string              `json:"instance"`
+	Hold     string              `json:"hold"`
+	Now      vrrp.InstanceStatus `json:"now"`
+	// Warning says when this director will take the addresses back.
+	Warning string `json:"warning,omitempty"`
+}
+
+func (d *Daemon) handleFailover(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("instance")
+	var req FailoverRequest
+	if r.ContentLength != 0 {
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			status.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad request: %w", err))
+			return
+		}
+	}
+	var inst *config.VRRPInstance
+	for i, in := range d.config().VRRP {
+		if in.Name == name {
+			inst = &d.config().VRRP[i]
+		}
+	}
+	if inst == nil {
+		status.WriteError(w, http.StatusNotFound, fmt.Errorf("no VRRP instance %q", name))
+		return
+	}
+	hold := inst.PreemptDelay
+	if req.Hold != "" {
+		h, err := time.ParseDuration(req.Hold)
+		if err != nil || h < 0 {
+			status.WriteError(w, http.StatusBadRequest, fmt.Errorf("hold %q is not a duration", req.Hold))
+			return
+		}
+		hold = h
+	}
+	if err := d.vrrp.Failover(r.Context(), name, hold); err != nil {
+		status.WriteError(w, http.StatusConflict, fmt.Errorf("failover of %s: %w", name, err))
+		return
+	}
+	d.log.Info("planned failover", "instance", name, "hold", hold)
+	res := FailoverResult{Instance: name, Hold: hold.String()}
+	for _, s := range d.vrrp.Status() {
+		if s.Name == name {
+			res.Now = s
+		}
+	}
+	if inst.Preempt {
+		res.Warning = fmt.Sprintf("preempt is on: if this director still has the higher priority it takes %s back after %s", name, hold)
+	}
+	status.WriteJSON(w, http.StatusOK, res)
 }

@@ -429,3 +429,98 @@ func TestVRRPv2Authentication(t *testing.T) {
 		t.Fatalf("auth_pass shown by directorctl config:\n%s", out)
 	}
 }
+
+// TestVRRPReloadKeepsState: a reload that adds and then removes an
+// instance leaves the unchanged one in its state, without a transition.
+func TestVRRPReloadKeepsState(t *testing.T) {
+	p := newPair(t)
+	p.vrrpFile(p.lb1, 150, "")
+	p.start(p.lb1)
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master})
+	before, _ := p.instance(p.lb1)
+
+	base, err := os.ReadFile(p.files[p.lb1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := string(base) + `
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth0"
+virtual_router_id = 52
+priority = 150
+advert_int = "100ms"
+virtual_ipaddress = ["192.0.2.101/24"]
+`
+	reload := func(content string) {
+		t.Helper()
+		writeFile(t, p.files[p.lb1], content)
+		if err := p.procs[p.lb1].Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reload(second)
+	if err := lab.Eventually(5*time.Second, func() error {
+		if !hasAddr(p.lb1, "192.0.2.101") {
+			return fmt.Errorf("VI_2's address not added")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	reload(string(base))
+	if err := lab.Eventually(5*time.Second, func() error {
+		if hasAddr(p.lb1, "192.0.2.101") {
+			return fmt.Errorf("VI_2's address still there")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := p.instance(p.lb1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.State != vrrp.Master || after.Transitions != before.Transitions || *after.LastTransition != *before.LastTransition {
+		t.Fatalf("VI_1 changed across reloads: before %+v after %+v", before.Info, after.Info)
+	}
+	if !hasAddr(p.lb1, vip) {
+		t.Fatal("VI_1's address was touched")
+	}
+}
+
+func TestVRRPPlannedFailover(t *testing.T) {
+	p := newPair(t)
+	p.vrrpFile(p.lb1, 150, "")
+	p.vrrpFile(p.lb2, 100, "")
+	p.start(p.lb1)
+	p.start(p.lb2)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+
+	p.arpAnswers(p.lb1) // the client knows the VIP at lb1
+
+	ctl := func(h *lab.Host, args ...string) (string, int) {
+		out, errOut, code := run(t, directorctl, append([]string{"--socket", p.sockets[h]}, args...)...)
+		return out + errOut, code
+	}
+	if out, code := ctl(p.lb2, "failover", "VI_1"); code != 1 || !strings.Contains(out, "VI_1 is BACKUP here, not MASTER") {
+		t.Fatalf("failover on the backup: exit %d: %s", code, out)
+	}
+	if out, code := ctl(p.lb1, "failover", "VI_9"); code != 1 || !strings.Contains(out, `no VRRP instance "VI_9"`) {
+		t.Fatalf("failover of an unknown instance: exit %d: %s", code, out)
+	}
+	out, code := ctl(p.lb1, "failover", "VI_1", "--hold", "2s")
+	if code != 0 || !strings.Contains(out, "VI_1: sent priority 0 and is now BACKUP here; staying backup for 2s") {
+		t.Fatalf("failover: exit %d: %s", code, out)
+	}
+	p.waitStates(2*time.Second, map[*lab.Host]vrrp.State{p.lb2: vrrp.Master, p.lb1: vrrp.Backup})
+	p.owner(p.lb2, vip)
+	in, _ := p.instance(p.lb2)
+	if in.LastTransition.Reason != "the master resigned (priority 0)" {
+		t.Fatalf("lb2 took over for another reason: %+v", in.LastTransition)
+	}
+	p.clientSees(p.lb2)
+	// preempt is on: after the hold the higher priority takes it back.
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master, p.lb2: vrrp.Backup})
+	p.owner(p.lb1, vip)
+}
