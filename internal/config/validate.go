@@ -198,6 +198,22 @@ func (v *validator) node(r *rawNode) Node {
 	return n
 }
 
+// uniqueName checks a required name that must be unique among its kind;
+// seen maps the names so far to their lines.
+func (v *validator) uniqueName(path []any, name, kind string, seen map[string]int) {
+	switch {
+	case name == "":
+		v.add(path, "required")
+	case !validName(name):
+		v.add(path, "%q: use letters, digits, '.', '_' and '-' only", name)
+	default:
+		if l, dup := seen[name]; dup {
+			v.add(path, "%s %q is already defined at line %d", kind, name, l)
+		}
+		seen[name] = v.pos.line(path...)
+	}
+}
+
 func validName(s string) bool {
 	for _, c := range s {
 		if !(c == '.' || c == '_' || c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
@@ -257,17 +273,7 @@ func (v *validator) vrrp(raws []rawVRRP) []VRRPInstance {
 	for i, r := range raws {
 		p := []any{"vrrp_instance", i}
 		in := VRRPInstance{Name: r.Name, Interface: r.Interface}
-		switch {
-		case r.Name == "":
-			v.add(at(p, "name"), "required")
-		case !validName(r.Name):
-			v.add(at(p, "name"), "%q: use letters, digits, '.', '_' and '-' only", r.Name)
-		default:
-			if l, dup := names[r.Name]; dup {
-				v.add(at(p, "name"), "instance %q is already defined at line %d", r.Name, l)
-			}
-			names[r.Name] = v.pos.line(at(p, "name")...)
-		}
+		v.uniqueName(at(p, "name"), r.Name, "instance", names)
 		if r.Interface == "" {
 			v.add(at(p, "interface"), "required")
 		} else if len(r.Interface) > 15 || strings.ContainsAny(r.Interface, "/ \t") {
@@ -472,17 +478,7 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 	for i, r := range raws {
 		p := []any{"virtual_server", i}
 		vs := VirtualServer{Name: r.Name}
-		switch {
-		case r.Name == "":
-			v.add(at(p, "name"), "required")
-		case !validName(r.Name):
-			v.add(at(p, "name"), "%q: use letters, digits, '.', '_' and '-' only", r.Name)
-		default:
-			if l, dup := names[r.Name]; dup {
-				v.add(at(p, "name"), "virtual server %q is already defined at line %d", r.Name, l)
-			}
-			names[r.Name] = v.pos.line(at(p, "name")...)
-		}
+		v.uniqueName(at(p, "name"), r.Name, "virtual server", names)
 		addrOK := false
 		vs.Address, addrOK = v.addrPort(at(p, "address"), r.Address)
 		vs.Protocol = v.oneOf(at(p, "protocol"), r.Protocol, "tcp", "tcp", "udp")

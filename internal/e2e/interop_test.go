@@ -2,51 +2,14 @@ package e2e
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/pairlab"
 	"github.com/directord/directord/vrrp"
 )
-
-// startKeepalived runs Debian's keepalived (VRRP only) in h with one
-// instance equivalent to the directord file vrrpFile writes.
-func (p *pair) startKeepalived(h *lab.Host, prio, version int, interval time.Duration) *lab.Process {
-	p.t.Helper()
-	dir := filepath.Join(p.dir, "keepalived-"+h.Name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		p.t.Fatal(err)
-	}
-	file := filepath.Join(dir, "keepalived.conf")
-	writeFile(p.t, file, fmt.Sprintf(`global_defs {
-  router_id %s
-}
-vrrp_instance VI_1 {
-  state BACKUP
-  interface eth0
-  virtual_router_id 51
-  priority %d
-  advert_int %g
-  version %d
-  virtual_ipaddress {
-    %s/24
-  }
-}
-`, h.Name, prio, interval.Seconds(), version, vip))
-	// Fresh pid files each start: a killed keepalived's children can linger
-	// as zombies here, and keepalived takes a live pid as "already running".
-	run, err := os.MkdirTemp(dir, "run")
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	proc := h.Start("keepalived", "--vrrp", "--dont-fork", "--log-console", "--log-detail",
-		"--use-file", file, "--pid", filepath.Join(run, "k.pid"), "--vrrp_pid", filepath.Join(run, "v.pid"))
-	p.procs[h] = proc
-	return proc
-}
 
 // waitOutput polls until the process has printed s.
 func waitOutput(t *testing.T, proc *lab.Process, s string, timeout time.Duration) {
@@ -75,20 +38,20 @@ func TestKeepalivedInterop(t *testing.T) {
 		t.Run(fmt.Sprintf("v%d directord master, keepalived backup", tc.version), func(t *testing.T) {
 			p := newPair(t)
 			extra := fmt.Sprintf("version = %d\nadvert_int = %q", tc.version, tc.interval)
-			p.vrrpFile(p.lb1, 150, extra)
-			p.start(p.lb1)
-			p.waitStates(crash, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master})
-			k := p.startKeepalived(p.lb2, 100, tc.version, tc.interval)
+			p.WriteConfig(p.LB1, 150, extra)
+			p.Start(p.LB1)
+			p.waitStates(crash, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master})
+			k := p.StartKeepalived(p.LB2, 100, tc.version, tc.interval)
 			waitOutput(t, k, "(VI_1) Entering BACKUP STATE", crash)
-			p.owner(p.lb1, vip)
+			p.owner(p.LB1, vip)
 			// keepalived accepts our adverts: it stays backup while we send
 			// five more, more than its master down interval (3 + skew).
-			before, err := p.instance(p.lb1)
+			before, err := p.Instance(p.LB1)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if err := lab.Eventually(10*tc.interval+5*time.Second, func() error {
-				in, err := p.instance(p.lb1)
+				in, err := p.Instance(p.LB1)
 				if err == nil && in.AdvertsSent < before.AdvertsSent+5 {
 					err = fmt.Errorf("%d adverts sent since keepalived started", in.AdvertsSent-before.AdvertsSent)
 				}
@@ -101,18 +64,17 @@ func TestKeepalivedInterop(t *testing.T) {
 			}
 
 			// directord's host dies: keepalived takes over.
-			p.procs[p.lb1].Kill()
-			p.sw.IP("link", "set", p.port1, "down")
+			p.Crash(p.LB1)
 			waitOutput(t, k, "(VI_1) Entering MASTER STATE", crash)
-			if !hasAddr(p.lb2, vip) {
+			if !pairlab.HasAddr(p.LB2, vip) {
 				t.Fatal("keepalived master lacks the VIP")
 			}
 
 			// directord comes back and preempts keepalived.
-			p.sw.IP("link", "set", p.port1, "up")
-			p.start(p.lb1)
-			p.waitStates(2*crash, map[*lab.Host]vrrp.State{p.lb1: vrrp.Master})
-			p.owner(p.lb1, vip)
+			p.Revive(p.LB1)
+			p.Start(p.LB1)
+			p.waitStates(2*crash, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master})
+			p.owner(p.LB1, vip)
 			if n := strings.Count(k.Output(), "Entering BACKUP STATE"); n < 2 {
 				t.Fatalf("keepalived did not step back to backup:\n%s", k.Output())
 			}
@@ -120,32 +82,31 @@ func TestKeepalivedInterop(t *testing.T) {
 
 		t.Run(fmt.Sprintf("v%d keepalived master, directord backup", tc.version), func(t *testing.T) {
 			p := newPair(t)
-			k := p.startKeepalived(p.lb1, 150, tc.version, tc.interval)
+			k := p.StartKeepalived(p.LB1, 150, tc.version, tc.interval)
 			waitOutput(t, k, "(VI_1) Entering MASTER STATE", crash)
 			extra := fmt.Sprintf("version = %d\nadvert_int = %q", tc.version, tc.interval)
-			p.vrrpFile(p.lb2, 100, extra)
-			p.start(p.lb2)
-			p.waitStates(crash, map[*lab.Host]vrrp.State{p.lb2: vrrp.Backup})
-			in, _ := p.instance(p.lb2)
+			p.WriteConfig(p.LB2, 100, extra)
+			p.Start(p.LB2)
+			p.waitStates(crash, map[*lab.Host]vrrp.State{p.LB2: vrrp.Backup})
+			in, _ := p.Instance(p.LB2)
 			if in.Master != "192.0.2.11" || in.MasterPriority != 150 || len(in.Drops) != 0 {
 				t.Fatalf("directord's view of the keepalived master: %+v", in)
 			}
-			p.owner(p.lb1, vip)
+			p.owner(p.LB1, vip)
 
 			// keepalived's host dies: directord takes over.
-			p.lb1.KillAll()
-			p.sw.IP("link", "set", p.port1, "down")
-			p.waitStates(crash, map[*lab.Host]vrrp.State{p.lb2: vrrp.Master})
-			if !hasAddr(p.lb2, vip) {
+			p.Crash(p.LB1)
+			p.waitStates(crash, map[*lab.Host]vrrp.State{p.LB2: vrrp.Master})
+			if !pairlab.HasAddr(p.LB2, vip) {
 				t.Fatal("directord master lacks the VIP")
 			}
 
 			// keepalived comes back (it removes its stale VIP) and preempts.
-			p.sw.IP("link", "set", p.port1, "up")
-			k = p.startKeepalived(p.lb1, 150, tc.version, tc.interval)
+			p.Revive(p.LB1)
+			k = p.StartKeepalived(p.LB1, 150, tc.version, tc.interval)
 			waitOutput(t, k, "(VI_1) Entering MASTER STATE", 2*crash)
-			p.waitStates(crash, map[*lab.Host]vrrp.State{p.lb2: vrrp.Backup})
-			p.owner(p.lb1, vip)
+			p.waitStates(crash, map[*lab.Host]vrrp.State{p.LB2: vrrp.Backup})
+			p.owner(p.LB1, vip)
 		})
 	}
 }
@@ -163,15 +124,15 @@ func TestWiresharkAgrees(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPair(t)
-			p.vrrpFile(p.lb1, 150, tc.extra)
-			capture := p.client.Command("tshark", "-i", "eth0", "-f", tc.filter, "-c", "3", "-a", "duration:20", "-V", "-l")
+			p.WriteConfig(p.LB1, 150, tc.extra)
+			capture := p.Client.Command("tshark", "-i", "eth0", "-f", tc.filter, "-c", "3", "-a", "duration:20", "-V", "-l")
 			var out strings.Builder
 			capture.Stdout, capture.Stderr = &out, &out
 			if err := capture.Start(); err != nil {
 				t.Fatal(err)
 			}
 			// tshark needs a moment to open the interface; adverts repeat.
-			p.start(p.lb1)
+			p.Start(p.LB1)
 			if err := capture.Wait(); err != nil {
 				t.Fatalf("tshark: %v\n%s", err, out.String())
 			}

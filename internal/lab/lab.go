@@ -128,6 +128,10 @@ func (l *Lab) Close() {
 	}
 }
 
+// Fatalf fails the lab: the test fails, or a program's lab panics with a
+// Failure (see Open).
+func (l *Lab) Fatalf(format string, args ...any) { l.fail(format, args...) }
+
 // ip runs iproute2's ip with args and fails the lab on error.
 func (l *Lab) ip(args ...string) {
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {

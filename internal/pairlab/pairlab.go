@@ -1,0 +1,220 @@
+// Package pairlab builds the usual scene of directord's tests, demo and
+// benchmarks: a client and two directors (lb1 192.0.2.11, lb2 192.0.2.12)
+// on one switch, each director running directord or keepalived.
+package pairlab
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/vrrp"
+)
+
+// VIP is the virtual address the scene uses unless told otherwise.
+const VIP = "192.0.2.100"
+
+// Binaries are the built programs.
+type Binaries struct{ Directord, Directorctl string }
+
+// Pair is the scene.
+type Pair struct {
+	Lab          *lab.Lab
+	Switch       *lab.Switch
+	Client       *lab.Host
+	LB1, LB2     *lab.Host
+	Port1, Port2 string // the directors' switch ports: down = cable cut
+	Dir          string
+	Bin          Binaries
+	// Procs, Sockets and Files are per director: its daemon, status socket
+	// and configuration file.
+	Procs          map[*lab.Host]*lab.Process
+	Sockets, Files map[*lab.Host]string
+}
+
+// New builds the scene in l; files go under dir.
+func New(l *lab.Lab, dir string, bin Binaries) *Pair {
+	p := &Pair{Lab: l, Switch: l.AddSwitch("sw"), Dir: dir, Bin: bin,
+		Procs: map[*lab.Host]*lab.Process{}, Sockets: map[*lab.Host]string{}, Files: map[*lab.Host]string{}}
+	p.Client, p.LB1, p.LB2 = l.AddHost("client"), l.AddHost("lb1"), l.AddHost("lb2")
+	p.Switch.Plug(p.Client, "eth0", "192.0.2.50/24", "2001:db8::50/64")
+	p.Port1 = p.Switch.Plug(p.LB1, "eth0", "192.0.2.11/24", "2001:db8::11/64")
+	p.Port2 = p.Switch.Plug(p.LB2, "eth0", "192.0.2.12/24", "2001:db8::12/64")
+	return p
+}
+
+// Directors returns lb1 and lb2.
+func (p *Pair) Directors() []*lab.Host { return []*lab.Host{p.LB1, p.LB2} }
+
+func (p *Pair) hostDir(name string) string {
+	dir := filepath.Join(p.Dir, name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		p.Lab.Fatalf("%v", err)
+	}
+	return dir
+}
+
+// WriteConfig writes h's directord file: one instance VI_1 (VRID 51) on
+// eth0 at prio; extra lines go into the instance and replace the default
+// virtual_ipaddress (the VIP) and advert_int (100ms) when they set them.
+func (p *Pair) WriteConfig(h *lab.Host, prio int, extra string) {
+	dir := p.hostDir(h.Name)
+	p.Sockets[h] = filepath.Join(dir, "directord.sock")
+	p.Files[h] = filepath.Join(dir, "directord.toml")
+	if !strings.Contains(extra, "virtual_ipaddress") {
+		extra += "\nvirtual_ipaddress = [\"" + VIP + "/24\"]"
+	}
+	if !strings.Contains(extra, "advert_int") {
+		extra += "\nadvert_int = \"100ms\""
+	}
+	content := fmt.Sprintf(`[node]
+name = %q
+data_dir = %q
+status_socket = %q
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = %d
+%s
+`, h.Name, filepath.Join(dir, "data"), p.Sockets[h], prio, extra)
+	if err := os.WriteFile(p.Files[h], []byte(content), 0o644); err != nil {
+		p.Lab.Fatalf("%v", err)
+	}
+}
+
+// Start runs directord in h with the file WriteConfig wrote.
+func (p *Pair) Start(h *lab.Host) *lab.Process {
+	p.Procs[h] = h.Start(p.Bin.Directord, "-c", p.Files[h])
+	return p.Procs[h]
+}
+
+// StartKeepalived runs Debian's keepalived (VRRP only) in h with the
+// instance WriteConfig describes: VI_1, VRID 51, the VIP.
+func (p *Pair) StartKeepalived(h *lab.Host, prio, version int, interval time.Duration) *lab.Process {
+	dir := p.hostDir("keepalived-" + h.Name)
+	file := filepath.Join(dir, "keepalived.conf")
+	content := fmt.Sprintf(`global_defs {
+  router_id %s
+}
+vrrp_instance VI_1 {
+  state BACKUP
+  interface eth0
+  virtual_router_id 51
+  priority %d
+  advert_int %g
+  version %d
+  virtual_ipaddress {
+    %s/24
+  }
+}
+`, h.Name, prio, interval.Seconds(), version, VIP)
+	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
+		p.Lab.Fatalf("%v", err)
+	}
+	// Fresh pid files each start: a killed keepalived's children can linger
+	// as zombies here, and keepalived takes a live pid as "already running".
+	run, err := os.MkdirTemp(dir, "run")
+	if err != nil {
+		p.Lab.Fatalf("%v", err)
+	}
+	p.Procs[h] = h.Start("keepalived", "--vrrp", "--dont-fork", "--log-console", "--log-detail",
+		"--use-file", file, "--pid", filepath.Join(run, "k.pid"), "--vrrp_pid", filepath.Join(run, "v.pid"))
+	return p.Procs[h]
+}
+
+// Instance asks h's directord for its one VRRP instance.
+func (p *Pair) Instance(h *lab.Host) (vrrp.InstanceStatus, error) {
+	out, err := exec.Command(p.Bin.Directorctl, "--socket", p.Sockets[h], "status", "--json").Output()
+	if err != nil {
+		return vrrp.InstanceStatus{}, fmt.Errorf("%s: directorctl: %v", h.Name, err)
+	}
+	var doc struct {
+		VRRP daemon.VRRPStatus `json:"vrrp"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return vrrp.InstanceStatus{}, err
+	}
+	if len(doc.VRRP.Instances) != 1 {
+		return vrrp.InstanceStatus{}, fmt.Errorf("%s: %d instances", h.Name, len(doc.VRRP.Instances))
+	}
+	return doc.VRRP.Instances[0], nil
+}
+
+// WaitStates polls until each director is in its wanted state; a backup
+// must also have heard a master, or it might still time out.
+func (p *Pair) WaitStates(timeout time.Duration, want map[*lab.Host]vrrp.State) error {
+	return lab.Eventually(timeout, func() error {
+		for h, st := range want {
+			in, err := p.Instance(h)
+			if err != nil {
+				return err
+			}
+			if in.State != st {
+				return fmt.Errorf("%s is %s, want %s", h.Name, in.State, st)
+			}
+			if st == vrrp.Backup && in.Master == "" {
+				return fmt.Errorf("%s is a backup that has heard no master yet", h.Name)
+			}
+		}
+		return nil
+	})
+}
+
+// HasAddr reports whether h's eth0 holds addr.
+func HasAddr(h *lab.Host, addr string) bool {
+	out, _ := h.Run("ip", "-o", "addr", "show", "dev", "eth0")
+	return strings.Contains(out, " "+addr+"/")
+}
+
+// WaitOwner polls until exactly h holds addr among the directors.
+func (p *Pair) WaitOwner(h *lab.Host, addr string, timeout time.Duration) error {
+	return lab.Eventually(timeout, func() error {
+		for _, d := range p.Directors() {
+			if has := HasAddr(d, addr); has != (d == h) {
+				return fmt.Errorf("%s holds %s: %v", d.Name, addr, has)
+			}
+		}
+		return nil
+	})
+}
+
+// MAC is h's eth0 hardware address.
+func MAC(h *lab.Host) string {
+	out, _ := h.Run("cat", "/sys/class/net/eth0/address")
+	return strings.TrimSpace(out)
+}
+
+// Neighbour is the client's link-layer address for the VIP, or "".
+func (p *Pair) Neighbour() string {
+	out, _ := p.Client.Run("ip", "neigh", "show", VIP, "dev", "eth0")
+	if f := strings.Fields(out); len(f) >= 3 && f[1] == "lladdr" {
+		return f[2]
+	}
+	return ""
+}
+
+// Crash kills every process of h and cuts its cable: the host dies.
+func (p *Pair) Crash(h *lab.Host) {
+	h.KillAll()
+	p.Switch.IP("link", "set", p.port(h), "down")
+}
+
+// Revive reconnects h's cable.
+func (p *Pair) Revive(h *lab.Host) {
+	p.Switch.IP("link", "set", p.port(h), "up")
+}
+
+func (p *Pair) port(h *lab.Host) string {
+	if h == p.LB1 {
+		return p.Port1
+	}
+	return p.Port2
+}
