@@ -1,12 +1,16 @@
 // Command demo shows directord working in a lab of network namespaces on
-// this machine and removes everything afterwards, also on Ctrl-C. Run it
-// with sudo make demo.
+// this machine: two directors float a virtual IP, the master dies, the
+// backup takes over, and a client measures the gap. Everything is removed
+// afterwards, also on Ctrl-C. Run it with sudo make demo.
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -16,6 +20,9 @@ import (
 	"time"
 
 	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/pairlab"
+	"github.com/directord/directord/internal/probe"
+	"github.com/directord/directord/vrrp"
 )
 
 func main() {
@@ -33,11 +40,16 @@ func run(bin string) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo builds network namespaces: run it as root (sudo make demo)")
 	}
-	directord, err := filepath.Abs(filepath.Join(bin, "directord"))
+	dir, err := filepath.Abs(bin)
 	if err != nil {
 		return err
 	}
-	directorctl := filepath.Join(filepath.Dir(directord), "directorctl")
+	bins := pairlab.Binaries{Directord: filepath.Join(dir, "directord"), Directorctl: filepath.Join(dir, "directorctl")}
+	tmp, err := os.MkdirTemp("", "directord-demo")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
 
 	l := lab.Open(func(f string, a ...any) { fmt.Printf(f+"\n", a...) })
 	defer func() {
@@ -51,93 +63,128 @@ func run(bin string) (err error) {
 			err = f
 		}
 	}()
-	// Ctrl-C: clean up through the deferred Close, then exit.
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		<-sigc
 		fmt.Println("\ninterrupted: removing the lab")
 		l.Close()
+		os.RemoveAll(tmp)
 		os.Exit(130)
 	}()
 
-	dir, err := os.MkdirTemp("", "directord-demo")
-	if err != nil {
+	step("building a lab of network namespaces (%s%s-*): a client (192.0.2.50) and two directors, lb1 (192.0.2.11) and lb2 (192.0.2.12), on one switch", lab.Prefix, l.ID())
+	p := pairlab.New(l, tmp, bins)
+	p.WriteConfig(p.LB1, 150, "")
+	p.WriteConfig(p.LB2, 100, "")
+	fmt.Printf("lb1's configuration (lb2's differs only in name and priority 100):\n\n%s", indent(must(os.ReadFile(p.Files[p.LB1]))))
+	show("directord -t checks it", exec.Command(bins.Directord, "-t", "-c", p.Files[p.LB1]))
+
+	step("starting directord on both: VRRPv3, advertisements every 100ms, virtual IP %s", pairlab.VIP)
+	p.Start(p.LB1)
+	p.Start(p.LB2)
+	if err := p.WaitStates(10*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Backup}); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	socket := filepath.Join(dir, "directord.sock")
-	file := filepath.Join(dir, "directord.toml")
-	cfg := fmt.Sprintf(`[node]
-name = "lb1"
-data_dir = %q
-status_socket = %q
+	if err := p.WaitOwner(p.LB1, pairlab.VIP, 5*time.Second); err != nil {
+		return err
+	}
+	ctl := func(h *lab.Host, args ...string) *exec.Cmd {
+		return exec.Command(bins.Directorctl, append([]string{"--socket", p.Sockets[h]}, args...)...)
+	}
+	show("directorctl status on lb1", ctl(p.LB1, "status"))
+	show("directorctl status on lb2", ctl(p.LB2, "status"))
 
-[[vrrp_instance]]
-name = "VI_1"
-interface = "eth0"
-virtual_router_id = 51
-priority = 150
-advert_int = "1s"
-virtual_ipaddress = ["192.0.2.100/24"]
-`, filepath.Join(dir, "data"), socket)
-	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
+	step("the client pings the virtual IP every 5ms from now on")
+	var conn net.PacketConn
+	if err := p.Client.Do(func() (err error) { conn, err = probe.Listen(); return err }); err != nil {
+		return err
+	}
+	defer conn.Close()
+	pr := probe.Start(context.Background(), conn, netip.MustParseAddr(pairlab.VIP), 5*time.Millisecond)
+	defer pr.Stop()
+	if err := pr.WaitAnswered(time.Time{}, 5*time.Second); err != nil {
 		return err
 	}
 
-	step("building a lab: a switch and a director host lb1 (192.0.2.11) in network namespaces")
-	sw := l.AddSwitch("sw")
-	lb1 := l.AddHost("lb1")
-	sw.Plug(lb1, "eth0", "192.0.2.11/24")
-
-	step("checking the configuration: directord -t -c %s", file)
-	show(exec.Command(directord, "-t", "-c", file))
-
-	step("starting directord in lb1")
-	d := lb1.Start(directord, "-c", file)
-	ctl := func(args ...string) *exec.Cmd {
-		return exec.Command(directorctl, append([]string{"--socket", socket}, args...)...)
+	measure := func(what string, event func(), newMaster *lab.Host) error {
+		at := time.Now()
+		event()
+		if err := p.WaitStates(10*time.Second, map[*lab.Host]vrrp.State{newMaster: vrrp.Master}); err != nil {
+			return err
+		}
+		took := time.Since(at)
+		if err := pr.WaitAnswered(time.Now(), 5*time.Second); err != nil {
+			return err
+		}
+		fmt.Printf("%s is MASTER %s after the %s; the client saw no answer for %s\n",
+			newMaster.Name, took.Round(time.Millisecond), what, pr.Gap(at).Round(time.Millisecond))
+		return nil
 	}
-	if err := lab.Eventually(10*time.Second, func() error { return ctl("status").Run() }); err != nil {
-		return fmt.Errorf("directord did not answer: %v\n%s", err, d.Output())
-	}
-	step("directorctl status")
-	show(ctl("status"))
 
-	step("breaking the file (a misspelt key) and reloading: the daemon keeps its configuration")
-	broken := strings.Replace(cfg, "priority = 150", "priorty = 150", 1)
-	if err := os.WriteFile(file, []byte(broken), 0o644); err != nil {
+	step("lb1 dies: every process killed (kill -9) and its cable cut")
+	if err := measure("crash", func() { p.Crash(p.LB1) }, p.LB2); err != nil {
 		return err
 	}
-	show(ctl("reload"))
+	show("directorctl status on lb2", ctl(p.LB2, "status"))
 
-	step("fixing the file and reloading")
-	if err := os.WriteFile(file, []byte(strings.Replace(cfg, "priority = 150", "priority = 200", 1)), 0o644); err != nil {
+	step("lb1 comes back: it drops the stale address it still had and, with the higher priority, preempts")
+	if err := measure("restart", func() { p.Revive(p.LB1); p.Start(p.LB1) }, p.LB1); err != nil {
 		return err
 	}
-	show(ctl("reload"))
 
-	step("stopping directord with SIGTERM")
-	start := time.Now()
-	if err := d.Signal(syscall.SIGTERM); err != nil {
+	step("a planned failover: directorctl failover VI_1 --hold 3s on lb1 (priority 0, so lb2 takes over at once)")
+	if err := measure("planned failover", func() { show("", ctl(p.LB1, "failover", "VI_1", "--hold", "3s")) }, p.LB2); err != nil {
 		return err
 	}
-	code, err := d.Wait(5 * time.Second)
-	if err != nil {
+
+	step("a broken configuration is refused and the running one kept: a misspelt key, then directorctl reload on lb2")
+	good := must(os.ReadFile(p.Files[p.LB2]))
+	if err := os.WriteFile(p.Files[p.LB2], []byte(strings.Replace(string(good), "priority = 100", "priorty = 100", 1)), 0o644); err != nil {
 		return err
 	}
-	fmt.Printf("exited with code %d after %s\n", code, time.Since(start).Round(time.Millisecond))
-	fmt.Printf("\ndirectord's log:\n%s", d.Output())
-	show(ctl("status"))
+	show("", ctl(p.LB2, "reload"))
+	if err := os.WriteFile(p.Files[p.LB2], good, 0o644); err != nil {
+		return err
+	}
+
+	step("stopping both directors with SIGTERM")
+	for _, h := range p.Directors() {
+		start := time.Now()
+		if err := p.Procs[h].Signal(syscall.SIGTERM); err != nil {
+			return err
+		}
+		code, err := p.Procs[h].Wait(5 * time.Second)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s: directord exited with code %d after %s\n", h.Name, code, time.Since(start).Round(time.Millisecond))
+	}
 	return nil
 }
 
-// show runs cmd and prints what it printed, indented.
-func show(cmd *exec.Cmd) {
-	out, err := cmd.CombinedOutput()
-	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
-		fmt.Println("    " + line)
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(lab.Failure{Err: err})
 	}
+	return b
+}
+
+func indent(b []byte) string {
+	var out strings.Builder
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		out.WriteString("    " + line + "\n")
+	}
+	return out.String()
+}
+
+// show runs cmd and prints what it printed, indented, under a title.
+func show(title string, cmd *exec.Cmd) {
+	if title != "" {
+		fmt.Printf("\n%s:\n", title)
+	}
+	out, err := cmd.CombinedOutput()
+	fmt.Print(indent(out))
 	if err != nil {
 		fmt.Printf("    (%v)\n", err)
 	}

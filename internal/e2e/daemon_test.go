@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -364,5 +365,31 @@ func TestExampleConfigRuns(t *testing.T) {
 	}
 	if code, err := d.Wait(time.Second); err != nil || code != 0 {
 		t.Fatalf("SIGTERM: exit %d, %v\n%s", code, err, d.Output())
+	}
+}
+
+// TestDemo runs the README's first command's program and checks that it
+// succeeds, shows a takeover, and leaves no namespace behind.
+func TestDemo(t *testing.T) {
+	lab.Require(t, "ping")
+	cmd := exec.Command("go", "run", "./internal/demo", "-bin", filepath.Dir(directord))
+	cmd.Dir = repoFile()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{"lb2 is MASTER", "after the crash; the client saw no answer for", "configuration rejected", "exited with code 0", "removing the lab"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	m := regexp.MustCompile(`lab of network namespaces \((dl[0-9a-f]+-)\*\)`).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatalf("demo did not name its lab:\n%s", text)
+	}
+	list, _ := exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(list), m[1]) {
+		t.Fatalf("demo left namespaces behind:\n%s", list)
 	}
 }

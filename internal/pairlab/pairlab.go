@@ -67,11 +67,15 @@ func (p *Pair) WriteConfig(h *lab.Host, prio int, extra string) {
 	dir := p.hostDir(h.Name)
 	p.Sockets[h] = filepath.Join(dir, "directord.sock")
 	p.Files[h] = filepath.Join(dir, "directord.toml")
-	if !strings.Contains(extra, "virtual_ipaddress") {
-		extra += "\nvirtual_ipaddress = [\"" + VIP + "/24\"]"
+	lines := []string{}
+	if extra = strings.TrimSpace(extra); extra != "" {
+		lines = append(lines, extra)
 	}
 	if !strings.Contains(extra, "advert_int") {
-		extra += "\nadvert_int = \"100ms\""
+		lines = append(lines, `advert_int = "100ms"`)
+	}
+	if !strings.Contains(extra, "virtual_ipaddress") {
+		lines = append(lines, `virtual_ipaddress = ["`+VIP+`/24"]`)
 	}
 	content := fmt.Sprintf(`[node]
 name = %q
@@ -84,7 +88,7 @@ interface = "eth0"
 virtual_router_id = 51
 priority = %d
 %s
-`, h.Name, filepath.Join(dir, "data"), p.Sockets[h], prio, extra)
+`, h.Name, filepath.Join(dir, "data"), p.Sockets[h], prio, strings.Join(lines, "\n"))
 	if err := os.WriteFile(p.Files[h], []byte(content), 0o644); err != nil {
 		p.Lab.Fatalf("%v", err)
 	}
