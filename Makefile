@@ -4,7 +4,7 @@ STATICCHECK_VERSION ?= v0.8.2
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS = -X main.version=$(VERSION)
 
-.PHONY: all build test lint demo clean clean-lab
+.PHONY: all build test test-race lint demo bench bench-failover clean clean-lab
 
 all: build
 
@@ -16,6 +16,10 @@ build:
 test:
 	$(GO) test -count=1 ./...
 
+# The same with the race detector in the tests and in the daemons they run.
+test-race:
+	GORACE=atexit_sleep_ms=0 DIRECTORD_RACE=1 $(GO) test -race -count=1 ./...
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
@@ -26,6 +30,13 @@ lint:
 # and removes everything again.
 demo: build
 	$(GO) run ./internal/demo -bin bin
+
+# Benchmarks (root; not part of make test): each rewrites its section of
+# docs/benchmarks.md.
+bench: bench-failover
+
+bench-failover: build
+	$(GO) run ./internal/bench/failover -bin bin
 
 clean:
 	rm -rf bin

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -84,12 +85,15 @@ type received struct {
 }
 
 type instance struct {
-	cfg    Config
-	rx     chan received
-	links  chan struct{} // a link this instance depends on changed
-	cmds   chan func(*actor)
-	cancel context.CancelFunc
-	done   chan struct{}
+	// cfg is written by the instance's own event loop only (in-place
+	// reconfiguration), under mu; others read it with config().
+	cfg     Config
+	running atomic.Bool // attached to its interface and running
+	rx      chan received
+	links   chan struct{} // a link this instance depends on changed
+	cmds    chan func(*actor)
+	cancel  context.CancelFunc
+	done    chan struct{}
 
 	mu          sync.Mutex
 	info        Info
@@ -145,14 +149,17 @@ func (g *Group) Run(ctx context.Context, cfgs []Config) error {
 }
 
 // Update applies a new set of routers: unchanged ones keep running and
-// keep their state; changed ones restart; removed ones stop (resigning if
-// master); new ones start. It returns the names that were (re)started.
-func (g *Group) Update(cfgs []Config) (started []string) {
+// keep their state; ones whose identity (interface, VRID, version,
+// addresses, source, owner or not) is the same take the new settings in
+// place, also keeping their state; the rest restart; removed ones stop
+// (resigning if master); new ones start. It returns the names that were
+// (re)started and those reconfigured in place.
+func (g *Group) Update(cfgs []Config) (started, reconfigured []string) {
 	g.mu.Lock()
 	if g.ctx == nil { // not running yet: Run starts these
 		g.pending = cfgs
 		g.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	g.mu.Unlock()
 	want := map[string]Config{}
@@ -161,14 +168,30 @@ func (g *Group) Update(cfgs []Config) (started []string) {
 	}
 	g.mu.Lock()
 	var stop []string
+	inPlace := map[*instance]Config{}
 	for name, in := range g.instances {
-		if c, ok := want[name]; !ok || !reflect.DeepEqual(c, in.cfg) {
+		c, ok := want[name]
+		old := in.config()
+		switch {
+		case ok && reflect.DeepEqual(c, old):
+		case ok && sameIdentity(c, old) && in.running.Load():
+			inPlace[in] = c
+		default:
 			stop = append(stop, name)
 		}
 	}
 	g.mu.Unlock()
 	for _, n := range stop {
 		g.stop(n)
+	}
+	for in, c := range inPlace {
+		done := make(chan struct{})
+		select {
+		case in.cmds <- func(a *actor) { a.reconfigure(c); close(done) }:
+			<-done
+			reconfigured = append(reconfigured, c.Name)
+		case <-in.done: // stopped meanwhile (the group is shutting down)
+		}
 	}
 	for _, c := range cfgs {
 		g.mu.Lock()
@@ -179,7 +202,30 @@ func (g *Group) Update(cfgs []Config) (started []string) {
 			started = append(started, c.Name)
 		}
 	}
-	return started
+	return started, reconfigured
+}
+
+// sameIdentity reports whether b can replace a without restarting the
+// router: the same socket, VRID, addresses and source, and the same owner
+// role (an owner behaves differently from the start).
+func sameIdentity(a, b Config) bool {
+	return a.Interface == b.Interface && a.VRID == b.VRID && a.Version == b.Version &&
+		slices.Equal(a.VIPs, b.VIPs) && a.UnicastSrc == b.UnicastSrc &&
+		(a.Priority == PriorityOwner) == (b.Priority == PriorityOwner)
+}
+
+// reconfigure takes new settings in place (see Update).
+func (a *actor) reconfigure(c Config) {
+	a.in.mu.Lock()
+	a.in.cfg = c
+	a.in.mu.Unlock()
+	now := a.g.deps.Now()
+	a.m.Reconfigure(now, c)
+	a.follow(now)
+	a.log.Info("VRRP instance reconfigured in place", "state", a.m.State())
+	a.in.mu.Lock()
+	a.in.info = a.m.Info()
+	a.in.mu.Unlock()
 }
 
 func (g *Group) linkChanged(ifname string, up bool) {
@@ -212,8 +258,15 @@ func (g *Group) linkUp(ifname string) bool {
 	return !known || up
 }
 
+func (in *instance) config() Config {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.cfg
+}
+
 func (in *instance) dependsOn(ifname string) bool {
-	return in.cfg.Interface == ifname || slices.ContainsFunc(in.cfg.Track, func(t Track) bool { return t.Interface == ifname })
+	cfg := in.config()
+	return cfg.Interface == ifname || slices.ContainsFunc(cfg.Track, func(t Track) bool { return t.Interface == ifname })
 }
 
 // health derives FAULT (a non-empty reason) and the effective priority
@@ -250,28 +303,52 @@ func (g *Group) start(cfg Config) {
 	}
 	in.info = Info{State: Init, Priority: cfg.Priority, AdvertInt: cfg.AdvertInt}
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	g.instances[cfg.Name] = in
-	key := routerKey{cfg.Interface, cfg.IPv6()}
+	ctx, cancel := context.WithCancel(g.ctx)
+	in.cancel = cancel
+	g.mu.Unlock()
+	go func() {
+		defer close(in.done)
+		// An interface that does not exist yet (a VLAN created later) is
+		// waited for in FAULT, as keepalived does, not given up on.
+		r, err := g.attach(in)
+		for logged := false; err != nil; r, err = g.attach(in) {
+			if !logged {
+				g.deps.Log.Warn("VRRP instance waits in FAULT for its interface", "instance", cfg.Name, "err", err)
+				logged = true
+			}
+			in.fail(g.deps.Now(), err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+		in.running.Store(true)
+		in.run(ctx, g, r)
+	}()
+}
+
+// attach registers in with its interface's router, opening the socket
+// when it is the first instance there.
+func (g *Group) attach(in *instance) (*router, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	key := routerKey{in.cfg.Interface, in.cfg.IPv6()}
 	r := g.routers[key]
 	if r == nil {
-		conn, err := g.deps.Listen(cfg.Interface, cfg.IPv6())
+		conn, err := g.deps.Listen(key.ifname, key.ipv6)
 		if err != nil {
-			in.fail(g.deps.Now(), err)
-			g.deps.Log.Error("VRRP instance cannot run", "instance", cfg.Name, "err", err)
-			close(in.done)
-			return
+			return nil, err
 		}
 		r = &router{key: key, conn: conn, done: make(chan struct{}), byVRID: map[uint8]*instance{}, drops: map[DropReason]uint64{}}
 		g.routers[key] = r
 		go r.readLoop(g.deps.Log)
 	}
 	r.mu.Lock()
-	r.byVRID[cfg.VRID] = in
+	r.byVRID[in.cfg.VRID] = in
 	r.mu.Unlock()
-	ctx, cancel := context.WithCancel(g.ctx)
-	in.cancel = cancel
-	go in.run(ctx, g, r)
+	return r, nil
 }
 
 // stop ends an instance and closes its router's socket when it was the
@@ -330,7 +407,7 @@ func (r *router) readLoop(log *slog.Logger) {
 		}
 		// RFC 5798 §7.1: TTL must be 255. Unicast adverts may cross a
 		// router, so keepalived (and we) skip the check there.
-		if reason == "" && ttl != 255 && (in == nil || len(in.cfg.UnicastPeers) == 0) {
+		if reason == "" && ttl != 255 && (in == nil || len(in.config().UnicastPeers) == 0) {
 			reason = DropTTL
 		}
 		if in == nil {
@@ -373,6 +450,9 @@ func (in *instance) drop(log *slog.Logger, reason DropReason, src netip.Addr) {
 func (in *instance) fail(now time.Time, err error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	if in.err == err.Error() && in.info.State == Fault {
+		return
+	}
 	in.err = err.Error()
 	from := in.info.State
 	in.info.State = Fault
@@ -381,7 +461,6 @@ func (in *instance) fail(now time.Time, err error) {
 
 // run is the instance's event loop; it alone touches its Machine.
 func (in *instance) run(ctx context.Context, g *Group, r *router) {
-	defer close(in.done)
 	log := g.deps.Log.With("instance", in.cfg.Name)
 	src := in.cfg.UnicastSrc
 	for logged := false; !src.IsValid(); {
@@ -633,7 +712,11 @@ func (g *Group) Status() []InstanceStatus {
 	out := make([]InstanceStatus, 0, len(ins))
 	for _, in := range ins {
 		in.mu.Lock()
-		s := InstanceStatus{
+		vips := make([]string, 0, len(in.cfg.VIPs))
+		for _, p := range in.cfg.VIPs {
+			vips = append(vips, p.String())
+		}
+		s := InstanceStatus{VIPs: vips,
 			Name: in.cfg.Name, Interface: in.cfg.Interface, VRID: in.cfg.VRID, Version: in.cfg.Version,
 			Info: in.info, AdvertsSent: in.sent, AdvertsReceived: in.received, Transitions: in.transitions,
 			Drops: map[DropReason]uint64{}, Error: in.err,
@@ -645,9 +728,6 @@ func (g *Group) Status() []InstanceStatus {
 			s.Drops[k] = v
 		}
 		in.mu.Unlock()
-		for _, p := range in.cfg.VIPs {
-			s.VIPs = append(s.VIPs, p.String())
-		}
 		out = append(out, s)
 	}
 	slices.SortFunc(out, func(a, b InstanceStatus) int {

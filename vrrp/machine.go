@@ -317,6 +317,20 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 	return Effects{}, ""
 }
 
+// Reconfigure takes settings that keep the router's identity (see
+// Group.Update): the state is kept. The base priority takes effect through
+// SetPriority, which the caller derives from it and the tracked links.
+func (m *Machine) Reconfigure(now time.Time, cfg Config) {
+	old := m.cfg
+	m.cfg = cfg
+	if m.state == Master && cfg.AdvertInt != old.AdvertInt {
+		m.adverDue = now.Add(cfg.AdvertInt)
+	}
+	if m.state != Master && (cfg.Version == 2 || !m.master.IsValid()) {
+		m.masterAdverInt = cfg.AdvertInt
+	}
+}
+
 // SetPriority changes the effective priority (tracking). A master
 // advertises the new priority at once, so that a backup that now ranks
 // higher can preempt it without waiting. The owner's priority is fixed.

@@ -263,8 +263,8 @@ func (d *Daemon) reload() ReloadResult {
 	if cfg.Node.LogLevel != d.config().Node.LogLevel {
 		d.level.Set(parseLevel(cfg.Node.LogLevel))
 	}
-	if restarted := d.vrrp.Update(vrrpConfigs(cfg)); len(restarted) > 0 {
-		d.log.Info("reload: VRRP instances (re)started; the others kept their state", "instances", restarted)
+	if restarted, inPlace := d.vrrp.Update(vrrpConfigs(cfg)); len(restarted)+len(inPlace) > 0 {
+		d.log.Info("reload: VRRP applied", "started", restarted, "reconfigured_in_place", inPlace)
 	}
 	if changes.Empty() {
 		d.log.Info("reload: no change", "config", cfg.File)

@@ -355,12 +355,24 @@ virtual_ipaddress = ["192.0.2.101/24"]
 	}); err != nil {
 		t.Fatal(err)
 	}
-	after, err := p.Instance(p.LB1)
-	if err != nil {
+	// A new priority and tracking are taken in place: still MASTER, with
+	// no transition.
+	reload(strings.Replace(string(base), "priority = 150", "priority = 200\ntrack_interface = [\"lo\"]", 1))
+	var after vrrp.InstanceStatus
+	if err := lab.Eventually(5*time.Second, func() (err error) {
+		after, err = p.Instance(p.LB1)
+		if err == nil && after.Priority != 200 {
+			err = fmt.Errorf("priority %d, want 200", after.Priority)
+		}
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if after.State != vrrp.Master || after.Transitions != before.Transitions || *after.LastTransition != *before.LastTransition {
 		t.Fatalf("VI_1 changed across reloads: before %+v after %+v", before.Info, after.Info)
+	}
+	if !strings.Contains(p.Procs[p.LB1].Output(), "reconfigured_in_place=[VI_1]") {
+		t.Fatalf("the priority change was not applied in place:\n%s", p.Procs[p.LB1].Output())
 	}
 	if !pairlab.HasAddr(p.LB1, vip) {
 		t.Fatal("VI_1's address was touched")
@@ -397,4 +409,33 @@ func TestVRRPPlannedFailover(t *testing.T) {
 	// preempt is on: after the hold the higher priority takes it back.
 	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Backup})
 	p.owner(p.LB1, vip)
+}
+
+// TestVRRPInterfaceAppearsLater: an instance on a link that does not exist
+// yet waits in FAULT and starts when the link appears.
+func TestVRRPInterfaceAppearsLater(t *testing.T) {
+	p := newPair(t)
+	p.WriteConfig(p.LB1, 150, `interface = "eth1"`)
+	// The file names eth1 twice now; keep the extra one.
+	b, err := os.ReadFile(p.Files[p.LB1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, p.Files[p.LB1], strings.Replace(string(b), "interface = \"eth0\"\n", "", 1))
+	p.Start(p.LB1)
+	if err := lab.Eventually(5*time.Second, func() error {
+		in, err := p.Instance(p.LB1)
+		if err == nil && (in.State != vrrp.Fault || !strings.Contains(in.Error, "eth1")) {
+			err = fmt.Errorf("state %s error %q, want FAULT naming eth1", in.State, in.Error)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sw2 := p.Lab.AddSwitch("sw2")
+	sw2.Plug(p.LB1, "eth1", "198.51.100.11/24")
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master})
+	if in, _ := p.Instance(p.LB1); in.Error != "" {
+		t.Fatalf("error kept after recovery: %q", in.Error)
+	}
 }

@@ -1,0 +1,309 @@
+// Command failover measures the client-visible gap of a VRRP failover for a
+// directord pair and a keepalived pair, side by side on the same lab, and
+// writes the table into docs/benchmarks.md. Run it with make bench-failover.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/pairlab"
+	"github.com/directord/directord/internal/probe"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "directory holding directord and directorctl")
+	runs := flag.Int("runs", 10, "failovers of each kind per setting and implementation")
+	soak := flag.Duration("soak", 60*time.Second, "length of the busy-CPU false-takeover run (0: skip)")
+	out := flag.String("out", "docs/benchmarks.md", "report to update")
+	flag.Parse()
+	if err := run(*bin, *runs, *soak, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-failover:", err)
+		os.Exit(1)
+	}
+}
+
+type impl struct {
+	name  string
+	start func(p *pairlab.Pair, h *lab.Host, prio int, interval time.Duration) *lab.Process
+}
+
+var impls = []impl{
+	{"directord", func(p *pairlab.Pair, h *lab.Host, prio int, interval time.Duration) *lab.Process {
+		p.WriteConfig(h, prio, fmt.Sprintf("advert_int = %q", interval))
+		return p.Start(h)
+	}},
+	{"keepalived", func(p *pairlab.Pair, h *lab.Host, prio int, interval time.Duration) *lab.Process {
+		return p.StartKeepalived(h, prio, 3, interval)
+	}},
+}
+
+// result holds the gaps of one implementation at one setting.
+type result struct {
+	crash, graceful []time.Duration
+}
+
+func run(bin string, runs int, soak time.Duration, out string) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces)")
+	}
+	if _, err := exec.LookPath("keepalived"); err != nil {
+		return errors.New("needs keepalived (apt-get install keepalived) to compare with")
+	}
+	dir, err := filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
+	bins := pairlab.Binaries{Directord: filepath.Join(dir, "directord"), Directorctl: filepath.Join(dir, "directorctl")}
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(lab.Failure)
+			if !ok {
+				panic(r)
+			}
+			err = f
+		}
+	}()
+
+	settings := []time.Duration{time.Second, 100 * time.Millisecond, 20 * time.Millisecond}
+	results := map[string]map[time.Duration]*result{}
+	for _, im := range impls {
+		results[im.name] = map[time.Duration]*result{}
+		for _, s := range settings {
+			r, err := measure(bins, im, s, runs)
+			if err != nil {
+				return fmt.Errorf("%s at %s: %w", im.name, s, err)
+			}
+			results[im.name][s] = r
+			fmt.Printf("%-10s %-6s crash median %-8s max %-8s graceful median %-8s max %s\n", im.name, s,
+				median(r.crash), slices.Max(r.crash), median(r.graceful), slices.Max(r.graceful))
+		}
+	}
+	soaks := map[string]int{}
+	if soak > 0 {
+		for _, im := range impls {
+			n, err := soakRun(bins, im, soak)
+			if err != nil {
+				return fmt.Errorf("%s soak: %w", im.name, err)
+			}
+			soaks[im.name] = n
+			fmt.Printf("%-10s %s at 20ms with both cores busy: %d false takeovers\n", im.name, soak, n)
+		}
+	}
+	return writeReport(out, settings, runs, soak, results, soaks)
+}
+
+// scene starts a pair of im at interval with lb1 master, and a prober.
+func scene(bins pairlab.Binaries, im impl, interval time.Duration) (*pairlab.Pair, *probe.Prober, func(), error) {
+	tmp, err := os.MkdirTemp("", "directord-bench")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	l := lab.Open(func(string, ...any) {})
+	cleanup := func() { l.Close(); os.RemoveAll(tmp) }
+	p := pairlab.New(l, tmp, bins)
+	im.start(p, p.LB1, 150, interval)
+	if err := p.WaitOwner(p.LB1, pairlab.VIP, 10*time.Second+5*interval); err != nil {
+		cleanup()
+		return nil, nil, nil, err
+	}
+	im.start(p, p.LB2, 100, interval)
+	var conn net.PacketConn
+	if err := p.Client.Do(func() (err error) { conn, err = probe.Listen(); return err }); err != nil {
+		cleanup()
+		return nil, nil, nil, err
+	}
+	pr := probe.Start(context.Background(), conn, netip.MustParseAddr(pairlab.VIP), 5*time.Millisecond)
+	stop := func() { pr.Stop(); conn.Close(); cleanup() }
+	if err := pr.WaitAnswered(time.Time{}, 10*time.Second); err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	// Let the backup settle: it must have heard the master several times.
+	time.Sleep(5 * interval)
+	return p, pr, stop, nil
+}
+
+func measure(bins pairlab.Binaries, im impl, interval time.Duration, runs int) (*result, error) {
+	p, pr, stop, err := scene(bins, im, interval)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	limit := 10*time.Second + 10*interval
+	takeover := func(event func()) (time.Duration, error) {
+		// A random phase within the advert cycle: the gap depends on how
+		// long ago the master's last advert was, and a fixed phase would
+		// favour whichever implementation it happens to suit.
+		time.Sleep(rand.N(interval))
+		at := time.Now()
+		event()
+		if err := lab.Eventually(limit, func() error {
+			if !pairlab.HasAddr(p.LB2, pairlab.VIP) {
+				return errors.New("lb2 has not taken the VIP")
+			}
+			return nil
+		}); err != nil {
+			return 0, err
+		}
+		if err := pr.WaitAnswered(time.Now(), limit); err != nil {
+			return 0, err
+		}
+		return pr.Gap(at), nil
+	}
+	restore := func() error {
+		p.Revive(p.LB1)
+		im.start(p, p.LB1, 150, interval)
+		if err := p.WaitOwner(p.LB1, pairlab.VIP, limit); err != nil {
+			return err
+		}
+		if err := pr.WaitAnswered(time.Now(), limit); err != nil {
+			return err
+		}
+		time.Sleep(5 * interval) // the backup hears the master again
+		return nil
+	}
+	r := &result{}
+	for range runs {
+		g, err := takeover(func() { p.Crash(p.LB1) })
+		if err != nil {
+			return nil, fmt.Errorf("crash: %w", err)
+		}
+		r.crash = append(r.crash, g)
+		if err := restore(); err != nil {
+			return nil, fmt.Errorf("restore after crash: %w", err)
+		}
+		g, err = takeover(func() { _ = p.Procs[p.LB1].Signal(syscall.SIGTERM) })
+		if err != nil {
+			return nil, fmt.Errorf("graceful: %w", err)
+		}
+		r.graceful = append(r.graceful, g)
+		if _, err := p.Procs[p.LB1].Wait(limit); err != nil {
+			return nil, err
+		}
+		if err := restore(); err != nil {
+			return nil, fmt.Errorf("restore after stop: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// soakRun keeps a 20ms pair up while both cores spin and counts the times
+// the backup took the VIP.
+func soakRun(bins pairlab.Binaries, im impl, d time.Duration) (int, error) {
+	p, _, stop, err := scene(bins, im, 20*time.Millisecond)
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for range runtime.NumCPU() {
+		go func() {
+			for ctx.Err() == nil {
+			}
+		}()
+	}
+	takeovers, had := 0, false
+	for ctx.Err() == nil {
+		has := pairlab.HasAddr(p.LB2, pairlab.VIP)
+		if has && !had {
+			takeovers++
+		}
+		had = has
+		time.Sleep(5 * time.Millisecond)
+	}
+	return takeovers, nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
+
+const (
+	beginMark = "<!-- bench-failover:begin -->"
+	endMark   = "<!-- bench-failover:end -->"
+)
+
+func writeReport(path string, settings []time.Duration, runs int, soak time.Duration, res map[string]map[time.Duration]*result, soaks map[string]int) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n## VRRP failover (`make bench-failover`)\n\n", beginMark)
+	fmt.Fprintf(&b, "Measured %s on %s. A client probes the VIP with ICMP echo every 5 ms; the gap is the\n", time.Now().UTC().Format("2006-01-02"), machine())
+	fmt.Fprintf(&b, "longest time between two answered probes around the event. Crash = every process of the\n")
+	fmt.Fprintf(&b, "master killed and its cable cut; graceful = SIGTERM (priority-0 advert), each at a random phase\n")
+	fmt.Fprintf(&b, "of the advert cycle. VRRPv3, priorities\n")
+	fmt.Fprintf(&b, "150/100, %d runs of each, directord and Debian's keepalived in the same run on the same lab.\n\n", runs)
+	fmt.Fprintf(&b, "| advert_int | event | directord median | directord max | keepalived median | keepalived max | ratio of medians |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|\n")
+	for _, s := range settings {
+		d, k := res["directord"][s], res["keepalived"][s]
+		for _, ev := range []struct {
+			name string
+			d, k []time.Duration
+		}{{"crash", d.crash, k.crash}, {"graceful", d.graceful, k.graceful}} {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.2f |\n", s, ev.name, ms(median(ev.d)), ms(slices.Max(ev.d)),
+				ms(median(ev.k)), ms(slices.Max(ev.k)), float64(median(ev.d))/float64(median(ev.k)))
+		}
+	}
+	if len(soaks) > 0 {
+		fmt.Fprintf(&b, "\nFalse takeovers during %s at advert_int 20ms with both cores spinning: directord %d, keepalived %d.\n",
+			soak, soaks["directord"], soaks["keepalived"])
+	}
+	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about ten minutes).\n%s\n", endMark)
+
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	doc := string(old)
+	if doc == "" {
+		doc = "# Benchmarks\n\nEach section is rewritten by the make target it names.\n\n"
+	}
+	if i, j := strings.Index(doc, beginMark), strings.Index(doc, endMark); i >= 0 && j > i {
+		doc = doc[:i] + b.String() + doc[j+len(endMark)+1:]
+	} else {
+		doc += b.String()
+	}
+	return os.WriteFile(path, []byte(doc), 0o644)
+}
+
+func machine() string {
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	model := "unknown CPU"
+	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	kv, _ := exec.Command("keepalived", "--version").CombinedOutput()
+	kver := strings.Fields(string(kv))
+	k := "keepalived"
+	if len(kver) > 1 {
+		k = kver[0] + " " + kver[1]
+	}
+	return fmt.Sprintf("%d cores (%s), Linux %s, %s, %s", runtime.NumCPU(), model, strings.TrimSpace(string(kernel)), runtime.Version(), k)
+}
