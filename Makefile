@@ -44,4 +44,4 @@ clean:
 # Removes lab namespaces left behind by a test run that was killed (-9).
 # Do not run it while tests run: it cannot tell theirs from leftovers.
 clean-lab:
-	ip netns list | awk '/^dl[0-9a-f]{6}-/ {print $$1}' | xargs -r -n1 ip netns del
+	ip netns list | grep -oE '^dl[0-9a-f]{6}-[^ ]+' | while read -r ns; do ip netns pids "$$ns" | xargs -r kill -9; ip netns del "$$ns"; done

@@ -43,7 +43,7 @@ func KernelDeps(log *slog.Logger) Deps {
 			return ListenIPv4(ifname)
 		},
 		Addresses:  NetlinkAddresses{},
-		Announcer:  GARP{},
+		Announcer:  LinkAnnouncer{},
 		Primary:    PrimaryAddress,
 		WatchLinks: WatchLinks,
 		Now:        time.Now,
@@ -60,6 +60,7 @@ type Group struct {
 	routers   map[routerKey]*router
 	instances map[string]*instance
 	links     map[string]bool
+	scripts   map[string]bool
 	pending   []Config // an Update that came before Run
 }
 
@@ -90,7 +91,7 @@ type instance struct {
 	cfg     Config
 	running atomic.Bool // attached to its interface and running
 	rx      chan received
-	links   chan struct{} // a link this instance depends on changed
+	inputs  chan struct{} // a link or script this instance depends on changed
 	cmds    chan func(*actor)
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -113,7 +114,7 @@ func NewGroup(deps Deps) *Group {
 	if deps.Log == nil {
 		deps.Log = slog.Default()
 	}
-	return &Group{deps: deps, routers: map[routerKey]*router{}, instances: map[string]*instance{}, links: map[string]bool{}}
+	return &Group{deps: deps, routers: map[routerKey]*router{}, instances: map[string]*instance{}, links: map[string]bool{}, scripts: map[string]bool{}}
 }
 
 // Run starts the routers and runs until ctx ends; then every master
@@ -229,12 +230,28 @@ func (a *actor) reconfigure(c Config) {
 }
 
 func (g *Group) linkChanged(ifname string, up bool) {
+	g.changed(g.links, ifname, up, func(c Config) bool {
+		return c.Interface == ifname || slices.ContainsFunc(c.Track, func(t Track) bool { return t.Interface == ifname })
+	})
+}
+
+// SetScript reports a tracked script's verdict (a script not reported yet
+// counts as passing).
+func (g *Group) SetScript(name string, ok bool) {
+	g.changed(g.scripts, name, ok, func(c Config) bool {
+		return slices.ContainsFunc(c.TrackScripts, func(t TrackScript) bool { return t.Name == name })
+	})
+}
+
+// changed records an input's new value and tells the instances that
+// depend on it.
+func (g *Group) changed(inputs map[string]bool, name string, up bool, dependsOn func(Config) bool) {
 	g.mu.Lock()
-	prev, known := g.links[ifname]
-	g.links[ifname] = up
+	prev, known := inputs[name]
+	inputs[name] = up
 	var ins []*instance
 	for _, in := range g.instances {
-		if in.dependsOn(ifname) {
+		if dependsOn(in.config()) {
 			ins = append(ins, in)
 		}
 	}
@@ -244,17 +261,17 @@ func (g *Group) linkChanged(ifname string, up bool) {
 	}
 	for _, in := range ins {
 		select {
-		case in.links <- struct{}{}:
+		case in.inputs <- struct{}{}:
 		default: // a notice is already queued; the instance reads all links
 		}
 	}
 }
 
-// linkUp reports a link's state; a link not heard of yet counts as up.
-func (g *Group) linkUp(ifname string) bool {
+// up reports an input's state; one not heard of yet counts as up.
+func (g *Group) up(inputs map[string]bool, name string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	up, known := g.links[ifname]
+	up, known := inputs[name]
 	return !known || up
 }
 
@@ -264,24 +281,29 @@ func (in *instance) config() Config {
 	return in.cfg
 }
 
-func (in *instance) dependsOn(ifname string) bool {
-	cfg := in.config()
-	return cfg.Interface == ifname || slices.ContainsFunc(cfg.Track, func(t Track) bool { return t.Interface == ifname })
-}
-
 // health derives FAULT (a non-empty reason) and the effective priority
-// from the links the instance depends on, as keepalived's track_interface.
+// from the links and scripts the instance depends on, as keepalived's
+// track_interface and track_script.
 func (in *instance) health(g *Group) (fault string, prio uint8) {
-	if !g.linkUp(in.cfg.Interface) {
+	if !g.up(g.links, in.cfg.Interface) {
 		return in.cfg.Interface + " is down", in.cfg.Priority
 	}
 	p := int(in.cfg.Priority)
 	for _, t := range in.cfg.Track {
-		if g.linkUp(t.Interface) {
+		if g.up(g.links, t.Interface) {
 			continue
 		}
 		if t.Weight == 0 {
 			return "tracked interface " + t.Interface + " is down", in.cfg.Priority
+		}
+		p += t.Weight
+	}
+	for _, t := range in.cfg.TrackScripts {
+		if g.up(g.scripts, t.Name) {
+			continue
+		}
+		if t.Weight == 0 {
+			return "tracked script " + t.Name + " failed", in.cfg.Priority
 		}
 		p += t.Weight
 	}
@@ -295,7 +317,7 @@ func (g *Group) start(cfg Config) {
 	in := &instance{
 		cfg:     cfg,
 		rx:      make(chan received, 64),
-		links:   make(chan struct{}, 1),
+		inputs:  make(chan struct{}, 1),
 		cmds:    make(chan func(*actor)),
 		done:    make(chan struct{}),
 		drops:   map[DropReason]uint64{},
@@ -522,7 +544,7 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 			a.apply(e)
 		case <-timer.C:
 			a.apply(m.Tick(g.deps.Now()))
-		case <-in.links:
+		case <-in.inputs:
 			a.follow(g.deps.Now())
 		case cmd := <-in.cmds:
 			cmd(a)

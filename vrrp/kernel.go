@@ -42,7 +42,7 @@ var (
 	_ Conn      = (*rawConn4)(nil)
 	_ Conn      = (*rawConn6)(nil)
 	_ Addresses = NetlinkAddresses{}
-	_ Announcer = GARP{}
+	_ Announcer = LinkAnnouncer{}
 )
 
 // bindToDevice keeps a raw socket to one interface, so that each router
@@ -223,36 +223,83 @@ func (NetlinkAddresses) Remove(ifname string, p netip.Prefix) error {
 	return nil
 }
 
-// GARP announces IPv4 addresses with gratuitous ARP requests.
-type GARP struct{}
+// LinkAnnouncer tells the link where addresses now live: gratuitous ARP
+// requests for IPv4, unsolicited neighbour advertisements (override flag
+// set, RFC 4861 §7.2.6) for IPv6.
+type LinkAnnouncer struct{}
 
-func (GARP) Announce(ifname string, addrs []netip.Addr, repeat int) error {
+func (LinkAnnouncer) Announce(ifname string, addrs []netip.Addr, repeat int) error {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
-		return fmt.Errorf("gratuitous ARP: %w", err)
+		return fmt.Errorf("announce: %w", err)
 	}
-	var v4 []netip.Addr
+	var v4, v6 []netip.Addr
 	for _, a := range addrs {
 		if a.Is4() {
 			v4 = append(v4, a)
+		} else {
+			v6 = append(v6, a)
 		}
 	}
-	if len(v4) == 0 {
-		return nil
+	repeat = max(repeat, 1)
+	if len(v4) > 0 {
+		if err := garp(ifi, v4, repeat); err != nil {
+			return err
+		}
 	}
+	if len(v6) > 0 {
+		return unsolicitedNA(ifi, v6, repeat)
+	}
+	return nil
+}
+
+func garp(ifi *net.Interface, addrs []netip.Addr, repeat int) error {
 	c, err := arp.Dial(ifi)
 	if err != nil {
-		return fmt.Errorf("gratuitous ARP on %s: %w", ifname, err)
+		return fmt.Errorf("gratuitous ARP on %s: %w", ifi.Name, err)
 	}
 	defer c.Close()
-	for range max(repeat, 1) {
-		for _, a := range v4 {
+	for range repeat {
+		for _, a := range addrs {
 			p, err := arp.NewPacket(arp.OperationRequest, ifi.HardwareAddr, a, ethernet.Broadcast, a)
 			if err != nil {
 				return fmt.Errorf("gratuitous ARP for %s: %w", a, err)
 			}
 			if err := c.WriteTo(p, ethernet.Broadcast); err != nil {
-				return fmt.Errorf("gratuitous ARP for %s on %s: %w", a, ifname, err)
+				return fmt.Errorf("gratuitous ARP for %s on %s: %w", a, ifi.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// allNodes is where unsolicited neighbour advertisements go.
+var allNodes = netip.MustParseAddr("ff02::1")
+
+func unsolicitedNA(ifi *net.Interface, addrs []netip.Addr, repeat int) error {
+	lc := net.ListenConfig{Control: bindToDevice(ifi.Name)}
+	pc, err := lc.ListenPacket(context.Background(), "ip6:ipv6-icmp", "::")
+	if err != nil {
+		return fmt.Errorf("neighbour advertisement socket on %s: %w", ifi.Name, err)
+	}
+	defer pc.Close()
+	p := ipv6.NewPacketConn(pc)
+	// RFC 4861 §7.1.2: receivers drop neighbour discovery without hop limit 255.
+	if err := p.SetMulticastHopLimit(255); err != nil {
+		return fmt.Errorf("neighbour advertisement on %s: %w", ifi.Name, err)
+	}
+	dst := &net.IPAddr{IP: allNodes.AsSlice(), Zone: ifi.Name}
+	for range repeat {
+		for _, a := range addrs {
+			// The kernel computes ICMPv6 checksums on raw ICMPv6 sockets.
+			msg := make([]byte, 32)
+			msg[0] = 136  // neighbour advertisement
+			msg[4] = 0x20 // override: replace what neighbours cached
+			copy(msg[8:24], a.AsSlice())
+			msg[24], msg[25] = 2, 1 // option: target link-layer address, 8 bytes
+			copy(msg[26:32], ifi.HardwareAddr)
+			if _, err := p.WriteTo(msg, &ipv6.ControlMessage{IfIndex: ifi.Index, HopLimit: 255}, dst); err != nil {
+				return fmt.Errorf("neighbour advertisement for %s on %s: %w", a, ifi.Name, err)
 			}
 		}
 	}

@@ -66,14 +66,23 @@ type Config struct {
 	ChecksumAsV2 bool
 	// AuthPass is version 2's simple password (keepalived auth_type PASS).
 	AuthPass string
-	// Track lists other links the router depends on.
-	Track []Track
+	// Track lists other links the router depends on; TrackScripts the
+	// checks whose verdicts Group.SetScript reports.
+	Track        []Track
+	TrackScripts []TrackScript
 	// GARPRepeat is how many gratuitous ARPs a burst sends (default 1);
 	// GARPDelay is when a second burst follows becoming master (0: none);
 	// GARPRefresh repeats a burst that often while master (0: never).
 	GARPRepeat  int
 	GARPDelay   time.Duration
 	GARPRefresh time.Duration
+}
+
+// TrackScript is a check the router depends on: when it fails the router
+// goes to FAULT if Weight is 0, else its priority moves by Weight.
+type TrackScript struct {
+	Name   string
+	Weight int
 }
 
 // Track is a link the router depends on: when it is down the router goes

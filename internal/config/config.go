@@ -23,6 +23,7 @@ type Config struct {
 	Node           Node            `json:"node"`
 	Dataplane      Dataplane       `json:"dataplane"`
 	VRRP           []VRRPInstance  `json:"vrrp_instance"`
+	VRRPScripts    []VRRPScript    `json:"vrrp_script"`
 	VirtualServers []VirtualServer `json:"virtual_server"`
 	// Cluster is nil when the file has no [cluster] section: a single
 	// director with no peer.
@@ -62,6 +63,7 @@ type VRRPInstance struct {
 	GARPMasterRepeat  int              `json:"garp_master_repeat"`
 	GARPMasterRefresh time.Duration    `json:"garp_master_refresh"`
 	TrackInterfaces   []TrackInterface `json:"track_interface"`
+	TrackScripts      []TrackScript    `json:"track_script"`
 	Notify            Notify           `json:"notify"`
 }
 
@@ -70,6 +72,27 @@ type VRRPInstance struct {
 type TrackInterface struct {
 	Interface string `json:"interface"`
 	Weight    int    `json:"weight"`
+}
+
+// TrackScript names a vrrp_script the instance depends on, with the
+// weight in force (the instance's, else the script's).
+type TrackScript struct {
+	Name   string `json:"name"`
+	Weight int    `json:"weight"`
+}
+
+// VRRPScript is a check program run periodically (keepalived's
+// vrrp_script): exit 0 is success. After Fall failures in a row it is
+// down, after Rise successes up again. Down means FAULT for instances
+// tracking it with weight 0, else their priority moves by the weight.
+type VRRPScript struct {
+	Name     string        `json:"name"`
+	Script   []string      `json:"script"`
+	Interval time.Duration `json:"interval"`
+	Timeout  time.Duration `json:"timeout"`
+	Rise     int           `json:"rise"`
+	Fall     int           `json:"fall"`
+	Weight   int           `json:"weight"`
 }
 
 // Notify holds the programs run on transitions, as argument vectors

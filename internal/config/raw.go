@@ -11,6 +11,7 @@ type rawConfig struct {
 	Node          *rawNode     `toml:"node"`
 	Dataplane     rawDataplane `toml:"dataplane"`
 	VRRPInstance  []rawVRRP    `toml:"vrrp_instance"`
+	VRRPScript    []rawScript  `toml:"vrrp_script"`
 	VirtualServer []rawVS      `toml:"virtual_server"`
 	Cluster       *rawCluster  `toml:"cluster"`
 }
@@ -29,52 +30,62 @@ type rawDataplane struct {
 }
 
 type rawVRRP struct {
-	Name              string       `toml:"name"`
-	Interface         string       `toml:"interface"`
-	VirtualRouterID   *int         `toml:"virtual_router_id"`
-	Priority          *int         `toml:"priority"`
-	AdvertInt         string       `toml:"advert_int"`
-	Version           *int         `toml:"version"`
-	Preempt           *bool        `toml:"preempt"`
-	PreemptDelay      string       `toml:"preempt_delay"`
-	VirtualIPAddress  []string     `toml:"virtual_ipaddress"`
-	UnicastSrcIP      string       `toml:"unicast_src_ip"`
-	UnicastPeer       []string     `toml:"unicast_peer"`
-	AuthPass          string       `toml:"auth_pass"`
-	V3ChecksumAsV2    bool         `toml:"v3_checksum_as_v2"`
-	GARPMasterDelay   string       `toml:"garp_master_delay"`
-	GARPMasterRepeat  *int         `toml:"garp_master_repeat"`
-	GARPMasterRefresh string       `toml:"garp_master_refresh"`
-	TrackInterface    []rawTrackIf `toml:"track_interface"`
-	NotifyMaster      []string     `toml:"notify_master"`
-	NotifyBackup      []string     `toml:"notify_backup"`
-	NotifyFault       []string     `toml:"notify_fault"`
-	NotifyStop        []string     `toml:"notify_stop"`
-	Notify            []string     `toml:"notify"`
-	NotifyTimeout     string       `toml:"notify_timeout"`
+	Name              string           `toml:"name"`
+	Interface         string           `toml:"interface"`
+	VirtualRouterID   *int             `toml:"virtual_router_id"`
+	Priority          *int             `toml:"priority"`
+	AdvertInt         string           `toml:"advert_int"`
+	Version           *int             `toml:"version"`
+	Preempt           *bool            `toml:"preempt"`
+	PreemptDelay      string           `toml:"preempt_delay"`
+	VirtualIPAddress  []string         `toml:"virtual_ipaddress"`
+	UnicastSrcIP      string           `toml:"unicast_src_ip"`
+	UnicastPeer       []string         `toml:"unicast_peer"`
+	AuthPass          string           `toml:"auth_pass"`
+	V3ChecksumAsV2    bool             `toml:"v3_checksum_as_v2"`
+	GARPMasterDelay   string           `toml:"garp_master_delay"`
+	GARPMasterRepeat  *int             `toml:"garp_master_repeat"`
+	GARPMasterRefresh string           `toml:"garp_master_refresh"`
+	TrackInterface    []rawTrackIf     `toml:"track_interface"`
+	TrackScript       []rawTrackScript `toml:"track_script"`
+	NotifyMaster      []string         `toml:"notify_master"`
+	NotifyBackup      []string         `toml:"notify_backup"`
+	NotifyFault       []string         `toml:"notify_fault"`
+	NotifyStop        []string         `toml:"notify_stop"`
+	Notify            []string         `toml:"notify"`
+	NotifyTimeout     string           `toml:"notify_timeout"`
 }
 
-// rawTrackIf is a tracked interface: "eth1" or { interface = "eth1", weight = -10 }.
-type rawTrackIf struct {
-	Interface string `toml:"interface"`
-	Weight    *int   `toml:"weight"`
+// rawTrack is a tracked interface or script: "eth1" or
+// { interface = "eth1", weight = -10 } (track_script: { name = ..., weight = ... }).
+type rawTrack struct {
+	Name   string
+	Weight *int
 }
 
-// UnmarshalTOML accepts both spellings; anything else is reported by the
-// validator, with its line, rather than failing the whole decode.
-func (t *rawTrackIf) UnmarshalTOML(v any) error {
+// rawTrackIf and rawTrackScript differ only in the key naming the target.
+type (
+	rawTrackIf     struct{ rawTrack }
+	rawTrackScript struct{ rawTrack }
+)
+
+func (t *rawTrackIf) UnmarshalTOML(v any) error     { return t.decode(v, "interface") }
+func (t *rawTrackScript) UnmarshalTOML(v any) error { return t.decode(v, "name") }
+
+// decode accepts both spellings; an error carries the line (toml adds it).
+func (t *rawTrack) decode(v any, key string) error {
 	switch x := v.(type) {
 	case string:
-		t.Interface = x
+		t.Name = x
 	case map[string]any:
 		for k, val := range x {
 			switch k {
-			case "interface":
+			case key:
 				s, ok := val.(string)
 				if !ok {
-					return fmt.Errorf("interface must be a string")
+					return fmt.Errorf("%s must be a string", key)
 				}
-				t.Interface = s
+				t.Name = s
 			case "weight":
 				n, ok := val.(int64)
 				if !ok {
@@ -83,15 +94,25 @@ func (t *rawTrackIf) UnmarshalTOML(v any) error {
 				w := int(n)
 				t.Weight = &w
 			default:
-				return fmt.Errorf("unknown key %q (use interface and weight)", k)
+				return fmt.Errorf("unknown key %q (use %s and weight)", k, key)
 			}
 		}
 	default:
-		return fmt.Errorf("want \"ifname\" or { interface = \"ifname\", weight = N }")
+		return fmt.Errorf("want \"NAME\" or { %s = \"NAME\", weight = N }", key)
 	}
 	return nil
 }
 
+// rawScript is keepalived's vrrp_script.
+type rawScript struct {
+	Name     string   `toml:"name"`
+	Script   []string `toml:"script"`
+	Interval string   `toml:"interval"`
+	Timeout  string   `toml:"timeout"`
+	Rise     *int     `toml:"rise"`
+	Fall     *int     `toml:"fall"`
+	Weight   *int     `toml:"weight"`
+}
 type rawVS struct {
 	Name               string          `toml:"name"`
 	Address            string          `toml:"address"`

@@ -154,7 +154,8 @@ func (v *validator) config(raw *rawConfig) *Config {
 		cfg.Node = v.node(raw.Node)
 	}
 	cfg.Dataplane.Kind = v.oneOf([]any{"dataplane", "kind"}, raw.Dataplane.Kind, "auto", "auto", "ipvs", "nftables")
-	cfg.VRRP = v.vrrp(raw.VRRPInstance)
+	cfg.VRRPScripts = v.scripts(raw.VRRPScript)
+	cfg.VRRP = v.vrrp(raw.VRRPInstance, cfg.VRRPScripts)
 	cfg.VirtualServers = v.virtualServers(raw.VirtualServer)
 	if raw.Cluster != nil {
 		cfg.Cluster = v.cluster(raw.Cluster)
@@ -261,7 +262,27 @@ func (v *validator) intIn(path []any, p *int, def, lo, hi int) int {
 	return *p
 }
 
-func (v *validator) vrrp(raws []rawVRRP) []VRRPInstance {
+func (v *validator) scripts(raws []rawScript) []VRRPScript {
+	names := map[string]int{}
+	out := make([]VRRPScript, 0, len(raws))
+	for i, r := range raws {
+		p := []any{"vrrp_script", i}
+		v.uniqueName(at(p, "name"), r.Name, "vrrp_script", names)
+		sc := VRRPScript{Name: r.Name, Script: v.argv(at(p, "script"), r.Script)}
+		if r.Script == nil {
+			v.add(at(p, "script"), "required: the program to run, as an array")
+		}
+		sc.Interval = v.duration(at(p, "interval"), r.Interval, time.Second, 10*time.Millisecond, time.Hour)
+		sc.Timeout = v.duration(at(p, "timeout"), r.Timeout, sc.Interval, time.Millisecond, time.Hour)
+		sc.Rise = v.intIn(at(p, "rise"), r.Rise, 1, 1, 100)
+		sc.Fall = v.intIn(at(p, "fall"), r.Fall, 1, 1, 100)
+		sc.Weight = v.intIn(at(p, "weight"), r.Weight, 0, -253, 253)
+		out = append(out, sc)
+	}
+	return out
+}
+
+func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 	type seen struct {
 		name string
 		line int
@@ -383,17 +404,35 @@ func (v *validator) vrrp(raws []rawVRRP) []VRRPInstance {
 		for j, ti := range r.TrackInterface {
 			tp := at(p, "track_interface", j)
 			switch {
-			case ti.Interface == "" || len(ti.Interface) > 15 || strings.ContainsAny(ti.Interface, "/ \t"):
-				v.add(tp, "%q is not a valid interface name", ti.Interface)
+			case ti.Name == "" || len(ti.Name) > 15 || strings.ContainsAny(ti.Name, "/ \t"):
+				v.add(tp, "%q is not a valid interface name", ti.Name)
 				continue
-			case tracked[ti.Interface]:
-				v.add(tp, "%s is tracked twice", ti.Interface)
+			case tracked[ti.Name]:
+				v.add(tp, "%s is tracked twice", ti.Name)
 				continue
 			}
-			tracked[ti.Interface] = true
+			tracked[ti.Name] = true
 			in.TrackInterfaces = append(in.TrackInterfaces, TrackInterface{
-				Interface: ti.Interface,
+				Interface: ti.Name,
 				Weight:    v.intIn(tp, ti.Weight, 0, -253, 253),
+			})
+		}
+		trackedScripts := map[string]bool{}
+		for j, ts := range r.TrackScript {
+			tp := at(p, "track_script", j)
+			i := slices.IndexFunc(scripts, func(s VRRPScript) bool { return s.Name == ts.Name })
+			switch {
+			case i < 0:
+				v.add(tp, "no [[vrrp_script]] is named %q", ts.Name)
+				continue
+			case trackedScripts[ts.Name]:
+				v.add(tp, "%s is tracked twice", ts.Name)
+				continue
+			}
+			trackedScripts[ts.Name] = true
+			in.TrackScripts = append(in.TrackScripts, TrackScript{
+				Name:   ts.Name,
+				Weight: v.intIn(tp, ts.Weight, scripts[i].Weight, -253, 253),
 			})
 		}
 		in.Notify = Notify{

@@ -272,4 +272,18 @@ func renderVRRP(w io.Writer, v *daemon.VRRPStatus) {
 		}
 	}
 	tw.Flush()
+	if len(v.Scripts) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VRRP_SCRIPT\tVERDICT\tRUNS\tLAST RESULT")
+	for _, sc := range v.Scripts {
+		verdict := "passing"
+		if !sc.OK {
+			verdict = "FAILED"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", sc.Name, verdict, sc.Runs, sc.LastResult)
+	}
+	tw.Flush()
 }

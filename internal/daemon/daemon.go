@@ -51,6 +51,7 @@ type Daemon struct {
 	reloads chan chan ReloadResult
 	vrrp    *vrrp.Group
 	notify  *notifier
+	scripts *scriptRunner
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -119,6 +120,7 @@ func Run(ctx context.Context, opts Options) error {
 	// VRRP runs from the file's settings alone and never waits on any other
 	// subsystem: failover must work whatever else is doing.
 	g.Go(func() error { return d.vrrp.Run(ctx, vrrpConfigs(cfg)) })
+	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
 
 	d.log.Info("directord started", "node", cfg.Node.Name, "version", opts.Version, "config", cfg.File,
 		"status_socket", cfg.Node.StatusSocket, "metrics", cfg.Node.MetricsListen,
@@ -158,8 +160,9 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 	})
 	deps.Notify = d.notify.Notify
 	d.vrrp = vrrp.NewGroup(deps)
+	d.scripts = newScriptRunner(d.log, d.vrrp.SetScript)
 	d.registerMetrics()
-	d.status.Register("vrrp", vrrpStatus(d.vrrp))
+	d.status.Register("vrrp", vrrpStatus(d.vrrp, d.scripts))
 	d.status.Register("node", d.nodeStatus)
 	d.status.Register("config", d.configStatus)
 	d.status.Handle("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
@@ -263,6 +266,7 @@ func (d *Daemon) reload() ReloadResult {
 	if cfg.Node.LogLevel != d.config().Node.LogLevel {
 		d.level.Set(parseLevel(cfg.Node.LogLevel))
 	}
+	d.scripts.Update(cfg.VRRPScripts)
 	if restarted, inPlace := d.vrrp.Update(vrrpConfigs(cfg)); len(restarted)+len(inPlace) > 0 {
 		d.log.Info("reload: VRRP applied", "started", restarted, "reconfigured_in_place", inPlace)
 	}

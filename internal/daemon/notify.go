@@ -1,15 +1,11 @@
 package daemon
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/directord/directord/internal/config"
@@ -113,19 +109,11 @@ func (n *notifier) work(q chan notice) {
 }
 
 func (n *notifier) run(nt notice, args []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), nt.cfg.Timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	// Its own process group, so a timeout also ends what it started.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
 	start := time.Now()
-	out, err := cmd.CombinedOutput()
+	out, err, timedOut := runProgram(args, nt.cfg.Timeout)
 	log := n.log.With("instance", nt.instance, "state", stateName(nt.t.To), "program", args[0], "took", time.Since(start).Round(time.Millisecond))
 	switch {
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+	case timedOut:
 		log.Error("notify program timed out and was killed", "timeout", nt.cfg.Timeout)
 	case err != nil:
 		log.Error("notify program failed", "err", err, "output", clip(out))

@@ -32,6 +32,7 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 			AuthPass:     in.AuthPass,
 			ChecksumAsV2: in.V3ChecksumAsV2,
 			Track:        tracks(in.TrackInterfaces),
+			TrackScripts: trackScripts(in.TrackScripts),
 			GARPRepeat:   in.GARPMasterRepeat,
 			GARPDelay:    in.GARPMasterDelay,
 			GARPRefresh:  in.GARPMasterRefresh,
@@ -48,17 +49,26 @@ func tracks(ts []config.TrackInterface) []vrrp.Track {
 	return out
 }
 
+func trackScripts(ts []config.TrackScript) []vrrp.TrackScript {
+	var out []vrrp.TrackScript
+	for _, t := range ts {
+		out = append(out, vrrp.TrackScript{Name: t.Name, Weight: t.Weight})
+	}
+	return out
+}
+
 // VRRPStatus is the "vrrp" section of the status document.
 type VRRPStatus struct {
 	Instances []vrrp.InstanceStatus `json:"instances"`
+	Scripts   []ScriptStatus        `json:"scripts,omitempty"`
 	// UnattributedDrops counts, by interface and reason, packets that no
 	// configured instance could be charged with (mostly foreign VRIDs).
 	UnattributedDrops map[string]map[vrrp.DropReason]uint64 `json:"unattributed_drops,omitempty"`
 }
 
-func vrrpStatus(g *vrrp.Group) func() any {
+func vrrpStatus(g *vrrp.Group, scripts *scriptRunner) func() any {
 	return func() any {
-		return VRRPStatus{Instances: g.Status(), UnattributedDrops: g.UnattributedDrops()}
+		return VRRPStatus{Instances: g.Status(), Scripts: scripts.Status(), UnattributedDrops: g.UnattributedDrops()}
 	}
 }
 

@@ -60,7 +60,7 @@ func (p *pair) clientSees(h *lab.Host) {
 	p.t.Helper()
 	want := pairlab.MAC(h)
 	if err := lab.Eventually(3*time.Second, func() error {
-		if got := p.Neighbour(); got != want {
+		if got := p.Neighbour(vip); got != want {
 			return fmt.Errorf("client's neighbour entry for %s is %q, want %s's %s", vip, got, h.Name, want)
 		}
 		return nil
@@ -75,7 +75,7 @@ func (p *pair) arpAnswers(h *lab.Host) {
 	p.t.Helper()
 	p.Client.MustRun("ip", "neigh", "flush", "dev", "eth0")
 	p.Client.MustRun("ping", "-c", "1", "-W", "2", vip)
-	if got, want := p.Neighbour(), pairlab.MAC(h); got != want {
+	if got, want := p.Neighbour(vip), pairlab.MAC(h); got != want {
 		p.t.Fatalf("ARP for %s answered by %q, want %s's %s", vip, got, h.Name, want)
 	}
 }
@@ -210,11 +210,26 @@ func TestVRRPIPv6(t *testing.T) {
 	if !strings.HasPrefix(in.Master, "fe80::") || in.AdvertsReceived == 0 {
 		t.Fatalf("backup should follow the master's link-local address: %+v", in)
 	}
+	// The client knows the VIP at lb1.
+	p.Client.MustRun("ping", "-c", "1", "-W", "2", "2001:db8::100")
+	if got := p.Neighbour("2001:db8::100"); got != pairlab.MAC(p.LB1) {
+		t.Fatalf("client's neighbour entry %q, want lb1's %s", got, pairlab.MAC(p.LB1))
+	}
 	p.Crash(p.LB1)
 	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB2: vrrp.Master})
 	// The dead host's namespace keeps its stale copy; the cable is cut.
 	if !pairlab.HasAddr(p.LB2, "2001:db8::100") {
 		t.Fatal("new master lacks the VIP")
+	}
+	// The new master's unsolicited neighbour advertisement re-points the
+	// client without it asking.
+	if err := lab.Eventually(3*time.Second, func() error {
+		if got, want := p.Neighbour("2001:db8::100"), pairlab.MAC(p.LB2); got != want {
+			return fmt.Errorf("client's neighbour entry %q, want lb2's %s", got, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	p.Client.MustRun("ping", "-c", "1", "-W", "2", "2001:db8::100")
 }
@@ -437,5 +452,53 @@ func TestVRRPInterfaceAppearsLater(t *testing.T) {
 	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master})
 	if in, _ := p.Instance(p.LB1); in.Error != "" {
 		t.Fatalf("error kept after recovery: %q", in.Error)
+	}
+}
+
+// TestVRRPTrackScript: a vrrp_script that starts failing moves the master
+// to FAULT (weight 0) or lowers its priority (weight), after fall failures;
+// it comes back after rise successes.
+func TestVRRPTrackScript(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		weight  string
+		lb1When vrrp.State
+		lb1Prio uint8
+	}{
+		{"failure means FAULT", "", vrrp.Fault, 150},
+		{"failure lowers the priority", "weight = -60", vrrp.Backup, 90},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPair(t)
+			flag := filepath.Join(t.TempDir(), "healthy")
+			writeFile(t, flag, "")
+			// The check passes while the flag file exists.
+			// The instance's own lines come first: [[vrrp_script]] opens a table.
+			p.elect(`advert_int = "100ms"
+virtual_ipaddress = ["`+vip+`/24"]
+track_script = ["chk"]
+[[vrrp_script]]
+name = "chk"
+script = ["/usr/bin/test", "-e", "`+flag+`"]
+interval = "50ms"
+rise = 2
+fall = 2
+`+tc.weight, "")
+			if err := os.Remove(flag); err != nil {
+				t.Fatal(err)
+			}
+			p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB1: tc.lb1When, p.LB2: vrrp.Master})
+			p.owner(p.LB2, vip)
+			if in, _ := p.Instance(p.LB1); in.Priority != tc.lb1Prio {
+				t.Fatalf("lb1 priority %d while the script fails, want %d", in.Priority, tc.lb1Prio)
+			}
+			out, _, _ := run(t, directorctl, "--socket", p.Sockets[p.LB1], "status")
+			if !strings.Contains(out, "chk          FAILED") {
+				t.Errorf("status does not show the failed script:\n%s", out)
+			}
+			writeFile(t, flag, "")
+			p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Backup})
+			p.owner(p.LB1, vip)
+		})
 	}
 }

@@ -196,9 +196,9 @@ func MAC(h *lab.Host) string {
 	return strings.TrimSpace(out)
 }
 
-// Neighbour is the client's link-layer address for the VIP, or "".
-func (p *Pair) Neighbour() string {
-	out, _ := p.Client.Run("ip", "neigh", "show", VIP, "dev", "eth0")
+// Neighbour is the client's link-layer address for addr, or "".
+func (p *Pair) Neighbour(addr string) string {
+	out, _ := p.Client.Run("ip", "neigh", "show", addr, "dev", "eth0")
 	if f := strings.Fields(out); len(f) >= 3 && f[1] == "lladdr" {
 		return f[2]
 	}
