@@ -97,6 +97,7 @@ type instance struct {
 	done    chan struct{}
 
 	mu          sync.Mutex
+	selfFault   string // FAULT from its own links and scripts, not its sync group's
 	info        Info
 	source      netip.Addr
 	sent        uint64
@@ -512,7 +513,7 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 	// Addresses left by an earlier run that died (kill -9) are ours and
 	// must go until we are master again.
 	a.removeVIPs()
-	fault, prio := in.health(g)
+	fault, prio := a.verdict()
 	m.SetPriority(g.deps.Now(), prio)
 	if fault != "" {
 		a.apply(m.LinkDown(g.deps.Now(), fault))
@@ -566,13 +567,83 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 // follow applies the links' verdict: FAULT, or back from it, and the
 // effective priority.
 func (a *actor) follow(now time.Time) {
-	fault, prio := a.in.health(a.g)
+	fault, prio := a.verdict()
 	a.apply(a.m.SetPriority(now, prio))
 	switch {
 	case fault != "" && a.m.State() != Fault:
 		a.apply(a.m.LinkDown(now, fault))
 	case fault == "" && a.m.State() == Fault:
 		a.apply(a.m.LinkUp(now))
+	}
+}
+
+// verdict records the instance's own FAULT reason and returns the one in
+// force, its own or its sync group's, with the effective priority.
+func (a *actor) verdict() (fault string, prio uint8) {
+	own, prio := a.in.health(a.g)
+	a.in.mu.Lock()
+	changed := a.in.selfFault != own
+	a.in.selfFault = own
+	a.in.mu.Unlock()
+	if changed {
+		for _, m := range a.g.syncMembers(a.in) {
+			select {
+			case m.inputs <- struct{}{}:
+			default:
+			}
+		}
+	}
+	if own != "" {
+		return own, prio
+	}
+	for _, m := range a.g.syncMembers(a.in) {
+		m.mu.Lock()
+		f, name := m.selfFault, m.cfg.Name
+		m.mu.Unlock()
+		if f != "" {
+			return fmt.Sprintf("sync group %s: %s is FAULT (%s)", a.in.cfg.SyncGroup, name, f), prio
+		}
+	}
+	return "", prio
+}
+
+// syncMembers returns the other members of in's sync group.
+func (g *Group) syncMembers(in *instance) []*instance {
+	name := in.config().SyncGroup
+	if name == "" {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []*instance
+	for _, m := range g.instances {
+		if m != in && m.config().SyncGroup == name {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// syncTransition moves the other members of in's sync group to MASTER or
+// BACKUP with it. Each is told through its own event loop, from a
+// goroutine, so that two members never wait on each other.
+func (g *Group) syncTransition(in *instance, to State) {
+	reason := fmt.Sprintf("sync group %s: %s is %s", in.cfg.SyncGroup, in.cfg.Name, to)
+	for _, m := range g.syncMembers(in) {
+		cmd := func(b *actor) {
+			now := g.deps.Now()
+			if to == Master {
+				b.applyEffects(b.m.ForceMaster(now, reason), false)
+			} else {
+				b.applyEffects(b.m.ForceBackup(now, reason), false)
+			}
+		}
+		go func() {
+			select {
+			case m.cmds <- cmd:
+			case <-m.done:
+			}
+		}()
 	}
 }
 
@@ -589,7 +660,12 @@ type actor struct {
 	garpDelay, garpRefresh <-chan time.Time
 }
 
-func (a *actor) apply(e Effects) {
+func (a *actor) apply(e Effects) { a.applyEffects(e, true) }
+
+// applyEffects carries out e; with propagate, a move to MASTER or from
+// MASTER to BACKUP carries the instance's sync group along (a forced move
+// does not propagate again).
+func (a *actor) applyEffects(e Effects, propagate bool) {
 	cfg := &a.in.cfg
 	if t := e.Transition; t != nil {
 		if t.To == Master {
@@ -620,6 +696,10 @@ func (a *actor) apply(e Effects) {
 	a.in.mu.Unlock()
 	if t := e.Transition; t != nil && a.g.deps.Notify != nil {
 		a.g.deps.Notify(cfg.Name, *t)
+	}
+	if t := e.Transition; t != nil && propagate && cfg.SyncGroup != "" &&
+		(t.To == Master || t.From == Master && t.To == Backup) {
+		a.g.syncTransition(a.in, t.To)
 	}
 }
 

@@ -70,6 +70,9 @@ type Config struct {
 	// checks whose verdicts Group.SetScript reports.
 	Track        []Track
 	TrackScripts []TrackScript
+	// SyncGroup names the vrrp_sync_group the router belongs to: its
+	// members go to FAULT, MASTER and BACKUP together.
+	SyncGroup string
 	// GARPRepeat is how many gratuitous ARPs a burst sends (default 1);
 	// GARPDelay is when a second burst follows becoming master (0: none);
 	// GARPRefresh repeats a burst that often while master (0: never).
@@ -367,6 +370,27 @@ func (m *Machine) Resign(now time.Time, hold time.Duration) (Effects, error) {
 	m.master, m.masterPriority = netip.Addr{}, 0
 	e.Send, e.SendPriority = true, PriorityResign
 	return e, nil
+}
+
+// ForceMaster makes a backup master because another member of its sync
+// group became master.
+func (m *Machine) ForceMaster(now time.Time, reason string) Effects {
+	if m.state != Backup {
+		return Effects{}
+	}
+	return m.becomeMaster(now, reason)
+}
+
+// ForceBackup makes a master step down because another member of its sync
+// group did; a priority-0 advert lets the peer take over at once.
+func (m *Machine) ForceBackup(now time.Time, reason string) Effects {
+	if m.state != Master {
+		return Effects{}
+	}
+	e := m.becomeBackup(now, reason)
+	m.master, m.masterPriority = netip.Addr{}, 0
+	e.Send, e.SendPriority = true, PriorityResign
+	return e
 }
 
 // Stop resigns: a master sends priority 0 so a backup takes over after its

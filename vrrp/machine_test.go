@@ -309,3 +309,22 @@ func TestResign(t *testing.T) {
 	}
 	t.Fatal("never preempted after the hold")
 }
+
+func TestForcedBySyncGroup(t *testing.T) {
+	m := NewMachine(cfg(100), me)
+	m.Start(t0)
+	if e := m.ForceBackup(at(time.Second), "x"); e.Transition != nil || e.Send {
+		t.Fatalf("forcing a backup to backup: %+v", e)
+	}
+	e := m.ForceMaster(at(time.Second), "sync group G: VI_2 is MASTER")
+	if e.Transition == nil || e.Transition.To != Master || !e.Send || !e.GARP || e.Transition.Reason != "sync group G: VI_2 is MASTER" {
+		t.Fatalf("force master: %+v", e)
+	}
+	if e := m.ForceMaster(at(2*time.Second), "again"); e.Transition != nil {
+		t.Fatal("forcing a master to master changed something")
+	}
+	e = m.ForceBackup(at(3*time.Second), "sync group G: VI_2 is BACKUP")
+	if e.Transition == nil || e.Transition.To != Backup || !e.Send || e.SendPriority != 0 {
+		t.Fatalf("force backup: %+v", e)
+	}
+}

@@ -24,6 +24,7 @@ type Config struct {
 	Dataplane      Dataplane       `json:"dataplane"`
 	VRRP           []VRRPInstance  `json:"vrrp_instance"`
 	VRRPScripts    []VRRPScript    `json:"vrrp_script"`
+	SyncGroups     []SyncGroup     `json:"vrrp_sync_group"`
 	VirtualServers []VirtualServer `json:"virtual_server"`
 	// Cluster is nil when the file has no [cluster] section: a single
 	// director with no peer.
@@ -72,6 +73,13 @@ type VRRPInstance struct {
 type TrackInterface struct {
 	Interface string `json:"interface"`
 	Weight    int    `json:"weight"`
+}
+
+// SyncGroup is a set of instances that change state together
+// (keepalived's vrrp_sync_group).
+type SyncGroup struct {
+	Name    string   `json:"name"`
+	Members []string `json:"group"`
 }
 
 // TrackScript names a vrrp_script the instance depends on, with the

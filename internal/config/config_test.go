@@ -247,6 +247,36 @@ virtual_router_id = 5
 virtual_ipaddress = ["192.0.2.1"]
 track_interface = [{ ifname = "eth1" }]
 `, []string{`f.toml:9: vrrp_instance.track_interface: unknown key "ifname" (use interface and weight)`}},
+		{"sync groups", minimal + `[[vrrp_instance]]
+name = "A"
+interface = "eth0"
+virtual_router_id = 5
+virtual_ipaddress = ["192.0.2.1"]
+[[vrrp_sync_group]]
+name = "G"
+group = ["A", "B"]
+[[vrrp_sync_group]]
+name = "H"
+group = ["A"]
+`, []string{
+			`f.toml:11: vrrp_sync_group[0].group[1]: no vrrp_instance is named "B"`,
+			"f.toml:14: vrrp_sync_group[1].group: a sync group needs at least two instances",
+			`f.toml:14: vrrp_sync_group[1].group[0]: A is already in sync group "G"`,
+		}},
+		{"vrrp_script references", minimal + `[[vrrp_instance]]
+name = "A"
+interface = "eth0"
+virtual_router_id = 5
+virtual_ipaddress = ["192.0.2.1"]
+track_script = ["chk", "nope", { name = "chk", weight = 300 }]
+[[vrrp_script]]
+name = "chk"
+script = ["check"]
+`, []string{
+			"f.toml:12: vrrp_script[0].script: give the program as an array starting with its absolute path",
+			`f.toml:9: vrrp_instance[0].track_script[1]: no [[vrrp_script]] is named "nope"`,
+			"f.toml:9: vrrp_instance[0].track_script[2]: chk is tracked twice",
+		}},
 		{"node and cluster", `[node]
 name = "lb 1"
 status_socket = "run/x.sock"

@@ -8,12 +8,13 @@ import "fmt"
 // problem instead of stopping at the first.
 
 type rawConfig struct {
-	Node          *rawNode     `toml:"node"`
-	Dataplane     rawDataplane `toml:"dataplane"`
-	VRRPInstance  []rawVRRP    `toml:"vrrp_instance"`
-	VRRPScript    []rawScript  `toml:"vrrp_script"`
-	VirtualServer []rawVS      `toml:"virtual_server"`
-	Cluster       *rawCluster  `toml:"cluster"`
+	Node          *rawNode       `toml:"node"`
+	Dataplane     rawDataplane   `toml:"dataplane"`
+	VRRPInstance  []rawVRRP      `toml:"vrrp_instance"`
+	VRRPScript    []rawScript    `toml:"vrrp_script"`
+	VRRPSyncGroup []rawSyncGroup `toml:"vrrp_sync_group"`
+	VirtualServer []rawVS        `toml:"virtual_server"`
+	Cluster       *rawCluster    `toml:"cluster"`
 }
 
 type rawNode struct {
@@ -101,6 +102,12 @@ func (t *rawTrack) decode(v any, key string) error {
 		return fmt.Errorf("want \"NAME\" or { %s = \"NAME\", weight = N }", key)
 	}
 	return nil
+}
+
+// rawSyncGroup is keepalived's vrrp_sync_group.
+type rawSyncGroup struct {
+	Name  string   `toml:"name"`
+	Group []string `toml:"group"`
 }
 
 // rawScript is keepalived's vrrp_script.

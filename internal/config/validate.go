@@ -156,6 +156,7 @@ func (v *validator) config(raw *rawConfig) *Config {
 	cfg.Dataplane.Kind = v.oneOf([]any{"dataplane", "kind"}, raw.Dataplane.Kind, "auto", "auto", "ipvs", "nftables")
 	cfg.VRRPScripts = v.scripts(raw.VRRPScript)
 	cfg.VRRP = v.vrrp(raw.VRRPInstance, cfg.VRRPScripts)
+	cfg.SyncGroups = v.syncGroups(raw.VRRPSyncGroup, cfg.VRRP)
 	cfg.VirtualServers = v.virtualServers(raw.VirtualServer)
 	if raw.Cluster != nil {
 		cfg.Cluster = v.cluster(raw.Cluster)
@@ -260,6 +261,40 @@ func (v *validator) intIn(path []any, p *int, def, lo, hi int) int {
 		v.add(path, "%d is out of range [%d, %d]", *p, lo, hi)
 	}
 	return *p
+}
+
+func (v *validator) syncGroups(raws []rawSyncGroup, instances []VRRPInstance) []SyncGroup {
+	names := map[string]int{}
+	memberOf := map[string]string{}
+	out := make([]SyncGroup, 0, len(raws))
+	for i, r := range raws {
+		p := []any{"vrrp_sync_group", i}
+		v.uniqueName(at(p, "name"), r.Name, "vrrp_sync_group", names)
+		if len(r.Group) < 2 {
+			v.add(at(p, "group"), "a sync group needs at least two instances")
+		}
+		for j, m := range r.Group {
+			switch {
+			case !slices.ContainsFunc(instances, func(in VRRPInstance) bool { return in.Name == m }):
+				v.add(at(p, "group", j), "no vrrp_instance is named %q", m)
+			case memberOf[m] != "":
+				v.add(at(p, "group", j), "%s is already in sync group %q; an instance belongs to one group", m, memberOf[m])
+			default:
+				memberOf[m] = r.Name
+				// Members must agree on who is master: a weight could
+				// make one lose on priority while the others win, and
+				// the group would flap between the directors.
+				in := instances[slices.IndexFunc(instances, func(in VRRPInstance) bool { return in.Name == m })]
+				weighted := slices.ContainsFunc(in.TrackInterfaces, func(t TrackInterface) bool { return t.Weight != 0 }) ||
+					slices.ContainsFunc(in.TrackScripts, func(t TrackScript) bool { return t.Weight != 0 })
+				if weighted {
+					v.add(at(p, "group", j), "%s tracks with a weight; in a sync group tracking must use weight 0 (FAULT), as in keepalived", m)
+				}
+			}
+		}
+		out = append(out, SyncGroup{Name: r.Name, Members: r.Group})
+	}
+	return out
 }
 
 func (v *validator) scripts(raws []rawScript) []VRRPScript {

@@ -15,6 +15,12 @@ import (
 
 // vrrpConfigs turns the file's instances into the vrrp package's own type.
 func vrrpConfigs(cfg *config.Config) []vrrp.Config {
+	groupOf := map[string]string{}
+	for _, g := range cfg.SyncGroups {
+		for _, m := range g.Members {
+			groupOf[m] = g.Name
+		}
+	}
 	out := make([]vrrp.Config, 0, len(cfg.VRRP))
 	for _, in := range cfg.VRRP {
 		out = append(out, vrrp.Config{
@@ -33,6 +39,7 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 			ChecksumAsV2: in.V3ChecksumAsV2,
 			Track:        tracks(in.TrackInterfaces),
 			TrackScripts: trackScripts(in.TrackScripts),
+			SyncGroup:    groupOf[in.Name],
 			GARPRepeat:   in.GARPMasterRepeat,
 			GARPDelay:    in.GARPMasterDelay,
 			GARPRefresh:  in.GARPMasterRefresh,

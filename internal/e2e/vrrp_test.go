@@ -502,3 +502,69 @@ fall = 2
 		})
 	}
 }
+
+// TestVRRPSyncGroup: an outside VIP (eth0) and an inside VIP (eth1) in one
+// sync group move together: the inside link failing on the master moves
+// both to the backup, and both come back with it.
+func TestVRRPSyncGroup(t *testing.T) {
+	p := newPair(t)
+	inside := p.Lab.AddSwitch("inside")
+	port := inside.Plug(p.LB1, "eth1", "198.51.100.11/24")
+	inside.Plug(p.LB2, "eth1", "198.51.100.12/24")
+	const insideVIP = "198.51.100.1"
+	second := func(prio int) string {
+		return fmt.Sprintf(`advert_int = "100ms"
+virtual_ipaddress = ["%s/24"]
+
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth1"
+virtual_router_id = 52
+priority = %d
+advert_int = "100ms"
+virtual_ipaddress = ["%s/24"]
+
+[[vrrp_sync_group]]
+name = "G"
+group = ["VI_1", "VI_2"]`, vip, prio, insideVIP)
+	}
+	p.WriteConfig(p.LB1, 150, second(150))
+	p.WriteConfig(p.LB2, 100, second(100))
+	p.Start(p.LB1)
+	p.Start(p.LB2)
+	both := func(h *lab.Host) error {
+		return lab.Eventually(5*time.Second, func() error {
+			for _, d := range p.Directors() {
+				for _, addr := range []string{vip, insideVIP} {
+					iface := "eth0"
+					if addr == insideVIP {
+						iface = "eth1"
+					}
+					out, _ := d.Run("ip", "-o", "addr", "show", "dev", iface)
+					if has := strings.Contains(out, " "+addr+"/"); has != (d == h) {
+						return fmt.Errorf("%s holds %s: %v", d.Name, addr, has)
+					}
+				}
+			}
+			return nil
+		})
+	}
+	if err := both(p.LB1); err != nil {
+		t.Fatal(err)
+	}
+
+	// Only the inside link fails, yet the outside VIP moves too.
+	inside.IP("link", "set", port, "down")
+	if err := both(p.LB2); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ := run(t, directorctl, "--socket", p.Sockets[p.LB1], "status", "--json")
+	if !strings.Contains(out, "sync group G: VI_2 is FAULT (eth1 is down)") {
+		t.Fatalf("VI_1 on lb1 is not in FAULT for its sync group:\n%s", out)
+	}
+
+	inside.IP("link", "set", port, "up")
+	if err := both(p.LB1); err != nil {
+		t.Fatal(err)
+	}
+}
