@@ -280,7 +280,7 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 		fmt.Fprintf(&b, "\nFalse takeovers during %s at advert_int 20ms with both cores spinning: directord %d, keepalived %d.\n",
 			soak, soaks["directord"], soaks["keepalived"])
 	}
-	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about ten minutes).\n%s\n", endMark)
+	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about fifteen minutes).\n%s\n", endMark)
 
 	old, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
