@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -40,11 +39,10 @@ func run(bin string) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo builds network namespaces: run it as root (sudo make demo)")
 	}
-	dir, err := filepath.Abs(bin)
+	bins, err := pairlab.BinariesIn(bin)
 	if err != nil {
 		return err
 	}
-	bins := pairlab.Binaries{Directord: filepath.Join(dir, "directord"), Directorctl: filepath.Join(dir, "directorctl")}
 	tmp, err := os.MkdirTemp("", "directord-demo")
 	if err != nil {
 		return err
@@ -52,16 +50,10 @@ func run(bin string) (err error) {
 	defer os.RemoveAll(tmp)
 
 	l := lab.Open(func(f string, a ...any) { fmt.Printf(f+"\n", a...) })
+	defer lab.Recover(&err) // runs last: after the lab is gone
 	defer func() {
 		step("removing the lab")
 		l.Close()
-		if r := recover(); r != nil {
-			f, ok := r.(lab.Failure)
-			if !ok {
-				panic(r)
-			}
-			err = f
-		}
 	}()
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)

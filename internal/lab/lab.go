@@ -58,6 +58,18 @@ func Open(logf func(format string, args ...any)) *Lab {
 	}
 }
 
+// Recover turns the Failure panic of a lab opened with Open into *err;
+// defer it in the function that uses the lab. Other panics go on.
+func Recover(err *error) {
+	if r := recover(); r != nil {
+		f, ok := r.(Failure)
+		if !ok {
+			panic(r)
+		}
+		*err = f
+	}
+}
+
 // New creates a lab for a test: it skips or fails the test when it cannot
 // run (see Require), fails the test on any error, and is removed when the
 // test ends. Process output is logged when the test failed.

@@ -23,6 +23,15 @@ const VIP = "192.0.2.100"
 // Binaries are the built programs.
 type Binaries struct{ Directord, Directorctl string }
 
+// BinariesIn names the programs make build put in dir.
+func BinariesIn(dir string) (Binaries, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return Binaries{}, err
+	}
+	return Binaries{Directord: filepath.Join(abs, "directord"), Directorctl: filepath.Join(abs, "directorctl")}, nil
+}
+
 // Pair is the scene.
 type Pair struct {
 	Lab          *lab.Lab

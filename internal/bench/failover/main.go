@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -65,20 +64,11 @@ func run(bin string, runs, runsFast int, soak time.Duration, out string) (err er
 	if _, err := exec.LookPath("keepalived"); err != nil {
 		return errors.New("needs keepalived (apt-get install keepalived) to compare with")
 	}
-	dir, err := filepath.Abs(bin)
+	bins, err := pairlab.BinariesIn(bin)
 	if err != nil {
 		return err
 	}
-	bins := pairlab.Binaries{Directord: filepath.Join(dir, "directord"), Directorctl: filepath.Join(dir, "directorctl")}
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(lab.Failure)
-			if !ok {
-				panic(r)
-			}
-			err = f
-		}
-	}()
+	defer lab.Recover(&err)
 
 	settings := []time.Duration{time.Second, 100 * time.Millisecond, 20 * time.Millisecond}
 	results := map[string]map[time.Duration]*result{}
