@@ -16,12 +16,14 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/pairlab"
 	"github.com/directord/directord/internal/probe"
+	"github.com/directord/directord/vrrp"
 )
 
 func main() {
@@ -102,11 +104,50 @@ func run(bin string, runs, runsFast int, soak time.Duration, out string) (err er
 	return writeReport(out, settings, runs, runsFast, soak, results, soaks)
 }
 
-// scene starts a pair of im at interval with lb1 master, and a prober.
-func scene(bins pairlab.Binaries, im impl, interval time.Duration) (*pairlab.Pair, *probe.Prober, func(), error) {
+// adverts records when the client last saw an advert from each source.
+type adverts struct {
+	mu   sync.Mutex
+	last map[netip.Addr]time.Time
+}
+
+func watchAdverts(c vrrp.Conn) *adverts {
+	a := &adverts{last: map[netip.Addr]time.Time{}}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, src, _, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			a.mu.Lock()
+			a.last[src] = time.Now()
+			a.mu.Unlock()
+		}
+	}()
+	return a
+}
+
+// next waits for an advert from src seen after now and returns its time.
+func (a *adverts) next(src netip.Addr, timeout time.Duration) (time.Time, error) {
+	start := time.Now()
+	for time.Since(start) < timeout {
+		a.mu.Lock()
+		t := a.last[src]
+		a.mu.Unlock()
+		if t.After(start) {
+			return t, nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Time{}, fmt.Errorf("no advert from %s for %s", src, timeout)
+}
+
+// scene starts a pair of im at interval with lb1 master, a prober, and a
+// watcher of the adverts on the client's link.
+func scene(bins pairlab.Binaries, im impl, interval time.Duration) (*pairlab.Pair, *probe.Prober, *adverts, func(), error) {
 	tmp, err := os.MkdirTemp("", "directord-bench")
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	l := lab.Open(func(string, ...any) {})
 	cleanup := func() { l.Close(); os.RemoveAll(tmp) }
@@ -114,40 +155,52 @@ func scene(bins pairlab.Binaries, im impl, interval time.Duration) (*pairlab.Pai
 	im.start(p, p.LB1, 150, interval)
 	if err := p.WaitOwner(p.LB1, pairlab.VIP, 10*time.Second+5*interval); err != nil {
 		cleanup()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	im.start(p, p.LB2, 100, interval)
 	var conn net.PacketConn
-	if err := p.Client.Do(func() (err error) { conn, err = probe.Listen(); return err }); err != nil {
+	var vc vrrp.Conn
+	if err := p.Client.Do(func() (err error) {
+		if conn, err = probe.Listen(); err != nil {
+			return err
+		}
+		vc, err = vrrp.ListenIPv4("eth0")
+		return err
+	}); err != nil {
 		cleanup()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	pr := probe.Start(context.Background(), conn, netip.MustParseAddr(pairlab.VIP), 5*time.Millisecond)
-	stop := func() { pr.Stop(); conn.Close(); cleanup() }
+	stop := func() { pr.Stop(); conn.Close(); vc.Close(); cleanup() }
 	if err := pr.WaitAnswered(time.Time{}, 10*time.Second); err != nil {
 		stop()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	// Let the backup settle: it must have heard the master several times.
 	time.Sleep(5 * interval)
-	return p, pr, stop, nil
+	return p, pr, watchAdverts(vc), stop, nil
 }
 
 func measure(bins pairlab.Binaries, im impl, interval time.Duration, runs int) (*result, error) {
-	p, pr, stop, err := scene(bins, im, interval)
+	p, pr, adv, stop, err := scene(bins, im, interval)
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
+	lb1 := netip.MustParseAddr("192.0.2.11")
 	limit := 10*time.Second + 10*interval
-	// Each event comes at a random phase of the advert cycle: the gap
-	// depends on how long ago the master's last advert was, and a fixed
-	// phase would favour whichever implementation it happens to suit. The
-	// sequence is seeded by the setting, so both implementations meet the
-	// same phases and the comparison is paired rather than left to noise.
+	// The gap depends on how long before the event the master's last
+	// advert was. Each event therefore comes a random time after an
+	// advert the client saw, from a sequence seeded by the setting: both
+	// implementations meet the same phases, and the comparison is paired
+	// rather than left to noise.
 	phases := rand.New(rand.NewPCG(uint64(interval), 1))
 	takeover := func(event func()) (time.Duration, error) {
-		time.Sleep(time.Duration(phases.Int64N(int64(interval))))
+		seen, err := adv.next(lb1, limit)
+		if err != nil {
+			return 0, err
+		}
+		time.Sleep(time.Until(seen.Add(time.Duration(phases.Int64N(int64(interval))))))
 		at := time.Now()
 		event()
 		if err := lab.Eventually(limit, func() error {
@@ -203,7 +256,7 @@ func measure(bins pairlab.Binaries, im impl, interval time.Duration, runs int) (
 // soakRun keeps a 20ms pair up while both cores spin and counts the times
 // the backup took the VIP.
 func soakRun(bins pairlab.Binaries, im impl, d time.Duration) (int, error) {
-	p, _, stop, err := scene(bins, im, 20*time.Millisecond)
+	p, _, _, stop, err := scene(bins, im, 20*time.Millisecond)
 	if err != nil {
 		return 0, err
 	}
@@ -249,11 +302,10 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 	fmt.Fprintf(&b, "%s\n## VRRP failover (`make bench-failover`)\n\n", beginMark)
 	fmt.Fprintf(&b, "Measured %s on %s. A client probes the VIP with ICMP echo every 5 ms; the gap is the\n", time.Now().UTC().Format("2006-01-02"), machine())
 	fmt.Fprintf(&b, "longest time between two answered probes around the event. Crash = every process of the\n")
-	fmt.Fprintf(&b, "master killed and its cable cut; graceful = SIGTERM (priority-0 advert), each at a random phase\n")
-	fmt.Fprintf(&b, "of the advert cycle, the same sequence of phases for both implementations. VRRPv3, priorities\n")
+	fmt.Fprintf(&b, "master killed and its cable cut; graceful = SIGTERM (priority-0 advert), each a random time within\n")
+	fmt.Fprintf(&b, "one interval after an advert the client saw, the same sequence for both implementations. VRRPv3, priorities\n")
 	fmt.Fprintf(&b, "150/100, %d runs of each at 1s and %d at the shorter intervals, directord and Debian's keepalived\n", runs, runsFast)
-	fmt.Fprintf(&b, "in the same run on the same lab. The crash gap is about 3 intervals + skew minus the random phase,\n")
-	fmt.Fprintf(&b, "so a median over n runs carries an error of roughly ±interval/√n.\n\n")
+	fmt.Fprintf(&b, "in the same run on the same lab. The crash gap is about 3 intervals + skew minus that random time.\n\n")
 	fmt.Fprintf(&b, "| advert_int | event | directord median | directord max | keepalived median | keepalived max | ratio of medians |\n")
 	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|\n")
 	for _, s := range settings {
