@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,10 +35,6 @@ type Options struct {
 	Reload <-chan struct{}
 	// Log receives the daemon's log; os.Stderr when nil.
 	Log io.Writer
-	// SkipPrivilegeCheck is for in-process unit tests only.
-	SkipPrivilegeCheck bool
-	// VRRPDeps replaces the kernel (unit tests only).
-	VRRPDeps *vrrp.Deps
 }
 
 // Daemon is one running directord.
@@ -84,10 +81,8 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	if !opts.SkipPrivilegeCheck {
-		if err := checkPrivileges(); err != nil {
-			return err
-		}
+	if err := checkPrivileges(); err != nil {
+		return err
 	}
 	d := newDaemon(opts, cfg)
 
@@ -147,9 +142,6 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 	}
 	d.status = status.NewServer(d.log)
 	deps := vrrp.KernelDeps(d.log)
-	if opts.VRRPDeps != nil {
-		deps = *opts.VRRPDeps
-	}
 	d.notify = newNotifier(d.log, func(name string) (config.Notify, bool) {
 		for _, in := range d.config().VRRP {
 			if in.Name == name {
@@ -263,7 +255,7 @@ func (d *Daemon) reload() ReloadResult {
 
 	changes := config.Diff(d.config(), cfg)
 	res.OK, res.Changes = true, &changes
-	if cfg.Node.LogLevel != d.config().Node.LogLevel {
+	if slices.Contains(changes.Live, "node.log_level") {
 		d.level.Set(parseLevel(cfg.Node.LogLevel))
 	}
 	d.scripts.Update(cfg.VRRPScripts)
