@@ -113,6 +113,9 @@ func randomID() string {
 // ID is the lab's unique part of every name.
 func (l *Lab) ID() string { return l.id }
 
+// OnClose runs fn when the lab closes, before earlier-registered cleanups.
+func (l *Lab) OnClose(fn func()) { l.onClose(fn) }
+
 func (l *Lab) onClose(fn func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

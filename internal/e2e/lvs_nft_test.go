@@ -1,0 +1,279 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/lblab"
+	"github.com/directord/directord/lvs"
+)
+
+// nftScene is a lab with the nftables data plane driven from the test
+// process into the director's namespace.
+type nftScene struct {
+	*lblab.Scene
+	nft *lvs.NFT
+	rec *lvs.Reconciler
+}
+
+func newNFTScene(t *testing.T, reals int) *nftScene {
+	t.Helper()
+	lab.Require(t, "nft")
+	l := lab.New(t)
+	s := lblab.New(l, reals)
+	ns, err := lblab.NetNS(s.Director)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	nft, err := lvs.NewNFT(lvs.NFTOptions{NetNS: int(ns.Fd())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nft.Close() })
+	rec, err := lvs.NewReconciler(nft, lvs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &nftScene{Scene: s, nft: nft, rec: rec}
+}
+
+func (s *nftScene) set(t *testing.T, vss ...lvs.VirtualServer) int {
+	t.Helper()
+	s.rec.Set(vss)
+	n, err := s.rec.Reconcile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+var (
+	vipTCP = netip.MustParseAddrPort(fmt.Sprintf("%s:80", lblab.VIP))
+	vipUDP = netip.MustParseAddrPort(fmt.Sprintf("%s:53", lblab.VIP))
+)
+
+func backend(i, port, weight int) lvs.Real {
+	return lvs.Real{Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", lblab.RealAddr(i), port)), Weight: weight, Method: lvs.NAT}
+}
+
+func tcpVS(sched string, reals ...lvs.Real) lvs.VirtualServer {
+	return lvs.VirtualServer{Name: "web", Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP, Addr: vipTCP}, Scheduler: sched}, Reals: reals}
+}
+
+// spread opens n connections and counts them by server.
+func (s *nftScene) spread(t *testing.T, src string, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		name, err := s.Ask(src, vipTCP.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name]++
+	}
+	return got
+}
+
+func TestNFTWeightedRoundRobin(t *testing.T) {
+	s := newNFTScene(t, 2)
+	s.set(t, tcpVS("wrr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 2)))
+	got := s.spread(t, "", 90)
+	// numgen counts exactly: every 3 connections, 1 to rs1 and 2 to rs2.
+	if got["rs1"] != 30 || got["rs2"] != 60 {
+		t.Fatalf("wrr 1:2 over 90 connections gave %v", got)
+	}
+	// The counters say the same.
+	es, err := s.nft.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 1 || es[0].Stats.Connections != 90 {
+		t.Fatalf("service counters %+v", es)
+	}
+	for _, r := range es[0].Reals {
+		want := map[int]uint64{1: 30, 2: 60}[r.Weight]
+		if r.Stats.Connections != want {
+			t.Fatalf("%s counted %d connections, want %d", r.Addr, r.Stats.Connections, want)
+		}
+	}
+
+	// A weight change is one operation and one transaction; nothing
+	// else changes, so the counters go on.
+	if n := s.set(t, tcpVS("wrr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1))); n != 1 {
+		t.Fatalf("weight change took %d operations", n)
+	}
+	if n := s.set(t, tcpVS("wrr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1))); n != 0 {
+		t.Fatalf("no change took %d operations", n)
+	}
+	got = s.spread(t, "", 40)
+	if got["rs1"] != 20 || got["rs2"] != 20 {
+		t.Fatalf("wrr 1:1 gave %v", got)
+	}
+	if es, _ := s.nft.List(); es[0].Stats.Connections != 130 {
+		t.Fatalf("service counter %d after a weight change, want 130", es[0].Stats.Connections)
+	}
+}
+
+func TestNFTUDPRoundRobin(t *testing.T) {
+	s := newNFTScene(t, 3)
+	vs := lvs.VirtualServer{Name: "dns", Service: lvs.Service{Key: lvs.Key{Protocol: lvs.UDP, Addr: vipUDP}, Scheduler: "rr"},
+		Reals: []lvs.Real{backend(0, lblab.UDPPort, 1), backend(1, lblab.UDPPort, 5), backend(2, lblab.UDPPort, 1)}}
+	s.set(t, vs)
+	got := map[string]int{}
+	for range 30 {
+		name, err := s.AskUDP(vipUDP.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name]++
+	}
+	// rr ignores weights other than 0, as IPVS's rr does.
+	if got["rs1"] != 10 || got["rs2"] != 10 || got["rs3"] != 10 {
+		t.Fatalf("udp rr over 30 flows gave %v", got)
+	}
+}
+
+func TestNFTSourceHash(t *testing.T) {
+	s := newNFTScene(t, 3)
+	s.set(t, tcpVS("sh", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1), backend(2, lblab.TCPPort, 1)))
+	seen := map[string]bool{}
+	for i := range lblab.Clients {
+		src := lblab.ClientAddr(i)
+		got := s.spread(t, src, 5)
+		if len(got) != 1 {
+			t.Fatalf("sh sent client %s to %v", src, got)
+		}
+		for name := range got {
+			seen[name] = true
+		}
+	}
+	// The hash spreads clients: eight addresses do not all land on one
+	// server (the seed is fixed, so this is deterministic).
+	if len(seen) < 2 {
+		out, _ := s.Director.Run("nft", "list", "table", "inet", lvs.NFTTable)
+		t.Fatalf("%d clients all went to %v\n%s", lblab.Clients, seen, out)
+	}
+}
+
+func TestNFTPersistence(t *testing.T) {
+	s := newNFTScene(t, 2)
+	vs := tcpVS("rr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1))
+	vs.Persistence = 2 * time.Second
+	s.set(t, vs)
+	got := s.spread(t, "", 10)
+	if len(got) != 1 {
+		t.Fatalf("persistent rr spread one client over %v", got)
+	}
+	var first string
+	for name := range got {
+		first = name
+	}
+	// Another client is scheduled afresh: rr gives it the other server.
+	if name, err := s.Ask("192.0.2.51", vipTCP.String()); err != nil || name == first {
+		t.Fatalf("second client went to %q (%v), want the other server than %s", name, err, first)
+	}
+	// The entry lives for the timeout after the last connection; when
+	// it is gone the client is scheduled again (rr: the next server).
+	start := time.Now()
+	if err := lab.Eventually(10*time.Second, func() error {
+		out, err := s.Director.Run("nft", "list", "table", "inet", lvs.NFTTable)
+		if err != nil {
+			return err
+		}
+		if strings.Contains(out, lblab.ClientIP+" ") {
+			return errors.New("persistence entry still there")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if held := time.Since(start); held < time.Second {
+		t.Fatalf("persistence entry gone after %s, timeout 2s", held)
+	}
+	name, err := s.Ask("", vipTCP.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name != first {
+		t.Logf("after the timeout the client moved from %s to %s", first, name)
+	}
+	// The kernel's own tool can list everything directord made.
+	out, err := s.Director.Run("nft", "list", "table", "inet", lvs.NFTTable)
+	if err != nil {
+		t.Fatalf("nft list table: %v\n%s", err, out)
+	}
+	t.Logf("nft list table inet %s:\n%s", lvs.NFTTable, out)
+}
+
+func TestNFTDrain(t *testing.T) {
+	s := newNFTScene(t, 2)
+	s.set(t, tcpVS("rr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1)))
+	// Hold a connection to each server.
+	held := map[string]*lblab.Conn{}
+	for len(held) < 2 {
+		c, err := s.Open("", vipTCP.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if held[c.Server] != nil {
+			c.Close()
+			continue
+		}
+		held[c.Server] = c
+		t.Cleanup(func() { c.Close() })
+	}
+	// rs2 leaves the configuration: weight 0, no new connections, the
+	// open one goes on.
+	if n := s.set(t, tcpVS("rr", backend(0, lblab.TCPPort, 1))); n != 1 {
+		t.Fatalf("removing a server took %d operations, want 1 (weight 0)", n)
+	}
+	if got := s.spread(t, "", 10); got["rs1"] != 10 {
+		t.Fatalf("new connections while rs2 drains: %v", got)
+	}
+	if ans, err := held["rs2"].Echo("still there?"); err != nil || ans != "rs2 still there?" {
+		t.Fatalf("open connection to the draining server: %q, %v", ans, err)
+	}
+	es, _ := s.nft.List()
+	if r, ok := es[0].Real(backend(1, lblab.TCPPort, 0).Addr); !ok || r.Weight != 0 {
+		t.Fatalf("draining server %+v", es[0].Reals)
+	}
+	// While the connection is open, reconciling keeps the server.
+	if n, err := s.rec.Reconcile(); err != nil || n != 0 {
+		t.Fatalf("reconcile while draining: %d ops, %v", n, err)
+	}
+	// Once it closes, the server is deleted.
+	held["rs2"].Close()
+	if err := lab.Eventually(10*time.Second, func() error {
+		if _, err := s.rec.Reconcile(); err != nil {
+			return err
+		}
+		es, _ := s.nft.List()
+		if len(es[0].Reals) != 1 {
+			return fmt.Errorf("still %d real servers", len(es[0].Reals))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ans, err := held["rs1"].Echo("and you?"); err != nil || ans != "rs1 and you?" {
+		t.Fatalf("connection to the remaining server: %q, %v", ans, err)
+	}
+}
+
+func TestNFTRebuildsWhenFlushed(t *testing.T) {
+	s := newNFTScene(t, 1)
+	s.set(t, tcpVS("rr", backend(0, lblab.TCPPort, 1)))
+	s.Director.MustRun("nft", "flush", "ruleset")
+	if n := s.set(t, tcpVS("rr", backend(0, lblab.TCPPort, 1))); n != 2 {
+		t.Fatalf("rebuilding after nft flush ruleset took %d operations, want 2", n)
+	}
+	if name, err := s.Ask("", vipTCP.String()); err != nil || name != "rs1" {
+		t.Fatalf("after rebuild: %q, %v", name, err)
+	}
+}

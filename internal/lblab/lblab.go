@@ -1,0 +1,232 @@
+// Package lblab builds the load-balancing scene of directord's tests and
+// benchmarks: a client on the front switch, a director between the front
+// and the back switch, and real servers on the back switch whose default
+// route is the director (classic LVS-NAT).
+//
+//	client 192.0.2.50 ── front ── 192.0.2.11 director 203.0.113.1 ── back ── 203.0.113.11, .12, ...
+//
+// The VIP 192.0.2.100 is on the director. Each real server answers TCP on
+// port 8080 and UDP on port 5353 with its name.
+package lblab
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/directord/directord/internal/lab"
+)
+
+const (
+	VIP      = "192.0.2.100"
+	TCPPort  = 8080
+	UDPPort  = 5353
+	ClientIP = "192.0.2.50"
+)
+
+// Scene is the lab.
+type Scene struct {
+	Lab              *lab.Lab
+	Front, Back      *lab.Switch
+	Client, Director *lab.Host
+	Reals            []*lab.Host
+	mu               sync.Mutex
+	listeners        map[*lab.Host][]func()
+}
+
+// Clients is the number of addresses the client has: ClientAddr(0..Clients-1).
+const Clients = 8
+
+// ClientAddr is the client's i-th address (192.0.2.50 + i).
+func ClientAddr(i int) string { return fmt.Sprintf("192.0.2.%d", 50+i) }
+
+// RealAddr is the i-th real server's address (from 0).
+func RealAddr(i int) string { return fmt.Sprintf("203.0.113.%d", 11+i) }
+
+// New builds the scene with n real servers, named rs1..rsn, all serving.
+func New(l *lab.Lab, n int) *Scene {
+	s := &Scene{Lab: l, Front: l.AddSwitch("front"), Back: l.AddSwitch("back"), listeners: map[*lab.Host][]func(){}}
+	s.Client, s.Director = l.AddHost("client"), l.AddHost("dir")
+	s.Front.Plug(s.Client, "eth0", ClientIP+"/24")
+	for i := 1; i < Clients; i++ {
+		s.Client.AddAddr("eth0", ClientAddr(i)+"/24")
+	}
+	s.Front.Plug(s.Director, "eth0", "192.0.2.11/24", VIP+"/32")
+	s.Back.Plug(s.Director, "eth1", "203.0.113.1/24")
+	s.Sysctl(s.Director, "net/ipv4/ip_forward", "1")
+	for i := range n {
+		h := l.AddHost(fmt.Sprintf("rs%d", i+1))
+		s.Back.Plug(h, "eth0", RealAddr(i)+"/24")
+		h.AddRoute("default", "via", "203.0.113.1")
+		s.Reals = append(s.Reals, h)
+		s.Serve(h)
+	}
+	l.OnClose(s.stopAll)
+	return s
+}
+
+// Sysctl writes /proc/sys/<key> inside h.
+func (s *Scene) Sysctl(h *lab.Host, key, value string) {
+	if err := h.Do(func() error { return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644) }); err != nil {
+		s.Lab.Fatalf("%s: sysctl %s: %v", h.Name, key, err)
+	}
+}
+
+// Serve starts h's TCP and UDP servers: TCP writes the name, then echoes
+// lines; UDP answers every datagram with the name.
+func (s *Scene) Serve(h *lab.Host) {
+	var ln net.Listener
+	var pc net.PacketConn
+	if err := h.Do(func() (err error) {
+		if ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", TCPPort)); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", UDPPort))
+		return err
+	}); err != nil {
+		s.Lab.Fatalf("%s: serve: %v", h.Name, err)
+	}
+	var conns sync.Map
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Store(c, true)
+			go func() {
+				defer conns.Delete(c)
+				defer c.Close()
+				fmt.Fprintf(c, "%s\n", h.Name)
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintf(c, "%s %s\n", h.Name, sc.Text())
+				}
+			}()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(h.Name), from)
+		}
+	}()
+	s.mu.Lock()
+	s.listeners[h] = append(s.listeners[h], func() {
+		ln.Close()
+		pc.Close()
+		conns.Range(func(c, _ any) bool { c.(net.Conn).Close(); return true })
+	})
+	s.mu.Unlock()
+}
+
+// Stop closes h's servers and their connections.
+func (s *Scene) Stop(h *lab.Host) {
+	s.mu.Lock()
+	fns := s.listeners[h]
+	delete(s.listeners, h)
+	s.mu.Unlock()
+	for _, f := range fns {
+		f()
+	}
+}
+
+func (s *Scene) stopAll() {
+	s.mu.Lock()
+	hosts := make([]*lab.Host, 0, len(s.listeners))
+	for h := range s.listeners {
+		hosts = append(hosts, h)
+	}
+	s.mu.Unlock()
+	for _, h := range hosts {
+		s.Stop(h)
+	}
+}
+
+// Conn is a client connection through the VIP.
+type Conn struct {
+	net.Conn
+	// Server is the name of the real server that answered.
+	Server string
+	r      *bufio.Reader
+}
+
+// Echo sends a line and returns the server's answer.
+func (c *Conn) Echo(line string) (string, error) {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
+		return "", err
+	}
+	s, err := c.r.ReadString('\n')
+	return strings.TrimSpace(s), err
+}
+
+// Open connects from the client (from src, "" for the default address)
+// to addr and reads the server's name.
+func (s *Scene) Open(src, addr string) (*Conn, error) {
+	var c net.Conn
+	err := s.Client.Do(func() (err error) {
+		d := net.Dialer{Timeout: 3 * time.Second}
+		if src != "" {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+		}
+		c, err = d.Dial("tcp4", addr)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	name, err := r.ReadString('\n')
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("read server name from %s: %w", addr, err)
+	}
+	return &Conn{Conn: c, Server: strings.TrimSpace(name), r: r}, nil
+}
+
+// Ask opens a TCP connection, returns the server's name and closes it.
+func (s *Scene) Ask(src, addr string) (string, error) {
+	c, err := s.Open(src, addr)
+	if err != nil {
+		return "", err
+	}
+	c.Close()
+	return c.Server, nil
+}
+
+// AskUDP sends one datagram from a fresh socket and returns the answer.
+func (s *Scene) AskUDP(addr string) (string, error) {
+	var c net.Conn
+	if err := s.Client.Do(func() (err error) {
+		c, err = net.Dial("udp4", addr)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("who")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 100)
+	n, err := c.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+// NetNS opens h's namespace file, for data planes working from outside.
+func NetNS(h *lab.Host) (*os.File, error) {
+	return os.Open("/run/netns/" + h.NS)
+}

@@ -1,0 +1,66 @@
+package lvs
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Dataplane is the kernel side: IPVS, nftables, or the Fake.
+type Dataplane interface {
+	// Name is "ipvs", "nftables" or "fake".
+	Name() string
+	// List returns every virtual service the data plane holds, with
+	// counters. For IPVS that includes services directord did not make.
+	List() ([]Entry, error)
+	// Apply carries out ops in order. IPVS stops at the first failure;
+	// nftables applies all of them in one transaction or none.
+	Apply(ops []Op) error
+	// Supports says why the data plane cannot program svc and real, or
+	// nil if it can.
+	Supports(svc Service, reals []Real) error
+	Close() error
+}
+
+// OpKind is the kind of one kernel operation.
+type OpKind uint8
+
+const (
+	AddService OpKind = iota + 1
+	UpdateService
+	DelService
+	AddReal
+	UpdateReal
+	DelReal
+)
+
+var opNames = [...]string{"", "add-service", "update-service", "del-service", "add-real", "update-real", "del-real"}
+
+func (k OpKind) String() string {
+	if int(k) < len(opNames) {
+		return opNames[k]
+	}
+	return fmt.Sprintf("op(%d)", k)
+}
+
+// Op is one kernel operation. Real is set for the real-server kinds.
+type Op struct {
+	Kind    OpKind
+	Service Service
+	Real    Real
+}
+
+func (o Op) String() string {
+	switch o.Kind {
+	case AddReal, UpdateReal, DelReal:
+		return fmt.Sprintf("%s %s -> %s weight %d %s", o.Kind, o.Service.Key, o.Real.Addr, o.Real.Weight, o.Real.Method)
+	default:
+		return fmt.Sprintf("%s %s %s", o.Kind, o.Service.Key, o.Service.Scheduler)
+	}
+}
+
+// ConnCounter is implemented by data planes whose List cannot report
+// connection counts (nftables): the reconciler asks it for the real
+// servers it drains.
+type ConnCounter interface {
+	Conns(svc Key, addr netip.AddrPort) (active, inactive int, err error)
+}

@@ -1,0 +1,702 @@
+package lvs
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NFTTable is the nftables table directord owns (family inet). Everything
+// in it is directord's: it is deleted and rebuilt at start.
+const NFTTable = "directord"
+
+// MaxSlots bounds the slots of one service's scheduling map; weights whose
+// reduced sum is larger are scaled down to it.
+const MaxSlots = 1024
+
+// NFTSchedulers are the schedulers the nftables data plane implements.
+var NFTSchedulers = []string{"rr", "wrr", "sh"}
+
+// NFT is the nftables data plane. A service is a chain reached through a
+// verdict map keyed by address, protocol and port (or mark). The chain
+// picks a slot with numgen (rr, wrr) or jhash of the source (sh) and jumps
+// to the real server's chain, which counts and DNATs. Weights are the
+// number of slots. With persistence each real server has a timed set of
+// its clients: the service chain looks a client up in them before
+// scheduling, and the real server's chain refreshes the entry on every
+// new connection, so persistence lasts the timeout after the last one.
+// (A single client-to-server map would need a lookup feeding a dynset or
+// conntrack's original address in an inet table; nft 1.0 cannot list
+// either, and the table must stay readable with nft list ruleset.)
+type NFT struct {
+	mu     sync.Mutex
+	conn   *nftables.Conn
+	table  *nftables.Table
+	svcs   map[Key]*nsvc
+	nextID int
+	base   bool
+	maps   map[string]*nftables.Set
+	nl     *netlink.Handle // conntrack, in the same namespace
+}
+
+type nsvc struct {
+	id     int
+	svc    Service
+	reals  []Real
+	idx    map[netip.AddrPort]int // real server -> chain number
+	nextRS int
+	slots  *nftables.Set
+	// pers holds each real server's persistent clients (persistence on).
+	pers map[netip.AddrPort]*nftables.Set
+}
+
+var _ Dataplane = (*NFT)(nil)
+
+// NFTOptions configure the nftables data plane.
+type NFTOptions struct {
+	// NetNS is an open network-namespace file to work in (tests); 0 is
+	// the daemon's own namespace.
+	NetNS int
+}
+
+// NewNFT opens the nftables data plane and removes any table a previous
+// run left: the reconciler rebuilds it from the configuration.
+func NewNFT(o NFTOptions) (*NFT, error) {
+	var opts []nftables.ConnOption
+	if o.NetNS != 0 {
+		opts = append(opts, nftables.WithNetNSFd(o.NetNS))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	h, err := netlink.NewHandleAt(netns.NsHandle(o.NetNS))
+	if o.NetNS == 0 {
+		h, err = netlink.NewHandle()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}}
+	n.reset()
+	if _, err := c.ListTableOfFamily(NFTTable, nftables.TableFamilyINet); err == nil {
+		c.DelTable(n.table)
+		if err := c.Flush(); err != nil {
+			return nil, fmt.Errorf("nftables: remove old table %s: %w", NFTTable, err)
+		}
+	}
+	return n, nil
+}
+
+func (n *NFT) reset() {
+	n.svcs = map[Key]*nsvc{}
+	n.base = false
+	n.maps = map[string]*nftables.Set{}
+}
+
+func (n *NFT) Name() string { return "nftables" }
+
+func (n *NFT) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.conn.DelTable(n.table)
+	err := n.conn.Flush()
+	n.reset()
+	n.nl.Close()
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("nftables: remove table: %w", err)
+	}
+	return nil
+}
+
+// Supports rejects what the nftables data plane cannot do.
+func (n *NFT) Supports(svc Service, reals []Real) error { return NFTSupports(svc, reals) }
+
+// NFTSupports says what the nftables data plane cannot do for a service.
+func NFTSupports(svc Service, reals []Real) error {
+	var why []string
+	if !slices.Contains(NFTSchedulers, svc.Scheduler) {
+		why = append(why, fmt.Sprintf("scheduler %s (nftables does %v; lc, wlc and the other connection-counting schedulers need IPVS)", svc.Scheduler, NFTSchedulers))
+	}
+	if svc.Protocol == SCTP {
+		why = append(why, "protocol sctp")
+	}
+	if svc.OnePacket {
+		why = append(why, "one-packet scheduling (ops)")
+	}
+	if svc.Flags&FlagSched3 != 0 || (svc.Flags != 0 && svc.Scheduler != "sh") {
+		why = append(why, "scheduler flags other than sh-fallback and sh-port")
+	}
+	for _, r := range reals {
+		if r.Method != NAT {
+			why = append(why, fmt.Sprintf("forwarding %s for %s (nftables does nat only)", r.Method, r.Addr))
+		}
+		if r.Upper != 0 || r.Lower != 0 {
+			why = append(why, fmt.Sprintf("connection thresholds for %s", r.Addr))
+		}
+		if svc.FWMark == 0 && r.Addr.Port() == 0 {
+			why = append(why, fmt.Sprintf("real server %s without a port", r.Addr))
+		}
+	}
+	if len(why) > 0 {
+		return fmt.Errorf("the nftables data plane cannot do %s", joinAnd(why))
+	}
+	return nil
+}
+
+func joinAnd(s []string) string {
+	switch len(s) {
+	case 0:
+		return ""
+	case 1:
+		return s[0]
+	}
+	out := s[0]
+	for _, x := range s[1 : len(s)-1] {
+		out += ", " + x
+	}
+	return out + " and " + s[len(s)-1]
+}
+
+// List returns the services as programmed, with the counters the kernel
+// keeps (new connections per service and per real server; nftables keeps
+// no packet or byte counts per service here, and no rates).
+func (n *NFT) List() ([]Entry, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, err := n.conn.ListTableOfFamily(NFTTable, nftables.TableFamilyINet); err != nil {
+		// The table is gone (nft flush ruleset, or never made):
+		// everything must be added again.
+		n.reset()
+		return nil, nil
+	}
+	counters := map[string]uint64{}
+	if len(n.svcs) > 0 {
+		objs, err := n.conn.GetObjects(n.table)
+		if err != nil {
+			return nil, fmt.Errorf("nftables: read counters: %w", err)
+		}
+		for _, o := range objs {
+			if c, ok := o.(*nftables.CounterObj); ok {
+				counters[c.Name] = c.Packets
+			}
+		}
+	}
+	out := make([]Entry, 0, len(n.svcs))
+	for _, s := range n.svcs {
+		e := Entry{Service: s.svc, Stats: Stats{Connections: counters[svcCounter(s.id)]}}
+		for _, r := range s.reals {
+			e.Reals = append(e.Reals, RealState{Real: r, Stats: Stats{Connections: counters[realCounter(s.id, s.idx[r.Addr])]}})
+		}
+		out = append(out, e)
+	}
+	Sort(out)
+	return out, nil
+}
+
+// Apply carries out ops in one nftables transaction.
+func (n *NFT) Apply(ops []Op) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(ops) == 0 {
+		return nil
+	}
+	if !n.base {
+		n.addBase()
+		if err := n.conn.Flush(); err != nil {
+			n.reset()
+			return fmt.Errorf("nftables: create table %s: %w", NFTTable, err)
+		}
+	}
+	type change struct {
+		old   *nsvc // the kernel's objects to remove, if any
+		new   bool  // create from scratch
+		reals bool  // real servers changed
+	}
+	changes := map[Key]*change{}
+	var order []Key
+	ch := func(k Key) *change {
+		c, ok := changes[k]
+		if !ok {
+			c = &change{}
+			changes[k] = c
+			order = append(order, k)
+		}
+		return c
+	}
+	for _, op := range ops {
+		k := op.Service.Key
+		s, ok := n.svcs[k]
+		c := ch(k)
+		switch op.Kind {
+		case AddService:
+			if ok {
+				return fmt.Errorf("%s: service exists", op)
+			}
+			if err := NFTSupports(op.Service, nil); err != nil {
+				return fmt.Errorf("%s: %w", op, err)
+			}
+			n.svcs[k] = &nsvc{svc: op.Service, idx: map[netip.AddrPort]int{}}
+			c.new = true
+		case UpdateService:
+			if !ok {
+				return fmt.Errorf("%s: no such service", op)
+			}
+			if err := NFTSupports(op.Service, nil); err != nil {
+				return fmt.Errorf("%s: %w", op, err)
+			}
+			// A changed scheduler or persistence rebuilds the service
+			// under a new number, in the same transaction.
+			if !c.new && c.old == nil {
+				old := *s
+				c.old = &old
+			}
+			s.svc = op.Service
+			c.new = true
+		case DelService:
+			if !ok {
+				return fmt.Errorf("%s: no such service", op)
+			}
+			if !c.new && c.old == nil {
+				c.old = s
+			}
+			c.new = false
+			delete(n.svcs, k)
+		case AddReal, UpdateReal, DelReal:
+			if !ok {
+				return fmt.Errorf("%s: no such service", op)
+			}
+			i := slices.IndexFunc(s.reals, func(r Real) bool { return r.Addr == op.Real.Addr })
+			switch {
+			case op.Kind == AddReal && i >= 0:
+				return fmt.Errorf("%s: real server exists", op)
+			case op.Kind != AddReal && i < 0:
+				return fmt.Errorf("%s: no such real server", op)
+			}
+			if err := NFTSupports(s.svc, []Real{op.Real}); err != nil && op.Kind != DelReal {
+				return fmt.Errorf("%s: %w", op, err)
+			}
+			switch op.Kind {
+			case AddReal:
+				s.reals = append(s.reals, op.Real)
+			case UpdateReal:
+				s.reals[i] = op.Real
+			case DelReal:
+				s.reals = slices.Delete(s.reals, i, i+1)
+			}
+			c.reals = true
+		}
+	}
+	for _, k := range order {
+		c := changes[k]
+		if c.old != nil {
+			n.delService(c.old)
+		}
+		s, ok := n.svcs[k]
+		switch {
+		case !ok:
+		case c.new:
+			n.addService(s)
+		case c.reals:
+			n.updateReals(s)
+		}
+	}
+	if err := n.conn.Flush(); err != nil {
+		// The kernel refused the whole transaction, so the model no
+		// longer matches it: start again from an empty table.
+		n.conn.DelTable(n.table)
+		_ = n.conn.Flush()
+		n.reset()
+		return fmt.Errorf("nftables transaction: %w", err)
+	}
+	return nil
+}
+
+func svcCounter(id int) string     { return fmt.Sprintf("c%d", id) }
+func realCounter(id, k int) string { return fmt.Sprintf("c%d_%d", id, k) }
+func realChain(id, k int) string   { return fmt.Sprintf("r%d_%d", id, k) }
+
+// Registers: the legacy 16-byte register 1 holds addresses and
+// concatenated map data, the 4-byte registers from 8 on hold keys.
+const (
+	reg1  = unix.NFT_REG_1
+	reg2  = unix.NFT_REG_2
+	reg8  = unix.NFT_REG32_00
+	reg16 = unix.NFT_REG32_08
+)
+
+var (
+	dispatch4 = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	dispatch6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
+)
+
+// addBase creates the table, the dispatch maps and the hooked chains.
+func (n *NFT) addBase() {
+	c := n.conn
+	c.AddTable(n.table)
+	for _, m := range []struct {
+		name string
+		key  nftables.SetDatatype
+	}{
+		{"svc4", dispatch4}, {"svc6", dispatch6}, {"fwm4", nftables.TypeMark}, {"fwm6", nftables.TypeMark},
+	} {
+		s := &nftables.Set{Table: n.table, Name: m.name, IsMap: true, KeyType: m.key, DataType: nftables.TypeVerdict}
+		if m.key == nftables.TypeMark {
+			s.KeyByteOrder = binaryutil.NativeEndian
+		} else {
+			s.Concatenation = true
+		}
+		_ = c.AddSet(s, nil)
+		n.maps[m.name] = s
+	}
+	accept := nftables.ChainPolicyAccept
+	hook := func(name string, typ nftables.ChainType, h *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+		return c.AddChain(&nftables.Chain{Name: name, Table: n.table, Type: typ, Hooknum: h, Priority: prio, Policy: &accept})
+	}
+	for _, ch := range []*nftables.Chain{
+		hook("prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest),
+		hook("output", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest),
+	} {
+		for _, fam := range []string{"4", "6"} {
+			six := fam == "6"
+			c.AddRule(&nftables.Rule{Table: n.table, Chain: ch, Exprs: dispatchExprs(six, n.maps["svc"+fam])})
+			c.AddRule(&nftables.Rule{Table: n.table, Chain: ch, Exprs: markExprs(six, n.maps["fwm"+fam])})
+		}
+	}
+	n.base = true
+}
+
+func nfproto(six bool) []expr.Any {
+	p := byte(unix.NFPROTO_IPV4)
+	if six {
+		p = unix.NFPROTO_IPV6
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{p}},
+	}
+}
+
+// dispatchExprs looks up daddr . l4proto . dport in m.
+func dispatchExprs(six bool, m *nftables.Set) []expr.Any {
+	alen, aoff := uint32(4), uint32(16)
+	if six {
+		alen, aoff = 16, 24
+	}
+	protoReg := reg8 + alen/4
+	return append(nfproto(six),
+		&expr.Payload{DestRegister: reg8, Base: expr.PayloadBaseNetworkHeader, Offset: aoff, Len: alen},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
+		&expr.Payload{DestRegister: protoReg + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: reg8, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
+}
+
+func markExprs(six bool, m *nftables.Set) []expr.Any {
+	return append(nfproto(six),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Lookup{SourceRegister: reg1, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
+}
+
+// dispatchKey is the dispatch maps' key for a service.
+func dispatchKey(k Key) []byte {
+	if k.FWMark != 0 {
+		return binaryutil.NativeEndian.PutUint32(k.FWMark)
+	}
+	a := k.Addr.Addr().AsSlice()
+	b := append(a, protoNum(k.Protocol), 0, 0, 0)
+	return append(b, byte(k.Addr.Port()>>8), byte(k.Addr.Port()), 0, 0)
+}
+
+func protoNum(p Protocol) byte {
+	switch p {
+	case UDP:
+		return unix.IPPROTO_UDP
+	case SCTP:
+		return unix.IPPROTO_SCTP
+	}
+	return unix.IPPROTO_TCP
+}
+
+func (n *NFT) dispatchMap(k Key) *nftables.Set {
+	name := "svc"
+	if k.FWMark != 0 {
+		name = "fwm"
+	}
+	if k.Is6() {
+		return n.maps[name+"6"]
+	}
+	return n.maps[name+"4"]
+}
+
+func (n *NFT) chain(name string) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: n.table}
+}
+
+func (n *NFT) addService(s *nsvc) {
+	c := n.conn
+	n.nextID++
+	s.id = n.nextID
+	s.idx = map[netip.AddrPort]int{}
+	s.nextRS = 0
+	c.AddObj(&nftables.CounterObj{Table: n.table, Name: svcCounter(s.id)})
+	s.slots = &nftables.Set{Table: n.table, Name: fmt.Sprintf("sl%d", s.id), IsMap: true,
+		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
+	_ = c.AddSet(s.slots, nil)
+	s.pers = map[netip.AddrPort]*nftables.Set{}
+	for _, r := range s.reals {
+		n.addReal(s, r)
+	}
+	n.fillSlots(s)
+	sc := c.AddChain(n.chain(fmt.Sprintf("s%d", s.id)))
+	n.serviceRules(s, sc)
+	_ = c.SetAddElements(n.dispatchMap(s.svc.Key), []nftables.SetElement{{
+		Key: dispatchKey(s.svc.Key), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: sc.Name}}})
+}
+
+func (n *NFT) delService(s *nsvc) {
+	c := n.conn
+	_ = c.SetDeleteElements(n.dispatchMap(s.svc.Key), []nftables.SetElement{{Key: dispatchKey(s.svc.Key)}})
+	sc := n.chain(fmt.Sprintf("s%d", s.id))
+	c.FlushChain(sc)
+	c.DelChain(sc)
+	c.DelSet(s.slots)
+	for a := range s.idx {
+		n.delReal(s, a)
+	}
+	c.DeleteObject(&nftables.CounterObj{Table: n.table, Name: svcCounter(s.id)})
+}
+
+// updateReals adds and removes real-server chains and rewrites the slot
+// map and the scheduling rule, whose modulus follows the weights.
+func (n *NFT) updateReals(s *nsvc) {
+	c := n.conn
+	for _, r := range s.reals {
+		if _, ok := s.idx[r.Addr]; !ok {
+			n.addReal(s, r)
+		}
+	}
+	c.FlushSet(s.slots)
+	n.fillSlots(s)
+	sc := n.chain(fmt.Sprintf("s%d", s.id))
+	c.FlushChain(sc)
+	n.serviceRules(s, sc)
+	for a := range s.idx {
+		if !slices.ContainsFunc(s.reals, func(r Real) bool { return r.Addr == a }) {
+			// Its persistent clients go with it and are scheduled afresh.
+			n.delReal(s, a)
+			delete(s.idx, a)
+		}
+	}
+}
+
+func (n *NFT) delReal(s *nsvc, a netip.AddrPort) {
+	c := n.conn
+	k := s.idx[a]
+	rc := n.chain(realChain(s.id, k))
+	c.FlushChain(rc)
+	c.DelChain(rc)
+	c.DeleteObject(&nftables.CounterObj{Table: n.table, Name: realCounter(s.id, k)})
+	if ps := s.pers[a]; ps != nil {
+		c.DelSet(ps)
+		delete(s.pers, a)
+	}
+}
+
+func (n *NFT) addReal(s *nsvc, r Real) {
+	c := n.conn
+	k := s.nextRS
+	s.nextRS++
+	s.idx[r.Addr] = k
+	c.AddObj(&nftables.CounterObj{Table: n.table, Name: realCounter(s.id, k)})
+	rc := c.AddChain(n.chain(realChain(s.id, k)))
+	fam := uint32(unix.NFPROTO_IPV4)
+	if r.Addr.Addr().Is6() {
+		fam = unix.NFPROTO_IPV6
+	}
+	var e []expr.Any
+	if s.svc.Persistence > 0 {
+		kt := nftables.TypeIPAddr
+		if s.svc.Is6() {
+			kt = nftables.TypeIP6Addr
+		}
+		ps := &nftables.Set{Table: n.table, Name: fmt.Sprintf("p%d_%d", s.id, k), HasTimeout: true, Dynamic: true,
+			Timeout: s.svc.Persistence, KeyType: kt}
+		_ = c.AddSet(ps, nil)
+		s.pers[r.Addr] = ps
+		e = append(saddr(s.svc, reg1),
+			&expr.Dynset{SrcRegKey: reg1, SetName: ps.Name, SetID: ps.ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: s.svc.Persistence})
+	}
+	e = append(e,
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: realCounter(s.id, k)},
+		&expr.Immediate{Register: reg1, Data: r.Addr.Addr().AsSlice()})
+	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg1}
+	if r.Addr.Port() != 0 {
+		e = append(e, &expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(r.Addr.Port())})
+		nat.RegProtoMin, nat.Specified = reg2, true
+	}
+	c.AddRule(&nftables.Rule{Table: n.table, Chain: rc, Exprs: append(e, nat)})
+}
+
+// slotOrder spreads the real servers over slots in proportion to their
+// weights, interleaved (smooth weighted round robin) so that numgen's
+// sequence alternates servers as IPVS's wrr does. The order depends only
+// on addresses and weights, so two directors with the same configuration
+// hash a client to the same server.
+// rr gives every server with a weight one slot.
+func slotOrder(sched string, reals []Real) []netip.AddrPort {
+	rs := slices.Clone(reals)
+	rs = slices.DeleteFunc(rs, func(r Real) bool { return r.Weight <= 0 })
+	if sched == "rr" {
+		for i := range rs {
+			rs[i].Weight = 1
+		}
+	}
+	slices.SortFunc(rs, func(a, b Real) int { return a.Addr.Compare(b.Addr) })
+	if len(rs) == 0 {
+		return nil
+	}
+	g, sum := 0, 0
+	for _, r := range rs {
+		g = gcd(g, r.Weight)
+	}
+	w := make([]int, len(rs))
+	for i, r := range rs {
+		w[i] = r.Weight / g
+		sum += w[i]
+	}
+	if sum > MaxSlots {
+		total := sum
+		sum = 0
+		for i := range w {
+			w[i] = max(1, w[i]*MaxSlots/total)
+			sum += w[i]
+		}
+	}
+	out := make([]netip.AddrPort, 0, sum)
+	cur := make([]int, len(rs))
+	for range sum {
+		best := 0
+		for i := range rs {
+			cur[i] += w[i]
+			if cur[i] > cur[best] {
+				best = i
+			}
+		}
+		cur[best] -= sum
+		out = append(out, rs[best].Addr)
+	}
+	return out
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+func (n *NFT) fillSlots(s *nsvc) {
+	order := slotOrder(s.svc.Scheduler, s.reals)
+	els := make([]nftables.SetElement, len(order))
+	for i, a := range order {
+		els[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
+			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: realChain(s.id, s.idx[a])}}
+	}
+	if len(els) > 0 {
+		_ = n.conn.SetAddElements(s.slots, els)
+	}
+}
+
+// saddr loads the (masked) client address into reg.
+func saddr(svc Service, reg uint32) []expr.Any {
+	six := svc.Is6()
+	off, l := uint32(12), uint32(4)
+	if six {
+		off, l = 8, 16
+	}
+	// The protocol match lets nft list show "ip saddr".
+	e := append(nfproto(six), &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: l})
+	if bits := svc.persistenceBits(); svc.Persistence > 0 && bits < int(l*8) {
+		e = append(e, &expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: l,
+			Mask: prefixMask(int(l), bits), Xor: make([]byte, l)})
+	}
+	return e
+}
+
+func prefixMask(size, bits int) []byte {
+	b := make([]byte, size)
+	for i := range bits {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	return b
+}
+
+func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
+	c := n.conn
+	six := s.svc.Is6()
+	c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: []expr.Any{
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: svcCounter(s.id)}}})
+	// Persistent clients first, to the server they had (in address
+	// order, so a client in two sets after a weight change is stable).
+	for _, r := range sortedReals(s.reals) {
+		if ps := s.pers[r.Addr]; ps != nil {
+			e := append(saddr(s.svc, reg1),
+				&expr.Lookup{SourceRegister: reg1, SetName: ps.Name, SetID: ps.ID},
+				&expr.Verdict{Kind: expr.VerdictGoto, Chain: realChain(s.id, s.idx[r.Addr])})
+			c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: e})
+		}
+	}
+	slots := uint32(len(slotOrder(s.svc.Scheduler, s.reals)))
+	if slots > 0 {
+		var e []expr.Any
+		if s.svc.Scheduler == "sh" {
+			e = saddr(Service{Key: s.svc.Key}, reg8)
+			l := uint32(4)
+			if six {
+				l = 16
+			}
+			if s.svc.Flags&FlagSched2 != 0 {
+				e = append(e, &expr.Payload{DestRegister: reg8 + l/4, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2})
+				l += 4
+			}
+			e = append(e, &expr.Hash{SourceRegister: reg8, DestRegister: reg1, Length: l, Modulus: slots,
+				Seed: seed(s.svc.Key), Type: expr.HashTypeJenkins})
+		} else {
+			e = []expr.Any{&expr.Numgen{Register: reg1, Modulus: slots, Type: unix.NFT_NG_INCREMENTAL}}
+		}
+		e = append(e, &expr.Lookup{SourceRegister: reg1, SetName: s.slots.Name, SetID: s.slots.ID, DestRegister: 0, IsDestRegSet: true})
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: e})
+	}
+	// No server with weight: refuse rather than deliver to the director.
+	c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}})
+}
+
+func sortedReals(rs []Real) []Real {
+	out := slices.Clone(rs)
+	slices.SortFunc(out, func(a, b Real) int { return a.Addr.Compare(b.Addr) })
+	return out
+}
+
+// seed is sh's hash seed: fixed by the service, so both directors and
+// every restart hash alike.
+func seed(k Key) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(k.String()))
+	return h.Sum32()
+}
+
+// Conns counts conntrack entries of a real server of a service, for
+// draining: established TCP ones are active, the rest inactive.
+func (n *NFT) Conns(k Key, addr netip.AddrPort) (active, inactive int, err error) {
+	return conntrackConns(n.nl, k, addr)
+}

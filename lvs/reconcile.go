@@ -1,0 +1,466 @@
+package lvs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+)
+
+// VirtualServer is a virtual service as configured.
+type VirtualServer struct {
+	Service
+	Name  string
+	Reals []Real
+	// Sorry takes all traffic while the live weight is below Quorum.
+	Sorry *Real
+	// Quorum is the least total weight of live real servers the service
+	// needs (default 1); Hysteresis keeps it from flapping around it.
+	Quorum     int
+	Hysteresis int
+	// InhibitOnFailure keeps a failed real server at weight 0 instead of
+	// removing it.
+	InhibitOnFailure bool
+	// DrainTimeout bounds how long a removed real server drains at weight
+	// 0 before it is deleted with connections still open. 0: no bound.
+	DrainTimeout time.Duration
+}
+
+// Health is what the health checks say of one real server.
+type Health struct {
+	Up bool
+	// Weight, when not negative, replaces the configured weight (dynamic
+	// weights of exec checks).
+	Weight int
+}
+
+type realKey struct {
+	svc  Key
+	addr netip.AddrPort
+}
+
+// Reconciler keeps a Dataplane equal to the configured table: it lists
+// what the kernel has, diffs, and applies only the difference. It owns
+// only the services it created or that the configuration names, so a
+// hand-made ipvsadm rule survives.
+type Reconciler struct {
+	dp  Dataplane
+	log *slog.Logger
+	now func() time.Time
+	// ownedFile remembers owned services across a crash ("" = memory only).
+	ownedFile string
+
+	mu       sync.Mutex
+	desired  []VirtualServer
+	health   map[realKey]Health
+	owned    map[Key]bool
+	draining map[realKey]time.Time
+	quorumUp map[Key]bool
+	flush    bool // lvs_flush: remove foreign services at the next reconcile
+	last     Result
+	kick     chan struct{}
+}
+
+// Options configure a Reconciler.
+type Options struct {
+	Logger *slog.Logger
+	// Now is the clock (tests); time.Now when nil.
+	Now func() time.Time
+	// OwnedFile keeps the list of owned services, so that a restarted
+	// daemon removes what its crashed predecessor made.
+	OwnedFile string
+	// Flush removes every virtual service not configured at the first
+	// reconcile, ours or not (keepalived's lvs_flush).
+	Flush bool
+}
+
+// Result is what one reconcile did.
+type Result struct {
+	Ops      int       `json:"ops"`
+	At       time.Time `json:"at"`
+	Duration string    `json:"duration"`
+	Err      string    `json:"error,omitempty"`
+}
+
+// NewReconciler returns a reconciler for dp with an empty desired table.
+func NewReconciler(dp Dataplane, o Options) (*Reconciler, error) {
+	r := &Reconciler{
+		dp: dp, log: o.Logger, now: o.Now, ownedFile: o.OwnedFile, flush: o.Flush,
+		health: map[realKey]Health{}, owned: map[Key]bool{}, draining: map[realKey]time.Time{},
+		quorumUp: map[Key]bool{}, kick: make(chan struct{}, 1),
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.ownedFile != "" {
+		b, err := os.ReadFile(r.ownedFile)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return nil, fmt.Errorf("read owned services: %w", err)
+		default:
+			var keys []Key
+			if err := json.Unmarshal(b, &keys); err != nil {
+				return nil, fmt.Errorf("read owned services %s: %w", r.ownedFile, err)
+			}
+			for _, k := range keys {
+				r.owned[k] = true
+			}
+		}
+	}
+	return r, nil
+}
+
+// Dataplane returns the data plane the reconciler programs.
+func (r *Reconciler) Dataplane() Dataplane { return r.dp }
+
+// Set replaces the desired table. It does not touch the kernel: call
+// Reconcile, or let Run do it.
+func (r *Reconciler) Set(vss []VirtualServer) {
+	r.mu.Lock()
+	r.desired = slices.Clone(vss)
+	keep := map[realKey]bool{}
+	for _, vs := range vss {
+		for _, rl := range vs.Reals {
+			keep[realKey{vs.Key, rl.Addr}] = true
+		}
+	}
+	for k := range r.health {
+		if !keep[k] {
+			delete(r.health, k)
+		}
+	}
+	r.mu.Unlock()
+	r.Kick()
+}
+
+// SetHealth records a health check's verdict on one real server.
+func (r *Reconciler) SetHealth(svc Key, addr netip.AddrPort, h Health) {
+	r.mu.Lock()
+	r.health[realKey{svc, addr}] = h
+	r.mu.Unlock()
+	r.Kick()
+}
+
+// Kick asks Run for a reconcile now.
+func (r *Reconciler) Kick() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles whenever asked and every interval, which repairs hand
+// edits and finishes drains. On return it removes what it owns, as
+// keepalived does at exit.
+func (r *Reconciler) Run(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if _, err := r.Reconcile(); err != nil {
+			r.log.Error("lvs reconcile failed; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return r.Shutdown()
+		case <-t.C:
+		case <-r.kick:
+		}
+	}
+}
+
+// Shutdown removes every service the reconciler owns.
+func (r *Reconciler) Shutdown() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	have, err := r.dp.List()
+	if err != nil {
+		return fmt.Errorf("list %s: %w", r.dp.Name(), err)
+	}
+	var ops []Op
+	for _, e := range have {
+		if r.owned[e.Key] {
+			ops = append(ops, Op{Kind: DelService, Service: e.Service})
+		}
+	}
+	if err := r.dp.Apply(ops); err != nil {
+		return fmt.Errorf("remove virtual services: %w", err)
+	}
+	r.owned = map[Key]bool{}
+	r.saveOwned()
+	r.log.Info("virtual services removed", "count", len(ops))
+	return nil
+}
+
+// Last is the result of the latest reconcile.
+func (r *Reconciler) Last() Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last
+}
+
+// Reconcile makes the kernel match the desired table and returns the
+// number of operations it took.
+func (r *Reconciler) Reconcile() (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	start := r.now()
+	n, err := r.reconcile()
+	r.last = Result{Ops: n, At: start, Duration: r.now().Sub(start).String()}
+	if err != nil {
+		r.last.Err = err.Error()
+	}
+	return n, err
+}
+
+func (r *Reconciler) reconcile() (int, error) {
+	have, err := r.dp.List()
+	if err != nil {
+		return 0, fmt.Errorf("list %s: %w", r.dp.Name(), err)
+	}
+	byKey := make(map[Key]*Entry, len(have))
+	for i := range have {
+		byKey[have[i].Key] = &have[i]
+	}
+	now := r.now()
+	var ops []Op
+	wanted := map[Key]bool{}
+	ownedBefore := len(r.owned)
+	for _, vs := range r.desired {
+		svc := vs.Service.normal()
+		wanted[svc.Key] = true
+		cur, exists := byKey[svc.Key]
+		switch {
+		case !exists:
+			ops = append(ops, Op{Kind: AddService, Service: svc})
+			cur = &Entry{Service: svc}
+		case cur.Service.normal() != svc:
+			ops = append(ops, Op{Kind: UpdateService, Service: svc})
+		}
+		r.owned[svc.Key] = true
+		ops = append(ops, r.realOps(vs, svc, cur, now)...)
+	}
+	for _, e := range have {
+		if wanted[e.Key] || !(r.owned[e.Key] || r.flush) {
+			continue
+		}
+		ops = append(ops, Op{Kind: DelService, Service: e.Service})
+		delete(r.owned, e.Key)
+		for k := range r.draining {
+			if k.svc == e.Key {
+				delete(r.draining, k)
+			}
+		}
+	}
+	// Owned services that vanished from the kernel are no longer ours
+	// to track unless configured.
+	for k := range r.owned {
+		if _, ok := byKey[k]; !ok && !wanted[k] {
+			delete(r.owned, k)
+		}
+	}
+	r.flush = false
+	if len(r.owned) != ownedBefore || len(ops) > 0 {
+		r.saveOwned()
+	}
+	if len(ops) == 0 {
+		return 0, nil
+	}
+	for _, op := range ops {
+		r.log.Debug("lvs", "op", op.String())
+	}
+	if err := r.dp.Apply(ops); err != nil {
+		return len(ops), fmt.Errorf("apply to %s: %w", r.dp.Name(), err)
+	}
+	return len(ops), nil
+}
+
+// realOps diffs one service's real servers. Removed servers drain at
+// weight 0 and are deleted once idle or after DrainTimeout; failed ones
+// go at once (or stay at weight 0 with InhibitOnFailure).
+func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, now time.Time) []Op {
+	want, failed := r.effective(vs)
+	var ops []Op
+	for _, w := range want {
+		rk := realKey{svc.Key, w.Addr}
+		delete(r.draining, rk)
+		c, ok := cur.Real(w.Addr)
+		switch {
+		case !ok:
+			ops = append(ops, Op{Kind: AddReal, Service: svc, Real: w})
+		case c.Real != w:
+			ops = append(ops, Op{Kind: UpdateReal, Service: svc, Real: w})
+		}
+	}
+	for _, c := range cur.Reals {
+		if slices.ContainsFunc(want, func(w Real) bool { return w.Addr == c.Addr }) {
+			continue
+		}
+		rk := realKey{svc.Key, c.Addr}
+		if failed[c.Addr] {
+			ops = append(ops, Op{Kind: DelReal, Service: svc, Real: c.Real})
+			delete(r.draining, rk)
+			continue
+		}
+		since, ok := r.draining[rk]
+		if !ok {
+			since = now
+			r.draining[rk] = now
+		}
+		if cc, ok := r.dp.(ConnCounter); ok && c.Weight == 0 {
+			a, i, err := cc.Conns(svc.Key, c.Addr)
+			if err != nil {
+				// Unknown counts keep the server until the timeout.
+				r.log.Warn("cannot count connections of a draining real server", "real", c.Addr.String(), "err", err)
+				a = 1
+			}
+			c.Active, c.Inactive = a, i
+		}
+		switch {
+		case c.Weight != 0:
+			q := c.Real
+			q.Weight = 0
+			ops = append(ops, Op{Kind: UpdateReal, Service: svc, Real: q})
+			r.log.Info("real server draining", "service", svc.Key.String(), "real", c.Addr.String(),
+				"active", c.Active, "inactive", c.Inactive)
+		case c.Active+c.Inactive == 0 || (vs.DrainTimeout > 0 && now.Sub(since) >= vs.DrainTimeout):
+			ops = append(ops, Op{Kind: DelReal, Service: svc, Real: c.Real})
+			delete(r.draining, rk)
+			r.log.Info("real server removed after draining", "service", svc.Key.String(), "real", c.Addr.String(),
+				"active", c.Active, "inactive", c.Inactive, "drained", now.Sub(since).String())
+		}
+	}
+	return ops
+}
+
+// effective is the set of real servers vs should have now, given health
+// and quorum, and the ones to delete without draining.
+func (r *Reconciler) effective(vs VirtualServer) (want []Real, failed map[netip.AddrPort]bool) {
+	failed = map[netip.AddrPort]bool{}
+	live := 0
+	var up, down []Real
+	for _, rl := range vs.Reals {
+		h, ok := r.health[realKey{vs.Key, rl.Addr}]
+		if ok && !h.Up {
+			down = append(down, rl)
+			continue
+		}
+		if ok && h.Weight >= 0 {
+			rl.Weight = h.Weight
+		}
+		live += rl.Weight
+		up = append(up, rl)
+	}
+	quorum := max(vs.Quorum, 1)
+	qUp, known := r.quorumUp[vs.Key]
+	switch {
+	case !known:
+		qUp = live >= quorum
+	case qUp && live < quorum-vs.Hysteresis:
+		qUp = false
+	case !qUp && live >= quorum+vs.Hysteresis:
+		qUp = true
+	}
+	if known && qUp != r.quorumUp[vs.Key] {
+		if qUp {
+			r.log.Info("quorum regained", "service", vs.Key.String(), "live_weight", live, "quorum", quorum)
+		} else {
+			r.log.Warn("quorum lost", "service", vs.Key.String(), "live_weight", live, "quorum", quorum,
+				"sorry_server", vs.Sorry != nil)
+		}
+	}
+	r.quorumUp[vs.Key] = qUp
+	for _, rl := range down {
+		if vs.InhibitOnFailure {
+			rl.Weight = 0
+			up = append(up, rl)
+		} else {
+			failed[rl.Addr] = true
+		}
+	}
+	if vs.Sorry == nil {
+		return up, failed
+	}
+	if qUp {
+		failed[vs.Sorry.Addr] = true
+		return up, failed
+	}
+	// Below quorum the sorry server takes everything, as in keepalived.
+	for _, rl := range up {
+		failed[rl.Addr] = true
+	}
+	return []Real{*vs.Sorry}, failed
+}
+
+// normal fills defaults so that a configured service and one read back
+// from the kernel compare equal.
+func (s Service) normal() Service {
+	if s.Persistence == 0 {
+		s.PersistenceBits = 0
+	} else {
+		s.PersistenceBits = s.persistenceBits()
+	}
+	return s
+}
+
+func (r *Reconciler) saveOwned() {
+	if r.ownedFile == "" {
+		return
+	}
+	keys := make([]Key, 0, len(r.owned))
+	for k := range r.owned {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b Key) int {
+		if a.sortKey() < b.sortKey() {
+			return -1
+		}
+		if a.sortKey() > b.sortKey() {
+			return 1
+		}
+		return 0
+	})
+	b, _ := json.Marshal(keys)
+	tmp := r.ownedFile + ".tmp"
+	if err := os.MkdirAll(filepath.Dir(r.ownedFile), 0o700); err == nil {
+		if err = os.WriteFile(tmp, b, 0o600); err == nil {
+			err = os.Rename(tmp, r.ownedFile)
+		}
+		if err != nil {
+			r.log.Warn("cannot record owned virtual services", "file", r.ownedFile, "err", err)
+		}
+	}
+}
+
+// QuorumUp reports each configured service's quorum state.
+func (r *Reconciler) QuorumUp() map[Key]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[Key]bool, len(r.quorumUp))
+	for k, v := range r.quorumUp {
+		out[k] = v
+	}
+	return out
+}
+
+// Draining lists the real servers being drained, by service.
+func (r *Reconciler) Draining() map[Key][]netip.AddrPort {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[Key][]netip.AddrPort{}
+	for k := range r.draining {
+		out[k.svc] = append(out[k.svc], k.addr)
+	}
+	return out
+}

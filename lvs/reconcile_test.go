@@ -1,0 +1,310 @@
+package lvs
+
+import (
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+)
+
+var (
+	web  = Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.100:80")}
+	dns  = Key{Protocol: UDP, Addr: netip.MustParseAddrPort("192.0.2.100:53")}
+	rs1  = netip.MustParseAddrPort("203.0.113.11:8080")
+	rs2  = netip.MustParseAddrPort("203.0.113.12:8080")
+	rs3  = netip.MustParseAddrPort("203.0.113.13:8080")
+	sorr = netip.MustParseAddrPort("203.0.113.99:8080")
+)
+
+func real(a netip.AddrPort, w int) Real { return Real{Addr: a, Weight: w, Method: NAT} }
+
+func webVS(reals ...Real) VirtualServer {
+	return VirtualServer{Name: "web", Service: Service{Key: web, Scheduler: "wrr"}, Reals: reals}
+}
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+func newRec(t *testing.T, f *Fake, o Options) (*Reconciler, *clock) {
+	t.Helper()
+	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	o.Now = c.now
+	r, err := NewReconciler(f, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, c
+}
+
+// step reconciles and checks the operations it issued.
+func step(t *testing.T, r *Reconciler, f *Fake, want ...string) {
+	t.Helper()
+	before := len(f.Ops)
+	n, err := r.Reconcile()
+	if err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	var got []string
+	for _, op := range f.Ops[before:] {
+		got = append(got, op.String())
+	}
+	if n != len(got) || !slices.Equal(got, want) {
+		t.Fatalf("reconcile issued %d ops:\n%q\nwant:\n%q", n, got, want)
+	}
+}
+
+func TestReconcileDiffs(t *testing.T) {
+	f := NewFake()
+	r, _ := newRec(t, f, Options{})
+	r.Set([]VirtualServer{webVS(real(rs1, 1), real(rs2, 2))})
+	step(t, r, f,
+		"add-service tcp 192.0.2.100:80 wrr",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
+	step(t, r, f) // no change: no operation
+
+	r.Set([]VirtualServer{webVS(real(rs1, 1), real(rs2, 3))})
+	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 3 nat")
+
+	vs := webVS(real(rs1, 1), real(rs2, 3))
+	vs.Scheduler = "sh"
+	vs.Flags = FlagSched1 | FlagSched2
+	r.Set([]VirtualServer{vs})
+	step(t, r, f, "update-service tcp 192.0.2.100:80 sh")
+	step(t, r, f)
+
+	// Persistence granularity defaults to a single address: a service
+	// read back with /32 is the same service.
+	vs.Persistence = 300 * time.Second
+	r.Set([]VirtualServer{vs})
+	step(t, r, f, "update-service tcp 192.0.2.100:80 sh")
+	es, _ := f.List()
+	if es[0].PersistenceBits != 32 {
+		t.Fatalf("persistence bits %d, want 32", es[0].PersistenceBits)
+	}
+	step(t, r, f)
+
+	r.Set([]VirtualServer{vs, {Service: Service{Key: dns, Scheduler: "rr", OnePacket: true}, Reals: []Real{real(netip.MustParseAddrPort("203.0.113.11:53"), 1)}}})
+	step(t, r, f,
+		"add-service udp 192.0.2.100:53 rr",
+		"add-real udp 192.0.2.100:53 -> 203.0.113.11:53 weight 1 nat")
+
+	// A removed service goes at once, with its real servers.
+	r.Set([]VirtualServer{vs})
+	step(t, r, f, "del-service udp 192.0.2.100:53 rr")
+}
+
+func TestReconcileOwnership(t *testing.T) {
+	f := NewFake()
+	hand := Entry{Service: Service{Key: Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.200:443")}, Scheduler: "rr"},
+		Reals: []RealState{{Real: real(rs3, 1)}}}
+	f.Put(hand)
+	own := filepath.Join(t.TempDir(), "owned.json")
+	r, _ := newRec(t, f, Options{OwnedFile: own})
+	r.Set([]VirtualServer{webVS(real(rs1, 1))})
+	step(t, r, f,
+		"add-service tcp 192.0.2.100:80 wrr",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat")
+
+	// The daemon dies without cleaning up; its successor has no
+	// virtual servers configured and removes what the first one made,
+	// not the hand-made rule.
+	r2, _ := newRec(t, f, Options{OwnedFile: own})
+	step(t, r2, f, "del-service tcp 192.0.2.100:80 wrr")
+	es, _ := f.List()
+	if len(es) != 1 || es[0].Key != hand.Key {
+		t.Fatalf("kernel holds %+v, want only the hand-made service", es)
+	}
+
+	// A configured service that already exists is adopted, not re-added.
+	r3, _ := newRec(t, f, Options{})
+	r3.Set([]VirtualServer{{Service: hand.Service, Reals: []Real{real(rs3, 1)}}})
+	step(t, r3, f)
+	if err := r3.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if es, _ := f.List(); len(es) != 0 {
+		t.Fatalf("adopted service left after shutdown: %+v", es)
+	}
+
+	// lvs_flush removes foreign services once.
+	f.Put(hand)
+	r4, _ := newRec(t, f, Options{Flush: true})
+	r4.Set([]VirtualServer{webVS(real(rs1, 1))})
+	step(t, r4, f,
+		"add-service tcp 192.0.2.100:80 wrr",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
+		"del-service tcp 192.0.2.200:443 rr")
+	f.Put(hand)
+	step(t, r4, f)
+}
+
+func TestReconcileDrain(t *testing.T) {
+	f := NewFake()
+	r, c := newRec(t, f, Options{})
+	vs := webVS(real(rs1, 1), real(rs2, 2))
+	vs.DrainTimeout = time.Minute
+	r.Set([]VirtualServer{vs})
+	step(t, r, f,
+		"add-service tcp 192.0.2.100:80 wrr",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
+	f.SetConns(web, rs2, 3, 1)
+	f.SetConns(web, rs1, 2, 0)
+
+	// rs2 leaves the configuration: weight 0 first, kept while it has
+	// connections, deleted when they are gone.
+	vs.Reals = []Real{real(rs1, 1)}
+	r.Set([]VirtualServer{vs})
+	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 0 nat")
+	c.advance(10 * time.Second)
+	step(t, r, f)
+	if d := r.Draining()[web]; len(d) != 1 || d[0] != rs2 {
+		t.Fatalf("draining %v", d)
+	}
+	f.SetConns(web, rs2, 0, 0)
+	step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 0 nat")
+	if len(r.Draining()) != 0 {
+		t.Fatalf("still draining %v", r.Draining())
+	}
+
+	// rs1 leaves with connections that never end: deleted after the
+	// drain timeout.
+	vs.Reals = nil
+	r.Set([]VirtualServer{vs})
+	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 0 nat")
+	c.advance(59 * time.Second)
+	step(t, r, f)
+	c.advance(time.Second)
+	step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 0 nat")
+
+	// Coming back while draining cancels the drain.
+	vs.Reals = []Real{real(rs1, 1)}
+	r.Set([]VirtualServer{vs})
+	step(t, r, f, "add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat")
+	f.SetConns(web, rs1, 1, 0)
+	vs.Reals = nil
+	r.Set([]VirtualServer{vs})
+	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 0 nat")
+	vs.Reals = []Real{real(rs1, 1)}
+	r.Set([]VirtualServer{vs})
+	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat")
+	if len(r.Draining()) != 0 {
+		t.Fatalf("still draining %v", r.Draining())
+	}
+}
+
+func TestReconcileHealth(t *testing.T) {
+	for _, inhibit := range []bool{false, true} {
+		f := NewFake()
+		r, _ := newRec(t, f, Options{})
+		vs := webVS(real(rs1, 1), real(rs2, 2))
+		vs.InhibitOnFailure = inhibit
+		r.Set([]VirtualServer{vs})
+		step(t, r, f,
+			"add-service tcp 192.0.2.100:80 wrr",
+			"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
+			"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
+		f.SetConns(web, rs2, 5, 5)
+		r.SetHealth(web, rs2, Health{Up: false, Weight: -1})
+		if inhibit {
+			step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 0 nat")
+		} else {
+			// A failed server goes at once, connections or not.
+			step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
+		}
+		step(t, r, f)
+		r.SetHealth(web, rs2, Health{Up: true, Weight: -1})
+		if inhibit {
+			step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
+		} else {
+			step(t, r, f, "add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
+		}
+		// A dynamic weight from an exec check replaces the configured one.
+		r.SetHealth(web, rs1, Health{Up: true, Weight: 7})
+		step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 7 nat")
+	}
+}
+
+func TestReconcileQuorum(t *testing.T) {
+	f := NewFake()
+	r, _ := newRec(t, f, Options{})
+	vs := webVS(real(rs1, 1), real(rs2, 1), real(rs3, 1))
+	vs.Quorum = 2
+	s := real(sorr, 1)
+	vs.Sorry = &s
+	r.Set([]VirtualServer{vs})
+	step(t, r, f,
+		"add-service tcp 192.0.2.100:80 wrr",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.13:8080 weight 1 nat")
+	r.SetHealth(web, rs1, Health{Up: false, Weight: -1})
+	step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat")
+	if !r.QuorumUp()[web] {
+		t.Fatal("quorum lost at live weight 2, quorum 2")
+	}
+	// Live weight 1 < quorum 2: the sorry server takes over alone.
+	r.SetHealth(web, rs2, Health{Up: false, Weight: -1})
+	step(t, r, f,
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.99:8080 weight 1 nat",
+		"del-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat",
+		"del-real tcp 192.0.2.100:80 -> 203.0.113.13:8080 weight 1 nat")
+	if r.QuorumUp()[web] {
+		t.Fatal("quorum still up")
+	}
+	step(t, r, f)
+	r.SetHealth(web, rs2, Health{Up: true, Weight: -1})
+	step(t, r, f,
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.13:8080 weight 1 nat",
+		"del-real tcp 192.0.2.100:80 -> 203.0.113.99:8080 weight 1 nat")
+
+	// With hysteresis 1 the quorum is lost below 1 and regained at 3.
+	vs.Hysteresis = 1
+	r.Set([]VirtualServer{vs})
+	r.SetHealth(web, rs2, Health{Up: false, Weight: -1})
+	step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat")
+	if !r.QuorumUp()[web] {
+		t.Fatal("hysteresis: quorum lost at live weight 1")
+	}
+	r.SetHealth(web, rs3, Health{Up: false, Weight: -1})
+	step(t, r, f,
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.99:8080 weight 1 nat",
+		"del-real tcp 192.0.2.100:80 -> 203.0.113.13:8080 weight 1 nat")
+	r.SetHealth(web, rs3, Health{Up: true, Weight: -1})
+	r.SetHealth(web, rs2, Health{Up: true, Weight: -1})
+	step(t, r, f) // live 2 < quorum 2 + hysteresis 1: still down
+	r.SetHealth(web, rs1, Health{Up: true, Weight: -1})
+	step(t, r, f,
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat",
+		"add-real tcp 192.0.2.100:80 -> 203.0.113.13:8080 weight 1 nat",
+		"del-real tcp 192.0.2.100:80 -> 203.0.113.99:8080 weight 1 nat")
+}
+
+func TestReconcileRetriesAfterFailure(t *testing.T) {
+	f := NewFake()
+	r, _ := newRec(t, f, Options{})
+	fail := true
+	f.Fail = func(op Op) error {
+		if fail && op.Kind == AddReal && op.Real.Addr == rs2 {
+			return errors.New("ENOMEM")
+		}
+		return nil
+	}
+	r.Set([]VirtualServer{webVS(real(rs1, 1), real(rs2, 2))})
+	if _, err := r.Reconcile(); err == nil {
+		t.Fatal("no error from a failed apply")
+	}
+	if r.Last().Err == "" {
+		t.Fatal("failure not recorded")
+	}
+	fail = false
+	step(t, r, f, "add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
+	step(t, r, f)
+}
