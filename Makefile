@@ -4,20 +4,30 @@ STATICCHECK_VERSION ?= v0.8.2
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS = -X main.version=$(VERSION)
 
-.PHONY: all build test test-race lint demo bench bench-failover clean clean-lab
+.PHONY: all build test test-race test-ipvs guest-kernel lint demo bench bench-failover clean clean-lab
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/directord ./cmd/directorctl
 
-# Unit tests and the network-namespace integration tests (root needed;
-# without root they skip, except under CI=true where they fail).
-test:
+# Unit tests, the network-namespace integration tests (root needed;
+# without root they skip, except under CI=true where they fail) and the
+# IPVS tests, which boot Debian's kernel in qemu (test-ipvs).
+test: guest-kernel
 	$(GO) test -count=1 ./...
 
+# The IPVS data plane's tests, inside Debian's kernel under qemu: this
+# machine's kernel may have no IPVS.
+test-ipvs: guest-kernel
+	$(GO) test -count=1 -v -run TestIPVSInGuest ./internal/guest
+
+# Debian's current kernel package, unpacked (not installed) for the guest.
+guest-kernel:
+	./internal/guest/fetch-kernel.sh .cache/guest
+
 # The same with the race detector in the tests and in the daemons they run.
-test-race:
+test-race: guest-kernel
 	GORACE=atexit_sleep_ms=0 DIRECTORD_RACE=1 $(GO) test -race -count=1 ./...
 
 lint:
@@ -39,7 +49,7 @@ bench-failover: build
 	$(GO) run ./internal/bench/failover -bin bin
 
 clean:
-	rm -rf bin
+	rm -rf bin .cache
 
 # Removes lab namespaces left behind by a test run that was killed (-9).
 # Do not run it while tests run: it cannot tell theirs from leftovers.

@@ -1,0 +1,206 @@
+package lvs
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/ipvs"
+)
+
+// These tests need a kernel with IPVS. The machines' own kernels have
+// none, so make test-ipvs (part of make test) boots Debian's kernel in
+// qemu with this package's test binary and runs them there; see
+// internal/guest. Outside the guest they skip and say so.
+func guestIPVS(t *testing.T) *IPVS {
+	t.Helper()
+	if os.Getenv("DIRECTORD_IPVS_GUEST") != "1" {
+		t.Skip("runs inside the qemu guest with Debian's kernel: make test-ipvs (part of make test)")
+	}
+	d, err := NewIPVS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.h.(*ipvs.Handle).Flush()
+		d.Close()
+	})
+	if err := d.h.(*ipvs.Handle).Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func guestRec(t *testing.T, d Dataplane) *Reconciler {
+	t.Helper()
+	r, err := NewReconciler(d, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func reconcileN(t *testing.T, r *Reconciler, want int) {
+	t.Helper()
+	n, err := r.Reconcile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != want {
+		t.Fatalf("reconcile took %d operations, want %d", n, want)
+	}
+}
+
+// sameAsKernel checks that what the kernel reports is what was asked.
+func sameAsKernel(t *testing.T, d Dataplane, vss []VirtualServer) {
+	t.Helper()
+	have, err := d.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vs := range vss {
+		i := slices.IndexFunc(have, func(e Entry) bool { return e.Key == vs.Key })
+		if i < 0 {
+			t.Fatalf("%s not in the kernel", vs.Key)
+		}
+		if got, want := have[i].Service.normal(), vs.Service.normal(); got != want {
+			t.Fatalf("kernel has %+v, want %+v", got, want)
+		}
+		var got []Real
+		for _, r := range have[i].Reals {
+			got = append(got, r.Real)
+		}
+		want := slices.Clone(vs.Reals)
+		slices.SortFunc(want, func(a, b Real) int { return a.Addr.Compare(b.Addr) })
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: kernel has real servers %+v, want %+v", vs.Key, got, want)
+		}
+	}
+}
+
+func TestGuestIPVSSchedulers(t *testing.T) {
+	d := guestIPVS(t)
+	r := guestRec(t, d)
+	var vss []VirtualServer
+	scheds := loadedSchedulers(t)
+	// Debian's 6.1 has every scheduler but twos (Linux 6.2).
+	for _, s := range []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf"} {
+		if !slices.Contains(scheds, s) {
+			t.Errorf("the guest kernel has no %s scheduler", s)
+		}
+	}
+	t.Logf("schedulers in this kernel: %v", scheds)
+	for i, s := range scheds {
+		vss = append(vss, VirtualServer{
+			Service: Service{Key: Key{Protocol: TCP, Addr: netip.MustParseAddrPort(fmt.Sprintf("192.0.2.100:%d", 1000+i))}, Scheduler: s},
+			Reals:   []Real{real(rs1, 1), real(rs2, 2)},
+		})
+	}
+	r.Set(vss)
+	reconcileN(t, r, len(scheds)*3)
+	reconcileN(t, r, 0)
+	sameAsKernel(t, d, vss)
+}
+
+func TestGuestIPVSFeatures(t *testing.T) {
+	d := guestIPVS(t)
+	r := guestRec(t, d)
+	v6 := netip.MustParseAddrPort("[2001:db8::11]:8080")
+	vss := []VirtualServer{
+		{Service: Service{Key: web, Scheduler: "sh", Flags: FlagSched1 | FlagSched2},
+			Reals: []Real{{Addr: rs1, Weight: 1, Method: DR}, {Addr: rs2, Weight: 1, Method: Tunnel}}},
+		{Service: Service{Key: Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.100:443")}, Scheduler: "mh", Flags: FlagSched1 | FlagSched2,
+			Persistence: 300 * time.Second, PersistenceBits: 24},
+			Reals: []Real{{Addr: rs1, Weight: 3, Method: NAT, Upper: 1000, Lower: 100}}},
+		{Service: Service{Key: dns, Scheduler: "rr", OnePacket: true},
+			Reals: []Real{real(netip.MustParseAddrPort("203.0.113.11:53"), 1)}},
+		{Service: Service{Key: Key{FWMark: 7}, Scheduler: "wlc", Persistence: time.Minute},
+			Reals: []Real{{Addr: netip.MustParseAddrPort("203.0.113.11:0"), Weight: 1, Method: DR}}},
+		{Service: Service{Key: Key{FWMark: 8, IPv6: true}, Scheduler: "wrr"},
+			Reals: []Real{{Addr: netip.MustParseAddrPort("[2001:db8::11]:0"), Weight: 1, Method: DR}}},
+		{Service: Service{Key: Key{Protocol: TCP, Addr: netip.MustParseAddrPort("[2001:db8::100]:80")}, Scheduler: "wrr",
+			Persistence: 10 * time.Second, PersistenceBits: 64},
+			Reals: []Real{real(v6, 2)}},
+		{Service: Service{Key: Key{Protocol: SCTP, Addr: netip.MustParseAddrPort("192.0.2.100:3868")}, Scheduler: "rr"},
+			Reals: []Real{real(netip.MustParseAddrPort("203.0.113.11:3868"), 1)}},
+	}
+	r.Set(vss)
+	reconcileN(t, r, 7+8)
+	reconcileN(t, r, 0)
+	sameAsKernel(t, d, vss)
+
+	// Scheduler, flags and persistence change in place.
+	vss[0].Scheduler, vss[0].Flags = "wlc", 0
+	vss[1].Persistence, vss[1].PersistenceBits = 0, 0
+	r.Set(vss)
+	reconcileN(t, r, 2)
+	reconcileN(t, r, 0)
+	sameAsKernel(t, d, vss)
+}
+
+func TestGuestIPVSOwnership(t *testing.T) {
+	d := guestIPVS(t)
+	// A service made by hand, as with ipvsadm.
+	hand := &ipvs.Service{Address: net.ParseIP("192.0.2.200"), Protocol: 6, Port: 22, SchedName: "rr", AddressFamily: 2}
+	if err := d.h.NewService(hand); err != nil {
+		t.Fatal(err)
+	}
+	r := guestRec(t, d)
+	vs := VirtualServer{Service: Service{Key: web, Scheduler: "wrr"}, Reals: []Real{real(rs1, 1), real(rs2, 1)}}
+	r.Set([]VirtualServer{vs})
+	reconcileN(t, r, 3)
+
+	// One weight change is one operation.
+	vs.Reals[1].Weight = 5
+	r.Set([]VirtualServer{vs})
+	reconcileN(t, r, 1)
+	sameAsKernel(t, d, []VirtualServer{vs})
+
+	// A removed real server drains at weight 0 and, idle, goes at the
+	// next reconcile.
+	vs.Reals = vs.Reals[:1]
+	r.Set([]VirtualServer{vs})
+	reconcileN(t, r, 1)
+	have, _ := d.List()
+	for _, e := range have {
+		if e.Key == web {
+			if rs, ok := e.Real(rs2); !ok || rs.Weight != 0 {
+				t.Fatalf("draining server: %+v", e.Reals)
+			}
+		}
+	}
+	reconcileN(t, r, 1)
+	sameAsKernel(t, d, []VirtualServer{vs})
+
+	// Shutdown removes ours and leaves the hand-made one.
+	if err := r.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	have, _ = d.List()
+	if len(have) != 1 || have[0].Key.Addr != netip.MustParseAddrPort("192.0.2.200:22") {
+		t.Fatalf("after shutdown the kernel has %+v", have)
+	}
+}
+
+// loadedSchedulers lists the IPVS schedulers whose modules are loaded
+// (the guest loads every ip_vs_* module it has).
+func loadedSchedulers(t *testing.T) []string {
+	b, err := os.ReadFile("/proc/modules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		name, _, _ := strings.Cut(line, " ")
+		if s, ok := strings.CutPrefix(name, "ip_vs_"); ok && s != "ftp" && s != "pe_sip" {
+			out = append(out, s)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
