@@ -214,10 +214,14 @@ func (p *Pair) Neighbour(addr string) string {
 	return ""
 }
 
-// Crash kills every process of h and cuts its cable: the host dies.
+// Crash cuts h's cable, then kills every process of h: the host dies.
+// The cable goes first, as in a power loss: a process killed one after
+// another could otherwise say goodbye (keepalived's VRRP child gets
+// SIGTERM when its parent dies and sends priority 0), which would make
+// the crash a graceful stop.
 func (p *Pair) Crash(h *lab.Host) {
-	h.KillAll()
 	p.Switch.IP("link", "set", p.port(h), "down")
+	h.KillAll()
 }
 
 // Revive reconnects h's cable.

@@ -301,8 +301,8 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n## VRRP failover (`make bench-failover`)\n\n", beginMark)
 	fmt.Fprintf(&b, "Measured %s on %s. A client probes the VIP with ICMP echo every 5 ms; the gap is the\n", time.Now().UTC().Format("2006-01-02"), machine())
-	fmt.Fprintf(&b, "longest time between two answered probes around the event. Crash = every process of the\n")
-	fmt.Fprintf(&b, "master killed and its cable cut; graceful = SIGTERM (priority-0 advert), each a random time within\n")
+	fmt.Fprintf(&b, "longest time between two answered probes around the event. Crash = the master's cable cut, then\n")
+	fmt.Fprintf(&b, "every process of it killed, as in a power loss; graceful = SIGTERM (priority-0 advert), each a random time within\n")
 	fmt.Fprintf(&b, "one interval after an advert the client saw, the same sequence for both implementations. VRRPv3, priorities\n")
 	fmt.Fprintf(&b, "150/100, %d runs of each at 1s and %d at the shorter intervals, directord and Debian's keepalived\n", runs, runsFast)
 	fmt.Fprintf(&b, "in the same run on the same lab. The crash gap is about 3 intervals + skew minus that random time.\n\n")
@@ -314,7 +314,7 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 			name string
 			d, k []time.Duration
 		}{{"crash", d.crash, k.crash}, {"graceful", d.graceful, k.graceful}} {
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.2f |\n", s, ev.name, ms(median(ev.d)), ms(slices.Max(ev.d)),
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.3f |\n", s, ev.name, ms(median(ev.d)), ms(slices.Max(ev.d)),
 				ms(median(ev.k)), ms(slices.Max(ev.k)), float64(median(ev.d))/float64(median(ev.k)))
 		}
 	}
