@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -122,50 +123,57 @@ func (n *NFT) Close() error {
 // Supports rejects what the nftables data plane cannot do.
 func (n *NFT) Supports(svc Service, reals []Real) error { return NFTSupports(svc, reals) }
 
-// NFTSupports says what the nftables data plane cannot do for a service.
-func NFTSupports(svc Service, reals []Real) error {
-	var why []string
-	if !slices.Contains(NFTSchedulers, svc.Scheduler) {
-		why = append(why, fmt.Sprintf("scheduler %s (nftables does %v; lc, wlc and the other connection-counting schedulers need IPVS)", svc.Scheduler, NFTSchedulers))
-	}
-	if svc.Protocol == SCTP {
-		why = append(why, "protocol sctp")
-	}
-	if svc.OnePacket {
-		why = append(why, "one-packet scheduling (ops)")
-	}
-	if svc.Flags&FlagSched3 != 0 || (svc.Flags != 0 && svc.Scheduler != "sh") {
-		why = append(why, "scheduler flags other than sh-fallback and sh-port")
-	}
-	for _, r := range reals {
-		if r.Method != NAT {
-			why = append(why, fmt.Sprintf("forwarding %s for %s (nftables does nat only)", r.Method, r.Addr))
-		}
-		if r.Upper != 0 || r.Lower != 0 {
-			why = append(why, fmt.Sprintf("connection thresholds for %s", r.Addr))
-		}
-		if svc.FWMark == 0 && r.Addr.Port() == 0 {
-			why = append(why, fmt.Sprintf("real server %s without a port", r.Addr))
-		}
-	}
-	if len(why) > 0 {
-		return fmt.Errorf("the nftables data plane cannot do %s", joinAnd(why))
-	}
-	return nil
+// Unsupported is one setting a data plane cannot carry out.
+type Unsupported struct {
+	Real  int    // index of the real server concerned, or -1: the service
+	Field string // the setting: scheduler, scheduler_flags, protocol, one_packet, forwarding, upper_threshold, address
+	Msg   string
 }
 
-func joinAnd(s []string) string {
-	switch len(s) {
-	case 0:
-		return ""
-	case 1:
-		return s[0]
+// NFTUnsupported lists what the nftables data plane cannot do for a
+// service and its real servers.
+func NFTUnsupported(svc Service, reals []Real) []Unsupported {
+	var out []Unsupported
+	add := func(real int, field, format string, args ...any) {
+		out = append(out, Unsupported{real, field, fmt.Sprintf(format, args...)})
 	}
-	out := s[0]
-	for _, x := range s[1 : len(s)-1] {
-		out += ", " + x
+	if !slices.Contains(NFTSchedulers, svc.Scheduler) {
+		add(-1, "scheduler", "the nftables data plane schedules with %s only; %s needs IPVS", strings.Join(NFTSchedulers, ", "), svc.Scheduler)
 	}
-	return out + " and " + s[len(s)-1]
+	if svc.Protocol == SCTP {
+		add(-1, "protocol", "the nftables data plane balances tcp and udp; sctp needs IPVS")
+	}
+	if svc.OnePacket {
+		add(-1, "one_packet", "one-packet scheduling needs IPVS")
+	}
+	if svc.Flags&FlagSched3 != 0 || (svc.Flags != 0 && svc.Scheduler != "sh") {
+		add(-1, "scheduler_flags", "the nftables data plane takes sh-fallback and sh-port only")
+	}
+	for i, r := range reals {
+		if r.Method != NAT {
+			add(i, "forwarding", "the nftables data plane forwards by nat only; %s needs IPVS", r.Method)
+		}
+		if r.Upper != 0 || r.Lower != 0 {
+			add(i, "upper_threshold", "connection thresholds need IPVS")
+		}
+		if svc.FWMark == 0 && r.Addr.Port() == 0 {
+			add(i, "address", "the nftables data plane needs a port")
+		}
+	}
+	return out
+}
+
+// NFTSupports is NFTUnsupported as an error.
+func NFTSupports(svc Service, reals []Real) error {
+	u := NFTUnsupported(svc, reals)
+	if len(u) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(u))
+	for i, x := range u {
+		msgs[i] = x.Msg
+	}
+	return errors.New(strings.Join(msgs, "; "))
 }
 
 // List returns the services as programmed, with the counters the kernel

@@ -283,6 +283,7 @@ func (r *Reconciler) reconcile() (int, error) {
 	if err := r.dp.Apply(ops); err != nil {
 		return len(ops), fmt.Errorf("apply to %s: %w", r.dp.Name(), err)
 	}
+	r.log.Info("lvs reconciled", "dataplane", r.dp.Name(), "ops", len(ops))
 	return len(ops), nil
 }
 

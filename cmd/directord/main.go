@@ -65,7 +65,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func checkConfig(file string, stdout, stderr io.Writer) int {
-	if _, err := config.Load(file); err != nil {
+	if _, err := daemon.CheckConfig(file); err != nil {
 		printError(stderr, err)
 		return 1
 	}

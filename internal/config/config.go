@@ -29,6 +29,8 @@ type Config struct {
 	// Cluster is nil when the file has no [cluster] section: a single
 	// director with no peer.
 	Cluster *Cluster `json:"cluster,omitempty"`
+
+	pos *positions
 }
 
 type Node struct {
@@ -41,7 +43,9 @@ type Node struct {
 }
 
 type Dataplane struct {
-	Kind string `json:"kind"`
+	Kind              string        `json:"kind"`
+	LVSFlush          bool          `json:"lvs_flush"`
+	ReconcileInterval time.Duration `json:"reconcile_interval"`
 }
 
 type VRRPInstance struct {
@@ -118,19 +122,37 @@ type Notify struct {
 func (v VRRPInstance) IPv6() bool { return len(v.VIPs) > 0 && v.VIPs[0].Addr().Is6() }
 
 type VirtualServer struct {
-	Name               string         `json:"name"`
-	Address            netip.AddrPort `json:"address"`
-	Protocol           string         `json:"protocol"`
-	Scheduler          string         `json:"scheduler"`
-	Forwarding         string         `json:"forwarding"`
-	PersistenceTimeout time.Duration  `json:"persistence_timeout"`
-	RealServers        []RealServer   `json:"real_server"`
-	HealthCheck        *HealthCheck   `json:"health_check,omitempty"`
+	Name    string         `json:"name"`
+	Address netip.AddrPort `json:"address,omitzero"`
+	// FWMark is set instead of Address for a firewall-mark service;
+	// IPv6 then says which family it balances.
+	FWMark             uint32        `json:"fwmark,omitempty"`
+	IPv6               bool          `json:"ipv6,omitempty"`
+	Protocol           string        `json:"protocol,omitempty"`
+	Scheduler          string        `json:"scheduler"`
+	SchedulerFlags     []string      `json:"scheduler_flags,omitempty"`
+	Forwarding         string        `json:"forwarding"`
+	PersistenceTimeout time.Duration `json:"persistence_timeout"`
+	// PersistenceBits is the client prefix persistence groups by; 0 is
+	// a single address.
+	PersistenceBits  int             `json:"persistence_granularity,omitempty"`
+	OnePacket        bool            `json:"one_packet,omitempty"`
+	Quorum           int             `json:"quorum"`
+	Hysteresis       int             `json:"hysteresis,omitempty"`
+	InhibitOnFailure bool            `json:"inhibit_on_failure,omitempty"`
+	DrainTimeout     time.Duration   `json:"drain_timeout"`
+	SorryServer      *netip.AddrPort `json:"sorry_server,omitempty"`
+	RealServers      []RealServer    `json:"real_server"`
+	HealthCheck      *HealthCheck    `json:"health_check,omitempty"`
 }
 
 type RealServer struct {
-	Address netip.AddrPort `json:"address"`
-	Weight  int            `json:"weight"`
+	// Address has port 0 for fwmark services without a port.
+	Address        netip.AddrPort `json:"address"`
+	Weight         int            `json:"weight"`
+	Forwarding     string         `json:"forwarding"`
+	UpperThreshold int            `json:"upper_threshold,omitempty"`
+	LowerThreshold int            `json:"lower_threshold,omitempty"`
 }
 
 type HealthCheck struct {
@@ -208,7 +230,19 @@ func Parse(file string, data []byte) (*Config, error) {
 		return nil, &Error{Problems: v.problems}
 	}
 	cfg.File = file
+	cfg.pos = v.pos
 	return cfg, nil
+}
+
+// ProblemAt makes a Problem about a key of the file, such as
+// ProblemAt("no such scheduler", "virtual_server", 2, "scheduler"), for
+// checks made outside this package (what the data plane can do).
+func (c *Config) ProblemAt(msg string, path ...any) Problem {
+	p := Problem{File: c.File, Key: keyName(path), Msg: msg}
+	if c.pos != nil {
+		p.Line = c.pos.line(path...)
+	}
+	return p
 }
 
 var lineInText = regexp.MustCompile(`^toml: line (\d+)(?: \(last key "([^"]*)"\))?: (.*)$`)

@@ -27,7 +27,9 @@ type rawNode struct {
 }
 
 type rawDataplane struct {
-	Kind string `toml:"kind"`
+	Kind              string `toml:"kind"`
+	LVSFlush          *bool  `toml:"lvs_flush"`
+	ReconcileInterval string `toml:"reconcile_interval"`
 }
 
 type rawVRRP struct {
@@ -121,19 +123,32 @@ type rawScript struct {
 	Weight   *int     `toml:"weight"`
 }
 type rawVS struct {
-	Name               string          `toml:"name"`
-	Address            string          `toml:"address"`
-	Protocol           string          `toml:"protocol"`
-	Scheduler          string          `toml:"scheduler"`
-	Forwarding         string          `toml:"forwarding"`
-	PersistenceTimeout string          `toml:"persistence_timeout"`
-	RealServer         []rawRS         `toml:"real_server"`
-	HealthCheck        *rawHealthCheck `toml:"health_check"`
+	Name                   string          `toml:"name"`
+	Address                string          `toml:"address"`
+	FWMark                 *int            `toml:"fwmark"`
+	Family                 string          `toml:"family"`
+	Protocol               string          `toml:"protocol"`
+	Scheduler              string          `toml:"scheduler"`
+	SchedulerFlags         []string        `toml:"scheduler_flags"`
+	Forwarding             string          `toml:"forwarding"`
+	PersistenceTimeout     string          `toml:"persistence_timeout"`
+	PersistenceGranularity *int            `toml:"persistence_granularity"`
+	OnePacket              *bool           `toml:"one_packet"`
+	Quorum                 *int            `toml:"quorum"`
+	Hysteresis             *int            `toml:"hysteresis"`
+	InhibitOnFailure       *bool           `toml:"inhibit_on_failure"`
+	DrainTimeout           string          `toml:"drain_timeout"`
+	SorryServer            string          `toml:"sorry_server"`
+	RealServer             []rawRS         `toml:"real_server"`
+	HealthCheck            *rawHealthCheck `toml:"health_check"`
 }
 
 type rawRS struct {
-	Address string `toml:"address"`
-	Weight  *int   `toml:"weight"`
+	Address        string `toml:"address"`
+	Weight         *int   `toml:"weight"`
+	Forwarding     string `toml:"forwarding"`
+	UpperThreshold *int   `toml:"upper_threshold"`
+	LowerThreshold *int   `toml:"lower_threshold"`
 }
 
 type rawHealthCheck struct {

@@ -154,6 +154,8 @@ func (v *validator) config(raw *rawConfig) *Config {
 		cfg.Node = v.node(raw.Node)
 	}
 	cfg.Dataplane.Kind = v.oneOf([]any{"dataplane", "kind"}, raw.Dataplane.Kind, "auto", "auto", "ipvs", "nftables")
+	cfg.Dataplane.LVSFlush = raw.Dataplane.LVSFlush != nil && *raw.Dataplane.LVSFlush
+	cfg.Dataplane.ReconcileInterval = v.duration([]any{"dataplane", "reconcile_interval"}, raw.Dataplane.ReconcileInterval, time.Second, 100*time.Millisecond, time.Hour)
 	cfg.VRRPScripts = v.scripts(raw.VRRPScript)
 	cfg.VRRP = v.vrrp(raw.VRRPInstance, cfg.VRRPScripts)
 	cfg.SyncGroups = v.syncGroups(raw.VRRPSyncGroup, cfg.VRRP)
@@ -545,6 +547,9 @@ func (v *validator) addrPort(path []any, s string) (netip.AddrPort, bool) {
 	return ap, true
 }
 
+// SchedulerFlags lists ipvsadm's scheduler flags by name.
+var SchedulerFlags = []string{"sh-fallback", "sh-port", "mh-fallback", "mh-port", "flag-1", "flag-2", "flag-3"}
+
 func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 	names := map[string]int{}
 	services := map[string]int{}
@@ -554,30 +559,96 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 		vs := VirtualServer{Name: r.Name}
 		v.uniqueName(at(p, "name"), r.Name, "virtual server", names)
 		addrOK := false
-		vs.Address, addrOK = v.addrPort(at(p, "address"), r.Address)
-		vs.Protocol = v.oneOf(at(p, "protocol"), r.Protocol, "tcp", "tcp", "udp")
+		var key string
+		switch {
+		case r.FWMark != nil && r.Address != "":
+			v.add(at(p, "fwmark"), "a virtual server has an address or a fwmark, not both")
+		case r.FWMark != nil:
+			vs.FWMark = uint32(v.intIn(at(p, "fwmark"), r.FWMark, 0, 1, 1<<32-1))
+			vs.IPv6 = v.oneOf(at(p, "family"), r.Family, "ipv4", "ipv4", "ipv6") == "ipv6"
+			if r.Protocol != "" {
+				v.add(at(p, "protocol"), "a fwmark service balances every protocol the mark is set on; leave protocol out")
+			}
+			key = fmt.Sprintf("fwmark %d %v", vs.FWMark, vs.IPv6)
+			addrOK = true
+		default:
+			vs.Address, addrOK = v.addrPort(at(p, "address"), r.Address)
+			vs.IPv6 = vs.Address.Addr().Is6()
+			vs.Protocol = v.oneOf(at(p, "protocol"), r.Protocol, "tcp", "tcp", "udp", "sctp")
+			if r.Family != "" {
+				v.add(at(p, "family"), "only fwmark services take a family; the address says it")
+			}
+			key = vs.Protocol + "/" + vs.Address.String()
+		}
 		vs.Scheduler = v.oneOf(at(p, "scheduler"), r.Scheduler, "wlc", Schedulers...)
+		for j, f := range r.SchedulerFlags {
+			fp := at(p, "scheduler_flags", j)
+			switch {
+			case !slices.Contains(SchedulerFlags, f):
+				v.add(fp, "%q is not one of %s", f, strings.Join(SchedulerFlags, ", "))
+			case strings.HasPrefix(f, "sh-") && vs.Scheduler != "sh", strings.HasPrefix(f, "mh-") && vs.Scheduler != "mh":
+				v.add(fp, "%s is a flag of the %s scheduler, not of %s", f, f[:2], vs.Scheduler)
+			default:
+				vs.SchedulerFlags = append(vs.SchedulerFlags, f)
+			}
+		}
 		vs.Forwarding = v.oneOf(at(p, "forwarding"), r.Forwarding, "nat", "nat", "dr", "tun")
 		vs.PersistenceTimeout = v.duration(at(p, "persistence_timeout"), r.PersistenceTimeout, 0, 0, (1<<32-1)*time.Second)
 		if vs.PersistenceTimeout%time.Second != 0 {
 			v.add(at(p, "persistence_timeout"), "%s: the kernel keeps persistence in whole seconds", vs.PersistenceTimeout)
 		}
+		if r.PersistenceGranularity != nil {
+			maxBits := 32
+			if vs.IPv6 {
+				maxBits = 128
+			}
+			vs.PersistenceBits = v.intIn(at(p, "persistence_granularity"), r.PersistenceGranularity, maxBits, 1, maxBits)
+			if vs.PersistenceTimeout == 0 {
+				v.add(at(p, "persistence_granularity"), "needs persistence_timeout")
+			}
+		}
+		vs.OnePacket = r.OnePacket != nil && *r.OnePacket
+		if vs.OnePacket && vs.Protocol != "udp" && vs.FWMark == 0 {
+			v.add(at(p, "one_packet"), "one-packet scheduling is for udp services")
+		}
+		vs.Quorum = v.intIn(at(p, "quorum"), r.Quorum, 1, 1, 1<<31-1)
+		vs.Hysteresis = v.intIn(at(p, "hysteresis"), r.Hysteresis, 0, 0, 1<<31-1)
+		if vs.Hysteresis >= vs.Quorum && r.Hysteresis != nil {
+			v.add(at(p, "hysteresis"), "must be below quorum (%d)", vs.Quorum)
+		}
+		vs.InhibitOnFailure = r.InhibitOnFailure != nil && *r.InhibitOnFailure
+		vs.DrainTimeout = v.duration(at(p, "drain_timeout"), r.DrainTimeout, 5*time.Minute, 0, 24*time.Hour)
 		if addrOK {
-			key := vs.Protocol + "/" + vs.Address.String()
 			if l, dup := services[key]; dup {
-				v.add(at(p, "address"), "%s %s is already a virtual server (line %d)", vs.Protocol, vs.Address, l)
+				v.add(at(p, "address"), "%s is already a virtual server (line %d)", strings.TrimPrefix(key, "/"), l)
 			}
 			services[key] = v.pos.line(at(p, "address")...)
+		}
+		// A fwmark service's servers may leave out the port: they
+		// then keep the client's destination port.
+		rsAddr := func(path []any, s string) (netip.AddrPort, bool) {
+			if vs.FWMark != 0 {
+				if a, err := netip.ParseAddr(s); err == nil {
+					return netip.AddrPortFrom(a, 0), true
+				}
+			}
+			a, ok := v.addrPort(path, s)
+			if ok && addrOK && a.Addr().Is6() != vs.IPv6 {
+				v.add(path, "%s is not of the virtual server's address family", a)
+				return a, false
+			}
+			return a, ok
+		}
+		if r.SorryServer != "" {
+			if a, ok := rsAddr(at(p, "sorry_server"), r.SorryServer); ok {
+				vs.SorryServer = &a
+			}
 		}
 		rs := map[netip.AddrPort]int{}
 		for j, rr := range r.RealServer {
 			rp := at(p, "real_server", j)
-			a, ok := v.addrPort(at(rp, "address"), rr.Address)
+			a, ok := rsAddr(at(rp, "address"), rr.Address)
 			if !ok {
-				continue
-			}
-			if addrOK && a.Addr().Is4() != vs.Address.Addr().Is4() {
-				v.add(at(rp, "address"), "%s is not of the virtual server's address family", a)
 				continue
 			}
 			if l, dup := rs[a]; dup {
@@ -585,10 +656,17 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 				continue
 			}
 			rs[a] = v.pos.line(at(rp, "address")...)
-			vs.RealServers = append(vs.RealServers, RealServer{
-				Address: a,
-				Weight:  v.intIn(at(rp, "weight"), rr.Weight, 1, 0, 65535),
-			})
+			rsv := RealServer{
+				Address:        a,
+				Weight:         v.intIn(at(rp, "weight"), rr.Weight, 1, 0, 65535),
+				Forwarding:     v.oneOf(at(rp, "forwarding"), rr.Forwarding, vs.Forwarding, "nat", "dr", "tun"),
+				UpperThreshold: v.intIn(at(rp, "upper_threshold"), rr.UpperThreshold, 0, 0, 1<<31-1),
+				LowerThreshold: v.intIn(at(rp, "lower_threshold"), rr.LowerThreshold, 0, 0, 1<<31-1),
+			}
+			if rsv.UpperThreshold > 0 && rsv.LowerThreshold > rsv.UpperThreshold {
+				v.add(at(rp, "lower_threshold"), "%d is above upper_threshold %d", rsv.LowerThreshold, rsv.UpperThreshold)
+			}
+			vs.RealServers = append(vs.RealServers, rsv)
 		}
 		if r.HealthCheck != nil {
 			vs.HealthCheck = v.healthCheck(at(p, "health_check"), r.HealthCheck)

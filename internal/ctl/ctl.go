@@ -25,6 +25,7 @@ commands:
   status                       what the daemon is doing (--json: the raw status document)
   reload                       re-read the configuration file, like SIGHUP, and show the result
   config                       print the running configuration as JSON
+  lvs                          the load balancer's table with counters, like ipvsadm -Ln --stats
   failover INSTANCE [--hold D] planned handover of a VRRP instance mastered here: send
                                priority 0 and stay backup for D (default: its preempt_delay)
 `
@@ -45,6 +46,7 @@ var commands = map[string]command{
 	"reload":   {runReload},
 	"config":   {runConfig},
 	"failover": {runFailover},
+	"lvs":      {runLVS},
 }
 
 // Main runs directorctl with args and returns its exit code.
@@ -172,6 +174,7 @@ type statusDoc struct {
 	Node       daemon.NodeStatus   `json:"node"`
 	Config     daemon.ConfigStatus `json:"config"`
 	VRRP       *daemon.VRRPStatus  `json:"vrrp"`
+	LVS        *daemon.LVSStatus   `json:"lvs"`
 	raw        map[string]json.RawMessage
 }
 
@@ -222,7 +225,11 @@ func renderStatus(w io.Writer, doc *statusDoc) {
 		renderVRRP(w, doc.VRRP)
 	}
 
-	known := []string{"api_version", "node", "config", "vrrp"}
+	if doc.LVS != nil {
+		fmt.Fprintf(w, "\nload balancer: %s, %d virtual service(s) in the kernel (directorctl lvs)\n", doc.LVS.Dataplane, len(doc.LVS.Services))
+	}
+
+	known := []string{"api_version", "node", "config", "vrrp", "lvs"}
 	var other []string
 	for k := range doc.raw {
 		if !slices.Contains(known, k) {

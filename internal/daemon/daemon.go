@@ -49,6 +49,7 @@ type Daemon struct {
 	vrrp    *vrrp.Group
 	notify  *notifier
 	scripts *scriptRunner
+	lvs     *lvsManager
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -96,6 +97,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
+	if d.lvs, err = openLVS(cfg, d.log); err != nil {
+		return err
+	}
+	d.status.Register("lvs", d.lvs.status)
+	d.reg.MustRegister(newLVSCollector(d.lvs))
 	var mln net.Listener
 	if cfg.Node.MetricsListen != "" {
 		if mln, err = net.Listen("tcp", cfg.Node.MetricsListen); err != nil {
@@ -116,6 +122,7 @@ func Run(ctx context.Context, opts Options) error {
 	// subsystem: failover must work whatever else is doing.
 	g.Go(func() error { return d.vrrp.Run(ctx, vrrpConfigs(cfg)) })
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
+	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
 
 	d.log.Info("directord started", "node", cfg.Node.Name, "version", opts.Version, "config", cfg.File,
 		"status_socket", cfg.Node.StatusSocket, "metrics", cfg.Node.MetricsListen,
@@ -231,6 +238,9 @@ func (d *Daemon) reloadLoop(ctx context.Context) error {
 func (d *Daemon) reload() ReloadResult {
 	res := ReloadResult{At: time.Now()}
 	cfg, err := config.Load(d.opts.ConfigFile)
+	if err == nil {
+		err = d.lvs.check(cfg)
+	}
 	if err != nil {
 		var ce *config.Error
 		if errors.As(err, &ce) {
@@ -262,6 +272,7 @@ func (d *Daemon) reload() ReloadResult {
 	if restarted, inPlace := d.vrrp.Update(vrrpConfigs(cfg)); len(restarted)+len(inPlace) > 0 {
 		d.log.Info("reload: VRRP applied", "started", restarted, "reconfigured_in_place", inPlace)
 	}
+	d.lvs.apply(cfg)
 	if changes.Empty() {
 		d.log.Info("reload: no change", "config", cfg.File)
 	} else {

@@ -1,0 +1,146 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/status"
+	"github.com/directord/directord/lvs"
+)
+
+func runLVS(ctx context.Context, c *status.Client, o opts) error {
+	raw, err := c.Raw(ctx, "/v1/status/lvs")
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return printJSON(o.out, raw)
+	}
+	var st daemon.LVSStatus
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return fmt.Errorf("decode lvs status: %w", err)
+	}
+	renderLVS(o.out, &st)
+	return nil
+}
+
+var forwardNames = map[lvs.Method]string{lvs.NAT: "Masq", lvs.DR: "Route", lvs.Tunnel: "Tunnel"}
+
+// renderLVS prints the table in the spirit of ipvsadm -Ln --stats, with
+// ipvsadm's forwarding names.
+func renderLVS(w io.Writer, st *daemon.LVSStatus) {
+	fmt.Fprintf(w, "dataplane %s (%s)\n", st.Dataplane, st.Reason)
+	for _, s := range st.Sysctls {
+		note := ""
+		switch {
+		case s.Err != "":
+			note = "  NOT SET: " + s.Err
+		case s.Was != "" && s.Was != s.Want:
+			note = fmt.Sprintf("  (was %s)", s.Was)
+		}
+		fmt.Fprintf(w, "sysctl %s = %s%s\n", s.Key, s.Want, note)
+	}
+	lr := st.LastReconcile
+	if !lr.At.IsZero() {
+		fmt.Fprintf(w, "last reconcile %s: %d operation(s) in %s", lr.At.Local().Format(time.TimeOnly), lr.Ops, lr.Duration)
+		if lr.Err != "" {
+			fmt.Fprintf(w, ", FAILED: %s", lr.Err)
+		}
+		fmt.Fprintln(w)
+	}
+	if st.Error != "" {
+		fmt.Fprintf(w, "cannot read the kernel's table: %s\n", st.Error)
+	}
+	fmt.Fprintln(w)
+	// Names left, numbers right, as ipvsadm prints them.
+	type row struct{ name, fwd, weight, active, inactive string }
+	var rows []row
+	var counts []lvs.Stats
+	rows = append(rows, row{"Prot LocalAddress:Port Scheduler Flags", "", "", "", ""}, row{"  -> RemoteAddress:Port", "Forward", "Weight", "ActiveConn", "InActConn"})
+	counts = append(counts, lvs.Stats{}, lvs.Stats{})
+	for _, s := range st.Services {
+		rows = append(rows, row{name: serviceLine(s)})
+		counts = append(counts, s.Stats)
+		for _, r := range s.Reals {
+			mark := ""
+			if slices.Contains(s.Draining, r.Addr) {
+				mark = " (draining)"
+			}
+			rows = append(rows, row{"  -> " + r.Addr.String() + mark, forwardNames[r.Method], fmt.Sprint(r.Weight), fmt.Sprint(r.Active), fmt.Sprint(r.Inactive)})
+			counts = append(counts, r.Stats)
+		}
+	}
+	width := 0
+	for _, r := range rows {
+		width = max(width, len(r.name))
+	}
+	for i, r := range rows {
+		fmt.Fprintf(w, "%-*s %-7s %6s %10s %9s", width, r.name, r.fwd, r.weight, r.active, r.inactive)
+		switch i {
+		case 0:
+			fmt.Fprintf(w, " %10s %10s %10s %12s %12s\n", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes")
+		case 1:
+			fmt.Fprintln(w)
+		default:
+			c := counts[i]
+			fmt.Fprintf(w, " %10d %10d %10d %12d %12d\n", c.Connections, c.PacketsIn, c.PacketsOut, c.BytesIn, c.BytesOut)
+		}
+	}
+}
+
+func serviceLine(s daemon.LVSService) string {
+	var b strings.Builder
+	if s.FWMark != 0 {
+		fam := "IPv4"
+		if s.IPv6 {
+			fam = "IPv6"
+		}
+		fmt.Fprintf(&b, "FWM  %d %s %s", s.FWMark, fam, s.Scheduler)
+	} else {
+		fmt.Fprintf(&b, "%-4s %s %s", strings.ToUpper(string(s.Protocol)), s.Addr, s.Scheduler)
+	}
+	var flags []string
+	for i, bit := range []uint32{lvs.FlagSched1, lvs.FlagSched2, lvs.FlagSched3} {
+		if s.Flags&bit != 0 {
+			flags = append(flags, schedFlagName(s.Scheduler, fmt.Sprintf("flag-%d", i+1)))
+		}
+	}
+	if s.OnePacket {
+		flags = append(flags, "ops")
+	}
+	if s.Persistence > 0 {
+		flags = append(flags, fmt.Sprintf("persistent %d", int(s.Persistence.Seconds())))
+		if s.PersistenceBits != 0 && s.PersistenceBits != 32 && s.PersistenceBits != 128 {
+			flags = append(flags, fmt.Sprintf("mask /%d", s.PersistenceBits))
+		}
+	}
+	if len(flags) > 0 {
+		b.WriteString(" " + strings.Join(flags, " "))
+	}
+	if s.Name != "" {
+		fmt.Fprintf(&b, " (%s", s.Name)
+		if !s.QuorumUp {
+			b.WriteString(", QUORUM LOST")
+		}
+		b.WriteString(")")
+	}
+	return b.String()
+}
+
+func schedFlagName(sched, flag string) string {
+	if sched == "sh" || sched == "mh" {
+		switch flag {
+		case "flag-1":
+			return sched + "-fallback"
+		case "flag-2":
+			return sched + "-port"
+		}
+	}
+	return flag
+}

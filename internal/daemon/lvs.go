@@ -1,0 +1,335 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/lvs"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// lvsManager runs the load balancer's reconciler. Both directors program
+// their kernel whatever their VRRP state, so a backup's table is ready
+// when it takes over.
+type lvsManager struct {
+	log    *slog.Logger
+	dp     lvs.Dataplane // nil when no data plane could be opened
+	rec    *lvs.Reconciler
+	reason string // why this data plane (or why none)
+
+	mu      sync.Mutex
+	sysctls []lvs.Sysctl
+	names   map[lvs.Key]string
+}
+
+// chooseDataplane resolves kind ("auto", "ipvs", "nftables") to a data
+// plane name and says why.
+func chooseDataplane(kind string) (name, reason string, err error) {
+	switch kind {
+	case "ipvs":
+		if err := lvs.DetectIPVS(); err != nil {
+			return "", "", err
+		}
+		return "ipvs", "configured: dataplane.kind = ipvs", nil
+	case "nftables":
+		return "nftables", "configured: dataplane.kind = nftables", nil
+	}
+	if err := lvs.DetectIPVS(); err != nil {
+		return "nftables", "auto: " + err.Error(), nil
+	}
+	return "ipvs", "auto: the kernel has IPVS", nil
+}
+
+func openLVS(cfg *config.Config, log *slog.Logger) (*lvsManager, error) {
+	m := &lvsManager{log: log}
+	name, reason, err := chooseDataplane(cfg.Dataplane.Kind)
+	if err == nil {
+		switch name {
+		case "ipvs":
+			m.dp, err = lvs.NewIPVS()
+		default:
+			m.dp, err = lvs.NewNFT(lvs.NFTOptions{})
+		}
+	}
+	if err != nil {
+		if len(cfg.VirtualServers) > 0 || cfg.Dataplane.Kind != "auto" {
+			return nil, fmt.Errorf("dataplane %s: %w", cfg.Dataplane.Kind, err)
+		}
+		m.reason = "none: " + err.Error()
+		log.Warn("no load-balancer data plane; virtual servers cannot be added until one works", "err", err)
+		return m, nil
+	}
+	m.reason = reason
+	if err := checkDataplane(cfg, m.dp.Name()); err != nil {
+		m.dp.Close()
+		return nil, err
+	}
+	m.rec, err = lvs.NewReconciler(m.dp, lvs.Options{
+		Logger:    log.With("subsystem", "lvs"),
+		OwnedFile: filepath.Join(cfg.Node.DataDir, "lvs-owned.json"),
+		Flush:     cfg.Dataplane.LVSFlush,
+	})
+	if err != nil {
+		m.dp.Close()
+		return nil, err
+	}
+	log.Info("load balancer", "dataplane", m.dp.Name(), "reason", reason)
+	m.apply(cfg)
+	return m, nil
+}
+
+// check says whether cfg can run on the open data plane.
+func (m *lvsManager) check(cfg *config.Config) error {
+	if m.dp == nil {
+		if len(cfg.VirtualServers) > 0 {
+			return &config.Error{Problems: []config.Problem{
+				cfg.ProblemAt("no load-balancer data plane ("+m.reason+")", "virtual_server", 0, "name")}}
+		}
+		return nil
+	}
+	return checkDataplane(cfg, m.dp.Name())
+}
+
+// checkDataplane lists, with their lines, the settings the data plane
+// named dp cannot carry out.
+func checkDataplane(cfg *config.Config, dp string) error {
+	if dp != "nftables" {
+		return nil
+	}
+	var ps []config.Problem
+	for i, vs := range lvsConfigs(cfg) {
+		for _, u := range lvs.NFTUnsupported(vs.Service, vs.Reals) {
+			path := []any{"virtual_server", i, u.Field}
+			if u.Real >= 0 {
+				path = []any{"virtual_server", i, "real_server", u.Real, u.Field}
+				if u.Field == "forwarding" && cfg.VirtualServers[i].RealServers[u.Real].Forwarding == cfg.VirtualServers[i].Forwarding {
+					path = []any{"virtual_server", i, "forwarding"}
+				}
+			}
+			ps = append(ps, cfg.ProblemAt(u.Msg, path...))
+		}
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	return &config.Error{Problems: dedupe(ps)}
+}
+
+func dedupe(ps []config.Problem) []config.Problem {
+	seen := map[config.Problem]bool{}
+	var out []config.Problem
+	for _, p := range ps {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// CheckConfig loads a file and checks it against the data plane this
+// machine would use: what directord -t does.
+func CheckConfig(file string) (*config.Config, error) {
+	cfg, err := config.Load(file)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.VirtualServers) == 0 {
+		return cfg, nil
+	}
+	name, reason, err := chooseDataplane(cfg.Dataplane.Kind)
+	if err != nil {
+		return nil, &config.Error{Problems: []config.Problem{cfg.ProblemAt(err.Error(), "dataplane", "kind")}}
+	}
+	if err := checkDataplane(cfg, name); err != nil {
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			for i := range ce.Problems {
+				ce.Problems[i].Msg += " (data plane " + name + ", " + reason + ")"
+			}
+		}
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// apply hands the configuration to the reconciler and sets the sysctls it
+// needs. The reconcile itself happens in Run.
+func (m *lvsManager) apply(cfg *config.Config) {
+	if m.rec == nil {
+		return
+	}
+	vss := lvsConfigs(cfg)
+	names := map[lvs.Key]string{}
+	for _, vs := range vss {
+		names[vs.Key] = vs.Name
+	}
+	sys := lvs.ApplySysctls(lvs.NeededSysctls(m.dp.Name(), vss))
+	for _, s := range sys {
+		if s.Err != "" {
+			m.log.Error("cannot set a sysctl the load balancer needs", "key", s.Key, "want", s.Want, "err", s.Err)
+		} else if s.Was != s.Want {
+			m.log.Info("sysctl set for the load balancer", "key", s.Key, "was", s.Was, "now", s.Want, "why", s.Why)
+		}
+	}
+	m.mu.Lock()
+	// Keep the value found before directord first set it.
+	for i, s := range sys {
+		for _, old := range m.sysctls {
+			if old.Key == s.Key && s.Was == s.Want && old.Was != "" {
+				sys[i].Was = old.Was
+			}
+		}
+	}
+	m.sysctls, m.names = sys, names
+	m.mu.Unlock()
+	m.rec.Set(vss)
+}
+
+// Run reconciles until ctx ends, then removes what it made.
+func (m *lvsManager) Run(ctx context.Context, interval time.Duration) error {
+	if m.rec == nil {
+		<-ctx.Done()
+		return nil
+	}
+	err := m.rec.Run(ctx, interval)
+	if cerr := m.dp.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func lvsConfigs(cfg *config.Config) []lvs.VirtualServer {
+	out := make([]lvs.VirtualServer, 0, len(cfg.VirtualServers))
+	for _, vs := range cfg.VirtualServers {
+		s := lvs.Service{Scheduler: vs.Scheduler, OnePacket: vs.OnePacket,
+			Persistence: vs.PersistenceTimeout, PersistenceBits: vs.PersistenceBits}
+		if vs.FWMark != 0 {
+			s.Key = lvs.Key{FWMark: vs.FWMark, IPv6: vs.IPv6}
+		} else {
+			s.Key = lvs.Key{Protocol: lvs.Protocol(vs.Protocol), Addr: vs.Address}
+		}
+		for _, f := range vs.SchedulerFlags {
+			s.Flags |= lvs.SchedFlags[f]
+		}
+		v := lvs.VirtualServer{Service: s, Name: vs.Name, Quorum: vs.Quorum, Hysteresis: vs.Hysteresis,
+			InhibitOnFailure: vs.InhibitOnFailure, DrainTimeout: vs.DrainTimeout}
+		for _, rs := range vs.RealServers {
+			v.Reals = append(v.Reals, lvs.Real{Addr: rs.Address, Weight: rs.Weight, Method: lvs.Method(rs.Forwarding),
+				Upper: uint32(rs.UpperThreshold), Lower: uint32(rs.LowerThreshold)})
+		}
+		if vs.SorryServer != nil {
+			v.Sorry = &lvs.Real{Addr: *vs.SorryServer, Weight: 1, Method: lvs.Method(vs.Forwarding)}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// LVSStatus is the "lvs" section of the status document.
+type LVSStatus struct {
+	Dataplane     string       `json:"dataplane"`
+	Reason        string       `json:"reason"`
+	Sysctls       []lvs.Sysctl `json:"sysctls"`
+	LastReconcile lvs.Result   `json:"last_reconcile"`
+	Services      []LVSService `json:"services"`
+	Error         string       `json:"error,omitempty"`
+}
+
+// LVSService is one virtual service as the kernel has it.
+type LVSService struct {
+	Name string `json:"name,omitempty"` // "" for a service directord does not manage
+	lvs.Entry
+	QuorumUp bool             `json:"quorum_up"`
+	Draining []netip.AddrPort `json:"draining,omitempty"`
+}
+
+func (m *lvsManager) status() any {
+	st := LVSStatus{Dataplane: "none", Reason: m.reason}
+	if m.dp == nil {
+		return st
+	}
+	st.Dataplane = m.dp.Name()
+	m.mu.Lock()
+	st.Sysctls = m.sysctls
+	names := m.names
+	m.mu.Unlock()
+	st.LastReconcile = m.rec.Last()
+	es, err := m.dp.List()
+	if err != nil {
+		st.Error = err.Error()
+	}
+	quorum, draining := m.rec.QuorumUp(), m.rec.Draining()
+	for _, e := range es {
+		st.Services = append(st.Services, LVSService{Name: names[e.Key], Entry: e, QuorumUp: quorum[e.Key], Draining: draining[e.Key]})
+	}
+	return st
+}
+
+// lvsCollector exports the kernel's counters per service and real server.
+type lvsCollector struct {
+	m                                         *lvsManager
+	conns, pktsIn, pktsOut, bytesIn, bytesOut *prometheus.Desc
+	active, inactive, weight, ops             *prometheus.Desc
+}
+
+func newLVSCollector(m *lvsManager) *lvsCollector {
+	labels := []string{"service", "real_server"}
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("directord_lvs_"+name, help, labels, nil)
+	}
+	return &lvsCollector{m: m,
+		conns:    d("connections_total", "Connections scheduled (real_server \"\" = the service as a whole)."),
+		pktsIn:   d("packets_in_total", "Packets from clients (IPVS only)."),
+		pktsOut:  d("packets_out_total", "Packets to clients (IPVS only)."),
+		bytesIn:  d("bytes_in_total", "Bytes from clients (IPVS only)."),
+		bytesOut: d("bytes_out_total", "Bytes to clients (IPVS only)."),
+		active:   d("active_connections", "Established connections of a real server (IPVS only)."),
+		inactive: d("inactive_connections", "Other connections of a real server (IPVS only)."),
+		weight:   d("weight", "A real server's weight as programmed."),
+		ops:      prometheus.NewDesc("directord_lvs_reconcile_operations", "Kernel operations the last reconcile issued.", nil, nil),
+	}
+}
+
+func (c *lvsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.conns, c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.active, c.inactive, c.weight, c.ops} {
+		ch <- d
+	}
+}
+
+func (c *lvsCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.m.dp == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.GaugeValue, float64(c.m.rec.Last().Ops))
+	es, err := c.m.dp.List()
+	if err != nil {
+		return
+	}
+	counters := func(s lvs.Stats, svc, rs string) {
+		for _, x := range []struct {
+			d *prometheus.Desc
+			v uint64
+		}{{c.conns, s.Connections}, {c.pktsIn, s.PacketsIn}, {c.pktsOut, s.PacketsOut}, {c.bytesIn, s.BytesIn}, {c.bytesOut, s.BytesOut}} {
+			ch <- prometheus.MustNewConstMetric(x.d, prometheus.CounterValue, float64(x.v), svc, rs)
+		}
+	}
+	for _, e := range es {
+		svc := e.Key.String()
+		counters(e.Stats, svc, "")
+		for _, r := range e.Reals {
+			rs := r.Addr.String()
+			counters(r.Stats, svc, rs)
+			ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(r.Active), svc, rs)
+			ch <- prometheus.MustNewConstMetric(c.inactive, prometheus.GaugeValue, float64(r.Inactive), svc, rs)
+			ch <- prometheus.MustNewConstMetric(c.weight, prometheus.GaugeValue, float64(r.Weight), svc, rs)
+		}
+	}
+}
