@@ -277,6 +277,46 @@ script = ["check"]
 			`f.toml:9: vrrp_instance[0].track_script[1]: no [[vrrp_script]] is named "nope"`,
 			"f.toml:9: vrrp_instance[0].track_script[2]: chk is tracked twice",
 		}},
+		{"virtual server settings", minimal + `[[virtual_server]]
+name = "both"
+address = "192.0.2.1:80"
+fwmark = 3
+[[virtual_server]]
+name = "flags"
+address = "192.0.2.1:81"
+protocol = "tcp"
+scheduler = "wrr"
+scheduler_flags = ["sh-port", "bogus"]
+one_packet = true
+quorum = 2
+hysteresis = 2
+persistence_granularity = 24
+sorry_server = "[2001:db8::1]:80"
+  [[virtual_server.real_server]]
+  address = "203.0.113.1:80"
+  lower_threshold = 10
+  upper_threshold = 5
+  [[virtual_server.real_server]]
+  address = "203.0.113.2"
+[[virtual_server]]
+name = "mark"
+fwmark = 7
+family = "ipv6"
+protocol = "udp"
+  [[virtual_server.real_server]]
+  address = "2001:db8::2"
+`, []string{
+			"f.toml:7: virtual_server[0].fwmark: a virtual server has an address or a fwmark, not both",
+			"f.toml:13: virtual_server[1].scheduler_flags[0]: sh-port is a flag of the sh scheduler, not of wrr",
+			`f.toml:13: virtual_server[1].scheduler_flags[1]: "bogus" is not one of sh-fallback`,
+			"f.toml:17: virtual_server[1].persistence_granularity: needs persistence_timeout",
+			"f.toml:14: virtual_server[1].one_packet: one-packet scheduling is for udp services",
+			"f.toml:16: virtual_server[1].hysteresis: must be below quorum (2)",
+			"f.toml:18: virtual_server[1].sorry_server: [2001:db8::1]:80 is not of the virtual server's address family",
+			"f.toml:21: virtual_server[1].real_server[0].lower_threshold: 10 is above upper_threshold 5",
+			`f.toml:24: virtual_server[1].real_server[1].address: "203.0.113.2"`,
+			"f.toml:29: virtual_server[2].protocol: a fwmark service balances every protocol the mark is set on; leave protocol out",
+		}},
 		{"node and cluster", `[node]
 name = "lb 1"
 status_socket = "run/x.sock"
