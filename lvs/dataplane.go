@@ -64,3 +64,17 @@ func (o Op) String() string {
 type ConnCounter interface {
 	Conns(svc Key, addr netip.AddrPort) (active, inactive int, err error)
 }
+
+// StatsLister is implemented by data planes whose List leaves counters
+// out; ListWithStats uses it.
+type StatsLister interface {
+	ListStats() ([]Entry, error)
+}
+
+// ListWithStats lists dp's services with their counters.
+func ListWithStats(dp Dataplane) ([]Entry, error) {
+	if sl, ok := dp.(StatsLister); ok {
+		return sl.ListStats()
+	}
+	return dp.List()
+}

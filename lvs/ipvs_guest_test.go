@@ -204,3 +204,18 @@ func loadedSchedulers(t *testing.T) []string {
 	slices.Sort(out)
 	return out
 }
+
+// TestGuestBenchIPVS is make bench-lvs's IPVS half: operation counts (the
+// guest's clock is emulated, so its times are indicative only). It prints
+// one BENCH line per step for the host to read.
+func TestGuestBenchIPVS(t *testing.T) {
+	d := guestIPVS(t)
+	r := guestRec(t, d)
+	steps, err := MeasureReconcile(r, SyntheticTable(1000, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range steps {
+		fmt.Printf("BENCH ipvs %q ops=%d duration=%s\n", s.Name, s.Ops, s.Duration)
+	}
+}

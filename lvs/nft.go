@@ -12,7 +12,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
-	"github.com/vishvananda/netlink"
+	"github.com/mdlayher/netlink"
+	vnl "github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +25,9 @@ const NFTTable = "directord"
 // MaxSlots bounds the slots of one service's scheduling map; weights whose
 // reduced sum is larger are scaled down to it.
 const MaxSlots = 1024
+
+// sockBuffer is the nftables socket's send and receive buffer.
+const sockBuffer = 64 << 20
 
 // NFTSchedulers are the schedulers the nftables data plane implements.
 var NFTSchedulers = []string{"rr", "wrr", "sh"}
@@ -47,7 +51,7 @@ type NFT struct {
 	nextID int
 	base   bool
 	maps   map[string]*nftables.Set
-	nl     *netlink.Handle // conntrack, in the same namespace
+	nl     *vnl.Handle // conntrack, in the same namespace
 }
 
 type nsvc struct {
@@ -73,7 +77,31 @@ type NFTOptions struct {
 // NewNFT opens the nftables data plane and removes any table a previous
 // run left: the reconciler rebuilds it from the configuration.
 func NewNFT(o NFTOptions) (*NFT, error) {
-	var opts []nftables.ConnOption
+	// A whole table goes to the kernel in one transaction, which must fit
+	// the socket's send buffer: 1,000 services with 10 servers each is
+	// several megabytes. As root the buffer may exceed wmem_max (nft
+	// does the same).
+	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr, rerr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sockBuffer)
+			// The kernel acknowledges every message of the batch.
+			rerr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sockBuffer)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			_ = c.SetWriteBuffer(sockBuffer)
+		}
+		if rerr != nil {
+			_ = c.SetReadBuffer(sockBuffer)
+		}
+		return nil
+	})}
 	if o.NetNS != 0 {
 		opts = append(opts, nftables.WithNetNSFd(o.NetNS))
 	}
@@ -81,9 +109,9 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	h, err := netlink.NewHandleAt(netns.NsHandle(o.NetNS))
+	h, err := vnl.NewHandleAt(netns.NsHandle(o.NetNS))
 	if o.NetNS == 0 {
-		h, err = netlink.NewHandle()
+		h, err = vnl.NewHandle()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
@@ -176,10 +204,16 @@ func NFTSupports(svc Service, reals []Real) error {
 	return errors.New(strings.Join(msgs, "; "))
 }
 
-// List returns the services as programmed, with the counters the kernel
-// keeps (new connections per service and per real server; nftables keeps
-// no packet or byte counts per service here, and no rates).
-func (n *NFT) List() ([]Entry, error) {
+// List returns the services as programmed, without counters: reading
+// thousands of counters is the dearest part of a reconcile that has
+// nothing to do. ListStats adds them.
+func (n *NFT) List() ([]Entry, error) { return n.list(false) }
+
+// ListStats is List with the counters the kernel keeps: new connections
+// per service and per real server (no packet or byte counts, no rates).
+func (n *NFT) ListStats() ([]Entry, error) { return n.list(true) }
+
+func (n *NFT) list(stats bool) ([]Entry, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if _, err := n.conn.ListTableOfFamily(NFTTable, nftables.TableFamilyINet); err != nil {
@@ -189,7 +223,7 @@ func (n *NFT) List() ([]Entry, error) {
 		return nil, nil
 	}
 	counters := map[string]uint64{}
-	if len(n.svcs) > 0 {
+	if stats && len(n.svcs) > 0 {
 		objs, err := n.conn.GetObjects(n.table)
 		if err != nil {
 			return nil, fmt.Errorf("nftables: read counters: %w", err)

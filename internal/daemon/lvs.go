@@ -262,7 +262,7 @@ func (m *lvsManager) status() any {
 	names := m.names
 	m.mu.Unlock()
 	st.LastReconcile = m.rec.Last()
-	es, err := m.dp.List()
+	es, err := lvs.ListWithStats(m.dp)
 	if err != nil {
 		st.Error = err.Error()
 	}
@@ -309,7 +309,7 @@ func (c *lvsCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.GaugeValue, float64(c.m.rec.Last().Ops))
-	es, err := c.m.dp.List()
+	es, err := lvs.ListWithStats(c.m.dp)
 	if err != nil {
 		return
 	}

@@ -89,7 +89,7 @@ func TestNFTWeightedRoundRobin(t *testing.T) {
 		t.Fatalf("wrr 1:2 over 90 connections gave %v", got)
 	}
 	// The counters say the same.
-	es, err := s.nft.List()
+	es, err := s.nft.ListStats()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestNFTWeightedRoundRobin(t *testing.T) {
 	if got["rs1"] != 20 || got["rs2"] != 20 {
 		t.Fatalf("wrr 1:1 gave %v", got)
 	}
-	if es, _ := s.nft.List(); es[0].Stats.Connections != 130 {
+	if es, _ := s.nft.ListStats(); es[0].Stats.Connections != 130 {
 		t.Fatalf("service counter %d after a weight change, want 130", es[0].Stats.Connections)
 	}
 }

@@ -310,3 +310,61 @@ func (c *cpioWriter) fileFrom(name, src string, perm uint32) error {
 }
 
 func (c *cpioWriter) trailer() { c.header("TRAILER!!!", 0, 0) }
+
+// KernelDir is where make guest-kernel unpacks the kernel, under the
+// module root, unless DIRECTORD_GUEST_KERNEL says otherwise.
+func KernelDir(root string) string {
+	if d := os.Getenv("DIRECTORD_GUEST_KERNEL"); d != "" {
+		return d
+	}
+	return filepath.Join(root, ".cache", "guest", "current")
+}
+
+// RunLVSTests builds the lvs package's tests and runs those matching
+// pattern in the guest, with IPVS loaded, from the module at root.
+func RunLVSTests(ctx context.Context, root, pattern string, timeout time.Duration) (*Result, error) {
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "directord-lvs-test")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	prog := filepath.Join(tmp, "lvs.test")
+	build := exec.CommandContext(ctx, "go", "test", "-c", "-o", prog, "./lvs")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build the lvs tests: %v\n%s", err, out)
+	}
+	return Run(ctx, Config{
+		KernelDir: KernelDir(root),
+		Busybox:   busybox,
+		Modules:   []string{"crc32c_generic", "ip_vs", "ip_vs_*"},
+		Program:   prog,
+		Args:      []string{"-test.v", "-test.count=1", "-test.run", pattern},
+		Env:       []string{"DIRECTORD_IPVS_GUEST=1"},
+		Timeout:   timeout,
+	})
+}
+
+// ModuleRoot finds the directory holding go.mod, from the working
+// directory up.
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/directord/directord/internal/bench/report"
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/pairlab"
 	"github.com/directord/directord/internal/probe"
@@ -292,14 +293,9 @@ func median(ds []time.Duration) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
 
-const (
-	beginMark = "<!-- bench-failover:begin -->"
-	endMark   = "<!-- bench-failover:end -->"
-)
-
 func writeReport(path string, settings []time.Duration, runs, runsFast int, soak time.Duration, res map[string]map[time.Duration]*result, soaks map[string]int) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n## VRRP failover (`make bench-failover`)\n\n", beginMark)
+	fmt.Fprintf(&b, "## VRRP failover (`make bench-failover`)\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s. A client probes the VIP with ICMP echo every 5 ms; the gap is the\n", time.Now().UTC().Format("2006-01-02"), machine())
 	fmt.Fprintf(&b, "longest time between two answered probes around the event. Crash = the master's cable cut, then\n")
 	fmt.Fprintf(&b, "every process of it killed, as in a power loss; graceful = SIGTERM (priority-0 advert), each a random time within\n")
@@ -322,40 +318,16 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 		fmt.Fprintf(&b, "\nFalse takeovers during %s at advert_int 20ms with both cores spinning: directord %d, keepalived %d.\n",
 			soak, soaks["directord"], soaks["keepalived"])
 	}
-	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about fifteen minutes).\n%s\n", endMark)
-
-	old, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	doc := string(old)
-	if doc == "" {
-		doc = "# Benchmarks\n\nEach section is rewritten by the make target it names.\n\n"
-	}
-	if i, j := strings.Index(doc, beginMark), strings.Index(doc, endMark); i >= 0 && j > i {
-		doc = doc[:i] + b.String() + doc[j+len(endMark)+1:]
-	} else {
-		doc += b.String()
-	}
-	return os.WriteFile(path, []byte(doc), 0o644)
+	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about fifteen minutes).\n")
+	return report.WriteSection(path, "failover", b.String())
 }
 
 func machine() string {
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	model := "unknown CPU"
-	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(info), "\n") {
-			if v, ok := strings.CutPrefix(line, "model name"); ok {
-				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-				break
-			}
-		}
-	}
 	kv, _ := exec.Command("keepalived", "--version").CombinedOutput()
 	kver := strings.Fields(string(kv))
 	k := "keepalived"
 	if len(kver) > 1 {
 		k = kver[0] + " " + kver[1]
 	}
-	return fmt.Sprintf("%d cores (%s), Linux %s, %s, %s", runtime.NumCPU(), model, strings.TrimSpace(string(kernel)), runtime.Version(), k)
+	return report.Machine() + ", " + k
 }

@@ -1,0 +1,139 @@
+// Command lvs is make bench-lvs: it reconciles a table of 1,000 virtual
+// services with 10 real servers each from empty, then after one weight
+// change, then with no change, on the nftables data plane in a lab
+// namespace and on IPVS in the qemu guest, and writes the times and kernel
+// operation counts to docs/benchmarks.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/directord/directord/internal/bench/report"
+	"github.com/directord/directord/internal/guest"
+	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/lvs"
+)
+
+func main() {
+	services := flag.Int("services", 1000, "virtual services")
+	reals := flag.Int("reals", 10, "real servers per service")
+	runs := flag.Int("runs", 5, "runs on nftables (median reported)")
+	out := flag.String("out", "docs/benchmarks.md", "report to update")
+	flag.Parse()
+	if err := run(*services, *reals, *runs, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-lvs:", err)
+		os.Exit(1)
+	}
+}
+
+func run(services, reals, runs int, out string) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces)")
+	}
+	table := lvs.SyntheticTable(services, reals)
+	var nft [][]lvs.Step
+	for i := range runs {
+		steps, err := nftRun(table)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("nftables run %d: %v\n", i+1, steps)
+		nft = append(nft, steps)
+	}
+	root, err := guest.ModuleRoot()
+	if err != nil {
+		return err
+	}
+	res, err := guest.RunLVSTests(context.Background(), root, "^TestGuestBenchIPVS$", 15*time.Minute)
+	if err != nil {
+		if res != nil {
+			fmt.Fprintln(os.Stderr, res.Output)
+		}
+		return fmt.Errorf("ipvs in the guest: %w", err)
+	}
+	ipvs := parseGuest(res.Output)
+	if res.Exit != 0 || len(ipvs) != 3 {
+		fmt.Fprintln(os.Stderr, res.Output)
+		return fmt.Errorf("ipvs in the guest: exit %d, %d steps", res.Exit, len(ipvs))
+	}
+	fmt.Printf("ipvs (guest): %v\n", ipvs)
+	return write(out, services, reals, runs, nft, ipvs)
+}
+
+func nftRun(table []lvs.VirtualServer) (steps []lvs.Step, err error) {
+	defer lab.Recover(&err)
+	l := lab.Open(func(string, ...any) {})
+	defer l.Close()
+	h := l.AddHost("dir")
+	ns, err := os.Open("/run/netns/" + h.NS)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	dp, err := lvs.NewNFT(lvs.NFTOptions{NetNS: int(ns.Fd())})
+	if err != nil {
+		return nil, err
+	}
+	defer dp.Close()
+	r, err := lvs.NewReconciler(dp, lvs.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return lvs.MeasureReconcile(r, table)
+}
+
+var benchLine = regexp.MustCompile(`(?m)^BENCH ipvs "([^"]+)" ops=(\d+) duration=(\S+)`)
+
+func parseGuest(out string) []lvs.Step {
+	var steps []lvs.Step
+	for _, m := range benchLine.FindAllStringSubmatch(out, -1) {
+		n, _ := strconv.Atoi(m[2])
+		d, _ := time.ParseDuration(m[3])
+		steps = append(steps, lvs.Step{Name: m[1], Ops: n, Duration: d})
+	}
+	return steps
+}
+
+func write(path string, services, reals, runs int, nft [][]lvs.Step, ipvs []lvs.Step) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "## Load-balancer reconcile (`make bench-lvs`)\n\n")
+	fmt.Fprintf(&b, "Measured %s on %s. %d TCP wrr virtual services with %d NAT real servers each\n", time.Now().UTC().Format("2006-01-02"), report.Machine(), services, reals)
+	fmt.Fprintf(&b, "(%d kernel objects in directord's terms) reconciled from an empty kernel, then after one\n", services*(reals+1))
+	fmt.Fprintf(&b, "real server's weight changed, then with nothing changed. Operations are the reconciler's kernel\n")
+	fmt.Fprintf(&b, "operations (one IPVS netlink request each; nftables applies all of one reconcile in one\n")
+	fmt.Fprintf(&b, "transaction). nftables: median of %d runs in a lab namespace on this kernel. IPVS: Debian's\n", runs)
+	fmt.Fprintf(&b, "kernel in qemu under software emulation, so its times are only indicative. Every time includes\n")
+	fmt.Fprintf(&b, "reading the kernel's table back to diff against (for IPVS one netlink dump per service).\n\n")
+	fmt.Fprintf(&b, "| step | nftables ops | nftables time (median) | nftables time (max) | IPVS ops | IPVS time (emulated) |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|\n")
+	for i, s := range ipvs {
+		var ds []time.Duration
+		for _, run := range nft {
+			ds = append(ds, run[i].Duration)
+		}
+		slices.Sort(ds)
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %d | %s |\n", s.Name, nft[0][i].Ops, round(ds[len(ds)/2]), round(ds[len(ds)-1]), s.Ops, round(s.Duration))
+	}
+	fmt.Fprintf(&b, "\nTargets: no change issues no kernel operation, one weight change issues one, the full table\n")
+	fmt.Fprintf(&b, "takes under 1 s on nftables.\n\nReproduce: `sudo make bench-lvs` (needs qemu-system-x86 and busybox-static; a minute or two).\n")
+	return report.WriteSection(path, "lvs", b.String())
+}
+
+func round(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond).String()
+	case d >= time.Millisecond:
+		return d.Round(100 * time.Microsecond).String()
+	}
+	return d.Round(time.Microsecond).String()
+}

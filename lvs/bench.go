@@ -1,0 +1,62 @@
+package lvs
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// SyntheticTable is a table of n TCP wrr services (192.0.2.100, ports
+// from 10000) with m NAT real servers each (203.0.113.11 on, weights 1..m),
+// for benchmarks.
+func SyntheticTable(n, m int) []VirtualServer {
+	vss := make([]VirtualServer, n)
+	for i := range vss {
+		vs := VirtualServer{Name: fmt.Sprintf("s%d", i),
+			Service: Service{Key: Key{Protocol: TCP, Addr: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.100"), uint16(10000+i))}, Scheduler: "wrr"}}
+		for j := range m {
+			vs.Reals = append(vs.Reals, Real{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(11 + j)}), 8080), Weight: j + 1, Method: NAT})
+		}
+		vss[i] = vs
+	}
+	return vss
+}
+
+// Step is one measured reconcile.
+type Step struct {
+	Name     string
+	Ops      int
+	Duration time.Duration
+}
+
+// MeasureReconcile reconciles vss into an empty data plane, then after
+// one weight change, then with no change, and times each.
+func MeasureReconcile(r *Reconciler, vss []VirtualServer) ([]Step, error) {
+	var steps []Step
+	step := func(name string) error {
+		start := time.Now()
+		n, err := r.Reconcile()
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		steps = append(steps, Step{name, n, time.Since(start)})
+		return nil
+	}
+	r.Set(vss)
+	if err := step("full table from empty"); err != nil {
+		return nil, err
+	}
+	changed := make([]VirtualServer, len(vss))
+	copy(changed, vss)
+	mid := len(vss) / 2
+	changed[mid].Reals = append([]Real(nil), vss[mid].Reals...)
+	changed[mid].Reals[0].Weight += 5
+	r.Set(changed)
+	if err := step("one weight change"); err != nil {
+		return nil, err
+	}
+	if err := step("no change"); err != nil {
+		return nil, err
+	}
+	return steps, nil
+}
