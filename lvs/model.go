@@ -88,6 +88,10 @@ type Service struct {
 	// PersistenceBits is the client prefix length persistence groups by
 	// (persistence_granularity); 0 means a single address.
 	PersistenceBits int `json:"persistence_granularity,omitempty"`
+	// Masquerade gives NAT'd connections the director's address as
+	// source, for real servers whose replies would not come back through
+	// the director (nftables only).
+	Masquerade bool `json:"masquerade,omitempty"`
 }
 
 // persistenceBits is PersistenceBits with its default filled in.

@@ -52,6 +52,9 @@ type NFT struct {
 	base   bool
 	maps   map[string]*nftables.Set
 	nl     *vnl.Handle // conntrack, in the same namespace
+	// masq counts the masquerading services of each real server
+	// endpoint (protocol, address, port), one element of masq4/masq6.
+	masq map[Key]int
 }
 
 type nsvc struct {
@@ -129,6 +132,7 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 
 func (n *NFT) reset() {
 	n.svcs = map[Key]*nsvc{}
+	n.masq = map[Key]int{}
 	n.base = false
 	n.maps = map[string]*nftables.Set{}
 }
@@ -174,6 +178,9 @@ func NFTUnsupported(svc Service, reals []Real) []Unsupported {
 	if svc.OnePacket {
 		add(-1, "one_packet", "one-packet scheduling needs IPVS")
 	}
+	if svc.Masquerade && svc.FWMark != 0 {
+		add(-1, "masquerade", "masquerade is for services with an address and port")
+	}
 	if svc.Flags&FlagSched3 != 0 || (svc.Flags != 0 && svc.Scheduler != "sh") {
 		add(-1, "scheduler_flags", "the nftables data plane takes sh-fallback and sh-port only")
 	}
@@ -189,6 +196,14 @@ func NFTUnsupported(svc Service, reals []Real) []Unsupported {
 		}
 	}
 	return out
+}
+
+// IPVSUnsupported lists what the IPVS data plane cannot do.
+func IPVSUnsupported(svc Service, _ []Real) []Unsupported {
+	if svc.Masquerade {
+		return []Unsupported{{Real: -1, Field: "masquerade", Msg: "masquerade needs the nftables data plane"}}
+	}
+	return nil
 }
 
 // NFTSupports is NFTUnsupported as an error.
@@ -391,8 +406,12 @@ func (n *NFT) addBase() {
 		key  nftables.SetDatatype
 	}{
 		{"svc4", dispatch4}, {"svc6", dispatch6}, {"fwm4", nftables.TypeMark}, {"fwm6", nftables.TypeMark},
+		{"masq4", dispatch4}, {"masq6", dispatch6},
 	} {
 		s := &nftables.Set{Table: n.table, Name: m.name, IsMap: true, KeyType: m.key, DataType: nftables.TypeVerdict}
+		if strings.HasPrefix(m.name, "masq") {
+			s.IsMap, s.DataType = false, nftables.SetDatatype{}
+		}
 		if m.key == nftables.TypeMark {
 			s.KeyByteOrder = binaryutil.NativeEndian
 		} else {
@@ -415,6 +434,10 @@ func (n *NFT) addBase() {
 			c.AddRule(&nftables.Rule{Table: n.table, Chain: ch, Exprs: markExprs(six, n.maps["fwm"+fam])})
 		}
 	}
+	post := hook("postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
+	for _, fam := range []string{"4", "6"} {
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: post, Exprs: masqExprs(fam == "6", n.maps["masq"+fam])})
+	}
 	n.base = true
 }
 
@@ -429,19 +452,40 @@ func nfproto(six bool) []expr.Any {
 	}
 }
 
-// dispatchExprs looks up daddr . l4proto . dport in m.
-func dispatchExprs(six bool, m *nftables.Set) []expr.Any {
+// destKey loads daddr . l4proto . dport into the registers from reg8, the
+// layout of the dispatch maps' keys.
+func destKey(six bool) []expr.Any {
 	alen, aoff := uint32(4), uint32(16)
 	if six {
 		alen, aoff = 16, 24
 	}
 	protoReg := reg8 + alen/4
-	return append(nfproto(six),
+	return []expr.Any{
 		&expr.Payload{DestRegister: reg8, Base: expr.PayloadBaseNetworkHeader, Offset: aoff, Len: alen},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
 		&expr.Payload{DestRegister: protoReg + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: reg8, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
+	}
 }
+
+// dispatchExprs jumps by daddr . l4proto . dport through the verdict map m.
+func dispatchExprs(six bool, m *nftables.Set) []expr.Any {
+	e := append(nfproto(six), destKey(six)...)
+	return append(e, &expr.Lookup{SourceRegister: reg8, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
+}
+
+// masqExprs masquerades DNAT'd connections to the real servers in m.
+func masqExprs(six bool, m *nftables.Set) []expr.Any {
+	e := append(nfproto(six),
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)})
+	e = append(e, destKey(six)...)
+	return append(e, &expr.Lookup{SourceRegister: reg8, SetName: m.Name, SetID: m.ID}, &expr.Masq{})
+}
+
+// ipsDstNAT is conntrack's IPS_DST_NAT status bit.
+const ipsDstNAT = 1 << 5
 
 func markExprs(six bool, m *nftables.Set) []expr.Any {
 	return append(nfproto(six),
@@ -552,6 +596,9 @@ func (n *NFT) delReal(s *nsvc, a netip.AddrPort) {
 		c.DelSet(ps)
 		delete(s.pers, a)
 	}
+	if s.svc.Masquerade {
+		n.masqRef(s.svc.Protocol, a, -1)
+	}
 }
 
 func (n *NFT) addReal(s *nsvc, r Real) {
@@ -587,6 +634,29 @@ func (n *NFT) addReal(s *nsvc, r Real) {
 		nat.RegProtoMin, nat.Specified = reg2, true
 	}
 	c.AddRule(&nftables.Rule{Table: n.table, Chain: rc, Exprs: append(e, nat)})
+	if s.svc.Masquerade {
+		n.masqRef(s.svc.Protocol, r.Addr, 1)
+	}
+}
+
+// masqRef counts a masquerading service's use of a real server endpoint
+// and keeps the element in masq4/masq6 while any uses it.
+func (n *NFT) masqRef(p Protocol, a netip.AddrPort, delta int) {
+	k := Key{Protocol: p, Addr: a}
+	before := n.masq[k]
+	n.masq[k] += delta
+	set := n.maps["masq4"]
+	if a.Addr().Is6() {
+		set = n.maps["masq6"]
+	}
+	el := []nftables.SetElement{{Key: dispatchKey(k)}}
+	switch {
+	case before == 0 && n.masq[k] > 0:
+		_ = n.conn.SetAddElements(set, el)
+	case before > 0 && n.masq[k] <= 0:
+		_ = n.conn.SetDeleteElements(set, el)
+		delete(n.masq, k)
+	}
 }
 
 // slotOrder spreads the real servers over slots in proportion to their

@@ -137,6 +137,7 @@ type VirtualServer struct {
 	// a single address.
 	PersistenceBits  int             `json:"persistence_granularity,omitempty"`
 	OnePacket        bool            `json:"one_packet,omitempty"`
+	Masquerade       bool            `json:"masquerade,omitempty"`
 	Quorum           int             `json:"quorum"`
 	Hysteresis       int             `json:"hysteresis,omitempty"`
 	InhibitOnFailure bool            `json:"inhibit_on_failure,omitempty"`

@@ -134,6 +134,7 @@ type rawVS struct {
 	PersistenceTimeout     string          `toml:"persistence_timeout"`
 	PersistenceGranularity *int            `toml:"persistence_granularity"`
 	OnePacket              *bool           `toml:"one_packet"`
+	Masquerade             *bool           `toml:"masquerade"`
 	Quorum                 *int            `toml:"quorum"`
 	Hysteresis             *int            `toml:"hysteresis"`
 	InhibitOnFailure       *bool           `toml:"inhibit_on_failure"`

@@ -611,6 +611,7 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 		if vs.OnePacket && vs.Protocol != "udp" && vs.FWMark == 0 {
 			v.add(at(p, "one_packet"), "one-packet scheduling is for udp services")
 		}
+		vs.Masquerade = r.Masquerade != nil && *r.Masquerade
 		vs.Quorum = v.intIn(at(p, "quorum"), r.Quorum, 1, 1, 1<<31-1)
 		vs.Hysteresis = v.intIn(at(p, "hysteresis"), r.Hysteresis, 0, 0, 1<<31-1)
 		if vs.Hysteresis >= vs.Quorum && r.Hysteresis != nil {

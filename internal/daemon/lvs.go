@@ -100,12 +100,13 @@ func (m *lvsManager) check(cfg *config.Config) error {
 // checkDataplane lists, with their lines, the settings the data plane
 // named dp cannot carry out.
 func checkDataplane(cfg *config.Config, dp string) error {
-	if dp != "nftables" {
-		return nil
+	unsupported := lvs.IPVSUnsupported
+	if dp == "nftables" {
+		unsupported = lvs.NFTUnsupported
 	}
 	var ps []config.Problem
 	for i, vs := range lvsConfigs(cfg) {
-		for _, u := range lvs.NFTUnsupported(vs.Service, vs.Reals) {
+		for _, u := range unsupported(vs.Service, vs.Reals) {
 			path := []any{"virtual_server", i, u.Field}
 			if u.Real >= 0 {
 				path = []any{"virtual_server", i, "real_server", u.Real, u.Field}
@@ -209,7 +210,7 @@ func (m *lvsManager) Run(ctx context.Context, interval time.Duration) error {
 func lvsConfigs(cfg *config.Config) []lvs.VirtualServer {
 	out := make([]lvs.VirtualServer, 0, len(cfg.VirtualServers))
 	for _, vs := range cfg.VirtualServers {
-		s := lvs.Service{Scheduler: vs.Scheduler, OnePacket: vs.OnePacket,
+		s := lvs.Service{Scheduler: vs.Scheduler, OnePacket: vs.OnePacket, Masquerade: vs.Masquerade,
 			Persistence: vs.PersistenceTimeout, PersistenceBits: vs.PersistenceBits}
 		if vs.FWMark != 0 {
 			s.Key = lvs.Key{FWMark: vs.FWMark, IPv6: vs.IPv6}

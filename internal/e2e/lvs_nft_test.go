@@ -277,3 +277,29 @@ func TestNFTRebuildsWhenFlushed(t *testing.T) {
 		t.Fatalf("after rebuild: %q, %v", name, err)
 	}
 }
+
+// TestNFTMasquerade: real servers that do not route back through the
+// director (no default route) answer only when the service masquerades.
+func TestNFTMasquerade(t *testing.T) {
+	s := newNFTScene(t, 1)
+	s.Reals[0].IP("route", "del", "default")
+	vs := tcpVS("rr", backend(0, lblab.TCPPort, 1))
+	s.set(t, vs)
+	if name, err := s.Ask("", vipTCP.String()); err == nil {
+		t.Fatalf("without masquerade the reply found its way (%s): the test proves nothing", name)
+	}
+	vs.Masquerade = true
+	if n := s.set(t, vs); n != 1 {
+		t.Fatalf("turning masquerade on took %d operations", n)
+	}
+	if name, err := s.Ask("", vipTCP.String()); err != nil || name != "rs1" {
+		t.Fatalf("with masquerade: %q, %v", name, err)
+	}
+	// Off again: the element goes, and so does the reply path.
+	vs.Masquerade = false
+	s.set(t, vs)
+	out := s.Director.MustRun("nft", "list", "set", "inet", lvs.NFTTable, "masq4")
+	if strings.Contains(out, "203.0.113.11") {
+		t.Fatalf("masquerade element left:\n%s", out)
+	}
+}
