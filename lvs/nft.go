@@ -52,9 +52,12 @@ type NFT struct {
 	base   bool
 	maps   map[string]*nftables.Set
 	nl     *vnl.Handle // conntrack, in the same namespace
-	// masq counts the masquerading services of each real server
-	// endpoint (protocol, address, port), one element of masq4/masq6.
-	masq map[Key]int
+	// refs counts, per endpoint set ("masq", "in", "out"), the services
+	// using each real-server endpoint (protocol, address, port); an
+	// element is in the set while its count is positive. touched holds
+	// the counts at the start of the Apply, for the elements to change.
+	refs    map[string]map[Key]int
+	touched map[string]map[Key]int
 }
 
 type nsvc struct {
@@ -132,7 +135,8 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 
 func (n *NFT) reset() {
 	n.svcs = map[Key]*nsvc{}
-	n.masq = map[Key]int{}
+	n.refs = map[string]map[Key]int{"masq": {}, "in": {}, "out": {}}
+	n.touched = map[string]map[Key]int{"masq": {}, "in": {}, "out": {}}
 	n.base = false
 	n.maps = map[string]*nftables.Set{}
 }
@@ -224,8 +228,9 @@ func NFTSupports(svc Service, reals []Real) error {
 // nothing to do. ListStats adds them.
 func (n *NFT) List() ([]Entry, error) { return n.list(false) }
 
-// ListStats is List with the counters the kernel keeps: new connections
-// per service and per real server (no packet or byte counts, no rates).
+// ListStats is List with the counters the kernel keeps: connections per
+// service and real server, packets and bytes per real-server endpoint
+// (a server shared by two services counts for both), no rates.
 func (n *NFT) ListStats() ([]Entry, error) { return n.list(true) }
 
 func (n *NFT) list(stats bool) ([]Entry, error) {
@@ -249,11 +254,37 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 			}
 		}
 	}
+	traffic := map[string]*expr.Counter{} // "in"/"out" + endpoint key
+	if stats && len(n.svcs) > 0 {
+		for _, name := range []string{"in4", "in6", "out4", "out6"} {
+			els, err := n.conn.GetSetElements(n.maps[name])
+			if err != nil {
+				return nil, fmt.Errorf("nftables: read %s: %w", name, err)
+			}
+			for _, el := range els {
+				if el.Counter != nil {
+					traffic[name[:len(name)-1]+string(el.Key)] = el.Counter
+				}
+			}
+		}
+	}
 	out := make([]Entry, 0, len(n.svcs))
 	for _, s := range n.svcs {
 		e := Entry{Service: s.svc, Stats: Stats{Connections: counters[svcCounter(s.id)]}}
 		for _, r := range s.reals {
-			e.Reals = append(e.Reals, RealState{Real: r, Stats: Stats{Connections: counters[realCounter(s.id, s.idx[r.Addr])]}})
+			st := Stats{Connections: counters[realCounter(s.id, s.idx[r.Addr])]}
+			k := string(dispatchKey(Key{Protocol: s.svc.Protocol, Addr: r.Addr}))
+			if c := traffic["in"+k]; c != nil {
+				st.PacketsIn, st.BytesIn = c.Packets, c.Bytes
+			}
+			if c := traffic["out"+k]; c != nil {
+				st.PacketsOut, st.BytesOut = c.Packets, c.Bytes
+			}
+			e.Stats.PacketsIn += st.PacketsIn
+			e.Stats.BytesIn += st.BytesIn
+			e.Stats.PacketsOut += st.PacketsOut
+			e.Stats.BytesOut += st.BytesOut
+			e.Reals = append(e.Reals, RealState{Real: r, Stats: st})
 		}
 		out = append(out, e)
 	}
@@ -368,6 +399,7 @@ func (n *NFT) Apply(ops []Op) error {
 			n.updateReals(s)
 		}
 	}
+	n.flushRefs()
 	if err := n.conn.Flush(); err != nil {
 		// The kernel refused the whole transaction, so the model no
 		// longer matches it: start again from an empty table.
@@ -407,10 +439,13 @@ func (n *NFT) addBase() {
 	}{
 		{"svc4", dispatch4}, {"svc6", dispatch6}, {"fwm4", nftables.TypeMark}, {"fwm6", nftables.TypeMark},
 		{"masq4", dispatch4}, {"masq6", dispatch6},
+		{"in4", dispatch4}, {"in6", dispatch6}, {"out4", dispatch4}, {"out6", dispatch6},
 	} {
 		s := &nftables.Set{Table: n.table, Name: m.name, IsMap: true, KeyType: m.key, DataType: nftables.TypeVerdict}
-		if strings.HasPrefix(m.name, "masq") {
+		if !strings.HasPrefix(m.name, "svc") && !strings.HasPrefix(m.name, "fwm") {
 			s.IsMap, s.DataType = false, nftables.SetDatatype{}
+			// in and out count each real server's packets and bytes.
+			s.Counter = !strings.HasPrefix(m.name, "masq")
 		}
 		if m.key == nftables.TypeMark {
 			s.KeyByteOrder = binaryutil.NativeEndian
@@ -435,8 +470,12 @@ func (n *NFT) addBase() {
 		}
 	}
 	post := hook("postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
+	stats := hook("stats", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
 	for _, fam := range []string{"4", "6"} {
-		c.AddRule(&nftables.Rule{Table: n.table, Chain: post, Exprs: masqExprs(fam == "6", n.maps["masq"+fam])})
+		six := fam == "6"
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: post, Exprs: append(dnatted(six, false), &expr.Lookup{SourceRegister: reg8, SetName: "masq" + fam}, &expr.Masq{})})
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: stats, Exprs: append(dnatted(six, false), &expr.Lookup{SourceRegister: reg8, SetName: "in" + fam})})
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: stats, Exprs: append(dnatted(six, true), &expr.Lookup{SourceRegister: reg8, SetName: "out" + fam})})
 	}
 	n.base = true
 }
@@ -473,15 +512,21 @@ func dispatchExprs(six bool, m *nftables.Set) []expr.Any {
 	return append(e, &expr.Lookup{SourceRegister: reg8, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
 }
 
-// masqExprs masquerades DNAT'd connections to the real servers in m.
-func masqExprs(six bool, m *nftables.Set) []expr.Any {
+// dnatted matches packets of DNAT'd connections and loads daddr . l4proto
+// . dport (reply: saddr . l4proto . sport), the real server's endpoint.
+func dnatted(six, reply bool) []expr.Any {
 	e := append(nfproto(six),
 		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)})
-	e = append(e, destKey(six)...)
-	return append(e, &expr.Lookup{SourceRegister: reg8, SetName: m.Name, SetID: m.ID}, &expr.Masq{})
+	k := destKey(six)
+	if reply {
+		src := k[0].(*expr.Payload)
+		src.Offset -= src.Len // the source address precedes the destination
+		k[2].(*expr.Payload).Offset = 0
+	}
+	return append(e, k...)
 }
 
 // ipsDstNAT is conntrack's IPS_DST_NAT status bit.
@@ -596,8 +641,10 @@ func (n *NFT) delReal(s *nsvc, a netip.AddrPort) {
 		c.DelSet(ps)
 		delete(s.pers, a)
 	}
+	n.ref("in", s.svc.Protocol, a, -1)
+	n.ref("out", s.svc.Protocol, a, -1)
 	if s.svc.Masquerade {
-		n.masqRef(s.svc.Protocol, a, -1)
+		n.ref("masq", s.svc.Protocol, a, -1)
 	}
 }
 
@@ -634,28 +681,52 @@ func (n *NFT) addReal(s *nsvc, r Real) {
 		nat.RegProtoMin, nat.Specified = reg2, true
 	}
 	c.AddRule(&nftables.Rule{Table: n.table, Chain: rc, Exprs: append(e, nat)})
+	n.ref("in", s.svc.Protocol, r.Addr, 1)
+	n.ref("out", s.svc.Protocol, r.Addr, 1)
 	if s.svc.Masquerade {
-		n.masqRef(s.svc.Protocol, r.Addr, 1)
+		n.ref("masq", s.svc.Protocol, r.Addr, 1)
 	}
 }
 
-// masqRef counts a masquerading service's use of a real server endpoint
-// and keeps the element in masq4/masq6 while any uses it.
-func (n *NFT) masqRef(p Protocol, a netip.AddrPort, delta int) {
+// ref counts a service's use of a real-server endpoint in the endpoint
+// set kind; flushRefs adds and removes the elements.
+func (n *NFT) ref(kind string, p Protocol, a netip.AddrPort, delta int) {
 	k := Key{Protocol: p, Addr: a}
-	before := n.masq[k]
-	n.masq[k] += delta
-	set := n.maps["masq4"]
-	if a.Addr().Is6() {
-		set = n.maps["masq6"]
+	if _, ok := n.touched[kind][k]; !ok {
+		n.touched[kind][k] = n.refs[kind][k]
 	}
-	el := []nftables.SetElement{{Key: dispatchKey(k)}}
-	switch {
-	case before == 0 && n.masq[k] > 0:
-		_ = n.conn.SetAddElements(set, el)
-	case before > 0 && n.masq[k] <= 0:
-		_ = n.conn.SetDeleteElements(set, el)
-		delete(n.masq, k)
+	n.refs[kind][k] += delta
+	if n.refs[kind][k] <= 0 {
+		delete(n.refs[kind], k)
+	}
+}
+
+// flushRefs puts the element changes of this Apply into the transaction,
+// one message per set and direction.
+func (n *NFT) flushRefs() {
+	for kind, ks := range n.touched {
+		add := map[string][]nftables.SetElement{}
+		del := map[string][]nftables.SetElement{}
+		for k, before := range ks {
+			name := kind + "4"
+			if k.Addr.Addr().Is6() {
+				name = kind + "6"
+			}
+			el := nftables.SetElement{Key: dispatchKey(k)}
+			switch now := n.refs[kind][k]; {
+			case before == 0 && now > 0:
+				add[name] = append(add[name], el)
+			case before > 0 && now == 0:
+				del[name] = append(del[name], el)
+			}
+		}
+		for name, els := range del {
+			_ = n.conn.SetDeleteElements(n.maps[name], els)
+		}
+		for name, els := range add {
+			_ = n.conn.SetAddElements(n.maps[name], els)
+		}
+		n.touched[kind] = map[Key]int{}
 	}
 }
 

@@ -101,6 +101,14 @@ func TestNFTWeightedRoundRobin(t *testing.T) {
 		if r.Stats.Connections != want {
 			t.Fatalf("%s counted %d connections, want %d", r.Addr, r.Stats.Connections, want)
 		}
+		// Each connection: SYN, ACK, FIN, ACK at least from the client;
+		// SYN-ACK, the name, FIN from the server.
+		if r.Stats.PacketsIn < 3*want || r.Stats.PacketsOut < 3*want || r.Stats.BytesOut < r.Stats.PacketsOut*40 {
+			t.Fatalf("%s traffic counters %+v for %d connections", r.Addr, r.Stats, want)
+		}
+	}
+	if es[0].Stats.PacketsIn != es[0].Reals[0].Stats.PacketsIn+es[0].Reals[1].Stats.PacketsIn {
+		t.Fatalf("service packets %d are not the sum of its servers'", es[0].Stats.PacketsIn)
 	}
 
 	// A weight change is one operation and one transaction; nothing
