@@ -115,8 +115,10 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	h, err := vnl.NewHandleAt(netns.NsHandle(o.NetNS))
-	if o.NetNS == 0 {
+	var h *vnl.Handle
+	if o.NetNS != 0 {
+		h, err = vnl.NewHandleAt(netns.NsHandle(o.NetNS))
+	} else {
 		h, err = vnl.NewHandle()
 	}
 	if err != nil {
@@ -127,6 +129,7 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 	if _, err := c.ListTableOfFamily(NFTTable, nftables.TableFamilyINet); err == nil {
 		c.DelTable(n.table)
 		if err := c.Flush(); err != nil {
+			h.Close()
 			return nil, fmt.Errorf("nftables: remove old table %s: %w", NFTTable, err)
 		}
 	}
@@ -329,19 +332,19 @@ func (n *NFT) Apply(ops []Op) error {
 		switch op.Kind {
 		case AddService:
 			if ok {
-				return fmt.Errorf("%s: service exists", op)
+				return n.abandon(fmt.Errorf("%s: service exists", op))
 			}
 			if err := NFTSupports(op.Service, nil); err != nil {
-				return fmt.Errorf("%s: %w", op, err)
+				return n.abandon(fmt.Errorf("%s: %w", op, err))
 			}
 			n.svcs[k] = &nsvc{svc: op.Service, idx: map[netip.AddrPort]int{}}
 			c.new = true
 		case UpdateService:
 			if !ok {
-				return fmt.Errorf("%s: no such service", op)
+				return n.abandon(fmt.Errorf("%s: no such service", op))
 			}
 			if err := NFTSupports(op.Service, nil); err != nil {
-				return fmt.Errorf("%s: %w", op, err)
+				return n.abandon(fmt.Errorf("%s: %w", op, err))
 			}
 			// A changed scheduler or persistence rebuilds the service
 			// under a new number, in the same transaction.
@@ -353,7 +356,7 @@ func (n *NFT) Apply(ops []Op) error {
 			c.new = true
 		case DelService:
 			if !ok {
-				return fmt.Errorf("%s: no such service", op)
+				return n.abandon(fmt.Errorf("%s: no such service", op))
 			}
 			if !c.new && c.old == nil {
 				c.old = s
@@ -362,17 +365,17 @@ func (n *NFT) Apply(ops []Op) error {
 			delete(n.svcs, k)
 		case AddReal, UpdateReal, DelReal:
 			if !ok {
-				return fmt.Errorf("%s: no such service", op)
+				return n.abandon(fmt.Errorf("%s: no such service", op))
 			}
 			i := slices.IndexFunc(s.reals, func(r Real) bool { return r.Addr == op.Real.Addr })
 			switch {
 			case op.Kind == AddReal && i >= 0:
-				return fmt.Errorf("%s: real server exists", op)
+				return n.abandon(fmt.Errorf("%s: real server exists", op))
 			case op.Kind != AddReal && i < 0:
-				return fmt.Errorf("%s: no such real server", op)
+				return n.abandon(fmt.Errorf("%s: no such real server", op))
 			}
 			if err := NFTSupports(s.svc, []Real{op.Real}); err != nil && op.Kind != DelReal {
-				return fmt.Errorf("%s: %w", op, err)
+				return n.abandon(fmt.Errorf("%s: %w", op, err))
 			}
 			switch op.Kind {
 			case AddReal:
@@ -401,14 +404,19 @@ func (n *NFT) Apply(ops []Op) error {
 	}
 	n.flushRefs()
 	if err := n.conn.Flush(); err != nil {
-		// The kernel refused the whole transaction, so the model no
-		// longer matches it: start again from an empty table.
-		n.conn.DelTable(n.table)
-		_ = n.conn.Flush()
-		n.reset()
-		return fmt.Errorf("nftables transaction: %w", err)
+		return n.abandon(fmt.Errorf("nftables transaction: %w", err))
 	}
 	return nil
+}
+
+// abandon is the way out of an Apply that failed: the model may no longer
+// match the kernel, so both start again from an empty table, which the
+// next reconcile fills.
+func (n *NFT) abandon(err error) error {
+	n.conn.DelTable(n.table)
+	_ = n.conn.Flush()
+	n.reset()
+	return err
 }
 
 func svcCounter(id int) string     { return fmt.Sprintf("c%d", id) }

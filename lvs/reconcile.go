@@ -141,6 +141,11 @@ func (r *Reconciler) Set(vss []VirtualServer) {
 			delete(r.health, k)
 		}
 	}
+	for k := range r.quorumUp {
+		if !slices.ContainsFunc(vss, func(vs VirtualServer) bool { return vs.Key == k }) {
+			delete(r.quorumUp, k)
+		}
+	}
 	r.mu.Unlock()
 	r.Kick()
 }

@@ -311,3 +311,28 @@ func TestNFTMasquerade(t *testing.T) {
 		t.Fatalf("masquerade element left:\n%s", out)
 	}
 }
+
+// TestNFTRecoversFromRefusedApply: a batch the data plane refuses half-way
+// leaves no half-applied model; the next reconcile rebuilds the table.
+func TestNFTRecoversFromRefusedApply(t *testing.T) {
+	s := newNFTScene(t, 1)
+	vs := tcpVS("rr", backend(0, lblab.TCPPort, 1))
+	s.set(t, vs)
+	bad := lvs.Service{Key: lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort("192.0.2.100:81")}, Scheduler: "lc"}
+	err := s.nft.Apply([]lvs.Op{
+		{Kind: lvs.UpdateReal, Service: vs.Service, Real: backend(0, lblab.TCPPort, 5)},
+		{Kind: lvs.AddService, Service: bad},
+	})
+	if err == nil {
+		t.Fatal("an lc service was accepted by nftables")
+	}
+	if es, err := s.nft.List(); err != nil || len(es) != 0 {
+		t.Fatalf("after a refused apply the data plane lists %v, %v; want an empty table to rebuild", es, err)
+	}
+	if n := s.set(t, vs); n != 2 {
+		t.Fatalf("rebuild took %d operations", n)
+	}
+	if name, err := s.Ask("", vipTCP.String()); err != nil || name != "rs1" {
+		t.Fatalf("after the rebuild: %q, %v", name, err)
+	}
+}
