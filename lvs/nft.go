@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -58,6 +59,7 @@ type NFT struct {
 	// the counts at the start of the Apply, for the elements to change.
 	refs    map[string]map[Key]int
 	touched map[string]map[Key]int
+	rates   rates
 }
 
 type nsvc struct {
@@ -124,7 +126,7 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}}
+	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}, rates: rates{now: time.Now}}
 	n.reset()
 	if _, err := c.ListTableOfFamily(NFTTable, nftables.TableFamilyINet); err == nil {
 		c.DelTable(n.table)
@@ -233,7 +235,8 @@ func (n *NFT) List() ([]Entry, error) { return n.list(false) }
 
 // ListStats is List with the counters the kernel keeps: connections per
 // service and real server, packets and bytes per real-server endpoint
-// (a server shared by two services counts for both), no rates.
+// (a server shared by two services counts for both), and rates averaged
+// since the previous reading.
 func (n *NFT) ListStats() ([]Entry, error) { return n.list(true) }
 
 func (n *NFT) list(stats bool) ([]Entry, error) {
@@ -287,12 +290,78 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 			e.Stats.BytesIn += st.BytesIn
 			e.Stats.PacketsOut += st.PacketsOut
 			e.Stats.BytesOut += st.BytesOut
+			if stats {
+				n.rates.fill(s.svc.Key.String()+" "+r.Addr.String(), &st)
+			}
 			e.Reals = append(e.Reals, RealState{Real: r, Stats: st})
+		}
+		if stats {
+			n.rates.fill(s.svc.Key.String(), &e.Stats)
 		}
 		out = append(out, e)
 	}
+	if stats {
+		n.rates.done()
+	}
 	Sort(out)
 	return out, nil
+}
+
+// rates turns counters into per-second rates: the average since the
+// previous reading at least a second before (IPVS's kernel estimator
+// averages over about two seconds; nftables has none).
+type rates struct {
+	now  func() time.Time
+	prev map[string]rateSample // the reading rates are computed against
+	cur  map[string]rateSample // this reading
+	last map[string]Stats      // rates shown until prev is old enough
+}
+
+type rateSample struct {
+	at time.Time
+	s  Stats
+}
+
+func (r *rates) fill(key string, s *Stats) {
+	if r.cur == nil {
+		r.cur = map[string]rateSample{}
+	}
+	now := r.now()
+	r.cur[key] = rateSample{now, *s}
+	p, ok := r.prev[key]
+	dt := now.Sub(p.at).Seconds()
+	if !ok || dt < 1 {
+		l := r.last[key]
+		s.CPS, s.PPSIn, s.PPSOut, s.BPSIn, s.BPSOut = l.CPS, l.PPSIn, l.PPSOut, l.BPSIn, l.BPSOut
+		return
+	}
+	per := func(a, b uint64) uint64 {
+		if a < b {
+			return 0
+		}
+		return uint64(float64(a-b) / dt)
+	}
+	s.CPS = per(s.Connections, p.s.Connections)
+	s.PPSIn, s.PPSOut = per(s.PacketsIn, p.s.PacketsIn), per(s.PacketsOut, p.s.PacketsOut)
+	s.BPSIn, s.BPSOut = per(s.BytesIn, p.s.BytesIn), per(s.BytesOut, p.s.BytesOut)
+	if r.last == nil {
+		r.last = map[string]Stats{}
+	}
+	r.last[key] = *s
+}
+
+// done ends a reading: it becomes the base of the next rates once it is a
+// second old.
+func (r *rates) done() {
+	for k, c := range r.cur {
+		if p, ok := r.prev[k]; !ok || c.at.Sub(p.at) >= time.Second {
+			if r.prev == nil {
+				r.prev = map[string]rateSample{}
+			}
+			r.prev[k] = c
+		}
+	}
+	r.cur = nil
 }
 
 // Apply carries out ops in one nftables transaction.
