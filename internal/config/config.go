@@ -157,12 +157,40 @@ type RealServer struct {
 }
 
 type HealthCheck struct {
-	Type     string        `json:"type"`
-	Path     string        `json:"path,omitempty"`
-	Interval time.Duration `json:"interval"`
-	Timeout  time.Duration `json:"timeout"`
-	Rise     int           `json:"rise"`
-	Fall     int           `json:"fall"`
+	Type string `json:"type"`
+	// ConnectIP and ConnectPort replace the real server's address or
+	// port when set.
+	ConnectIP        netip.Addr        `json:"connect_ip,omitzero"`
+	ConnectPort      uint16            `json:"connect_port,omitempty"`
+	BindTo           netip.Addr        `json:"bindto,omitzero"`
+	Interval         time.Duration     `json:"interval"`
+	Timeout          time.Duration     `json:"timeout"`
+	Retry            int               `json:"retry"`
+	DelayBeforeRetry time.Duration     `json:"delay_before_retry"`
+	Warmup           time.Duration     `json:"warmup"`
+	Rise             int               `json:"rise"`
+	Fall             int               `json:"fall"`
+	Alpha            bool              `json:"alpha"`
+	LogAllFailures   bool              `json:"log_all_failures"`
+	NotifyUp         []string          `json:"notify_up,omitempty"`
+	NotifyDown       []string          `json:"notify_down,omitempty"`
+	Method           string            `json:"method,omitempty"`
+	Path             string            `json:"path,omitempty"`
+	Host             string            `json:"host,omitempty"`
+	Headers          map[string]string `json:"headers,omitempty"`
+	StatusCodes      []string          `json:"status_codes,omitempty"`
+	BodyRegex        string            `json:"body_regex,omitempty"`
+	Digest           string            `json:"digest,omitempty"`
+	SNI              string            `json:"sni,omitempty"`
+	VerifyCert       bool              `json:"verify_cert,omitempty"`
+	WarnDays         int               `json:"warn_days,omitempty"`
+	Payload          string            `json:"payload,omitempty"`
+	Expect           string            `json:"expect,omitempty"`
+	QueryName        string            `json:"query_name,omitempty"`
+	QueryType        string            `json:"query_type,omitempty"`
+	Rcode            string            `json:"rcode,omitempty"`
+	Command          []string          `json:"command,omitempty"`
+	Dynamic          bool              `json:"dynamic,omitempty"`
 }
 
 type Cluster struct {

@@ -153,12 +153,38 @@ type rawRS struct {
 }
 
 type rawHealthCheck struct {
-	Type     string `toml:"type"`
-	Path     string `toml:"path"`
-	Interval string `toml:"interval"`
-	Timeout  string `toml:"timeout"`
-	Rise     *int   `toml:"rise"`
-	Fall     *int   `toml:"fall"`
+	Type             string            `toml:"type"`
+	ConnectIP        string            `toml:"connect_ip"`
+	ConnectPort      *int              `toml:"connect_port"`
+	BindTo           string            `toml:"bindto"`
+	Interval         string            `toml:"interval"`
+	Timeout          string            `toml:"timeout"`
+	Retry            *int              `toml:"retry"`
+	DelayBeforeRetry string            `toml:"delay_before_retry"`
+	Warmup           string            `toml:"warmup"`
+	Rise             *int              `toml:"rise"`
+	Fall             *int              `toml:"fall"`
+	Alpha            *bool             `toml:"alpha"`
+	LogAllFailures   *bool             `toml:"log_all_failures"`
+	NotifyUp         []string          `toml:"notify_up"`
+	NotifyDown       []string          `toml:"notify_down"`
+	Method           string            `toml:"method"`
+	Path             string            `toml:"path"`
+	Host             string            `toml:"host"`
+	Headers          map[string]string `toml:"headers"`
+	StatusCodes      []string          `toml:"status_codes"`
+	BodyRegex        string            `toml:"body_regex"`
+	Digest           string            `toml:"digest"`
+	SNI              string            `toml:"sni"`
+	VerifyCert       *bool             `toml:"verify_cert"`
+	WarnDays         *int              `toml:"warn_days"`
+	Payload          string            `toml:"payload"`
+	Expect           string            `toml:"expect"`
+	QueryName        string            `toml:"query_name"`
+	QueryType        string            `toml:"query_type"`
+	Rcode            string            `toml:"rcode"`
+	Command          []string          `toml:"command"`
+	Dynamic          *bool             `toml:"dynamic"`
 }
 
 type rawCluster struct {

@@ -1,11 +1,14 @@
 package config
 
 import (
+	"encoding/hex"
 	"fmt"
+	"github.com/directord/directord/healthcheck"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,7 +28,7 @@ var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh",
 
 // HealthCheckTypes lists the checker kinds, keepalived's TCP_CHECK, HTTP_GET,
 // SSL_GET and MISC_CHECK among them.
-var HealthCheckTypes = []string{"tcp", "http", "https", "tls", "udp", "dns", "exec"}
+var HealthCheckTypes = healthcheck.Types
 
 type validator struct {
 	file     string
@@ -677,30 +680,142 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 	return out
 }
 
+// healthKeys says which check types take each type-specific key.
+var healthKeys = map[string][]string{
+	"method": {"http", "https"}, "path": {"http", "https"}, "host": {"http", "https"},
+	"headers": {"http", "https"}, "status_codes": {"http", "https"}, "body_regex": {"http", "https"},
+	"digest": {"http", "https"}, "sni": {"https", "tls"}, "verify_cert": {"https", "tls"},
+	"warn_days": {"https", "tls"}, "payload": {"udp"}, "expect": {"udp", "dns"},
+	"query_name": {"dns"}, "query_type": {"dns"}, "rcode": {"dns"}, "command": {"exec"}, "dynamic": {"exec"},
+	"connect_ip": {"tcp", "http", "https", "tls", "udp", "dns"}, "connect_port": {"tcp", "http", "https", "tls", "udp", "dns"},
+	"bindto": {"tcp", "http", "https", "tls", "udp", "dns"},
+}
+
 func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
-	hc := &HealthCheck{Type: r.Type, Path: r.Path}
+	hc := &HealthCheck{Type: r.Type}
 	if r.Type == "" {
 		v.add(at(p, "type"), "required: one of %s", strings.Join(HealthCheckTypes, ", "))
-	} else {
-		v.oneOf(at(p, "type"), r.Type, "", HealthCheckTypes...)
+	} else if v.oneOf(at(p, "type"), r.Type, "", HealthCheckTypes...) == "" {
+		return hc
 	}
-	if hc.Type == "http" || hc.Type == "https" {
-		if hc.Path == "" {
-			hc.Path = "/"
-		} else if !strings.HasPrefix(hc.Path, "/") {
-			v.add(at(p, "path"), "%q must start with /", hc.Path)
+	set := map[string]bool{
+		"method": r.Method != "", "path": r.Path != "", "host": r.Host != "", "headers": r.Headers != nil,
+		"status_codes": r.StatusCodes != nil, "body_regex": r.BodyRegex != "", "digest": r.Digest != "",
+		"sni": r.SNI != "", "verify_cert": r.VerifyCert != nil, "warn_days": r.WarnDays != nil,
+		"payload": r.Payload != "", "expect": r.Expect != "", "query_name": r.QueryName != "",
+		"query_type": r.QueryType != "", "rcode": r.Rcode != "", "command": r.Command != nil,
+		"dynamic": r.Dynamic != nil, "connect_ip": r.ConnectIP != "", "connect_port": r.ConnectPort != nil,
+		"bindto": r.BindTo != "",
+	}
+	keys := make([]string, 0, len(set))
+	for k := range set {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if set[k] && r.Type != "" && !slices.Contains(healthKeys[k], r.Type) {
+			v.add(at(p, k), "only %s checks take %s", strings.Join(healthKeys[k], " and "), k)
 		}
-	} else if hc.Path != "" {
-		v.add(at(p, "path"), "only http and https checks have a path")
+	}
+	if r.ConnectIP != "" {
+		a, err := netip.ParseAddr(r.ConnectIP)
+		if err != nil {
+			v.add(at(p, "connect_ip"), "%q is not an IP address", r.ConnectIP)
+		}
+		hc.ConnectIP = a
+	}
+	if r.ConnectPort != nil {
+		hc.ConnectPort = uint16(v.intIn(at(p, "connect_port"), r.ConnectPort, 0, 1, 65535))
+	}
+	if r.BindTo != "" {
+		a, err := netip.ParseAddr(r.BindTo)
+		if err != nil {
+			v.add(at(p, "bindto"), "%q is not an IP address", r.BindTo)
+		}
+		hc.BindTo = a
 	}
 	hc.Interval = v.duration(at(p, "interval"), r.Interval, 2*time.Second, 10*time.Millisecond, time.Hour)
 	hc.Timeout = v.duration(at(p, "timeout"), r.Timeout, time.Second, time.Millisecond, time.Hour)
 	if hc.Timeout > hc.Interval {
 		v.add(at(p, "timeout"), "%s is longer than the interval %s", hc.Timeout, hc.Interval)
 	}
+	hc.Retry = v.intIn(at(p, "retry"), r.Retry, 0, 0, 100)
+	hc.DelayBeforeRetry = v.duration(at(p, "delay_before_retry"), r.DelayBeforeRetry, time.Second, 0, time.Hour)
+	hc.Warmup = v.duration(at(p, "warmup"), r.Warmup, hc.Interval, 0, time.Hour)
 	hc.Rise = v.intIn(at(p, "rise"), r.Rise, 2, 1, 100)
 	hc.Fall = v.intIn(at(p, "fall"), r.Fall, 2, 1, 100)
+	hc.Alpha = r.Alpha != nil && *r.Alpha
+	hc.LogAllFailures = r.LogAllFailures != nil && *r.LogAllFailures
+	hc.NotifyUp = v.argv(at(p, "notify_up"), r.NotifyUp)
+	hc.NotifyDown = v.argv(at(p, "notify_down"), r.NotifyDown)
+
+	hc.Method = strings.ToUpper(r.Method)
+	if hc.Method != "" && !slices.Contains([]string{"GET", "HEAD", "POST", "OPTIONS"}, hc.Method) {
+		v.add(at(p, "method"), "%q is not one of GET, HEAD, POST, OPTIONS", r.Method)
+	}
+	hc.Path, hc.Host, hc.Headers = r.Path, r.Host, r.Headers
+	if hc.Type == "http" || hc.Type == "https" {
+		if hc.Path == "" {
+			hc.Path = "/"
+		} else if !strings.HasPrefix(hc.Path, "/") {
+			v.add(at(p, "path"), "%q must start with /", hc.Path)
+		}
+		if hc.Method == "" {
+			hc.Method = "GET"
+		}
+	}
+	for i, c := range r.StatusCodes {
+		if _, _, err := StatusRange(c); err != nil {
+			v.add(at(p, "status_codes", i), "%v", err)
+		}
+	}
+	hc.StatusCodes = r.StatusCodes
+	hc.BodyRegex, hc.Expect = r.BodyRegex, r.Expect
+	for k, re := range map[string]string{"body_regex": r.BodyRegex, "expect": r.Expect} {
+		if _, err := regexp.Compile(re); err != nil {
+			v.add(at(p, k), "%v", err)
+		}
+	}
+	hc.Digest = strings.ToLower(r.Digest)
+	if hc.Digest != "" {
+		if b, err := hex.DecodeString(hc.Digest); err != nil || len(b) != 16 {
+			v.add(at(p, "digest"), "%q is not an MD5 digest in hex (32 digits, as genhash prints)", r.Digest)
+		}
+	}
+	hc.SNI = r.SNI
+	hc.VerifyCert = r.VerifyCert != nil && *r.VerifyCert
+	hc.WarnDays = v.intIn(at(p, "warn_days"), r.WarnDays, 0, 0, 3650)
+	hc.Payload = r.Payload
+	hc.QueryName = r.QueryName
+	if hc.Type == "dns" {
+		hc.QueryType = v.oneOf(at(p, "query_type"), strings.ToUpper(r.QueryType), "SOA", healthcheck.DNSTypes...)
+		hc.Rcode = v.oneOf(at(p, "rcode"), strings.ToUpper(r.Rcode), "NOERROR", healthcheck.DNSRcodes...)
+		if hc.QueryName == "" {
+			hc.QueryName = "."
+		}
+	}
+	hc.Dynamic = r.Dynamic != nil && *r.Dynamic
+	if hc.Type == "exec" {
+		if r.Command == nil {
+			v.add(at(p, "command"), "an exec check needs a command: [\"/usr/local/bin/check\", \"arg\"]")
+		}
+		hc.Command = v.argv(at(p, "command"), r.Command)
+	}
 	return hc
+}
+
+// StatusRange parses "200" or "200-299".
+func StatusRange(s string) (from, to int, err error) {
+	a, b, isRange := strings.Cut(s, "-")
+	from, err1 := strconv.Atoi(strings.TrimSpace(a))
+	to, err2 := from, error(nil)
+	if isRange {
+		to, err2 = strconv.Atoi(strings.TrimSpace(b))
+	}
+	if err1 != nil || err2 != nil || from < 100 || to > 599 || from > to {
+		return 0, 0, fmt.Errorf("%q is not a status code or range (like \"200\" or \"200-299\", within 100-599)", s)
+	}
+	return from, to, nil
 }
 
 func (v *validator) cluster(r *rawCluster) *Cluster {

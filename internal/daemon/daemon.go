@@ -50,6 +50,7 @@ type Daemon struct {
 	notify  *notifier
 	scripts *scriptRunner
 	lvs     *lvsManager
+	health  *health
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -102,6 +103,12 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d.status.Register("lvs", d.lvs.status)
 	d.reg.MustRegister(newLVSCollector(d.lvs))
+	d.health = newHealth(d.log, d.lvs)
+	if err := d.health.apply(cfg); err != nil {
+		return err
+	}
+	d.status.Register("health", d.health.status)
+	d.reg.MustRegister(newHealthCollector(d.health))
 	var mln net.Listener
 	if cfg.Node.MetricsListen != "" {
 		if mln, err = net.Listen("tcp", cfg.Node.MetricsListen); err != nil {
@@ -123,6 +130,7 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error { return d.vrrp.Run(ctx, vrrpConfigs(cfg)) })
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
 	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
+	g.Go(func() error { return d.health.runner.Run(ctx) })
 
 	d.log.Info("directord started", "node", cfg.Node.Name, "version", opts.Version, "config", cfg.File,
 		"status_socket", cfg.Node.StatusSocket, "metrics", cfg.Node.MetricsListen,
@@ -273,6 +281,9 @@ func (d *Daemon) reload() ReloadResult {
 		d.log.Info("reload: VRRP applied", "started", restarted, "reconfigured_in_place", inPlace)
 	}
 	d.lvs.apply(cfg)
+	if err := d.health.apply(cfg); err != nil {
+		d.log.Error("reload: health checks not updated", "err", err)
+	}
 	if changes.Empty() {
 		d.log.Info("reload: no change", "config", cfg.File)
 	} else {

@@ -1,0 +1,220 @@
+package healthcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestDampener(t *testing.T) {
+	for _, tc := range []struct {
+		rise, fall int
+		start      bool
+		results    string // . ok, x failure
+		want       string // state after each result: U or D
+	}{
+		{2, 3, true, "xx.xxx", "UUUUUD"},
+		{2, 3, false, ".x..x.", "DDDUUU"},
+		{1, 1, true, "x.x.", "DUDU"},
+		{3, 2, true, "xx.x.x..", "UDDDDDDD"}, // flapping every check: held down
+		{2, 2, false, "..xx", "DUUD"},
+	} {
+		d := dampener{rise: tc.rise, fall: tc.fall, up: tc.start}
+		got := ""
+		for _, r := range tc.results {
+			d.observe(r == '.')
+			got += map[bool]string{true: "U", false: "D"}[d.up]
+		}
+		if got != tc.want {
+			t.Errorf("rise %d fall %d start %v results %s: states %s, want %s", tc.rise, tc.fall, tc.start, tc.results, got, tc.want)
+		}
+	}
+}
+
+// script is a fake checker returning results from a list.
+type script struct {
+	mu      sync.Mutex
+	results []Result
+	n       int
+	running atomic.Int32
+	overlap atomic.Bool
+	delay   time.Duration
+}
+
+func (s *script) Check(ctx context.Context) Result {
+	if s.running.Add(1) > 1 {
+		s.overlap.Store(true)
+	}
+	defer s.running.Add(-1)
+	if s.delay > 0 {
+		select {
+		case <-time.After(s.delay):
+		case <-ctx.Done():
+			return fail("timeout")
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.results[min(s.n, len(s.results)-1)]
+	s.n++
+	return r
+}
+
+func (s *script) calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+var (
+	ok   = Result{Weight: -1}
+	bad  = Result{Err: errors.New("refused"), Weight: -1}
+	rsID = ID{Service: "web", Real: netip.MustParseAddrPort("203.0.113.11:80")}
+)
+
+type recorder struct {
+	mu sync.Mutex
+	tr []Transition
+}
+
+func (r *recorder) add(t Transition) {
+	r.mu.Lock()
+	r.tr = append(r.tr, t)
+	r.mu.Unlock()
+}
+
+func (r *recorder) get() []Transition {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Transition(nil), r.tr...)
+}
+
+func eventually(t *testing.T, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func startRunner(t *testing.T, rec *recorder, fake Checker, s Spec) *Runner {
+	t.Helper()
+	r := NewRunner(nil, rec.add)
+	r.newCheck = func(Spec) (Checker, error) { return fake, nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := r.Update(map[ID]Spec{rsID: s}); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func spec() Spec {
+	return Spec{Type: "tcp", Interval: 5 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 2, Fall: 2}
+}
+
+func TestRunnerTransitions(t *testing.T) {
+	rec := &recorder{}
+	// up, up, down, down (-> DOWN), up, up (-> UP), then up for ever.
+	fake := &script{results: []Result{ok, ok, bad, bad, ok, ok, ok}}
+	r := startRunner(t, rec, fake, spec())
+	eventually(t, func() error {
+		if n := len(rec.get()); n < 2 {
+			return fmt.Errorf("%d transitions", n)
+		}
+		return nil
+	})
+	tr := rec.get()
+	if tr[0].Up || tr[0].Reason != "refused" || !tr[1].Up {
+		t.Fatalf("transitions %+v", tr)
+	}
+	st := r.States()[0]
+	if !st.Up || st.Transitions != 2 || st.Failures != 2 {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+func TestRunnerNeverOverlaps(t *testing.T) {
+	rec := &recorder{}
+	// Each check takes 4 intervals: the next starts only after it ends.
+	fake := &script{results: []Result{ok}, delay: 20 * time.Millisecond}
+	r := startRunner(t, rec, fake, spec())
+	eventually(t, func() error {
+		if n := fake.calls(); n < 5 {
+			return fmt.Errorf("%d checks", n)
+		}
+		return nil
+	})
+	if fake.overlap.Load() {
+		t.Fatal("a check overlapped itself")
+	}
+	if st := r.States()[0]; st.Missed == 0 {
+		t.Fatalf("checks slower than the interval are not counted as missed: %+v", st)
+	}
+}
+
+func TestRunnerRetryAlphaAndWeight(t *testing.T) {
+	rec := &recorder{}
+	s := spec()
+	s.Alpha, s.Retry, s.Rise = true, 1, 1
+	// bad then ok: the retry saves the check. Then dynamic weights.
+	fake := &script{results: []Result{bad, ok, {Weight: 7}, {Weight: 7}, {Weight: 3}}}
+	startRunner(t, rec, fake, s)
+	eventually(t, func() error {
+		if n := len(rec.get()); n < 4 {
+			return fmt.Errorf("%d transitions: %+v", n, rec.get())
+		}
+		return nil
+	})
+	tr := rec.get()
+	want := []struct {
+		up     bool
+		weight int
+	}{{false, -1}, {true, -1}, {true, 7}, {true, 3}}
+	for i, w := range want {
+		if tr[i].Up != w.up || tr[i].Weight != w.weight {
+			t.Fatalf("transition %d: %+v, want %+v (all: %+v)", i, tr[i], w, tr)
+		}
+	}
+}
+
+func TestRunnerUpdateKeepsState(t *testing.T) {
+	rec := &recorder{}
+	fake := &script{results: []Result{bad}}
+	r := startRunner(t, rec, fake, spec())
+	eventually(t, func() error {
+		if len(rec.get()) != 1 {
+			return errors.New("not down yet")
+		}
+		return nil
+	})
+	s := spec()
+	s.Interval = 7 * time.Millisecond
+	if err := r.Update(map[ID]Spec{rsID: s}); err != nil {
+		t.Fatal(err)
+	}
+	st := r.States()[0]
+	if st.Up || st.Transitions != 1 {
+		t.Fatalf("a changed check lost its state: %+v", st)
+	}
+	if err := r.Update(nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.States()); n != 0 {
+		t.Fatalf("%d checks left after removing them", n)
+	}
+}
