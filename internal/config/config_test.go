@@ -317,6 +317,46 @@ protocol = "udp"
 			`f.toml:24: virtual_server[1].real_server[1].address: "203.0.113.2"`,
 			"f.toml:29: virtual_server[2].protocol: a fwmark service balances every protocol the mark is set on; leave protocol out",
 		}},
+		{"health checks", minimal + `[[virtual_server]]
+name = "a"
+address = "192.0.2.1:80"
+  [virtual_server.health_check]
+  type = "tcp"
+  path = "/x"
+  status_codes = ["200", "2xx"]
+[[virtual_server]]
+name = "b"
+address = "192.0.2.1:81"
+  [virtual_server.health_check]
+  type = "http"
+  status_codes = ["302-301"]
+  body_regex = "("
+  digest = "abc"
+  method = "PUT"
+[[virtual_server]]
+name = "c"
+address = "192.0.2.1:82"
+  [virtual_server.health_check]
+  type = "dns"
+  query_type = "AXFR"
+[[virtual_server]]
+name = "d"
+address = "192.0.2.1:83"
+  [virtual_server.health_check]
+  type = "exec"
+  connect_port = 80
+`, []string{
+			"f.toml:9: virtual_server[0].health_check.path: only http and https checks take path",
+			"f.toml:10: virtual_server[0].health_check.status_codes: only http and https checks take status_codes",
+			`f.toml:10: virtual_server[0].health_check.status_codes[1]: "2xx" is not a status code or range`,
+			`f.toml:19: virtual_server[1].health_check.method: "PUT" is not one of GET, HEAD, POST, OPTIONS`,
+			`f.toml:16: virtual_server[1].health_check.status_codes[0]: "302-301" is not a status code or range`,
+			"f.toml:17: virtual_server[1].health_check.body_regex: error parsing regexp",
+			`f.toml:18: virtual_server[1].health_check.digest: "abc" is not an MD5 digest`,
+			`f.toml:25: virtual_server[2].health_check.query_type: "AXFR" is not one of A, AAAA`,
+			"f.toml:31: virtual_server[3].health_check.connect_port: only tcp, http, https, tls, udp and dns checks take connect_port",
+			"f.toml:29: virtual_server[3].health_check.command: an exec check needs a command",
+		}},
 		{"node and cluster", `[node]
 name = "lb 1"
 status_socket = "run/x.sock"

@@ -714,7 +714,12 @@ func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
 	slices.Sort(keys)
 	for _, k := range keys {
 		if set[k] && r.Type != "" && !slices.Contains(healthKeys[k], r.Type) {
-			v.add(at(p, k), "only %s checks take %s", strings.Join(healthKeys[k], " and "), k)
+			ts := healthKeys[k]
+			list := strings.Join(ts, " and ")
+			if len(ts) > 2 {
+				list = strings.Join(ts[:len(ts)-1], ", ") + " and " + ts[len(ts)-1]
+			}
+			v.add(at(p, k), "only %s checks take %s", list, k)
 		}
 	}
 	if r.ConnectIP != "" {

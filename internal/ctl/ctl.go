@@ -170,11 +170,12 @@ func describeChanges(c *config.Changes) string {
 // statusDoc is the part of the status document directorctl renders itself;
 // sections it does not know are listed by name.
 type statusDoc struct {
-	APIVersion int                 `json:"api_version"`
-	Node       daemon.NodeStatus   `json:"node"`
-	Config     daemon.ConfigStatus `json:"config"`
-	VRRP       *daemon.VRRPStatus  `json:"vrrp"`
-	LVS        *daemon.LVSStatus   `json:"lvs"`
+	APIVersion int                  `json:"api_version"`
+	Node       daemon.NodeStatus    `json:"node"`
+	Config     daemon.ConfigStatus  `json:"config"`
+	VRRP       *daemon.VRRPStatus   `json:"vrrp"`
+	LVS        *daemon.LVSStatus    `json:"lvs"`
+	Health     *daemon.HealthStatus `json:"health"`
 	raw        map[string]json.RawMessage
 }
 
@@ -229,7 +230,11 @@ func renderStatus(w io.Writer, doc *statusDoc) {
 		fmt.Fprintf(w, "\nload balancer: %s, %d virtual service(s) in the kernel (directorctl lvs)\n", doc.LVS.Dataplane, len(doc.LVS.Services))
 	}
 
-	known := []string{"api_version", "node", "config", "vrrp", "lvs"}
+	if doc.Health != nil && len(doc.Health.Checks) > 0 {
+		renderHealth(w, doc.Health)
+	}
+
+	known := []string{"api_version", "node", "config", "vrrp", "lvs", "health"}
 	var other []string
 	for k := range doc.raw {
 		if !slices.Contains(known, k) {
@@ -291,6 +296,28 @@ func renderVRRP(w io.Writer, v *daemon.VRRPStatus) {
 			verdict = "FAILED"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", sc.Name, verdict, sc.Runs, sc.LastResult)
+	}
+	tw.Flush()
+}
+
+func renderHealth(w io.Writer, h *daemon.HealthStatus) {
+	fmt.Fprintln(w, "\nHEALTH CHECKS")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tREAL SERVER\tSTATE\tFOR\tCHECK\tLAST\tLATENCY\tTRANSITIONS\tLAST ERROR")
+	for _, c := range h.Checks {
+		state := "up"
+		if !c.Up {
+			state = "DOWN"
+		}
+		if c.Up && c.Weight >= 0 {
+			state = fmt.Sprintf("up (weight %d)", c.Weight)
+		}
+		last := "-"
+		if !c.LastAt.IsZero() {
+			last = map[bool]string{true: "ok", false: "failed"}[c.LastOK]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", c.ID.Service, c.ID.Real, state,
+			time.Since(c.Since).Round(time.Second), c.Check, last, c.Latency, c.Transitions, c.LastError)
 	}
 	tw.Flush()
 }

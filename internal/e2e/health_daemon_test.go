@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +149,12 @@ func TestDaemonHealthChecks(t *testing.T) {
 	if !strings.Contains(d.Output(), `msg="real server down"`) {
 		t.Fatalf("no transition in the log:\n%s", d.Output())
 	}
+
+	out, err := exec.Command(directorctl, "--socket", sock, "status").CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^web\s+`+regexp.QuoteMeta(rs2)+`\s+DOWN\s.*tcp .*failed.*refused`).Match(out) {
+		t.Fatalf("directorctl status does not show rs2 down: %v\n%s", err, out)
+	}
+	t.Logf("directorctl status:\n%s", out)
 
 	// notify_down ran with the service and the server.
 	wantNotes := func(want string) {
