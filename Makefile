@@ -4,7 +4,7 @@ STATICCHECK_VERSION ?= v0.8.2
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS = -X main.version=$(VERSION)
 
-.PHONY: all build test test-race test-ipvs guest-kernel lint demo bench bench-failover bench-lvs clean clean-lab
+.PHONY: all build test test-race test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck clean clean-lab
 
 all: build
 
@@ -43,13 +43,16 @@ demo: build
 
 # Benchmarks (root; not part of make test): each rewrites its section of
 # docs/benchmarks.md.
-bench: bench-failover bench-lvs
+bench: bench-failover bench-lvs bench-healthcheck
 
 bench-failover: build
 	$(GO) run ./internal/bench/failover -bin bin
 
 bench-lvs: guest-kernel
 	$(GO) run ./internal/bench/lvs
+
+bench-healthcheck: build
+	$(GO) run ./internal/bench/healthcheck -bin bin
 
 clean:
 	rm -rf bin .cache

@@ -38,7 +38,7 @@ type Status struct {
 	LastOK      bool      `json:"last_ok"`
 	LastError   string    `json:"last_error,omitempty"`
 	Latency     string    `json:"latency"`
-	LatencySecs float64   `json:"-"`
+	LatencySecs float64   `json:"latency_seconds"`
 	// Missed counts checks that started later than one interval after
 	// the previous one was due.
 	Missed uint64 `json:"missed"`
@@ -241,6 +241,9 @@ func (r *Runner) record(c *check, res Result, at time.Time, latency time.Duratio
 	}
 	c.mu.Unlock()
 
+	if res.Warn == "" && tr == nil && (res.Err == nil || !c.spec.LogAllFailures) {
+		return // the common case: nothing to say
+	}
 	log := r.log.With("service", c.id.Service, "real_server", c.id.Real.String(), "check", c.spec.String())
 	if res.Warn != "" {
 		log.Warn("health check warning", "warning", res.Warn)
