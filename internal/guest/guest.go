@@ -320,9 +320,10 @@ func KernelDir(root string) string {
 	return filepath.Join(root, ".cache", "guest", "current")
 }
 
-// RunLVSTests builds the lvs package's tests and runs those matching
-// pattern in the guest, with IPVS loaded, from the module at root.
-func RunLVSTests(ctx context.Context, root, pattern string, timeout time.Duration) (*Result, error) {
+// RunTests builds a package's tests (pkg relative to the module at root,
+// like "./lvs") and runs those matching pattern in the guest, with IPVS
+// loaded and DIRECTORD_IPVS_GUEST=1 set.
+func RunTests(ctx context.Context, root, pkg, pattern string, timeout time.Duration) (*Result, error) {
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
 		return nil, err
@@ -332,12 +333,12 @@ func RunLVSTests(ctx context.Context, root, pattern string, timeout time.Duratio
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	prog := filepath.Join(tmp, "lvs.test")
-	build := exec.CommandContext(ctx, "go", "test", "-c", "-o", prog, "./lvs")
+	prog := filepath.Join(tmp, "pkg.test")
+	build := exec.CommandContext(ctx, "go", "test", "-c", "-o", prog, pkg)
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build the lvs tests: %v\n%s", err, out)
+		return nil, fmt.Errorf("build the tests of %s: %v\n%s", pkg, err, out)
 	}
 	return Run(ctx, Config{
 		KernelDir: KernelDir(root),

@@ -25,7 +25,7 @@ func TestIPVSInGuest(t *testing.T) {
 		}
 		t.Skipf("no guest kernel at %s: run make guest-kernel", KernelDir(root))
 	}
-	res, err := RunLVSTests(context.Background(), root, "^TestGuestIPVS", 5*time.Minute)
+	res, err := RunTests(context.Background(), root, "./lvs", "^TestGuestIPVS", 5*time.Minute)
 	if res != nil {
 		t.Logf("guest console:\n%s", res.Output)
 	}
@@ -42,5 +42,17 @@ func TestIPVSInGuest(t *testing.T) {
 	}
 	if strings.Contains(res.Output, "--- SKIP") || strings.Contains(res.Output, "GUEST: insmod") {
 		t.Errorf("a guest test skipped or a module failed to load")
+	}
+
+	// The daemon itself on IPVS: auto's choice, the table, sysctls, stop.
+	res, err = RunTests(context.Background(), root, "./internal/daemon", "^TestGuestDaemon", 5*time.Minute)
+	if res != nil {
+		t.Logf("guest console:\n%s", res.Output)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Exit != 0 || !strings.Contains(res.Output, "--- PASS: TestGuestDaemonIPVS") {
+		t.Fatalf("the daemon's IPVS test failed in the guest (exit %d)", res.Exit)
 	}
 }

@@ -53,7 +53,7 @@ func run(services, reals, runs int, out string) (err error) {
 	if err != nil {
 		return err
 	}
-	res, err := guest.RunLVSTests(context.Background(), root, "^TestGuestBenchIPVS$", 15*time.Minute)
+	res, err := guest.RunTests(context.Background(), root, "./lvs", "^TestGuestBenchIPVS$", 15*time.Minute)
 	if err != nil {
 		if res != nil {
 			fmt.Fprintln(os.Stderr, res.Output)

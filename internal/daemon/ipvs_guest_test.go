@@ -1,0 +1,144 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/directord/directord/internal/status"
+	"github.com/directord/directord/lvs"
+)
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestGuestDaemonIPVS runs the daemon on a kernel with IPVS (the qemu
+// guest of make test-ipvs): auto picks IPVS, the table holds what the
+// file says (wlc and dr, which nftables cannot do), the sysctls are set,
+// and stopping removes the services.
+func TestGuestDaemonIPVS(t *testing.T) {
+	if os.Getenv("DIRECTORD_IPVS_GUEST") != "1" {
+		t.Skip("runs inside the qemu guest with Debian's kernel: make test-ipvs (part of make test)")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "directord.sock")
+	conf := filepath.Join(dir, "directord.toml")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, `[node]
+name = "guest"
+data_dir = %q
+status_socket = %q
+
+[[virtual_server]]
+name = "web"
+address = "192.0.2.100:80"
+scheduler = "wlc"
+forwarding = "dr"
+persistence_timeout = "300s"
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:80"
+  [[virtual_server.real_server]]
+  address = "203.0.113.12:80"
+  weight = 2
+
+[[virtual_server]]
+name = "dns"
+address = "192.0.2.100:53"
+protocol = "udp"
+scheduler = "rr"
+one_packet = true
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:53"
+`, filepath.Join(dir, "data"), sock), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log syncBuf
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{ConfigFile: conf, Version: "guest", Log: &log}) }()
+
+	var st LVSStatus
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		raw, err := status.NewClient(sock).Raw(ctx, "/v1/status/lvs")
+		if err == nil {
+			st = LVSStatus{}
+			if err = json.Unmarshal(raw, &st); err == nil && len(st.Services) == 2 && len(st.Services[0].Reals)+len(st.Services[1].Reals) == 3 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no table: %v %+v\n%s", err, st, log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st.Dataplane != "ipvs" || st.Reason != "auto: the kernel has IPVS" {
+		t.Fatalf("data plane %q (%s)", st.Dataplane, st.Reason)
+	}
+	web, dns := st.Services[0], st.Services[1] // sorted: tcp before udp
+	if web.Name != "web" || web.Scheduler != "wlc" || web.Persistence != 300*time.Second || web.Reals[1].Method != lvs.DR || web.Reals[1].Weight != 2 {
+		t.Fatalf("web in the kernel: %+v", web)
+	}
+	if dns.Name != "dns" || !dns.OnePacket {
+		t.Fatalf("dns in the kernel: %+v", dns)
+	}
+	want := map[string]bool{"net.ipv4.ip_forward": true, "net.ipv4.vs.expire_nodest_conn": true, "net.ipv4.vs.conntrack": true}
+	for _, s := range st.Sysctls {
+		if s.Err != "" {
+			t.Errorf("sysctl %s: %s", s.Key, s.Err)
+		}
+		b, _ := os.ReadFile("/proc/sys/" + filepath.Join(splitDots(s.Key)...))
+		if string(bytes.TrimSpace(b)) != s.Want {
+			t.Errorf("sysctl %s is %q, want %s", s.Key, b, s.Want)
+		}
+		delete(want, s.Key)
+	}
+	if len(want) > 0 {
+		t.Errorf("sysctls not set: %v (have %+v)", want, st.Sysctls)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v\n%s", err, log.String())
+	}
+	d, err := lvs.NewIPVS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if es, err := d.List(); err != nil || len(es) != 0 {
+		t.Fatalf("after stop the kernel has %+v, %v", es, err)
+	}
+}
+
+func splitDots(s string) []string {
+	var out []string
+	start := 0
+	for i := range len(s) {
+		if s[i] == '.' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
