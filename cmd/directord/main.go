@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/directord/directord/internal/config"
@@ -42,6 +43,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return checkConfig(*file, stdout, stderr)
 	}
 
+	// For developers: a CPU profile of the whole run (see README).
+	if path := os.Getenv("DIRECTORD_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -204,7 +205,10 @@ func run(bin string, addrs, ports int, dur time.Duration, out string) (err error
 	// plain loop of system calls, with directord stopped. In this lab the
 	// target's kernel work (veth, bridge, the SYN-ACK) is charged to the
 	// connecting process too, so this is what any checker would pay here.
-	d.Kill()
+	d.Signal(syscall.SIGTERM) // a clean exit writes DIRECTORD_CPUPROFILE
+	if _, err := d.Wait(10 * time.Second); err != nil {
+		d.Kill()
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
