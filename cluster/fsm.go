@@ -1,0 +1,239 @@
+// Package cluster replicates the load-balancer table between directors with
+// Raft (github.com/hashicorp/raft) and finds the peers with memberlist
+// (github.com/hashicorp/memberlist). The table's virtual servers are
+// opaque JSON documents here, named by the virtual server's name: the
+// daemon decides what they hold. Overrides (drain, disable, weight) are
+// typed. Nothing in the failover path waits on this package: a director
+// keeps using the last committed state whatever Raft is doing.
+package cluster
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// CommandVersion is the format of the commands this build writes and
+// reads. A command of another version is refused, not half-applied.
+const CommandVersion = 1
+
+// Ops of a Command.
+const (
+	OpApply   = "apply"     // replace every virtual server with Services
+	OpPutVS   = "vs.put"    // add or replace one virtual server
+	OpDelVS   = "vs.del"    // remove one, and its overrides
+	OpDrain   = "rs.drain"  // a real server takes no new connections
+	OpEnable  = "rs.enable" // clear a real server's overrides
+	OpWeight  = "rs.weight" // set a real server's weight by hand
+	OpDisable = "rs.disable"
+)
+
+// Command is one change of the replicated state, as written to the log.
+type Command struct {
+	V        int                        `json:"v"`
+	Op       string                     `json:"op"`
+	Services map[string]json.RawMessage `json:"services,omitempty"` // apply
+	Name     string                     `json:"name,omitempty"`     // the virtual server
+	Service  json.RawMessage            `json:"service,omitempty"`  // vs.put
+	Real     string                     `json:"real,omitempty"`     // rs.*: the real server's IP:port
+	Weight   int                        `json:"weight,omitempty"`   // rs.weight
+}
+
+// Override is what an operator set on one real server.
+type Override struct {
+	Drain    bool `json:"drain,omitempty"`
+	Disabled bool `json:"disabled,omitempty"`
+	// Weight replaces the configured weight when set.
+	Weight *int `json:"weight,omitempty"`
+}
+
+// State is the replicated state.
+type State struct {
+	// Index is the Raft index of the last command applied.
+	Index    uint64                     `json:"index"`
+	Services map[string]json.RawMessage `json:"services"`
+	// Overrides by virtual server name, then real server.
+	Overrides map[string]map[string]Override `json:"overrides"`
+}
+
+func (s State) clone() State {
+	c := State{Index: s.Index, Services: maps.Clone(s.Services), Overrides: map[string]map[string]Override{}}
+	if c.Services == nil {
+		c.Services = map[string]json.RawMessage{}
+	}
+	for k, v := range s.Overrides {
+		c.Overrides[k] = maps.Clone(v)
+	}
+	return c
+}
+
+// Names lists the virtual servers in order.
+func (s State) Names() []string { return slices.Sorted(maps.Keys(s.Services)) }
+
+// ErrCommand is wrapped by the errors of commands the state machine
+// refuses.
+var ErrCommand = errors.New("command refused")
+
+// apply changes s by c, or refuses c and leaves s as it was.
+func (s *State) apply(c Command) error {
+	if c.V != CommandVersion {
+		return fmt.Errorf("%w: format version %d, this directord reads %d", ErrCommand, c.V, CommandVersion)
+	}
+	needVS := func() error {
+		if _, ok := s.Services[c.Name]; !ok {
+			return fmt.Errorf("%w: no virtual server %q", ErrCommand, c.Name)
+		}
+		if c.Real == "" {
+			return fmt.Errorf("%w: no real server given", ErrCommand)
+		}
+		return nil
+	}
+	override := func(f func(*Override)) {
+		m := s.Overrides[c.Name]
+		if m == nil {
+			m = map[string]Override{}
+			s.Overrides[c.Name] = m
+		}
+		o := m[c.Real]
+		f(&o)
+		m[c.Real] = o
+	}
+	switch c.Op {
+	case OpApply:
+		s.Services = maps.Clone(c.Services)
+		if s.Services == nil {
+			s.Services = map[string]json.RawMessage{}
+		}
+		for name := range s.Overrides {
+			if _, ok := s.Services[name]; !ok {
+				delete(s.Overrides, name)
+			}
+		}
+	case OpPutVS:
+		if c.Name == "" || len(c.Service) == 0 {
+			return fmt.Errorf("%w: vs.put needs a name and a service", ErrCommand)
+		}
+		s.Services[c.Name] = c.Service
+	case OpDelVS:
+		if _, ok := s.Services[c.Name]; !ok {
+			return fmt.Errorf("%w: no virtual server %q", ErrCommand, c.Name)
+		}
+		delete(s.Services, c.Name)
+		delete(s.Overrides, c.Name)
+	case OpDrain, OpDisable, OpWeight:
+		if err := needVS(); err != nil {
+			return err
+		}
+		if c.Op == OpWeight && (c.Weight < 0 || c.Weight > 65535) {
+			return fmt.Errorf("%w: weight %d is out of range [0, 65535]", ErrCommand, c.Weight)
+		}
+		override(func(o *Override) {
+			switch c.Op {
+			case OpDrain:
+				o.Drain = true
+			case OpDisable:
+				o.Disabled = true
+			case OpWeight:
+				w := c.Weight
+				o.Weight = &w
+			}
+		})
+	case OpEnable:
+		if err := needVS(); err != nil {
+			return err
+		}
+		delete(s.Overrides[c.Name], c.Real)
+		if len(s.Overrides[c.Name]) == 0 {
+			delete(s.Overrides, c.Name)
+		}
+	default:
+		return fmt.Errorf("%w: unknown operation %q", ErrCommand, c.Op)
+	}
+	return nil
+}
+
+// fsm is the Raft state machine: deterministic, and its state is only
+// ever replaced whole, so readers get consistent copies.
+type fsm struct {
+	mu       sync.Mutex
+	state    State
+	onChange func(State) // called after every applied command, in order
+}
+
+var _ raft.FSM = (*fsm)(nil)
+
+func newFSM(onChange func(State)) *fsm {
+	return &fsm{state: State{Services: map[string]json.RawMessage{}, Overrides: map[string]map[string]Override{}}, onChange: onChange}
+}
+
+// Apply returns nil or the error refusing the command.
+func (f *fsm) Apply(l *raft.Log) any {
+	var c Command
+	if err := json.Unmarshal(l.Data, &c); err != nil {
+		return fmt.Errorf("%w: %v", ErrCommand, err)
+	}
+	f.mu.Lock()
+	next := f.state.clone()
+	err := next.apply(c)
+	if err == nil {
+		next.Index = l.Index
+		f.state = next
+	}
+	cur := f.state
+	f.mu.Unlock()
+	if err == nil && f.onChange != nil {
+		f.onChange(cur)
+	}
+	return err
+}
+
+// State returns the current state; callers must not change it.
+func (f *fsm) State() State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state
+}
+
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, err := json.Marshal(f.state)
+	if err != nil {
+		return nil, err
+	}
+	return snapshot(b), nil
+}
+
+func (f *fsm) Restore(r io.ReadCloser) error {
+	defer r.Close()
+	var s State
+	if err := json.NewDecoder(r).Decode(&s); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	s = s.clone()
+	f.mu.Lock()
+	f.state = s
+	f.mu.Unlock()
+	if f.onChange != nil {
+		f.onChange(s)
+	}
+	return nil
+}
+
+type snapshot []byte
+
+func (s snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (snapshot) Release() {}

@@ -1,0 +1,400 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+)
+
+// Config configures a node.
+type Config struct {
+	// ID names the node in Raft and memberlist; unique in the cluster.
+	ID      string
+	DataDir string // Raft's log, stable store and snapshots
+	// Gossip is memberlist's address; Raft is Raft's. Both are also the
+	// addresses peers use, so they must not be unspecified.
+	Gossip, Raft netip.AddrPort
+	// Peers are other nodes' gossip addresses to join.
+	Peers []string
+	// BootstrapExpect is the number of voters that form the cluster the
+	// first time (2 for a pair, 3 with a witness).
+	BootstrapExpect int
+	// EncryptKey, 16, 24 or 32 bytes, encrypts and authenticates gossip.
+	EncryptKey []byte
+	// Witness nodes vote but run no data plane.
+	Witness bool
+	Logger  *slog.Logger
+	// OnChange is called with the state after every applied command and
+	// restore, in order; it must not block for long.
+	OnChange func(State)
+}
+
+// Node is one member of the cluster.
+type Node struct {
+	cfg  Config
+	log  *slog.Logger
+	fsm  *fsm
+	raft *raft.Raft
+	ml   *memberlist.Memberlist
+	logs io.Closer
+
+	mu        sync.Mutex
+	members   map[string]member
+	bootstrap bool
+}
+
+type member struct {
+	name   string
+	raft   string
+	gossip string
+	state  string
+	role   string
+}
+
+// meta is what a node tells the others about itself through memberlist.
+type meta struct {
+	Raft    string `json:"raft"`
+	Witness bool   `json:"witness,omitempty"`
+}
+
+// ErrNoQuorum is returned by Apply when no leader can commit: nothing
+// was written.
+var ErrNoQuorum = errors.New("no quorum: a majority of the cluster's voters is not reachable, nothing was changed")
+
+// ErrQuorumLost is returned by Apply when the majority went away while
+// the change was being committed: it may still be applied when the
+// cluster heals.
+var ErrQuorumLost = errors.New("quorum lost while committing: the change may or may not be applied when the cluster heals")
+
+// New starts a node: Raft with its stores under DataDir, and memberlist,
+// joining Peers. It does not wait for a leader.
+func New(cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, members: map[string]member{}}
+	n.fsm = newFSM(cfg.OnChange)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cluster data_dir: %w", err)
+	}
+	if err := n.startRaft(); err != nil {
+		return nil, err
+	}
+	if err := n.startGossip(); err != nil {
+		n.raft.Shutdown().Error()
+		n.logs.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) startRaft() error {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.cfg.ID)
+	// A LAN pair: a lost leader is noticed within about a second.
+	rc.HeartbeatTimeout = 500 * time.Millisecond
+	rc.ElectionTimeout = 500 * time.Millisecond
+	rc.LeaderLeaseTimeout = 250 * time.Millisecond
+	rc.CommitTimeout = 20 * time.Millisecond
+	rc.SnapshotThreshold = 1024
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: logWriter(n.log, "raft")})
+	store, err := raftboltdb.NewBoltStore(filepath.Join(n.cfg.DataDir, "raft.db"))
+	if err != nil {
+		return fmt.Errorf("raft store: %w", err)
+	}
+	n.logs = store
+	snaps, err := raft.NewFileSnapshotStore(n.cfg.DataDir, 2, logWriter(n.log, "raft-snapshots"))
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("raft snapshots: %w", err)
+	}
+	addr, err := net.ResolveTCPAddr("tcp", n.cfg.Raft.String())
+	if err != nil {
+		store.Close()
+		return err
+	}
+	trans, err := raft.NewTCPTransport(n.cfg.Raft.String(), addr, 3, 5*time.Second, logWriter(n.log, "raft-transport"))
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("raft transport on %s: %w", n.cfg.Raft, err)
+	}
+	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, trans)
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("raft: %w", err)
+	}
+	n.raft = r
+	existing, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		return err
+	}
+	n.bootstrap = existing
+	return nil
+}
+
+func (n *Node) startGossip() error {
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = n.cfg.ID
+	mc.BindAddr = n.cfg.Gossip.Addr().String()
+	mc.BindPort = int(n.cfg.Gossip.Port())
+	mc.AdvertiseAddr = mc.BindAddr
+	mc.AdvertisePort = mc.BindPort
+	// Two or three directors on one LAN: a dead peer is confirmed in
+	// about a second rather than memberlist's default seven.
+	mc.ProbeInterval = 200 * time.Millisecond
+	mc.ProbeTimeout = 100 * time.Millisecond
+	mc.SuspicionMult = 3
+	mc.GossipInterval = 50 * time.Millisecond
+	mc.SecretKey = n.cfg.EncryptKey
+	mc.LogOutput = logWriter(n.log, "memberlist")
+	mc.Delegate = &delegate{n: n}
+	mc.Events = &events{n: n}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("memberlist on %s: %w", n.cfg.Gossip, err)
+	}
+	n.ml = ml
+	return nil
+}
+
+// Run joins the peers, keeps trying while none answers, bootstraps Raft
+// when the expected voters are there, and adds voters that join later.
+// It returns when ctx ends, after leaving the cluster's gossip.
+func (n *Node) Run(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if len(n.cfg.Peers) > 0 && n.ml.NumMembers() < 2 {
+			if _, err := n.ml.Join(n.cfg.Peers); err != nil {
+				n.log.Debug("cluster join", "peers", n.cfg.Peers, "err", err)
+			}
+		}
+		n.maybeBootstrap()
+		n.reconcileVoters()
+		select {
+		case <-ctx.Done():
+			n.ml.Leave(time.Second)
+			n.ml.Shutdown()
+			err := n.raft.Shutdown().Error()
+			n.logs.Close()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// maybeBootstrap forms the cluster the first time, once BootstrapExpect
+// nodes know each other: each bootstraps with the same voters, which
+// Raft accepts once.
+func (n *Node) maybeBootstrap() {
+	n.mu.Lock()
+	if n.bootstrap {
+		n.mu.Unlock()
+		return
+	}
+	var servers []raft.Server
+	for _, m := range n.members {
+		if m.state == "alive" && m.raft != "" {
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.name), Address: raft.ServerAddress(m.raft)})
+		}
+	}
+	if len(servers) < max(n.cfg.BootstrapExpect, 1) {
+		n.mu.Unlock()
+		return
+	}
+	n.bootstrap = true
+	n.mu.Unlock()
+	slices.SortFunc(servers, func(a, b raft.Server) int { return strings.Compare(string(a.ID), string(b.ID)) })
+	err := n.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+	if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		n.log.Error("cluster bootstrap failed", "err", err)
+		return
+	}
+	n.log.Info("cluster bootstrapped", "voters", len(servers))
+}
+
+// reconcileVoters, on the leader, adds alive members Raft does not know.
+func (n *Node) reconcileVoters() {
+	if n.raft.State() != raft.Leader {
+		return
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	known := map[raft.ServerID]bool{}
+	for _, s := range f.Configuration().Servers {
+		known[s.ID] = true
+	}
+	n.mu.Lock()
+	var add []member
+	for _, m := range n.members {
+		if m.state == "alive" && m.raft != "" && !known[raft.ServerID(m.name)] {
+			add = append(add, m)
+		}
+	}
+	n.mu.Unlock()
+	for _, m := range add {
+		if err := n.raft.AddVoter(raft.ServerID(m.name), raft.ServerAddress(m.raft), 0, 5*time.Second).Error(); err != nil {
+			n.log.Warn("cluster: adding a voter failed", "node", m.name, "err", err)
+			continue
+		}
+		n.log.Info("cluster: voter added", "node", m.name, "raft", m.raft)
+	}
+}
+
+// Apply commits c and returns when it is applied here. Only the leader
+// can; others get an error naming the leader. Without a majority it fails
+// with ErrNoQuorum within timeout.
+func (n *Node) Apply(c Command, timeout time.Duration) error {
+	c.V = CommandVersion
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	if n.raft.State() != raft.Leader {
+		addr, id := n.raft.LeaderWithID()
+		if addr == "" {
+			return ErrNoQuorum
+		}
+		return fmt.Errorf("not the leader: %s (%s) is", id, addr)
+	}
+	// Confirm the majority first, so that a write while a peer is down
+	// fails without entering the log: an entry appended without quorum
+	// could still be committed when the cluster heals.
+	verify := make(chan error, 1)
+	go func() { verify <- n.raft.VerifyLeader().Error() }()
+	select {
+	case err := <-verify:
+		if err != nil {
+			return ErrNoQuorum
+		}
+	case <-time.After(timeout):
+		return ErrNoQuorum
+	}
+	f := n.raft.Apply(b, timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) {
+			return fmt.Errorf("%w: %v", ErrQuorumLost, err)
+		}
+		return err
+	}
+	if err, ok := f.Response().(error); ok {
+		return err
+	}
+	return nil
+}
+
+// State is the last committed state applied here.
+func (n *Node) State() State { return n.fsm.State() }
+
+// Leader reports whether this node leads.
+func (n *Node) Leader() bool { return n.raft.State() == raft.Leader }
+
+// Status is what directorctl cluster shows.
+type Status struct {
+	ID          string         `json:"id"`
+	Role        string         `json:"role"` // director or witness
+	RaftState   string         `json:"raft_state"`
+	Leader      string         `json:"leader"`
+	Term        string         `json:"term"`
+	CommitIndex string         `json:"commit_index"`
+	Applied     uint64         `json:"applied_index"`
+	LastContact string         `json:"last_contact"`
+	Members     []MemberStatus `json:"members"`
+}
+
+// MemberStatus is one member as memberlist sees it.
+type MemberStatus struct {
+	Name   string `json:"name"`
+	Gossip string `json:"gossip"`
+	Raft   string `json:"raft"`
+	State  string `json:"state"`
+	Role   string `json:"role"`
+}
+
+func (n *Node) Status() Status {
+	st := n.raft.Stats()
+	_, leader := n.raft.LeaderWithID()
+	s := Status{ID: n.cfg.ID, Role: role(n.cfg.Witness), RaftState: n.raft.State().String(), Leader: string(leader),
+		Term: st["term"], CommitIndex: st["commit_index"], Applied: n.raft.AppliedIndex(), LastContact: st["last_contact"]}
+	n.mu.Lock()
+	for _, m := range n.members {
+		s.Members = append(s.Members, MemberStatus{Name: m.name, Gossip: m.gossip, Raft: m.raft, State: m.state, Role: m.role})
+	}
+	n.mu.Unlock()
+	slices.SortFunc(s.Members, func(a, b MemberStatus) int { return strings.Compare(a.Name, b.Name) })
+	return s
+}
+
+func role(witness bool) string {
+	if witness {
+		return "witness"
+	}
+	return "director"
+}
+
+type delegate struct{ n *Node }
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	b, _ := json.Marshal(meta{Raft: d.n.cfg.Raft.String(), Witness: d.n.cfg.Witness})
+	return b
+}
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+type events struct{ n *Node }
+
+func (e *events) set(node *memberlist.Node, state string) {
+	var m meta
+	_ = json.Unmarshal(node.Meta, &m)
+	e.n.mu.Lock()
+	e.n.members[node.Name] = member{name: node.Name, raft: m.Raft, gossip: node.Address(), state: state, role: role(m.Witness)}
+	e.n.mu.Unlock()
+	e.n.log.Info("cluster member", "node", node.Name, "state", state, "gossip", node.Address())
+}
+
+func (e *events) NotifyJoin(node *memberlist.Node)   { e.set(node, "alive") }
+func (e *events) NotifyLeave(node *memberlist.Node)  { e.set(node, "left or failed") }
+func (e *events) NotifyUpdate(node *memberlist.Node) { e.set(node, "alive") }
+
+// logWriter turns a library's log lines into slog records.
+func logWriter(log *slog.Logger, component string) io.Writer {
+	pr, pw := io.Pipe()
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			level := slog.LevelInfo
+			switch {
+			case strings.Contains(line, "[ERR]") || strings.Contains(line, "[ERROR]"):
+				level = slog.LevelError
+			case strings.Contains(line, "[WARN]"):
+				level = slog.LevelWarn
+			case strings.Contains(line, "[DEBUG]"):
+				level = slog.LevelDebug
+			}
+			log.Log(context.Background(), level, line, "component", component)
+		}
+	}()
+	return pw
+}

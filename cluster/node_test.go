@@ -1,0 +1,266 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			u.Close()
+			return uint16(p)
+		}
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type testNode struct {
+	*Node
+	log    *syncBuf
+	cfg    Config
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startNode(t *testing.T, cfg Config) *testNode {
+	t.Helper()
+	buf := &syncBuf{}
+	cfg.Logger = slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tn := &testNode{Node: n, log: buf, cfg: cfg, cancel: cancel, done: make(chan error, 1)}
+	go func() { tn.done <- n.Run(ctx) }()
+	t.Cleanup(tn.stop)
+	return tn
+}
+
+func (tn *testNode) stop() {
+	if tn.cancel != nil {
+		tn.cancel()
+		<-tn.done
+		tn.cancel = nil
+	}
+}
+
+// cluster starts n nodes on loopback that expect each other.
+func cluster(t *testing.T, n int) []*testNode {
+	t.Helper()
+	var cfgs []Config
+	for i := range n {
+		cfgs = append(cfgs, Config{
+			ID: fmt.Sprintf("n%d", i), DataDir: t.TempDir(), BootstrapExpect: n,
+			Gossip:     netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
+			Raft:       netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
+			EncryptKey: []byte("0123456789abcdef0123456789abcdef"),
+		})
+	}
+	for i := range cfgs {
+		for j := range cfgs {
+			if i != j {
+				cfgs[i].Peers = append(cfgs[i].Peers, cfgs[j].Gossip.String())
+			}
+		}
+	}
+	var nodes []*testNode
+	for _, c := range cfgs {
+		nodes = append(nodes, startNode(t, c))
+	}
+	return nodes
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func leader(t *testing.T, nodes []*testNode) *testNode {
+	t.Helper()
+	var l *testNode
+	waitFor(t, 15*time.Second, func() error {
+		for _, n := range nodes {
+			if n.cancel != nil && n.Leader() {
+				l = n
+				return nil
+			}
+		}
+		return errors.New("no leader")
+	})
+	return l
+}
+
+func converged(t *testing.T, nodes []*testNode, names ...string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, func() error {
+		for _, n := range nodes {
+			if n.cancel == nil {
+				continue
+			}
+			got := n.State().Names()
+			if fmt.Sprint(got) != fmt.Sprint(names) {
+				return fmt.Errorf("%s has %v, want %v", n.cfg.ID, got, names)
+			}
+		}
+		return nil
+	})
+}
+
+func put(name string) Command {
+	return Command{Op: OpPutVS, Name: name, Service: json.RawMessage(`{"scheduler":"wrr"}`)}
+}
+
+// Three voters (two directors and a witness): writes commit with one
+// down; it comes back and catches up; the leader's loss loses nothing.
+func TestClusterThreeVoters(t *testing.T) {
+	nodes := cluster(t, 3)
+	l := leader(t, nodes)
+	if err := l.Apply(put("web"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	converged(t, nodes, "web")
+	for _, n := range nodes {
+		if n != l {
+			if err := n.Apply(put("x"), time.Second); err == nil {
+				t.Fatal("a follower applied a command")
+			}
+			break
+		}
+	}
+
+	// The leader dies; the other two elect one and go on.
+	l.stop()
+	l2 := leader(t, nodes)
+	if err := l2.Apply(put("dns"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	converged(t, nodes, "dns", "web")
+
+	// The old leader restarts from its data dir and catches up.
+	back := startNode(t, l.cfg)
+	nodes = append(nodes, back)
+	converged(t, []*testNode{back}, "dns", "web")
+	if st := back.Status(); len(st.Members) < 3 || st.Leader == "" {
+		t.Fatalf("status after rejoin: %+v", st)
+	}
+}
+
+// Two voters: with one down nothing can commit, and the write fails
+// within its timeout with ErrNoQuorum.
+func TestClusterPairNoQuorum(t *testing.T) {
+	nodes := cluster(t, 2)
+	l := leader(t, nodes)
+	if err := l.Apply(put("web"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	converged(t, nodes, "web")
+	for _, n := range nodes {
+		if n != l {
+			n.stop()
+		}
+	}
+	start := time.Now()
+	var err error
+	waitFor(t, 10*time.Second, func() error {
+		err = l.Apply(put("dns"), 500*time.Millisecond)
+		if err == nil {
+			return errors.New("a write committed with the peer down")
+		}
+		if !errors.Is(err, ErrNoQuorum) {
+			return fmt.Errorf("error %v, want no quorum", err)
+		}
+		return nil
+	})
+	t.Logf("write with the peer down: %v (after %s)", err, time.Since(start).Round(time.Millisecond))
+	if names := l.State().Names(); fmt.Sprint(names) != "[web]" {
+		t.Fatalf("state changed without quorum: %v", names)
+	}
+
+	// The peer comes back: the refused write never appears.
+	for _, n := range nodes {
+		if n != l {
+			nodes = append(nodes, startNode(t, n.cfg))
+		}
+	}
+	l2 := leader(t, nodes)
+	if err := l2.Apply(put("mail"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	converged(t, nodes, "mail", "web")
+}
+
+// A node with another gossip key is not let in.
+func TestClusterWrongKey(t *testing.T) {
+	nodes := cluster(t, 2)
+	leader(t, nodes)
+	bad := Config{ID: "intruder", DataDir: t.TempDir(), BootstrapExpect: 2,
+		Gossip:     netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
+		Raft:       netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
+		EncryptKey: []byte("another key, also 32 bytes long!"),
+		Peers:      []string{nodes[0].cfg.Gossip.String()}}
+	in := startNode(t, bad)
+	// The cluster's members log the refusal...
+	waitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(nodes[0].log.String(), "decrypt") {
+			return errors.New("no refusal logged")
+		}
+		return nil
+	})
+	// ...and never list the intruder, nor it them.
+	for _, n := range nodes {
+		for _, m := range n.Status().Members {
+			if m.Name == "intruder" {
+				t.Fatalf("%s let the intruder in: %+v", n.cfg.ID, n.Status().Members)
+			}
+		}
+	}
+	if in.ml.NumMembers() > 1 {
+		t.Fatalf("the intruder joined: %d members", in.ml.NumMembers())
+	}
+}
