@@ -184,7 +184,6 @@ func TestClusterThreeVoters(t *testing.T) {
 
 	// The old leader restarts from its data dir and catches up.
 	back := startNode(t, l.cfg)
-	nodes = append(nodes, back)
 	converged(t, []*testNode{back}, "dns", "web")
 	if st := back.Status(); len(st.Members) < 3 || st.Leader == "" {
 		t.Fatalf("status after rejoin: %+v", st)
