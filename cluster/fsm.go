@@ -43,6 +43,9 @@ type Command struct {
 	Service  json.RawMessage            `json:"service,omitempty"`  // vs.put
 	Real     string                     `json:"real,omitempty"`     // rs.*: the real server's IP:port
 	Weight   int                        `json:"weight,omitempty"`   // rs.weight
+	// Seed makes an apply a no-op once any apply was committed: the
+	// file's virtual servers seed the cluster once, at its formation.
+	Seed bool `json:"seed,omitempty"`
 }
 
 // Override is what an operator set on one real server.
@@ -56,14 +59,16 @@ type Override struct {
 // State is the replicated state.
 type State struct {
 	// Index is the Raft index of the last command applied.
-	Index    uint64                     `json:"index"`
+	Index uint64 `json:"index"`
+	// Seeded: an apply was committed; a seeding apply does nothing more.
+	Seeded   bool                       `json:"seeded"`
 	Services map[string]json.RawMessage `json:"services"`
 	// Overrides by virtual server name, then real server.
 	Overrides map[string]map[string]Override `json:"overrides"`
 }
 
 func (s State) clone() State {
-	c := State{Index: s.Index, Services: maps.Clone(s.Services), Overrides: map[string]map[string]Override{}}
+	c := State{Index: s.Index, Seeded: s.Seeded, Services: maps.Clone(s.Services), Overrides: map[string]map[string]Override{}}
 	if c.Services == nil {
 		c.Services = map[string]json.RawMessage{}
 	}
@@ -106,6 +111,10 @@ func (s *State) apply(c Command) error {
 	}
 	switch c.Op {
 	case OpApply:
+		if c.Seed && s.Seeded {
+			return nil
+		}
+		s.Seeded = true
 		s.Services = maps.Clone(c.Services)
 		if s.Services == nil {
 			s.Services = map[string]json.RawMessage{}

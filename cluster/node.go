@@ -58,6 +58,18 @@ type Node struct {
 	mu        sync.Mutex
 	members   map[string]member
 	bootstrap bool
+	pending   map[uint64]chan string // forwarded commands awaiting the leader's answer
+	nextReq   uint64
+}
+
+// envelope carries a forwarded command to the leader and its answer back,
+// over memberlist's reliable (TCP) channel.
+type envelope struct {
+	Req  uint64   `json:"req"`
+	From string   `json:"from,omitempty"` // the asking node, for the answer
+	Cmd  *Command `json:"cmd,omitempty"`
+	Err  string   `json:"err,omitempty"`
+	Done bool     `json:"done,omitempty"` // an answer
 }
 
 type member struct {
@@ -89,7 +101,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, members: map[string]member{}}
+	n := &Node{cfg: cfg, log: cfg.Logger, members: map[string]member{}, pending: map[uint64]chan string{}}
 	n.fsm = newFSM(cfg.OnChange)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster data_dir: %w", err)
@@ -302,6 +314,84 @@ func (n *Node) Apply(c Command, timeout time.Duration) error {
 	return nil
 }
 
+// Submit commits c from any node: the leader applies it, a follower
+// forwards it to the leader and waits for the answer. Forwarding needs
+// the gossip key: without it anyone who reaches the gossip port could
+// change the table.
+func (n *Node) Submit(c Command, timeout time.Duration) error {
+	if n.Leader() {
+		return n.Apply(c, timeout)
+	}
+	_, id := n.raft.LeaderWithID()
+	if id == "" {
+		return ErrNoQuorum
+	}
+	if len(n.cfg.EncryptKey) == 0 {
+		return fmt.Errorf("this node is not the leader (%s is) and forwarding needs [cluster] encrypt_key; run the command there", id)
+	}
+	var to *memberlist.Node
+	for _, m := range n.ml.Members() {
+		if m.Name == string(id) {
+			to = m
+		}
+	}
+	if to == nil {
+		return fmt.Errorf("%w: the leader %s is not a gossip member", ErrNoQuorum, id)
+	}
+	n.mu.Lock()
+	n.nextReq++
+	req := n.nextReq
+	ch := make(chan string, 1)
+	n.pending[req] = ch
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.pending, req)
+		n.mu.Unlock()
+	}()
+	b, _ := json.Marshal(envelope{Req: req, From: n.cfg.ID, Cmd: &c})
+	if err := n.ml.SendReliable(to, b); err != nil {
+		return fmt.Errorf("forward to the leader %s: %w", id, err)
+	}
+	select {
+	case msg := <-ch:
+		if msg == "" {
+			return nil
+		}
+		return errors.New(msg)
+	case <-time.After(timeout + time.Second):
+		return fmt.Errorf("the leader %s did not answer within %s: the change may or may not be applied", id, timeout)
+	}
+}
+
+// handle runs a forwarded command, or delivers an answer.
+func (n *Node) handle(e envelope) {
+	if e.Done {
+		n.mu.Lock()
+		ch := n.pending[e.Req]
+		n.mu.Unlock()
+		if ch != nil {
+			ch <- e.Err
+		}
+		return
+	}
+	if e.Cmd == nil || len(n.cfg.EncryptKey) == 0 {
+		return // unauthenticated gossip carries no commands
+	}
+	ans := envelope{Req: e.Req, Done: true}
+	if err := n.Apply(*e.Cmd, 5*time.Second); err != nil {
+		ans.Err = err.Error()
+	}
+	for _, m := range n.ml.Members() {
+		if m.Name == e.From {
+			b, _ := json.Marshal(ans)
+			if err := n.ml.SendReliable(m, b); err != nil {
+				n.log.Warn("cluster: answering a forwarded command failed", "to", e.From, "err", err)
+			}
+		}
+	}
+}
+
 // State is the last committed state applied here.
 func (n *Node) State() State { return n.fsm.State() }
 
@@ -357,7 +447,12 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	b, _ := json.Marshal(meta{Raft: d.n.cfg.Raft.String(), Witness: d.n.cfg.Witness})
 	return b
 }
-func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) NotifyMsg(b []byte) {
+	var e envelope
+	if json.Unmarshal(b, &e) == nil {
+		go d.n.handle(e) // never block memberlist's loop
+	}
+}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}

@@ -170,9 +170,17 @@ func TestClusterThreeVoters(t *testing.T) {
 			if err := n.Apply(put("x"), time.Second); err == nil {
 				t.Fatal("a follower applied a command")
 			}
+			// Submit forwards it to the leader and answers when committed.
+			if err := n.Submit(put("mail"), 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.Submit(Command{Op: OpDrain, Name: "nope", Real: "203.0.113.11:80"}, 5*time.Second); err == nil || !strings.Contains(err.Error(), "no virtual server") {
+				t.Fatalf("a refused command forwarded: %v", err)
+			}
 			break
 		}
 	}
+	converged(t, nodes, "mail", "web")
 
 	// The leader dies; the other two elect one and go on.
 	l.stop()
@@ -180,11 +188,11 @@ func TestClusterThreeVoters(t *testing.T) {
 	if err := l2.Apply(put("dns"), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	converged(t, nodes, "dns", "web")
+	converged(t, nodes, "dns", "mail", "web")
 
 	// The old leader restarts from its data dir and catches up.
 	back := startNode(t, l.cfg)
-	converged(t, []*testNode{back}, "dns", "web")
+	converged(t, []*testNode{back}, "dns", "mail", "web")
 	if st := back.Status(); len(st.Members) < 3 || st.Leader == "" {
 		t.Fatalf("status after rejoin: %+v", st)
 	}

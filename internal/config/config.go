@@ -40,6 +40,9 @@ type Node struct {
 	MetricsListen string `json:"metrics_listen,omitempty"`
 	LogFormat     string `json:"log_format"`
 	LogLevel      string `json:"log_level"`
+	// Role is "director", or "witness": a Raft voter that runs neither
+	// VRRP nor a data plane (the third voter of a pair).
+	Role string `json:"role"`
 }
 
 type Dataplane struct {
@@ -197,6 +200,10 @@ type Cluster struct {
 	Bind     netip.AddrPort `json:"bind"`
 	RaftBind netip.AddrPort `json:"raft_bind"`
 	Peers    []string       `json:"peers"`
+	// BootstrapExpect voters form the cluster the first time.
+	BootstrapExpect int `json:"bootstrap_expect"`
+	// EncryptKey encrypts and authenticates gossip (never shown).
+	EncryptKey []byte `json:"-"`
 }
 
 // Problem is one thing wrong with a file.

@@ -24,6 +24,7 @@ type rawNode struct {
 	MetricsListen string `toml:"metrics_listen"`
 	LogFormat     string `toml:"log_format"`
 	LogLevel      string `toml:"log_level"`
+	Role          string `toml:"role"`
 }
 
 type rawDataplane struct {
@@ -188,7 +189,9 @@ type rawHealthCheck struct {
 }
 
 type rawCluster struct {
-	Bind     string   `toml:"bind"`
-	RaftBind string   `toml:"raft_bind"`
-	Peers    []string `toml:"peers"`
+	Bind            string   `toml:"bind"`
+	RaftBind        string   `toml:"raft_bind"`
+	Peers           []string `toml:"peers"`
+	BootstrapExpect *int     `toml:"bootstrap_expect"`
+	EncryptKey      string   `toml:"encrypt_key"`
 }

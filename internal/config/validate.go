@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"github.com/directord/directord/healthcheck"
@@ -163,6 +164,9 @@ func (v *validator) config(raw *rawConfig) *Config {
 	cfg.VRRP = v.vrrp(raw.VRRPInstance, cfg.VRRPScripts)
 	cfg.SyncGroups = v.syncGroups(raw.VRRPSyncGroup, cfg.VRRP)
 	cfg.VirtualServers = v.virtualServers(raw.VirtualServer)
+	if cfg.Node.Role == "witness" && raw.Cluster == nil {
+		v.add([]any{"node", "role"}, "a witness needs a [cluster] section: it only votes in one")
+	}
 	if raw.Cluster != nil {
 		cfg.Cluster = v.cluster(raw.Cluster)
 	}
@@ -177,6 +181,7 @@ func (v *validator) node(r *rawNode) Node {
 		StatusSocket:  r.StatusSocket,
 		MetricsListen: r.MetricsListen,
 	}
+	n.Role = v.oneOf(at(p, "role"), r.Role, "director", "director", "witness")
 	if n.Name == "" {
 		v.add(at(p, "name"), "required: a name for this director, such as its host name")
 	} else if !validName(n.Name) {
@@ -853,6 +858,20 @@ func (v *validator) cluster(r *rawCluster) *Cluster {
 		}
 		seen[s] = true
 		c.Peers = append(c.Peers, s)
+	}
+	c.BootstrapExpect = v.intIn(at(p, "bootstrap_expect"), r.BootstrapExpect, len(c.Peers)+1, 1, 9)
+	if r.EncryptKey != "" {
+		k, err := base64.StdEncoding.DecodeString(r.EncryptKey)
+		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+			v.add(at(p, "encrypt_key"), "must be 16, 24 or 32 bytes in base64 (head -c 32 /dev/urandom | base64)")
+		}
+		c.EncryptKey = k
+	}
+	if c.Bind.IsValid() && c.Bind.Addr().IsUnspecified() {
+		v.add(at(p, "bind"), "%s: give the address the peers reach this node at, not a wildcard", c.Bind)
+	}
+	if c.RaftBind.IsValid() && c.RaftBind.Addr().IsUnspecified() {
+		v.add(at(p, "raft_bind"), "%s: give the address the peers reach this node at, not a wildcard", c.RaftBind)
 	}
 	return c
 }
