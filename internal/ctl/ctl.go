@@ -26,6 +26,11 @@ commands:
   reload                       re-read the configuration file, like SIGHUP, and show the result
   config                       print the running configuration as JSON
   lvs                          the load balancer's table with counters, like ipvsadm -Ln --stats
+  cluster                      members, Raft role, leader, term, indexes
+  apply -f FILE [--dry-run]    make FILE's virtual servers the cluster's table (any node)
+  rs drain|enable|disable VS RS  a real server by hand, on every director
+  rs weight VS RS N            set a real server's weight by hand, on every director
+  vs del VS                    remove a virtual server from the cluster's table
   failover INSTANCE [--hold D] planned handover of a VRRP instance mastered here: send
                                priority 0 and stay backup for D (default: its preempt_delay)
 `
@@ -35,10 +40,12 @@ type command struct {
 }
 
 type opts struct {
-	json bool
-	hold string
-	args []string
-	out  io.Writer
+	json   bool
+	dryRun bool
+	file   string
+	hold   string
+	args   []string
+	out    io.Writer
 }
 
 var commands = map[string]command{
@@ -47,6 +54,10 @@ var commands = map[string]command{
 	"config":   {runConfig},
 	"failover": {runFailover},
 	"lvs":      {runLVS},
+	"cluster":  {runCluster},
+	"apply":    {runApply},
+	"rs":       {runRS},
+	"vs":       {runVS},
 }
 
 // Main runs directorctl with args and returns its exit code.
@@ -73,6 +84,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	sub.StringVar(socket, "socket", *socket, "status socket `path`")
 	asJSON := sub.Bool("json", false, "print JSON")
 	hold := sub.String("hold", "", "failover: how long to stay backup (Go duration)")
+	file := sub.String("f", "", "apply: the configuration `file` whose virtual servers to apply")
+	dryRun := sub.Bool("dry-run", false, "apply: show what would change")
 	// Flags may come before or after the positional arguments.
 	var positional []string
 	rest := global.Args()[1:]
@@ -88,7 +101,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := cmd.run(ctx, status.NewClient(*socket), opts{json: *asJSON, hold: *hold, args: positional, out: stdout}); err != nil {
+	if err := cmd.run(ctx, status.NewClient(*socket), opts{json: *asJSON, hold: *hold, file: *file, dryRun: *dryRun, args: positional, out: stdout}); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)
 		return 1
 	}

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +52,8 @@ type Daemon struct {
 	scripts *scriptRunner
 	lvs     *lvsManager
 	health  *health
+	cluster *clusterManager // nil without [cluster]
+	lbReady atomic.Bool     // lvs and health are set up
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -98,16 +101,48 @@ func Run(ctx context.Context, opts Options) error {
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
-	if d.lvs, err = openLVS(cfg, d.log); err != nil {
+	witness := cfg.Node.Role == "witness"
+	lbCfg := cfg // where the load balancer's virtual servers come from
+	if cfg.Cluster != nil {
+		apply := func(vss []config.VirtualServer) { d.applyVirtualServers(nil, vss) }
+		if d.cluster, err = newClusterManager(cfg, d.log, apply); err != nil {
+			return err
+		}
+		// Start from the last committed table: the data plane must not
+		// wait for Raft (a restart without quorum keeps serving).
+		if s, ok := d.cluster.cached(); ok {
+			if vss, err := virtualServers(s); err == nil {
+				c := *cfg
+				c.VirtualServers = vss
+				lbCfg = &c
+			}
+		}
+		d.status.Register("cluster", d.cluster.status)
+		d.status.Handle("POST /v1/cluster", d.cluster.handle)
+	}
+	if witness {
+		// A witness only votes: no data plane, no checks, no VRRP.
+		c := *cfg
+		c.VirtualServers = nil
+		lbCfg = &c
+		d.lvs = &lvsManager{log: d.log, reason: "none: this node is a witness"}
+	} else if d.lvs, err = openLVS(lbCfg, d.log); err != nil {
 		return err
 	}
 	d.status.Register("lvs", d.lvs.status)
 	d.reg.MustRegister(newLVSCollector(d.lvs))
 	d.health = newHealth(d.log, d.lvs)
-	if err := d.health.apply(cfg); err != nil {
+	if err := d.health.apply(lbCfg); err != nil {
 		return err
 	}
 	d.status.Register("health", d.health.status)
+	d.lbReady.Store(true)
+	if d.cluster != nil {
+		// A change committed while the load balancer was being set up.
+		if s := d.cluster.node.State(); s.Seeded {
+			d.cluster.changed(s)
+		}
+	}
 	d.reg.MustRegister(newHealthCollector(d.health))
 	var mln net.Listener
 	if cfg.Node.MetricsListen != "" {
@@ -127,7 +162,12 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error { return d.reloadLoop(ctx) })
 	// VRRP runs from the file's settings alone and never waits on any other
 	// subsystem: failover must work whatever else is doing.
-	g.Go(func() error { return d.vrrp.Run(ctx, vrrpConfigs(cfg)) })
+	if !witness {
+		g.Go(func() error { return d.vrrp.Run(ctx, vrrpConfigs(cfg)) })
+	}
+	if d.cluster != nil {
+		g.Go(func() error { return d.cluster.Run(ctx) })
+	}
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
 	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
 	g.Go(func() error { return d.health.runner.Run(ctx) })
@@ -280,9 +320,11 @@ func (d *Daemon) reload() ReloadResult {
 	if restarted, inPlace := d.vrrp.Update(vrrpConfigs(cfg)); len(restarted)+len(inPlace) > 0 {
 		d.log.Info("reload: VRRP applied", "started", restarted, "reconfigured_in_place", inPlace)
 	}
-	d.lvs.apply(cfg)
-	if err := d.health.apply(cfg); err != nil {
-		d.log.Error("reload: health checks not updated", "err", err)
+	if d.cluster != nil {
+		// The cluster's table is in force; the file's is only compared.
+		d.cluster.compare(cfg)
+	} else {
+		d.applyVirtualServers(cfg, cfg.VirtualServers)
 	}
 	if changes.Empty() {
 		d.log.Info("reload: no change", "config", cfg.File)
@@ -307,6 +349,30 @@ func (d *Daemon) reload() ReloadResult {
 	d.mGeneration.Set(float64(gen))
 	d.mLastOK.Set(float64(res.At.UnixNano()) / 1e9)
 	return res
+}
+
+// applyVirtualServers programs vss (from the file, or the cluster) with
+// the rest of base, or of the running configuration when base is nil.
+func (d *Daemon) applyVirtualServers(base *config.Config, vss []config.VirtualServer) {
+	if !d.lbReady.Load() {
+		return // the start applies the latest table itself
+	}
+	if base == nil {
+		base = d.config()
+	}
+	c := *base
+	c.VirtualServers = vss
+	if c.Node.Role == "witness" {
+		return
+	}
+	if err := d.lvs.check(&c); err != nil {
+		d.log.Error("virtual servers not applied: this node's data plane cannot carry them out", "err", err)
+		return
+	}
+	d.lvs.apply(&c)
+	if err := d.health.apply(&c); err != nil {
+		d.log.Error("health checks not updated", "err", err)
+	}
 }
 
 func (d *Daemon) handleReload(w http.ResponseWriter, r *http.Request) {

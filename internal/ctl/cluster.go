@@ -1,0 +1,123 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/status"
+)
+
+// runApply makes a file's virtual servers the cluster's table.
+func runApply(ctx context.Context, c *status.Client, o opts) error {
+	if o.file == "" || len(o.args) > 0 {
+		return fmt.Errorf("usage: directorctl apply -f FILE [--dry-run]")
+	}
+	cfg, err := config.Load(o.file)
+	if err != nil {
+		return err
+	}
+	req := daemon.ClusterRequest{Op: "apply", Services: daemon.Documents(cfg.VirtualServers), DryRun: o.dryRun}
+	var res daemon.ClusterResult
+	if err := c.Post(ctx, "/v1/cluster", req, &res); err != nil {
+		return err
+	}
+	if o.json {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		return printJSON(o.out, append(b, '\n'))
+	}
+	switch {
+	case len(res.Changed) == 0:
+		fmt.Fprintln(o.out, "no change: the cluster's virtual servers are the file's")
+	case o.dryRun:
+		fmt.Fprintf(o.out, "would change %d virtual server(s): %s\n", len(res.Changed), strings.Join(res.Changed, ", "))
+	default:
+		fmt.Fprintf(o.out, "committed: %d virtual server(s) changed: %s\n", len(res.Changed), strings.Join(res.Changed, ", "))
+	}
+	return nil
+}
+
+// runRS changes a real server by hand: drain, enable, disable, weight.
+func runRS(ctx context.Context, c *status.Client, o opts) error {
+	usage := fmt.Errorf("usage: directorctl rs drain|enable|disable VS RS | rs weight VS RS N")
+	if len(o.args) < 3 {
+		return usage
+	}
+	req := daemon.ClusterRequest{Op: "rs." + o.args[0], Service: o.args[1], Real: o.args[2]}
+	switch o.args[0] {
+	case "drain", "enable", "disable":
+		if len(o.args) != 3 {
+			return usage
+		}
+	case "weight":
+		if len(o.args) != 4 {
+			return usage
+		}
+		w, err := strconv.Atoi(o.args[3])
+		if err != nil {
+			return fmt.Errorf("weight %q is not a number", o.args[3])
+		}
+		req.Weight = w
+	default:
+		return usage
+	}
+	if err := c.Post(ctx, "/v1/cluster", req, &daemon.ClusterResult{}); err != nil {
+		return err
+	}
+	fmt.Fprintf(o.out, "committed: %s %s %s\n", o.args[0], o.args[1], o.args[2])
+	return nil
+}
+
+// runVS removes a virtual server from the cluster's table.
+func runVS(ctx context.Context, c *status.Client, o opts) error {
+	if len(o.args) != 2 || o.args[0] != "del" {
+		return fmt.Errorf("usage: directorctl vs del VS (add or change them with apply -f FILE)")
+	}
+	if err := c.Post(ctx, "/v1/cluster", daemon.ClusterRequest{Op: "vs.del", Service: o.args[1]}, &daemon.ClusterResult{}); err != nil {
+		return err
+	}
+	fmt.Fprintf(o.out, "committed: %s removed\n", o.args[1])
+	return nil
+}
+
+func runCluster(ctx context.Context, c *status.Client, o opts) error {
+	raw, err := c.Raw(ctx, "/v1/status/cluster")
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return printJSON(o.out, raw)
+	}
+	var st daemon.ClusterStatus
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return fmt.Errorf("decode cluster status: %w", err)
+	}
+	tw := tabwriter.NewWriter(o.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "node\t%s (%s), raft %s\n", st.ID, st.Role, st.RaftState)
+	fmt.Fprintf(tw, "leader\t%s\n", orNone(st.Leader))
+	fmt.Fprintf(tw, "term\t%s, commit index %s, applied %d, last contact %s\n", st.Term, st.CommitIndex, st.Applied, st.LastContact)
+	fmt.Fprintf(tw, "table\tindex %d, seeded %v\n", st.StateIndex, st.Seeded)
+	if len(st.FileDiffers) > 0 {
+		fmt.Fprintf(tw, "file differs\t%s (the cluster's are in force; directorctl apply -f FILE)\n", strings.Join(st.FileDiffers, ", "))
+	}
+	tw.Flush()
+	fmt.Fprintln(o.out, "\nMEMBERS")
+	tw = tabwriter.NewWriter(o.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tROLE\tSTATE\tGOSSIP\tRAFT")
+	for _, m := range st.Members {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.State, m.Gossip, m.Raft)
+	}
+	return tw.Flush()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

@@ -1,0 +1,265 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/directord/directord/cluster"
+	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/internal/status"
+)
+
+// clusterManager makes the replicated table the source of the load
+// balancer's virtual servers. The file's virtual servers seed the cluster
+// once; after that a file that differs is reported, not applied.
+type clusterManager struct {
+	log   *slog.Logger
+	node  *cluster.Node
+	cache string // the last committed state, for a start without quorum
+	apply func(vss []config.VirtualServer)
+
+	mu      sync.Mutex
+	cfg     *config.Config
+	differs []string // virtual servers where the file and the cluster disagree
+}
+
+func newClusterManager(cfg *config.Config, log *slog.Logger, apply func([]config.VirtualServer)) (*clusterManager, error) {
+	c := &clusterManager{log: log.With("subsystem", "cluster"), cfg: cfg, apply: apply,
+		cache: filepath.Join(cfg.Node.DataDir, "cluster", "state.json")}
+	node, err := cluster.New(cluster.Config{
+		ID: cfg.Node.Name, DataDir: filepath.Join(cfg.Node.DataDir, "cluster"),
+		Gossip: cfg.Cluster.Bind, Raft: cfg.Cluster.RaftBind, Peers: cfg.Cluster.Peers,
+		BootstrapExpect: cfg.Cluster.BootstrapExpect, EncryptKey: cfg.Cluster.EncryptKey,
+		Witness: cfg.Node.Role == "witness", Logger: c.log, OnChange: c.changed,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.node = node
+	return c, nil
+}
+
+// cached is the state last committed and saved here, if any.
+func (c *clusterManager) cached() (cluster.State, bool) {
+	b, err := os.ReadFile(c.cache)
+	if err != nil {
+		return cluster.State{}, false
+	}
+	var s cluster.State
+	if json.Unmarshal(b, &s) != nil || !s.Seeded {
+		return cluster.State{}, false
+	}
+	return s, true
+}
+
+// changed runs for every committed change: save it, program it, compare
+// it with the file.
+func (c *clusterManager) changed(s cluster.State) {
+	if b, err := json.Marshal(s); err == nil {
+		tmp := c.cache + ".tmp"
+		if os.WriteFile(tmp, b, 0o600) == nil {
+			os.Rename(tmp, c.cache)
+		}
+	}
+	if !s.Seeded {
+		return
+	}
+	vss, err := virtualServers(s)
+	if err != nil {
+		c.log.Error("replicated table cannot be read; keeping the last one", "err", err)
+		return
+	}
+	c.apply(vss)
+	c.compare(nil)
+}
+
+// virtualServers turns the replicated state into the table to program:
+// the virtual servers with the operators' overrides applied.
+func virtualServers(s cluster.State) ([]config.VirtualServer, error) {
+	var out []config.VirtualServer
+	for _, name := range s.Names() {
+		var vs config.VirtualServer
+		if err := json.Unmarshal(s.Services[name], &vs); err != nil {
+			return nil, fmt.Errorf("virtual server %s: %w", name, err)
+		}
+		vs.Name = name
+		ov := s.Overrides[name]
+		var reals []config.RealServer
+		for _, rs := range vs.RealServers {
+			o, ok := ov[rs.Address.String()]
+			switch {
+			case !ok:
+			case o.Disabled:
+				continue
+			case o.Drain:
+				rs.Weight = 0
+			case o.Weight != nil:
+				rs.Weight = *o.Weight
+			}
+			reals = append(reals, rs)
+		}
+		vs.RealServers = reals
+		out = append(out, vs)
+	}
+	return out, nil
+}
+
+// Documents are a file's virtual servers as the cluster stores them.
+func Documents(vss []config.VirtualServer) map[string]json.RawMessage {
+	out := map[string]json.RawMessage{}
+	for _, vs := range vss {
+		b, _ := json.Marshal(vs)
+		out[vs.Name] = b
+	}
+	return out
+}
+
+// diffDocs names the virtual servers that differ between a and b.
+func diffDocs(a, b map[string]json.RawMessage) []string {
+	var out []string
+	for name, doc := range a {
+		if other, ok := b[name]; !ok || !bytes.Equal(doc, other) {
+			out = append(out, name)
+		}
+	}
+	for name := range b {
+		if _, ok := a[name]; !ok {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// compare records where the file (cfg, or the last one) and the cluster
+// disagree, and logs it once per change.
+func (c *clusterManager) compare(cfg *config.Config) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cfg != nil {
+		c.cfg = cfg
+	}
+	s := c.node.State()
+	if !s.Seeded {
+		c.differs = nil
+		return
+	}
+	d := diffDocs(Documents(c.cfg.VirtualServers), s.Services)
+	if !slices.Equal(d, c.differs) && len(d) > 0 {
+		c.log.Warn("the file's virtual servers differ from the cluster's; the cluster's are in force (directorctl apply -f FILE to change them)",
+			"virtual_servers", d)
+	}
+	c.differs = d
+}
+
+// Run runs the node and seeds the cluster with the file's virtual servers
+// when it is formed and empty.
+func (c *clusterManager) Run(ctx context.Context) error {
+	go func() {
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if c.node.State().Seeded {
+				return
+			}
+			if !c.node.Leader() {
+				continue
+			}
+			c.mu.Lock()
+			docs := Documents(c.cfg.VirtualServers)
+			c.mu.Unlock()
+			if err := c.node.Apply(cluster.Command{Op: cluster.OpApply, Seed: true, Services: docs}, 5*time.Second); err != nil {
+				c.log.Warn("seeding the cluster failed; retrying", "err", err)
+				continue
+			}
+			c.log.Info("cluster seeded with this file's virtual servers", "count", len(docs))
+			return
+		}
+	}()
+	return c.node.Run(ctx)
+}
+
+// ClusterStatus is the "cluster" section of the status document.
+type ClusterStatus struct {
+	cluster.Status
+	StateIndex uint64 `json:"state_index"`
+	Seeded     bool   `json:"seeded"`
+	// FileDiffers lists the virtual servers where this node's file and
+	// the replicated table disagree.
+	FileDiffers []string `json:"file_differs,omitempty"`
+}
+
+func (c *clusterManager) status() any {
+	s := c.node.State()
+	c.mu.Lock()
+	d := slices.Clone(c.differs)
+	c.mu.Unlock()
+	return ClusterStatus{Status: c.node.Status(), StateIndex: s.Index, Seeded: s.Seeded, FileDiffers: d}
+}
+
+// ClusterRequest is a change sent with POST /v1/cluster.
+type ClusterRequest struct {
+	Op       string                     `json:"op"` // apply, rs.drain, rs.enable, rs.disable, rs.weight, vs.del
+	Services map[string]json.RawMessage `json:"services,omitempty"`
+	Service  string                     `json:"service,omitempty"`
+	Real     string                     `json:"real,omitempty"`
+	Weight   int                        `json:"weight,omitempty"`
+	DryRun   bool                       `json:"dry_run,omitempty"`
+}
+
+// ClusterResult answers a ClusterRequest.
+type ClusterResult struct {
+	Changed []string `json:"changed"` // apply: virtual servers added, removed or changed
+	Applied bool     `json:"applied"`
+}
+
+func (c *clusterManager) handle(w http.ResponseWriter, r *http.Request) {
+	var req ClusterRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		status.WriteError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
+		return
+	}
+	cmd := cluster.Command{Op: req.Op, Services: req.Services, Name: req.Service, Real: req.Real, Weight: req.Weight}
+	res := ClusterResult{Changed: []string{}}
+	if req.Op == cluster.OpApply {
+		if req.Services == nil {
+			req.Services = map[string]json.RawMessage{}
+			cmd.Services = req.Services
+		}
+		res.Changed = diffDocs(req.Services, c.node.State().Services)
+		if res.Changed == nil {
+			res.Changed = []string{}
+		}
+	}
+	if req.DryRun {
+		status.WriteJSON(w, http.StatusOK, res)
+		return
+	}
+	if err := c.node.Submit(cmd, 5*time.Second); err != nil {
+		code := http.StatusServiceUnavailable
+		// A refusal forwarded from the leader comes back as text.
+		if errors.Is(err, cluster.ErrCommand) || strings.Contains(err.Error(), cluster.ErrCommand.Error()) {
+			code = http.StatusUnprocessableEntity
+		}
+		status.WriteError(w, code, err)
+		return
+	}
+	res.Applied = true
+	status.WriteJSON(w, http.StatusOK, res)
+}

@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/lab"
+)
+
+var clusterKey = base64.StdEncoding.EncodeToString([]byte("directord test key, 32 bytes!!!!"))
+
+type director struct {
+	h          *lab.Host
+	ip, dir    string
+	conf, sock string
+	proc       *lab.Process
+}
+
+func clusterFile(d *director, peer string, services string) string {
+	return fmt.Sprintf(`[node]
+name = %q
+data_dir = %q
+status_socket = %q
+
+[cluster]
+bind = "%s:7946"
+raft_bind = "%s:7000"
+peers = ["%s:7946"]
+bootstrap_expect = 2
+encrypt_key = %q
+%s`, d.h.Name, filepath.Join(d.dir, "data"), d.sock, d.ip, d.ip, peer, clusterKey, services)
+}
+
+const webService = `
+[[virtual_server]]
+name = "web"
+address = "192.0.2.100:80"
+scheduler = "wrr"
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:8080"
+  [[virtual_server.real_server]]
+  address = "203.0.113.12:8080"
+`
+
+const dnsService = `
+[[virtual_server]]
+name = "dns"
+address = "192.0.2.100:53"
+protocol = "udp"
+scheduler = "rr"
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:53"
+`
+
+func (d *director) ctl(args ...string) (string, error) {
+	out, err := exec.Command(directorctl, append([]string{"--socket", d.sock}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func (d *director) clusterStatus() (*daemon.ClusterStatus, error) {
+	out, err := exec.Command(directorctl, "--socket", d.sock, "cluster", "--json").Output()
+	if err != nil {
+		return nil, err
+	}
+	var st daemon.ClusterStatus
+	return &st, json.Unmarshal(out, &st)
+}
+
+// weights returns the kernel's table as "service/real=weight" strings.
+func (d *director) table() (map[string]int, error) {
+	out, err := exec.Command(directorctl, "--socket", d.sock, "lvs", "--json").Output()
+	if err != nil {
+		return nil, err
+	}
+	var st daemon.LVSStatus
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, err
+	}
+	m := map[string]int{}
+	for _, s := range st.Services {
+		for _, r := range s.Reals {
+			m[s.Name+"/"+r.Addr.String()] = r.Weight
+		}
+	}
+	return m, nil
+}
+
+func (d *director) start() { d.proc = d.h.Start(directord, "-c", d.conf) }
+
+func (d *director) stop(t *testing.T) {
+	t.Helper()
+	d.proc.Signal(syscall.SIGTERM)
+	if code, err := d.proc.Wait(10 * time.Second); err != nil || code != 0 {
+		t.Fatalf("%s: exit %d, %v\n%s", d.h.Name, code, err, d.proc.Output())
+	}
+}
+
+func tablesAre(t *testing.T, want map[string]int, ds ...*director) {
+	t.Helper()
+	if err := lab.Eventually(15*time.Second, func() error {
+		for _, d := range ds {
+			got, err := d.table()
+			if err != nil {
+				return err
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				return fmt.Errorf("%s's kernel has %v, want %v", d.h.Name, got, want)
+			}
+		}
+		return nil
+	}); err != nil {
+		for _, d := range ds {
+			t.Logf("%s:\n%s", d.h.Name, d.proc.Output())
+		}
+		t.Fatal(err)
+	}
+}
+
+// TestClusterPair: two directors replicate their table with Raft. The
+// files seed it once; a change made on the follower lands on both
+// kernels; apply -f replaces the table (with a dry run first); a
+// restart keeps everything; with the peer down a write fails with "no
+// quorum" and changes nothing.
+func TestClusterPair(t *testing.T) {
+	lab.Require(t, "nft")
+	l := lab.New(t)
+	sw := l.AddSwitch("sw")
+	var ds []*director
+	for i, name := range []string{"lb1", "lb2"} {
+		h := l.AddHost(name)
+		ip := fmt.Sprintf("192.0.2.%d", 11+i)
+		sw.Plug(h, "eth0", ip+"/24")
+		dir := t.TempDir()
+		ds = append(ds, &director{h: h, ip: ip, dir: dir, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock")})
+	}
+	writeFile(t, ds[0].conf, clusterFile(ds[0], ds[1].ip, webService))
+	writeFile(t, ds[1].conf, clusterFile(ds[1], ds[0].ip, webService))
+	for _, d := range ds {
+		d.start()
+	}
+	tablesAre(t, map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 1}, ds...)
+	var follower, leader *director
+	if err := lab.Eventually(15*time.Second, func() error {
+		for _, d := range ds {
+			st, err := d.clusterStatus()
+			if err != nil {
+				return err
+			}
+			if !st.Seeded || st.Leader == "" {
+				return fmt.Errorf("%s: %+v", d.h.Name, st)
+			}
+			if st.RaftState == "Follower" {
+				follower = d
+			} else {
+				leader = d
+			}
+		}
+		if follower == nil || leader == nil {
+			return errors.New("no follower and leader yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A weight set by hand on the follower reaches both kernels.
+	if out, err := follower.ctl("rs", "weight", "web", "203.0.113.12:8080", "5"); err != nil {
+		t.Fatalf("rs weight on the follower: %v\n%s", err, out)
+	}
+	tablesAre(t, map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 5}, ds...)
+
+	// apply -f: a dry run says what would change and changes nothing;
+	// then the real one.
+	both := filepath.Join(follower.dir, "both.toml")
+	writeFile(t, both, clusterFile(follower, leader.ip, webService+dnsService))
+	out, err := follower.ctl("apply", "-f", both, "--dry-run")
+	if err != nil || !strings.Contains(out, "would change 1 virtual server(s): dns") {
+		t.Fatalf("apply --dry-run: %v\n%s", err, out)
+	}
+	if out, err := follower.ctl("apply", "-f", both); err != nil || !strings.Contains(out, "committed") {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	full := map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 5, "dns/203.0.113.11:53": 1}
+	tablesAre(t, full, ds...)
+	// Each file now differs from the cluster: said, not applied.
+	if err := lab.Eventually(5*time.Second, func() error {
+		st, err := leader.clusterStatus()
+		if err != nil || fmt.Sprint(st.FileDiffers) != "[dns]" {
+			return fmt.Errorf("file_differs %v, %v", st.FileDiffers, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := leader.ctl("cluster"); !strings.Contains(out, "file differs") || !strings.Contains(out, "MEMBERS") {
+		t.Fatalf("directorctl cluster:\n%s", out)
+	}
+
+	// Both restart: the table is intact (the files do not reseed it).
+	for _, d := range ds {
+		d.stop(t)
+	}
+	for _, d := range ds {
+		d.start()
+	}
+	tablesAre(t, full, ds...)
+
+	// The peer goes down: a write fails at once and changes nothing;
+	// the table stays programmed.
+	ds[1].stop(t)
+	var msg string
+	if err := lab.Eventually(10*time.Second, func() error {
+		out, err := ds[0].ctl("rs", "drain", "web", "203.0.113.11:8080")
+		if err == nil {
+			return errors.New("a write committed with the peer down")
+		}
+		msg = out
+		if !strings.Contains(out, "no quorum") {
+			return fmt.Errorf("write with the peer down: %s", out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("with the peer down: %s", strings.TrimSpace(msg))
+	tablesAre(t, full, ds[0])
+}
