@@ -40,7 +40,9 @@ type Config struct {
 	EncryptKey []byte
 	// Witness nodes vote but run no data plane.
 	Witness bool
-	Logger  *slog.Logger
+	// TLS, when set, secures Raft with mutual certificate checks.
+	TLS    *TLS
+	Logger *slog.Logger
 	// OnChange is called with the state after every applied command and
 	// restore, in order; it must not block for long.
 	OnChange func(State)
@@ -142,10 +144,21 @@ func (n *Node) startRaft() error {
 		store.Close()
 		return err
 	}
-	trans, err := raft.NewTCPTransport(n.cfg.Raft.String(), addr, 3, 5*time.Second, logWriter(n.log, "raft-transport"))
-	if err != nil {
-		store.Close()
-		return fmt.Errorf("raft transport on %s: %w", n.cfg.Raft, err)
+	var trans raft.Transport
+	if n.cfg.TLS != nil {
+		stream, err := newTLSStream(n.cfg.Raft.String(), addr, n.cfg.TLS, n.log)
+		if err != nil {
+			store.Close()
+			return fmt.Errorf("raft transport on %s: %w", n.cfg.Raft, err)
+		}
+		trans = raft.NewNetworkTransport(stream, 3, 5*time.Second, logWriter(n.log, "raft-transport"))
+	} else {
+		tcp, err := raft.NewTCPTransport(n.cfg.Raft.String(), addr, 3, 5*time.Second, logWriter(n.log, "raft-transport"))
+		if err != nil {
+			store.Close()
+			return fmt.Errorf("raft transport on %s: %w", n.cfg.Raft, err)
+		}
+		trans = tcp
 	}
 	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, trans)
 	if err != nil {
@@ -408,6 +421,8 @@ type Status struct {
 	CommitIndex string         `json:"commit_index"`
 	Applied     uint64         `json:"applied_index"`
 	LastContact string         `json:"last_contact"`
+	RaftTLS     bool           `json:"raft_tls"`
+	Gossip      string         `json:"gossip_encryption"` // "aes" or "none"
 	Members     []MemberStatus `json:"members"`
 }
 
@@ -424,7 +439,11 @@ func (n *Node) Status() Status {
 	st := n.raft.Stats()
 	_, leader := n.raft.LeaderWithID()
 	s := Status{ID: n.cfg.ID, Role: role(n.cfg.Witness), RaftState: n.raft.State().String(), Leader: string(leader),
-		Term: st["term"], CommitIndex: st["commit_index"], Applied: n.raft.AppliedIndex(), LastContact: st["last_contact"]}
+		Term: st["term"], CommitIndex: st["commit_index"], Applied: n.raft.AppliedIndex(), LastContact: st["last_contact"],
+		RaftTLS: n.cfg.TLS != nil, Gossip: "none"}
+	if len(n.cfg.EncryptKey) > 0 {
+		s.Gossip = "aes"
+	}
 	n.mu.Lock()
 	for _, m := range n.members {
 		s.Members = append(s.Members, MemberStatus{Name: m.name, Gossip: m.gossip, Raft: m.raft, State: m.state, Role: m.role})

@@ -204,6 +204,10 @@ type Cluster struct {
 	BootstrapExpect int `json:"bootstrap_expect"`
 	// EncryptKey encrypts and authenticates gossip (never shown).
 	EncryptKey []byte `json:"-"`
+	// TLS files for Raft's transport: all three or none.
+	TLSCert string `json:"tls_cert,omitempty"`
+	TLSKey  string `json:"tls_key,omitempty"`
+	TLSCA   string `json:"tls_ca,omitempty"`
 }
 
 // Problem is one thing wrong with a file.

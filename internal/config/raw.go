@@ -194,4 +194,7 @@ type rawCluster struct {
 	Peers           []string `toml:"peers"`
 	BootstrapExpect *int     `toml:"bootstrap_expect"`
 	EncryptKey      string   `toml:"encrypt_key"`
+	TLSCert         string   `toml:"tls_cert"`
+	TLSKey          string   `toml:"tls_key"`
+	TLSCA           string   `toml:"tls_ca"`
 }

@@ -1,12 +1,15 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"github.com/directord/directord/healthcheck"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -828,6 +831,13 @@ func StatusRange(s string) (from, to int, err error) {
 	return from, to, nil
 }
 
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func (v *validator) cluster(r *rawCluster) *Cluster {
 	p := []any{"cluster"}
 	c := &Cluster{}
@@ -866,6 +876,21 @@ func (v *validator) cluster(r *rawCluster) *Cluster {
 			v.add(at(p, "encrypt_key"), "must be 16, 24 or 32 bytes in base64 (head -c 32 /dev/urandom | base64)")
 		}
 		c.EncryptKey = k
+	}
+	c.TLSCert, c.TLSKey, c.TLSCA = r.TLSCert, r.TLSKey, r.TLSCA
+	switch n := btoi(r.TLSCert != "") + btoi(r.TLSKey != "") + btoi(r.TLSCA != ""); {
+	case n == 0:
+	case n < 3:
+		v.add(at(p, "tls_cert"), "Raft over TLS needs tls_cert, tls_key and tls_ca together")
+	default:
+		if _, err := tls.LoadX509KeyPair(r.TLSCert, r.TLSKey); err != nil {
+			v.add(at(p, "tls_cert"), "%v", err)
+		}
+		if b, err := os.ReadFile(r.TLSCA); err != nil {
+			v.add(at(p, "tls_ca"), "%v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			v.add(at(p, "tls_ca"), "%s holds no PEM certificate", r.TLSCA)
+		}
 	}
 	if c.Bind.IsValid() && c.Bind.Addr().IsUnspecified() {
 		v.add(at(p, "bind"), "%s: give the address the peers reach this node at, not a wildcard", c.Bind)

@@ -102,6 +102,7 @@ func runCluster(ctx context.Context, c *status.Client, o opts) error {
 	fmt.Fprintf(tw, "leader\t%s\n", orNone(st.Leader))
 	fmt.Fprintf(tw, "term\t%s, commit index %s, applied %d, last contact %s\n", st.Term, st.CommitIndex, st.Applied, st.LastContact)
 	fmt.Fprintf(tw, "table\tindex %d, seeded %v\n", st.StateIndex, st.Seeded)
+	fmt.Fprintf(tw, "security\traft TLS %v, gossip encryption %s\n", st.RaftTLS, st.Gossip)
 	if len(st.FileDiffers) > 0 {
 		fmt.Fprintf(tw, "file differs\t%s (the cluster's are in force; directorctl apply -f FILE)\n", strings.Join(st.FileDiffers, ", "))
 	}

@@ -3,6 +3,8 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,8 +39,23 @@ type clusterManager struct {
 func newClusterManager(cfg *config.Config, log *slog.Logger, apply func([]config.VirtualServer)) (*clusterManager, error) {
 	c := &clusterManager{log: log.With("subsystem", "cluster"), cfg: cfg, apply: apply,
 		cache: filepath.Join(cfg.Node.DataDir, "cluster", "state.json")}
+	var t *cluster.TLS
+	if cc := cfg.Cluster; cc.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cc.TLSCert, cc.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("cluster tls_cert: %w", err)
+		}
+		pem, err := os.ReadFile(cc.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("cluster tls_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		t = &cluster.TLS{Cert: cert, CAs: pool}
+	}
 	node, err := cluster.New(cluster.Config{
-		ID: cfg.Node.Name, DataDir: filepath.Join(cfg.Node.DataDir, "cluster"),
+		TLS: t,
+		ID:  cfg.Node.Name, DataDir: filepath.Join(cfg.Node.DataDir, "cluster"),
 		Gossip: cfg.Cluster.Bind, Raft: cfg.Cluster.RaftBind, Peers: cfg.Cluster.Peers,
 		BootstrapExpect: cfg.Cluster.BootstrapExpect, EncryptKey: cfg.Cluster.EncryptKey,
 		Witness: cfg.Node.Role == "witness", Logger: c.log, OnChange: c.changed,

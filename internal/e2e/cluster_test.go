@@ -23,6 +23,7 @@ type director struct {
 	ip, dir    string
 	conf, sock string
 	proc       *lab.Process
+	tls        string // the [cluster] TLS keys, or ""
 }
 
 func clusterFile(d *director, peer string, services string) string {
@@ -37,7 +38,8 @@ raft_bind = "%s:7000"
 peers = ["%s:7946"]
 bootstrap_expect = 2
 encrypt_key = %q
-%s`, d.h.Name, filepath.Join(d.dir, "data"), d.sock, d.ip, d.ip, peer, clusterKey, services)
+%s
+%s`, d.h.Name, filepath.Join(d.dir, "data"), d.sock, d.ip, d.ip, peer, clusterKey, d.tls, services)
 }
 
 const webService = `
@@ -125,7 +127,8 @@ func tablesAre(t *testing.T, want map[string]int, ds ...*director) {
 	}
 }
 
-// TestClusterPair: two directors replicate their table with Raft. The
+// TestClusterPair: two directors replicate their table with Raft (over
+// mutually checked TLS). The
 // files seed it once; a change made on the follower lands on both
 // kernels; apply -f replaces the table (with a dry run first); a
 // restart keeps everything; with the peer down a write fails with "no
@@ -134,13 +137,17 @@ func TestClusterPair(t *testing.T) {
 	lab.Require(t, "nft")
 	l := lab.New(t)
 	sw := l.AddSwitch("sw")
+	// Raft over TLS with certificates from a test CA.
+	ca := newCerts(t)
 	var ds []*director
 	for i, name := range []string{"lb1", "lb2"} {
 		h := l.AddHost(name)
 		ip := fmt.Sprintf("192.0.2.%d", 11+i)
 		sw.Plug(h, "eth0", ip+"/24")
 		dir := t.TempDir()
-		ds = append(ds, &director{h: h, ip: ip, dir: dir, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock")})
+		cf, kf, _ := ca.leaf(t, name+".test", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+		ds = append(ds, &director{h: h, ip: ip, dir: dir, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock"),
+			tls: fmt.Sprintf("tls_cert = %q\ntls_key = %q\ntls_ca = %q\n", cf, kf, ca.caFile)})
 	}
 	writeFile(t, ds[0].conf, clusterFile(ds[0], ds[1].ip, webService))
 	writeFile(t, ds[1].conf, clusterFile(ds[1], ds[0].ip, webService))
@@ -155,7 +162,7 @@ func TestClusterPair(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if !st.Seeded || st.Leader == "" {
+			if !st.Seeded || st.Leader == "" || !st.RaftTLS || st.Gossip != "aes" {
 				return fmt.Errorf("%s: %+v", d.h.Name, st)
 			}
 			if st.RaftState == "Follower" {
