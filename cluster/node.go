@@ -332,25 +332,10 @@ func (n *Node) Apply(c Command, timeout time.Duration) error {
 // the gossip key: without it anyone who reaches the gossip port could
 // change the table.
 func (n *Node) Submit(c Command, timeout time.Duration) error {
-	if n.Leader() {
-		return n.Apply(c, timeout)
-	}
-	_, id := n.raft.LeaderWithID()
-	if id == "" {
-		return ErrNoQuorum
-	}
-	if len(n.cfg.EncryptKey) == 0 {
-		return fmt.Errorf("this node is not the leader (%s is) and forwarding needs [cluster] encrypt_key; run the command there", id)
-	}
-	var to *memberlist.Node
-	for _, m := range n.ml.Members() {
-		if m.Name == string(id) {
-			to = m
-		}
-	}
-	if to == nil {
-		return fmt.Errorf("%w: the leader %s is not a gossip member", ErrNoQuorum, id)
-	}
+	// Right after a leader is lost an election takes a moment: look for
+	// a leader that takes the command for a little while, not the whole
+	// timeout, so that a cluster without quorum answers fast.
+	find := time.Now().Add(min(timeout, 3*time.Second))
 	n.mu.Lock()
 	n.nextReq++
 	req := n.nextReq
@@ -363,9 +348,37 @@ func (n *Node) Submit(c Command, timeout time.Duration) error {
 		n.mu.Unlock()
 	}()
 	b, _ := json.Marshal(envelope{Req: req, From: n.cfg.ID, Cmd: &c})
-	if err := n.ml.SendReliable(to, b); err != nil {
-		return fmt.Errorf("forward to the leader %s: %w", id, err)
+	var lastErr error = ErrNoQuorum
+	for {
+		if n.Leader() {
+			return n.Apply(c, timeout)
+		}
+		_, id := n.raft.LeaderWithID()
+		var to *memberlist.Node
+		for _, m := range n.ml.Members() {
+			if id != "" && m.Name == string(id) {
+				to = m
+			}
+		}
+		switch {
+		case to != nil && len(n.cfg.EncryptKey) == 0:
+			return fmt.Errorf("this node is not the leader (%s is) and forwarding needs [cluster] encrypt_key; run the command there", id)
+		case to != nil:
+			err := n.ml.SendReliable(to, b)
+			if err == nil {
+				return n.await(ch, id, timeout)
+			}
+			// Not sent: the leader is gone; wait for the next one.
+			lastErr = fmt.Errorf("%w (the leader %s is unreachable: %v)", ErrNoQuorum, id, err)
+		}
+		if time.Now().After(find) {
+			return lastErr
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func (n *Node) await(ch chan string, leader raft.ServerID, timeout time.Duration) error {
 	select {
 	case msg := <-ch:
 		if msg == "" {
@@ -373,7 +386,7 @@ func (n *Node) Submit(c Command, timeout time.Duration) error {
 		}
 		return errors.New(msg)
 	case <-time.After(timeout + time.Second):
-		return fmt.Errorf("the leader %s did not answer within %s: the change may or may not be applied", id, timeout)
+		return fmt.Errorf("the leader %s did not answer within %s: the change may or may not be applied", leader, timeout)
 	}
 }
 

@@ -180,9 +180,13 @@ func (c *clusterManager) compare(cfg *config.Config) {
 	c.differs = d
 }
 
-// Run runs the node and seeds the cluster with the file's virtual servers
-// when it is formed and empty.
+// Run runs the node and, on a director, seeds the cluster with the file's
+// virtual servers when it is formed and not yet seeded.
 func (c *clusterManager) Run(ctx context.Context) error {
+	if c.cfg.Node.Role == "witness" {
+		// A witness has no table of its own to seed with.
+		return c.node.Run(ctx)
+	}
 	go func() {
 		t := time.NewTicker(500 * time.Millisecond)
 		defer t.Stop()
@@ -195,13 +199,15 @@ func (c *clusterManager) Run(ctx context.Context) error {
 			if c.node.State().Seeded {
 				return
 			}
-			if !c.node.Leader() {
-				continue
+			if c.node.Status().Leader == "" {
+				continue // not formed yet
 			}
 			c.mu.Lock()
 			docs := Documents(c.cfg.VirtualServers)
 			c.mu.Unlock()
-			if err := c.node.Apply(cluster.Command{Op: cluster.OpApply, Seed: true, Services: docs}, 5*time.Second); err != nil {
+			// From any director: the leader may be a witness, which has no
+			// table to seed with. A second seed is a no-op.
+			if err := c.node.Submit(cluster.Command{Op: cluster.OpApply, Seed: true, Services: docs}, 5*time.Second); err != nil {
 				c.log.Warn("seeding the cluster failed; retrying", "err", err)
 				continue
 			}

@@ -241,3 +241,151 @@ func TestClusterPair(t *testing.T) {
 	t.Logf("with the peer down: %s", strings.TrimSpace(msg))
 	tablesAre(t, full, ds[0])
 }
+
+// clusterLab makes directors (and witnesses) on one switch, with TLS off
+// for brevity; the pair test covers TLS.
+func clusterLab(t *testing.T, names ...string) []*director {
+	t.Helper()
+	lab.Require(t, "nft")
+	l := lab.New(t)
+	sw := l.AddSwitch("sw")
+	var ds []*director
+	for i, name := range names {
+		h := l.AddHost(name)
+		ip := fmt.Sprintf("192.0.2.%d", 11+i)
+		sw.Plug(h, "eth0", ip+"/24")
+		dir := t.TempDir()
+		ds = append(ds, &director{h: h, ip: ip, dir: dir, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock")})
+	}
+	return ds
+}
+
+func witnessFile(d *director, peers []string, services string, witness bool) string {
+	role := "director"
+	if witness {
+		role = "witness"
+	}
+	var ps []string
+	for _, p := range peers {
+		ps = append(ps, fmt.Sprintf("%q", p+":7946"))
+	}
+	return fmt.Sprintf(`[node]
+name = %q
+role = %q
+data_dir = %q
+status_socket = %q
+
+[cluster]
+bind = "%s:7946"
+raft_bind = "%s:7000"
+peers = [%s]
+bootstrap_expect = 3
+encrypt_key = %q
+%s`, d.h.Name, role, filepath.Join(d.dir, "data"), d.sock, d.ip, d.ip, strings.Join(ps, ", "), clusterKey, services)
+}
+
+func raftLeader(t *testing.T, ds ...*director) *director {
+	t.Helper()
+	var l *director
+	if err := lab.Eventually(15*time.Second, func() error {
+		for _, d := range ds {
+			if d.proc == nil || d.proc.Exited() {
+				continue
+			}
+			st, err := d.clusterStatus()
+			if err != nil {
+				return err
+			}
+			if st.RaftState == "Leader" && st.Seeded {
+				l = d
+				return nil
+			}
+		}
+		return errors.New("no leader")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestClusterWitness: two directors and a witness. With one director
+// down writes still commit; it comes back and catches up; the leader
+// killed while writes stream in loses none that was committed.
+func TestClusterWitness(t *testing.T) {
+	ds := clusterLab(t, "lb1", "lb2", "w")
+	ips := []string{ds[0].ip, ds[1].ip, ds[2].ip}
+	for i, d := range ds {
+		var peers []string
+		for j, ip := range ips {
+			if j != i {
+				peers = append(peers, ip)
+			}
+		}
+		svc := webService
+		if i == 2 {
+			svc = ""
+		}
+		writeFile(t, d.conf, witnessFile(d, peers, svc, i == 2))
+		d.start()
+	}
+	lb1, lb2, w := ds[0], ds[1], ds[2]
+	tablesAre(t, map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 1}, lb1, lb2)
+	raftLeader(t, ds...)
+	if st, _ := w.table(); len(st) != 0 {
+		t.Fatalf("the witness programs a table: %v", st)
+	}
+
+	// lb2 down: a write on lb1 still commits (lb1 + witness).
+	lb2.stop(t)
+	if out, err := lb1.ctl("rs", "weight", "web", "203.0.113.12:8080", "7"); err != nil {
+		t.Fatalf("write with one director down: %v\n%s", err, out)
+	}
+	tablesAre(t, map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 7}, lb1)
+	lb2.start()
+	tablesAre(t, map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 7}, lb1, lb2)
+
+	// A stream of writes from a director that does not lead; the leader
+	// (a director or the witness) is killed half-way.
+	leader := raftLeader(t, ds...)
+	writer := lb1
+	if leader == lb1 {
+		writer = lb2
+	}
+	var ok []int
+	for k := 1; k <= 20; k++ {
+		if k == 8 {
+			leader.proc.Kill()
+		}
+		out, err := writer.ctl("rs", "weight", "web", "203.0.113.11:8080", fmt.Sprint(k))
+		if err == nil {
+			ok = append(ok, k)
+		} else {
+			t.Logf("write %d: %s", k, strings.TrimSpace(out))
+		}
+	}
+	if len(ok) == 0 || ok[len(ok)-1] < 8 {
+		t.Fatalf("no write committed after the leader died: %v", ok)
+	}
+	last := ok[len(ok)-1]
+	var alive []*director
+	for _, d := range []*director{lb1, lb2} {
+		if d != leader {
+			alive = append(alive, d)
+		}
+	}
+	if err := lab.Eventually(15*time.Second, func() error {
+		for _, d := range alive {
+			tb, err := d.table()
+			if err != nil {
+				return err
+			}
+			if got := tb["web/203.0.113.11:8080"]; got < last {
+				return fmt.Errorf("%s has weight %d, but write %d was committed", d.h.Name, got, last)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("leader %s killed at write 8; committed: %v", leader.h.Name, ok)
+}
