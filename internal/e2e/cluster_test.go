@@ -24,6 +24,7 @@ type director struct {
 	conf, sock string
 	proc       *lab.Process
 	tls        string // the [cluster] TLS keys, or ""
+	port       string // its port on the switch
 }
 
 func clusterFile(d *director, peer string, services string) string {
@@ -244,7 +245,7 @@ func TestClusterPair(t *testing.T) {
 
 // clusterLab makes directors (and witnesses) on one switch, with TLS off
 // for brevity; the pair test covers TLS.
-func clusterLab(t *testing.T, names ...string) []*director {
+func clusterLab(t *testing.T, names ...string) ([]*director, *lab.Switch) {
 	t.Helper()
 	lab.Require(t, "nft")
 	l := lab.New(t)
@@ -253,11 +254,11 @@ func clusterLab(t *testing.T, names ...string) []*director {
 	for i, name := range names {
 		h := l.AddHost(name)
 		ip := fmt.Sprintf("192.0.2.%d", 11+i)
-		sw.Plug(h, "eth0", ip+"/24")
+		port := sw.Plug(h, "eth0", ip+"/24")
 		dir := t.TempDir()
-		ds = append(ds, &director{h: h, ip: ip, dir: dir, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock")})
+		ds = append(ds, &director{h: h, ip: ip, dir: dir, port: port, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock")})
 	}
-	return ds
+	return ds, sw
 }
 
 func witnessFile(d *director, peers []string, services string, witness bool) string {
@@ -312,7 +313,7 @@ func raftLeader(t *testing.T, ds ...*director) *director {
 // down writes still commit; it comes back and catches up; the leader
 // killed while writes stream in loses none that was committed.
 func TestClusterWitness(t *testing.T) {
-	ds := clusterLab(t, "lb1", "lb2", "w")
+	ds, _ := clusterLab(t, "lb1", "lb2", "w")
 	ips := []string{ds[0].ip, ds[1].ip, ds[2].ip}
 	for i, d := range ds {
 		var peers []string
@@ -388,4 +389,47 @@ func TestClusterWitness(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("leader %s killed at write 8; committed: %v", leader.h.Name, ok)
+}
+
+// TestClusterPartition: the leader is cut off by the switch (nftables on
+// the bridge); the other two elect a leader and commit; when the
+// partition heals the old leader follows and programs the new table.
+func TestClusterPartition(t *testing.T) {
+	ds, sw := clusterLab(t, "lb1", "lb2", "lb3")
+	ips := []string{ds[0].ip, ds[1].ip, ds[2].ip}
+	for i, d := range ds {
+		var peers []string
+		for j, ip := range ips {
+			if j != i {
+				peers = append(peers, ip)
+			}
+		}
+		writeFile(t, d.conf, witnessFile(d, peers, webService, false))
+		d.start()
+	}
+	base := map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 1}
+	tablesAre(t, base, ds...)
+	old := raftLeader(t, ds...)
+	var rest []*director
+	for _, d := range ds {
+		if d != old {
+			rest = append(rest, d)
+		}
+	}
+	// Cut the old leader off in both directions at the switch.
+	sw.MustRun("nft", fmt.Sprintf("add table bridge cut; add chain bridge cut f { type filter hook forward priority 0; }; add rule bridge cut f iifname %s drop; add rule bridge cut f oifname %s drop", old.port, old.port))
+	newLeader := raftLeader(t, rest...)
+	if out, err := newLeader.ctl("rs", "weight", "web", "203.0.113.12:8080", "9"); err != nil {
+		t.Fatalf("write on the majority side: %v\n%s", err, out)
+	}
+	moved := map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 9}
+	tablesAre(t, moved, rest...)
+	// The cut-off node cannot commit anything.
+	if out, err := old.ctl("rs", "drain", "web", "203.0.113.11:8080"); err == nil {
+		t.Fatalf("the minority side committed a write: %s", out)
+	}
+	tablesAre(t, base, old)
+	// Heal: it follows the new leader and programs the new table.
+	sw.MustRun("nft", "delete table bridge cut")
+	tablesAre(t, moved, ds...)
 }
