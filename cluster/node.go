@@ -62,6 +62,7 @@ type Node struct {
 	bootstrap bool
 	pending   map[uint64]chan string // forwarded commands awaiting the leader's answer
 	nextReq   uint64
+	retired   map[string]bool // nodes the leader took out: never re-added
 }
 
 // envelope carries a forwarded command to the leader and its answer back,
@@ -72,6 +73,8 @@ type envelope struct {
 	Cmd  *Command `json:"cmd,omitempty"`
 	Err  string   `json:"err,omitempty"`
 	Done bool     `json:"done,omitempty"` // an answer
+	// Remove asks the leader to take the named node out of Raft.
+	Remove string `json:"remove,omitempty"`
 }
 
 type member struct {
@@ -103,7 +106,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, members: map[string]member{}, pending: map[uint64]chan string{}}
+	n := &Node{cfg: cfg, log: cfg.Logger, members: map[string]member{}, pending: map[uint64]chan string{}, retired: map[string]bool{}}
 	n.fsm = newFSM(cfg.OnChange)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster data_dir: %w", err)
@@ -206,9 +209,11 @@ func (n *Node) Run(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		if len(n.cfg.Peers) > 0 && n.ml.NumMembers() < 2 {
-			if _, err := n.ml.Join(n.cfg.Peers); err != nil {
-				n.log.Debug("cluster join", "peers", n.cfg.Peers, "err", err)
+		// (Re)join peers that are not alive members: at start, and after a
+		// partition, when memberlist has given up on them.
+		if missing := n.missingPeers(); len(missing) > 0 {
+			if _, err := n.ml.Join(missing); err != nil {
+				n.log.Debug("cluster join", "peers", missing, "err", err)
 			}
 		}
 		n.maybeBootstrap()
@@ -223,6 +228,20 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+func (n *Node) missingPeers() []string {
+	alive := map[string]bool{}
+	for _, m := range n.ml.Members() {
+		alive[m.Address()] = true
+	}
+	var out []string
+	for _, p := range n.cfg.Peers {
+		if !alive[p] {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // maybeBootstrap forms the cluster the first time, once BootstrapExpect
@@ -271,7 +290,7 @@ func (n *Node) reconcileVoters() {
 	n.mu.Lock()
 	var add []member
 	for _, m := range n.members {
-		if m.state == "alive" && m.raft != "" && !known[raft.ServerID(m.name)] {
+		if m.state == "alive" && m.raft != "" && !known[raft.ServerID(m.name)] && !n.retired[m.name] {
 			add = append(add, m)
 		}
 	}
@@ -332,6 +351,32 @@ func (n *Node) Apply(c Command, timeout time.Duration) error {
 // the gossip key: without it anyone who reaches the gossip port could
 // change the table.
 func (n *Node) Submit(c Command, timeout time.Duration) error {
+	return n.submit(envelope{Cmd: &c}, timeout)
+}
+
+// Leave takes this node out of the cluster for good (an operator retiring
+// it): the leader removes it from Raft, then it leaves the gossip. Its
+// daemon goes on with the last committed table until it is stopped.
+func (n *Node) Leave(timeout time.Duration) error {
+	if err := n.submit(envelope{Remove: n.cfg.ID}, timeout); err != nil {
+		return err
+	}
+	return n.ml.Leave(timeout)
+}
+
+// remove runs on the leader.
+func (n *Node) remove(id string, timeout time.Duration) error {
+	n.mu.Lock()
+	n.retired[id] = true
+	n.mu.Unlock()
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, timeout).Error(); err != nil {
+		return fmt.Errorf("remove %s from raft: %w", id, err)
+	}
+	n.log.Info("cluster: node removed", "node", id)
+	return nil
+}
+
+func (n *Node) submit(e envelope, timeout time.Duration) error {
 	// Right after a leader is lost an election takes a moment: look for
 	// a leader that takes the command for a little while, not the whole
 	// timeout, so that a cluster without quorum answers fast.
@@ -347,11 +392,15 @@ func (n *Node) Submit(c Command, timeout time.Duration) error {
 		delete(n.pending, req)
 		n.mu.Unlock()
 	}()
-	b, _ := json.Marshal(envelope{Req: req, From: n.cfg.ID, Cmd: &c})
+	e.Req, e.From = req, n.cfg.ID
+	b, _ := json.Marshal(e)
 	var lastErr error = ErrNoQuorum
 	for {
 		if n.Leader() {
-			return n.Apply(c, timeout)
+			if e.Remove != "" {
+				return n.remove(e.Remove, timeout)
+			}
+			return n.Apply(*e.Cmd, timeout)
 		}
 		_, id := n.raft.LeaderWithID()
 		var to *memberlist.Node
@@ -401,11 +450,17 @@ func (n *Node) handle(e envelope) {
 		}
 		return
 	}
-	if e.Cmd == nil || len(n.cfg.EncryptKey) == 0 {
+	if (e.Cmd == nil && e.Remove == "") || len(n.cfg.EncryptKey) == 0 {
 		return // unauthenticated gossip carries no commands
 	}
 	ans := envelope{Req: e.Req, Done: true}
-	if err := n.Apply(*e.Cmd, 5*time.Second); err != nil {
+	var err error
+	if e.Remove != "" {
+		err = n.remove(e.Remove, 5*time.Second)
+	} else {
+		err = n.Apply(*e.Cmd, 5*time.Second)
+	}
+	if err != nil {
 		ans.Err = err.Error()
 	}
 	for _, m := range n.ml.Members() {

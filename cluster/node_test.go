@@ -271,3 +271,42 @@ func TestClusterWrongKey(t *testing.T) {
 		t.Fatalf("the intruder joined: %d members", in.ml.NumMembers())
 	}
 }
+
+// An operator retires a node: the leader takes it out of Raft and does
+// not add it back; the other two go on.
+func TestClusterLeave(t *testing.T) {
+	nodes := cluster(t, 3)
+	l := leader(t, nodes)
+	var gone *testNode
+	for _, n := range nodes {
+		if n != l {
+			gone = n
+			break
+		}
+	}
+	if err := gone.Leave(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	servers := func() int {
+		f := l.raft.GetConfiguration()
+		if f.Error() != nil {
+			return -1
+		}
+		return len(f.Configuration().Servers)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if n := servers(); n != 2 {
+			return fmt.Errorf("%d voters", n)
+		}
+		return nil
+	})
+	gone.stop()
+	if err := l.Apply(put("web"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The leader's voter reconciliation must not bring it back.
+	l.reconcileVoters()
+	if n := servers(); n != 2 {
+		t.Fatalf("%d voters after the leave", n)
+	}
+}

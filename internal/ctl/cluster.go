@@ -86,6 +86,17 @@ func runVS(ctx context.Context, c *status.Client, o opts) error {
 }
 
 func runCluster(ctx context.Context, c *status.Client, o opts) error {
+	if len(o.args) == 1 && o.args[0] == "leave" {
+		var res map[string]string
+		if err := c.Post(ctx, "/v1/cluster/leave", struct{}{}, &res); err != nil {
+			return err
+		}
+		fmt.Fprintf(o.out, "%s left the cluster: stop its directord, or remove [cluster] from its file\n", res["left"])
+		return nil
+	}
+	if len(o.args) > 0 {
+		return fmt.Errorf("usage: directorctl cluster [leave]")
+	}
 	raw, err := c.Raw(ctx, "/v1/status/cluster")
 	if err != nil {
 		return err

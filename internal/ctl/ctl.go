@@ -27,6 +27,7 @@ commands:
   config                       print the running configuration as JSON
   lvs                          the load balancer's table with counters, like ipvsadm -Ln --stats
   cluster                      members, Raft role, leader, term, indexes
+  cluster leave                retire this node: the leader takes it out of Raft
   apply -f FILE [--dry-run]    make FILE's virtual servers the cluster's table (any node)
   rs drain|enable|disable VS RS  a real server by hand, on every director
   rs weight VS RS N            set a real server's weight by hand, on every director

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/directord/directord/cluster"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/status"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // clusterManager makes the replicated table the source of the load
@@ -252,6 +254,15 @@ type ClusterResult struct {
 	Applied bool     `json:"applied"`
 }
 
+func (c *clusterManager) handleLeave(w http.ResponseWriter, r *http.Request) {
+	if err := c.node.Leave(5 * time.Second); err != nil {
+		status.WriteError(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	c.log.Warn("this node left the cluster; it keeps the last committed table until it is stopped")
+	status.WriteJSON(w, http.StatusOK, map[string]string{"left": c.cfg.Node.Name})
+}
+
 func (c *clusterManager) handle(w http.ResponseWriter, r *http.Request) {
 	var req ClusterRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
@@ -285,4 +296,51 @@ func (c *clusterManager) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	res.Applied = true
 	status.WriteJSON(w, http.StatusOK, res)
+}
+
+// clusterCollector exports the node's Raft and membership state.
+type clusterCollector struct {
+	c                                           *clusterManager
+	leader, term, commit, applied, members, idx *prometheus.Desc
+}
+
+func newClusterCollector(c *clusterManager) *clusterCollector {
+	return &clusterCollector{c: c,
+		leader:  prometheus.NewDesc("directord_cluster_leader", "1 when this node leads the Raft cluster.", nil, nil),
+		term:    prometheus.NewDesc("directord_cluster_raft_term", "Raft term.", nil, nil),
+		commit:  prometheus.NewDesc("directord_cluster_raft_commit_index", "Raft commit index.", nil, nil),
+		applied: prometheus.NewDesc("directord_cluster_raft_applied_index", "Raft index applied here.", nil, nil),
+		members: prometheus.NewDesc("directord_cluster_members", "Gossip members by state.", []string{"state"}, nil),
+		idx:     prometheus.NewDesc("directord_cluster_table_index", "Raft index of the table in force here.", nil, nil),
+	}
+}
+
+func (m *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.members, m.idx} {
+		ch <- d
+	}
+}
+
+func (m *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	st := m.c.node.Status()
+	num := func(s string) float64 {
+		v, _ := strconv.ParseFloat(s, 64)
+		return v
+	}
+	leader := 0.0
+	if st.RaftState == "Leader" {
+		leader = 1
+	}
+	ch <- prometheus.MustNewConstMetric(m.leader, prometheus.GaugeValue, leader)
+	ch <- prometheus.MustNewConstMetric(m.term, prometheus.GaugeValue, num(st.Term))
+	ch <- prometheus.MustNewConstMetric(m.commit, prometheus.GaugeValue, num(st.CommitIndex))
+	ch <- prometheus.MustNewConstMetric(m.applied, prometheus.GaugeValue, float64(st.Applied))
+	ch <- prometheus.MustNewConstMetric(m.idx, prometheus.GaugeValue, float64(m.c.node.State().Index))
+	byState := map[string]float64{"alive": 0, "left or failed": 0}
+	for _, mb := range st.Members {
+		byState[mb.State]++
+	}
+	for s, n := range byState {
+		ch <- prometheus.MustNewConstMetric(m.members, prometheus.GaugeValue, n, s)
+	}
 }

@@ -119,6 +119,8 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		d.status.Register("cluster", d.cluster.status)
 		d.status.Handle("POST /v1/cluster", d.cluster.handle)
+		d.status.Handle("POST /v1/cluster/leave", d.cluster.handleLeave)
+		d.reg.MustRegister(newClusterCollector(d.cluster))
 	}
 	if witness {
 		// A witness only votes: no data plane, no checks, no VRRP.

@@ -432,4 +432,29 @@ func TestClusterPartition(t *testing.T) {
 	// Heal: it follows the new leader and programs the new table.
 	sw.MustRun("nft", "delete table bridge cut")
 	tablesAre(t, moved, ds...)
+
+	// The operator retires it: out of Raft and the gossip; the other two
+	// go on committing.
+	if out, err := old.ctl("cluster", "leave"); err != nil || !strings.Contains(out, "left the cluster") {
+		t.Fatalf("cluster leave: %v\n%s", err, out)
+	}
+	old.stop(t)
+	if err := lab.Eventually(10*time.Second, func() error {
+		st, err := rest[0].clusterStatus()
+		if err != nil {
+			return err
+		}
+		for _, m := range st.Members {
+			if m.Name == old.h.Name && m.State == "alive" {
+				return fmt.Errorf("%s still alive: %+v", m.Name, st.Members)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := rest[0].ctl("rs", "weight", "web", "203.0.113.11:8080", "3"); err != nil {
+		t.Fatalf("write after the leave: %v\n%s", err, out)
+	}
+	tablesAre(t, map[string]int{"web/203.0.113.11:8080": 3, "web/203.0.113.12:8080": 9}, rest...)
 }
