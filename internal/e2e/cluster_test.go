@@ -14,6 +14,7 @@ import (
 
 	"github.com/directord/directord/internal/daemon"
 	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/pairlab"
 )
 
 var clusterKey = base64.StdEncoding.EncodeToString([]byte("directord test key, 32 bytes!!!!"))
@@ -150,8 +151,20 @@ func TestClusterPair(t *testing.T) {
 		ds = append(ds, &director{h: h, ip: ip, dir: dir, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock"),
 			tls: fmt.Sprintf("tls_cert = %q\ntls_key = %q\ntls_ca = %q\n", cf, kf, ca.caFile)})
 	}
-	writeFile(t, ds[0].conf, clusterFile(ds[0], ds[1].ip, webService))
-	writeFile(t, ds[1].conf, clusterFile(ds[1], ds[0].ip, webService))
+	// VRRP stays node-local: lb2 is master of the VIP.
+	vrrp := func(prio int) string {
+		return fmt.Sprintf(`
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = %d
+advert_int = "100ms"
+virtual_ipaddress = ["192.0.2.100/24"]
+`, prio)
+	}
+	writeFile(t, ds[0].conf, clusterFile(ds[0], ds[1].ip, vrrp(100)+webService))
+	writeFile(t, ds[1].conf, clusterFile(ds[1], ds[0].ip, vrrp(150)+webService))
 	for _, d := range ds {
 		d.start()
 	}
@@ -222,9 +235,26 @@ func TestClusterPair(t *testing.T) {
 	}
 	tablesAre(t, full, ds...)
 
-	// The peer goes down: a write fails at once and changes nothing;
-	// the table stays programmed.
+	// The peer (the VRRP master) goes down: lb1 takes the VIP although
+	// Raft has no quorum; a write fails at once and changes nothing; the
+	// table stays programmed.
+	if err := lab.Eventually(10*time.Second, func() error {
+		if !pairlab.HasAddr(ds[1].h, "192.0.2.100") {
+			return errors.New("lb2 is not master")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	ds[1].stop(t)
+	if err := lab.Eventually(5*time.Second, func() error {
+		if !pairlab.HasAddr(ds[0].h, "192.0.2.100") {
+			return errors.New("lb1 did not take the VIP")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	var msg string
 	if err := lab.Eventually(10*time.Second, func() error {
 		out, err := ds[0].ctl("rs", "drain", "web", "203.0.113.11:8080")
