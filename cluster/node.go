@@ -129,7 +129,7 @@ func (n *Node) startRaft() error {
 	rc.HeartbeatTimeout = 500 * time.Millisecond
 	rc.ElectionTimeout = 500 * time.Millisecond
 	rc.LeaderLeaseTimeout = 250 * time.Millisecond
-	rc.CommitTimeout = 20 * time.Millisecond
+	rc.CommitTimeout = 5 * time.Millisecond // followers learn of a commit within this
 	rc.SnapshotThreshold = 1024
 	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: logWriter(n.log, "raft")})
 	store, err := raftboltdb.NewBoltStore(filepath.Join(n.cfg.DataDir, "raft.db"))

@@ -1,0 +1,222 @@
+// Command cluster is make bench-cluster: two directors replicate their
+// table with Raft; the bench times directorctl apply, from the follower,
+// until both directors' kernels have the change: one real server's weight,
+// then 1,000 virtual services with 10 real servers each. It writes the
+// results to docs/benchmarks.md.
+package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/directord/directord/internal/bench/report"
+	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/pairlab"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "directory holding directord and directorctl")
+	runs := flag.Int("runs", 20, "one-change runs")
+	big := flag.Int("services", 1000, "services of the full table (10 real servers each)")
+	out := flag.String("out", "docs/benchmarks.md", "report to update")
+	flag.Parse()
+	if err := run(*bin, *runs, *big, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-cluster:", err)
+		os.Exit(1)
+	}
+}
+
+type node struct {
+	h          *lab.Host
+	ip         string
+	conf, sock string
+	proc       *lab.Process
+}
+
+var key = base64.StdEncoding.EncodeToString([]byte("directord bench key, 32 bytes!!!"))
+
+func file(n, peer *node, dir, services string) string {
+	return fmt.Sprintf(`[node]
+name = %q
+data_dir = %q
+status_socket = %q
+
+[cluster]
+bind = "%s:7946"
+raft_bind = "%s:7000"
+peers = ["%s:7946"]
+bootstrap_expect = 2
+encrypt_key = %q
+%s`, n.h.Name, filepath.Join(dir, "data"), n.sock, n.ip, n.ip, peer.ip, key, services)
+}
+
+func table(services, reals int, weight int) string {
+	var b strings.Builder
+	for i := range services {
+		fmt.Fprintf(&b, "\n[[virtual_server]]\nname = \"s%d\"\naddress = \"192.0.2.100:%d\"\nscheduler = \"wrr\"\n", i, 10000+i)
+		for j := range reals {
+			w := 1
+			if i == 0 && j == 0 {
+				w = weight
+			}
+			fmt.Fprintf(&b, "  [[virtual_server.real_server]]\n  address = \"203.0.113.%d:8080\"\n  weight = %d\n", 11+j, w)
+		}
+	}
+	return b.String()
+}
+
+var reconciled = regexp.MustCompile(`(?m)^time=(\S+) level=INFO msg="lvs reconciled".* ops=(\d+)`)
+
+// reconcileAfter waits until n's log has a reconcile after t and returns
+// its time and operation count.
+func reconcileAfter(n *node, t time.Time, timeout time.Duration) (time.Time, int, error) {
+	var at time.Time
+	var ops int
+	err := lab.Eventually(timeout, func() error {
+		for _, m := range reconciled.FindAllStringSubmatch(n.proc.Output(), -1) {
+			ts, err := time.Parse(time.RFC3339Nano, m[1])
+			if err != nil || !ts.After(t) {
+				continue
+			}
+			at, ops = ts, atoi(m[2])
+			return nil
+		}
+		return fmt.Errorf("%s: no reconcile after %s", n.h.Name, t.Format(time.StampMilli))
+	})
+	return at, ops, err
+}
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+func run(bin string, runs, big int, out string) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces)")
+	}
+	bins, err := pairlab.BinariesIn(bin)
+	if err != nil {
+		return err
+	}
+	defer lab.Recover(&err)
+	l := lab.Open(func(string, ...any) {})
+	defer l.Close()
+	sw := l.AddSwitch("sw")
+	dir, err := os.MkdirTemp("", "bench-cluster")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	var ns []*node
+	for i, name := range []string{"lb1", "lb2"} {
+		h := l.AddHost(name)
+		ip := fmt.Sprintf("192.0.2.%d", 11+i)
+		sw.Plug(h, "eth0", ip+"/24")
+		d := filepath.Join(dir, name)
+		os.MkdirAll(d, 0o755)
+		ns = append(ns, &node{h: h, ip: ip, conf: filepath.Join(d, "directord.toml"), sock: filepath.Join(d, "directord.sock")})
+	}
+	for i, n := range ns {
+		if err := os.WriteFile(n.conf, []byte(file(n, ns[1-i], filepath.Dir(n.conf), table(1, 2, 1))), 0o644); err != nil {
+			return err
+		}
+		n.proc = n.h.Start(bins.Directord, "-c", n.conf)
+	}
+	// The follower, once the table is seeded.
+	var follower *node
+	if err := lab.Eventually(20*time.Second, func() error {
+		for _, n := range ns {
+			o, err := exec.Command(bins.Directorctl, "--socket", n.sock, "cluster", "--json").Output()
+			if err != nil {
+				return err
+			}
+			var st daemon.ClusterStatus
+			if err := json.Unmarshal(o, &st); err != nil {
+				return err
+			}
+			if !st.Seeded || st.Leader == "" {
+				return errors.New("not formed")
+			}
+			if st.RaftState == "Follower" {
+				follower = n
+			}
+		}
+		if follower == nil {
+			return errors.New("no follower")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	apply := func(services string) (time.Duration, time.Duration, int, error) {
+		f := filepath.Join(dir, "apply.toml")
+		other := ns[0]
+		if other == follower {
+			other = ns[1]
+		}
+		if err := os.WriteFile(f, []byte(file(follower, other, dir, services)), 0o644); err != nil {
+			return 0, 0, 0, err
+		}
+		start := time.Now()
+		if o, err := exec.Command(bins.Directorctl, "--socket", follower.sock, "apply", "-f", f).CombinedOutput(); err != nil {
+			return 0, 0, 0, fmt.Errorf("apply: %v: %s", err, o)
+		}
+		committed := time.Since(start)
+		var last time.Time
+		ops := 0
+		for _, n := range ns {
+			at, o, err := reconcileAfter(n, start, 30*time.Second)
+			if err != nil {
+				return 0, 0, 0, err
+			}
+			if at.After(last) {
+				last = at
+			}
+			ops = o
+		}
+		return committed, last.Sub(start), ops, nil
+	}
+	var one, oneCommit []time.Duration
+	for k := range runs {
+		c, d, ops, err := apply(table(1, 2, 2+k%2))
+		if err != nil {
+			return err
+		}
+		if ops != 1 {
+			return fmt.Errorf("a weight change took %d operations", ops)
+		}
+		one, oneCommit = append(one, d), append(oneCommit, c)
+	}
+	fullCommit, full, fullOps, err := apply(table(big, 10, 1))
+	if err != nil {
+		return err
+	}
+	slices.Sort(one)
+	slices.Sort(oneCommit)
+	fmt.Printf("one change: median %s, max %s (directorctl returned after median %s); full table: %s (%d ops; committed after %s)\n",
+		one[len(one)/2], one[len(one)-1], oneCommit[len(oneCommit)/2], full, fullOps, fullCommit)
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "## Cluster replication (`make bench-cluster`)\n\n")
+	fmt.Fprintf(&b, "Measured %s on %s. Two directors (nftables data plane) replicate their table with Raft;\n", time.Now().UTC().Format("2006-01-02"), report.Machine())
+	fmt.Fprintf(&b, "`directorctl apply -f FILE` runs on the follower (which forwards to the leader). The time runs from\n")
+	fmt.Fprintf(&b, "starting directorctl until both directors have reconciled their kernel table (the daemons' log,\n")
+	fmt.Fprintf(&b, "millisecond timestamps); \"committed\" is when directorctl returned.\n\n")
+	fmt.Fprintf(&b, "| change | until both kernels (median) | max | committed (median) | kernel operations |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| one real server's weight (%d runs) | %s | %s | %s | 1 |\n", runs, ms(one[len(one)/2]), ms(one[len(one)-1]), ms(oneCommit[len(oneCommit)/2]))
+	fmt.Fprintf(&b, "| %d services x 10 real servers | %s | | %s | %d |\n\n", big, ms(full), ms(fullCommit), fullOps)
+	fmt.Fprintf(&b, "Targets: under 50 ms for one change, under 1 s for the full table.\n\nReproduce: `sudo make bench-cluster` (about a minute).\n")
+	return report.WriteSection(out, "cluster", b.String())
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
