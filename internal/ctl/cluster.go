@@ -73,16 +73,33 @@ func runRS(ctx context.Context, c *status.Client, o opts) error {
 	return nil
 }
 
-// runVS removes a virtual server from the cluster's table.
+// runVS adds (or replaces) one virtual server from a file, or removes one.
 func runVS(ctx context.Context, c *status.Client, o opts) error {
-	if len(o.args) != 2 || o.args[0] != "del" {
-		return fmt.Errorf("usage: directorctl vs del VS (add or change them with apply -f FILE)")
+	usage := fmt.Errorf("usage: directorctl vs add -f FILE VS | vs del VS")
+	switch {
+	case len(o.args) == 2 && o.args[0] == "del":
+		if err := c.Post(ctx, "/v1/cluster", daemon.ClusterRequest{Op: "vs.del", Service: o.args[1]}, &daemon.ClusterResult{}); err != nil {
+			return err
+		}
+		fmt.Fprintf(o.out, "committed: %s removed\n", o.args[1])
+		return nil
+	case len(o.args) == 2 && o.args[0] == "add" && o.file != "":
+		cfg, err := config.Load(o.file)
+		if err != nil {
+			return err
+		}
+		docs := daemon.Documents(cfg.VirtualServers)
+		doc, ok := docs[o.args[1]]
+		if !ok {
+			return fmt.Errorf("%s has no virtual server %q", o.file, o.args[1])
+		}
+		if err := c.Post(ctx, "/v1/cluster", daemon.ClusterRequest{Op: "vs.put", Service: o.args[1], Document: doc}, &daemon.ClusterResult{}); err != nil {
+			return err
+		}
+		fmt.Fprintf(o.out, "committed: %s added or replaced\n", o.args[1])
+		return nil
 	}
-	if err := c.Post(ctx, "/v1/cluster", daemon.ClusterRequest{Op: "vs.del", Service: o.args[1]}, &daemon.ClusterResult{}); err != nil {
-		return err
-	}
-	fmt.Fprintf(o.out, "committed: %s removed\n", o.args[1])
-	return nil
+	return usage
 }
 
 func runCluster(ctx context.Context, c *status.Client, o opts) error {

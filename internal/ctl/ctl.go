@@ -31,6 +31,7 @@ commands:
   apply -f FILE [--dry-run]    make FILE's virtual servers the cluster's table (any node)
   rs drain|enable|disable VS RS  a real server by hand, on every director
   rs weight VS RS N            set a real server's weight by hand, on every director
+  vs add -f FILE VS            add or replace one virtual server of FILE in the cluster's table
   vs del VS                    remove a virtual server from the cluster's table
   failover INSTANCE [--hold D] planned handover of a VRRP instance mastered here: send
                                priority 0 and stay backup for D (default: its preempt_delay)

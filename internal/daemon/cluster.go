@@ -240,9 +240,10 @@ func (c *clusterManager) status() any {
 
 // ClusterRequest is a change sent with POST /v1/cluster.
 type ClusterRequest struct {
-	Op       string                     `json:"op"` // apply, rs.drain, rs.enable, rs.disable, rs.weight, vs.del
+	Op       string                     `json:"op"` // apply, rs.drain, rs.enable, rs.disable, rs.weight, vs.put, vs.del
 	Services map[string]json.RawMessage `json:"services,omitempty"`
 	Service  string                     `json:"service,omitempty"`
+	Document json.RawMessage            `json:"document,omitempty"` // vs.put
 	Real     string                     `json:"real,omitempty"`
 	Weight   int                        `json:"weight,omitempty"`
 	DryRun   bool                       `json:"dry_run,omitempty"`
@@ -269,7 +270,7 @@ func (c *clusterManager) handle(w http.ResponseWriter, r *http.Request) {
 		status.WriteError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 		return
 	}
-	cmd := cluster.Command{Op: req.Op, Services: req.Services, Name: req.Service, Real: req.Real, Weight: req.Weight}
+	cmd := cluster.Command{Op: req.Op, Services: req.Services, Name: req.Service, Real: req.Real, Weight: req.Weight, Service: req.Document}
 	res := ClusterResult{Changed: []string{}}
 	if req.Op == cluster.OpApply {
 		if req.Services == nil {

@@ -212,6 +212,15 @@ virtual_ipaddress = ["192.0.2.100/24"]
 	}
 	full := map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 5, "dns/203.0.113.11:53": 1}
 	tablesAre(t, full, ds...)
+	// vs del and vs add -f: one service out, and back from a file.
+	if out, err := leader.ctl("vs", "del", "dns"); err != nil {
+		t.Fatalf("vs del: %v\n%s", err, out)
+	}
+	tablesAre(t, map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 5}, ds...)
+	if out, err := follower.ctl("vs", "add", "-f", both, "dns"); err != nil {
+		t.Fatalf("vs add: %v\n%s", err, out)
+	}
+	tablesAre(t, full, ds...)
 	// Each file now differs from the cluster: said, not applied.
 	if err := lab.Eventually(5*time.Second, func() error {
 		st, err := leader.clusterStatus()
@@ -487,4 +496,41 @@ func TestClusterPartition(t *testing.T) {
 		t.Fatalf("write after the leave: %v\n%s", err, out)
 	}
 	tablesAre(t, map[string]int{"web/203.0.113.11:8080": 3, "web/203.0.113.12:8080": 9}, rest...)
+}
+
+// TestClusterRefusesStrangers: a host with another gossip key is refused,
+// the refusal is logged, and it never becomes a member or gets the table.
+func TestClusterRefusesStrangers(t *testing.T) {
+	ds, _ := clusterLab(t, "lb1", "lb2", "x")
+	lb1, lb2, x := ds[0], ds[1], ds[2]
+	writeFile(t, lb1.conf, clusterFile(lb1, lb2.ip, webService))
+	writeFile(t, lb2.conf, clusterFile(lb2, lb1.ip, webService))
+	other := base64.StdEncoding.EncodeToString([]byte("not the key of this cluster, no!"))
+	writeFile(t, x.conf, strings.Replace(clusterFile(x, lb1.ip, webService), clusterKey, other, 1))
+	for _, d := range ds {
+		d.start()
+	}
+	raftLeader(t, lb1, lb2)
+	if err := lab.Eventually(15*time.Second, func() error {
+		if !strings.Contains(lb1.proc.Output(), "decrypt") {
+			return errors.New("lb1 logged no refusal")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, lb1.proc.Output())
+	}
+	for _, d := range []*director{lb1, lb2} {
+		st, err := d.clusterStatus()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range st.Members {
+			if m.Name == "x" {
+				t.Fatalf("%s lists the stranger: %+v", d.h.Name, st.Members)
+			}
+		}
+	}
+	if st, err := x.clusterStatus(); err != nil || st.Seeded || st.Leader != "" {
+		t.Fatalf("the stranger: %+v, %v", st, err)
+	}
 }
