@@ -310,3 +310,33 @@ func TestClusterLeave(t *testing.T) {
 		t.Fatalf("%d voters after the leave", n)
 	}
 }
+
+// A snapshot restores the state after a restart, and OnChange hears it.
+func TestClusterSnapshotRestart(t *testing.T) {
+	nodes := cluster(t, 1)
+	l := leader(t, nodes)
+	for _, name := range []string{"a", "b", "c"} {
+		if err := l.Apply(put(name), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := l.cfg
+	l.stop()
+	var mu sync.Mutex
+	var heard []string
+	cfg.OnChange = func(s State) {
+		mu.Lock()
+		heard = s.Names()
+		mu.Unlock()
+	}
+	back := startNode(t, cfg)
+	converged(t, []*testNode{back}, "a", "b", "c")
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(heard) != "[a b c]" {
+		t.Fatalf("OnChange heard %v", heard)
+	}
+}

@@ -100,7 +100,11 @@ func (c *clusterManager) changed(s cluster.State) {
 		return
 	}
 	c.apply(vss)
-	c.compare(nil)
+	// Not c.compare: this runs from Raft, possibly while cluster.New
+	// (restoring a snapshot) has not yet returned the node.
+	c.mu.Lock()
+	c.setDiffers(s)
+	c.mu.Unlock()
 }
 
 // virtualServers turns the replicated state into the table to program:
@@ -169,7 +173,11 @@ func (c *clusterManager) compare(cfg *config.Config) {
 	if cfg != nil {
 		c.cfg = cfg
 	}
-	s := c.node.State()
+	c.setDiffers(c.node.State())
+}
+
+// setDiffers compares the file with s; called with c.mu held.
+func (c *clusterManager) setDiffers(s cluster.State) {
 	if !s.Seeded {
 		c.differs = nil
 		return
