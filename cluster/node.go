@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -63,6 +64,7 @@ type Node struct {
 	pending   map[uint64]chan string // forwarded commands awaiting the leader's answer
 	nextReq   uint64
 	retired   map[string]bool // nodes the leader took out: never re-added
+	joining   atomic.Bool
 }
 
 // envelope carries a forwarded command to the leader and its answer back,
@@ -190,6 +192,7 @@ func (n *Node) startGossip() error {
 	mc.ProbeTimeout = 100 * time.Millisecond
 	mc.SuspicionMult = 3
 	mc.GossipInterval = 50 * time.Millisecond
+	mc.TCPTimeout = 2 * time.Second
 	mc.SecretKey = n.cfg.EncryptKey
 	mc.LogOutput = logWriter(n.log, "memberlist")
 	mc.Delegate = &delegate{n: n}
@@ -210,11 +213,16 @@ func (n *Node) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		// (Re)join peers that are not alive members: at start, and after a
-		// partition, when memberlist has given up on them.
-		if missing := n.missingPeers(); len(missing) > 0 {
-			if _, err := n.ml.Join(missing); err != nil {
-				n.log.Debug("cluster join", "peers", missing, "err", err)
-			}
+		// partition, when memberlist has given up on them. In the
+		// background: a join to an unreachable peer waits for its TCP
+		// timeout, and must not hold up the rest, nor a shutdown.
+		if missing := n.missingPeers(); len(missing) > 0 && n.joining.CompareAndSwap(false, true) {
+			go func() {
+				defer n.joining.Store(false)
+				if _, err := n.ml.Join(missing); err != nil {
+					n.log.Debug("cluster join", "peers", missing, "err", err)
+				}
+			}()
 		}
 		n.maybeBootstrap()
 		n.reconcileVoters()
