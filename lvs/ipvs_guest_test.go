@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -217,5 +218,45 @@ func TestGuestBenchIPVS(t *testing.T) {
 	}
 	for _, s := range steps {
 		fmt.Printf("BENCH ipvs %q ops=%d duration=%s\n", s.Name, s.Ops, s.Duration)
+	}
+}
+
+// TestGuestIPVSSyncDaemons starts, lists and stops the kernel's sync
+// daemons with the parameters keepalived's lvs_sync_daemon sets.
+func TestGuestIPVSSyncDaemons(t *testing.T) {
+	guestIPVS(t)
+	if out, err := exec.Command("ip", "link", "add", "sync0", "type", "dummy").CombinedOutput(); err != nil {
+		t.Fatalf("dummy interface: %v: %s", err, out)
+	}
+	if out, err := exec.Command("ip", "link", "set", "sync0", "up", "multicast", "on").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	backup := SyncDaemon{State: SyncBackup, Interface: "sync0", SyncID: 51, MaxLen: 1472, Group: netip.MustParseAddr("224.0.0.81"), Port: 8848, TTL: 1}
+	master := SyncDaemon{State: SyncMaster, Interface: "sync0", SyncID: 51, MaxLen: 1472, Group: netip.MustParseAddr("224.0.0.81"), Port: 8848, TTL: 1}
+	if err := StartSyncDaemon(backup); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { StopSyncDaemon(SyncBackup); StopSyncDaemon(SyncMaster) })
+	if err := StartSyncDaemon(master); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := SyncDaemons()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(ds, func(a, b SyncDaemon) int { return int(a.State) - int(b.State) })
+	if want := []SyncDaemon{master, backup}; !slices.Equal(ds, want) {
+		t.Fatalf("the kernel runs %+v, want %+v", ds, want)
+	}
+	// A backup that becomes master and back: the master daemon comes and
+	// goes, the backup one stays.
+	if err := StopSyncDaemon(SyncMaster); err != nil {
+		t.Fatal(err)
+	}
+	if ds, _ := SyncDaemons(); len(ds) != 1 || ds[0] != backup {
+		t.Fatalf("after stopping the master daemon: %+v", ds)
+	}
+	if err := StopSyncDaemon(SyncMaster); err != nil {
+		t.Fatalf("stopping a stopped daemon: %v", err)
 	}
 }

@@ -343,7 +343,7 @@ func RunTests(ctx context.Context, root, pkg, pattern string, timeout time.Durat
 	return Run(ctx, Config{
 		KernelDir: KernelDir(root),
 		Busybox:   busybox,
-		Modules:   []string{"crc32c_generic", "ip_vs", "ip_vs_*"},
+		Modules:   []string{"crc32c_generic", "ip_vs", "ip_vs_*", "dummy"},
 		Program:   prog,
 		Args:      []string{"-test.v", "-test.count=1", "-test.run", pattern},
 		Env:       []string{"DIRECTORD_IPVS_GUEST=1"},
