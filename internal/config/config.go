@@ -49,6 +49,20 @@ type Dataplane struct {
 	Kind              string        `json:"kind"`
 	LVSFlush          bool          `json:"lvs_flush"`
 	ReconcileInterval time.Duration `json:"reconcile_interval"`
+	// LVSSyncDaemon runs the kernel's IPVS sync daemons (IPVS only).
+	LVSSyncDaemon *SyncDaemon `json:"lvs_sync_daemon,omitempty"`
+}
+
+// SyncDaemon is keepalived's lvs_sync_daemon: a backup daemon always
+// runs, the master daemon while Instance is MASTER.
+type SyncDaemon struct {
+	Interface string     `json:"interface"`
+	Instance  string     `json:"instance"`
+	SyncID    uint32     `json:"sync_id"`
+	MaxLen    uint16     `json:"maxlen,omitempty"`
+	Port      uint16     `json:"port,omitempty"`
+	TTL       uint8      `json:"ttl,omitempty"`
+	Group     netip.Addr `json:"group,omitzero"`
 }
 
 type VRRPInstance struct {

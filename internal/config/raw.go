@@ -28,9 +28,20 @@ type rawNode struct {
 }
 
 type rawDataplane struct {
-	Kind              string `toml:"kind"`
-	LVSFlush          *bool  `toml:"lvs_flush"`
-	ReconcileInterval string `toml:"reconcile_interval"`
+	Kind              string         `toml:"kind"`
+	LVSFlush          *bool          `toml:"lvs_flush"`
+	ReconcileInterval string         `toml:"reconcile_interval"`
+	LVSSyncDaemon     *rawSyncDaemon `toml:"lvs_sync_daemon"`
+}
+
+type rawSyncDaemon struct {
+	Interface string `toml:"interface"`
+	Instance  string `toml:"instance"`
+	SyncID    *int   `toml:"sync_id"`
+	MaxLen    *int   `toml:"maxlen"`
+	Port      *int   `toml:"port"`
+	TTL       *int   `toml:"ttl"`
+	Group     string `toml:"group"`
 }
 
 type rawVRRP struct {

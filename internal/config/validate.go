@@ -167,6 +167,9 @@ func (v *validator) config(raw *rawConfig) *Config {
 	cfg.VRRP = v.vrrp(raw.VRRPInstance, cfg.VRRPScripts)
 	cfg.SyncGroups = v.syncGroups(raw.VRRPSyncGroup, cfg.VRRP)
 	cfg.VirtualServers = v.virtualServers(raw.VirtualServer)
+	if r := raw.Dataplane.LVSSyncDaemon; r != nil {
+		cfg.Dataplane.LVSSyncDaemon = v.syncDaemon(r, cfg.VRRP)
+	}
 	if cfg.Node.Role == "witness" && raw.Cluster == nil {
 		v.add([]any{"node", "role"}, "a witness needs a [cluster] section: it only votes in one")
 	}
@@ -829,6 +832,34 @@ func StatusRange(s string) (from, to int, err error) {
 		return 0, 0, fmt.Errorf("%q is not a status code or range (like \"200\" or \"200-299\", within 100-599)", s)
 	}
 	return from, to, nil
+}
+
+func (v *validator) syncDaemon(r *rawSyncDaemon, instances []VRRPInstance) *SyncDaemon {
+	p := []any{"dataplane", "lvs_sync_daemon"}
+	d := &SyncDaemon{Interface: r.Interface, Instance: r.Instance}
+	if d.Interface == "" {
+		v.add(at(p, "interface"), "required: the interface the sync traffic uses")
+	}
+	i := slices.IndexFunc(instances, func(in VRRPInstance) bool { return in.Name == r.Instance })
+	if i < 0 {
+		v.add(at(p, "instance"), "%q is not a [[vrrp_instance]]: the master daemon runs while it is MASTER", r.Instance)
+	}
+	def := 0
+	if i >= 0 {
+		def = int(instances[i].VRID) // keepalived's default sync id
+	}
+	d.SyncID = uint32(v.intIn(at(p, "sync_id"), r.SyncID, def, 0, 255))
+	d.MaxLen = uint16(v.intIn(at(p, "maxlen"), r.MaxLen, 0, 0, 65535))
+	d.Port = uint16(v.intIn(at(p, "port"), r.Port, 0, 0, 65535))
+	d.TTL = uint8(v.intIn(at(p, "ttl"), r.TTL, 0, 0, 255))
+	if r.Group != "" {
+		a, err := netip.ParseAddr(r.Group)
+		if err != nil || !a.Is4() || !a.IsMulticast() {
+			v.add(at(p, "group"), "%q is not an IPv4 multicast address", r.Group)
+		}
+		d.Group = a
+	}
+	return d
 }
 
 func btoi(b bool) int {

@@ -54,6 +54,7 @@ type Daemon struct {
 	health  *health
 	cluster *clusterManager // nil without [cluster]
 	lbReady atomic.Bool     // lvs and health are set up
+	syncd   atomic.Pointer[syncDaemons]
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -133,6 +134,12 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d.status.Register("lvs", d.lvs.status)
 	d.reg.MustRegister(newLVSCollector(d.lvs))
+	dpName := "none"
+	if d.lvs.dp != nil {
+		dpName = d.lvs.dp.Name()
+	}
+	d.syncd.Store(newSyncDaemons(d.log, cfg, dpName))
+	defer d.syncd.Load().stop()
 	d.health = newHealth(d.log, d.lvs)
 	if err := d.health.apply(lbCfg); err != nil {
 		return err
@@ -207,7 +214,12 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 		}
 		return config.Notify{}, false
 	})
-	deps.Notify = d.notify.Notify
+	deps.Notify = func(instance string, t vrrp.Transition) {
+		d.notify.Notify(instance, t)
+		if s := d.syncd.Load(); s != nil {
+			s.transition(instance, t)
+		}
+	}
 	d.vrrp = vrrp.NewGroup(deps)
 	d.scripts = newScriptRunner(d.log, d.vrrp.SetScript)
 	d.registerMetrics()

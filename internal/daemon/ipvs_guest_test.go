@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -141,4 +144,99 @@ func splitDots(s string) []string {
 		}
 	}
 	return append(out, s[start:])
+}
+
+// TestGuestDaemonSyncDaemons: with lvs_sync_daemon the backup sync daemon
+// runs from the start and the master one while the VRRP instance is
+// MASTER; both go at exit.
+func TestGuestDaemonSyncDaemons(t *testing.T) {
+	if os.Getenv("DIRECTORD_IPVS_GUEST") != "1" {
+		t.Skip("runs inside the qemu guest with Debian's kernel: make test-ipvs (part of make test)")
+	}
+	for _, args := range [][]string{
+		{"link", "add", "sync0", "type", "dummy"},
+		{"link", "set", "sync0", "up", "multicast", "on"},
+		{"addr", "add", "192.0.2.1/24", "dev", "sync0"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "directord.toml")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, `[node]
+name = "guest"
+data_dir = %q
+status_socket = %q
+
+[dataplane]
+lvs_sync_daemon = { interface = "sync0", instance = "VI_1" }
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "sync0"
+virtual_router_id = 51
+advert_int = "100ms"
+virtual_ipaddress = ["192.0.2.100/24"]
+`, filepath.Join(dir, "data"), filepath.Join(dir, "s.sock")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log syncBuf
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{ConfigFile: conf, Version: "guest", Log: &log}) }()
+	want := []lvs.SyncDaemon{
+		{State: lvs.SyncMaster, Interface: "sync0", SyncID: 51},
+		{State: lvs.SyncBackup, Interface: "sync0", SyncID: 51},
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ds, err := lvs.SyncDaemons()
+		if err == nil {
+			slices.SortFunc(ds, func(a, b lvs.SyncDaemon) int { return int(a.State) - int(b.State) })
+			// The kernel reports its defaults for what was not set.
+			for i := range ds {
+				ds[i].MaxLen, ds[i].Group, ds[i].Port, ds[i].TTL = 0, netip.Addr{}, 0, 0
+			}
+			if slices.Equal(ds, want) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sync daemons %+v, %v; want %+v\n%s", ds, err, want, log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A planned handover: BACKUP for a second, the master daemon goes;
+	// MASTER again, it comes back. The backup daemon stays throughout.
+	var fr FailoverResult
+	if err := status.NewClient(filepath.Join(dir, "s.sock")).Post(ctx, "/v1/vrrp/VI_1/failover", FailoverRequest{Hold: "1s"}, &fr); err != nil {
+		t.Fatal(err)
+	}
+	states := func() string {
+		ds, _ := lvs.SyncDaemons()
+		var s []string
+		for _, d := range ds {
+			s = append(s, d.State.String())
+		}
+		slices.Sort(s)
+		return fmt.Sprint(s)
+	}
+	for _, want := range []string{"[backup]", "[backup master]"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for states() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("sync daemons %s, want %s\n%s", states(), want, log.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v\n%s", err, log.String())
+	}
+	if ds, err := lvs.SyncDaemons(); err != nil || len(ds) != 0 {
+		t.Fatalf("after stop: %+v, %v", ds, err)
+	}
 }
