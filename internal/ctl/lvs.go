@@ -54,6 +54,9 @@ func renderLVS(w io.Writer, st *daemon.LVSStatus) {
 		}
 		fmt.Fprintln(w)
 	}
+	for _, d := range st.SyncDaemons {
+		fmt.Fprintf(w, "sync daemon %s on %s, sync id %d\n", d.State, d.Interface, d.SyncID)
+	}
 	if st.Error != "" {
 		fmt.Fprintf(w, "cannot read the kernel's table: %s\n", st.Error)
 	}

@@ -208,6 +208,13 @@ virtual_ipaddress = ["192.0.2.100/24"]
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// Status shows them.
+	raw, err := status.NewClient(filepath.Join(dir, "s.sock")).Raw(ctx, "/v1/status/lvs")
+	var st LVSStatus
+	if err != nil || json.Unmarshal(raw, &st) != nil || len(st.SyncDaemons) != 2 {
+		t.Fatalf("lvs status without the sync daemons: %v %s", err, raw)
+	}
+
 	// A planned handover: BACKUP for a second, the master daemon goes;
 	// MASTER again, it comes back. The backup daemon stays throughout.
 	var fr FailoverResult

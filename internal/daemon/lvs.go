@@ -241,7 +241,9 @@ type LVSStatus struct {
 	Sysctls       []lvs.Sysctl `json:"sysctls"`
 	LastReconcile lvs.Result   `json:"last_reconcile"`
 	Services      []LVSService `json:"services"`
-	Error         string       `json:"error,omitempty"`
+	// SyncDaemons are the kernel's IPVS sync daemons (lvs_sync_daemon).
+	SyncDaemons []lvs.SyncDaemon `json:"sync_daemons,omitempty"`
+	Error       string           `json:"error,omitempty"`
 }
 
 // LVSService is one virtual service as the kernel has it.
@@ -266,6 +268,9 @@ func (m *lvsManager) status() any {
 	es, err := lvs.ListWithStats(m.dp)
 	if err != nil {
 		st.Error = err.Error()
+	}
+	if st.Dataplane == "ipvs" {
+		st.SyncDaemons, _ = lvs.SyncDaemons()
 	}
 	quorum, draining := m.rec.QuorumUp(), m.rec.Draining()
 	for _, e := range es {
