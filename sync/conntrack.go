@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	stdsync "sync"
 	"syscall"
 
 	"github.com/mdlayher/netlink"
@@ -120,6 +121,7 @@ func tuple(t uint16, proto uint8, src, dst netip.AddrPort) netfilter.Attribute {
 
 // Table reads and writes the conntrack table of one network namespace.
 type Table struct {
+	mu stdsync.Mutex // one request at a time on each socket
 	ct *conntrack.Conn
 	nf *netfilter.Conn
 }
@@ -147,7 +149,9 @@ func (t *Table) Close() error {
 
 // Flows dumps the DNAT'd flows to vips.
 func (t *Table) Flows(vips map[netip.Addr]bool) ([]Flow, error) {
+	t.mu.Lock()
 	all, err := t.ct.Dump(nil)
+	t.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("conntrack dump: %w", err)
 	}
@@ -165,6 +169,8 @@ func (t *Table) Flows(vips map[netip.Addr]bool) ([]Flow, error) {
 // only from the NAT attribute: the reply tuple given is the plain inverse
 // of the original, which the kernel rewrites to come from the real server.
 func (t *Table) Write(f Flow) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	nat := []netfilter.Attribute{}
 	minT, maxT := uint16(ctaNATv4Min), uint16(ctaNATv4Max)
 	if f.Real.Addr().Is6() {
@@ -219,6 +225,8 @@ func (t *Table) Write(f Flow) error {
 
 // Delete removes the flow, if it is there.
 func (t *Table) Delete(f Flow) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	c := conntrack.NewFlow(f.Proto, 0, f.Client.Addr(), f.VIP.Addr(), f.Client.Port(), f.VIP.Port(), 0, 0)
 	c.TupleReply = conntrack.Tuple{}
 	if err := t.ct.Delete(c); err != nil && !errors.Is(err, syscall.ENOENT) {

@@ -29,6 +29,8 @@ type Config struct {
 	// Cluster is nil when the file has no [cluster] section: a single
 	// director with no peer.
 	Cluster *Cluster `json:"cluster,omitempty"`
+	// Sync is nil without a [sync] section.
+	Sync *Sync `json:"sync,omitempty"`
 
 	pos *positions
 }
@@ -208,6 +210,15 @@ type HealthCheck struct {
 	Rcode            string            `json:"rcode,omitempty"`
 	Command          []string          `json:"command,omitempty"`
 	Dynamic          bool              `json:"dynamic,omitempty"`
+}
+
+// Sync copies the conntrack entries of the flows to the VIPs to the peer
+// while Instance is MASTER (nftables data plane).
+type Sync struct {
+	Listen   netip.AddrPort `json:"listen"`
+	Peer     netip.AddrPort `json:"peer"`
+	Key      []byte         `json:"-"`
+	Instance string         `json:"instance"`
 }
 
 type Cluster struct {

@@ -15,6 +15,14 @@ type rawConfig struct {
 	VRRPSyncGroup []rawSyncGroup `toml:"vrrp_sync_group"`
 	VirtualServer []rawVS        `toml:"virtual_server"`
 	Cluster       *rawCluster    `toml:"cluster"`
+	Sync          *rawSync       `toml:"sync"`
+}
+
+type rawSync struct {
+	Listen   string `toml:"listen"`
+	Peer     string `toml:"peer"`
+	Key      string `toml:"key"`
+	Instance string `toml:"instance"`
 }
 
 type rawNode struct {

@@ -176,7 +176,26 @@ func (v *validator) config(raw *rawConfig) *Config {
 	if raw.Cluster != nil {
 		cfg.Cluster = v.cluster(raw.Cluster)
 	}
+	if raw.Sync != nil {
+		cfg.Sync = v.sync(raw.Sync, cfg.VRRP)
+	}
 	return cfg
+}
+
+func (v *validator) sync(r *rawSync, instances []VRRPInstance) *Sync {
+	p := []any{"sync"}
+	s := &Sync{Instance: r.Instance}
+	s.Listen, _ = v.addrPort(at(p, "listen"), r.Listen)
+	s.Peer, _ = v.addrPort(at(p, "peer"), r.Peer)
+	k, err := base64.StdEncoding.DecodeString(r.Key)
+	if err != nil || len(k) < 16 {
+		v.add(at(p, "key"), "required: at least 16 random bytes in base64 (head -c 32 /dev/urandom | base64)")
+	}
+	s.Key = k
+	if !slices.ContainsFunc(instances, func(in VRRPInstance) bool { return in.Name == r.Instance }) {
+		v.add(at(p, "instance"), "%q is not a [[vrrp_instance]]: this node sends its flows while it is MASTER", r.Instance)
+	}
+	return s
 }
 
 func (v *validator) node(r *rawNode) Node {

@@ -55,6 +55,7 @@ type Daemon struct {
 	cluster *clusterManager // nil without [cluster]
 	lbReady atomic.Bool     // lvs and health are set up
 	syncd   atomic.Pointer[syncDaemons]
+	ctsync  atomic.Pointer[ctSync]
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -140,6 +141,14 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d.syncd.Store(newSyncDaemons(d.log, cfg, dpName))
 	defer d.syncd.Load().stop()
+	cts, err := newCTSync(lbCfg, dpName, d.log)
+	if err != nil {
+		return err
+	}
+	if cts != nil {
+		d.ctsync.Store(cts)
+		d.status.Register("sync", cts.status)
+	}
 	d.health = newHealth(d.log, d.lvs)
 	if err := d.health.apply(lbCfg); err != nil {
 		return err
@@ -180,6 +189,9 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
 	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
 	g.Go(func() error { return d.health.runner.Run(ctx) })
+	if cts != nil {
+		g.Go(func() error { return cts.Run(ctx) })
+	}
 
 	d.log.Info("directord started", "node", cfg.Node.Name, "version", opts.Version, "config", cfg.File,
 		"status_socket", cfg.Node.StatusSocket, "metrics", cfg.Node.MetricsListen,
@@ -218,6 +230,9 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 		d.notify.Notify(instance, t)
 		if s := d.syncd.Load(); s != nil {
 			s.transition(instance, t)
+		}
+		if c := d.ctsync.Load(); c != nil {
+			c.transition(instance, t)
 		}
 	}
 	d.vrrp = vrrp.NewGroup(deps)

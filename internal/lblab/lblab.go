@@ -120,6 +120,9 @@ func (s *Scene) Serve(h *lab.Host) {
 		}
 	}()
 	s.mu.Lock()
+	if s.listeners == nil {
+		s.listeners = map[*lab.Host][]func(){}
+	}
 	s.listeners[h] = append(s.listeners[h], func() {
 		ln.Close()
 		pc.Close()

@@ -1,0 +1,195 @@
+package e2e
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	stdsync "sync"
+	"testing"
+	"time"
+
+	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/lblab"
+	dsync "github.com/directord/directord/sync"
+)
+
+var syncKey = base64.StdEncoding.EncodeToString([]byte("directord sync test key, 32 byte"))
+
+// TestSyncSurvivesFailover: LVS-NAT as the seed draws it: the real
+// servers' gateway is a second VIP on the inside, in one sync group with
+// the outside VIP. 50 long-lived connections go through the master; it
+// dies (cables cut, processes killed); after the takeover every
+// connection carries on through the backup, answered by the same real
+// server. Without [sync] the same test breaks connections, so it can
+// fail.
+func TestSyncSurvivesFailover(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(map[bool]string{true: "sync", false: "no sync"}[on], func(t *testing.T) { syncFailover(t, on) })
+	}
+}
+
+func syncFailover(t *testing.T, syncOn bool) {
+	lab.Require(t, "nft")
+	l := lab.New(t)
+	front, back := l.AddSwitch("front"), l.AddSwitch("back")
+	sc := &lblab.Scene{Lab: l, Front: front, Back: back, Client: l.AddHost("client")}
+	front.Plug(sc.Client, "eth0", lblab.ClientIP+"/24")
+	type lb struct {
+		d                   *director
+		frontPort, backPort string
+		inside              string
+	}
+	var lbs []*lb
+	for i, name := range []string{"lb1", "lb2"} {
+		h := l.AddHost(name)
+		dir := t.TempDir()
+		x := &lb{d: &director{h: h, ip: fmt.Sprintf("192.0.2.%d", 11+i), dir: dir,
+			conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock")},
+			inside: fmt.Sprintf("203.0.113.%d", 2+i)}
+		x.frontPort = front.Plug(h, "eth0", x.d.ip+"/24")
+		x.backPort = back.Plug(h, "eth1", x.inside+"/24")
+		lbs = append(lbs, x)
+	}
+	for i := range 3 {
+		h := l.AddHost(fmt.Sprintf("rs%d", i+1))
+		back.Plug(h, "eth0", lblab.RealAddr(i)+"/24")
+		h.AddRoute("default", "via", "203.0.113.1")
+		sc.Reals = append(sc.Reals, h)
+		sc.Serve(h)
+	}
+	for i, x := range lbs {
+		prio, peer := 150, lbs[1].inside
+		if i == 1 {
+			prio, peer = 100, lbs[0].inside
+		}
+		syncSection := ""
+		if syncOn {
+			syncSection = fmt.Sprintf("\n[sync]\nlisten = \"%s:7100\"\npeer = \"%s:7100\"\nkey = %q\ninstance = \"VI_1\"\n", x.inside, peer, syncKey)
+		}
+		writeFile(t, x.d.conf, fmt.Sprintf(`[node]
+name = %q
+data_dir = %q
+status_socket = %q
+%s
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = %d
+advert_int = "100ms"
+virtual_ipaddress = ["192.0.2.100/24"]
+
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth1"
+virtual_router_id = 52
+priority = %d
+advert_int = "100ms"
+virtual_ipaddress = ["203.0.113.1/24"]
+
+[[vrrp_sync_group]]
+name = "G"
+group = ["VI_1", "VI_2"]
+
+[[virtual_server]]
+name = "web"
+address = "192.0.2.100:80"
+scheduler = "rr"
+%s`, x.d.h.Name, filepath.Join(x.d.dir, "data"), x.d.sock, syncSection, prio, prio, realServers(1, 1, 1)))
+		x.d.start()
+	}
+	owns := func(h *lab.Host, want bool) error {
+		for _, vip := range []string{"192.0.2.100", "203.0.113.1"} {
+			out, _ := h.Run("ip", "-o", "addr")
+			if strings.Contains(out, " "+vip+"/") != want {
+				return fmt.Errorf("%s holds %s: %v", h.Name, vip, !want)
+			}
+		}
+		return nil
+	}
+	if err := lab.Eventually(15*time.Second, func() error {
+		if err := owns(lbs[0].d.h, true); err != nil {
+			return err
+		}
+		return owns(lbs[1].d.h, false)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// 50 long-lived connections through lb1.
+	var conns []*lblab.Conn
+	if err := lab.Eventually(10*time.Second, func() error {
+		for len(conns) < 50 {
+			c, err := sc.Open("", "192.0.2.100:80")
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns {
+		t.Cleanup(func() { c.Close() })
+		if ans, err := c.Echo("before"); err != nil || ans != c.Server+" before" {
+			t.Fatalf("before the failover: %q, %v", ans, err)
+		}
+	}
+	if syncOn {
+		// The backup has them all.
+		if err := lab.Eventually(10*time.Second, func() error {
+			out, err := exec.Command(directorctl, "--socket", lbs[1].d.sock, "status", "--json").Output()
+			if err != nil {
+				return err
+			}
+			var doc struct{ Sync dsync.Status }
+			if err := json.Unmarshal(out, &doc); err != nil {
+				return err
+			}
+			if doc.Sync.Applied < 50 {
+				return fmt.Errorf("backup sync status %+v", doc.Sync)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// lb1 dies.
+	front.IP("link", "set", lbs[0].frontPort, "down")
+	back.IP("link", "set", lbs[0].backPort, "down")
+	lbs[0].d.h.KillAll()
+	if err := lab.Eventually(10*time.Second, func() error { return owns(lbs[1].d.h, true) }); err != nil {
+		t.Fatal(err)
+	}
+	var mu stdsync.Mutex
+	survived := 0
+	var failures []string
+	var wg stdsync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ans, err := c.Echo("after")
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil && ans == c.Server+" after" {
+				survived++
+			} else if len(failures) < 5 {
+				failures = append(failures, fmt.Sprintf("conn %d to %s: %q %v", i, c.Server, ans, err))
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d of %d connections survived the failover; some failures: %v", survived, len(conns), failures)
+	switch {
+	case syncOn && survived != len(conns):
+		t.Fatalf("with sync only %d of %d connections survived\n%s", survived, len(conns), lbs[1].d.proc.Output())
+	case !syncOn && survived == len(conns):
+		t.Fatal("without sync every connection survived: the test cannot tell")
+	}
+}

@@ -1,0 +1,423 @@
+package sync
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	stdsync "sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
+)
+
+// Config configures a Syncer.
+type Config struct {
+	// Listen is where the peer's master connects to send its flows.
+	Listen netip.AddrPort
+	// Peer is where this node sends its flows while it is master.
+	Peer netip.AddrPort
+	// Key authenticates both ends and every message (HMAC-SHA256).
+	Key  []byte
+	VIPs []netip.Addr
+	// NetNS is an open namespace file for the conntrack table (tests);
+	// 0 is the daemon's own.
+	NetNS int
+	// QueueLen bounds the events waiting to be sent; beyond it they are
+	// dropped, counted, and a full resync follows.
+	QueueLen int
+	// Resync is how often the master sends its whole table, which also
+	// refreshes the backup's timeouts.
+	Resync time.Duration
+	Logger *slog.Logger
+}
+
+// Status is what the syncer has done.
+type Status struct {
+	Role       string    `json:"role"` // master (sending) or backup (receiving)
+	Peer       string    `json:"peer"`
+	Connected  bool      `json:"connected"`
+	Sent       uint64    `json:"sent"`
+	Received   uint64    `json:"received"`
+	Applied    uint64    `json:"applied"`
+	Failed     uint64    `json:"failed"`
+	Dropped    uint64    `json:"dropped"`
+	Refused    uint64    `json:"refused"` // connections or messages failing authentication
+	LastResync time.Time `json:"last_resync,omitzero"`
+	LagMillis  float64   `json:"lag_ms"` // of the last message applied
+}
+
+// Syncer sends the master's flows to the peer and applies the peer's.
+type Syncer struct {
+	cfg    Config
+	log    *slog.Logger
+	table  *Table
+	vips   map[netip.Addr]bool
+	master atomic.Bool
+	wake   chan struct{}
+	queue  chan message
+
+	sent, received, applied, failed, dropped, refused atomic.Uint64
+	connected                                         atomic.Bool
+	mu                                                stdsync.Mutex
+	lastResync                                        time.Time
+	lag                                               time.Duration
+}
+
+// message is one line on the wire.
+type message struct {
+	Op    string `json:"op"` // flow, del, resync
+	Flow  *Flow  `json:"f,omitempty"`
+	Flows []Flow `json:"fs,omitempty"`
+	At    int64  `json:"at"` // sender's clock, unix microseconds
+}
+
+// New opens the conntrack table; Run does the rest.
+func New(cfg Config) (*Syncer, error) {
+	if len(cfg.Key) < 16 {
+		return nil, errors.New("sync: the key must be at least 16 bytes")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.QueueLen == 0 {
+		cfg.QueueLen = 65536
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	t, err := OpenTable(cfg.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	s := &Syncer{cfg: cfg, log: cfg.Logger, table: t, vips: map[netip.Addr]bool{},
+		wake: make(chan struct{}, 1), queue: make(chan message, cfg.QueueLen)}
+	for _, v := range cfg.VIPs {
+		s.vips[v.Unmap()] = true
+	}
+	return s, nil
+}
+
+// SetMaster makes this node send (true) or receive (false). It is safe to
+// call from the VRRP transitions: it never blocks.
+func (s *Syncer) SetMaster(m bool) {
+	if s.master.Swap(m) != m {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Run listens for the peer and, while master, streams to it.
+func (s *Syncer) Run(ctx context.Context) error {
+	defer s.table.Close()
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", s.cfg.Listen.String())
+	if err != nil {
+		return fmt.Errorf("sync listen %s: %w", s.cfg.Listen, err)
+	}
+	go func() { <-ctx.Done(); ln.Close() }()
+	go s.accept(ctx, ln)
+	if err := s.watch(ctx); err != nil {
+		return err
+	}
+	for {
+		if s.master.Load() {
+			s.send(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.wake:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// watch queues the conntrack events of flows to the VIPs, dropping (and
+// counting) what does not fit: a flood of short connections must not
+// grow memory without bound.
+func (s *Syncer) watch(ctx context.Context) error {
+	c, err := conntrack.Dial(&netlink.Config{NetNS: s.cfg.NetNS})
+	if err != nil {
+		return fmt.Errorf("conntrack events: %w", err)
+	}
+	c.SetReadBuffer(8 << 20)
+	evs := make(chan conntrack.Event, 1024)
+	errs, err := c.Listen(evs, 1, []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTUpdate, netfilter.GroupCTDestroy})
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("conntrack events: %w", err)
+	}
+	go func() {
+		defer c.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case err := <-errs:
+				if err != nil && ctx.Err() == nil {
+					// Lost events (ENOBUFS): the next resync covers them.
+					s.dropped.Add(1)
+				}
+			case ev := <-evs:
+				if !s.master.Load() || ev.Flow == nil {
+					continue
+				}
+				f, ok := fromConntrack(*ev.Flow, s.vips)
+				if !ok {
+					continue
+				}
+				m := message{Op: "flow", Flow: &f}
+				if ev.Type == conntrack.EventDestroy {
+					m.Op = "del"
+				}
+				select {
+				case s.queue <- m:
+				default:
+					s.dropped.Add(1)
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// send connects to the peer, sends the whole table and then the events,
+// until the connection fails or this node is no longer master.
+func (s *Syncer) send(ctx context.Context) {
+	d := net.Dialer{Timeout: 2 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", s.cfg.Peer.String())
+	if err != nil {
+		s.log.Debug("sync: peer unreachable", "peer", s.cfg.Peer.String(), "err", err)
+		return
+	}
+	defer conn.Close()
+	key, err := s.handshake(conn, true)
+	if err != nil {
+		s.log.Warn("sync: peer refused", "peer", s.cfg.Peer.String(), "err", err)
+		return
+	}
+	s.connected.Store(true)
+	defer s.connected.Store(false)
+	s.log.Info("sync: sending flows to the peer", "peer", s.cfg.Peer.String())
+	w := bufio.NewWriter(conn)
+	write := func(m message) error {
+		m.At = time.Now().UnixMicro()
+		b, _ := json.Marshal(m)
+		mac := hmac.New(sha256.New, key)
+		mac.Write(b)
+		if _, err := fmt.Fprintf(w, "%s %s\n", hex.EncodeToString(mac.Sum(nil)), b); err != nil {
+			return err
+		}
+		s.sent.Add(1)
+		return nil
+	}
+	resync := func() error {
+		flows, err := s.table.Flows(s.vips)
+		if err != nil {
+			return err
+		}
+		if err := write(message{Op: "resync", Flows: flows}); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.lastResync = time.Now()
+		s.mu.Unlock()
+		return w.Flush()
+	}
+	if err := resync(); err != nil {
+		return
+	}
+	tick := time.NewTicker(s.cfg.Resync)
+	defer tick.Stop()
+	for s.master.Load() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-tick.C:
+			if resync() != nil {
+				return
+			}
+		case m := <-s.queue:
+			if write(m) != nil {
+				return
+			}
+			// Batch what is queued before flushing.
+			for n := len(s.queue); n > 0; n-- {
+				if write(<-s.queue) != nil {
+					return
+				}
+			}
+			if w.Flush() != nil {
+				return
+			}
+		}
+	}
+}
+
+func (s *Syncer) accept(ctx context.Context, ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go s.receive(ctx, conn)
+	}
+}
+
+// receive applies a master's flows while this node is backup.
+func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	key, err := s.handshake(conn, false)
+	if err != nil {
+		s.refused.Add(1)
+		s.log.Warn("sync: connection refused", "from", conn.RemoteAddr().String(), "err", err)
+		return
+	}
+	s.log.Info("sync: receiving flows", "from", conn.RemoteAddr().String())
+	sc := bufio.NewScanner(conn)
+	sc.Buffer(make([]byte, 64<<10), 256<<20)
+	synced := map[string]Flow{}
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) < 65 || line[64] != ' ' {
+			s.refused.Add(1)
+			return
+		}
+		want, _ := hex.DecodeString(string(line[:64]))
+		mac := hmac.New(sha256.New, key)
+		mac.Write(line[65:])
+		if !hmac.Equal(want, mac.Sum(nil)) {
+			s.refused.Add(1)
+			s.log.Warn("sync: message failed authentication; closing", "from", conn.RemoteAddr().String())
+			return
+		}
+		var m message
+		if err := json.Unmarshal(line[65:], &m); err != nil {
+			s.failed.Add(1)
+			continue
+		}
+		s.received.Add(1)
+		if s.master.Load() {
+			continue // the peer thinks it is master too; ours wins here
+		}
+		switch m.Op {
+		case "flow":
+			s.apply(m.Flow, synced)
+		case "del":
+			if m.Flow != nil {
+				s.table.Delete(*m.Flow)
+				delete(synced, m.Flow.Key())
+			}
+		case "resync":
+			seen := map[string]bool{}
+			for i := range m.Flows {
+				s.apply(&m.Flows[i], synced)
+				seen[m.Flows[i].Key()] = true
+			}
+			// Flows the master no longer has go.
+			for k, f := range synced {
+				if !seen[k] {
+					s.table.Delete(f)
+					delete(synced, k)
+				}
+			}
+			s.mu.Lock()
+			s.lastResync = time.Now()
+			s.mu.Unlock()
+		}
+		s.mu.Lock()
+		s.lag = time.Since(time.UnixMicro(m.At))
+		s.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+func (s *Syncer) apply(f *Flow, synced map[string]Flow) {
+	if f == nil {
+		return
+	}
+	if err := s.table.Write(*f); err != nil {
+		s.failed.Add(1)
+		s.log.Debug("sync: flow not written", "err", err)
+		return
+	}
+	s.applied.Add(1)
+	synced[f.Key()] = *f
+}
+
+// handshake authenticates both ends with the shared key and returns the
+// session's message key: each side sends a nonce and proves the key on
+// the other's.
+func (s *Syncer) handshake(conn net.Conn, client bool) ([]byte, error) {
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	defer conn.SetDeadline(time.Time{})
+	mine := make([]byte, 32)
+	rand.Read(mine)
+	if _, err := conn.Write(mine); err != nil {
+		return nil, err
+	}
+	theirs := make([]byte, 32)
+	if _, err := io.ReadFull(conn, theirs); err != nil {
+		return nil, err
+	}
+	proof := func(role string, nonce []byte) []byte {
+		m := hmac.New(sha256.New, s.cfg.Key)
+		m.Write([]byte(role))
+		m.Write(nonce)
+		return m.Sum(nil)
+	}
+	me, them := "backup", "master"
+	if client {
+		me, them = "master", "backup"
+	}
+	if _, err := conn.Write(proof(me, theirs)); err != nil {
+		return nil, err
+	}
+	got := make([]byte, sha256.Size)
+	if _, err := io.ReadFull(conn, got); err != nil {
+		return nil, err
+	}
+	if !hmac.Equal(got, proof(them, mine)) {
+		return nil, errors.New("the peer does not have the key")
+	}
+	m := hmac.New(sha256.New, s.cfg.Key)
+	if client {
+		m.Write(mine)
+		m.Write(theirs)
+	} else {
+		m.Write(theirs)
+		m.Write(mine)
+	}
+	return m.Sum(nil), nil
+}
+
+// Status reports the counters.
+func (s *Syncer) Status() Status {
+	st := Status{Role: "backup", Peer: s.cfg.Peer.String(), Connected: s.connected.Load(),
+		Sent: s.sent.Load(), Received: s.received.Load(), Applied: s.applied.Load(), Failed: s.failed.Load(),
+		Dropped: s.dropped.Load(), Refused: s.refused.Load()}
+	if s.master.Load() {
+		st.Role = "master"
+	}
+	s.mu.Lock()
+	st.LastResync, st.LagMillis = s.lastResync, float64(s.lag)/float64(time.Millisecond)
+	s.mu.Unlock()
+	return st
+}
