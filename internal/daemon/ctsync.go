@@ -9,6 +9,7 @@ import (
 	"github.com/directord/directord/internal/config"
 	dsync "github.com/directord/directord/sync"
 	"github.com/directord/directord/vrrp"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ctSync runs the conntrack sync of the nftables data plane: this node
@@ -60,3 +61,42 @@ func (c *ctSync) transition(instance string, t vrrp.Transition) {
 func (c *ctSync) Run(ctx context.Context) error { return c.s.Run(ctx) }
 
 func (c *ctSync) status() any { return c.s.Status() }
+
+// ctSyncCollector exports the sync counters.
+type ctSyncCollector struct {
+	c                  *ctSync
+	counter, connected *prometheus.Desc
+	master, lag        *prometheus.Desc
+}
+
+func newCTSyncCollector(c *ctSync) *ctSyncCollector {
+	return &ctSyncCollector{c: c,
+		counter:   prometheus.NewDesc("directord_sync_messages_total", "Conntrack sync messages, by what became of them.", []string{"what"}, nil),
+		connected: prometheus.NewDesc("directord_sync_connected", "1 while this master is connected to its peer.", nil, nil),
+		master:    prometheus.NewDesc("directord_sync_master", "1 while this node sends its flows (its instance is MASTER).", nil, nil),
+		lag:       prometheus.NewDesc("directord_sync_lag_seconds", "Age of the last message applied, by the sender's clock.", nil, nil),
+	}
+}
+
+func (m *ctSyncCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.counter, m.connected, m.master, m.lag} {
+		ch <- d
+	}
+}
+
+func (m *ctSyncCollector) Collect(ch chan<- prometheus.Metric) {
+	st := m.c.s.Status()
+	for what, v := range map[string]uint64{"sent": st.Sent, "received": st.Received, "applied": st.Applied,
+		"failed": st.Failed, "dropped": st.Dropped, "refused": st.Refused} {
+		ch <- prometheus.MustNewConstMetric(m.counter, prometheus.CounterValue, float64(v), what)
+	}
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	ch <- prometheus.MustNewConstMetric(m.connected, prometheus.GaugeValue, b(st.Connected))
+	ch <- prometheus.MustNewConstMetric(m.master, prometheus.GaugeValue, b(st.Role == "master"))
+	ch <- prometheus.MustNewConstMetric(m.lag, prometheus.GaugeValue, st.LagMillis/1000)
+}

@@ -148,6 +148,7 @@ func Run(ctx context.Context, opts Options) error {
 	if cts != nil {
 		d.ctsync.Store(cts)
 		d.status.Register("sync", cts.status)
+		d.reg.MustRegister(newCTSyncCollector(cts))
 	}
 	d.health = newHealth(d.log, d.lvs)
 	if err := d.health.apply(lbCfg); err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -26,27 +27,33 @@ var syncKey = base64.StdEncoding.EncodeToString([]byte("directord sync test key,
 // server. Without [sync] the same test breaks connections, so it can
 // fail.
 func TestSyncSurvivesFailover(t *testing.T) {
-	for _, on := range []bool{true, false} {
-		t.Run(map[bool]string{true: "sync", false: "no sync"}[on], func(t *testing.T) { syncFailover(t, on) })
+	for _, tc := range []struct {
+		name          string
+		sync, planned bool
+	}{{"crash with sync", true, false}, {"crash without sync", false, false}, {"planned failover with sync", true, true}} {
+		t.Run(tc.name, func(t *testing.T) { syncFailover(t, tc.sync, tc.planned) })
 	}
 }
 
-func syncFailover(t *testing.T, syncOn bool) {
+type syncLB struct {
+	d                   *director
+	frontPort, backPort string
+	inside              string
+}
+
+// newSyncScene builds the LVS-NAT scene with two directors (lb1 master)
+// and three real servers, and waits until lb1 holds both VIPs.
+func newSyncScene(t *testing.T, syncOn bool) (*lblab.Scene, *lab.Switch, *lab.Switch, []*syncLB, func(*lab.Host, bool) error) {
 	lab.Require(t, "nft")
 	l := lab.New(t)
 	front, back := l.AddSwitch("front"), l.AddSwitch("back")
 	sc := &lblab.Scene{Lab: l, Front: front, Back: back, Client: l.AddHost("client")}
 	front.Plug(sc.Client, "eth0", lblab.ClientIP+"/24")
-	type lb struct {
-		d                   *director
-		frontPort, backPort string
-		inside              string
-	}
-	var lbs []*lb
+	var lbs []*syncLB
 	for i, name := range []string{"lb1", "lb2"} {
 		h := l.AddHost(name)
 		dir := t.TempDir()
-		x := &lb{d: &director{h: h, ip: fmt.Sprintf("192.0.2.%d", 11+i), dir: dir,
+		x := &syncLB{d: &director{h: h, ip: fmt.Sprintf("192.0.2.%d", 11+i), dir: dir,
 			conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock")},
 			inside: fmt.Sprintf("203.0.113.%d", 2+i)}
 		x.frontPort = front.Plug(h, "eth0", x.d.ip+"/24")
@@ -118,6 +125,11 @@ scheduler = "rr"
 	}); err != nil {
 		t.Fatal(err)
 	}
+	return sc, front, back, lbs, owns
+}
+
+func syncFailover(t *testing.T, syncOn, planned bool) {
+	sc, front, back, lbs, owns := newSyncScene(t, syncOn)
 
 	// 50 long-lived connections through lb1.
 	var conns []*lblab.Conn
@@ -159,10 +171,17 @@ scheduler = "rr"
 		}
 	}
 
-	// lb1 dies.
-	front.IP("link", "set", lbs[0].frontPort, "down")
-	back.IP("link", "set", lbs[0].backPort, "down")
-	lbs[0].d.h.KillAll()
+	if planned {
+		// directorctl failover: lb1 hands over and stays backup.
+		if out, err := lbs[0].d.ctl("failover", "VI_1", "--hold", "1m"); err != nil {
+			t.Fatalf("failover: %v\n%s", err, out)
+		}
+	} else {
+		// lb1 dies.
+		front.IP("link", "set", lbs[0].frontPort, "down")
+		back.IP("link", "set", lbs[0].backPort, "down")
+		lbs[0].d.h.KillAll()
+	}
 	if err := lab.Eventually(10*time.Second, func() error { return owns(lbs[1].d.h, true) }); err != nil {
 		t.Fatal(err)
 	}
@@ -192,4 +211,64 @@ scheduler = "rr"
 	case !syncOn && survived == len(conns):
 		t.Fatal("without sync every connection survived: the test cannot tell")
 	}
+}
+
+// TestSyncBurst: 20,000 short connections while the master syncs: both
+// daemons stay up with bounded memory, and the sync keeps working.
+func TestSyncBurst(t *testing.T) {
+	sc, _, _, lbs, _ := newSyncScene(t, true)
+	const total, workers = 20000, 16
+	var wg stdsync.WaitGroup
+	var mu stdsync.Mutex
+	failed := 0
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range total / workers {
+				if _, err := sc.Ask("", "192.0.2.100:80"); err != nil {
+					mu.Lock()
+					failed++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if failed > total/100 {
+		t.Fatalf("%d of %d connections failed", failed, total)
+	}
+	for _, x := range lbs {
+		if x.d.proc.Exited() {
+			t.Fatalf("%s exited:\n%s", x.d.h.Name, x.d.proc.Output())
+		}
+		rss := rssOf(x.d.proc.Pid())
+		t.Logf("%s: resident memory %d MiB after the burst", x.d.h.Name, rss>>20)
+		if rss > 200<<20 {
+			t.Fatalf("%s uses %d MiB after the burst", x.d.h.Name, rss>>20)
+		}
+	}
+	out, err := exec.Command(directorctl, "--socket", lbs[1].d.sock, "status", "--json").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct{ Sync dsync.Status }
+	json.Unmarshal(out, &doc)
+	t.Logf("backup's sync after the burst: %+v", doc.Sync)
+	if doc.Sync.Received == 0 || doc.Sync.Refused != 0 {
+		t.Fatalf("backup's sync: %+v", doc.Sync)
+	}
+}
+
+// rssOf is a process's resident memory in bytes.
+func rssOf(pid int) int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+			return kb << 10
+		}
+	}
+	return 0
 }
