@@ -960,3 +960,62 @@ func seed(k Key) uint32 {
 func (n *NFT) Conns(k Key, addr netip.AddrPort) (active, inactive int, err error) {
 	return conntrackConns(n.nl, k, addr)
 }
+
+// PersistEntry is one client held on a real server by persistence.
+type PersistEntry struct {
+	Service Key
+	Real    netip.AddrPort
+	Client  netip.Addr    // the client, or its prefix's first address
+	Expires time.Duration // left before it goes
+}
+
+// PersistEntries lists the persistence entries of every service.
+func (n *NFT) PersistEntries() ([]PersistEntry, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []PersistEntry
+	for _, s := range n.svcs {
+		for real, set := range s.pers {
+			els, err := n.conn.GetSetElements(set)
+			if err != nil {
+				return nil, fmt.Errorf("nftables: read %s: %w", set.Name, err)
+			}
+			for _, el := range els {
+				a, ok := netip.AddrFromSlice(el.Key)
+				if !ok {
+					continue
+				}
+				out = append(out, PersistEntry{Service: s.svc.Key, Real: real, Client: a, Expires: el.Expires})
+			}
+		}
+	}
+	return out, nil
+}
+
+// AddPersist puts entries (from the peer) into the persistence sets, in
+// one transaction; entries of unknown services or servers are skipped.
+func (n *NFT) AddPersist(es []PersistEntry) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	add := map[*nftables.Set][]nftables.SetElement{}
+	for _, e := range es {
+		s := n.svcs[e.Service]
+		if s == nil || s.pers[e.Real] == nil || e.Expires <= 0 {
+			continue
+		}
+		set := s.pers[e.Real]
+		add[set] = append(add[set], nftables.SetElement{Key: e.Client.AsSlice(), Timeout: e.Expires})
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	for set, els := range add {
+		if err := n.conn.SetAddElements(set, els); err != nil {
+			return err
+		}
+	}
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("nftables: add persistence entries: %w", err)
+	}
+	return nil
+}

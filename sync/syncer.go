@@ -41,7 +41,26 @@ type Config struct {
 	// Resync is how often the master sends its whole table, which also
 	// refreshes the backup's timeouts.
 	Resync time.Duration
-	Logger *slog.Logger
+	// Persist, when set, gives the data plane's persistence entries, sent
+	// every PersistEvery (default 2 s) and applied on the backup.
+	Persist      PersistStore
+	PersistEvery time.Duration
+	Logger       *slog.Logger
+}
+
+// PersistEntry is a persistence entry on the wire: a client held on a
+// real server of a service.
+type PersistEntry struct {
+	Service string         `json:"s"` // as the data plane names it
+	Real    netip.AddrPort `json:"r"`
+	Client  netip.Addr     `json:"c"`
+	TTL     time.Duration  `json:"t"`
+}
+
+// PersistStore reads and writes the persistence entries of a data plane.
+type PersistStore interface {
+	Entries() ([]PersistEntry, error)
+	Apply([]PersistEntry) error
 }
 
 // Status is what the syncer has done.
@@ -78,10 +97,11 @@ type Syncer struct {
 
 // message is one line on the wire.
 type message struct {
-	Op    string `json:"op"` // flow, del, resync
-	Flow  *Flow  `json:"f,omitempty"`
-	Flows []Flow `json:"fs,omitempty"`
-	At    int64  `json:"at"` // sender's clock, unix microseconds
+	Op      string         `json:"op"` // flow, del, resync, persist
+	Flow    *Flow          `json:"f,omitempty"`
+	Flows   []Flow         `json:"fs,omitempty"`
+	Persist []PersistEntry `json:"ps,omitempty"`
+	At      int64          `json:"at"` // sender's clock, unix microseconds
 }
 
 // New opens the conntrack table; Run does the rest.
@@ -97,6 +117,9 @@ func New(cfg Config) (*Syncer, error) {
 	}
 	if cfg.Resync == 0 {
 		cfg.Resync = 30 * time.Second
+	}
+	if cfg.PersistEvery == 0 {
+		cfg.PersistEvery = 2 * time.Second
 	}
 	t, err := OpenTable(cfg.NetNS)
 	if err != nil {
@@ -238,16 +261,35 @@ func (s *Syncer) send(ctx context.Context) {
 		s.mu.Unlock()
 		return w.Flush()
 	}
-	if err := resync(); err != nil {
+	persist := func() error {
+		if s.cfg.Persist == nil {
+			return nil
+		}
+		es, err := s.cfg.Persist.Entries()
+		if err != nil || len(es) == 0 {
+			return nil // nothing to say this time
+		}
+		if err := write(message{Op: "persist", Persist: es}); err != nil {
+			return err
+		}
+		return w.Flush()
+	}
+	if resync() != nil || persist() != nil {
 		return
 	}
 	tick := time.NewTicker(s.cfg.Resync)
 	defer tick.Stop()
+	ptick := time.NewTicker(s.cfg.PersistEvery)
+	defer ptick.Stop()
 	for s.master.Load() {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
+		case <-ptick.C:
+			if persist() != nil {
+				return
+			}
 		case <-tick.C:
 			if resync() != nil {
 				return
@@ -322,6 +364,15 @@ func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 			if m.Flow != nil {
 				s.table.Delete(*m.Flow)
 				delete(synced, m.Flow.Key())
+			}
+		case "persist":
+			if s.cfg.Persist != nil {
+				if err := s.cfg.Persist.Apply(m.Persist); err != nil {
+					s.failed.Add(1)
+					s.log.Debug("sync: persistence entries not written", "err", err)
+				} else {
+					s.applied.Add(uint64(len(m.Persist)))
+				}
 			}
 		case "resync":
 			seen := map[string]bool{}

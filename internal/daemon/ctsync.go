@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/lvs"
 	dsync "github.com/directord/directord/sync"
 	"github.com/directord/directord/vrrp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,11 +21,15 @@ type ctSync struct {
 	instance string
 }
 
-func newCTSync(cfg *config.Config, dataplane string, log *slog.Logger) (*ctSync, error) {
+func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger) (*ctSync, error) {
 	if cfg.Sync == nil {
 		return nil, nil
 	}
 	log = log.With("subsystem", "sync")
+	dataplane := "none"
+	if dp != nil {
+		dataplane = dp.Name()
+	}
 	if dataplane != "nftables" {
 		log.Warn("[sync] is for the nftables data plane; IPVS uses lvs_sync_daemon", "dataplane", dataplane)
 		return nil, nil
@@ -45,7 +50,15 @@ func newCTSync(cfg *config.Config, dataplane string, log *slog.Logger) (*ctSync,
 	if err := os.WriteFile(liberal, []byte("1"), 0o644); err != nil {
 		log.Warn("cannot set nf_conntrack_tcp_be_liberal; synced TCP flows may be dropped after a takeover", "err", err)
 	}
-	s, err := dsync.New(dsync.Config{Listen: cfg.Sync.Listen, Peer: cfg.Sync.Peer, Key: cfg.Sync.Key, VIPs: list, Logger: log})
+	c := dsync.Config{Listen: cfg.Sync.Listen, Peer: cfg.Sync.Peer, Key: cfg.Sync.Key, VIPs: list, Logger: log}
+	if nft, ok := dp.(*lvs.NFT); ok {
+		keys := map[string]lvs.Key{}
+		for _, vs := range lvsConfigs(cfg) {
+			keys[vs.Key.String()] = vs.Key
+		}
+		c.Persist = persistStore{nft: nft, keys: keys}
+	}
+	s, err := dsync.New(c)
 	if err != nil {
 		return nil, err
 	}
@@ -99,4 +112,32 @@ func (m *ctSyncCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.connected, prometheus.GaugeValue, b(st.Connected))
 	ch <- prometheus.MustNewConstMetric(m.master, prometheus.GaugeValue, b(st.Role == "master"))
 	ch <- prometheus.MustNewConstMetric(m.lag, prometheus.GaugeValue, st.LagMillis/1000)
+}
+
+// persistStore carries the nftables persistence entries over the sync.
+type persistStore struct {
+	nft  *lvs.NFT
+	keys map[string]lvs.Key // service names on the wire
+}
+
+func (p persistStore) Entries() ([]dsync.PersistEntry, error) {
+	es, err := p.nft.PersistEntries()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]dsync.PersistEntry, len(es))
+	for i, e := range es {
+		out[i] = dsync.PersistEntry{Service: e.Service.String(), Real: e.Real, Client: e.Client, TTL: e.Expires}
+	}
+	return out, nil
+}
+
+func (p persistStore) Apply(es []dsync.PersistEntry) error {
+	var in []lvs.PersistEntry
+	for _, e := range es {
+		if k, ok := p.keys[e.Service]; ok {
+			in = append(in, lvs.PersistEntry{Service: k, Real: e.Real, Client: e.Client, Expires: e.TTL})
+		}
+	}
+	return p.nft.AddPersist(in)
 }

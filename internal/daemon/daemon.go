@@ -141,7 +141,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d.syncd.Store(newSyncDaemons(d.log, cfg, dpName))
 	defer d.syncd.Load().stop()
-	cts, err := newCTSync(lbCfg, dpName, d.log)
+	cts, err := newCTSync(lbCfg, d.lvs.dp, d.log)
 	if err != nil {
 		return err
 	}

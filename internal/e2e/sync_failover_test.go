@@ -43,7 +43,7 @@ type syncLB struct {
 
 // newSyncScene builds the LVS-NAT scene with two directors (lb1 master)
 // and three real servers, and waits until lb1 holds both VIPs.
-func newSyncScene(t *testing.T, syncOn bool) (*lblab.Scene, *lab.Switch, *lab.Switch, []*syncLB, func(*lab.Host, bool) error) {
+func newSyncScene(t *testing.T, syncOn bool, vsExtra ...string) (*lblab.Scene, *lab.Switch, *lab.Switch, []*syncLB, func(*lab.Host, bool) error) {
 	lab.Require(t, "nft")
 	l := lab.New(t)
 	front, back := l.AddSwitch("front"), l.AddSwitch("back")
@@ -105,7 +105,8 @@ group = ["VI_1", "VI_2"]
 name = "web"
 address = "192.0.2.100:80"
 scheduler = "rr"
-%s`, x.d.h.Name, filepath.Join(x.d.dir, "data"), x.d.sock, syncSection, prio, prio, realServers(1, 1, 1)))
+%s
+%s`, x.d.h.Name, filepath.Join(x.d.dir, "data"), x.d.sock, syncSection, prio, prio, strings.Join(vsExtra, "\n"), realServers(1, 1, 1)))
 		x.d.start()
 	}
 	owns := func(h *lab.Host, want bool) error {
@@ -271,4 +272,48 @@ func rssOf(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// TestSyncPersistence: a persistent client stays on its real server
+// across a failover: the persistence entries go to the backup too.
+func TestSyncPersistence(t *testing.T) {
+	sc, front, back, lbs, owns := newSyncScene(t, true, `persistence_timeout = "300s"`)
+	var server string
+	for range 3 {
+		name, err := sc.Ask("", "192.0.2.100:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if server != "" && name != server {
+			t.Fatalf("persistence broken before the failover: %s then %s", server, name)
+		}
+		server = name
+	}
+	if err := lab.Eventually(10*time.Second, func() error {
+		out, err := lbs[1].d.h.Run("nft", "list", "table", "inet", "directord")
+		if err != nil || !strings.Contains(out, lblab.ClientIP+" ") {
+			return fmt.Errorf("the backup has no persistence entry for the client: %v", err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	front.IP("link", "set", lbs[0].frontPort, "down")
+	back.IP("link", "set", lbs[0].backPort, "down")
+	lbs[0].d.h.KillAll()
+	if err := lab.Eventually(10*time.Second, func() error { return owns(lbs[1].d.h, true) }); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		var name string
+		if err := lab.Eventually(5*time.Second, func() (err error) {
+			name, err = sc.Ask("", "192.0.2.100:80")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if name != server {
+			t.Fatalf("after the failover connection %d went to %s, not %s", i, name, server)
+		}
+	}
 }
