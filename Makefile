@@ -4,7 +4,7 @@ STATICCHECK_VERSION ?= v0.8.2
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS = -X main.version=$(VERSION)
 
-.PHONY: all build test test-race test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster clean clean-lab
+.PHONY: all build test test-race test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync clean clean-lab
 
 all: build
 
@@ -43,7 +43,7 @@ demo: build
 
 # Benchmarks (root; not part of make test): each rewrites its section of
 # docs/benchmarks.md.
-bench: bench-failover bench-lvs bench-healthcheck bench-cluster
+bench: bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync
 
 bench-failover: build
 	$(GO) run ./internal/bench/failover -bin bin
@@ -56,6 +56,9 @@ bench-healthcheck: build
 
 bench-cluster: build
 	$(GO) run ./internal/bench/cluster -bin bin
+
+bench-sync: build
+	$(GO) run ./internal/bench/sync -bin bin
 
 clean:
 	rm -rf bin .cache

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	stdsync "sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -204,8 +205,14 @@ func (s *Syncer) watch(ctx context.Context) error {
 					continue
 				}
 				m := message{Op: "flow", Flow: &f}
-				if ev.Type == conntrack.EventDestroy {
+				switch {
+				case ev.Type == conntrack.EventDestroy:
 					m.Op = "del"
+				case f.Proto == syscall.IPPROTO_TCP && f.TCPState != tcpEstablished:
+					// Only an established TCP flow is worth carrying on:
+					// handshakes and closings would triple the traffic,
+					// and the resync refreshes what changes later.
+					continue
 				}
 				select {
 				case s.queue <- m:

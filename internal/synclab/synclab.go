@@ -1,0 +1,163 @@
+// Package synclab builds LVS-NAT as the seed draws it, for the tests and
+// the benchmark of connection sync: a client on the front switch, two
+// directors (lb1 master) between the front and the back switch, and three
+// real servers whose gateway is the inside VIP, which moves with the
+// outside VIP (one vrrp_sync_group).
+//
+//	client 192.0.2.50 ── front ── lb1 .11 / lb2 .12 ── back (203.0.113.2 / .3, VIP .1) ── rs1-3 .11-.13
+package synclab
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/lblab"
+	dsync "github.com/directord/directord/sync"
+)
+
+// Key is the sync key of the scene.
+var Key = base64.StdEncoding.EncodeToString([]byte("directord sync test key, 32 byte"))
+
+// Director is one of the two directors.
+type Director struct {
+	Host                *lab.Host
+	Dir, Conf, Sock     string
+	Inside              string // its address on the back network
+	FrontPort, BackPort string // its switch ports
+	Proc                *lab.Process
+}
+
+// Scene is the lab.
+type Scene struct {
+	*lblab.Scene
+	LB          [2]*Director
+	directorctl string
+}
+
+// New builds the scene in l, starts directord (bins: directord and
+// directorctl) on both directors, with [sync] when syncOn, and waits until
+// lb1 holds both VIPs. vsExtra lines go into the virtual server.
+func New(l *lab.Lab, dir, directord, directorctl string, syncOn bool, vsExtra ...string) (*Scene, error) {
+	front, back := l.AddSwitch("front"), l.AddSwitch("back")
+	s := &Scene{Scene: &lblab.Scene{Lab: l, Front: front, Back: back, Client: l.AddHost("client")}, directorctl: directorctl}
+	front.Plug(s.Client, "eth0", lblab.ClientIP+"/24")
+	for i, name := range []string{"lb1", "lb2"} {
+		h := l.AddHost(name)
+		d := filepath.Join(dir, name)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+		x := &Director{Host: h, Dir: d, Conf: filepath.Join(d, "directord.toml"), Sock: filepath.Join(d, "directord.sock"),
+			Inside: fmt.Sprintf("203.0.113.%d", 2+i)}
+		x.FrontPort = front.Plug(h, "eth0", fmt.Sprintf("192.0.2.%d/24", 11+i))
+		x.BackPort = back.Plug(h, "eth1", x.Inside+"/24")
+		s.LB[i] = x
+	}
+	for i := range 3 {
+		h := l.AddHost(fmt.Sprintf("rs%d", i+1))
+		back.Plug(h, "eth0", lblab.RealAddr(i)+"/24")
+		h.AddRoute("default", "via", "203.0.113.1")
+		s.Reals = append(s.Reals, h)
+		s.Serve(h)
+	}
+	var reals strings.Builder
+	for i := range 3 {
+		fmt.Fprintf(&reals, "  [[virtual_server.real_server]]\n  address = \"%s:%d\"\n", lblab.RealAddr(i), lblab.TCPPort)
+	}
+	for i, x := range s.LB {
+		prio, peer := 150, s.LB[1].Inside
+		if i == 1 {
+			prio, peer = 100, s.LB[0].Inside
+		}
+		syncSection := ""
+		if syncOn {
+			syncSection = fmt.Sprintf("\n[sync]\nlisten = \"%s:7100\"\npeer = \"%s:7100\"\nkey = %q\ninstance = \"VI_1\"\n", x.Inside, peer, Key)
+		}
+		conf := fmt.Sprintf(`[node]
+name = %q
+data_dir = %q
+status_socket = %q
+%s
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = %d
+advert_int = "100ms"
+virtual_ipaddress = ["192.0.2.100/24"]
+
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth1"
+virtual_router_id = 52
+priority = %d
+advert_int = "100ms"
+virtual_ipaddress = ["203.0.113.1/24"]
+
+[[vrrp_sync_group]]
+name = "G"
+group = ["VI_1", "VI_2"]
+
+[[virtual_server]]
+name = "web"
+address = "192.0.2.100:80"
+scheduler = "rr"
+%s
+%s`, x.Host.Name, filepath.Join(x.Dir, "data"), x.Sock, syncSection, prio, prio, strings.Join(vsExtra, "\n"), reals.String())
+		if err := os.WriteFile(x.Conf, []byte(conf), 0o644); err != nil {
+			return nil, err
+		}
+		x.Proc = x.Host.Start(directord, "-c", x.Conf)
+	}
+	if err := lab.Eventually(15*time.Second, func() error {
+		if err := s.Owns(s.LB[0], true); err != nil {
+			return err
+		}
+		return s.Owns(s.LB[1], false)
+	}); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Owns checks that d holds both VIPs (or neither).
+func (s *Scene) Owns(d *Director, want bool) error {
+	out, _ := d.Host.Run("ip", "-o", "addr")
+	for _, vip := range []string{"192.0.2.100", "203.0.113.1"} {
+		if strings.Contains(out, " "+vip+"/") != want {
+			return fmt.Errorf("%s holds %s: %v", d.Host.Name, vip, !want)
+		}
+	}
+	return nil
+}
+
+// Crash cuts lb's cables and kills its processes.
+func (s *Scene) Crash(d *Director) {
+	s.Front.IP("link", "set", d.FrontPort, "down")
+	s.Back.IP("link", "set", d.BackPort, "down")
+	d.Host.KillAll()
+}
+
+// SyncStatus reads d's sync status.
+func (s *Scene) SyncStatus(d *Director) (dsync.Status, error) {
+	out, err := exec.Command(s.directorctl, "--socket", d.Sock, "status", "--json").Output()
+	if err != nil {
+		return dsync.Status{}, err
+	}
+	var doc struct{ Sync dsync.Status }
+	err = json.Unmarshal(out, &doc)
+	return doc.Sync, err
+}
+
+// Ctl runs directorctl against d.
+func (s *Scene) Ctl(d *Director, args ...string) (string, error) {
+	out, err := exec.Command(s.directorctl, append([]string{"--socket", d.Sock}, args...)...).CombinedOutput()
+	return string(out), err
+}
