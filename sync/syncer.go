@@ -37,8 +37,11 @@ type Config struct {
 	// 0 is the daemon's own.
 	NetNS int
 	// QueueLen bounds the events waiting to be sent; beyond it they are
-	// dropped, counted, and a full resync follows.
+	// dropped, counted, and covered by the next resync.
 	QueueLen int
+	// MaxRate caps the events sent a second (default 50,000); the excess
+	// is dropped and counted the same way.
+	MaxRate int
 	// Resync is how often the master sends its whole table, which also
 	// refreshes the backup's timeouts.
 	Resync time.Duration
@@ -116,6 +119,9 @@ func New(cfg Config) (*Syncer, error) {
 	if cfg.QueueLen == 0 {
 		cfg.QueueLen = 65536
 	}
+	if cfg.MaxRate == 0 {
+		cfg.MaxRate = 50000
+	}
 	if cfg.Resync == 0 {
 		cfg.Resync = 30 * time.Second
 	}
@@ -187,6 +193,8 @@ func (s *Syncer) watch(ctx context.Context) error {
 	}
 	go func() {
 		defer c.Close()
+		// A fixed one-second window: at most MaxRate events in each.
+		window, inWindow := time.Now(), 0
 		for {
 			select {
 			case <-ctx.Done():
@@ -212,6 +220,13 @@ func (s *Syncer) watch(ctx context.Context) error {
 					// Only an established TCP flow is worth carrying on:
 					// handshakes and closings would triple the traffic,
 					// and the resync refreshes what changes later.
+					continue
+				}
+				if now := time.Now(); now.Sub(window) >= time.Second {
+					window, inWindow = now, 0
+				}
+				if inWindow++; inWindow > s.cfg.MaxRate {
+					s.dropped.Add(1)
 					continue
 				}
 				select {
