@@ -142,6 +142,10 @@ func syncFailover(t *testing.T, syncOn, planned bool) {
 		}
 	}
 	t.Logf("%d of %d connections kept exchanging messages through the failover; some failures: %v", survived, len(conns), failures)
+	t.Logf("the real servers saw %d connections end in an error", s.Resets())
+	if syncOn && s.Resets() != 0 {
+		t.Fatalf("the real servers saw %d connections reset", s.Resets())
+	}
 	switch {
 	case syncOn && survived != len(conns):
 		t.Fatalf("with sync only %d of %d connections survived\n%s", survived, len(conns), lb2.Proc.Output())

@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/directord/directord/internal/lab"
@@ -36,7 +37,11 @@ type Scene struct {
 	Reals            []*lab.Host
 	mu               sync.Mutex
 	listeners        map[*lab.Host][]func()
+	resets           atomic.Int64
 }
+
+// Resets counts the connections the real servers saw end in an error.
+func (s *Scene) Resets() int64 { return s.resets.Load() }
 
 // Clients is the number of addresses the client has: ClientAddr(0..Clients-1).
 const Clients = 8
@@ -105,6 +110,9 @@ func (s *Scene) Serve(h *lab.Host) {
 				sc := bufio.NewScanner(c)
 				for sc.Scan() {
 					fmt.Fprintf(c, "%s %s\n", h.Name, sc.Text())
+				}
+				if sc.Err() != nil {
+					s.resets.Add(1) // the connection ended in an error (a reset)
 				}
 			}()
 		}
