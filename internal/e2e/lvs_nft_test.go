@@ -102,8 +102,9 @@ func TestNFTWeightedRoundRobin(t *testing.T) {
 			t.Fatalf("%s counted %d connections, want %d", r.Addr, r.Stats.Connections, want)
 		}
 		// Each connection: SYN, ACK, FIN, ACK at least from the client;
-		// SYN-ACK, the name, FIN from the server.
-		if r.Stats.PacketsIn < 3*want || r.Stats.PacketsOut < 3*want || r.Stats.BytesOut < r.Stats.PacketsOut*40 {
+		// from the server a SYN-ACK and the name, whose segment may
+		// carry the FIN too.
+		if r.Stats.PacketsIn < 3*want || r.Stats.PacketsOut < 2*want || r.Stats.BytesOut < r.Stats.PacketsOut*40 {
 			t.Fatalf("%s traffic counters %+v for %d connections", r.Addr, r.Stats, want)
 		}
 	}
