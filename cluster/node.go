@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -65,6 +66,7 @@ type Node struct {
 	nextReq   uint64
 	retired   map[string]bool // nodes the leader took out: never re-added
 	joining   atomic.Bool
+	app       json.RawMessage // this node's application metadata (SetAppMeta)
 }
 
 // envelope carries a forwarded command to the leader and its answer back,
@@ -85,12 +87,17 @@ type member struct {
 	gossip string
 	state  string
 	role   string
+	app    json.RawMessage
 }
 
 // meta is what a node tells the others about itself through memberlist.
 type meta struct {
 	Raft    string `json:"raft"`
 	Witness bool   `json:"witness,omitempty"`
+	// App is what the application says of this node (SetAppMeta): for
+	// directord its VRRP states, table digest and sync, so that a
+	// director can tell whether its peer is ready to take over.
+	App json.RawMessage `json:"app,omitempty"`
 }
 
 // ErrNoQuorum is returned by Apply when no leader can commit: nothing
@@ -509,6 +516,8 @@ type MemberStatus struct {
 	Raft   string `json:"raft"`
 	State  string `json:"state"`
 	Role   string `json:"role"`
+	// App is the member's application metadata as last gossiped.
+	App json.RawMessage `json:"app,omitempty"`
 }
 
 func (n *Node) Status() Status {
@@ -522,7 +531,7 @@ func (n *Node) Status() Status {
 	}
 	n.mu.Lock()
 	for _, m := range n.members {
-		s.Members = append(s.Members, MemberStatus{Name: m.name, Gossip: m.gossip, Raft: m.raft, State: m.state, Role: m.role})
+		s.Members = append(s.Members, MemberStatus{Name: m.name, Gossip: m.gossip, Raft: m.raft, State: m.state, Role: m.role, App: m.app})
 	}
 	n.mu.Unlock()
 	slices.SortFunc(s.Members, func(a, b MemberStatus) int { return strings.Compare(a.Name, b.Name) })
@@ -539,8 +548,37 @@ func role(witness bool) string {
 type delegate struct{ n *Node }
 
 func (d *delegate) NodeMeta(limit int) []byte {
-	b, _ := json.Marshal(meta{Raft: d.n.cfg.Raft.String(), Witness: d.n.cfg.Witness})
+	d.n.mu.Lock()
+	m := meta{Raft: d.n.cfg.Raft.String(), Witness: d.n.cfg.Witness, App: d.n.app}
+	d.n.mu.Unlock()
+	b, _ := json.Marshal(m)
+	if len(b) > limit {
+		// SetAppMeta refuses what does not fit; this is a last guard.
+		m.App = nil
+		b, _ = json.Marshal(m)
+	}
 	return b
+}
+
+// SetAppMeta publishes b, a JSON value, as this node's application
+// metadata: every member sees it in Status().Members within a few gossip
+// rounds. It is refused when it would not fit in memberlist's node meta.
+func (n *Node) SetAppMeta(b json.RawMessage) error {
+	m, _ := json.Marshal(meta{Raft: n.cfg.Raft.String(), Witness: n.cfg.Witness, App: b})
+	if len(m) > memberlist.MetaMaxSize {
+		return fmt.Errorf("cluster: node metadata of %d bytes is over memberlist's %d", len(m), memberlist.MetaMaxSize)
+	}
+	n.mu.Lock()
+	same := bytes.Equal(n.app, b)
+	n.app = slices.Clone(b)
+	n.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := n.ml.UpdateNode(time.Second); err != nil {
+		return fmt.Errorf("cluster: publish node metadata: %w", err)
+	}
+	return nil
 }
 func (d *delegate) NotifyMsg(b []byte) {
 	var e envelope
@@ -558,9 +596,14 @@ func (e *events) set(node *memberlist.Node, state string) {
 	var m meta
 	_ = json.Unmarshal(node.Meta, &m)
 	e.n.mu.Lock()
-	e.n.members[node.Name] = member{name: node.Name, raft: m.Raft, gossip: node.Address(), state: state, role: role(m.Witness)}
+	old, known := e.n.members[node.Name]
+	e.n.members[node.Name] = member{name: node.Name, raft: m.Raft, gossip: node.Address(), state: state, role: role(m.Witness),
+		app: slices.Clone(m.App)}
 	e.n.mu.Unlock()
-	e.n.log.Info("cluster member", "node", node.Name, "state", state, "gossip", node.Address())
+	// Metadata updates come often; only a change of state is news.
+	if !known || old.state != state {
+		e.n.log.Info("cluster member", "node", node.Name, "state", state, "gossip", node.Address())
+	}
 }
 
 func (e *events) NotifyJoin(node *memberlist.Node)   { e.set(node, "alive") }

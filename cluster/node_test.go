@@ -340,3 +340,31 @@ func TestClusterSnapshotRestart(t *testing.T) {
 		t.Fatalf("OnChange heard %v", heard)
 	}
 }
+
+// TestAppMeta: what a node publishes with SetAppMeta reaches the other
+// members, changes reach them too, and metadata too big for memberlist
+// is refused with the old value kept.
+func TestAppMeta(t *testing.T) {
+	nodes := cluster(t, 2)
+	seen := func(n *testNode, name, want string) func() error {
+		return func() error {
+			for _, m := range n.Status().Members {
+				if m.Name == name && string(m.App) == want {
+					return nil
+				}
+			}
+			return fmt.Errorf("%s does not see %s's metadata %s: %+v", n.cfg.ID, name, want, n.Status().Members)
+		}
+	}
+	for _, v := range []string{`{"vrrp":{"VI_1":"MASTER/150"}}`, `{"vrrp":{"VI_1":"BACKUP/150"}}`} {
+		if err := nodes[0].SetAppMeta(json.RawMessage(v)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, seen(nodes[1], "n0", v))
+	}
+	big := json.RawMessage(`"` + strings.Repeat("x", 600) + `"`)
+	if err := nodes[0].SetAppMeta(big); err == nil || !strings.Contains(err.Error(), "over memberlist's") {
+		t.Fatalf("600 bytes of metadata: %v", err)
+	}
+	waitFor(t, time.Second, seen(nodes[1], "n0", `{"vrrp":{"VI_1":"BACKUP/150"}}`))
+}

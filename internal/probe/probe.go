@@ -1,6 +1,7 @@
 // Package probe measures what a client sees of a failover: it sends an
-// ICMP echo to a virtual address at a fixed interval and records which
-// probes were answered, so the gap around an event can be read off.
+// ICMP echo (or opens a TCP connection) to a virtual address at a fixed
+// interval and records which probes were answered, so the gap around an
+// event can be read off.
 package probe
 
 import (
@@ -11,6 +12,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"math/rand/v2"
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
@@ -26,12 +29,12 @@ func Listen() (net.PacketConn, error) {
 	return c, nil
 }
 
-// Prober sends one echo request every interval until stopped.
+// Prober sends one probe every interval until stopped.
 type Prober struct {
-	conn     net.PacketConn
-	target   netip.Addr
+	target   string
 	interval time.Duration
-	id       int
+	// fire sends probe seq; it, or a receiver, calls answer(seq).
+	fire func(seq int)
 
 	mu       sync.Mutex
 	sent     []time.Time // by sequence number
@@ -44,15 +47,73 @@ const maxProbes = 1 << 16
 
 // Start probes target over conn until ctx ends or Stop is called.
 func Start(ctx context.Context, conn net.PacketConn, target netip.Addr, interval time.Duration) *Prober {
-	p := &Prober{conn: conn, target: target, interval: interval, id: os.Getpid() & 0xffff, done: make(chan struct{})}
-	ctx, cancel := context.WithCancel(ctx)
-	go func() {
-		<-p.done
-		cancel()
-	}()
-	go p.receive(ctx)
+	p := &Prober{target: target.String(), interval: interval, done: make(chan struct{})}
+	ctx = p.context(ctx)
+	// The identifier keeps apart the echoes of two probers of one host,
+	// which a raw socket all sees.
+	id := (os.Getpid() ^ int(rand.Uint32())) & 0xffff
+	dst := &net.IPAddr{IP: target.AsSlice()}
+	p.fire = func(seq int) {
+		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq & 0xffff, Data: []byte("directord probe")}}
+		if b, err := msg.Marshal(nil); err == nil {
+			_, _ = conn.WriteTo(b, dst) // an unreachable VIP is what we measure
+		}
+	}
+	go p.receive(ctx, conn, target, id)
 	go p.send(ctx)
 	return p
+}
+
+// Dial opens a connection; StartTCP's tests pass one that dials from
+// another network namespace.
+type Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// StartTCP probes target by opening a TCP connection every interval; a
+// probe is answered when its connection is established within timeout.
+// dial may be nil.
+func StartTCP(ctx context.Context, target netip.AddrPort, interval, timeout time.Duration, dial Dial) *Prober {
+	p := &Prober{target: target.String(), interval: interval, done: make(chan struct{})}
+	ctx = p.context(ctx)
+	if dial == nil {
+		d := net.Dialer{KeepAlive: -1}
+		dial = d.DialContext
+	}
+	p.fire = func(seq int) {
+		go func() {
+			dctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			c, err := dial(dctx, "tcp", target.String())
+			if err != nil {
+				return
+			}
+			c.(*net.TCPConn).SetLinger(0) // no TIME_WAIT socket per probe
+			c.Close()
+			p.answer(seq)
+		}()
+	}
+	go p.send(ctx)
+	return p
+}
+
+// context returns ctx, ended by Stop as well.
+func (p *Prober) context(ctx context.Context) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	return ctx
+}
+
+func (p *Prober) answer(seq int) {
+	p.mu.Lock()
+	if seq < len(p.answered) {
+		p.answered[seq] = true
+	}
+	p.mu.Unlock()
 }
 
 // Stop ends the probing.
@@ -67,7 +128,6 @@ func (p *Prober) Stop() {
 func (p *Prober) send(ctx context.Context) {
 	t := time.NewTicker(p.interval)
 	defer t.Stop()
-	dst := &net.IPAddr{IP: p.target.AsSlice()}
 	for {
 		p.mu.Lock()
 		seq := len(p.sent)
@@ -78,10 +138,7 @@ func (p *Prober) send(ctx context.Context) {
 		p.sent = append(p.sent, time.Now())
 		p.answered = append(p.answered, false)
 		p.mu.Unlock()
-		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: p.id, Seq: seq, Data: []byte("directord probe")}}
-		if b, err := msg.Marshal(nil); err == nil {
-			_, _ = p.conn.WriteTo(b, dst) // an unreachable VIP is what we measure
-		}
+		p.fire(seq)
 		select {
 		case <-ctx.Done():
 			return
@@ -90,15 +147,15 @@ func (p *Prober) send(ctx context.Context) {
 	}
 }
 
-func (p *Prober) receive(ctx context.Context) {
+func (p *Prober) receive(ctx context.Context, conn net.PacketConn, target netip.Addr, id int) {
 	buf := make([]byte, 1500)
 	for ctx.Err() == nil {
-		_ = p.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		n, from, err := p.conn.ReadFrom(buf)
+		_ = conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		n, from, err := conn.ReadFrom(buf)
 		if err != nil {
 			continue
 		}
-		if ip, ok := from.(*net.IPAddr); !ok || !ip.IP.Equal(p.target.AsSlice()) {
+		if ip, ok := from.(*net.IPAddr); !ok || !ip.IP.Equal(target.AsSlice()) {
 			continue
 		}
 		m, err := icmp.ParseMessage(1, buf[:n])
@@ -106,14 +163,10 @@ func (p *Prober) receive(ctx context.Context) {
 			continue
 		}
 		e, ok := m.Body.(*icmp.Echo)
-		if !ok || e.ID != p.id {
+		if !ok || e.ID != id {
 			continue
 		}
-		p.mu.Lock()
-		if e.Seq < len(p.answered) {
-			p.answered[e.Seq] = true
-		}
-		p.mu.Unlock()
+		p.answer(e.Seq)
 	}
 }
 
@@ -134,7 +187,7 @@ func (p *Prober) WaitAnswered(t time.Time, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for !p.AnsweredAfter(t) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no probe to %s answered within %s", p.target, timeout)
+			return fmt.Errorf("no probe of %s answered within %s", p.target, timeout)
 		}
 		time.Sleep(p.interval)
 	}

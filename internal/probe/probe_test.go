@@ -11,20 +11,56 @@ import (
 )
 
 // TestGapOfACutCable: a target whose cable is cut for a while is seen
-// unanswered for about that long, and answered before and after.
+// unanswered for about that long, and answered before and after, by ICMP
+// echo and by TCP connections.
 func TestGapOfACutCable(t *testing.T) {
+	for _, mode := range []string{"icmp", "tcp"} {
+		t.Run(mode, func(t *testing.T) { gapOfACutCable(t, mode) })
+	}
+}
+
+func gapOfACutCable(t *testing.T, mode string) {
 	l := lab.New(t)
 	sw := l.AddSwitch("sw")
 	client, target := l.AddHost("client"), l.AddHost("target")
 	sw.Plug(client, "eth0", "192.0.2.50/24")
 	port := sw.Plug(target, "eth0", "192.0.2.60/24")
 
-	var conn net.PacketConn
-	if err := client.Do(func() (err error) { conn, err = Listen(); return err }); err != nil {
-		t.Fatal(err)
+	var p *Prober
+	switch mode {
+	case "icmp":
+		var conn net.PacketConn
+		if err := client.Do(func() (err error) { conn, err = Listen(); return err }); err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		p = Start(context.Background(), conn, netip.MustParseAddr("192.0.2.60"), 5*time.Millisecond)
+	case "tcp":
+		var ln net.Listener
+		if err := target.Do(func() (err error) { ln, err = net.Listen("tcp", "192.0.2.60:8080"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		// Each probe's socket is made in the client's namespace.
+		dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = client.Do(func() error {
+				var d net.Dialer
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}
+		p = StartTCP(context.Background(), netip.MustParseAddrPort("192.0.2.60:8080"), 5*time.Millisecond, 100*time.Millisecond, dial)
 	}
-	defer conn.Close()
-	p := Start(context.Background(), conn, netip.MustParseAddr("192.0.2.60"), 5*time.Millisecond)
 	defer p.Stop()
 	if err := p.WaitAnswered(time.Time{}, 5*time.Second); err != nil {
 		t.Fatal(err)
