@@ -491,6 +491,9 @@ func (n *Node) handle(e envelope) {
 // State is the last committed state applied here.
 func (n *Node) State() State { return n.fsm.State() }
 
+// AppliedIndex is the index of the last log entry applied here.
+func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
+
 // Leader reports whether this node leads.
 func (n *Node) Leader() bool { return n.raft.State() == raft.Leader }
 

@@ -6,6 +6,9 @@
 package lvs
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -169,4 +172,30 @@ func (k Key) sortKey() string {
 		return fmt.Sprintf("~%010d%v", k.FWMark, k.IPv6)
 	}
 	return fmt.Sprintf("%s %s %05d %s", k.Addr.Addr().StringExpanded(), k.Protocol, k.Addr.Port(), k.Protocol)
+}
+
+// Digest is a short fingerprint of es's services and real servers as
+// programmed (counters and connection counts left out): two directors
+// whose tables have the same digest schedule alike.
+func Digest(es []Entry) string {
+	type entry struct {
+		Service
+		Reals []Real
+	}
+	es = slices.Clone(es)
+	for i := range es {
+		es[i].Reals = slices.Clone(es[i].Reals)
+	}
+	Sort(es)
+	out := make([]entry, 0, len(es))
+	for _, e := range es {
+		x := entry{Service: e.Service}
+		for _, r := range e.Reals {
+			x.Reals = append(x.Reals, r.Real)
+		}
+		out = append(out, x)
+	}
+	b, _ := json.Marshal(out)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6])
 }

@@ -308,3 +308,28 @@ func TestReconcileRetriesAfterFailure(t *testing.T) {
 	step(t, r, f, "add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
 	step(t, r, f)
 }
+
+// TestDigest: the digest ignores order and counters and changes with
+// anything that schedules differently.
+func TestDigest(t *testing.T) {
+	key := Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.100:80")}
+	rs := func(addr string, w int) RealState {
+		return RealState{Real: Real{Addr: netip.MustParseAddrPort(addr), Weight: w, Method: NAT}}
+	}
+	a := []Entry{{Service: Service{Key: key, Scheduler: "wrr"}, Reals: []RealState{rs("203.0.113.11:80", 1), rs("203.0.113.12:80", 2)}}}
+	b := []Entry{{Service: Service{Key: key, Scheduler: "wrr"}, Reals: []RealState{rs("203.0.113.12:80", 2), rs("203.0.113.11:80", 1)}}}
+	b[0].Stats.Connections, b[0].Reals[0].Active = 7, 3
+	if Digest(a) != Digest(b) {
+		t.Fatal("order or counters changed the digest")
+	}
+	if a[0].Reals[0].Addr.Port() != 80 || a[0].Reals[0].Weight != 1 {
+		t.Fatal("Digest reordered its argument")
+	}
+	c := []Entry{{Service: Service{Key: key, Scheduler: "wrr"}, Reals: []RealState{rs("203.0.113.11:80", 1), rs("203.0.113.12:80", 0)}}}
+	d := []Entry{{Service: Service{Key: key, Scheduler: "rr"}, Reals: a[0].Reals}}
+	for _, x := range [][]Entry{c, d, nil} {
+		if Digest(x) == Digest(a) {
+			t.Fatalf("%+v has the digest of %+v", x, a)
+		}
+	}
+}

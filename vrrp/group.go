@@ -761,8 +761,53 @@ func (a *actor) announce() {
 }
 
 // Failover makes the named instance, if master here, hand over: it sends
-// priority 0 and stays backup for hold.
+// priority 0 and stays backup for hold. The other members of its sync
+// group, which step down with it, are held as long.
 func (g *Group) Failover(ctx context.Context, name string, hold time.Duration) error {
+	if err := g.command(ctx, name, func(a *actor) error {
+		e, err := a.m.Resign(g.deps.Now(), hold)
+		if err == nil {
+			a.apply(e)
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	return g.groupCommand(ctx, name, func(a *actor) { a.m.Hold(g.deps.Now(), hold) })
+}
+
+// EndHold ends the named instance's hold (Failover's or preempt_delay's)
+// now, and its sync group's, so that they preempt again if they may.
+func (g *Group) EndHold(ctx context.Context, name string) error {
+	if err := g.command(ctx, name, func(a *actor) error {
+		a.m.EndHold(g.deps.Now())
+		return nil
+	}); err != nil {
+		return err
+	}
+	return g.groupCommand(ctx, name, func(a *actor) { a.m.EndHold(g.deps.Now()) })
+}
+
+// groupCommand runs fn in each other member of the named instance's sync
+// group, one after another (never from inside an actor: two actors must
+// not wait on each other).
+func (g *Group) groupCommand(ctx context.Context, name string, fn func(*actor)) error {
+	g.mu.Lock()
+	in := g.instances[name]
+	g.mu.Unlock()
+	if in == nil {
+		return fmt.Errorf("no VRRP instance %q", name)
+	}
+	for _, m := range g.syncMembers(in) {
+		if err := g.command(ctx, m.config().Name, func(a *actor) error { fn(a); return nil }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// command runs fn in the named instance's actor and returns its error.
+func (g *Group) command(ctx context.Context, name string, fn func(*actor) error) error {
 	g.mu.Lock()
 	in := g.instances[name]
 	g.mu.Unlock()
@@ -770,15 +815,8 @@ func (g *Group) Failover(ctx context.Context, name string, hold time.Duration) e
 		return fmt.Errorf("no VRRP instance %q", name)
 	}
 	errc := make(chan error, 1)
-	cmd := func(a *actor) {
-		e, err := a.m.Resign(g.deps.Now(), hold)
-		if err == nil {
-			a.apply(e)
-		}
-		errc <- err
-	}
 	select {
-	case in.cmds <- cmd:
+	case in.cmds <- func(a *actor) { errc <- fn(a) }:
 	case <-in.done:
 		return fmt.Errorf("VRRP instance %q is not running", name)
 	case <-ctx.Done():

@@ -372,6 +372,23 @@ func (m *Machine) Resign(now time.Time, hold time.Duration) (Effects, error) {
 	return e, nil
 }
 
+// Hold keeps a backup from preempting until now+d at least: a sync
+// group's other members are held with the one that resigned.
+func (m *Machine) Hold(now time.Time, d time.Duration) {
+	if until := now.Add(d); until.After(m.holdUntil) {
+		m.holdUntil = until
+	}
+}
+
+// EndHold ends a hold set by Resign (or preempt_delay) early: a backup
+// with preemption and the higher priority then takes its addresses back
+// as if the hold had run out, after one Master_Down_Interval.
+func (m *Machine) EndHold(now time.Time) {
+	if now.Before(m.holdUntil) {
+		m.holdUntil = now
+	}
+}
+
 // ForceMaster makes a backup master because another member of its sync
 // group became master.
 func (m *Machine) ForceMaster(now time.Time, reason string) Effects {

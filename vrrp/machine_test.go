@@ -310,6 +310,38 @@ func TestResign(t *testing.T) {
 	t.Fatal("never preempted after the hold")
 }
 
+// TestEndHold: a resigned master held for an hour preempts within one
+// Master_Down_Interval once its hold is ended.
+func TestEndHold(t *testing.T) {
+	m := NewMachine(cfg(150), me)
+	m.Start(t0)
+	m.Tick(at(4 * time.Second))
+	if _, err := m.Resign(at(5*time.Second), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for s := 6; s < 10; s++ {
+		m.Receive(at(time.Duration(s)*time.Second), lowIP, adv(100))
+		if e := m.Tick(at(time.Duration(s)*time.Second + 500*time.Millisecond)); e.Transition != nil {
+			t.Fatalf("preempted at %ds, within the hold", s)
+		}
+	}
+	m.EndHold(at(10 * time.Second))
+	// The last advert heard was at 9s; adverts after the hold are
+	// ignored, so the timer set then runs out: 3 intervals + skew.
+	for ms := 10000; ms < 13500; ms += 100 {
+		if ms%1000 == 0 {
+			m.Receive(at(time.Duration(ms)*time.Millisecond), lowIP, adv(100))
+		}
+		if e := m.Tick(at(time.Duration(ms) * time.Millisecond)); e.Transition != nil {
+			if e.Transition.To != Master || ms < 12000 {
+				t.Fatalf("at %dms: %+v", ms, e.Transition)
+			}
+			return
+		}
+	}
+	t.Fatal("no preemption after the hold was ended")
+}
+
 func TestForcedBySyncGroup(t *testing.T) {
 	m := NewMachine(cfg(100), me)
 	m.Start(t0)

@@ -35,6 +35,11 @@ commands:
   vs del VS                    remove a virtual server from the cluster's table
   failover INSTANCE [--hold D] planned handover of a VRRP instance mastered here: send
                                priority 0 and stay backup for D (default: its preempt_delay)
+  drill [--instance VI] [--probe ADDR|ADDR:PORT] [--back] [--hold D]
+                               failover drill from this master: check that the peer is ready
+                               (VRRP backup, Raft caught up, same table, sync connected), hand
+                               over, measure the gap from here; --back hands back at once,
+                               else this director stays backup for D (default 1h)
 `
 
 type command struct {
@@ -46,6 +51,7 @@ type opts struct {
 	dryRun bool
 	file   string
 	hold   string
+	drill  daemon.DrillRequest
 	args   []string
 	out    io.Writer
 }
@@ -60,6 +66,7 @@ var commands = map[string]command{
 	"apply":    {runApply},
 	"rs":       {runRS},
 	"vs":       {runVS},
+	"drill":    {runDrill},
 }
 
 // Main runs directorctl with args and returns its exit code.
@@ -88,6 +95,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	hold := sub.String("hold", "", "failover: how long to stay backup (Go duration)")
 	file := sub.String("f", "", "apply: the configuration `file` whose virtual servers to apply")
 	dryRun := sub.Bool("dry-run", false, "apply: show what would change")
+	instance := sub.String("instance", "", "drill: the VRRP instance (default: the one mastered here)")
+	probeAt := sub.String("probe", "", "drill: ADDR to ping or ADDR:PORT to connect to (default: the instance's first IPv4 address)")
+	back := sub.Bool("back", false, "drill: hand back once the peer has taken over")
 	// Flags may come before or after the positional arguments.
 	var positional []string
 	rest := global.Args()[1:]
@@ -101,9 +111,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		positional = append(positional, sub.Arg(0))
 		rest = sub.Args()[1:]
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	timeout := 30 * time.Second
+	if name == "drill" {
+		timeout = 3 * time.Minute // two handovers at long advert intervals
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := cmd.run(ctx, status.NewClient(*socket), opts{json: *asJSON, hold: *hold, file: *file, dryRun: *dryRun, args: positional, out: stdout}); err != nil {
+	o := opts{json: *asJSON, hold: *hold, file: *file, dryRun: *dryRun, args: positional, out: stdout,
+		drill: daemon.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
+	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)
 		return 1
 	}
@@ -191,6 +207,7 @@ type statusDoc struct {
 	VRRP       *daemon.VRRPStatus   `json:"vrrp"`
 	LVS        *daemon.LVSStatus    `json:"lvs"`
 	Health     *daemon.HealthStatus `json:"health"`
+	Drills     *daemon.DrillsStatus `json:"drills"`
 	raw        map[string]json.RawMessage
 }
 
@@ -249,7 +266,11 @@ func renderStatus(w io.Writer, doc *statusDoc) {
 		renderHealth(w, doc.Health)
 	}
 
-	known := []string{"api_version", "node", "config", "vrrp", "lvs", "health"}
+	if doc.Drills != nil && len(doc.Drills.Drills) > 0 {
+		renderDrills(w, doc.Drills)
+	}
+
+	known := []string{"api_version", "node", "config", "vrrp", "lvs", "health", "drills"}
 	var other []string
 	for k := range doc.raw {
 		if !slices.Contains(known, k) {

@@ -56,6 +56,7 @@ type Daemon struct {
 	lbReady atomic.Bool     // lvs and health are set up
 	syncd   atomic.Pointer[syncDaemons]
 	ctsync  atomic.Pointer[ctSync]
+	drillMu sync.Mutex // one drill at a time
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -64,10 +65,13 @@ type Daemon struct {
 	reloadsOK  int
 	reloadsBad int
 	last       *ReloadResult
+	drills     []DrillResult // the last drillsKept
+	drillCount int
 
 	mReloads    *prometheus.CounterVec
 	mGeneration prometheus.Gauge
 	mLastOK     prometheus.Gauge
+	mDrills     *prometheus.CounterVec
 }
 
 // ReloadResult is the outcome of one reload, kept for status.
@@ -186,6 +190,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	if d.cluster != nil {
 		g.Go(func() error { return d.cluster.Run(ctx) })
+		g.Go(func() error { return d.publishLoop(ctx) })
 	}
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
 	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
@@ -247,6 +252,8 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 	})
 	d.status.Handle("POST /v1/reload", d.handleReload)
 	d.status.Handle("POST /v1/vrrp/{instance}/failover", d.handleFailover)
+	d.status.Register("drills", d.drillsStatus)
+	d.status.Handle("POST /v1/drill", d.handleDrill)
 	return d
 }
 
@@ -277,6 +284,13 @@ func (d *Daemon) registerMetrics() {
 		Name: "directord_config_last_load_success_timestamp_seconds",
 		Help: "When the running configuration was loaded.",
 	})
+	d.mDrills = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "directord_drills_total",
+		Help: "Failover drills run here, by outcome (ok, refused, failed).",
+	}, []string{"outcome"})
+	for _, o := range []string{"ok", "refused", "failed"} {
+		d.mDrills.WithLabelValues(o)
+	}
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "directord_build_info",
 		Help: "Always 1; labels give the version of directord and Go.",
@@ -286,7 +300,7 @@ func (d *Daemon) registerMetrics() {
 	d.mReloads.WithLabelValues("failed")
 	d.mGeneration.Set(1)
 	d.mLastOK.Set(float64(d.loadedAt.UnixNano()) / 1e9)
-	d.reg.MustRegister(d.mReloads, d.mGeneration, d.mLastOK, info,
+	d.reg.MustRegister(d.mReloads, d.mGeneration, d.mLastOK, d.mDrills, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newVRRPCollector(d.vrrp))
 }

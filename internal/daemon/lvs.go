@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -277,6 +278,23 @@ func (m *lvsManager) status() any {
 		st.Services = append(st.Services, LVSService{Name: names[e.Key], Entry: e, QuorumUp: quorum[e.Key], Draining: draining[e.Key]})
 	}
 	return st
+}
+
+// digest fingerprints the services directord manages as the kernel has
+// them ("" without a data plane), for a peer to compare with its own.
+func (m *lvsManager) digest() string {
+	if m.dp == nil {
+		return ""
+	}
+	es, err := m.dp.List()
+	if err != nil {
+		return "error"
+	}
+	m.mu.Lock()
+	names := m.names
+	m.mu.Unlock()
+	es = slices.DeleteFunc(es, func(e lvs.Entry) bool { _, ok := names[e.Key]; return !ok })
+	return lvs.Digest(es)
 }
 
 // lvsCollector exports the kernel's counters per service and real server.

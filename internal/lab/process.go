@@ -126,3 +126,16 @@ func Eventually(timeout time.Duration, cond func() error) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Throughout polls cond every 10ms for d and returns its first error: a
+// state that must last (a held backup staying backup), not one awaited.
+func Throughout(d time.Duration, cond func() error) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if err := cond(); err != nil {
+			return fmt.Errorf("after %s of %s: %w", d-time.Until(deadline).Round(time.Millisecond), d, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}

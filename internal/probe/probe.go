@@ -1,6 +1,6 @@
 // Package probe measures what a client sees of a failover: it sends an
 // ICMP echo (or opens a TCP connection) to a virtual address at a fixed
-// interval and records which probes were answered, so the gap around an
+// interval and records when each probe was answered, so the gap around an
 // event can be read off.
 package probe
 
@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -36,9 +37,10 @@ type Prober struct {
 	// fire sends probe seq; it, or a receiver, calls answer(seq).
 	fire func(seq int)
 
-	mu       sync.Mutex
-	sent     []time.Time // by sequence number
-	answered []bool
+	mu   sync.Mutex
+	sent []time.Time // by sequence number
+	// answered holds when each probe's answer came (zero: none yet).
+	answered []time.Time
 	done     chan struct{}
 }
 
@@ -110,8 +112,8 @@ func (p *Prober) context(ctx context.Context) context.Context {
 
 func (p *Prober) answer(seq int) {
 	p.mu.Lock()
-	if seq < len(p.answered) {
-		p.answered[seq] = true
+	if seq < len(p.answered) && p.answered[seq].IsZero() {
+		p.answered[seq] = time.Now()
 	}
 	p.mu.Unlock()
 }
@@ -136,7 +138,7 @@ func (p *Prober) send(ctx context.Context) {
 			return
 		}
 		p.sent = append(p.sent, time.Now())
-		p.answered = append(p.answered, false)
+		p.answered = append(p.answered, time.Time{})
 		p.mu.Unlock()
 		p.fire(seq)
 		select {
@@ -175,7 +177,7 @@ func (p *Prober) AnsweredAfter(t time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i := len(p.sent) - 1; i >= 0 && p.sent[i].After(t); i-- {
-		if p.answered[i] {
+		if !p.answered[i].IsZero() {
 			return true
 		}
 	}
@@ -195,27 +197,39 @@ func (p *Prober) WaitAnswered(t time.Time, timeout time.Duration) error {
 }
 
 // Gap is the client-visible outage of an event at t: the longest time
-// between two consecutive answered probes, from the last probe answered
-// before t on. Read it once service is known to be back (WaitAnswered);
-// its resolution is the probe interval.
+// in which no answer came, from the last answer before t on. Read it
+// once service is known to be back (WaitAnswered); its resolution is the
+// probe interval. Answers are timed when they arrive, not by their
+// probe's sending: a probe held back while its next hop is resolved (a
+// director probing a VIP it just gave away) and answered late says
+// nothing of the time it was sent.
 func (p *Prober) Gap(t time.Time) time.Duration {
+	from, to := p.Outage(t)
+	return to.Sub(from)
+}
+
+// Outage is the longest time after t without an answer: from the answer
+// before it (or t) to the one that ended it.
+func (p *Prober) Outage(t time.Time) (from, to time.Time) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	prev := time.Time{}
-	var gap time.Duration
-	for i := range p.sent {
-		if !p.answered[i] {
-			continue
+	var arrivals []time.Time
+	for _, a := range p.answered {
+		if !a.IsZero() {
+			arrivals = append(arrivals, a)
 		}
-		if !p.sent[i].After(t) {
-			prev = p.sent[i]
-			continue
-		}
-		if prev.IsZero() {
-			prev = t
-		}
-		gap = max(gap, p.sent[i].Sub(prev))
-		prev = p.sent[i]
 	}
-	return gap
+	p.mu.Unlock()
+	slices.SortFunc(arrivals, func(a, b time.Time) int { return a.Compare(b) })
+	prev := t
+	for _, a := range arrivals {
+		if !a.After(t) {
+			prev = a
+			continue
+		}
+		if d := a.Sub(prev); d > to.Sub(from) {
+			from, to = prev, a
+		}
+		prev = a
+	}
+	return from, to
 }

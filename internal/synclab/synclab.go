@@ -5,6 +5,10 @@
 // outside VIP (one vrrp_sync_group).
 //
 //	client 192.0.2.50 ── front ── lb1 .11 / lb2 .12 ── back (203.0.113.2 / .3, VIP .1) ── rs1-3 .11-.13
+//	                       └── witness w .13 (with Options.Cluster)
+//
+// With Options.Cluster the directors and a witness replicate the table
+// with Raft over the front network, as a pair in production would.
 package synclab
 
 import (
@@ -14,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,14 +42,29 @@ type Director struct {
 // Scene is the lab.
 type Scene struct {
 	*lblab.Scene
-	LB          [2]*Director
+	LB [2]*Director
+	// Witness is the cluster's third voter (Options.Cluster), else nil.
+	Witness     *Director
 	directorctl string
 }
 
+// Options shape the scene.
+type Options struct {
+	Sync bool // [sync]: conntrack sync between the directors
+	// Cluster adds [cluster] to both directors and a witness.
+	Cluster bool
+	// VSExtra lines go into the virtual server, before its real servers.
+	VSExtra []string
+}
+
+// ClusterKey is the gossip key of the scene's cluster.
+var ClusterKey = base64.StdEncoding.EncodeToString([]byte("directord synclab gossip key, 32"))
+
 // New builds the scene in l, starts directord (bins: directord and
-// directorctl) on both directors, with [sync] when syncOn, and waits until
-// lb1 holds both VIPs. vsExtra lines go into the virtual server.
-func New(l *lab.Lab, dir, directord, directorctl string, syncOn bool, vsExtra ...string) (*Scene, error) {
+// directorctl) on both directors (and the witness), and waits until lb1
+// holds both VIPs.
+func New(l *lab.Lab, dir, directord, directorctl string, o Options) (*Scene, error) {
+	syncOn := o.Sync
 	front, back := l.AddSwitch("front"), l.AddSwitch("back")
 	s := &Scene{Scene: &lblab.Scene{Lab: l, Front: front, Back: back, Client: l.AddHost("client")}, directorctl: directorctl}
 	front.Plug(s.Client, "eth0", lblab.ClientIP+"/24")
@@ -71,6 +91,34 @@ func New(l *lab.Lab, dir, directord, directorctl string, syncOn bool, vsExtra ..
 	for i := range 3 {
 		fmt.Fprintf(&reals, "  [[virtual_server.real_server]]\n  address = \"%s:%d\"\n", lblab.RealAddr(i), lblab.TCPPort)
 	}
+	clusterSection := func(x *Director, role string) string { return "" }
+	if o.Cluster {
+		h := l.AddHost("w")
+		d := filepath.Join(dir, "w")
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+		s.Witness = &Director{Host: h, Dir: d, Conf: filepath.Join(d, "directord.toml"), Sock: filepath.Join(d, "directord.sock")}
+		s.Witness.FrontPort = front.Plug(h, "eth0", "192.0.2.13/24")
+		gossipIP := map[*Director]string{s.LB[0]: "192.0.2.11", s.LB[1]: "192.0.2.12", s.Witness: "192.0.2.13"}
+		clusterSection = func(x *Director, role string) string {
+			var peers []string
+			for y, ip := range gossipIP {
+				if y != x {
+					peers = append(peers, fmt.Sprintf("%q", ip+":7946"))
+				}
+			}
+			slices.Sort(peers)
+			return fmt.Sprintf("role = %q\n\n[cluster]\nbind = \"%s:7946\"\nraft_bind = \"%s:7000\"\npeers = [%s]\nbootstrap_expect = 3\nencrypt_key = %q\n",
+				role, gossipIP[x], gossipIP[x], strings.Join(peers, ", "), ClusterKey)
+		}
+		conf := fmt.Sprintf("[node]\nname = \"w\"\ndata_dir = %q\nstatus_socket = %q\n%s",
+			filepath.Join(d, "data"), s.Witness.Sock, clusterSection(s.Witness, "witness"))
+		if err := os.WriteFile(s.Witness.Conf, []byte(conf), 0o644); err != nil {
+			return nil, err
+		}
+		s.Witness.Proc = h.Start(directord, "-c", s.Witness.Conf)
+	}
 	for i, x := range s.LB {
 		prio, peer := 150, s.LB[1].Inside
 		if i == 1 {
@@ -84,7 +132,7 @@ func New(l *lab.Lab, dir, directord, directorctl string, syncOn bool, vsExtra ..
 name = %q
 data_dir = %q
 status_socket = %q
-%s
+%s%s
 [[vrrp_instance]]
 name = "VI_1"
 interface = "eth0"
@@ -110,7 +158,8 @@ name = "web"
 address = "192.0.2.100:80"
 scheduler = "rr"
 %s
-%s`, x.Host.Name, filepath.Join(x.Dir, "data"), x.Sock, syncSection, prio, prio, strings.Join(vsExtra, "\n"), reals.String())
+%s`, x.Host.Name, filepath.Join(x.Dir, "data"), x.Sock, clusterSection(x, "director"), syncSection, prio, prio,
+			strings.Join(o.VSExtra, "\n"), reals.String())
 		if err := os.WriteFile(x.Conf, []byte(conf), 0o644); err != nil {
 			return nil, err
 		}

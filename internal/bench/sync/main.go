@@ -45,7 +45,7 @@ func scene(bins pairlab.Binaries) (*synclab.Scene, func(), error) {
 		return nil, nil, err
 	}
 	cleanup := func() { l.Close(); os.RemoveAll(dir) }
-	s, err := synclab.New(l, dir, bins.Directord, bins.Directorctl, true)
+	s, err := synclab.New(l, dir, bins.Directord, bins.Directorctl, synclab.Options{Sync: true})
 	if err != nil {
 		cleanup()
 		return nil, nil, err
