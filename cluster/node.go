@@ -156,6 +156,9 @@ func (n *Node) startRaft() error {
 		store.Close()
 		return err
 	}
+	// The transport's timeout bounds a dial to a dead peer, which a
+	// shutdown waits for: on a LAN a second is plenty.
+	const rpcTimeout = time.Second
 	var trans raft.Transport
 	if n.cfg.TLS != nil {
 		stream, err := newTLSStream(n.cfg.Raft.String(), addr, n.cfg.TLS, n.log)
@@ -163,9 +166,9 @@ func (n *Node) startRaft() error {
 			store.Close()
 			return fmt.Errorf("raft transport on %s: %w", n.cfg.Raft, err)
 		}
-		trans = raft.NewNetworkTransport(stream, 3, 5*time.Second, logWriter(n.log, "raft-transport"))
+		trans = raft.NewNetworkTransport(stream, 3, rpcTimeout, logWriter(n.log, "raft-transport"))
 	} else {
-		tcp, err := raft.NewTCPTransport(n.cfg.Raft.String(), addr, 3, 5*time.Second, logWriter(n.log, "raft-transport"))
+		tcp, err := raft.NewTCPTransport(n.cfg.Raft.String(), addr, 3, rpcTimeout, logWriter(n.log, "raft-transport"))
 		if err != nil {
 			store.Close()
 			return fmt.Errorf("raft transport on %s: %w", n.cfg.Raft, err)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -370,20 +371,76 @@ func TestExampleConfigRuns(t *testing.T) {
 
 // TestDemo runs the README's first command's program and checks that it
 // succeeds, shows a takeover, and leaves no namespace behind.
+// TestDemo runs make demo's program to the end, and once more stopped
+// with Ctrl-C half-way: it must leave no namespace behind either way.
 func TestDemo(t *testing.T) {
-	lab.Require(t, "ping")
-	cmd := exec.Command("go", "run", "./internal/demo", "-bin", filepath.Dir(directord))
-	cmd.Dir = repoFile()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("demo: %v\n%s", err, out)
+	lab.Require(t, "ping", "nft")
+	demo := filepath.Join(t.TempDir(), "demo")
+	build := exec.Command("go", "build", "-o", demo, "./internal/demo")
+	build.Dir = repoFile()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the demo: %v\n%s", err, out)
 	}
-	text := string(out)
-	for _, want := range []string{"lb2 is MASTER", "after the crash; the client saw no answer for", "configuration rejected", "exited with code 0", "removing the lab"} {
-		if !strings.Contains(text, want) {
-			t.Errorf("demo output lacks %q", want)
+	bin := filepath.Dir(directord)
+	t.Run("to the end", func(t *testing.T) {
+		start := time.Now()
+		out, err := exec.Command(demo, "-bin", bin).CombinedOutput()
+		if err != nil {
+			t.Fatalf("demo: %v\n%s", err, out)
 		}
-	}
+		text := string(out)
+		for _, want := range []string{
+			"lb1 (priority 150) is MASTER", "directorctl lvs on lb2", "w     witness   alive",
+			"ok   sync   conntrack sync connected", "handover: the probe went unanswered for", "back: the probe went unanswered",
+			"lb2 is MASTER", "after the crash; the client saw no answer for",
+			"20 of 20 long-lived connections survived the crash", "the real servers saw 0 connections end in an error",
+			"configuration rejected", "w: directord exited with code 0", "removing the lab",
+		} {
+			if !strings.Contains(text, want) {
+				t.Errorf("demo output lacks %q", want)
+			}
+		}
+		if m := regexp.MustCompile(`HTTP answers so far: rs1 \d+, rs2 \d+, rs3 \d+; failed (\d+)`).FindAllStringSubmatch(text, -1); len(m) != 3 {
+			t.Errorf("demo output lacks the client's HTTP counts:\n%s", text)
+		}
+		noneLeft(t, text)
+		if took := time.Since(start); took > time.Minute {
+			t.Errorf("the demo took %s, more than a minute", took)
+		}
+		t.Logf("the demo took %s", time.Since(start).Round(100*time.Millisecond))
+	})
+	t.Run("interrupted", func(t *testing.T) {
+		cmd := exec.Command(demo, "-bin", bin)
+		var out syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := lab.Eventually(60*time.Second, func() error {
+			if !strings.Contains(out.String(), "==> the client:") {
+				return errors.New("the demo has not reached the client yet")
+			}
+			return nil
+		}); err != nil {
+			cmd.Process.Kill()
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+		cmd.Process.Signal(os.Interrupt)
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+			t.Fatalf("interrupted demo: %v\n%s", err, out.String())
+		}
+		if !strings.Contains(out.String(), "interrupted: removing the lab") {
+			t.Fatalf("interrupted demo did not say so:\n%s", out.String())
+		}
+		noneLeft(t, out.String())
+	})
+}
+
+// noneLeft checks that the lab named in a demo's output is gone.
+func noneLeft(t *testing.T, text string) {
+	t.Helper()
 	m := regexp.MustCompile(`lab of network namespaces \((dl[0-9a-f]+-)\*\)`).FindStringSubmatch(text)
 	if m == nil {
 		t.Fatalf("demo did not name its lab:\n%s", text)
@@ -392,4 +449,22 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(string(list), m[1]) {
 		t.Fatalf("demo left namespaces behind:\n%s", list)
 	}
+}
+
+// syncBuffer is a bytes.Buffer for a process's output read while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -27,36 +27,6 @@ func drill(t *testing.T, s *synclab.Scene, d *synclab.Director, args ...string) 
 	return res, out
 }
 
-// clusterReady waits until every director sees the other two members
-// alive and gossiping their state.
-func clusterReady(t *testing.T, s *synclab.Scene) {
-	t.Helper()
-	if err := lab.Eventually(30*time.Second, func() error {
-		for _, d := range s.LB {
-			out, err := s.Ctl(d, "cluster", "--json")
-			if err != nil {
-				return fmt.Errorf("%s: %v %s", d.Host.Name, err, out)
-			}
-			var st daemon.ClusterStatus
-			if err := json.Unmarshal([]byte(out), &st); err != nil {
-				return err
-			}
-			alive := 0
-			for _, m := range st.Members {
-				if m.State == "alive" && len(m.App) > 0 {
-					alive++
-				}
-			}
-			if alive != 3 || st.Leader == "" || !st.Seeded {
-				return fmt.Errorf("%s: %d members alive with state, leader %q, seeded %v", d.Host.Name, alive, st.Leader, st.Seeded)
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func checkNamed(res daemon.DrillResult, name string) daemon.DrillCheck {
 	for _, c := range res.Checks {
 		if c.Name == name {
@@ -76,7 +46,9 @@ func TestDrill(t *testing.T) {
 	s := newSyncSceneWith(t, synclab.Options{Sync: true, Cluster: true, VSExtra: []string{
 		"  [virtual_server.health_check]\n  type = \"tcp\"\n  interval = \"200ms\"\n  timeout = \"150ms\"\n  rise = 1\n  fall = 1\n"}})
 	lb1, lb2 := s.LB[0], s.LB[1]
-	clusterReady(t, s)
+	if err := s.WaitCluster(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	const advert = 100 * time.Millisecond
 	chat, err := s.Chat(10, "192.0.2.100:80")
 	if err != nil {

@@ -6,13 +6,16 @@
 //	client 192.0.2.50 ── front ── 192.0.2.11 director 203.0.113.1 ── back ── 203.0.113.11, .12, ...
 //
 // The VIP 192.0.2.100 is on the director. Each real server answers TCP on
-// port 8080 and UDP on port 5353 with its name.
+// port 8080 and UDP on port 5353 with its name, and with ServeHTTP HTTP
+// on port 8000.
 package lblab
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -26,6 +29,7 @@ const (
 	VIP      = "192.0.2.100"
 	TCPPort  = 8080
 	UDPPort  = 5353
+	HTTPPort = 8000
 	ClientIP = "192.0.2.50"
 )
 
@@ -137,6 +141,42 @@ func (s *Scene) Serve(h *lab.Host) {
 		conns.Range(func(c, _ any) bool { c.(net.Conn).Close(); return true })
 	})
 	s.mu.Unlock()
+}
+
+// ServeHTTP starts a small HTTP server on h's port HTTPPort: every path
+// answers "hello from NAME".
+func (s *Scene) ServeHTTP(h *lab.Host) {
+	var ln net.Listener
+	if err := h.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", HTTPPort))
+		return err
+	}); err != nil {
+		s.Lab.Fatalf("%s: serve http: %v", h.Name, err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s\n", h.Name)
+	})}
+	go srv.Serve(ln)
+	s.mu.Lock()
+	if s.listeners == nil {
+		s.listeners = map[*lab.Host][]func(){}
+	}
+	s.listeners[h] = append(s.listeners[h], func() { srv.Close() })
+	s.mu.Unlock()
+}
+
+// HTTPClient makes its connections from the client's namespace, a new one
+// for every request so that each is scheduled afresh.
+func (s *Scene) HTTPClient(timeout time.Duration) *http.Client {
+	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = s.Client.Do(func() error {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 }
 
 // Stop closes h's servers and their connections.

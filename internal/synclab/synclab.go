@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/directord/directord/internal/daemon"
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/lblab"
 	dsync "github.com/directord/directord/sync"
@@ -55,7 +56,14 @@ type Options struct {
 	Cluster bool
 	// VSExtra lines go into the virtual server, before its real servers.
 	VSExtra []string
+	// HTTP adds a second virtual server, "http" on 192.0.2.100:8000, to
+	// the real servers' HTTP servers (lblab.ServeHTTP), with http checks.
+	HTTP bool
 }
+
+// HTTPService is the address of Options.HTTP's virtual server.
+const HTTPService = "192.0.2.100:8000"
+
 
 // ClusterKey is the gossip key of the scene's cluster.
 var ClusterKey = base64.StdEncoding.EncodeToString([]byte("directord synclab gossip key, 32"))
@@ -86,10 +94,20 @@ func New(l *lab.Lab, dir, directord, directorctl string, o Options) (*Scene, err
 		h.AddRoute("default", "via", "203.0.113.1")
 		s.Reals = append(s.Reals, h)
 		s.Serve(h)
+		if o.HTTP {
+			s.ServeHTTP(h)
+		}
 	}
 	var reals strings.Builder
 	for i := range 3 {
 		fmt.Fprintf(&reals, "  [[virtual_server.real_server]]\n  address = \"%s:%d\"\n", lblab.RealAddr(i), lblab.TCPPort)
+	}
+	if o.HTTP {
+		fmt.Fprintf(&reals, "\n[[virtual_server]]\nname = \"http\"\naddress = %q\nscheduler = \"rr\"\n"+
+			"  [virtual_server.health_check]\n  type = \"http\"\n  path = \"/\"\n  interval = \"500ms\"\n  timeout = \"300ms\"\n", HTTPService)
+		for i := range 3 {
+			fmt.Fprintf(&reals, "  [[virtual_server.real_server]]\n  address = \"%s:%d\"\n", lblab.RealAddr(i), lblab.HTTPPort)
+		}
 	}
 	clusterSection := func(x *Director, role string) string { return "" }
 	if o.Cluster {
@@ -209,4 +227,31 @@ func (s *Scene) SyncStatus(d *Director) (dsync.Status, error) {
 func (s *Scene) Ctl(d *Director, args ...string) (string, error) {
 	out, err := exec.Command(s.directorctl, append([]string{"--socket", d.Sock}, args...)...).CombinedOutput()
 	return string(out), err
+}
+
+// WaitCluster waits until each director sees all three members alive and
+// telling their state, a leader, and the table seeded (Options.Cluster).
+func (s *Scene) WaitCluster(timeout time.Duration) error {
+	return lab.Eventually(timeout, func() error {
+		for _, d := range s.LB {
+			out, err := exec.Command(s.directorctl, "--socket", d.Sock, "cluster", "--json").Output()
+			if err != nil {
+				return fmt.Errorf("%s: directorctl cluster: %v", d.Host.Name, err)
+			}
+			var st daemon.ClusterStatus
+			if err := json.Unmarshal(out, &st); err != nil {
+				return err
+			}
+			alive := 0
+			for _, m := range st.Members {
+				if m.State == "alive" && len(m.App) > 0 {
+					alive++
+				}
+			}
+			if alive != 3 || st.Leader == "" || !st.Seeded {
+				return fmt.Errorf("%s: %d members alive with their state, leader %q, seeded %v", d.Host.Name, alive, st.Leader, st.Seeded)
+			}
+		}
+		return nil
+	})
 }
