@@ -64,7 +64,6 @@ type Options struct {
 // HTTPService is the address of Options.HTTP's virtual server.
 const HTTPService = "192.0.2.100:8000"
 
-
 // ClusterKey is the gossip key of the scene's cluster.
 var ClusterKey = base64.StdEncoding.EncodeToString([]byte("directord synclab gossip key, 32"))
 
