@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -318,8 +319,40 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 		fmt.Fprintf(&b, "\nFalse takeovers during %s at advert_int 20ms with both cores spinning: directord %d, keepalived %d.\n",
 			soak, soaks["directord"], soaks["keepalived"])
 	}
+	png := filepath.Join(filepath.Dir(path), plotFile)
+	if err := writePlot(png, settings, res); err != nil {
+		return err
+	}
+	fmt.Fprintf(&b, "\nEvery run, in the order run (dots; dashed lines are the medians):\n\n![gap per run, directord and keepalived](%s)\n", plotFile)
 	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about fifteen minutes).\n")
 	return report.WriteSection(path, "failover", b.String())
+}
+
+// plotFile is the PNG of the gaps, beside the report.
+const plotFile = "benchmarks-failover.png"
+
+func writePlot(path string, settings []time.Duration, res map[string]map[time.Duration]*result) error {
+	msOf := func(ds []time.Duration) []float64 {
+		out := make([]float64, len(ds))
+		for i, d := range ds {
+			out[i] = float64(d) / float64(time.Millisecond)
+		}
+		return out
+	}
+	var panels []report.Panel
+	for _, s := range settings {
+		d, k := res["directord"][s], res["keepalived"][s]
+		for _, ev := range []struct {
+			name string
+			d, k []time.Duration
+		}{{"crash", d.crash, k.crash}, {"graceful", d.graceful, k.graceful}} {
+			panels = append(panels, report.Panel{Title: fmt.Sprintf("advert_int %s, %s", s, ev.name), Unit: "ms", Series: []report.Series{
+				{Name: "directord", Color: report.Blue, Values: msOf(ev.d)},
+				{Name: "keepalived", Color: report.Orange, Values: msOf(ev.k)},
+			}})
+		}
+	}
+	return report.WritePlot(path, "Client-visible gap of a VRRP failover, each run (make bench-failover)", 2, panels)
 }
 
 func machine() string {

@@ -1,6 +1,8 @@
 package report
 
 import (
+	"image/color"
+	"image/png"
 	"os"
 	"path/filepath"
 	"testing"
@@ -20,5 +22,44 @@ func TestWriteSection(t *testing.T) {
 		if string(got) != step.want {
 			t.Fatalf("after writing %s:\n%q\nwant\n%q", step.name, got, step.want)
 		}
+	}
+}
+
+// TestWritePlot: a plot is a PNG of the grid's size whose dots are drawn
+// in the series' colours.
+func TestWritePlot(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.png")
+	panels := []Panel{
+		{Title: "1s crash", Unit: "ms", Series: []Series{{"directord", Blue, []float64{2990, 3010, 2800}}, {"keepalived", Orange, []float64{3000, 3020}}}},
+		{Title: "1s graceful", Unit: "ms", Series: []Series{{"directord", Blue, []float64{615}}, {"keepalived", Orange, nil}}},
+		{Title: "empty", Unit: "ms"},
+	}
+	if err := WritePlot(path, "gaps", 2, panels); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := img.Bounds(); b.Dx() != 2*panelW || b.Dy() != 2*panelH+44 {
+		t.Fatalf("plot is %v", b)
+	}
+	count := map[color.RGBA]int{}
+	for y := 0; y < img.Bounds().Dy(); y++ {
+		for x := 0; x < img.Bounds().Dx(); x++ {
+			r, g, b, a := img.At(x, y).RGBA()
+			count[color.RGBA{uint8(r >> 8), uint8(g >> 8), uint8(b >> 8), uint8(a >> 8)}]++
+		}
+	}
+	if count[Blue] < 4*25 || count[Orange] < 2*25 {
+		t.Fatalf("too few dots drawn: blue %d, orange %d", count[Blue], count[Orange])
+	}
+	if got := niceCeil(3171); got != 5000 {
+		t.Fatalf("niceCeil(3171) = %v", got)
 	}
 }
