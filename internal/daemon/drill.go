@@ -177,7 +177,9 @@ func (d *Daemon) handleDrill(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer d.drillMu.Unlock()
-	res, err := d.drill(r.Context(), req)
+	// A drill under way finishes even if directorctl goes away: left
+	// half-way, this director would stay backup for the whole hold.
+	res, err := d.drill(context.WithoutCancel(r.Context()), req)
 	if err != nil {
 		status.WriteError(w, http.StatusBadRequest, err)
 		return
@@ -404,6 +406,9 @@ func (d *Daemon) instanceStatus(name string) vrrp.InstanceStatus {
 func (d *Daemon) nodeMastering(name string, self bool) string {
 	if self {
 		return d.config().Node.Name
+	}
+	if d.cluster == nil {
+		return ""
 	}
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		cs := d.cluster.node.Status()

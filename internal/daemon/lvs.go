@@ -25,9 +25,11 @@ type lvsManager struct {
 	rec    *lvs.Reconciler
 	reason string // why this data plane (or why none)
 
-	mu      sync.Mutex
-	sysctls []lvs.Sysctl
-	names   map[lvs.Key]string
+	mu         sync.Mutex
+	sysctls    []lvs.Sysctl
+	names      map[lvs.Key]string
+	lastDigest string    // digest of the kernel's table...
+	digestAt   time.Time // ...after the reconcile of this time
 }
 
 // chooseDataplane resolves kind ("auto", "ipvs", "nftables") to a data
@@ -281,20 +283,32 @@ func (m *lvsManager) status() any {
 }
 
 // digest fingerprints the services directord manages as the kernel has
-// them ("" without a data plane), for a peer to compare with its own.
+// them ("" without a data plane), for a peer to compare with its own. The
+// kernel is read again only after a reconcile: listing a large IPVS table
+// costs a netlink dump per service.
 func (m *lvsManager) digest() string {
 	if m.dp == nil {
 		return ""
 	}
+	last := m.rec.Last().At
+	m.mu.Lock()
+	if !last.IsZero() && last.Equal(m.digestAt) {
+		d := m.lastDigest
+		m.mu.Unlock()
+		return d
+	}
+	names := m.names
+	m.mu.Unlock()
 	es, err := m.dp.List()
 	if err != nil {
 		return "error"
 	}
-	m.mu.Lock()
-	names := m.names
-	m.mu.Unlock()
 	es = slices.DeleteFunc(es, func(e lvs.Entry) bool { _, ok := names[e.Key]; return !ok })
-	return lvs.Digest(es)
+	d := lvs.Digest(es)
+	m.mu.Lock()
+	m.lastDigest, m.digestAt = d, last
+	m.mu.Unlock()
+	return d
 }
 
 // lvsCollector exports the kernel's counters per service and real server.
