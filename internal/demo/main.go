@@ -118,13 +118,7 @@ func run(bin string) (err error) {
 	if err := pr.WaitAnswered(time.Time{}, 5*time.Second); err != nil {
 		return err
 	}
-	if err := lab.Eventually(10*time.Second, func() error {
-		st, err := s.SyncStatus(lb2)
-		if err != nil || st.Applied < 20 {
-			return fmt.Errorf("lb2 has applied %d synced connections, %v", st.Applied, err)
-		}
-		return nil
-	}); err != nil {
+	if err := s.WaitSynced(20, 10*time.Second); err != nil {
 		return err
 	}
 	chat.Start(100 * time.Millisecond)

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -411,7 +410,7 @@ func TestDemo(t *testing.T) {
 	})
 	t.Run("interrupted", func(t *testing.T) {
 		cmd := exec.Command(demo, "-bin", bin)
-		var out syncBuffer
+		var out lab.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -449,22 +448,4 @@ func noneLeft(t *testing.T, text string) {
 	if strings.Contains(string(list), m[1]) {
 		t.Fatalf("demo left namespaces behind:\n%s", list)
 	}
-}
-
-// syncBuffer is a bytes.Buffer for a process's output read while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -55,13 +55,7 @@ func TestDrill(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { chat.Close() })
-	if err := lab.Eventually(10*time.Second, func() error {
-		st, err := s.SyncStatus(lb2)
-		if err != nil || st.Applied < 10 {
-			return fmt.Errorf("backup sync status %+v, %v", st, err)
-		}
-		return nil
-	}); err != nil {
+	if err := s.WaitSynced(10, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	chat.Start(100 * time.Millisecond)

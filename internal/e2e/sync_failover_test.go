@@ -51,13 +51,7 @@ func syncFailover(t *testing.T, syncOn, planned bool) {
 	}
 	t.Cleanup(func() { chat.Close() })
 	if syncOn {
-		if err := lab.Eventually(10*time.Second, func() error {
-			st, err := s.SyncStatus(lb2)
-			if err != nil || st.Applied < 50 {
-				return fmt.Errorf("backup sync status %+v, %v", st, err)
-			}
-			return nil
-		}); err != nil {
+		if err := s.WaitSynced(50, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}

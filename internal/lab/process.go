@@ -14,23 +14,24 @@ import (
 type Process struct {
 	Name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *Buffer
 	done chan struct{}
 	err  error // of Wait, valid once done is closed
 }
 
-type syncBuffer struct {
+// Buffer collects a process's output while it runs and is read.
+type Buffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
@@ -41,7 +42,7 @@ func (b *syncBuffer) String() string {
 func (h *Host) Start(name string, args ...string) *Process {
 	// ip netns exec execs the program, so the pid is the program's own.
 	cmd := h.Command(name, args...)
-	buf := &syncBuffer{}
+	buf := &Buffer{}
 	cmd.Stdout, cmd.Stderr = buf, buf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p := &Process{Name: fmt.Sprintf("%s@%s", name, h.Name), cmd: cmd, out: buf, done: make(chan struct{})}

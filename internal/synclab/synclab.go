@@ -254,3 +254,14 @@ func (s *Scene) WaitCluster(timeout time.Duration) error {
 		return nil
 	})
 }
+
+// WaitSynced waits until lb2, the backup, has applied n synced entries.
+func (s *Scene) WaitSynced(n uint64, timeout time.Duration) error {
+	return lab.Eventually(timeout, func() error {
+		st, err := s.SyncStatus(s.LB[1])
+		if err != nil || st.Applied < n {
+			return fmt.Errorf("the backup has applied %d synced entries (want %d), %v", st.Applied, n, err)
+		}
+		return nil
+	})
+}

@@ -306,11 +306,7 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 	fmt.Fprintf(&b, "| advert_int | event | directord median | directord max | keepalived median | keepalived max | ratio of medians |\n")
 	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|\n")
 	for _, s := range settings {
-		d, k := res["directord"][s], res["keepalived"][s]
-		for _, ev := range []struct {
-			name string
-			d, k []time.Duration
-		}{{"crash", d.crash, k.crash}, {"graceful", d.graceful, k.graceful}} {
+		for _, ev := range events(res, s) {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.3f |\n", s, ev.name, ms(median(ev.d)), ms(slices.Max(ev.d)),
 				ms(median(ev.k)), ms(slices.Max(ev.k)), float64(median(ev.d))/float64(median(ev.k)))
 		}
@@ -328,6 +324,17 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 	return report.WriteSection(path, "failover", b.String())
 }
 
+// event is one kind of failover at one setting, both implementations' gaps.
+type event struct {
+	name string
+	d, k []time.Duration
+}
+
+func events(res map[string]map[time.Duration]*result, s time.Duration) []event {
+	d, k := res["directord"][s], res["keepalived"][s]
+	return []event{{"crash", d.crash, k.crash}, {"graceful", d.graceful, k.graceful}}
+}
+
 // plotFile is the PNG of the gaps, beside the report.
 const plotFile = "benchmarks-failover.png"
 
@@ -341,11 +348,7 @@ func writePlot(path string, settings []time.Duration, res map[string]map[time.Du
 	}
 	var panels []report.Panel
 	for _, s := range settings {
-		d, k := res["directord"][s], res["keepalived"][s]
-		for _, ev := range []struct {
-			name string
-			d, k []time.Duration
-		}{{"crash", d.crash, k.crash}, {"graceful", d.graceful, k.graceful}} {
+		for _, ev := range events(res, s) {
 			panels = append(panels, report.Panel{Title: fmt.Sprintf("advert_int %s, %s", s, ev.name), Unit: "ms", Series: []report.Series{
 				{Name: "directord", Color: report.Blue, Values: msOf(ev.d)},
 				{Name: "keepalived", Color: report.Orange, Values: msOf(ev.k)},
