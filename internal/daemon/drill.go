@@ -494,7 +494,7 @@ func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back boo
 	} else {
 		add("table", true, "%s programs the same load-balancer table (digest %s)", peer.Name, orUnknown(self.Table))
 	}
-	d.syncCheck(add, moving, peer.Name, info)
+	d.syncCheck(add, moving, peer.Name, self.Sync, info)
 	if back {
 		prio := int(d.instanceStatus(inst.Name).Priority)
 		switch {
@@ -511,8 +511,8 @@ func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back boo
 }
 
 // syncCheck adds the check of the connection sync of the moving
-// instances, if there is one.
-func (d *Daemon) syncCheck(add func(string, bool, string, ...any), moving []string, peer string, info peerInfo) {
+// instances, if there is one; here is this node's syncState.
+func (d *Daemon) syncCheck(add func(string, bool, string, ...any), moving []string, peer, here string, info peerInfo) {
 	if c := d.ctsync.Load(); c != nil && slices.Contains(moving, c.instance) {
 		st := c.s.Status()
 		if st.Role != "master" || !st.Connected {
@@ -523,7 +523,6 @@ func (d *Daemon) syncCheck(add func(string, bool, string, ...any), moving []stri
 		return
 	}
 	if s := d.syncd.Load(); s != nil && s.cfg != nil && slices.Contains(moving, s.cfg.Instance) {
-		here := d.syncState()
 		if !strings.Contains(here, "master") || !strings.Contains(info.Sync, "backup") {
 			add("sync", false, "IPVS sync daemons: %s here, %s on %s; the peer needs a backup daemon and this director a master one",
 				here, orUnknown(info.Sync), peer)

@@ -143,13 +143,8 @@ func (d *Daemon) handleFailover(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var inst *config.VRRPInstance
-	for i, in := range d.config().VRRP {
-		if in.Name == name {
-			inst = &d.config().VRRP[i]
-		}
-	}
-	if inst == nil {
+	inst, ok := findInstance(d.config(), name)
+	if !ok {
 		status.WriteError(w, http.StatusNotFound, fmt.Errorf("no VRRP instance %q", name))
 		return
 	}
@@ -167,12 +162,7 @@ func (d *Daemon) handleFailover(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.log.Info("planned failover", "instance", name, "hold", hold)
-	res := FailoverResult{Instance: name, Hold: hold.String()}
-	for _, s := range d.vrrp.Status() {
-		if s.Name == name {
-			res.Now = s
-		}
-	}
+	res := FailoverResult{Instance: name, Hold: hold.String(), Now: d.instanceStatus(name)}
 	if inst.Preempt {
 		res.Warning = fmt.Sprintf("preempt is on: if this director still has the higher priority it takes %s back after %s", name, hold)
 	}

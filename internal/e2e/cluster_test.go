@@ -79,14 +79,19 @@ func (d *director) clusterStatus() (*daemon.ClusterStatus, error) {
 	return &st, json.Unmarshal(out, &st)
 }
 
-// weights returns the kernel's table as "service/real=weight" strings.
+// table returns the kernel's table as "service/real" to weight.
 func (d *director) table() (map[string]int, error) {
 	out, err := exec.Command(directorctl, "--socket", d.sock, "lvs", "--json").Output()
 	if err != nil {
 		return nil, err
 	}
+	return weights(out)
+}
+
+// weights reads directorctl lvs --json: "service/real" to weight.
+func weights(lvsJSON []byte) (map[string]int, error) {
 	var st daemon.LVSStatus
-	if err := json.Unmarshal(out, &st); err != nil {
+	if err := json.Unmarshal(lvsJSON, &st); err != nil {
 		return nil, err
 	}
 	m := map[string]int{}

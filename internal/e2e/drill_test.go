@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -103,11 +104,11 @@ func TestDrill(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := lab.Eventually(10*time.Second, func() error {
-		w, err := lvsWeights(s, lb2)
+		w, err := lvsWeights(lb2)
 		if err != nil {
 			return err
 		}
-		if n, ok := w["203.0.113.11:8080"]; ok && n != 0 {
+		if n, ok := w["web/203.0.113.11:8080"]; ok && n != 0 {
 			return fmt.Errorf("lb2 still has rs1 at weight %d", n)
 		}
 		return nil
@@ -161,21 +162,11 @@ func TestDrill(t *testing.T) {
 	t.Logf("refused: %s", res.Refused)
 }
 
-// lvsWeights is d's kernel table: real server address to weight.
-func lvsWeights(s *synclab.Scene, d *synclab.Director) (map[string]int, error) {
-	out, err := s.Ctl(d, "lvs", "--json")
+// lvsWeights is d's kernel table: "service/real" to weight.
+func lvsWeights(d *synclab.Director) (map[string]int, error) {
+	out, err := exec.Command(directorctl, "--socket", d.Sock, "lvs", "--json").Output()
 	if err != nil {
-		return nil, fmt.Errorf("%v: %s", err, out)
+		return nil, fmt.Errorf("%s: directorctl lvs: %v", d.Host.Name, err)
 	}
-	var st daemon.LVSStatus
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		return nil, err
-	}
-	m := map[string]int{}
-	for _, svc := range st.Services {
-		for _, r := range svc.Reals {
-			m[r.Addr.String()] = r.Weight
-		}
-	}
-	return m, nil
+	return weights(out)
 }
