@@ -34,16 +34,29 @@ const sockBuffer = 64 << 20
 var NFTSchedulers = []string{"rr", "wrr", "sh"}
 
 // NFT is the nftables data plane. A service is a chain reached through a
-// verdict map keyed by address, protocol and port (or mark). The chain
-// picks a slot with numgen (rr, wrr) or jhash of the source (sh) and jumps
-// to the real server's chain, which counts and DNATs. Weights are the
-// number of slots. With persistence each real server has a timed set of
-// its clients: the service chain looks a client up in them before
-// scheduling, and the real server's chain refreshes the entry on every
-// new connection, so persistence lasts the timeout after the last one.
-// (A single client-to-server map would need a lookup feeding a dynset or
-// conntrack's original address in an inet table; nft 1.0 cannot list
-// either, and the table must stay readable with nft list ruleset.)
+// verdict map keyed by address, protocol and port (or mark), whose element
+// counts the service's connections. The chain picks a slot with numgen
+// (rr, wrr) or jhash of the source (sh); weights are the number of slots.
+//
+// Without persistence the service's slot map takes a slot to a real
+// server's address and port, which the same rule DNATs to, and the
+// elements' counters count the connections per server: two rules, a map
+// and one element per slot for a service. Every kernel object costs time
+// in the nftables commit, and a full table of thousands of services must
+// load in well under a second. (One map shared by all services would be
+// fewer objects still, but the kernel walks a map's elements whenever a
+// rule of another chain binds it, and dumps of a big map resume by
+// walking it again from the start: both grow with the square of the
+// table.)
+//
+// With persistence the slot map is a verdict map to a chain per real
+// server, which counts, DNATs and refreshes the client in the server's
+// timed set of clients: the service chain looks a client up in those sets
+// before scheduling, so persistence lasts the timeout after the last
+// connection. Firewall-mark services take the same path. (A single client-to-server map would need a lookup
+// feeding a dynset or conntrack's original address in an inet table; nft
+// 1.0 cannot list either, and the table must stay readable with nft list
+// ruleset.)
 type NFT struct {
 	mu     sync.Mutex
 	conn   *nftables.Conn
@@ -66,12 +79,23 @@ type nsvc struct {
 	id     int
 	svc    Service
 	reals  []Real
-	idx    map[netip.AddrPort]int // real server -> chain number
+	idx    map[netip.AddrPort]int // real server -> chain number (persistence)
 	nextRS int
+	// order is the servers in the slots as programmed (slot i holds
+	// order[i]); banked counts, per server, the connections that slots
+	// since deleted or rewritten had counted.
+	order  []netip.AddrPort
+	banked map[netip.AddrPort]uint64
 	slots  *nftables.Set
 	// pers holds each real server's persistent clients (persistence on).
 	pers map[netip.AddrPort]*nftables.Set
 }
+
+// chains says whether the service has a chain per real server, which
+// persistence needs; otherwise its slots DNAT directly.
+// Firewall-mark services too: their real servers may leave the port as
+// it was (port 0), which a slot's address and port cannot say.
+func (s *nsvc) chains() bool { return s.svc.Persistence > 0 || s.svc.FWMark != 0 }
 
 var _ Dataplane = (*NFT)(nil)
 
@@ -248,37 +272,28 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 		n.reset()
 		return nil, nil
 	}
-	counters := map[string]uint64{}
+	var c *counts
 	if stats && len(n.svcs) > 0 {
-		objs, err := n.conn.GetObjects(n.table)
-		if err != nil {
-			return nil, fmt.Errorf("nftables: read counters: %w", err)
-		}
-		for _, o := range objs {
-			if c, ok := o.(*nftables.CounterObj); ok {
-				counters[c.Name] = c.Packets
-			}
+		var err error
+		if c, err = n.readCounts(); err != nil {
+			return nil, err
 		}
 	}
 	traffic := map[string]*expr.Counter{} // "in"/"out" + endpoint key
-	if stats && len(n.svcs) > 0 {
-		for _, name := range []string{"in4", "in6", "out4", "out6"} {
-			els, err := n.conn.GetSetElements(n.maps[name])
-			if err != nil {
-				return nil, fmt.Errorf("nftables: read %s: %w", name, err)
-			}
-			for _, el := range els {
-				if el.Counter != nil {
-					traffic[name[:len(name)-1]+string(el.Key)] = el.Counter
-				}
-			}
-		}
+	if c != nil {
+		traffic = c.traffic
 	}
 	out := make([]Entry, 0, len(n.svcs))
 	for _, s := range n.svcs {
-		e := Entry{Service: s.svc, Stats: Stats{Connections: counters[svcCounter(s.id)]}}
+		e := Entry{Service: s.svc}
+		if c != nil {
+			e.Stats.Connections = c.service[string(dispatchKey(s.svc.Key))]
+		}
 		for _, r := range s.reals {
-			st := Stats{Connections: counters[realCounter(s.id, s.idx[r.Addr])]}
+			var st Stats
+			if c != nil {
+				st.Connections = c.real(s, r.Addr)
+			}
 			k := string(dispatchKey(Key{Protocol: s.svc.Protocol, Addr: r.Addr}))
 			if c := traffic["in"+k]; c != nil {
 				st.PacketsIn, st.BytesIn = c.Packets, c.Bytes
@@ -304,6 +319,89 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 		n.rates.done()
 	}
 	Sort(out)
+	return out, nil
+}
+
+// counts are the kernel's counters of one reading.
+type counts struct {
+	service map[string]uint64        // dispatch key -> connections
+	objects map[string]uint64        // counter objects (real servers' chains)
+	slots   map[int]map[int]uint64   // service id -> slot -> connections
+	traffic map[string]*expr.Counter // "in"/"out" + endpoint key
+}
+
+// real is the connections a service's real server has had.
+func (c *counts) real(s *nsvc, a netip.AddrPort) uint64 {
+	if s.chains() {
+		return c.objects[realCounter(s.id, s.idx[a])]
+	}
+	n := s.banked[a]
+	for i, o := range s.order {
+		if o == a {
+			n += c.slots[s.id][i]
+		}
+	}
+	return n
+}
+
+// readCounts reads every counter of the table: a few dumps, whatever the
+// number of services.
+func (n *NFT) readCounts() (*counts, error) {
+	c := &counts{service: map[string]uint64{}, objects: map[string]uint64{}, slots: map[int]map[int]uint64{}, traffic: map[string]*expr.Counter{}}
+	chains := false
+	for _, s := range n.svcs {
+		chains = chains || s.chains()
+	}
+	if chains {
+		objs, err := n.conn.GetObjects(n.table)
+		if err != nil {
+			return nil, fmt.Errorf("nftables: read counters: %w", err)
+		}
+		for _, o := range objs {
+			if co, ok := o.(*nftables.CounterObj); ok {
+				c.objects[co.Name] = co.Packets
+			}
+		}
+	}
+	for _, name := range []string{"svc4", "svc6", "fwm4", "fwm6", "in4", "in6", "out4", "out6"} {
+		els, err := n.conn.GetSetElements(n.maps[name])
+		if err != nil {
+			return nil, fmt.Errorf("nftables: read %s: %w", name, err)
+		}
+		for _, el := range els {
+			switch {
+			case el.Counter == nil:
+			case strings.HasPrefix(name, "svc") || strings.HasPrefix(name, "fwm"):
+				c.service[string(el.Key)] = el.Counter.Packets
+			default:
+				c.traffic[name[:len(name)-1]+string(el.Key)] = el.Counter
+			}
+		}
+	}
+	for _, s := range n.svcs {
+		if s.chains() {
+			continue
+		}
+		var err error
+		if c.slots[s.id], err = n.slotCounts(s); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// slotCounts reads the connections each slot of a service has counted.
+func (n *NFT) slotCounts(s *nsvc) (map[int]uint64, error) {
+	els, err := n.conn.GetSetElements(s.slots)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: read %s: %w", s.slots.Name, err)
+	}
+	out := make(map[int]uint64, len(els))
+	for _, el := range els {
+		if len(el.Key) == 4 && el.Counter != nil {
+			out[int(binaryutil.NativeEndian.Uint32(el.Key))] = el.Counter.Packets
+		}
+	}
 	return out, nil
 }
 
@@ -468,7 +566,17 @@ func (n *NFT) Apply(ops []Op) error {
 		case c.new:
 			n.addService(s)
 		case c.reals:
-			n.updateReals(s)
+			// Slots about to be rewritten take their counts with them:
+			// read them first to bank them with their server. (What the
+			// kernel counts between this reading and the commit is lost.)
+			var counted map[int]uint64
+			if !s.chains() {
+				var err error
+				if counted, err = n.slotCounts(s); err != nil {
+					return n.abandon(err)
+				}
+			}
+			n.updateReals(s, counted)
 		}
 	}
 	n.flushRefs()
@@ -488,7 +596,6 @@ func (n *NFT) abandon(err error) error {
 	return err
 }
 
-func svcCounter(id int) string     { return fmt.Sprintf("c%d", id) }
 func realCounter(id, k int) string { return fmt.Sprintf("c%d_%d", id, k) }
 func realChain(id, k int) string   { return fmt.Sprintf("r%d_%d", id, k) }
 
@@ -504,7 +611,16 @@ const (
 var (
 	dispatch4 = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
 	dispatch6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
+	endpoint4 = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	endpoint6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)
 )
+
+// slotElement is slot k holding the server a (address and port).
+func slotElement(k int, a netip.AddrPort) nftables.SetElement {
+	v := a.Addr().AsSlice()
+	v = append(v, byte(a.Port()>>8), byte(a.Port()), 0, 0)
+	return nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(k)), Val: v}
+}
 
 // addBase creates the table, the dispatch maps and the hooked chains.
 func (n *NFT) addBase() {
@@ -518,10 +634,11 @@ func (n *NFT) addBase() {
 		{"masq4", dispatch4}, {"masq6", dispatch6},
 		{"in4", dispatch4}, {"in6", dispatch6}, {"out4", dispatch4}, {"out6", dispatch6},
 	} {
-		s := &nftables.Set{Table: n.table, Name: m.name, IsMap: true, KeyType: m.key, DataType: nftables.TypeVerdict}
+		// The dispatch maps' elements count each service's connections,
+		// in and out each real server's packets and bytes.
+		s := &nftables.Set{Table: n.table, Name: m.name, IsMap: true, KeyType: m.key, DataType: nftables.TypeVerdict, Counter: true}
 		if !strings.HasPrefix(m.name, "svc") && !strings.HasPrefix(m.name, "fwm") {
 			s.IsMap, s.DataType = false, nftables.SetDatatype{}
-			// in and out count each real server's packets and bytes.
 			s.Counter = !strings.HasPrefix(m.name, "masq")
 		}
 		if m.key == nftables.TypeMark {
@@ -656,15 +773,23 @@ func (n *NFT) addService(s *nsvc) {
 	s.id = n.nextID
 	s.idx = map[netip.AddrPort]int{}
 	s.nextRS = 0
-	c.AddObj(&nftables.CounterObj{Table: n.table, Name: svcCounter(s.id)})
+	s.order, s.banked = nil, map[netip.AddrPort]uint64{}
+	s.pers = map[netip.AddrPort]*nftables.Set{}
+	// Slots go to real servers' chains, or (counted) to their address and
+	// port.
 	s.slots = &nftables.Set{Table: n.table, Name: fmt.Sprintf("sl%d", s.id), IsMap: true,
 		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
+	if !s.chains() {
+		s.slots.DataType, s.slots.Counter = endpoint4, true
+		if s.svc.Is6() {
+			s.slots.DataType = endpoint6
+		}
+	}
 	_ = c.AddSet(s.slots, nil)
-	s.pers = map[netip.AddrPort]*nftables.Set{}
 	for _, r := range s.reals {
 		n.addReal(s, r)
 	}
-	n.fillSlots(s)
+	n.fillSlots(s, nil)
 	sc := c.AddChain(n.chain(fmt.Sprintf("s%d", s.id)))
 	n.serviceRules(s, sc)
 	_ = c.SetAddElements(n.dispatchMap(s.svc.Key), []nftables.SetElement{{
@@ -681,20 +806,19 @@ func (n *NFT) delService(s *nsvc) {
 	for a := range s.idx {
 		n.delReal(s, a)
 	}
-	c.DeleteObject(&nftables.CounterObj{Table: n.table, Name: svcCounter(s.id)})
 }
 
-// updateReals adds and removes real-server chains and rewrites the slot
-// map and the scheduling rule, whose modulus follows the weights.
-func (n *NFT) updateReals(s *nsvc) {
+// updateReals adds and removes real servers and rewrites the slots and the
+// scheduling rule, whose modulus follows the weights. counted holds the
+// slots' counters before the change, to bank those of rewritten slots.
+func (n *NFT) updateReals(s *nsvc, counted map[int]uint64) {
 	c := n.conn
 	for _, r := range s.reals {
 		if _, ok := s.idx[r.Addr]; !ok {
 			n.addReal(s, r)
 		}
 	}
-	c.FlushSet(s.slots)
-	n.fillSlots(s)
+	n.fillSlots(s, counted)
 	sc := n.chain(fmt.Sprintf("s%d", s.id))
 	c.FlushChain(sc)
 	n.serviceRules(s, sc)
@@ -703,20 +827,23 @@ func (n *NFT) updateReals(s *nsvc) {
 			// Its persistent clients go with it and are scheduled afresh.
 			n.delReal(s, a)
 			delete(s.idx, a)
+			delete(s.banked, a)
 		}
 	}
 }
 
 func (n *NFT) delReal(s *nsvc, a netip.AddrPort) {
-	c := n.conn
-	k := s.idx[a]
-	rc := n.chain(realChain(s.id, k))
-	c.FlushChain(rc)
-	c.DelChain(rc)
-	c.DeleteObject(&nftables.CounterObj{Table: n.table, Name: realCounter(s.id, k)})
-	if ps := s.pers[a]; ps != nil {
-		c.DelSet(ps)
-		delete(s.pers, a)
+	if s.chains() {
+		c := n.conn
+		k := s.idx[a]
+		rc := n.chain(realChain(s.id, k))
+		c.FlushChain(rc)
+		c.DelChain(rc)
+		c.DeleteObject(&nftables.CounterObj{Table: n.table, Name: realCounter(s.id, k)})
+		if ps := s.pers[a]; ps != nil {
+			c.DelSet(ps)
+			delete(s.pers, a)
+		}
 	}
 	n.ref("in", s.svc.Protocol, a, -1)
 	n.ref("out", s.svc.Protocol, a, -1)
@@ -726,16 +853,20 @@ func (n *NFT) delReal(s *nsvc, a netip.AddrPort) {
 }
 
 func (n *NFT) addReal(s *nsvc, r Real) {
-	c := n.conn
 	k := s.nextRS
 	s.nextRS++
 	s.idx[r.Addr] = k
+	n.ref("in", s.svc.Protocol, r.Addr, 1)
+	n.ref("out", s.svc.Protocol, r.Addr, 1)
+	if s.svc.Masquerade {
+		n.ref("masq", s.svc.Protocol, r.Addr, 1)
+	}
+	if !s.chains() {
+		return
+	}
+	c := n.conn
 	c.AddObj(&nftables.CounterObj{Table: n.table, Name: realCounter(s.id, k)})
 	rc := c.AddChain(n.chain(realChain(s.id, k)))
-	fam := uint32(unix.NFPROTO_IPV4)
-	if r.Addr.Addr().Is6() {
-		fam = unix.NFPROTO_IPV6
-	}
 	var e []expr.Any
 	if s.svc.Persistence > 0 {
 		kt := nftables.TypeIPAddr
@@ -752,17 +883,22 @@ func (n *NFT) addReal(s *nsvc, r Real) {
 	e = append(e,
 		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: realCounter(s.id, k)},
 		&expr.Immediate{Register: reg1, Data: r.Addr.Addr().AsSlice()})
-	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg1}
-	if r.Addr.Port() != 0 {
-		e = append(e, &expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(r.Addr.Port())})
-		nat.RegProtoMin, nat.Specified = reg2, true
+	c.AddRule(&nftables.Rule{Table: n.table, Chain: rc, Exprs: append(e, dnat(r.Addr, reg1, reg2)...)})
+}
+
+// dnat translates to the address in addrReg and, when there is a port,
+// the port in portReg (loaded here when a is given).
+func dnat(a netip.AddrPort, addrReg, portReg uint32) []expr.Any {
+	fam := uint32(unix.NFPROTO_IPV4)
+	if a.Addr().Is6() {
+		fam = unix.NFPROTO_IPV6
 	}
-	c.AddRule(&nftables.Rule{Table: n.table, Chain: rc, Exprs: append(e, nat)})
-	n.ref("in", s.svc.Protocol, r.Addr, 1)
-	n.ref("out", s.svc.Protocol, r.Addr, 1)
-	if s.svc.Masquerade {
-		n.ref("masq", s.svc.Protocol, r.Addr, 1)
+	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: addrReg}
+	if a.Port() == 0 {
+		return []expr.Any{nat}
 	}
+	nat.RegProtoMin, nat.Specified = portReg, true
+	return []expr.Any{&expr.Immediate{Register: portReg, Data: binaryutil.BigEndian.PutUint16(a.Port())}, nat}
 }
 
 // ref counts a service's use of a real-server endpoint in the endpoint
@@ -865,15 +1001,46 @@ func gcd(a, b int) int {
 	return a
 }
 
-func (n *NFT) fillSlots(s *nsvc) {
+// fillSlots programs the slots of the service's real servers. A map of
+// verdicts is emptied and filled again; in a map of addresses only the
+// slots whose server changes are deleted and added, and their counts
+// (from counted) banked with their old server.
+func (n *NFT) fillSlots(s *nsvc, counted map[int]uint64) {
 	order := slotOrder(s.svc.Scheduler, s.reals)
-	els := make([]nftables.SetElement, len(order))
-	for i, a := range order {
-		els[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
-			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: realChain(s.id, s.idx[a])}}
+	defer func() { s.order = order }()
+	if s.chains() {
+		if s.order != nil {
+			n.conn.FlushSet(s.slots)
+		}
+		els := make([]nftables.SetElement, len(order))
+		for i, a := range order {
+			els[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
+				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: realChain(s.id, s.idx[a])}}
+		}
+		if len(els) > 0 {
+			_ = n.conn.SetAddElements(s.slots, els)
+		}
+		return
 	}
-	if len(els) > 0 {
-		_ = n.conn.SetAddElements(s.slots, els)
+	var add, del []nftables.SetElement
+	for i := range max(len(order), len(s.order)) {
+		if i < len(s.order) && i < len(order) && s.order[i] == order[i] {
+			continue
+		}
+		if i < len(s.order) {
+			old := s.order[i]
+			s.banked[old] += counted[i]
+			del = append(del, slotElement(i, old))
+		}
+		if i < len(order) {
+			add = append(add, slotElement(i, order[i]))
+		}
+	}
+	if len(del) > 0 {
+		_ = n.conn.SetDeleteElements(s.slots, del)
+	}
+	if len(add) > 0 {
+		_ = n.conn.SetAddElements(s.slots, add)
 	}
 }
 
@@ -904,8 +1071,6 @@ func prefixMask(size, bits int) []byte {
 func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
 	c := n.conn
 	six := s.svc.Is6()
-	c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: []expr.Any{
-		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: svcCounter(s.id)}}})
 	// Persistent clients first, to the server they had (in address
 	// order, so a client in two sets after a weight change is stable).
 	for _, r := range sortedReals(s.reals) {
@@ -916,7 +1081,7 @@ func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
 			c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: e})
 		}
 	}
-	slots := uint32(len(slotOrder(s.svc.Scheduler, s.reals)))
+	slots := uint32(len(s.order)) // fillSlots ran first
 	if slots > 0 {
 		var e []expr.Any
 		if s.svc.Scheduler == "sh" {
@@ -934,7 +1099,19 @@ func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
 		} else {
 			e = []expr.Any{&expr.Numgen{Register: reg1, Modulus: slots, Type: unix.NFT_NG_INCREMENTAL}}
 		}
-		e = append(e, &expr.Lookup{SourceRegister: reg1, SetName: s.slots.Name, SetID: s.slots.ID, DestRegister: 0, IsDestRegSet: true})
+		if s.chains() {
+			e = append(e, &expr.Lookup{SourceRegister: reg1, SetName: s.slots.Name, SetID: s.slots.ID, DestRegister: 0, IsDestRegSet: true})
+		} else {
+			// The slot's address and port land in register 1 and the
+			// 4-byte register after the address.
+			port := uint32(unix.NFT_REG32_01)
+			fam := uint32(unix.NFPROTO_IPV4)
+			if six {
+				port, fam = unix.NFT_REG32_04, unix.NFPROTO_IPV6
+			}
+			e = append(e, &expr.Lookup{SourceRegister: reg1, SetName: s.slots.Name, SetID: s.slots.ID, DestRegister: reg1, IsDestRegSet: true},
+				&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg1, RegProtoMin: port, Specified: true})
+		}
 		c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: e})
 	}
 	// No server with weight: refuse rather than deliver to the director.

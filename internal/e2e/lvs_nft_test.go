@@ -124,9 +124,26 @@ func TestNFTWeightedRoundRobin(t *testing.T) {
 	if got["rs1"] != 20 || got["rs2"] != 20 {
 		t.Fatalf("wrr 1:1 gave %v", got)
 	}
-	if es, _ := s.nft.ListStats(); es[0].Stats.Connections != 130 {
+	es, err = s.nft.ListStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if es[0].Stats.Connections != 130 {
 		t.Fatalf("service counter %d after a weight change, want 130", es[0].Stats.Connections)
 	}
+	// The servers' counts go on too, though their slots were rewritten.
+	for _, r := range es[0].Reals {
+		want := map[string]uint64{lblab.RealAddr(0): 50, lblab.RealAddr(1): 80}[r.Addr.Addr().String()]
+		if r.Stats.Connections != want {
+			t.Fatalf("%s counted %d connections after the weight change, want %d", r.Addr, r.Stats.Connections, want)
+		}
+	}
+	// The kernel's own tool can list what directord made.
+	out, err := s.Director.Run("nft", "list", "table", "inet", lvs.NFTTable)
+	if err != nil {
+		t.Fatalf("nft list table: %v\n%s", err, out)
+	}
+	t.Logf("nft list table inet %s:\n%s", lvs.NFTTable, out)
 }
 
 func TestNFTUDPRoundRobin(t *testing.T) {
@@ -335,5 +352,36 @@ func TestNFTRecoversFromRefusedApply(t *testing.T) {
 	}
 	if name, err := s.Ask("", vipTCP.String()); err != nil || name != "rs1" {
 		t.Fatalf("after the rebuild: %q, %v", name, err)
+	}
+}
+
+// TestNFTFirewallMark: a firewall-mark service balances what an
+// operator's rule marks, and a real server without a port keeps the
+// connection's own port.
+func TestNFTFirewallMark(t *testing.T) {
+	s := newNFTScene(t, 2)
+	s.Director.MustRun("nft", "add table ip marker; add chain ip marker pre { type filter hook prerouting priority mangle; }; "+
+		"add rule ip marker pre ip daddr "+lblab.VIP+" tcp dport "+fmt.Sprint(lblab.TCPPort)+" meta mark set 7")
+	keep := func(i int) lvs.Real {
+		return lvs.Real{Addr: netip.AddrPortFrom(netip.MustParseAddr(lblab.RealAddr(i)), 0), Weight: 1, Method: lvs.NAT}
+	}
+	s.set(t, lvs.VirtualServer{Name: "marked", Service: lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "rr"}, Reals: []lvs.Real{keep(0), keep(1)}})
+	got := map[string]int{}
+	for range 10 {
+		name, err := s.Ask("", fmt.Sprintf("%s:%d", lblab.VIP, lblab.TCPPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name]++
+	}
+	if got["rs1"] != 5 || got["rs2"] != 5 {
+		t.Fatalf("fwmark rr over 10 connections gave %v", got)
+	}
+	es, err := s.nft.ListStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 1 || es[0].Stats.Connections != 10 || es[0].Reals[0].Stats.Connections != 5 {
+		t.Fatalf("fwmark counters %+v", es)
 	}
 }

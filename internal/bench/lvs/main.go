@@ -29,14 +29,15 @@ func main() {
 	reals := flag.Int("reals", 10, "real servers per service")
 	runs := flag.Int("runs", 5, "runs on nftables (median reported)")
 	out := flag.String("out", "docs/benchmarks.md", "report to update")
+	nftOnly := flag.Bool("nft-only", false, "measure nftables only and print the runs; the report is left alone")
 	flag.Parse()
-	if err := run(*services, *reals, *runs, *out); err != nil {
+	if err := run(*services, *reals, *runs, *out, *nftOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-lvs:", err)
 		os.Exit(1)
 	}
 }
 
-func run(services, reals, runs int, out string) (err error) {
+func run(services, reals, runs int, out string, nftOnly bool) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
@@ -49,6 +50,9 @@ func run(services, reals, runs int, out string) (err error) {
 		}
 		fmt.Printf("nftables run %d: %v\n", i+1, steps)
 		nft = append(nft, steps)
+	}
+	if nftOnly {
+		return nil
 	}
 	root, err := guest.ModuleRoot()
 	if err != nil {

@@ -32,10 +32,14 @@ func main() {
 	dur := flag.Duration("duration", 10*time.Second, "lag run")
 	out := flag.String("out", "docs/benchmarks.md", "report to update")
 	load := flag.String("load", "", "internal: open -rate connections a second to this address for -duration and print how many were answered")
+	lagOnly := flag.Bool("lag-only", false, "measure the lag only and print it; the report is left alone")
 	flag.Parse()
 	if *load != "" {
 		fmt.Println(generate(*load, *rate, *dur))
 		return
+	}
+	if *lagOnly {
+		*rounds, *out = 0, ""
 	}
 	if err := run(*bin, *rounds, *flows, *rate, *dur, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-sync:", err)
@@ -226,11 +230,13 @@ func run(bin string, rounds, flows, rate int, d time.Duration, out string) (err 
 	}
 	// The anchor: the same crash without [sync], which is what a
 	// keepalived pair without conntrackd gives in this NAT set-up.
-	without, err := survival(bins, flows, false)
-	if err != nil {
-		return fmt.Errorf("survival without sync: %w", err)
+	without := 0
+	if rounds > 0 {
+		if without, err = survival(bins, flows, false); err != nil {
+			return fmt.Errorf("survival without sync: %w", err)
+		}
+		fmt.Printf("without sync: %d of %d flows survived the crash\n", without, flows)
 	}
-	fmt.Printf("without sync: %d of %d flows survived the crash\n", without, flows)
 	achieved, samples, dropped, err := lag(bins, rate, d)
 	if err != nil {
 		return err
@@ -241,6 +247,9 @@ func run(bin string, rounds, flows, rate int, d time.Duration, out string) (err 
 	}
 	p := func(q float64) float64 { return samples[int(q*float64(len(samples)-1))] }
 	fmt.Printf("lag at %.0f new connections/s: p50 %.2f ms, p99 %.2f ms, max %.2f ms; %d events dropped\n", achieved, p(0.5), p(0.99), samples[len(samples)-1], dropped)
+	if out == "" {
+		return nil
+	}
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Connection sync (`make bench-sync`)\n\n")
