@@ -7,6 +7,7 @@
 package sync
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
+	"golang.org/x/sys/unix"
 )
 
 // Flow is one NAT'd connection to a virtual address: what the backup
@@ -123,7 +125,11 @@ func tuple(t uint16, proto uint8, src, dst netip.AddrPort) netfilter.Attribute {
 type Table struct {
 	mu stdsync.Mutex // one request at a time on each socket
 	ct *conntrack.Conn
-	nf *netfilter.Conn
+	// nl carries batches of writes: many requests in one sendmsg, only
+	// the last acknowledged, so that a flow costs no system call of its
+	// own and only failures are answered.
+	nl  *netlink.Conn
+	buf []byte
 }
 
 // OpenTable opens the conntrack table of the namespace netns (an open
@@ -134,16 +140,20 @@ func OpenTable(netns int) (*Table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("conntrack: %w", err)
 	}
-	nf, err := netfilter.Dial(cfg)
+	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
 	if err != nil {
 		ct.Close()
 		return nil, fmt.Errorf("conntrack: %w", err)
 	}
-	return &Table{ct: ct, nf: nf}, nil
+	// Errors come back without the request they answer; a batch of
+	// failures must fit the receive buffer.
+	_ = nl.SetOption(netlink.CapAcknowledge, true)
+	_ = nl.SetReadBuffer(4 << 20)
+	return &Table{ct: ct, nl: nl, buf: make([]byte, 1<<16)}, nil
 }
 
 func (t *Table) Close() error {
-	t.nf.Close()
+	t.nl.Close()
 	return t.ct.Close()
 }
 
@@ -164,63 +174,180 @@ func (t *Table) Flows(vips map[netip.Addr]bool) ([]Flow, error) {
 	return out, nil
 }
 
-// Write creates the flow with its DNAT, or refreshes it if it exists. The
-// kernel takes an entry only with the confirmed status, and sets the NAT
-// only from the NAT attribute: the reply tuple given is the plain inverse
-// of the original, which the kernel rewrites to come from the real server.
+// Write is WriteBatch of one flow.
 func (t *Table) Write(f Flow) error {
+	_, err := t.WriteBatch([]Flow{f})
+	return err
+}
+
+// batchLen bounds the requests of one sendmsg: they must fit the
+// socket's send buffer (about 200 bytes each).
+const batchLen = 256
+
+// WriteBatch creates each flow with its DNAT, or refreshes its timeout and
+// TCP state if it exists, and returns how many it wrote and the first
+// error. The kernel takes an entry only with the confirmed status, and
+// sets the NAT only from the NAT attribute: the reply tuple given is the
+// plain inverse of the original, which the kernel rewrites to come from
+// the real server. A flow that exists cannot be created again, nor its NAT
+// changed: those are refreshed by a second batch without the NAT.
+func (t *Table) WriteBatch(fs []Flow) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	nat := []netfilter.Attribute{}
+	written := 0
+	var first error
+	for len(fs) > 0 {
+		n := min(len(fs), batchLen)
+		chunk := fs[:n]
+		fs = fs[n:]
+		errs, err := t.batch(chunk, createAttrs, netlink.Create|netlink.Excl)
+		if err != nil {
+			return written, err
+		}
+		var exist []Flow
+		for i, e := range errs {
+			switch {
+			case e == nil:
+				written++
+			case errors.Is(e, syscall.EEXIST):
+				exist = append(exist, chunk[i])
+			case first == nil:
+				first = fmt.Errorf("conntrack write %s: %w", chunk[i].Key(), e)
+			}
+		}
+		if len(exist) == 0 {
+			continue
+		}
+		errs, err = t.batch(exist, updateAttrs, 0)
+		if err != nil {
+			return written, err
+		}
+		for i, e := range errs {
+			if e == nil {
+				written++
+			} else if first == nil {
+				first = fmt.Errorf("conntrack refresh %s: %w", exist[i].Key(), e)
+			}
+		}
+	}
+	return written, first
+}
+
+// batch sends one ctnetlink request per flow in one sendmsg and returns
+// each one's error.
+func (t *Table) batch(fs []Flow, attrs func(Flow) []netfilter.Attribute, flags netlink.HeaderFlags) ([]error, error) {
+	msgs := make([]netlink.Message, len(fs))
+	for i, f := range fs {
+		family := netfilter.ProtoIPv4
+		if f.Client.Addr().Is6() {
+			family = netfilter.ProtoIPv6
+		}
+		m, err := netfilter.MarshalNetlink(netfilter.Header{
+			SubsystemID: netfilter.NFSubsysCTNetlink, MessageType: ipctnlMsgNew, Family: family,
+			Flags: netlink.Request | flags,
+		}, attrs(f))
+		if err != nil {
+			return nil, err
+		}
+		msgs[i] = m
+	}
+	// Only the last asks for an acknowledgement: it comes after the
+	// errors of the others, which the kernel handles in order.
+	msgs[len(msgs)-1].Header.Flags |= netlink.Acknowledge
+	sent, err := t.nl.SendMessages(msgs)
+	if err != nil {
+		return nil, fmt.Errorf("conntrack: %w", err)
+	}
+	index := make(map[uint32]int, len(sent))
+	for i, m := range sent {
+		index[m.Header.Sequence] = i
+	}
+	last := sent[len(sent)-1].Header.Sequence
+	errs := make([]error, len(fs))
+	rc, err := t.nl.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	done := false
+	var rerr error
+	for !done && rerr == nil {
+		if err := rc.Read(func(fd uintptr) bool {
+			n, _, err := unix.Recvfrom(int(fd), t.buf, unix.MSG_DONTWAIT)
+			if err == unix.EAGAIN {
+				return false
+			}
+			if err != nil {
+				rerr = err
+				return true
+			}
+			ms, err := syscall.ParseNetlinkMessage(t.buf[:n])
+			if err != nil {
+				rerr = err
+				return true
+			}
+			for _, m := range ms {
+				if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+					continue
+				}
+				i, ok := index[m.Header.Seq]
+				if !ok {
+					continue // an answer to an earlier request
+				}
+				if code := int32(binary.NativeEndian.Uint32(m.Data)); code != 0 {
+					errs[i] = syscall.Errno(-code)
+				}
+				done = done || m.Header.Seq == last
+			}
+			return true
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if rerr != nil {
+		return nil, fmt.Errorf("conntrack: %w", rerr)
+	}
+	return errs, nil
+}
+
+// createAttrs make a flow with its DNAT.
+func createAttrs(f Flow) []netfilter.Attribute {
 	minT, maxT := uint16(ctaNATv4Min), uint16(ctaNATv4Max)
 	if f.Real.Addr().Is6() {
 		minT, maxT = ctaNATv6Min, ctaNATv6Max
 	}
-	nat = append(nat,
-		netfilter.Attribute{Type: minT, Data: f.Real.Addr().AsSlice()},
-		netfilter.Attribute{Type: maxT, Data: f.Real.Addr().AsSlice()},
-		nested(ctaNATProto, u16(ctaPortMin, f.Real.Port()), u16(ctaPortMax, f.Real.Port())))
-	timeout := max(f.Timeout, 1)
+	nat := []netfilter.Attribute{
+		{Type: minT, Data: f.Real.Addr().AsSlice()},
+		{Type: maxT, Data: f.Real.Addr().AsSlice()},
+		nested(ctaNATProto, u16(ctaPortMin, f.Real.Port()), u16(ctaPortMax, f.Real.Port())),
+	}
 	attrs := []netfilter.Attribute{
 		tuple(ctaTupleOrig, f.Proto, f.Client, f.VIP),
 		tuple(ctaTupleReply, f.Proto, f.VIP, f.Client),
 		u32(ctaStatus, ipsConfirmed|ipsSeenReply|ipsAssured),
-		u32(ctaTimeout, timeout),
+		u32(ctaTimeout, max(f.Timeout, 1)),
 		nested(ctaNATDst, nat...),
 	}
-	if f.Proto == syscall.IPPROTO_TCP {
-		state := f.TCPState
-		if state == 0 {
-			state = tcpEstablished
-		}
-		attrs = append(attrs, nested(ctaProtoinfo, nested(ctaProtoTCP, netfilter.Attribute{Type: ctaTCPState, Data: []byte{state}})))
+	return append(attrs, tcpState(f)...)
+}
+
+// updateAttrs refresh an existing flow: its timeout and TCP state.
+func updateAttrs(f Flow) []netfilter.Attribute {
+	attrs := []netfilter.Attribute{
+		tuple(ctaTupleOrig, f.Proto, f.Client, f.VIP),
+		u32(ctaTimeout, max(f.Timeout, 1)),
 	}
-	family := netfilter.ProtoIPv4
-	if f.Client.Addr().Is6() {
-		family = netfilter.ProtoIPv6
+	return append(attrs, tcpState(f)...)
+}
+
+func tcpState(f Flow) []netfilter.Attribute {
+	if f.Proto != syscall.IPPROTO_TCP {
+		return nil
 	}
-	req, err := netfilter.MarshalNetlink(netfilter.Header{
-		SubsystemID: netfilter.NFSubsysCTNetlink, MessageType: ipctnlMsgNew, Family: family,
-		Flags: netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Excl,
-	}, attrs)
-	if err != nil {
-		return err
+	state := f.TCPState
+	if state == 0 {
+		state = tcpEstablished
 	}
-	_, err = t.nf.Query(req)
-	if errors.Is(err, syscall.EEXIST) {
-		// There already: refresh its timeout (and TCP state).
-		c := conntrack.NewFlow(f.Proto, conntrack.StatusConfirmed|conntrack.StatusSeenReply|conntrack.StatusAssured,
-			f.Client.Addr(), f.VIP.Addr(), f.Client.Port(), f.VIP.Port(), timeout, 0)
-		c.TupleReply = conntrack.Tuple{}
-		if f.Proto == syscall.IPPROTO_TCP && f.TCPState != 0 {
-			c.ProtoInfo.TCP = &conntrack.ProtoInfoTCP{State: f.TCPState}
-		}
-		err = t.ct.Update(c)
-	}
-	if err != nil {
-		return fmt.Errorf("conntrack write %s: %w", f.Key(), err)
-	}
-	return nil
+	return []netfilter.Attribute{nested(ctaProtoinfo, nested(ctaProtoTCP, netfilter.Attribute{Type: ctaTCPState, Data: []byte{state}}))}
 }
 
 // Delete removes the flow, if it is there.

@@ -90,7 +90,9 @@ type Syncer struct {
 	vips   map[netip.Addr]bool
 	master atomic.Bool
 	wake   chan struct{}
-	queue  chan message
+	// resyncNow asks the sender for a resync at once (events were lost).
+	resyncNow chan struct{}
+	queue     chan event
 
 	sent, received, applied, failed, dropped, refused atomic.Uint64
 	connected                                         atomic.Bool
@@ -101,12 +103,22 @@ type Syncer struct {
 
 // message is one line on the wire.
 type message struct {
-	Op      string         `json:"op"` // flow, del, resync, persist
+	Op      string         `json:"op"` // events, resync, persist (flow, del: one event)
 	Flow    *Flow          `json:"f,omitempty"`
 	Flows   []Flow         `json:"fs,omitempty"`
+	Events  []event        `json:"es,omitempty"`
 	Persist []PersistEntry `json:"ps,omitempty"`
 	At      int64          `json:"at"` // sender's clock, unix microseconds
 }
+
+// event is a flow to write, or to delete.
+type event struct {
+	Del  bool `json:"d,omitempty"`
+	Flow Flow `json:"f"`
+}
+
+// maxEvents bounds the events of one message.
+const maxEvents = 512
 
 // New opens the conntrack table; Run does the rest.
 func New(cfg Config) (*Syncer, error) {
@@ -133,7 +145,7 @@ func New(cfg Config) (*Syncer, error) {
 		return nil, err
 	}
 	s := &Syncer{cfg: cfg, log: cfg.Logger, table: t, vips: map[netip.Addr]bool{},
-		wake: make(chan struct{}, 1), queue: make(chan message, cfg.QueueLen)}
+		wake: make(chan struct{}, 1), resyncNow: make(chan struct{}, 1), queue: make(chan event, cfg.QueueLen)}
 	for _, v := range cfg.VIPs {
 		s.vips[v.Unmap()] = true
 	}
@@ -160,6 +172,19 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); ln.Close() }()
 	go s.accept(ctx, ln)
+	vips := make([]netip.Addr, 0, len(s.vips))
+	for v := range s.vips {
+		vips = append(vips, v)
+	}
+	if remove, err := eventFilter(s.cfg.NetNS, vips); err != nil {
+		s.log.Warn("sync: conntrack events not limited to assured and destroy; under load some may be lost (the resyncs cover them)", "err", err)
+	} else {
+		defer func() {
+			if err := remove(); err != nil {
+				s.log.Warn("sync: leaving", "err", err)
+			}
+		}()
+	}
 	if err := s.watch(ctx); err != nil {
 		return err
 	}
@@ -178,21 +203,15 @@ func (s *Syncer) Run(ctx context.Context) error {
 
 // watch queues the conntrack events of flows to the VIPs, dropping (and
 // counting) what does not fit: a flood of short connections must not
-// grow memory without bound.
+// grow memory without bound. When the kernel reports lost events (its
+// socket buffer overflowed), it listens again and asks for a resync.
 func (s *Syncer) watch(ctx context.Context) error {
-	c, err := conntrack.Dial(&netlink.Config{NetNS: s.cfg.NetNS})
+	c, evs, errs, err := s.listen()
 	if err != nil {
-		return fmt.Errorf("conntrack events: %w", err)
-	}
-	c.SetReadBuffer(8 << 20)
-	evs := make(chan conntrack.Event, 1024)
-	errs, err := c.Listen(evs, 1, []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTUpdate, netfilter.GroupCTDestroy})
-	if err != nil {
-		c.Close()
-		return fmt.Errorf("conntrack events: %w", err)
+		return err
 	}
 	go func() {
-		defer c.Close()
+		defer func() { c.Close() }()
 		// A fixed one-second window: at most MaxRate events in each.
 		window, inWindow := time.Now(), 0
 		for {
@@ -200,9 +219,28 @@ func (s *Syncer) watch(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case err := <-errs:
-				if err != nil && ctx.Err() == nil {
-					// Lost events (ENOBUFS): the next resync covers them.
-					s.dropped.Add(1)
+				if ctx.Err() != nil {
+					return
+				}
+				// The library's listener stops at an error: without a new
+				// one no event would come again.
+				s.dropped.Add(1)
+				s.log.Warn("sync: conntrack events lost; listening again and resyncing", "err", err)
+				c.Close()
+				for {
+					if c, evs, errs, err = s.listen(); err == nil {
+						break
+					}
+					s.log.Warn("sync: conntrack events", "err", err)
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(time.Second):
+					}
+				}
+				select {
+				case s.resyncNow <- struct{}{}:
+				default:
 				}
 			case ev := <-evs:
 				if !s.master.Load() || ev.Flow == nil {
@@ -212,10 +250,10 @@ func (s *Syncer) watch(ctx context.Context) error {
 				if !ok {
 					continue
 				}
-				m := message{Op: "flow", Flow: &f}
+				m := event{Flow: f}
 				switch {
 				case ev.Type == conntrack.EventDestroy:
-					m.Op = "del"
+					m.Del = true
 				case f.Proto == syscall.IPPROTO_TCP && f.TCPState != tcpEstablished:
 					// Only an established TCP flow is worth carrying on:
 					// handshakes and closings would triple the traffic,
@@ -238,6 +276,22 @@ func (s *Syncer) watch(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// listen subscribes to the conntrack events.
+func (s *Syncer) listen() (*conntrack.Conn, chan conntrack.Event, chan error, error) {
+	c, err := conntrack.Dial(&netlink.Config{NetNS: s.cfg.NetNS})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("conntrack events: %w", err)
+	}
+	c.SetReadBuffer(8 << 20)
+	evs := make(chan conntrack.Event, 1024)
+	errs, err := c.Listen(evs, 1, []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTUpdate, netfilter.GroupCTDestroy})
+	if err != nil {
+		c.Close()
+		return nil, nil, nil, fmt.Errorf("conntrack events: %w", err)
+	}
+	return c, evs, errs, nil
 }
 
 // send connects to the peer, sends the whole table and then the events,
@@ -308,6 +362,10 @@ func (s *Syncer) send(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
+		case <-s.resyncNow:
+			if resync() != nil {
+				return
+			}
 		case <-ptick.C:
 			if persist() != nil {
 				return
@@ -316,17 +374,21 @@ func (s *Syncer) send(ctx context.Context) {
 			if resync() != nil {
 				return
 			}
-		case m := <-s.queue:
-			if write(m) != nil {
-				return
-			}
-			// Batch what is queued before flushing.
+		case ev := <-s.queue:
+			// What is queued goes in messages of up to maxEvents: one
+			// MAC and one decode for all of them, and one batch of
+			// writes on the backup.
+			evs := append(make([]event, 0, min(len(s.queue)+1, maxEvents)), ev)
 			for n := len(s.queue); n > 0; n-- {
-				if write(<-s.queue) != nil {
-					return
+				if len(evs) == maxEvents {
+					if write(message{Op: "events", Events: evs}) != nil {
+						return
+					}
+					evs = evs[:0]
 				}
+				evs = append(evs, <-s.queue)
 			}
-			if w.Flush() != nil {
+			if write(message{Op: "events", Events: evs}) != nil || w.Flush() != nil {
 				return
 			}
 		}
@@ -380,12 +442,11 @@ func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 			continue // the peer thinks it is master too; ours wins here
 		}
 		switch m.Op {
-		case "flow":
-			s.apply(m.Flow, synced)
-		case "del":
+		case "events":
+			s.applyEvents(m.Events, synced)
+		case "flow", "del": // one event, as earlier versions sent it
 			if m.Flow != nil {
-				s.table.Delete(*m.Flow)
-				delete(synced, m.Flow.Key())
+				s.applyEvents([]event{{Del: m.Op == "del", Flow: *m.Flow}}, synced)
 			}
 		case "persist":
 			if s.cfg.Persist != nil {
@@ -397,10 +458,10 @@ func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 				}
 			}
 		case "resync":
-			seen := map[string]bool{}
-			for i := range m.Flows {
-				s.apply(&m.Flows[i], synced)
-				seen[m.Flows[i].Key()] = true
+			s.write(m.Flows, synced)
+			seen := make(map[string]bool, len(m.Flows))
+			for _, f := range m.Flows {
+				seen[f.Key()] = true
 			}
 			// Flows the master no longer has go.
 			for k, f := range synced {
@@ -422,17 +483,39 @@ func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 	}
 }
 
-func (s *Syncer) apply(f *Flow, synced map[string]Flow) {
-	if f == nil {
+// applyEvents writes and deletes flows in order, the writes between two
+// deletions in one batch.
+func (s *Syncer) applyEvents(evs []event, synced map[string]Flow) {
+	var adds []Flow
+	for _, ev := range evs {
+		if !ev.Del {
+			adds = append(adds, ev.Flow)
+			continue
+		}
+		s.write(adds, synced)
+		adds = adds[:0]
+		if err := s.table.Delete(ev.Flow); err != nil {
+			s.failed.Add(1)
+			s.log.Debug("sync: flow not deleted", "err", err)
+		}
+		delete(synced, ev.Flow.Key())
+	}
+	s.write(adds, synced)
+}
+
+func (s *Syncer) write(fs []Flow, synced map[string]Flow) {
+	if len(fs) == 0 {
 		return
 	}
-	if err := s.table.Write(*f); err != nil {
-		s.failed.Add(1)
-		s.log.Debug("sync: flow not written", "err", err)
-		return
+	n, err := s.table.WriteBatch(fs)
+	s.applied.Add(uint64(n))
+	if err != nil {
+		s.failed.Add(uint64(len(fs) - n))
+		s.log.Debug("sync: flows not written", "written", n, "of", len(fs), "err", err)
 	}
-	s.applied.Add(1)
-	synced[f.Key()] = *f
+	for _, f := range fs {
+		synced[f.Key()] = f
+	}
 }
 
 // handshake authenticates both ends with the shared key and returns the

@@ -196,3 +196,56 @@ func TestSyncPersistence(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncEventFilter: with [sync] a connection through the VIP makes two
+// conntrack events on the master, assured (established) and, later,
+// destroy; not one per TCP state. Without the filter conntrack -E shows
+// the handshake's and the closing's events too, so this can fail.
+func TestSyncEventFilter(t *testing.T) {
+	lab.Require(t, "conntrack")
+	s := newSyncScene(t, true)
+	lb1 := s.LB[0].Host
+	if out := lb1.MustRun("nft", "list", "table", "inet", "directord_sync"); !strings.Contains(out, "192.0.2.100") || !strings.Contains(out, "ct event set") {
+		t.Fatalf("no event filter for the VIP:\n%s", out)
+	}
+	ev := lb1.Command("conntrack", "-E", "-p", "tcp", "--orig-dst", "192.0.2.100")
+	var out lab.Buffer
+	ev.Stdout, ev.Stderr = &out, &out
+	if err := ev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ev.Process.Kill(); ev.Wait() })
+	// conntrack -E subscribes after it starts: retry until an event shows.
+	assured := func(n int) error {
+		return lab.Eventually(10*time.Second, func() error {
+			if _, err := s.Ask("", "192.0.2.100:80"); err != nil {
+				return err
+			}
+			if got := strings.Count(out.String(), "ASSURED"); got < n {
+				return fmt.Errorf("%d assured events, want %d:\n%s", got, n, out.String())
+			}
+			return nil
+		})
+	}
+	if err := assured(1); err != nil {
+		t.Fatal(err)
+	}
+	// Once the flows are in TIME_WAIT their closing is over; a new
+	// connection's assured event comes after any event of theirs.
+	if err := lab.Eventually(10*time.Second, func() error {
+		if l := lb1.MustRun("conntrack", "-L", "-p", "tcp", "--orig-dst", "192.0.2.100"); !strings.Contains(l, "TIME_WAIT") {
+			return fmt.Errorf("no flow in TIME_WAIT yet:\n%s", l)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := assured(strings.Count(out.String(), "ASSURED") + 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if !strings.Contains(line, "ESTABLISHED") || !strings.Contains(line, "[UPDATE]") {
+			t.Fatalf("an event the sync does not need:\n%s", out.String())
+		}
+	}
+}

@@ -10,7 +10,9 @@ package lab
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"runtime"
@@ -207,6 +209,20 @@ func (l *Lab) AddSwitch(name string) *Switch {
 	l.ip("-n", sw.NS, "link", "add", "br0", "type", "bridge",
 		"stp_state", "0", "forward_delay", "0", "mcast_snooping", "0")
 	l.ip("-n", sw.NS, "link", "set", "br0", "up")
+	// A switch forwards frames. With br_netfilter in the kernel a new
+	// namespace's bridge would also run the IP hooks on every frame, paid
+	// by whichever host sent it.
+	if err := sw.Do(func() error {
+		for _, k := range []string{"iptables", "ip6tables", "arptables"} {
+			err := os.WriteFile("/proc/sys/net/bridge/bridge-nf-call-"+k, []byte("0"), 0o644)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		l.Fatalf("%s: bridge netfilter off: %v", name, err)
+	}
 	return sw
 }
 
