@@ -901,6 +901,25 @@ func dnat(a netip.AddrPort, addrReg, portReg uint32) []expr.Any {
 	return []expr.Any{&expr.Immediate{Register: portReg, Data: binaryutil.BigEndian.PutUint16(a.Port())}, nat}
 }
 
+// maxElements bounds the elements of one message: their list is one
+// netlink attribute, whose length is 16 bits. Longer lists wrap it and the
+// kernel misreads the message (seen as ENOENT with 4,000 endpoints).
+const maxElements = 256
+
+// elements adds (or deletes) els to set in messages of up to maxElements;
+// errors come with the transaction.
+func (n *NFT) elements(set *nftables.Set, els []nftables.SetElement, add bool) {
+	for len(els) > 0 {
+		k := min(len(els), maxElements)
+		if add {
+			_ = n.conn.SetAddElements(set, els[:k])
+		} else {
+			_ = n.conn.SetDeleteElements(set, els[:k])
+		}
+		els = els[k:]
+	}
+}
+
 // ref counts a service's use of a real-server endpoint in the endpoint
 // set kind; flushRefs adds and removes the elements.
 func (n *NFT) ref(kind string, p Protocol, a netip.AddrPort, delta int) {
@@ -934,10 +953,10 @@ func (n *NFT) flushRefs() {
 			}
 		}
 		for name, els := range del {
-			_ = n.conn.SetDeleteElements(n.maps[name], els)
+			n.elements(n.maps[name], els, false)
 		}
 		for name, els := range add {
-			_ = n.conn.SetAddElements(n.maps[name], els)
+			n.elements(n.maps[name], els, true)
 		}
 		n.touched[kind] = map[Key]int{}
 	}
@@ -1018,7 +1037,7 @@ func (n *NFT) fillSlots(s *nsvc, counted map[int]uint64) {
 				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: realChain(s.id, s.idx[a])}}
 		}
 		if len(els) > 0 {
-			_ = n.conn.SetAddElements(s.slots, els)
+			n.elements(s.slots, els, true)
 		}
 		return
 	}
@@ -1037,10 +1056,10 @@ func (n *NFT) fillSlots(s *nsvc, counted map[int]uint64) {
 		}
 	}
 	if len(del) > 0 {
-		_ = n.conn.SetDeleteElements(s.slots, del)
+		n.elements(s.slots, del, false)
 	}
 	if len(add) > 0 {
-		_ = n.conn.SetAddElements(s.slots, add)
+		n.elements(s.slots, add, true)
 	}
 }
 
@@ -1187,9 +1206,7 @@ func (n *NFT) AddPersist(es []PersistEntry) error {
 		return nil
 	}
 	for set, els := range add {
-		if err := n.conn.SetAddElements(set, els); err != nil {
-			return err
-		}
+		n.elements(set, els, true)
 	}
 	if err := n.conn.Flush(); err != nil {
 		return fmt.Errorf("nftables: add persistence entries: %w", err)

@@ -385,3 +385,30 @@ func TestNFTFirewallMark(t *testing.T) {
 		t.Fatalf("fwmark counters %+v", es)
 	}
 }
+
+// TestNFTManyEndpoints: 5,000 real-server endpoints (the health-check
+// benchmark's table) go in as one transaction, though their elements do
+// not fit one netlink attribute; after it nothing is left to do.
+func TestNFTManyEndpoints(t *testing.T) {
+	s := newNFTScene(t, 1)
+	var vss []lvs.VirtualServer
+	for i := range 50 {
+		vs := lvs.VirtualServer{Name: fmt.Sprint(i), Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP,
+			Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", lblab.VIP, 1000+i))}, Scheduler: "rr"}}
+		for p := range 100 {
+			vs.Reals = append(vs.Reals, lvs.Real{Addr: netip.MustParseAddrPort(fmt.Sprintf("203.0.113.%d:%d", 11+i, 10000+p)), Weight: 1, Method: lvs.NAT})
+		}
+		vss = append(vss, vs)
+	}
+	// The first service's first server is rs1's listener.
+	vss[0].Reals[0].Addr = backend(0, lblab.TCPPort, 1).Addr
+	if n := s.set(t, vss...); n != 5050 {
+		t.Fatalf("%d operations, want 5050", n)
+	}
+	if n := s.set(t, vss...); n != 0 {
+		t.Fatalf("a second reconcile took %d operations", n)
+	}
+	if name, err := s.Ask("", fmt.Sprintf("%s:1000", lblab.VIP)); err != nil || name != "rs1" {
+		t.Fatalf("first connection: %q, %v", name, err)
+	}
+}
