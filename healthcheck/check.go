@@ -46,10 +46,18 @@ func (f CheckFunc) Check(ctx context.Context) Result { return f(ctx) }
 
 // NewChecker returns the checker for a spec.
 func NewChecker(s Spec) (Checker, error) {
+	return newChecker(s, nil)
+}
+
+// newChecker is NewChecker with the prober of a runner's tcp checks (nil:
+// one of the checker's own).
+func newChecker(s Spec, tcp *tcpProber) (Checker, error) {
 	switch s.Type {
 	case "tcp":
-		d, addr := s.dialer(), s.Addr.String()
-		return CheckFunc(func(ctx context.Context) Result { return checkTCP(ctx, d, addr) }), nil
+		if tcp == nil {
+			tcp = newTCPProber(true)
+		}
+		return tcpChecker{p: tcp, t: newTCPTarget(s.Addr, s.BindTo), timeout: s.Timeout}, nil
 	case "http", "https":
 		return newHTTP(s), nil
 	case "tls":
@@ -90,17 +98,27 @@ func (s Spec) dialer() *net.Dialer {
 	return d
 }
 
-func checkTCP(ctx context.Context, d *net.Dialer, addr string) Result {
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return fail("connect: %w", unwrapOp(err))
-	}
-	// Close with a reset: no FIN exchange and no TIME_WAIT socket left
-	// per check (thousands a second with many servers), as HAProxy does.
-	c.(*net.TCPConn).SetLinger(0)
-	c.Close()
-	return up
+// deadlineChecker is a Checker that keeps its own deadline, sparing the
+// runner a context and a timer per attempt.
+type deadlineChecker interface {
+	CheckBy(ctx context.Context, by time.Time) Result
 }
+
+type tcpChecker struct {
+	p       *tcpProber
+	t       tcpTarget
+	timeout time.Duration
+}
+
+func (c tcpChecker) Check(ctx context.Context) Result {
+	by, ok := ctx.Deadline()
+	if !ok {
+		by = time.Now().Add(c.timeout)
+	}
+	return c.CheckBy(ctx, by)
+}
+
+func (c tcpChecker) CheckBy(ctx context.Context, by time.Time) Result { return c.p.check(ctx, c.t, by) }
 
 // unwrapOp drops net.OpError's addresses, which every message would
 // otherwise repeat.

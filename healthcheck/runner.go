@@ -51,6 +51,7 @@ type Runner struct {
 	log      *slog.Logger
 	onChange func(Transition)
 	newCheck func(Spec) (Checker, error)
+	tcp      *tcpProber // shared by the tcp checks
 
 	mu     sync.Mutex
 	checks map[ID]*check
@@ -75,7 +76,9 @@ func NewRunner(log *slog.Logger, onChange func(Transition)) *Runner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Runner{log: log, onChange: onChange, newCheck: NewChecker, checks: map[ID]*check{}}
+	r := &Runner{log: log, onChange: onChange, tcp: newTCPProber(false), checks: map[ID]*check{}}
+	r.newCheck = func(s Spec) (Checker, error) { return newChecker(s, r.tcp) }
+	return r
 }
 
 // Run starts the checks given to Update and stops them all when ctx ends.
@@ -88,7 +91,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.mu.Unlock()
 	<-ctx.Done()
 	r.wg.Wait()
-	return nil
+	return r.tcp.Close()
 }
 
 // Update sets the checks: new ones start (down if alpha, else up),
@@ -200,9 +203,13 @@ func (r *Runner) loop(ctx context.Context, c *check, chk Checker) {
 func (r *Runner) attempt(ctx context.Context, c *check, chk Checker) Result {
 	var res Result
 	for try := 0; ; try++ {
-		actx, cancel := context.WithTimeout(ctx, c.spec.Timeout)
-		res = chk.Check(actx)
-		cancel()
+		if dc, ok := chk.(deadlineChecker); ok {
+			res = dc.CheckBy(ctx, time.Now().Add(c.spec.Timeout))
+		} else {
+			actx, cancel := context.WithTimeout(ctx, c.spec.Timeout)
+			res = chk.Check(actx)
+			cancel()
+		}
 		if res.Err == nil || try >= c.spec.Retry || ctx.Err() != nil {
 			return res
 		}

@@ -202,18 +202,24 @@ func run(bin string, addrs, ports int, dur time.Duration, out string) (err error
 		targets, elapsed.Round(time.Second), cpu, user, rss>>20, hwm>>20, pct(0.5), pct(0.99), checks, expected, missed, last.failures-first.failures, last.up)
 
 	// The floor: the same connects and resets from the same namespace by a
-	// plain loop of system calls, with directord stopped. In this lab the
-	// target's kernel work (veth, bridge, the SYN-ACK) is charged to the
-	// connecting process too, so this is what any checker would pay here.
-	d.Signal(syscall.SIGTERM) // a clean exit writes DIRECTORD_CPUPROFILE
-	if _, err := d.Wait(10 * time.Second); err != nil {
-		d.Kill()
+	// plain loop of system calls, with directord paused (SIGSTOP) so that
+	// its nftables table, and with it conntrack and NAT on every packet,
+	// stays as it was during the run. In this lab the target's kernel work
+	// (veth, bridge, the SYN-ACK) is charged to the connecting process too,
+	// so this is what any checker would pay here.
+	if err := d.Signal(syscall.SIGSTOP); err != nil {
+		return err
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	fo, err := s.Director.Command(self, "-floor", "-addrs", strconv.Itoa(addrs), "-ports", strconv.Itoa(ports), "-duration", "20s").CombinedOutput()
+	d.Signal(syscall.SIGCONT)
+	d.Signal(syscall.SIGTERM) // a clean exit writes DIRECTORD_CPUPROFILE
+	if _, err := d.Wait(10 * time.Second); err != nil {
+		d.Kill()
+	}
 	if err != nil {
 		return fmt.Errorf("floor: %v: %s", err, fo)
 	}
@@ -235,8 +241,9 @@ func run(bin string, addrs, ports int, dur time.Duration, out string) (err error
 	fmt.Fprintf(&r, "| %d | %.1f %% | %.1f %% | %.2f | %d MiB (%d MiB) | %s | %s | %d / %.0f | %d | %d |\n\n", targets, cpu, floorCPU, cpu/floorCPU, rss>>20, hwm>>20,
 		pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), checks, expected, missed, last.failures-first.failures)
 	fmt.Fprintf(&r, "directord's CPU splits into %.1f %% user and %.1f %% system time. For scale, a bare loop of the same\n", user, cpu-user)
-	fmt.Fprintf(&r, "connect and reset system calls at the same rate from the same namespace, with no Go runtime, timers\n")
-	fmt.Fprintf(&r, "or bookkeeping, uses %.1f %% of a core (%.1f %% user): in this lab the kernel work of both ends of\n", floorCPU, floorUser)
+	fmt.Fprintf(&r, "connect and reset system calls at the same rate from the same namespace (directord paused, its\n")
+	fmt.Fprintf(&r, "nftables table and so conntrack and NAT still in the path), with no Go runtime, timers or\n")
+	fmt.Fprintf(&r, "bookkeeping, uses %.1f %% of a core (%.1f %% user): in this lab the kernel work of both ends of\n", floorCPU, floorUser)
 	fmt.Fprintf(&r, "every handshake (veth, bridge, the target's SYN-ACK) is charged to the connecting process.\n")
 	fmt.Fprintf(&r, "That loop is the anchor: keepalived's checker cannot run here (it needs IPVS in the kernel).\n\n")
 	fmt.Fprintf(&r, "Targets: under 25 %% of one core, no missed interval.\n\nReproduce: `sudo make bench-healthcheck` (about two minutes).\n")
