@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -39,15 +40,21 @@ var NFTSchedulers = []string{"rr", "wrr", "sh"}
 // (rr, wrr) or jhash of the source (sh); weights are the number of slots.
 //
 // Without persistence the service's slot map takes a slot to a real
-// server's address and port, which the same rule DNATs to, and the
-// elements' counters count the connections per server: two rules, a map
-// and one element per slot for a service. Every kernel object costs time
-// in the nftables commit, and a full table of thousands of services must
-// load in well under a second. (One map shared by all services would be
-// fewer objects still, but the kernel walks a map's elements whenever a
-// rule of another chain binds it, and dumps of a big map resume by
-// walking it again from the start: both grow with the square of the
-// table.)
+// server's address and port, which the same rule DNATs to: two rules, a
+// map and one element per slot for a service. Every kernel object costs
+// time in the nftables commit, counters most (per-CPU memory), and a full
+// table of thousands of services must load in well under a second. So
+// connections are counted once per real-server endpoint, not per slot: the
+// postrouting chain, which sees the first packet of each connection,
+// looks the DNAT'd destination up in conns4/conns6, whose elements count
+// (like in and out, an endpoint shared by two services counts for both).
+// A real server of a firewall-mark service that keeps the packet's port
+// (port 0) has no endpoint to look up: its chain counts with a counter of
+// its own. (One slot map
+// shared by all services would be fewer objects still, but the kernel
+// walks a map's elements whenever a rule of another chain binds it, and
+// dumps of a big map resume by walking it again from the start: both
+// grow with the square of the table.)
 //
 // With persistence the slot map is a verdict map to a chain per real
 // server, which counts, DNATs and refreshes the client in the server's
@@ -66,13 +73,15 @@ type NFT struct {
 	base   bool
 	maps   map[string]*nftables.Set
 	nl     *vnl.Handle // conntrack, in the same namespace
-	// refs counts, per endpoint set ("masq", "in", "out"), the services
+	// refs counts, per endpoint set ("masq", "in", "out", "conns"), the services
 	// using each real-server endpoint (protocol, address, port); an
 	// element is in the set while its count is positive. touched holds
 	// the counts at the start of the Apply, for the elements to change.
 	refs    map[string]map[Key]int
 	touched map[string]map[Key]int
-	rates   rates
+	// dispatchAdd holds the services' dispatch elements of this Apply.
+	dispatchAdd map[*nftables.Set][]nftables.SetElement
+	rates       rates
 }
 
 type nsvc struct {
@@ -82,17 +91,16 @@ type nsvc struct {
 	idx    map[netip.AddrPort]int // real server -> chain number (persistence)
 	nextRS int
 	// order is the servers in the slots as programmed (slot i holds
-	// order[i]); banked counts, per server, the connections that slots
-	// since deleted or rewritten had counted.
-	order  []netip.AddrPort
-	banked map[netip.AddrPort]uint64
-	slots  *nftables.Set
+	// order[i]).
+	order []netip.AddrPort
+	slots *nftables.Set
 	// pers holds each real server's persistent clients (persistence on).
 	pers map[netip.AddrPort]*nftables.Set
 }
 
-// chains says whether the service has a chain per real server, which
-// persistence needs; otherwise its slots DNAT directly.
+// chains says whether the service has a chain per real server (which
+// DNATs and refreshes the client's persistence); otherwise its slots DNAT
+// directly.
 // Firewall-mark services too: their real servers may leave the port as
 // it was (port 0), which a slot's address and port cannot say.
 func (s *nsvc) chains() bool { return s.svc.Persistence > 0 || s.svc.FWMark != 0 }
@@ -164,8 +172,9 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 
 func (n *NFT) reset() {
 	n.svcs = map[Key]*nsvc{}
-	n.refs = map[string]map[Key]int{"masq": {}, "in": {}, "out": {}}
-	n.touched = map[string]map[Key]int{"masq": {}, "in": {}, "out": {}}
+	n.refs = map[string]map[Key]int{"masq": {}, "in": {}, "out": {}, "conns": {}}
+	n.touched = map[string]map[Key]int{"masq": {}, "in": {}, "out": {}, "conns": {}}
+	n.dispatchAdd = map[*nftables.Set][]nftables.SetElement{}
 	n.base = false
 	n.maps = map[string]*nftables.Set{}
 }
@@ -325,34 +334,27 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 // counts are the kernel's counters of one reading.
 type counts struct {
 	service map[string]uint64        // dispatch key -> connections
-	objects map[string]uint64        // counter objects (real servers' chains)
-	slots   map[int]map[int]uint64   // service id -> slot -> connections
+	conns   map[string]uint64        // endpoint key -> connections
+	objects map[string]uint64        // counter objects (servers keeping the port)
 	traffic map[string]*expr.Counter // "in"/"out" + endpoint key
 }
 
-// real is the connections a service's real server has had.
+// real is the connections a service's real server has had (through any
+// service).
 func (c *counts) real(s *nsvc, a netip.AddrPort) uint64 {
-	if s.chains() {
+	if a.Port() == 0 {
 		return c.objects[realCounter(s.id, s.idx[a])]
 	}
-	n := s.banked[a]
-	for i, o := range s.order {
-		if o == a {
-			n += c.slots[s.id][i]
-		}
-	}
-	return n
+	return c.conns[string(dispatchKey(Key{Protocol: s.svc.Protocol, Addr: a}))]
 }
+
+func realCounter(id, k int) string { return fmt.Sprintf("c%d_%d", id, k) }
 
 // readCounts reads every counter of the table: a few dumps, whatever the
 // number of services.
 func (n *NFT) readCounts() (*counts, error) {
-	c := &counts{service: map[string]uint64{}, objects: map[string]uint64{}, slots: map[int]map[int]uint64{}, traffic: map[string]*expr.Counter{}}
-	chains := false
-	for _, s := range n.svcs {
-		chains = chains || s.chains()
-	}
-	if chains {
+	c := &counts{service: map[string]uint64{}, conns: map[string]uint64{}, objects: map[string]uint64{}, traffic: map[string]*expr.Counter{}}
+	if slices.ContainsFunc(slices.Collect(maps.Values(n.svcs)), func(s *nsvc) bool { return s.svc.FWMark != 0 }) {
 		objs, err := n.conn.GetObjects(n.table)
 		if err != nil {
 			return nil, fmt.Errorf("nftables: read counters: %w", err)
@@ -363,7 +365,7 @@ func (n *NFT) readCounts() (*counts, error) {
 			}
 		}
 	}
-	for _, name := range []string{"svc4", "svc6", "fwm4", "fwm6", "in4", "in6", "out4", "out6"} {
+	for _, name := range []string{"svc4", "svc6", "fwm4", "fwm6", "conns4", "conns6", "in4", "in6", "out4", "out6"} {
 		els, err := n.conn.GetSetElements(n.maps[name])
 		if err != nil {
 			return nil, fmt.Errorf("nftables: read %s: %w", name, err)
@@ -373,36 +375,14 @@ func (n *NFT) readCounts() (*counts, error) {
 			case el.Counter == nil:
 			case strings.HasPrefix(name, "svc") || strings.HasPrefix(name, "fwm"):
 				c.service[string(el.Key)] = el.Counter.Packets
+			case strings.HasPrefix(name, "conns"):
+				c.conns[string(el.Key)] = el.Counter.Packets
 			default:
 				c.traffic[name[:len(name)-1]+string(el.Key)] = el.Counter
 			}
 		}
 	}
-	for _, s := range n.svcs {
-		if s.chains() {
-			continue
-		}
-		var err error
-		if c.slots[s.id], err = n.slotCounts(s); err != nil {
-			return nil, err
-		}
-	}
 	return c, nil
-}
-
-// slotCounts reads the connections each slot of a service has counted.
-func (n *NFT) slotCounts(s *nsvc) (map[int]uint64, error) {
-	els, err := n.conn.GetSetElements(s.slots)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: read %s: %w", s.slots.Name, err)
-	}
-	out := make(map[int]uint64, len(els))
-	for _, el := range els {
-		if len(el.Key) == 4 && el.Counter != nil {
-			out[int(binaryutil.NativeEndian.Uint32(el.Key))] = el.Counter.Packets
-		}
-	}
-	return out, nil
 }
 
 // rates turns counters into per-second rates: the average since the
@@ -566,17 +546,7 @@ func (n *NFT) Apply(ops []Op) error {
 		case c.new:
 			n.addService(s)
 		case c.reals:
-			// Slots about to be rewritten take their counts with them:
-			// read them first to bank them with their server. (What the
-			// kernel counts between this reading and the commit is lost.)
-			var counted map[int]uint64
-			if !s.chains() {
-				var err error
-				if counted, err = n.slotCounts(s); err != nil {
-					return n.abandon(err)
-				}
-			}
-			n.updateReals(s, counted)
+			n.updateReals(s)
 		}
 	}
 	n.flushRefs()
@@ -596,8 +566,7 @@ func (n *NFT) abandon(err error) error {
 	return err
 }
 
-func realCounter(id, k int) string { return fmt.Sprintf("c%d_%d", id, k) }
-func realChain(id, k int) string   { return fmt.Sprintf("r%d_%d", id, k) }
+func realChain(id, k int) string { return fmt.Sprintf("r%d_%d", id, k) }
 
 // Registers: the legacy 16-byte register 1 holds addresses and
 // concatenated map data, the 4-byte registers from 8 on hold keys.
@@ -631,11 +600,13 @@ func (n *NFT) addBase() {
 		key  nftables.SetDatatype
 	}{
 		{"svc4", dispatch4}, {"svc6", dispatch6}, {"fwm4", nftables.TypeMark}, {"fwm6", nftables.TypeMark},
+		{"conns4", dispatch4}, {"conns6", dispatch6},
 		{"masq4", dispatch4}, {"masq6", dispatch6},
 		{"in4", dispatch4}, {"in6", dispatch6}, {"out4", dispatch4}, {"out6", dispatch6},
 	} {
 		// The dispatch maps' elements count each service's connections,
-		// in and out each real server's packets and bytes.
+		// conns each real server's, in and out each real server's
+		// packets and bytes.
 		s := &nftables.Set{Table: n.table, Name: m.name, IsMap: true, KeyType: m.key, DataType: nftables.TypeVerdict, Counter: true}
 		if !strings.HasPrefix(m.name, "svc") && !strings.HasPrefix(m.name, "fwm") {
 			s.IsMap, s.DataType = false, nftables.SetDatatype{}
@@ -665,6 +636,11 @@ func (n *NFT) addBase() {
 	}
 	post := hook("postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
 	stats := hook("stats", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
+	for _, fam := range []string{"4", "6"} {
+		six := fam == "6"
+		// Before the masquerade, which ends the chain.
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: post, Exprs: append(dnatted(six, false), &expr.Lookup{SourceRegister: reg8, SetName: "conns" + fam})})
+	}
 	for _, fam := range []string{"4", "6"} {
 		six := fam == "6"
 		c.AddRule(&nftables.Rule{Table: n.table, Chain: post, Exprs: append(dnatted(six, false), &expr.Lookup{SourceRegister: reg8, SetName: "masq" + fam}, &expr.Masq{})})
@@ -773,14 +749,13 @@ func (n *NFT) addService(s *nsvc) {
 	s.id = n.nextID
 	s.idx = map[netip.AddrPort]int{}
 	s.nextRS = 0
-	s.order, s.banked = nil, map[netip.AddrPort]uint64{}
+	s.order = nil
 	s.pers = map[netip.AddrPort]*nftables.Set{}
-	// Slots go to real servers' chains, or (counted) to their address and
-	// port.
+	// Slots go to real servers' chains, or to their address and port.
 	s.slots = &nftables.Set{Table: n.table, Name: fmt.Sprintf("sl%d", s.id), IsMap: true,
 		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
 	if !s.chains() {
-		s.slots.DataType, s.slots.Counter = endpoint4, true
+		s.slots.DataType = endpoint4
 		if s.svc.Is6() {
 			s.slots.DataType = endpoint6
 		}
@@ -789,11 +764,14 @@ func (n *NFT) addService(s *nsvc) {
 	for _, r := range s.reals {
 		n.addReal(s, r)
 	}
-	n.fillSlots(s, nil)
+	n.fillSlots(s)
 	sc := c.AddChain(n.chain(fmt.Sprintf("s%d", s.id)))
 	n.serviceRules(s, sc)
-	_ = c.SetAddElements(n.dispatchMap(s.svc.Key), []nftables.SetElement{{
-		Key: dispatchKey(s.svc.Key), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: sc.Name}}})
+	// With the other services' at the end of the transaction: one
+	// message for many.
+	m := n.dispatchMap(s.svc.Key)
+	n.dispatchAdd[m] = append(n.dispatchAdd[m], nftables.SetElement{
+		Key: dispatchKey(s.svc.Key), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: sc.Name}})
 }
 
 func (n *NFT) delService(s *nsvc) {
@@ -809,16 +787,15 @@ func (n *NFT) delService(s *nsvc) {
 }
 
 // updateReals adds and removes real servers and rewrites the slots and the
-// scheduling rule, whose modulus follows the weights. counted holds the
-// slots' counters before the change, to bank those of rewritten slots.
-func (n *NFT) updateReals(s *nsvc, counted map[int]uint64) {
+// scheduling rule, whose modulus follows the weights.
+func (n *NFT) updateReals(s *nsvc) {
 	c := n.conn
 	for _, r := range s.reals {
 		if _, ok := s.idx[r.Addr]; !ok {
 			n.addReal(s, r)
 		}
 	}
-	n.fillSlots(s, counted)
+	n.fillSlots(s)
 	sc := n.chain(fmt.Sprintf("s%d", s.id))
 	c.FlushChain(sc)
 	n.serviceRules(s, sc)
@@ -827,7 +804,6 @@ func (n *NFT) updateReals(s *nsvc, counted map[int]uint64) {
 			// Its persistent clients go with it and are scheduled afresh.
 			n.delReal(s, a)
 			delete(s.idx, a)
-			delete(s.banked, a)
 		}
 	}
 }
@@ -835,16 +811,18 @@ func (n *NFT) updateReals(s *nsvc, counted map[int]uint64) {
 func (n *NFT) delReal(s *nsvc, a netip.AddrPort) {
 	if s.chains() {
 		c := n.conn
-		k := s.idx[a]
-		rc := n.chain(realChain(s.id, k))
+		rc := n.chain(realChain(s.id, s.idx[a]))
 		c.FlushChain(rc)
 		c.DelChain(rc)
-		c.DeleteObject(&nftables.CounterObj{Table: n.table, Name: realCounter(s.id, k)})
+		if a.Port() == 0 {
+			c.DeleteObject(&nftables.CounterObj{Table: n.table, Name: realCounter(s.id, s.idx[a])})
+		}
 		if ps := s.pers[a]; ps != nil {
 			c.DelSet(ps)
 			delete(s.pers, a)
 		}
 	}
+	n.ref("conns", s.svc.Protocol, a, -1)
 	n.ref("in", s.svc.Protocol, a, -1)
 	n.ref("out", s.svc.Protocol, a, -1)
 	if s.svc.Masquerade {
@@ -856,6 +834,7 @@ func (n *NFT) addReal(s *nsvc, r Real) {
 	k := s.nextRS
 	s.nextRS++
 	s.idx[r.Addr] = k
+	n.ref("conns", s.svc.Protocol, r.Addr, 1)
 	n.ref("in", s.svc.Protocol, r.Addr, 1)
 	n.ref("out", s.svc.Protocol, r.Addr, 1)
 	if s.svc.Masquerade {
@@ -865,7 +844,6 @@ func (n *NFT) addReal(s *nsvc, r Real) {
 		return
 	}
 	c := n.conn
-	c.AddObj(&nftables.CounterObj{Table: n.table, Name: realCounter(s.id, k)})
 	rc := c.AddChain(n.chain(realChain(s.id, k)))
 	var e []expr.Any
 	if s.svc.Persistence > 0 {
@@ -880,9 +858,11 @@ func (n *NFT) addReal(s *nsvc, r Real) {
 		e = append(saddr(s.svc, reg1),
 			&expr.Dynset{SrcRegKey: reg1, SetName: ps.Name, SetID: ps.ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: s.svc.Persistence})
 	}
-	e = append(e,
-		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: realCounter(s.id, k)},
-		&expr.Immediate{Register: reg1, Data: r.Addr.Addr().AsSlice()})
+	if r.Addr.Port() == 0 {
+		c.AddObj(&nftables.CounterObj{Table: n.table, Name: realCounter(s.id, k)})
+		e = append(e, &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: realCounter(s.id, k)})
+	}
+	e = append(e, &expr.Immediate{Register: reg1, Data: r.Addr.Addr().AsSlice()})
 	c.AddRule(&nftables.Rule{Table: n.table, Chain: rc, Exprs: append(e, dnat(r.Addr, reg1, reg2)...)})
 }
 
@@ -934,8 +914,12 @@ func (n *NFT) ref(kind string, p Protocol, a netip.AddrPort, delta int) {
 }
 
 // flushRefs puts the element changes of this Apply into the transaction,
-// one message per set and direction.
+// in few messages.
 func (n *NFT) flushRefs() {
+	for m, els := range n.dispatchAdd {
+		n.elements(m, els, true)
+	}
+	n.dispatchAdd = map[*nftables.Set][]nftables.SetElement{}
 	for kind, ks := range n.touched {
 		add := map[string][]nftables.SetElement{}
 		del := map[string][]nftables.SetElement{}
@@ -1022,9 +1006,8 @@ func gcd(a, b int) int {
 
 // fillSlots programs the slots of the service's real servers. A map of
 // verdicts is emptied and filled again; in a map of addresses only the
-// slots whose server changes are deleted and added, and their counts
-// (from counted) banked with their old server.
-func (n *NFT) fillSlots(s *nsvc, counted map[int]uint64) {
+// slots whose server changes are deleted and added.
+func (n *NFT) fillSlots(s *nsvc) {
 	order := slotOrder(s.svc.Scheduler, s.reals)
 	defer func() { s.order = order }()
 	if s.chains() {
@@ -1047,9 +1030,7 @@ func (n *NFT) fillSlots(s *nsvc, counted map[int]uint64) {
 			continue
 		}
 		if i < len(s.order) {
-			old := s.order[i]
-			s.banked[old] += counted[i]
-			del = append(del, slotElement(i, old))
+			del = append(del, slotElement(i, s.order[i]))
 		}
 		if i < len(order) {
 			add = append(add, slotElement(i, order[i]))
