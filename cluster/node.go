@@ -203,6 +203,9 @@ func (n *Node) startGossip() error {
 	mc.SuspicionMult = 3
 	mc.GossipInterval = 50 * time.Millisecond
 	mc.TCPTimeout = 2 * time.Second
+	// Gossip packets are small; a forwarded command can be a megabyte of
+	// JSON, which LZW took about 20 ms to pack and unpack.
+	mc.EnableCompression = false
 	mc.SecretKey = n.cfg.EncryptKey
 	mc.LogOutput = logWriter(n.log, "memberlist")
 	mc.Delegate = &delegate{n: n}

@@ -32,7 +32,7 @@ type Config struct {
 	// Sync is nil without a [sync] section.
 	Sync *Sync `json:"sync,omitempty"`
 
-	pos *positions
+	pos *lazyPositions
 }
 
 type Node struct {
@@ -288,7 +288,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	if err != nil {
 		return nil, &Error{Problems: []Problem{decodeProblem(file, err)}}
 	}
-	v := &validator{file: file, pos: scanPositions(string(data))}
+	v := &validator{file: file, pos: newLazyPositions(string(data))}
 	v.unknownKeys(md.Undecoded())
 	cfg := v.config(&raw)
 	if len(v.problems) > 0 {

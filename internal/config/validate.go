@@ -36,7 +36,7 @@ var HealthCheckTypes = healthcheck.Types
 
 type validator struct {
 	file     string
-	pos      *positions
+	pos      *lazyPositions
 	problems []Problem
 }
 
@@ -89,7 +89,7 @@ func (v *validator) unknownKeys(keys []toml.Key) {
 		if s := suggest(name, known); s != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", s)
 		}
-		lines := v.pos.plain[name]
+		lines := v.pos.get().plain[name]
 		if len(lines) == 0 {
 			lines = []int{0}
 		}
@@ -236,8 +236,8 @@ func (v *validator) node(r *rawNode) Node {
 }
 
 // uniqueName checks a required name that must be unique among its kind;
-// seen maps the names so far to their lines.
-func (v *validator) uniqueName(path []any, name, kind string, seen map[string]int) {
+// seen maps the names so far to where they are.
+func (v *validator) uniqueName(path []any, name, kind string, seen map[string][]any) {
 	switch {
 	case name == "":
 		v.add(path, "required")
@@ -245,9 +245,9 @@ func (v *validator) uniqueName(path []any, name, kind string, seen map[string]in
 		v.add(path, "%q: use letters, digits, '.', '_' and '-' only", name)
 	default:
 		if l, dup := seen[name]; dup {
-			v.add(path, "%s %q is already defined at line %d", kind, name, l)
+			v.add(path, "%s %q is already defined at line %d", kind, name, v.pos.line(l...))
 		}
-		seen[name] = v.pos.line(path...)
+		seen[name] = path
 	}
 }
 
@@ -299,7 +299,7 @@ func (v *validator) intIn(path []any, p *int, def, lo, hi int) int {
 }
 
 func (v *validator) syncGroups(raws []rawSyncGroup, instances []VRRPInstance) []SyncGroup {
-	names := map[string]int{}
+	names := map[string][]any{}
 	memberOf := map[string]string{}
 	out := make([]SyncGroup, 0, len(raws))
 	for i, r := range raws {
@@ -333,7 +333,7 @@ func (v *validator) syncGroups(raws []rawSyncGroup, instances []VRRPInstance) []
 }
 
 func (v *validator) scripts(raws []rawScript) []VRRPScript {
-	names := map[string]int{}
+	names := map[string][]any{}
 	out := make([]VRRPScript, 0, len(raws))
 	for i, r := range raws {
 		p := []any{"vrrp_script", i}
@@ -355,9 +355,9 @@ func (v *validator) scripts(raws []rawScript) []VRRPScript {
 func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 	type seen struct {
 		name string
-		line int
+		path []any // where, for the line if it is named twice
 	}
-	names := map[string]int{}
+	names := map[string][]any{}
 	vrids := map[string]seen{} // interface/family/vrid -> instance
 	vips := map[netip.Addr]seen{}
 	out := make([]VRRPInstance, 0, len(raws))
@@ -417,11 +417,11 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 				if other.name == in.Name {
 					v.add(vp, "%s is listed twice in this instance", pfx.Addr())
 				} else {
-					v.add(vp, "%s is already a virtual address of instance %q (line %d)", pfx.Addr(), other.name, other.line)
+					v.add(vp, "%s is already a virtual address of instance %q (line %d)", pfx.Addr(), other.name, v.pos.line(other.path...))
 				}
 				continue
 			}
-			vips[pfx.Addr()] = seen{name: in.Name, line: v.pos.line(vp...)}
+			vips[pfx.Addr()] = seen{name: in.Name, path: vp}
 			in.VIPs = append(in.VIPs, pfx)
 		}
 		if in.IPv6() && in.Version == 2 {
@@ -518,9 +518,9 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 			// serve both on one link.
 			key := fmt.Sprintf("%s/%s/%d", in.Interface, family, in.VRID)
 			if other, dup := vrids[key]; dup {
-				v.add(at(p, "virtual_router_id"), "virtual_router_id %d is already used on interface %s by instance %q (line %d)", in.VRID, in.Interface, other.name, other.line)
+				v.add(at(p, "virtual_router_id"), "virtual_router_id %d is already used on interface %s by instance %q (line %d)", in.VRID, in.Interface, other.name, v.pos.line(other.path...))
 			} else {
-				vrids[key] = seen{name: in.Name, line: v.pos.line(at(p, "virtual_router_id")...)}
+				vrids[key] = seen{name: in.Name, path: at(p, "virtual_router_id")}
 			}
 		}
 		out = append(out, in)
@@ -584,8 +584,8 @@ func (v *validator) addrPort(path []any, s string) (netip.AddrPort, bool) {
 var SchedulerFlags = []string{"sh-fallback", "sh-port", "mh-fallback", "mh-port", "flag-1", "flag-2", "flag-3"}
 
 func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
-	names := map[string]int{}
-	services := map[string]int{}
+	names := map[string][]any{}
+	services := map[string][]any{}
 	out := make([]VirtualServer, 0, len(raws))
 	for i, r := range raws {
 		p := []any{"virtual_server", i}
@@ -654,9 +654,9 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 		vs.DrainTimeout = v.duration(at(p, "drain_timeout"), r.DrainTimeout, 5*time.Minute, 0, 24*time.Hour)
 		if addrOK {
 			if l, dup := services[key]; dup {
-				v.add(at(p, "address"), "%s is already a virtual server (line %d)", strings.TrimPrefix(key, "/"), l)
+				v.add(at(p, "address"), "%s is already a virtual server (line %d)", strings.TrimPrefix(key, "/"), v.pos.line(l...))
 			}
-			services[key] = v.pos.line(at(p, "address")...)
+			services[key] = at(p, "address")
 		}
 		// A fwmark service's servers may leave out the port: they
 		// then keep the client's destination port.
@@ -678,7 +678,7 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 				vs.SorryServer = &a
 			}
 		}
-		rs := map[netip.AddrPort]int{}
+		rs := map[netip.AddrPort][]any{}
 		for j, rr := range r.RealServer {
 			rp := at(p, "real_server", j)
 			a, ok := rsAddr(at(rp, "address"), rr.Address)
@@ -686,10 +686,10 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 				continue
 			}
 			if l, dup := rs[a]; dup {
-				v.add(at(rp, "address"), "real server %s is listed twice (also at line %d)", a, l)
+				v.add(at(rp, "address"), "real server %s is listed twice (also at line %d)", a, v.pos.line(l...))
 				continue
 			}
-			rs[a] = v.pos.line(at(rp, "address")...)
+			rs[a] = at(rp, "address")
 			rsv := RealServer{
 				Address:        a,
 				Weight:         v.intIn(at(rp, "weight"), rr.Weight, 1, 0, 65535),

@@ -85,6 +85,16 @@ func (c *clusterManager) cached() (cluster.State, bool) {
 // changed runs for every committed change: save it, program it, compare
 // it with the file.
 func (c *clusterManager) changed(s cluster.State) {
+	// The load balancer first: the cache and the comparison with the
+	// file cost tens of milliseconds for a big table, and Raft waits for
+	// this function.
+	if s.Seeded {
+		if vss, err := virtualServers(s); err != nil {
+			c.log.Error("replicated table cannot be read; keeping the last one", "err", err)
+		} else {
+			c.apply(vss)
+		}
+	}
 	if b, err := json.Marshal(s); err == nil {
 		tmp := c.cache + ".tmp"
 		if os.WriteFile(tmp, b, 0o600) == nil {
@@ -94,12 +104,6 @@ func (c *clusterManager) changed(s cluster.State) {
 	if !s.Seeded {
 		return
 	}
-	vss, err := virtualServers(s)
-	if err != nil {
-		c.log.Error("replicated table cannot be read; keeping the last one", "err", err)
-		return
-	}
-	c.apply(vss)
 	// Not c.compare: this runs from Raft, possibly while cluster.New
 	// (restoring a snapshot) has not yet returned the node.
 	c.mu.Lock()
