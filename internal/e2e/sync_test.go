@@ -11,22 +11,28 @@ import (
 	dsync "github.com/directord/directord/sync"
 )
 
-// TestConntrackWrite: a flow written with its DNAT reads back as a DNAT'd
-// flow from the client through the VIP to the real server.
-func TestConntrackWrite(t *testing.T) {
+// conntrackTable opens the conntrack table of a host of its own.
+func conntrackTable(t *testing.T) *dsync.Table {
+	t.Helper()
 	lab.Require(t)
 	l := lab.New(t)
-	h := l.AddHost("dir")
-	ns, err := lblab.NetNS(h)
+	ns, err := lblab.NetNS(l.AddHost("dir"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Close()
+	t.Cleanup(func() { ns.Close() })
 	tb, err := dsync.OpenTable(int(ns.Fd()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tb.Close()
+	t.Cleanup(func() { tb.Close() })
+	return tb
+}
+
+// TestConntrackWrite: a flow written with its DNAT reads back as a DNAT'd
+// flow from the client through the VIP to the real server.
+func TestConntrackWrite(t *testing.T) {
+	tb := conntrackTable(t)
 	f := dsync.Flow{Proto: syscall.IPPROTO_TCP, Client: netip.MustParseAddrPort("192.0.2.50:40000"),
 		VIP: netip.MustParseAddrPort("192.0.2.100:80"), Real: netip.MustParseAddrPort("203.0.113.11:8080"), Timeout: 300, TCPState: 3}
 	if err := tb.Write(f); err != nil {
@@ -54,19 +60,7 @@ func TestConntrackWrite(t *testing.T) {
 // sendmsg carries, some new and some there already (refreshed), one the
 // kernel refuses: every other is written, and the refused one is named.
 func TestConntrackWriteBatch(t *testing.T) {
-	lab.Require(t)
-	l := lab.New(t)
-	h := l.AddHost("dir")
-	ns, err := lblab.NetNS(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	tb, err := dsync.OpenTable(int(ns.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tb.Close()
+	tb := conntrackTable(t)
 	vip := netip.MustParseAddrPort("192.0.2.100:80")
 	flow := func(i int, timeout uint32) dsync.Flow {
 		return dsync.Flow{Proto: syscall.IPPROTO_TCP, Client: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.50"), uint16(10000+i)),
