@@ -91,7 +91,10 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.mu.Unlock()
 	<-ctx.Done()
 	r.wg.Wait()
-	return r.tcp.Close()
+	if err := r.tcp.Close(); err != nil {
+		r.log.Warn("closing the tcp checks' epoll instance", "err", err)
+	}
+	return nil
 }
 
 // Update sets the checks: new ones start (down if alpha, else up),

@@ -48,22 +48,22 @@ var NFTSchedulers = []string{"rr", "wrr", "sh"}
 // postrouting chain, which sees the first packet of each connection,
 // looks the DNAT'd destination up in conns4/conns6, whose elements count
 // (like in and out, an endpoint shared by two services counts for both).
-// A real server of a firewall-mark service that keeps the packet's port
-// (port 0) has no endpoint to look up: its chain counts with a counter of
-// its own. (One slot map
-// shared by all services would be fewer objects still, but the kernel
-// walks a map's elements whenever a rule of another chain binds it, and
-// dumps of a big map resume by walking it again from the start: both
-// grow with the square of the table.)
+// (One slot map shared by all services would be fewer objects still, but
+// the kernel walks a map's elements whenever a rule of another chain binds
+// it, and dumps of a big map resume by walking it again from the start:
+// both grow with the square of the table.)
 //
 // With persistence the slot map is a verdict map to a chain per real
-// server, which counts, DNATs and refreshes the client in the server's
-// timed set of clients: the service chain looks a client up in those sets
-// before scheduling, so persistence lasts the timeout after the last
-// connection. Firewall-mark services take the same path. (A single client-to-server map would need a lookup
-// feeding a dynset or conntrack's original address in an inet table; nft
-// 1.0 cannot list either, and the table must stay readable with nft list
-// ruleset.)
+// server, which DNATs and refreshes the client in the server's timed set
+// of clients: the service chain looks a client up in those sets before
+// scheduling, so persistence lasts the timeout after the last connection.
+// (A single client-to-server map would need a lookup feeding a dynset or
+// conntrack's original address in an inet table; nft 1.0 cannot list
+// either, and the table must stay readable with nft list ruleset.)
+// Firewall-mark services take the same path: their real servers may keep
+// the packet's port (port 0), which a slot's address and port cannot say,
+// and which has no endpoint to count by, so such a server's chain counts
+// with a counter of its own.
 type NFT struct {
 	mu     sync.Mutex
 	conn   *nftables.Conn
@@ -98,11 +98,8 @@ type nsvc struct {
 	pers map[netip.AddrPort]*nftables.Set
 }
 
-// chains says whether the service has a chain per real server (which
-// DNATs and refreshes the client's persistence); otherwise its slots DNAT
-// directly.
-// Firewall-mark services too: their real servers may leave the port as
-// it was (port 0), which a slot's address and port cannot say.
+// chains says whether the service has a chain per real server
+// (persistence, firewall marks); otherwise its slots DNAT directly.
 func (s *nsvc) chains() bool { return s.svc.Persistence > 0 || s.svc.FWMark != 0 }
 
 var _ Dataplane = (*NFT)(nil)
@@ -866,8 +863,8 @@ func (n *NFT) addReal(s *nsvc, r Real) {
 	c.AddRule(&nftables.Rule{Table: n.table, Chain: rc, Exprs: append(e, dnat(r.Addr, reg1, reg2)...)})
 }
 
-// dnat translates to the address in addrReg and, when there is a port,
-// the port in portReg (loaded here when a is given).
+// dnat translates to the address in addrReg (loaded by the caller) and,
+// when a has a port, to that port, loaded into portReg.
 func dnat(a netip.AddrPort, addrReg, portReg uint32) []expr.Any {
 	fam := uint32(unix.NFPROTO_IPV4)
 	if a.Addr().Is6() {
