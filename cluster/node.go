@@ -252,10 +252,15 @@ func (n *Node) Run(ctx context.Context) error {
 }
 
 func (n *Node) missingPeers() []string {
+	// From what the events recorded (see alive).
 	alive := map[string]bool{}
-	for _, m := range n.ml.Members() {
-		alive[m.Address()] = true
+	n.mu.Lock()
+	for _, m := range n.members {
+		if m.state == "alive" {
+			alive[m.gossip] = true
+		}
 	}
+	n.mu.Unlock()
 	var out []string
 	for _, p := range n.cfg.Peers {
 		if !alive[p] {
@@ -425,10 +430,8 @@ func (n *Node) submit(e envelope, timeout time.Duration) error {
 		}
 		_, id := n.raft.LeaderWithID()
 		var to *memberlist.Node
-		for _, m := range n.ml.Members() {
-			if id != "" && m.Name == string(id) {
-				to = m
-			}
+		if id != "" {
+			to = n.alive(string(id))
 		}
 		switch {
 		case to != nil && len(n.cfg.EncryptKey) == 0:
@@ -484,14 +487,29 @@ func (n *Node) handle(e envelope) {
 	if err != nil {
 		ans.Err = err.Error()
 	}
-	for _, m := range n.ml.Members() {
-		if m.Name == e.From {
-			b, _ := json.Marshal(ans)
-			if err := n.ml.SendReliable(m, b); err != nil {
-				n.log.Warn("cluster: answering a forwarded command failed", "to", e.From, "err", err)
-			}
+	if to := n.alive(e.From); to != nil {
+		b, _ := json.Marshal(ans)
+		if err := n.ml.SendReliable(to, b); err != nil {
+			n.log.Warn("cluster: answering a forwarded command failed", "to", e.From, "err", err)
 		}
 	}
+}
+
+// alive returns a node to send to, if it is alive, made from what the
+// events recorded: memberlist updates the nodes that Members returns in
+// place, under a lock of its own, so reading their addresses races.
+func (n *Node) alive(name string) *memberlist.Node {
+	n.mu.Lock()
+	m, ok := n.members[name]
+	n.mu.Unlock()
+	if !ok || m.state != "alive" {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(m.gossip)
+	if err != nil {
+		return nil
+	}
+	return &memberlist.Node{Name: name, Addr: ap.Addr().AsSlice(), Port: ap.Port()}
 }
 
 // State is the last committed state applied here.
