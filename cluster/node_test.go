@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -16,21 +17,42 @@ import (
 	"time"
 )
 
+// ports hands out loopback ports for TCP and UDP, each once per test
+// binary, from below the kernel's ephemeral range (32768 up): a port
+// taken from that range and let go again could be handed to the next
+// caller, or to any test's outgoing connection, before its node binds it.
+var ports struct {
+	sync.Mutex
+	used map[int]bool
+}
+
 func freePort(t *testing.T) uint16 {
 	t.Helper()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	ports.Lock()
+	defer ports.Unlock()
+	if ports.used == nil {
+		ports.used = map[int]bool{}
+	}
+	for range 10000 {
+		p := 20000 + rand.IntN(12000)
+		if ports.used[p] {
+			continue
 		}
-		p := l.Addr().(*net.TCPAddr).Port
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
 		l.Close()
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err == nil {
-			u.Close()
-			return uint16(p)
+		if err != nil {
+			continue
 		}
+		u.Close()
+		ports.used[p] = true
+		return uint16(p)
 	}
+	t.Fatal("no free loopback port in 20000-31999")
+	return 0
 }
 
 type syncBuf struct {
