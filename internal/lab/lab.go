@@ -79,6 +79,11 @@ func New(t testing.TB) *Lab {
 	t.Helper()
 	Require(t)
 	l := &Lab{id: randomID(), logf: t.Logf, fail: t.Fatalf, failed: t.Failed}
+	// The test's temporary directories go after the lab's processes: a
+	// daemon still writing into one would make its removal fail. Cleanups
+	// run last-registered first, and the removal of them all is
+	// registered by the first TempDir call.
+	t.TempDir()
 	t.Cleanup(l.Close)
 	return l
 }
