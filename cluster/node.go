@@ -495,6 +495,16 @@ func (n *Node) handle(e envelope) {
 	}
 }
 
+// Ping asks a member directly whether it answers: the failure detector
+// takes a second or more to call a node that just died dead.
+func (n *Node) Ping(name string) (time.Duration, error) {
+	to := n.alive(name)
+	if to == nil {
+		return 0, fmt.Errorf("%s is not alive", name)
+	}
+	return n.ml.Ping(name, &net.UDPAddr{IP: to.Addr, Port: int(to.Port)})
+}
+
 // alive returns a node to send to, if it is alive, made from what the
 // events recorded: memberlist updates the nodes that Members returns in
 // place, under a lock of its own, so reading their addresses races.

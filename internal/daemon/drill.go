@@ -480,8 +480,14 @@ func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back boo
 		add("peer", false, "no director is ready to take %s: %s", inst.Name, strings.Join(seen, "; "))
 		return checks, ""
 	}
+	// The gossip says alive until the failure detector has concluded; a
+	// peer that died a moment ago must not be handed the VIPs.
+	if _, err := d.cluster.node.Ping(peer.Name); err != nil {
+		add("peer", false, "%s does not answer a gossip ping: %v", peer.Name, err)
+		return checks, ""
+	}
 	peerPrio := priorityOf(info.VRRP[inst.Name])
-	add("peer", true, "%s is alive and BACKUP for %s (priority %d)", peer.Name, strings.Join(moving, ", "), peerPrio)
+	add("peer", true, "%s is alive, answers a gossip ping and is BACKUP for %s (priority %d)", peer.Name, strings.Join(moving, ", "), peerPrio)
 
 	if info.Applied < self.Applied {
 		add("raft", false, "%s has applied Raft index %d, this director %d: it has not caught up", peer.Name, info.Applied, self.Applied)
