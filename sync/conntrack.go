@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	stdsync "sync"
 	"syscall"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
@@ -266,6 +267,11 @@ func (t *Table) batch(fs []Flow, attrs func(Flow) []netfilter.Attribute, flags n
 	errs := make([]error, len(fs))
 	rc, err := t.nl.SyscallConn()
 	if err != nil {
+		return nil, err
+	}
+	// The kernel answers within the sendmsg; the deadline only keeps a
+	// lost answer from stopping the sync for good.
+	if err := t.nl.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
 		return nil, err
 	}
 	done := false
