@@ -136,18 +136,18 @@ func (r lagRun) p(q float64) float64 {
 }
 
 // lag loads the master for d and samples the backup's sync lag every
-// 100 ms. With real connections it opens rate connections a second from
+// 100 ms. throughVIP: it opens rate connections a second from
 // the client through the VIP; otherwise it writes rate conntrack entries
 // a second (DNAT'd flows to the VIP, as the kernel would make them) into
 // the master's table, which costs the lab no packets.
-func lag(bins pairlab.Binaries, real bool, rate int, d time.Duration) (r lagRun, err error) {
+func lag(bins pairlab.Binaries, throughVIP bool, rate int, d time.Duration) (r lagRun, err error) {
 	s, cleanup, err := scene(bins, true)
 	if err != nil {
 		return r, err
 	}
 	defer cleanup()
 	var wait func() (float64, error)
-	if real {
+	if throughVIP {
 		wait, err = connections(s, rate, d)
 	} else {
 		wait, err = entries(s, rate, d)
