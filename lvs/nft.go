@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -351,7 +350,11 @@ func realCounter(id, k int) string { return fmt.Sprintf("c%d_%d", id, k) }
 // number of services.
 func (n *NFT) readCounts() (*counts, error) {
 	c := &counts{service: map[string]uint64{}, conns: map[string]uint64{}, objects: map[string]uint64{}, traffic: map[string]*expr.Counter{}}
-	if slices.ContainsFunc(slices.Collect(maps.Values(n.svcs)), func(s *nsvc) bool { return s.svc.FWMark != 0 }) {
+	fwmark := false
+	for _, s := range n.svcs {
+		fwmark = fwmark || s.svc.FWMark != 0
+	}
+	if fwmark {
 		objs, err := n.conn.GetObjects(n.table)
 		if err != nil {
 			return nil, fmt.Errorf("nftables: read counters: %w", err)
