@@ -150,11 +150,14 @@ func (p *tcpProber) check(ctx context.Context, t tcpTarget, by time.Time) Result
 		unix.Close(fd)
 		return fail("connect: %w", err)
 	}
+	timedOut := func() Result {
+		return fail("connect: timeout after %s", time.Since(start).Round(time.Millisecond))
+	}
 	select {
 	case err := <-pr.done:
 		switch {
 		case err == errTimeout:
-			return fail("connect: timeout after %s", time.Since(start).Round(time.Millisecond))
+			return timedOut()
 		case err != nil:
 			return fail("connect: %w", err)
 		}
@@ -175,7 +178,7 @@ func (p *tcpProber) check(ctx context.Context, t tcpTarget, by time.Time) Result
 		}
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fail("connect: timeout after %s", time.Since(start).Round(time.Millisecond))
+		return timedOut()
 	}
 	return fail("connect: %w", ctx.Err())
 }
