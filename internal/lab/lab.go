@@ -217,18 +217,17 @@ func (l *Lab) AddSwitch(name string) *Switch {
 	// A switch forwards frames. With br_netfilter in the kernel a new
 	// namespace's bridge would also run the IP hooks on every frame, paid
 	// by whichever host sent it.
-	if err := sw.Do(func() error {
-		for _, k := range []string{"iptables", "ip6tables", "arptables"} {
-			err := os.WriteFile("/proc/sys/net/bridge/bridge-nf-call-"+k, []byte("0"), 0o644)
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
+	for _, k := range []string{"iptables", "ip6tables", "arptables"} {
+		if err := sw.Sysctl("net/bridge/bridge-nf-call-"+k, "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			l.Fatalf("%s: bridge netfilter off: %v", name, err)
 		}
-		return nil
-	}); err != nil {
-		l.Fatalf("%s: bridge netfilter off: %v", name, err)
 	}
 	return sw
+}
+
+// Sysctl writes /proc/sys/<key> inside h.
+func (h *Host) Sysctl(key, value string) error {
+	return h.Do(func() error { return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644) })
 }
 
 // Plug connects h to sw with a veth cable whose host end is ifname, brings

@@ -80,7 +80,7 @@ func New(l *lab.Lab, n int) *Scene {
 
 // Sysctl writes /proc/sys/<key> inside h.
 func (s *Scene) Sysctl(h *lab.Host, key, value string) {
-	if err := h.Do(func() error { return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644) }); err != nil {
+	if err := h.Sysctl(key, value); err != nil {
 		s.Lab.Fatalf("%s: sysctl %s: %v", h.Name, key, err)
 	}
 }
