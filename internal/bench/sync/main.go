@@ -238,25 +238,19 @@ func entries(s *synclab.Scene, rate int, d time.Duration) (wait func() (float64,
 		defer close(done)
 		defer ns.Close()
 		defer t.Close()
-		tick := time.NewTicker(time.Millisecond)
-		defer tick.Stop()
-		begin, issued := time.Now(), 0
-		for time.Since(begin) < d {
-			<-tick.C
+		paced(rate, d, func(from, to int) bool {
 			var fs []dsync.Flow
-			for due := int(time.Since(begin).Seconds() * float64(rate)); issued < due; issued++ {
+			for i := from; i < to; i++ {
 				// Clients from 198.51.100.0/24 up, 60,000 ports each.
-				c := netip.AddrFrom4([4]byte{198, 51, byte(100 + issued/60000/250), byte(1 + issued/60000%250)})
-				fs = append(fs, dsync.Flow{Proto: syscall.IPPROTO_TCP, Client: netip.AddrPortFrom(c, uint16(1024+issued%60000)), VIP: vip,
-					Real: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", lblab.RealAddr(issued%3), lblab.TCPPort)), Timeout: 300})
+				c := netip.AddrFrom4([4]byte{198, 51, byte(100 + i/60000/250), byte(1 + i/60000%250)})
+				fs = append(fs, dsync.Flow{Proto: syscall.IPPROTO_TCP, Client: netip.AddrPortFrom(c, uint16(1024+i%60000)), VIP: vip,
+					Real: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", lblab.RealAddr(i%3), lblab.TCPPort)), Timeout: 300})
 			}
 			n, err := t.WriteBatch(fs)
 			written.Add(int64(n))
-			if err != nil {
-				werr = err
-				return
-			}
-		}
+			werr = err
+			return err == nil
+		})
 	}()
 	start := time.Now()
 	return func() (float64, error) {
@@ -270,7 +264,6 @@ func entries(s *synclab.Scene, rate int, d time.Duration) (wait func() (float64,
 // the rate answered.
 func generate(addr string, srcs []string, rate int, d time.Duration) float64 {
 	tokens := make(chan struct{}, rate)
-	stop := make(chan struct{})
 	var done atomic.Int64
 	var wg stdsync.WaitGroup
 	for i := range 256 {
@@ -301,32 +294,37 @@ func generate(addr string, srcs []string, rate int, d time.Duration) float64 {
 			}
 		}()
 	}
-	go func() {
-		// Tokens follow the clock, not the ticks: a busy machine drops
-		// ticks, which would lower the rate asked.
-		t := time.NewTicker(time.Millisecond)
-		defer t.Stop()
-		begin, issued := time.Now(), 0
-		for {
+	start := time.Now()
+	paced(rate, d, func(from, to int) bool {
+		for range to - from {
 			select {
-			case <-stop:
-				close(tokens)
-				return
-			case <-t.C:
-				for due := int(time.Since(begin).Seconds() * float64(rate)); issued < due; issued++ {
-					select {
-					case tokens <- struct{}{}:
-					default:
-					}
-				}
+			case tokens <- struct{}{}:
+			default:
 			}
 		}
-	}()
-	start := time.Now()
-	time.Sleep(d)
-	close(stop)
+		return true
+	})
+	close(tokens)
 	wg.Wait()
 	return float64(done.Load()) / time.Since(start).Seconds()
+}
+
+// paced calls each every millisecond for d with the numbers of the items
+// due since the previous call, rate a second, until it returns false. The
+// count follows the clock, not the ticks: a busy machine drops ticks,
+// which would lower the rate asked.
+func paced(rate int, d time.Duration, each func(from, to int) bool) {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	begin, issued := time.Now(), 0
+	for time.Since(begin) < d {
+		<-t.C
+		due := int(time.Since(begin).Seconds() * float64(rate))
+		if due > issued && !each(issued, due) {
+			return
+		}
+		issued = max(issued, due)
+	}
 }
 
 func run(bin string, rounds, flows, rate int, d time.Duration, out string) (err error) {
