@@ -98,10 +98,12 @@ func (s Spec) dialer() *net.Dialer {
 	return d
 }
 
-// deadlineChecker is a Checker that keeps its own deadline, sparing the
-// runner a context and a timer per attempt.
-type deadlineChecker interface {
-	CheckBy(ctx context.Context, by time.Time) Result
+// asyncChecker is a Checker that can also run without a goroutine of its
+// own: start returns at once and done gets the result by the deadline.
+// cancel ends a check in flight without an answer; it reports false when
+// the answer is already given or on its way.
+type asyncChecker interface {
+	start(by time.Time, done func(Result)) (cancel func() bool)
 }
 
 type tcpChecker struct {
@@ -115,10 +117,12 @@ func (c tcpChecker) Check(ctx context.Context) Result {
 	if !ok {
 		by = time.Now().Add(c.timeout)
 	}
-	return c.CheckBy(ctx, by)
+	return c.p.check(ctx, c.t, by)
 }
 
-func (c tcpChecker) CheckBy(ctx context.Context, by time.Time) Result { return c.p.check(ctx, c.t, by) }
+func (c tcpChecker) start(by time.Time, done func(Result)) func() bool {
+	return c.p.start(c.t, by, done)
+}
 
 // unwrapOp drops net.OpError's addresses, which every message would
 // otherwise repeat.

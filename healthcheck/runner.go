@@ -1,6 +1,7 @@
 package healthcheck
 
 import (
+	"container/heap"
 	"context"
 	"log/slog"
 	"math/rand/v2"
@@ -44,26 +45,45 @@ type Status struct {
 	Missed uint64 `json:"missed"`
 }
 
-// Runner runs every check, each in its own goroutine on its own timer, so
-// a slow server delays only its own check, and a check never overlaps
-// itself.
+// Runner runs every check from one queue ordered by when each is next
+// due. A tcp check in flight is a socket in the prober's epoll set, not a
+// goroutine; the other checks get a goroutine for the length of an
+// attempt. A check is queued again only when its attempt has ended, so it
+// never overlaps itself, and a slow server delays only its own check.
 type Runner struct {
 	log      *slog.Logger
 	onChange func(Transition)
 	newCheck func(Spec) (Checker, error)
 	tcp      *tcpProber // shared by the tcp checks
 
+	update sync.Mutex // one Update at a time
+
+	// mu guards the checks, the queue and every check's schedule.
 	mu     sync.Mutex
 	checks map[ID]*check
-	wg     sync.WaitGroup
-	ctx    context.Context
+	queue  dueQueue
+	ctx    context.Context // of Run; nil before it and after
+	wake   chan struct{}   // the queue's head changed
+	wg     sync.WaitGroup  // goroutines of attempts in flight
 }
 
 type check struct {
-	id     ID
-	spec   Spec
-	cancel context.CancelFunc
-	done   chan struct{}
+	id   ID
+	spec Spec
+	chk  Checker
+
+	// Under Runner.mu.
+	due     time.Time // of the next attempt
+	idx     int       // in the queue; -1 when not queued
+	busy    bool      // an attempt is in flight
+	cancel  func() bool
+	stopped bool
+	idle    chan struct{} // closed once stopped and no attempt is in flight
+
+	// Of the attempt in flight, touched only by its starter and its end.
+	planned time.Time // when this round was meant to start
+	round   time.Time // when its first attempt started
+	try     int
 
 	mu sync.Mutex
 	st Status
@@ -71,30 +91,217 @@ type check struct {
 }
 
 // NewRunner returns a runner that calls onChange on every transition,
-// from the check's goroutine: it must not block for long.
+// from the goroutine that ended the check: it must not block for long.
 func NewRunner(log *slog.Logger, onChange func(Transition)) *Runner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Runner{log: log, onChange: onChange, tcp: newTCPProber(false), checks: map[ID]*check{}}
+	r := &Runner{log: log, onChange: onChange, tcp: newTCPProber(false), checks: map[ID]*check{}, wake: make(chan struct{}, 1)}
 	r.newCheck = func(s Spec) (Checker, error) { return newChecker(s, r.tcp) }
 	return r
 }
+
+// slack is how early a check may start to share a wakeup with the one
+// due before it: thousands of checks a second then cost hundreds of
+// wakeups, not thousands.
+func slack(interval time.Duration) time.Duration { return min(5*time.Millisecond, interval/10) }
 
 // Run starts the checks given to Update and stops them all when ctx ends.
 func (r *Runner) Run(ctx context.Context) error {
 	r.mu.Lock()
 	r.ctx = ctx
+	now := time.Now()
 	for _, c := range r.checks {
-		r.start(c)
+		r.plan(c, firstDue(c.spec, now))
 	}
 	r.mu.Unlock()
-	<-ctx.Done()
+
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	var batch []*check
+	for {
+		r.mu.Lock()
+		now := time.Now()
+		batch = batch[:0]
+		for len(r.queue) > 0 {
+			c := r.queue[0]
+			if c.due.After(now.Add(slack(c.spec.Interval))) {
+				break
+			}
+			heap.Pop(&r.queue)
+			c.busy = true
+			batch = append(batch, c)
+		}
+		wait := time.Hour
+		if len(r.queue) > 0 {
+			wait = r.queue[0].due.Sub(now)
+		}
+		r.mu.Unlock()
+		for _, c := range batch {
+			r.begin(ctx, c)
+		}
+		t.Reset(wait)
+		select {
+		case <-ctx.Done():
+			r.stopAll()
+			return nil
+		case <-t.C:
+		case <-r.wake:
+		}
+	}
+}
+
+// stopAll stops every check and waits for the attempts in flight.
+func (r *Runner) stopAll() {
+	r.mu.Lock()
+	cs := make([]*check, 0, len(r.checks))
+	for _, c := range r.checks {
+		r.halt(c)
+		cs = append(cs, c)
+	}
+	r.ctx = nil
+	r.mu.Unlock()
+	for _, c := range cs {
+		<-c.idle
+	}
 	r.wg.Wait()
+	r.mu.Lock()
+	// The checks stay, stopped, for Update and a later Run to renew.
+	for id, c := range r.checks {
+		r.checks[id] = r.renew(c, c.spec)
+	}
+	r.mu.Unlock()
 	if err := r.tcp.Close(); err != nil {
 		r.log.Warn("closing the tcp checks' epoll instance", "err", err)
 	}
-	return nil
+}
+
+func firstDue(s Spec, now time.Time) time.Time {
+	if s.Warmup > 0 {
+		return now.Add(rand.N(s.Warmup))
+	}
+	return now
+}
+
+// plan queues c's first round at at; called with r.mu held.
+func (r *Runner) plan(c *check, at time.Time) {
+	c.planned = at
+	r.enqueue(c, at)
+}
+
+// enqueue queues c to be due at; called with r.mu held.
+func (r *Runner) enqueue(c *check, at time.Time) {
+	c.due = at
+	heap.Push(&r.queue, c)
+	if c.idx == 0 {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// begin starts an attempt of c, which the queue has just given up.
+func (r *Runner) begin(ctx context.Context, c *check) {
+	now := time.Now()
+	if c.try == 0 {
+		if late := now.Sub(c.planned); late > c.spec.Interval {
+			c.mu.Lock()
+			c.st.Missed++
+			c.mu.Unlock()
+		}
+		c.round = now
+	}
+	by := now.Add(c.spec.Timeout)
+	end := func(res Result) { r.end(c, res) }
+	var cancel func() bool
+	if ac, ok := c.chk.(asyncChecker); ok {
+		cancel = ac.start(by, end)
+	} else {
+		actx, stop := context.WithDeadline(ctx, by)
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			res := c.chk.Check(actx)
+			stop()
+			end(res)
+		}()
+		cancel = func() bool { stop(); return false }
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !c.busy {
+		return // it has ended already
+	}
+	if !c.stopped {
+		c.cancel = cancel
+	} else if cancel() {
+		// Stopped while it was being started.
+		c.busy = false
+		close(c.idle)
+	}
+}
+
+// end takes the result of c's attempt: a retry, or the round's result and
+// the next round queued.
+func (r *Runner) end(c *check, res Result) {
+	r.mu.Lock()
+	c.cancel = nil
+	if c.stopped {
+		c.busy = false
+		close(c.idle)
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Unlock()
+
+	now := time.Now()
+	next := now.Add(c.spec.DelayBeforeRetry)
+	if res.Err == nil || c.try >= c.spec.Retry {
+		r.record(c, res, c.round, now.Sub(c.round))
+		c.try = 0
+		// The next round is planned one interval after this one was:
+		// a check keeps its phase, so that checks spread by warmup stay
+		// spread however the queue batches them. A round that started
+		// more than an interval late sets a new phase from its start;
+		// one that took longer than the interval is followed at once,
+		// and counted late.
+		if c.planned = c.planned.Add(c.spec.Interval); c.planned.Before(c.round) {
+			c.planned = c.round.Add(c.spec.Interval)
+		}
+		next = c.planned
+	} else {
+		c.try++
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c.busy = false
+	if c.stopped {
+		close(c.idle)
+		return
+	}
+	r.enqueue(c, next)
+}
+
+// halt stops c: out of the queue, its attempt in flight cancelled; c.idle
+// closes when no attempt is left in flight. Called with r.mu held.
+func (r *Runner) halt(c *check) {
+	if c.stopped {
+		return
+	}
+	c.stopped = true
+	if c.idx >= 0 {
+		heap.Remove(&r.queue, c.idx)
+	}
+	if !c.busy {
+		close(c.idle)
+		return
+	}
+	if c.cancel != nil && c.cancel() {
+		c.busy = false
+		close(c.idle)
+	}
 }
 
 // Update sets the checks: new ones start (down if alpha, else up),
@@ -107,121 +314,72 @@ func (r *Runner) Update(specs map[ID]Spec) error {
 			return err
 		}
 	}
+	r.update.Lock()
+	defer r.update.Unlock()
+
+	// Stop the removed and changed checks, and wait for their attempts
+	// in flight, without holding up the others.
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	var stopped []*check
 	for id, c := range r.checks {
 		if s, ok := specs[id]; !ok || !reflect.DeepEqual(s, c.spec) {
-			c.stop()
-			delete(r.checks, id)
-			if ok {
-				// Keep what is known of the server across the change.
-				n := r.newState(id, s)
-				c.mu.Lock()
-				n.st.Up, n.st.Weight, n.st.Since, n.st.Transitions = c.st.Up, c.st.Weight, c.st.Since, c.st.Transitions
-				n.d.up = c.st.Up
-				c.mu.Unlock()
-				r.checks[id] = n
-				r.start(n)
+			r.halt(c)
+			stopped = append(stopped, c)
+		}
+	}
+	r.mu.Unlock()
+	for _, c := range stopped {
+		<-c.idle
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for _, c := range stopped {
+		delete(r.checks, c.id)
+		if s, ok := specs[c.id]; ok {
+			// Keep what is known of the server across the change.
+			n := r.renew(c, s)
+			r.checks[c.id] = n
+			if r.ctx != nil {
+				r.plan(n, firstDue(s, now))
 			}
 		}
 	}
 	for id, s := range specs {
-		if _, ok := r.checks[id]; !ok {
-			c := r.newState(id, s)
-			r.checks[id] = c
-			r.start(c)
-			if s.Alpha && r.onChange != nil {
-				// The load balancer assumes up until told otherwise.
-				r.onChange(Transition{ID: id, Up: false, Weight: -1, Reason: "alpha: down until it passes"})
-			}
+		if _, ok := r.checks[id]; ok {
+			continue
+		}
+		c := r.newState(id, s)
+		r.checks[id] = c
+		if r.ctx != nil {
+			r.plan(c, firstDue(s, now))
+		}
+		if s.Alpha && r.onChange != nil {
+			// The load balancer assumes up until told otherwise.
+			r.onChange(Transition{ID: id, Up: false, Weight: -1, Reason: "alpha: down until it passes"})
 		}
 	}
 	return nil
 }
 
 func (r *Runner) newState(id ID, s Spec) *check {
-	c := &check{id: id, spec: s, done: make(chan struct{})}
+	chk, _ := r.newCheck(s)
+	c := &check{id: id, spec: s, chk: chk, idx: -1, idle: make(chan struct{})}
 	c.st = Status{ID: id, Check: s.String(), Up: !s.Alpha, Weight: -1, Since: time.Now()}
 	c.d = dampener{rise: max(s.Rise, 1), fall: max(s.Fall, 1), up: !s.Alpha}
 	return c
 }
 
-// start runs c if the runner is running; called with r.mu held.
-func (r *Runner) start(c *check) {
-	if r.ctx == nil || c.cancel != nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(r.ctx)
-	c.cancel = cancel
-	chk, _ := r.newCheck(c.spec)
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		defer close(c.done)
-		r.loop(ctx, c, chk)
-	}()
-}
-
-func (c *check) stop() {
-	if c.cancel != nil {
-		c.cancel()
-		<-c.done
-	}
-}
-
-func (r *Runner) loop(ctx context.Context, c *check, chk Checker) {
-	s := c.spec
-	var first time.Duration
-	if s.Warmup > 0 {
-		first = rand.N(s.Warmup)
-	}
-	t := time.NewTimer(first)
-	defer t.Stop()
-	next := time.Now().Add(first)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		start := time.Now()
-		if late := start.Sub(next); late > s.Interval {
-			c.mu.Lock()
-			c.st.Missed++
-			c.mu.Unlock()
-		}
-		res := r.attempt(ctx, c, chk)
-		if ctx.Err() != nil {
-			return
-		}
-		r.record(c, res, start, time.Since(start))
-		// The next check is due one interval after this one started;
-		// a check that took longer is followed at once.
-		next = start.Add(s.Interval)
-		t.Reset(max(time.Until(next), 0))
-	}
-}
-
-// attempt runs the check, with retry further attempts on failure.
-func (r *Runner) attempt(ctx context.Context, c *check, chk Checker) Result {
-	var res Result
-	for try := 0; ; try++ {
-		if dc, ok := chk.(deadlineChecker); ok {
-			res = dc.CheckBy(ctx, time.Now().Add(c.spec.Timeout))
-		} else {
-			actx, cancel := context.WithTimeout(ctx, c.spec.Timeout)
-			res = chk.Check(actx)
-			cancel()
-		}
-		if res.Err == nil || try >= c.spec.Retry || ctx.Err() != nil {
-			return res
-		}
-		select {
-		case <-ctx.Done():
-			return res
-		case <-time.After(c.spec.DelayBeforeRetry):
-		}
-	}
+// renew returns a new check of id to run s, with the state of the
+// stopped check c.
+func (r *Runner) renew(c *check, s Spec) *check {
+	n := r.newState(c.id, s)
+	c.mu.Lock()
+	n.st.Up, n.st.Weight, n.st.Since, n.st.Transitions = c.st.Up, c.st.Weight, c.st.Since, c.st.Transitions
+	n.d.up = c.st.Up
+	c.mu.Unlock()
+	return n
 }
 
 func (r *Runner) record(c *check, res Result, at time.Time, latency time.Duration) {
@@ -229,7 +387,7 @@ func (r *Runner) record(c *check, res Result, at time.Time, latency time.Duratio
 	st := &c.st
 	st.Checks++
 	st.LastAt, st.LastOK = at, res.Err == nil
-	st.Latency, st.LatencySecs = latency.Round(time.Microsecond).String(), latency.Seconds()
+	st.LatencySecs = latency.Seconds()
 	st.LastError = ""
 	if res.Err != nil {
 		st.Failures++
@@ -288,10 +446,36 @@ func (r *Runner) States() []Status {
 	out := make([]Status, 0, len(cs))
 	for _, c := range cs {
 		c.mu.Lock()
-		out = append(out, c.st)
+		st := c.st
 		c.mu.Unlock()
+		// Formatted here, not on each of thousands of checks a second.
+		st.Latency = time.Duration(st.LatencySecs * float64(time.Second)).Round(time.Microsecond).String()
+		out = append(out, st)
 	}
 	return out
+}
+
+// dueQueue is a heap of checks, the earliest due first.
+type dueQueue []*check
+
+func (q dueQueue) Len() int           { return len(q) }
+func (q dueQueue) Less(i, j int) bool { return q[i].due.Before(q[j].due) }
+func (q dueQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].idx, q[j].idx = i, j
+}
+func (q *dueQueue) Push(x any) {
+	c := x.(*check)
+	c.idx = len(*q)
+	*q = append(*q, c)
+}
+func (q *dueQueue) Pop() any {
+	old := *q
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	c.idx = -1
+	*q = old[:len(old)-1]
+	return c
 }
 
 // dampener turns check results into a state: rise successes in a row to

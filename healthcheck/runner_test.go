@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -216,5 +217,113 @@ func TestRunnerUpdateKeepsState(t *testing.T) {
 	}
 	if n := len(r.States()); n != 0 {
 		t.Fatalf("%d checks left after removing them", n)
+	}
+}
+
+// TestRunnerTCPChecks runs the runner's own tcp checks, which are sockets
+// in the prober's epoll set rather than goroutines: a listening port stays
+// up, a closed one goes down with the kernel's reason, a check stuck on a
+// port that drops SYNs is cancelled at once when Update removes it, and
+// stopping the runner leaves no descriptor open.
+func TestRunnerTCPChecks(t *testing.T) {
+	open, closed, full := openListener(t), closedPort(t), fullListener(t)
+	before := openFDs(t)
+	rec := &recorder{}
+	r := NewRunner(nil, rec.add)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			cancel()
+			<-done
+		}
+	})
+	tcp := func(a netip.AddrPort, timeout time.Duration) Spec {
+		s := spec()
+		s.Addr, s.Timeout = a, timeout
+		return s
+	}
+	ids := map[string]ID{}
+	specs := map[ID]Spec{}
+	for name, s := range map[string]Spec{"open": tcp(open, time.Second), "closed": tcp(closed, time.Second), "full": tcp(full, time.Hour)} {
+		ids[name] = ID{Service: name, Real: s.Addr}
+		specs[ids[name]] = s
+	}
+	if err := r.Update(specs); err != nil {
+		t.Fatal(err)
+	}
+	byName := func() map[string]Status {
+		m := map[string]Status{}
+		for _, st := range r.States() {
+			m[st.ID.Service] = st
+		}
+		return m
+	}
+	eventually(t, func() error {
+		m := byName()
+		if m["open"].Checks < 5 || !m["open"].Up || m["open"].Failures > 0 {
+			return fmt.Errorf("open port: %+v", m["open"])
+		}
+		if m["closed"].Up || !strings.Contains(m["closed"].LastError, "connection refused") {
+			return fmt.Errorf("closed port: %+v", m["closed"])
+		}
+		return nil
+	})
+	tr := rec.get()
+	if len(tr) != 1 || tr[0].ID != ids["closed"] || tr[0].Up {
+		t.Fatalf("transitions %+v, want only the closed port's going down", tr)
+	}
+	if m := byName(); m["full"].Checks != 0 {
+		t.Fatalf("a check with an hour's timeout ended: %+v", m["full"])
+	}
+	// The stuck check is in flight: removing it must not wait for its
+	// timeout.
+	delete(specs, ids["full"])
+	updateWithin(t, r, specs, 2*time.Second)
+	if _, ok := byName()["full"]; ok {
+		t.Fatal("the removed check is still listed")
+	}
+	cancel()
+	<-done
+	stopped = true
+	sameFDs(t, before)
+}
+
+// TestRunnerUpdateCancelsAttempt: a changed check whose attempt is in
+// flight (a checker that waits on its context) is cancelled, not waited
+// for until its timeout.
+func TestRunnerUpdateCancelsAttempt(t *testing.T) {
+	rec := &recorder{}
+	s := spec()
+	s.Timeout = time.Hour
+	fake := &script{results: []Result{ok}, delay: time.Hour}
+	r := startRunner(t, rec, fake, s)
+	eventually(t, func() error {
+		if fake.running.Load() != 1 {
+			return errors.New("the first attempt has not started")
+		}
+		return nil
+	})
+	s.Interval = 7 * time.Millisecond
+	updateWithin(t, r, map[ID]Spec{rsID: s}, 2*time.Second)
+	if st := r.States()[0]; st.Checks != 0 || !st.Up {
+		t.Fatalf("the cancelled attempt was recorded: %+v", st)
+	}
+}
+
+// updateWithin fails the test if Update has not returned within d.
+func updateWithin(t *testing.T, r *Runner, specs map[ID]Spec, d time.Duration) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() { errc <- r.Update(specs) }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(d):
+		t.Fatalf("Update waited more than %s for a check in flight", d)
 	}
 }

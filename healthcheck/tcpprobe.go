@@ -40,8 +40,21 @@ type tcpProber struct {
 }
 
 type probe struct {
-	fd   int
-	done chan error // buffered: the collector never waits
+	fd    int
+	begun time.Time
+	done  func(Result) // called once, never under the prober's lock
+}
+
+// end answers the probe's check with what its connect came to.
+func (pr *probe) end(err error) {
+	switch {
+	case err == nil:
+		pr.done(up)
+	case err == errTimeout:
+		pr.done(fail("connect: timeout after %s", time.Since(pr.begun).Round(time.Millisecond)))
+	default:
+		pr.done(fail("connect: %w", err))
+	}
 }
 
 // errTimeout is a check that ran out of time.
@@ -72,23 +85,36 @@ func newTCPProber(closeIdle bool) *tcpProber {
 // Close releases the epoll instance; checks in flight fail.
 func (p *tcpProber) Close() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.closeLocked()
+	ended, err := p.closeLocked()
+	p.mu.Unlock()
+	endAll(ended, errStopped)
+	return err
 }
 
-func (p *tcpProber) closeLocked() error {
+var errStopped = errors.New("checker stopped")
+
+// closeLocked closes the epoll instance and returns the checks that were
+// in flight, for the caller to end once it has let the lock go.
+func (p *tcpProber) closeLocked() ([]*probe, error) {
 	if p.ep == nil {
-		return nil
+		return nil, nil
 	}
+	var ended []*probe
 	for id, pr := range p.pending {
 		delete(p.pending, id)
 		unix.Close(pr.fd)
-		pr.done <- errors.New("checker stopped")
+		ended = append(ended, pr)
 	}
 	err := p.ep.Close()
 	// Its collector sees the close and leaves.
 	p.ep, p.rc, p.running, p.deadlines = nil, nil, false, nil
-	return err
+	return ended, err
+}
+
+func endAll(prs []*probe, err error) {
+	for _, pr := range prs {
+		pr.end(err)
+	}
 }
 
 // tcpTarget is where a TCP check connects, resolved once.
@@ -116,106 +142,118 @@ func sockaddr(a netip.AddrPort) unix.Sockaddr {
 	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
 }
 
-// check connects to t by the deadline; ctx ending (the runner stopping)
-// ends it too.
-func (p *tcpProber) check(ctx context.Context, t tcpTarget, by time.Time) Result {
-	start := time.Now()
+// start connects to t and returns at once; done gets the result by the
+// deadline, from this call (a result known at once) or from the prober's
+// collector. cancel ends a check in flight without an answer: it reports
+// false when the answer is already given or on its way.
+func (p *tcpProber) start(t tcpTarget, by time.Time, done func(Result)) (cancel func() bool) {
+	begun := time.Now()
 	fd, err := unix.Socket(t.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fail("socket: %w", err)
+		done(fail("socket: %w", err))
+		return noCancel
 	}
 	// Close with a reset: no FIN exchange and no TIME_WAIT socket left
 	// per check (thousands a second with many servers), as HAProxy does.
 	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
 		unix.Close(fd)
-		return fail("socket: %w", err)
+		done(fail("socket: %w", err))
+		return noCancel
 	}
 	if t.from != nil {
 		if err := unix.Bind(fd, t.from); err != nil {
 			unix.Close(fd)
-			return fail("bind: %w", err)
+			done(fail("bind: %w", err))
+			return noCancel
 		}
 	}
 	switch err := unix.Connect(fd, t.to); err {
 	case nil:
 		unix.Close(fd)
-		return up
+		done(up)
+		return noCancel
 	case unix.EINPROGRESS:
 	default:
 		unix.Close(fd)
-		return fail("connect: %w", err)
+		done(fail("connect: %w", err))
+		return noCancel
 	}
-	pr, id, err := p.watch(fd, by)
+	id, err := p.watch(&probe{fd: fd, begun: begun, done: done}, by)
 	if err != nil {
 		unix.Close(fd)
-		return fail("connect: %w", err)
+		done(fail("connect: %w", err))
+		return noCancel
 	}
-	timedOut := func() Result {
-		return fail("connect: timeout after %s", time.Since(start).Round(time.Millisecond))
+	return func() bool { return p.cancel(id) }
+}
+
+func noCancel() bool { return false }
+
+// cancel ends check id if it is still in flight.
+func (p *tcpProber) cancel(id uint32) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pr, ok := p.pending[id]
+	if ok {
+		delete(p.pending, id)
+		unix.Close(pr.fd) // which also takes it out of the epoll set
 	}
+	return ok
+}
+
+// check is start for a caller that waits: it connects to t by the
+// deadline, and ctx ending ends it too.
+func (p *tcpProber) check(ctx context.Context, t tcpTarget, by time.Time) Result {
+	begun := time.Now()
+	answer := make(chan Result, 1)
+	cancel := p.start(t, by, func(r Result) { answer <- r })
 	select {
-	case err := <-pr.done:
-		switch {
-		case err == errTimeout:
-			return timedOut()
-		case err != nil:
-			return fail("connect: %w", err)
-		}
-		return up
+	case r := <-answer:
+		return r
 	case <-ctx.Done():
 	}
-	p.mu.Lock()
-	_, mine := p.pending[id]
-	if mine {
-		delete(p.pending, id)
-		unix.Close(fd) // which also takes it out of the epoll set
-	}
-	p.mu.Unlock()
-	if !mine {
-		// The answer came as ctx ended.
-		if err := <-pr.done; err == nil {
-			return up
-		}
+	if !cancel() {
+		return <-answer // it came as ctx ended
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return timedOut()
+		return fail("connect: timeout after %s", time.Since(begun).Round(time.Millisecond))
 	}
 	return fail("connect: %w", ctx.Err())
 }
 
-// watch registers fd for the collector, to answer by the deadline.
-func (p *tcpProber) watch(fd int, by time.Time) (*probe, uint32, error) {
+// watch registers pr's socket for the collector, to answer by the
+// deadline.
+func (p *tcpProber) watch(pr *probe, by time.Time) (uint32, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ep == nil {
 		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
-			return nil, 0, fmt.Errorf("epoll: %w", err)
+			return 0, fmt.Errorf("epoll: %w", err)
 		}
 		if err := unix.SetNonblock(epfd, true); err != nil {
 			unix.Close(epfd)
-			return nil, 0, fmt.Errorf("epoll: %w", err)
+			return 0, fmt.Errorf("epoll: %w", err)
 		}
 		p.ep = os.NewFile(uintptr(epfd), "tcp-checks")
 		if p.rc, err = p.ep.SyscallConn(); err != nil {
 			p.ep.Close()
 			p.ep = nil
-			return nil, 0, fmt.Errorf("epoll: %w", err)
+			return 0, fmt.Errorf("epoll: %w", err)
 		}
 	}
 	p.nextID++
 	id := p.nextID
 	// The id, not the descriptor, names the check: a descriptor closed
 	// by a timed-out check may be reused before its last event is read.
-	ev := unix.EpollEvent{Events: unix.EPOLLOUT | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(id)}
+	ev := unix.EpollEvent{Events: unix.EPOLLOUT | unix.EPOLLONESHOT, Fd: int32(pr.fd), Pad: int32(id)}
 	var err error
-	if cerr := p.rc.Control(func(epfd uintptr) { err = unix.EpollCtl(int(epfd), unix.EPOLL_CTL_ADD, fd, &ev) }); cerr != nil {
+	if cerr := p.rc.Control(func(epfd uintptr) { err = unix.EpollCtl(int(epfd), unix.EPOLL_CTL_ADD, pr.fd, &ev) }); cerr != nil {
 		err = cerr
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("epoll: %w", err)
+		return 0, fmt.Errorf("epoll: %w", err)
 	}
-	pr := &probe{fd: fd, done: make(chan error, 1)}
 	p.pending[id] = pr
 	heap.Push(&p.deadlines, deadline{by, id})
 	if !p.running {
@@ -225,7 +263,7 @@ func (p *tcpProber) watch(fd int, by time.Time) (*probe, uint32, error) {
 		// The earliest deadline now: the collector must wake for it.
 		p.ep.SetReadDeadline(by)
 	}
-	return pr, id, nil
+	return id, nil
 }
 
 // expire times out the checks of ep whose deadline has passed and sets
@@ -233,6 +271,8 @@ func (p *tcpProber) watch(fd int, by time.Time) (*probe, uint32, error) {
 // under. It reports false, and lets ep go if asked to, when no check is
 // left in flight: the collector then leaves.
 func (p *tcpProber) expire(ep *os.File, now time.Time) bool {
+	var expired []*probe
+	defer func() { endAll(expired, errTimeout) }()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ep != ep {
@@ -247,14 +287,14 @@ func (p *tcpProber) expire(ep *os.File, now time.Time) bool {
 		if ok {
 			delete(p.pending, d.id)
 			unix.Close(pr.fd)
-			pr.done <- errTimeout
+			expired = append(expired, pr)
 		}
 		heap.Pop(&p.deadlines)
 	}
 	if len(p.pending) == 0 {
 		p.running, p.deadlines = false, p.deadlines[:0]
 		if p.closeIdle {
-			p.closeLocked()
+			p.closeLocked() // nothing in flight to end
 		}
 		return false
 	}
@@ -285,11 +325,13 @@ func (p *tcpProber) collect(ep *os.File, rc syscall.RawConn) {
 			}
 		})
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			var ended []*probe
 			p.mu.Lock()
 			if p.ep == ep {
-				p.closeLocked() // its checks fail; the next check starts afresh
+				ended, _ = p.closeLocked() // its checks fail; the next check starts afresh
 			}
 			p.mu.Unlock()
+			endAll(ended, err)
 			return
 		}
 	}
@@ -318,5 +360,5 @@ func (p *tcpProber) answer(ev unix.EpollEvent) {
 		}
 	}
 	unix.Close(pr.fd)
-	pr.done <- err
+	pr.end(err)
 }

@@ -44,6 +44,37 @@ func fullListener(t *testing.T) netip.AddrPort {
 	return addr
 }
 
+// openListener listens on loopback, accepting and closing connections.
+func openListener(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// closedPort is a loopback port nothing listens on.
+func closedPort(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
 func openFDs(t *testing.T) int {
 	t.Helper()
 	es, err := os.ReadDir("/proc/self/fd")
@@ -58,25 +89,7 @@ func openFDs(t *testing.T) int {
 // answer, timeouts come from the prober's deadlines, and no descriptor is
 // left behind.
 func TestTCPProber(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	open := netip.MustParseAddrPort(ln.Addr().String())
-	closedLn, _ := net.Listen("tcp4", "127.0.0.1:0")
-	closed := netip.MustParseAddrPort(closedLn.Addr().String())
-	closedLn.Close()
-	full := fullListener(t)
+	open, closed, full := openListener(t), closedPort(t), fullListener(t)
 
 	before := openFDs(t)
 	p := newTCPProber(false)
