@@ -1,7 +1,6 @@
 package healthcheck
 
 import (
-	"container/heap"
 	"context"
 	"log/slog"
 	"math/rand/v2"
@@ -62,6 +61,7 @@ type Runner struct {
 	mu     sync.Mutex
 	checks map[ID]*check
 	queue  dueQueue
+	epoch  time.Time       // the queue's times are durations from it, cheap to compare
 	ctx    context.Context // of Run; nil before it and after
 	wake   chan struct{}   // the queue's head changed
 	wg     sync.WaitGroup  // goroutines of attempts in flight
@@ -73,9 +73,9 @@ type check struct {
 	chk  Checker
 
 	// Under Runner.mu.
-	due     time.Time // of the next attempt
-	idx     int       // in the queue; -1 when not queued
-	busy    bool      // an attempt is in flight
+	due     time.Duration // of the next attempt, from the runner's epoch
+	endFn   func(Result)  // r.end for c, made once
+	busy    bool          // an attempt is in flight
 	cancel  func() bool
 	stopped bool
 	idle    chan struct{} // closed once stopped and no attempt is in flight
@@ -96,7 +96,7 @@ func NewRunner(log *slog.Logger, onChange func(Transition)) *Runner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Runner{log: log, onChange: onChange, tcp: newTCPProber(false), checks: map[ID]*check{}, wake: make(chan struct{}, 1)}
+	r := &Runner{log: log, onChange: onChange, tcp: newTCPProber(false), checks: map[ID]*check{}, wake: make(chan struct{}, 1), epoch: time.Now()}
 	r.newCheck = func(s Spec) (Checker, error) { return newChecker(s, r.tcp) }
 	return r
 }
@@ -124,17 +124,20 @@ func (r *Runner) Run(ctx context.Context) error {
 		now := time.Now()
 		batch = batch[:0]
 		for len(r.queue) > 0 {
-			c := r.queue[0]
-			if c.due.After(now.Add(slack(c.spec.Interval))) {
+			e := r.queue[0]
+			if e.due > now.Sub(r.epoch)+slack(e.c.spec.Interval) {
 				break
 			}
-			heap.Pop(&r.queue)
-			c.busy = true
-			batch = append(batch, c)
+			r.queue.pop()
+			if e.c.stopped {
+				continue // halted while queued
+			}
+			e.c.busy = true
+			batch = append(batch, e.c)
 		}
 		wait := time.Hour
 		if len(r.queue) > 0 {
-			wait = r.queue[0].due.Sub(now)
+			wait = r.queue[0].due - now.Sub(r.epoch)
 		}
 		r.mu.Unlock()
 		for _, c := range batch {
@@ -191,9 +194,8 @@ func (r *Runner) plan(c *check, at time.Time) {
 
 // enqueue queues c to be due at; called with r.mu held.
 func (r *Runner) enqueue(c *check, at time.Time) {
-	c.due = at
-	heap.Push(&r.queue, c)
-	if c.idx == 0 {
+	c.due = at.Sub(r.epoch)
+	if r.queue.push(entry{c.due, c}) == 0 {
 		select {
 		case r.wake <- struct{}{}:
 		default:
@@ -213,7 +215,7 @@ func (r *Runner) begin(ctx context.Context, c *check) {
 		c.round = now
 	}
 	by := now.Add(c.spec.Timeout)
-	end := func(res Result) { r.end(c, res) }
+	end := c.endFn
 	var cancel func() bool
 	if ac, ok := c.chk.(asyncChecker); ok {
 		cancel = ac.start(by, end)
@@ -290,10 +292,7 @@ func (r *Runner) halt(c *check) {
 	if c.stopped {
 		return
 	}
-	c.stopped = true
-	if c.idx >= 0 {
-		heap.Remove(&r.queue, c.idx)
-	}
+	c.stopped = true // a queued check is dropped when it comes up
 	if !c.busy {
 		close(c.idle)
 		return
@@ -365,7 +364,8 @@ func (r *Runner) Update(specs map[ID]Spec) error {
 
 func (r *Runner) newState(id ID, s Spec) *check {
 	chk, _ := r.newCheck(s)
-	c := &check{id: id, spec: s, chk: chk, idx: -1, idle: make(chan struct{})}
+	c := &check{id: id, spec: s, chk: chk, idle: make(chan struct{})}
+	c.endFn = func(res Result) { r.end(c, res) }
 	c.st = Status{ID: id, Check: s.String(), Up: !s.Alpha, Weight: -1, Since: time.Now()}
 	c.d = dampener{rise: max(s.Rise, 1), fall: max(s.Fall, 1), up: !s.Alpha}
 	return c
@@ -455,27 +455,62 @@ func (r *Runner) States() []Status {
 	return out
 }
 
-// dueQueue is a heap of checks, the earliest due first.
-type dueQueue []*check
+// dueQueue is a binary heap of checks, the earliest due first. The due
+// times sit in the heap itself: comparing them then reads one array, not
+// thousands of checks scattered over memory, which was most of what a
+// sift cost. A stopped check is not taken out, but skipped when it comes
+// up.
+type dueQueue []entry
 
-func (q dueQueue) Len() int           { return len(q) }
-func (q dueQueue) Less(i, j int) bool { return q[i].due.Before(q[j].due) }
-func (q dueQueue) Swap(i, j int) {
-	q[i], q[j] = q[j], q[i]
-	q[i].idx, q[j].idx = i, j
+type entry struct {
+	due time.Duration
+	c   *check
 }
-func (q *dueQueue) Push(x any) {
-	c := x.(*check)
-	c.idx = len(*q)
-	*q = append(*q, c)
+
+// push adds e and returns its place: 0 when it is the new head.
+func (q *dueQueue) push(e entry) int {
+	*q = append(*q, e)
+	h := *q
+	i := len(h) - 1
+	for i > 0 {
+		parent := (i - 1) / 2
+		if h[parent].due <= e.due {
+			break
+		}
+		h[i] = h[parent]
+		i = parent
+	}
+	h[i] = e
+	return i
 }
-func (q *dueQueue) Pop() any {
-	old := *q
-	c := old[len(old)-1]
-	old[len(old)-1] = nil
-	c.idx = -1
-	*q = old[:len(old)-1]
-	return c
+
+// pop removes the head.
+func (q *dueQueue) pop() {
+	h := *q
+	n := len(h) - 1
+	last := h[n]
+	h[n] = entry{}
+	h = h[:n]
+	*q = h
+	if n == 0 {
+		return
+	}
+	i := 0
+	for {
+		child := 2*i + 1
+		if child >= n {
+			break
+		}
+		if r := child + 1; r < n && h[r].due < h[child].due {
+			child = r
+		}
+		if last.due <= h[child].due {
+			break
+		}
+		h[i] = h[child]
+		i = child
+	}
+	h[i] = last
 }
 
 // dampener turns check results into a state: rise successes in a row to

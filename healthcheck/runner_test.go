@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -325,5 +326,29 @@ func updateWithin(t *testing.T, r *Runner, specs map[ID]Spec, d time.Duration) {
 		}
 	case <-time.After(d):
 		t.Fatalf("Update waited more than %s for a check in flight", d)
+	}
+}
+
+// TestDueQueue: the queue gives its checks back earliest first, and push
+// tells when the new check is the head (the runner's cue to wake).
+func TestDueQueue(t *testing.T) {
+	var q dueQueue
+	dues := []time.Duration{5, 3, 9, 3, 1, 8, 2, 7, 7, 0, 6, 4}
+	earliest := time.Duration(1 << 62)
+	for _, d := range dues {
+		head := q.push(entry{due: d}) == 0
+		if wantHead := d < earliest; head != wantHead {
+			t.Fatalf("push %d: head %v, want %v", d, head, wantHead)
+		}
+		earliest = min(earliest, d)
+	}
+	var got []time.Duration
+	for len(q) > 0 {
+		got = append(got, q[0].due)
+		q.pop()
+	}
+	want := slices.Sorted(slices.Values(dues))
+	if !slices.Equal(got, want) {
+		t.Fatalf("popped %v, want %v", got, want)
 	}
 }

@@ -268,8 +268,8 @@ func (p *tcpProber) watch(pr *probe, by time.Time) (uint32, error) {
 
 // expire times out the checks of ep whose deadline has passed and sets
 // ep's read deadline to the next one, under the lock that watch sets it
-// under. It reports false, and lets ep go if asked to, when no check is
-// left in flight: the collector then leaves.
+// under. It reports false when the collector is to leave: ep is closed,
+// or no check is left in flight and the prober lets ep go when idle.
 func (p *tcpProber) expire(ep *os.File, now time.Time) bool {
 	var expired []*probe
 	defer func() { endAll(expired, errTimeout) }()
@@ -292,18 +292,24 @@ func (p *tcpProber) expire(ep *os.File, now time.Time) bool {
 		heap.Pop(&p.deadlines)
 	}
 	if len(p.pending) == 0 {
-		p.running, p.deadlines = false, p.deadlines[:0]
+		p.deadlines = p.deadlines[:0]
 		if p.closeIdle {
+			p.running = false
 			p.closeLocked() // nothing in flight to end
+			return false
 		}
-		return false
+		// A runner's prober keeps its collector, parked until the next
+		// check answers: one that left whenever nothing was in flight
+		// was started again thousands of times a second.
+		ep.SetReadDeadline(time.Time{})
+		return true
 	}
 	ep.SetReadDeadline(p.deadlines[0].at)
 	return true
 }
 
-// collect answers the checks whose connect finished, until none is in
-// flight.
+// collect answers the checks whose connect finished, until ep is closed
+// (or, for a prober that closes when idle, none is in flight).
 func (p *tcpProber) collect(ep *os.File, rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 128)
 	for p.expire(ep, time.Now()) {

@@ -3,6 +3,7 @@
 package ctl
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -126,8 +127,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// printJSON prints a JSON document indented, ending with a newline.
 func printJSON(w io.Writer, raw []byte) error {
-	_, err := w.Write(raw)
+	var b bytes.Buffer
+	if err := json.Indent(&b, bytes.TrimSpace(raw), "", "  "); err != nil {
+		return fmt.Errorf("decode answer: %w", err)
+	}
+	b.WriteByte('\n')
+	_, err := w.Write(b.Bytes())
 	return err
 }
 

@@ -150,9 +150,9 @@ func Listen(path string) (net.Listener, error) {
 func WriteJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
+	// Compact: the health section alone is thousands of entries, and
+	// directorctl indents what it prints for people.
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 // ErrorBody is the JSON answer of a failed request.
