@@ -44,10 +44,17 @@ func fullListener(t *testing.T) netip.AddrPort {
 	return addr
 }
 
-// openListener listens on loopback, accepting and closing connections.
+// openListener listens on IPv4 loopback, accepting and closing
+// connections.
 func openListener(t *testing.T) netip.AddrPort {
+	return netip.MustParseAddrPort(acceptor(t, "tcp4", "127.0.0.1:0").Addr().String())
+}
+
+// acceptor listens on addr, accepting and closing connections until the
+// test ends or the caller closes it.
+func acceptor(t *testing.T, network, addr string) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +68,7 @@ func openListener(t *testing.T) netip.AddrPort {
 			c.Close()
 		}
 	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
+	return ln
 }
 
 // closedPort is a loopback port nothing listens on.
@@ -204,4 +211,23 @@ func waitFor(cond func() bool) error {
 		time.Sleep(time.Millisecond)
 	}
 	return nil
+}
+
+// TestTCPProberIPv6: the prober's own sockaddr_in6 reaches an IPv6
+// listener, and a closed IPv6 port is refused.
+func TestTCPProberIPv6(t *testing.T) {
+	ln := acceptor(t, "tcp6", "[::1]:0")
+	open := netip.MustParseAddrPort(ln.Addr().String())
+	p := newTCPProber(false)
+	defer p.Close()
+	check := func(a netip.AddrPort) Result {
+		return p.check(context.Background(), newTCPTarget(a, netip.Addr{}), time.Now().Add(2*time.Second))
+	}
+	if r := check(open); r.Err != nil {
+		t.Fatalf("check of %s: %v", open, r.Err)
+	}
+	ln.Close()
+	if r := check(open); r.Err == nil || !strings.Contains(r.Err.Error(), "connection refused") {
+		t.Fatalf("check of the closed %s: %v", open, errString(r.Err))
+	}
 }
