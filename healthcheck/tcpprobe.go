@@ -32,6 +32,7 @@ type tcpProber struct {
 
 	mu      sync.Mutex
 	ep      *os.File // the epoll instance, nil until needed
+	epfd    int      // ep's descriptor
 	rc      syscall.RawConn
 	pending map[uint32]*probe // by id
 	nextID  uint32
@@ -173,6 +174,16 @@ func rawConnect(fd int, sa []byte) error {
 
 func rawClose(fd int) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
 
+// rawLingerReset sets SO_LINGER to close with a reset.
+func rawLingerReset(fd int) error {
+	l := unix.Linger{Onoff: 1}
+	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
 func sockaddr(a netip.AddrPort) unix.Sockaddr {
 	if a.Addr().Is4() || a.Addr().Is4In6() {
 		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().Unmap().As4()}
@@ -193,7 +204,7 @@ func (p *tcpProber) start(t tcpTarget, by time.Time, done func(Result)) (cancel 
 	}
 	// Close with a reset: no FIN exchange and no TIME_WAIT socket left
 	// per check (thousands a second with many servers), as HAProxy does.
-	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
+	if err := rawLingerReset(fd); err != nil {
 		rawClose(fd)
 		done(fail("socket: %w", err))
 		return noCancel
@@ -273,7 +284,7 @@ func (p *tcpProber) watch(pr *probe, by time.Time) (uint32, error) {
 			unix.Close(epfd)
 			return 0, fmt.Errorf("epoll: %w", err)
 		}
-		p.ep = os.NewFile(uintptr(epfd), "tcp-checks")
+		p.ep, p.epfd = os.NewFile(uintptr(epfd), "tcp-checks"), epfd
 		if p.rc, err = p.ep.SyscallConn(); err != nil {
 			p.ep.Close()
 			p.ep = nil
@@ -285,12 +296,9 @@ func (p *tcpProber) watch(pr *probe, by time.Time) (uint32, error) {
 	// The id, not the descriptor, names the check: a descriptor closed
 	// by a timed-out check may be reused before its last event is read.
 	ev := unix.EpollEvent{Events: unix.EPOLLOUT | unix.EPOLLONESHOT, Fd: int32(pr.fd), Pad: int32(id)}
-	var err error
-	if cerr := p.rc.Control(func(epfd uintptr) { err = unix.EpollCtl(int(epfd), unix.EPOLL_CTL_ADD, pr.fd, &ev) }); cerr != nil {
-		err = cerr
-	}
-	if err != nil {
-		return 0, fmt.Errorf("epoll: %w", err)
+	// The instance's descriptor stays open while p.mu is held.
+	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(p.epfd), unix.EPOLL_CTL_ADD, uintptr(pr.fd), uintptr(unsafe.Pointer(&ev)), 0, 0); e != 0 {
+		return 0, fmt.Errorf("epoll: %w", e)
 	}
 	p.pending[id] = pr
 	heap.Push(&p.deadlines, deadline{by, id})
