@@ -278,7 +278,8 @@ func (r *Runner) end(c *check, res Result) {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	c.busy = false
+	// begin may have stored this attempt's cancel after the first lock.
+	c.busy, c.cancel = false, nil
 	if c.stopped {
 		close(c.idle)
 		return
