@@ -358,25 +358,34 @@ func (p *tcpProber) expire(ep *os.File, now time.Time) bool {
 // (or, for a prober that closes when idle, none is in flight).
 func (p *tcpProber) collect(ep *os.File, rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 128)
-	for p.expire(ep, time.Now()) {
-		err := rc.Read(func(epfd uintptr) bool {
-			for {
-				n, err := unix.EpollWait(int(epfd), events, 0)
-				if err == unix.EINTR {
-					continue
-				}
-				if err != nil || n <= 0 {
-					return n > 0
-				}
-				for _, ev := range events[:n] {
-					p.answer(ev)
-				}
-				if n < len(events) {
-					return true
-				}
+	// drain answers every check whose connect has finished; it reports
+	// whether there was any.
+	drain := func(epfd uintptr) bool {
+		for {
+			n, err := unix.EpollWait(int(epfd), events, 0)
+			if err == unix.EINTR {
+				continue
 			}
-		})
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			if err != nil || n <= 0 {
+				return n > 0
+			}
+			for _, ev := range events[:n] {
+				p.answer(ev)
+			}
+			if n < len(events) {
+				return true
+			}
+		}
+	}
+	for p.expire(ep, time.Now()) {
+		err := rc.Read(drain)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// Woken for a deadline: answers that came in meanwhile
+			// count before it is enforced (a collector held up by a busy
+			// host must not fail checks that were answered in time).
+			err = rc.Control(func(epfd uintptr) { drain(epfd) })
+		}
+		if err != nil {
 			var ended []*probe
 			p.mu.Lock()
 			if p.ep == ep {
