@@ -130,7 +130,7 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 	fmt.Fprintf(&b, "[node]\nname = \"dir\"\ndata_dir = %q\nstatus_socket = %q\nlog_level = \"warn\"\n", filepath.Join(dir, "data"), sock)
 	for i := range addrs {
 		fmt.Fprintf(&b, "\n[[virtual_server]]\nname = \"vs%d\"\naddress = \"192.0.2.100:%d\"\nscheduler = \"rr\"\n", i, 1000+i)
-		fmt.Fprintf(&b, "  [virtual_server.health_check]\n  type = \"tcp\"\n  interval = \"1s\"\n  timeout = \"500ms\"\n  warmup = \"1s\"\n")
+		fmt.Fprintf(&b, "  [virtual_server.health_check]\n  type = \"tcp\"\n  interval = \"1s\"\n  timeout = \"500ms\"\n  warmup = \"1s\"\n  log_all_failures = true\n")
 		for p := range ports {
 			fmt.Fprintf(&b, "  [[virtual_server.real_server]]\n  address = \"203.0.113.%d:%d\"\n", 11+i, 10000+p)
 		}
@@ -224,6 +224,24 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 	for e, n := range failing {
 		fmt.Printf("failing when sampled: %d x %s\n", n, e)
 	}
+	// Every failure is logged (log_all_failures): their reasons.
+	reasons := map[string]int{}
+	for _, line := range strings.Split(d.Output(), "\n") {
+		if i := strings.Index(line, "health check failed"); i >= 0 {
+			if j := strings.Index(line, "err="); j >= 0 {
+				v := line[j+len("err="):]
+				if q, err := strconv.QuotedPrefix(v); err == nil {
+					v, _ = strconv.Unquote(q)
+				} else if f := strings.Fields(v); len(f) > 0 {
+					v = f[0]
+				}
+				reasons[v]++
+			}
+		}
+	}
+	for e, n := range reasons {
+		fmt.Printf("failed checks logged: %d x %s\n", n, e)
+	}
 	fmt.Printf("targets' receive thread: cpu %.1f%% of a core\n", napiCPU)
 	fmt.Printf("%d targets, %s: cpu %.1f%% of a core (user %.1f%%), rss %d MiB (peak %d MiB), latency p50 %s p99 %s, %d checks (%.0f expected), %d missed, %d failures, %d up\n",
 		targets, elapsed.Round(time.Second), cpu, user, rss>>20, hwm>>20, pct(0.5), pct(0.99), checks, expected, missed, last.failures-first.failures, last.up)
@@ -291,7 +309,8 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 	fmt.Fprintf(&r, "of the same connect and reset system calls at the same rate from the same namespace\n")
 	fmt.Fprintf(&r, "(directord paused, its nftables table and so conntrack and NAT still in the path), with no\n")
 	fmt.Fprintf(&r, "Go runtime, timers or bookkeeping: %.1f %% of a core (%.1f %% user). keepalived's checker\n", floorCPU, floorUser)
-	fmt.Fprintf(&r, "cannot run here (it needs IPVS in the kernel).\n\n")
+	fmt.Fprintf(&r, "cannot run here (it needs IPVS in the kernel). On a shared virtual machine both figures move\n")
+	fmt.Fprintf(&r, "together with the host's load from run to run; the ratio is the steadier of the two.\n\n")
 	if napi {
 		fmt.Fprintf(&r, "The targets' interface receives in a threaded NAPI kernel thread (GRO on, so a veth uses\n")
 		fmt.Fprintf(&r, "NAPI), so the targets' side of each handshake (their SYN handling, SYN-ACK and accept\n")
