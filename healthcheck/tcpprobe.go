@@ -18,7 +18,8 @@ import (
 
 // tcpProber runs TCP checks with plain system calls: a check is a
 // non-blocking socket (set to close with a reset), a connect, one
-// registration in the prober's epoll instance and a close. The epoll
+// registration in the prober's epoll instance and, when it passed, a
+// disconnect that keeps the socket for the next check (else a close). The epoll
 // instance itself is waited on through Go's poller, so one goroutine
 // collects the answers of every check in flight, in batches, and times
 // them out from one heap of deadlines with one timer. net.Dialer costs
@@ -40,12 +41,23 @@ type tcpProber struct {
 	// deadlines of the checks in flight, earliest first; an entry whose
 	// check has ended is skipped when it comes up.
 	deadlines deadlineHeap
+	// spare holds sockets of checks that passed, disconnected and still
+	// registered (disarmed) in ep, by address family, for later checks:
+	// a socket and its file cost as much to make and free as the
+	// handshake's own packets.
+	spare map[int][]int
 }
 
+// maxSpare bounds the spare sockets of each family: more than the checks
+// in flight at once is never needed.
+const maxSpare = 256
+
 type probe struct {
-	fd    int
-	begun time.Time
-	done  func(Result) // called once, never under the prober's lock
+	fd     int
+	family int
+	reused bool // a spare socket, already in ep
+	begun  time.Time
+	done   func(Result) // called once, never under the prober's lock
 }
 
 // end answers the probe's check with what its connect came to.
@@ -82,7 +94,7 @@ func (h *deadlineHeap) Pop() any {
 }
 
 func newTCPProber(closeIdle bool) *tcpProber {
-	return &tcpProber{closeIdle: closeIdle, pending: map[uint32]*probe{}}
+	return &tcpProber{closeIdle: closeIdle, pending: map[uint32]*probe{}, spare: map[int][]int{}}
 }
 
 // Close releases the epoll instance; checks in flight fail.
@@ -107,6 +119,12 @@ func (p *tcpProber) closeLocked() ([]*probe, error) {
 		delete(p.pending, id)
 		rawClose(pr.fd)
 		ended = append(ended, pr)
+	}
+	for fam, fds := range p.spare {
+		for _, fd := range fds {
+			rawClose(fd)
+		}
+		delete(p.spare, fam)
 	}
 	err := p.ep.Close()
 	// Its collector sees the close and leaves.
@@ -174,6 +192,17 @@ func rawConnect(fd int, sa []byte) error {
 
 func rawClose(fd int) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
 
+// rawDisconnect is connect(2) with AF_UNSPEC: the connection ends (with a
+// reset, for an established one) and the socket can connect again.
+func rawDisconnect(fd int) error {
+	sa := unix.RawSockaddr{Family: unix.AF_UNSPEC}
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa.Family))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
 // rawLingerReset sets SO_LINGER to close with a reset.
 func rawLingerReset(fd int) error {
 	l := unix.Linger{Onoff: 1}
@@ -197,17 +226,24 @@ func sockaddr(a netip.AddrPort) unix.Sockaddr {
 // false when the answer is already given or on its way.
 func (p *tcpProber) start(t tcpTarget, by time.Time, done func(Result)) (cancel func() bool) {
 	begun := time.Now()
-	fd, err := unix.Socket(t.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		done(fail("socket: %w", err))
-		return noCancel
+	fd, reused := -1, false
+	if t.from == nil {
+		fd, reused = p.takeSpare(t.family)
 	}
-	// Close with a reset: no FIN exchange and no TIME_WAIT socket left
-	// per check (thousands a second with many servers), as HAProxy does.
-	if err := rawLingerReset(fd); err != nil {
-		rawClose(fd)
-		done(fail("socket: %w", err))
-		return noCancel
+	if !reused {
+		var err error
+		if fd, err = unix.Socket(t.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err != nil {
+			done(fail("socket: %w", err))
+			return noCancel
+		}
+		// Close with a reset: no FIN exchange and no TIME_WAIT socket
+		// left per check (thousands a second with many servers), as
+		// HAProxy does.
+		if err := rawLingerReset(fd); err != nil {
+			rawClose(fd)
+			done(fail("socket: %w", err))
+			return noCancel
+		}
 	}
 	if t.from != nil {
 		if err := unix.Bind(fd, t.from); err != nil {
@@ -227,7 +263,7 @@ func (p *tcpProber) start(t tcpTarget, by time.Time, done func(Result)) (cancel 
 		done(fail("connect: %w", err))
 		return noCancel
 	}
-	id, err := p.watch(&probe{fd: fd, begun: begun, done: done}, by)
+	id, err := p.watch(&probe{fd: fd, family: t.family, reused: reused, begun: begun, done: done}, by)
 	if err != nil {
 		rawClose(fd)
 		done(fail("connect: %w", err))
@@ -237,6 +273,39 @@ func (p *tcpProber) start(t tcpTarget, by time.Time, done func(Result)) (cancel 
 }
 
 func noCancel() bool { return false }
+
+// takeSpare returns a spare socket of the family, if there is one.
+func (p *tcpProber) takeSpare(family int) (int, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fds := p.spare[family]
+	if len(fds) == 0 {
+		return -1, false
+	}
+	fd := fds[len(fds)-1]
+	p.spare[family] = fds[:len(fds)-1]
+	return fd, true
+}
+
+// recycle ends the connection of a check that passed, with a reset, and
+// keeps its socket, still registered in ep but disarmed since its one
+// event was read, for a later check. connect(2) with AF_UNSPEC does what
+// close does to the connection and leaves the socket as socket(2) made it.
+// Sockets of failed, timed-out or cancelled checks are closed instead: a
+// connect still in progress could yet raise an event.
+func (p *tcpProber) recycle(ep *os.File, pr *probe) {
+	if p.closeIdle || rawDisconnect(pr.fd) != nil {
+		rawClose(pr.fd)
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ep != ep || len(p.spare[pr.family]) >= maxSpare {
+		rawClose(pr.fd)
+		return
+	}
+	p.spare[pr.family] = append(p.spare[pr.family], pr.fd)
+}
 
 // cancel ends check id if it is still in flight.
 func (p *tcpProber) cancel(id uint32) bool {
@@ -296,8 +365,15 @@ func (p *tcpProber) watch(pr *probe, by time.Time) (uint32, error) {
 	// The id, not the descriptor, names the check: a descriptor closed
 	// by a timed-out check may be reused before its last event is read.
 	ev := unix.EpollEvent{Events: unix.EPOLLOUT | unix.EPOLLONESHOT, Fd: int32(pr.fd), Pad: int32(id)}
+	// A spare socket is in the set already, disarmed: armed again, with
+	// the new id, after its connect started, so that its state before
+	// (closed, which polls as hung up) is never reported.
+	op := unix.EPOLL_CTL_ADD
+	if pr.reused {
+		op = unix.EPOLL_CTL_MOD
+	}
 	// The instance's descriptor stays open while p.mu is held.
-	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(p.epfd), unix.EPOLL_CTL_ADD, uintptr(pr.fd), uintptr(unsafe.Pointer(&ev)), 0, 0); e != 0 {
+	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(p.epfd), uintptr(op), uintptr(pr.fd), uintptr(unsafe.Pointer(&ev)), 0, 0); e != 0 {
 		return 0, fmt.Errorf("epoll: %w", e)
 	}
 	p.pending[id] = pr
@@ -370,7 +446,7 @@ func (p *tcpProber) collect(ep *os.File, rc syscall.RawConn) {
 				return n > 0
 			}
 			for _, ev := range events[:n] {
-				p.answer(ev)
+				p.answer(ep, ev)
 			}
 			if n < len(events) {
 				return true
@@ -398,7 +474,7 @@ func (p *tcpProber) collect(ep *os.File, rc syscall.RawConn) {
 	}
 }
 
-func (p *tcpProber) answer(ev unix.EpollEvent) {
+func (p *tcpProber) answer(ep *os.File, ev unix.EpollEvent) {
 	p.mu.Lock()
 	pr, ok := p.pending[uint32(ev.Pad)]
 	if ok {
@@ -420,6 +496,10 @@ func (p *tcpProber) answer(ev unix.EpollEvent) {
 			err = errors.New("connection closed by the server")
 		}
 	}
-	rawClose(pr.fd)
+	if err == nil {
+		p.recycle(ep, pr)
+	} else {
+		rawClose(pr.fd)
+	}
 	pr.end(err)
 }

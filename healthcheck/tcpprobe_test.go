@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,4 +231,63 @@ func TestTCPProberIPv6(t *testing.T) {
 	if r := check(open); r.Err == nil || !strings.Contains(r.Err.Error(), "connection refused") {
 		t.Fatalf("check of the closed %s: %v", open, errString(r.Err))
 	}
+}
+
+// TestTCPProberReusesSockets: a check that passed leaves its socket,
+// disconnected, for the next check, which still makes a new connection;
+// a refused check after reuse is still refused, and Close frees the
+// spare sockets.
+func TestTCPProberReusesSockets(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int64
+	const checks = 200
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			accepted.Add(1)
+		}
+	}()
+	open := netip.MustParseAddrPort(ln.Addr().String())
+	closed := closedPort(t)
+	before := openFDs(t)
+	p := newTCPProber(false)
+	check := func(a netip.AddrPort) Result {
+		return p.check(context.Background(), newTCPTarget(a, netip.Addr{}), time.Now().Add(2*time.Second))
+	}
+	for i := range checks {
+		if r := check(open); r.Err != nil {
+			t.Fatalf("check %d: %v", i, r.Err)
+		}
+	}
+	// Every check was a connection of its own.
+	if err := waitFor(func() bool { return accepted.Load() == checks }); err != nil {
+		t.Fatalf("%d connections accepted for %d checks", accepted.Load(), checks)
+	}
+	p.mu.Lock()
+	spare := len(p.spare[unix.AF_INET])
+	p.mu.Unlock()
+	if spare != 1 {
+		t.Fatalf("%d spare sockets after one check at a time, want 1", spare)
+	}
+	if n := openFDs(t) - before; n > 2 {
+		t.Fatalf("%d more descriptors open after %d checks: sockets are not reused", n, checks)
+	}
+	if r := check(closed); r.Err == nil || !strings.Contains(r.Err.Error(), "connection refused") {
+		t.Fatalf("check of a closed port with a reused socket: %v", errString(r.Err))
+	}
+	if r := check(open); r.Err != nil {
+		t.Fatalf("check after a refused one: %v", r.Err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sameFDs(t, before)
 }
