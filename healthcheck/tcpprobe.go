@@ -373,7 +373,15 @@ func (p *tcpProber) watch(pr *probe, by time.Time) (uint32, error) {
 		op = unix.EPOLL_CTL_MOD
 	}
 	// The instance's descriptor stays open while p.mu is held.
-	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(p.epfd), uintptr(op), uintptr(pr.fd), uintptr(unsafe.Pointer(&ev)), 0, 0); e != 0 {
+	ctl := func(op int) unix.Errno {
+		_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(p.epfd), uintptr(op), uintptr(pr.fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
+		return e
+	}
+	e := ctl(op)
+	if e == unix.ENOENT && op == unix.EPOLL_CTL_MOD {
+		e = ctl(unix.EPOLL_CTL_ADD) // its instance was closed since it was spared
+	}
+	if e != 0 {
 		return 0, fmt.Errorf("epoll: %w", e)
 	}
 	p.pending[id] = pr
