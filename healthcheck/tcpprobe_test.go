@@ -48,12 +48,12 @@ func fullListener(t *testing.T) netip.AddrPort {
 // openListener listens on IPv4 loopback, accepting and closing
 // connections.
 func openListener(t *testing.T) netip.AddrPort {
-	return netip.MustParseAddrPort(acceptor(t, "tcp4", "127.0.0.1:0").Addr().String())
+	return netip.MustParseAddrPort(acceptor(t, "tcp4", "127.0.0.1:0", nil).Addr().String())
 }
 
-// acceptor listens on addr, accepting and closing connections until the
-// test ends or the caller closes it.
-func acceptor(t *testing.T, network, addr string) net.Listener {
+// acceptor listens on addr, accepting and closing connections (counted in
+// accepted when not nil) until the test ends or the caller closes it.
+func acceptor(t *testing.T, network, addr string, accepted *atomic.Int64) net.Listener {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
@@ -67,6 +67,9 @@ func acceptor(t *testing.T, network, addr string) net.Listener {
 				return
 			}
 			c.Close()
+			if accepted != nil {
+				accepted.Add(1)
+			}
 		}
 	}()
 	return ln
@@ -217,7 +220,7 @@ func waitFor(cond func() bool) error {
 // TestTCPProberIPv6: the prober's own sockaddr_in6 reaches an IPv6
 // listener, and a closed IPv6 port is refused.
 func TestTCPProberIPv6(t *testing.T) {
-	ln := acceptor(t, "tcp6", "[::1]:0")
+	ln := acceptor(t, "tcp6", "[::1]:0", nil)
 	open := netip.MustParseAddrPort(ln.Addr().String())
 	p := newTCPProber(false)
 	defer p.Close()
@@ -238,24 +241,9 @@ func TestTCPProberIPv6(t *testing.T) {
 // a refused check after reuse is still refused, and Close frees the
 // spare sockets.
 func TestTCPProberReusesSockets(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	var accepted atomic.Int64
 	const checks = 200
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-			accepted.Add(1)
-		}
-	}()
-	open := netip.MustParseAddrPort(ln.Addr().String())
+	open := netip.MustParseAddrPort(acceptor(t, "tcp4", "127.0.0.1:0", &accepted).Addr().String())
 	closed := closedPort(t)
 	before := openFDs(t)
 	p := newTCPProber(false)
