@@ -60,22 +60,20 @@ type Runner struct {
 	// mu guards the checks, the queue and every check's schedule.
 	mu     sync.Mutex
 	checks map[ID]*check
-	queue  dueQueue
-	epoch  time.Time       // the queue's times are durations from it, cheap to compare
-	ctx    context.Context // of Run; nil before it and after
-	wake   chan struct{}   // the queue's head changed
-	wg     sync.WaitGroup  // goroutines of attempts in flight
+	queue  timeHeap[*check] // by when each is next due
+	ctx    context.Context  // of Run; nil before it and after
+	wake   chan struct{}    // the queue's head changed
+	wg     sync.WaitGroup   // goroutines of attempts in flight
 }
 
 type check struct {
 	id   ID
 	spec Spec
 	chk  Checker
+	end  func(Result) // r.end for c, made once
 
 	// Under Runner.mu.
-	due     time.Duration // of the next attempt, from the runner's epoch
-	endFn   func(Result)  // r.end for c, made once
-	busy    bool          // an attempt is in flight
+	busy    bool // an attempt is in flight
 	cancel  func() bool
 	stopped bool
 	idle    chan struct{} // closed once stopped and no attempt is in flight
@@ -96,7 +94,7 @@ func NewRunner(log *slog.Logger, onChange func(Transition)) *Runner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Runner{log: log, onChange: onChange, tcp: newTCPProber(false), checks: map[ID]*check{}, wake: make(chan struct{}, 1), epoch: time.Now()}
+	r := &Runner{log: log, onChange: onChange, tcp: newTCPProber(false), checks: map[ID]*check{}, wake: make(chan struct{}, 1)}
 	r.newCheck = func(s Spec) (Checker, error) { return newChecker(s, r.tcp) }
 	return r
 }
@@ -123,21 +121,22 @@ func (r *Runner) Run(ctx context.Context) error {
 		r.mu.Lock()
 		now := time.Now()
 		batch = batch[:0]
-		for len(r.queue) > 0 {
-			e := r.queue[0]
-			if e.due > now.Sub(r.epoch)+slack(e.c.spec.Interval) {
+		for r.queue.len() > 0 {
+			due, c := r.queue.head()
+			if due.After(now.Add(slack(c.spec.Interval))) {
 				break
 			}
 			r.queue.pop()
-			if e.c.stopped {
-				continue // halted while queued
+			if c.stopped {
+				continue // halted while queued (a stopped check is skipped, not taken out)
 			}
-			e.c.busy = true
-			batch = append(batch, e.c)
+			c.busy = true
+			batch = append(batch, c)
 		}
 		wait := time.Hour
-		if len(r.queue) > 0 {
-			wait = r.queue[0].due - now.Sub(r.epoch)
+		if r.queue.len() > 0 {
+			due, _ := r.queue.head()
+			wait = due.Sub(now)
 		}
 		r.mu.Unlock()
 		for _, c := range batch {
@@ -194,8 +193,7 @@ func (r *Runner) plan(c *check, at time.Time) {
 
 // enqueue queues c to be due at; called with r.mu held.
 func (r *Runner) enqueue(c *check, at time.Time) {
-	c.due = at.Sub(r.epoch)
-	if r.queue.push(entry{c.due, c}) == 0 {
+	if r.queue.push(at, c) {
 		select {
 		case r.wake <- struct{}{}:
 		default:
@@ -215,7 +213,7 @@ func (r *Runner) begin(ctx context.Context, c *check) {
 		c.round = now
 	}
 	by := now.Add(c.spec.Timeout)
-	end := c.endFn
+	end := c.end
 	var cancel func() bool
 	if ac, ok := c.chk.(asyncChecker); ok {
 		cancel = ac.start(by, end)
@@ -366,7 +364,7 @@ func (r *Runner) Update(specs map[ID]Spec) error {
 func (r *Runner) newState(id ID, s Spec) *check {
 	chk, _ := r.newCheck(s)
 	c := &check{id: id, spec: s, chk: chk, idle: make(chan struct{})}
-	c.endFn = func(res Result) { r.end(c, res) }
+	c.end = func(res Result) { r.end(c, res) }
 	c.st = Status{ID: id, Check: s.String(), Up: !s.Alpha, Weight: -1, Since: time.Now()}
 	c.d = dampener{rise: max(s.Rise, 1), fall: max(s.Fall, 1), up: !s.Alpha}
 	return c
@@ -454,64 +452,6 @@ func (r *Runner) States() []Status {
 		out = append(out, st)
 	}
 	return out
-}
-
-// dueQueue is a binary heap of checks, the earliest due first. The due
-// times sit in the heap itself: comparing them then reads one array, not
-// thousands of checks scattered over memory, which was most of what a
-// sift cost. A stopped check is not taken out, but skipped when it comes
-// up.
-type dueQueue []entry
-
-type entry struct {
-	due time.Duration
-	c   *check
-}
-
-// push adds e and returns its place: 0 when it is the new head.
-func (q *dueQueue) push(e entry) int {
-	*q = append(*q, e)
-	h := *q
-	i := len(h) - 1
-	for i > 0 {
-		parent := (i - 1) / 2
-		if h[parent].due <= e.due {
-			break
-		}
-		h[i] = h[parent]
-		i = parent
-	}
-	h[i] = e
-	return i
-}
-
-// pop removes the head.
-func (q *dueQueue) pop() {
-	h := *q
-	n := len(h) - 1
-	last := h[n]
-	h[n] = entry{}
-	h = h[:n]
-	*q = h
-	if n == 0 {
-		return
-	}
-	i := 0
-	for {
-		child := 2*i + 1
-		if child >= n {
-			break
-		}
-		if r := child + 1; r < n && h[r].due < h[child].due {
-			child = r
-		}
-		if last.due <= h[child].due {
-			break
-		}
-		h[i] = h[child]
-		i = child
-	}
-	h[i] = last
 }
 
 // dampener turns check results into a state: rise successes in a row to

@@ -329,23 +329,28 @@ func updateWithin(t *testing.T, r *Runner, specs map[ID]Spec, d time.Duration) {
 	}
 }
 
-// TestDueQueue: the queue gives its checks back earliest first, and push
-// tells when the new check is the head (the runner's cue to wake).
-func TestDueQueue(t *testing.T) {
-	var q dueQueue
+// TestTimeHeap: the heap gives its entries back earliest first, and push
+// tells when the new entry is the head (the runner's cue to wake).
+func TestTimeHeap(t *testing.T) {
+	var h timeHeap[int]
+	base := time.Now()
 	dues := []time.Duration{5, 3, 9, 3, 1, 8, 2, 7, 7, 0, 6, 4}
 	earliest := time.Duration(1 << 62)
-	for _, d := range dues {
-		head := q.push(entry{due: d}) == 0
+	for i, d := range dues {
+		head := h.push(base.Add(d), i)
 		if wantHead := d < earliest; head != wantHead {
 			t.Fatalf("push %d: head %v, want %v", d, head, wantHead)
 		}
 		earliest = min(earliest, d)
 	}
 	var got []time.Duration
-	for len(q) > 0 {
-		got = append(got, q[0].due)
-		q.pop()
+	for h.len() > 0 {
+		at, i := h.head()
+		if at.Sub(base) != dues[i] {
+			t.Fatalf("entry %d came back at %s, pushed at %s", i, at.Sub(base), dues[i])
+		}
+		got = append(got, at.Sub(base))
+		h.pop()
 	}
 	want := slices.Sorted(slices.Values(dues))
 	if !slices.Equal(got, want) {

@@ -1,7 +1,6 @@
 package healthcheck
 
 import (
-	"container/heap"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -40,7 +39,7 @@ type tcpProber struct {
 	running bool // the collecting goroutine
 	// deadlines of the checks in flight, earliest first; an entry whose
 	// check has ended is skipped when it comes up.
-	deadlines deadlineHeap
+	deadlines timeHeap[uint32] // ids
 	// spare holds sockets of checks that passed, disconnected and still
 	// registered (disarmed) in ep, by address family, for later checks:
 	// a socket and its file cost as much to make and free as the
@@ -74,24 +73,6 @@ func (pr *probe) end(err error) {
 
 // errTimeout is a check that ran out of time.
 var errTimeout = errors.New("timeout")
-
-type deadline struct {
-	at time.Time
-	id uint32
-}
-
-type deadlineHeap []deadline
-
-func (h deadlineHeap) Len() int           { return len(h) }
-func (h deadlineHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h deadlineHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *deadlineHeap) Push(x any)        { *h = append(*h, x.(deadline)) }
-func (h *deadlineHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
-}
 
 func newTCPProber(closeIdle bool) *tcpProber {
 	return &tcpProber{closeIdle: closeIdle, pending: map[uint32]*probe{}, spare: map[int][]int{}}
@@ -128,7 +109,8 @@ func (p *tcpProber) closeLocked() ([]*probe, error) {
 	}
 	err := p.ep.Close()
 	// Its collector sees the close and leaves.
-	p.ep, p.rc, p.running, p.deadlines = nil, nil, false, nil
+	p.ep, p.rc, p.running = nil, nil, false
+	p.deadlines.clear()
 	return ended, err
 }
 
@@ -385,11 +367,11 @@ func (p *tcpProber) watch(pr *probe, by time.Time) (uint32, error) {
 		return 0, fmt.Errorf("epoll: %w", e)
 	}
 	p.pending[id] = pr
-	heap.Push(&p.deadlines, deadline{by, id})
+	first := p.deadlines.push(by, id)
 	if !p.running {
 		p.running = true
 		go p.collect(p.ep, p.rc)
-	} else if p.deadlines[0].id == id {
+	} else if first {
 		// The earliest deadline now: the collector must wake for it.
 		p.ep.SetReadDeadline(by)
 	}
@@ -408,21 +390,21 @@ func (p *tcpProber) expire(ep *os.File, now time.Time) bool {
 	if p.ep != ep {
 		return false // closed: a later instance has its own collector
 	}
-	for len(p.deadlines) > 0 {
-		d := p.deadlines[0]
-		pr, ok := p.pending[d.id]
-		if ok && d.at.After(now) {
+	for p.deadlines.len() > 0 {
+		at, id := p.deadlines.head()
+		pr, ok := p.pending[id]
+		if ok && at.After(now) {
 			break
 		}
 		if ok {
-			delete(p.pending, d.id)
+			delete(p.pending, id)
 			rawClose(pr.fd)
 			expired = append(expired, pr)
 		}
-		heap.Pop(&p.deadlines)
+		p.deadlines.pop()
 	}
 	if len(p.pending) == 0 {
-		p.deadlines = p.deadlines[:0]
+		p.deadlines.clear()
 		if p.closeIdle {
 			p.running = false
 			p.closeLocked() // nothing in flight to end
@@ -434,7 +416,8 @@ func (p *tcpProber) expire(ep *os.File, now time.Time) bool {
 		ep.SetReadDeadline(time.Time{})
 		return true
 	}
-	ep.SetReadDeadline(p.deadlines[0].at)
+	next, _ := p.deadlines.head()
+	ep.SetReadDeadline(next)
 	return true
 }
 

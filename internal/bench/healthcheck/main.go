@@ -55,7 +55,6 @@ type sample struct {
 	cpu       time.Duration // directord's user+system time
 	user      time.Duration
 	napi      time.Duration // the targets' receive threads
-	errors    []string      // the last errors of the checks failing now
 	checks    uint64
 	missed    uint64
 	failures  uint64
@@ -165,9 +164,6 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 			if c.Up {
 				sm.up++
 			}
-			if !c.LastOK && c.LastError != "" {
-				sm.errors = append(sm.errors, c.LastError)
-			}
 			if c.Checks > 0 {
 				sm.latencies = append(sm.latencies, c.LatencySecs)
 			}
@@ -196,7 +192,6 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 		return err
 	}
 	var lat []float64
-	failing := map[string]int{} // error: checks failing with it when sampled
 	last := first
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
@@ -206,14 +201,11 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 			return err
 		}
 		lat = append(lat, last.latencies...)
-		for _, e := range last.errors {
-			failing[e]++
-		}
 	}
 	elapsed := last.at.Sub(first.at)
-	cpu := float64(last.cpu-first.cpu) / float64(elapsed) * 100
-	user := float64(last.user-first.user) / float64(elapsed) * 100
-	napiCPU := float64(last.napi-first.napi) / float64(elapsed) * 100
+	cpu := share(last.cpu-first.cpu, elapsed)
+	user := share(last.user-first.user, elapsed)
+	napiCPU := share(last.napi-first.napi, elapsed)
 	rss, hwm := memory(d.Pid())
 	slices.Sort(lat)
 	pct := func(p float64) time.Duration {
@@ -222,9 +214,6 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 	checks := last.checks - first.checks
 	missed := last.missed - first.missed
 	expected := float64(targets) * elapsed.Seconds()
-	for e, n := range failing {
-		fmt.Printf("failing when sampled: %d x %s\n", n, e)
-	}
 	// Every failure is logged (log_all_failures): their reasons.
 	reasons := map[string]int{}
 	for _, line := range strings.Split(d.Output(), "\n") {
@@ -286,7 +275,7 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 		if err != nil {
 			return err
 		}
-		inline = float64(b.cpu-a.cpu) / float64(b.at.Sub(a.at)) * 100
+		inline = share(b.cpu-a.cpu, b.at.Sub(a.at))
 		fmt.Printf("directord with the targets' receive in the sender's softirq: cpu %.1f%% of a core\n", inline)
 	}
 	d.Signal(syscall.SIGTERM) // a clean exit writes DIRECTORD_CPUPROFILE
@@ -327,6 +316,9 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 	fmt.Fprintf(&r, "Targets: under 25 %% of one core, no missed interval.\n\nReproduce: `sudo make bench-healthcheck` (about two and a half minutes).\n")
 	return report.WriteSection(out, "healthcheck", r.String())
 }
+
+// share is CPU time used over a wall-clock time, in % of one core.
+func share(cpu, over time.Duration) float64 { return float64(cpu) / float64(over) * 100 }
 
 // cpuTime is a process's user and user+system CPU time from /proc.
 func cpuTime(pid int) (user, total time.Duration) {
@@ -403,7 +395,7 @@ func bareConnects(addrs, ports int, dur time.Duration) {
 	el := time.Since(start)
 	u := time.Duration(after.Utime.Nano() - before.Utime.Nano())
 	s := time.Duration(after.Stime.Nano() - before.Stime.Nano())
-	fmt.Printf("floor %.1f %.1f\n", float64(u+s)/float64(el)*100, float64(u)/float64(el)*100)
+	fmt.Printf("floor %.1f %.1f\n", share(u+s, el), share(u, el))
 }
 
 // threadedNAPI makes ifname in h receive in a NAPI kernel thread of its
