@@ -464,9 +464,10 @@ func (in *instance) drop(log *slog.Logger, reason DropReason, src netip.Addr) {
 		in.lastLog[reason] = now
 	}
 	count := in.drops[reason]
+	name := in.cfg.Name // reconfigure replaces cfg under mu
 	in.mu.Unlock()
 	if !quiet {
-		log.Warn("VRRP advert dropped", "instance", in.cfg.Name, "reason", string(reason), "from", src, "count", count)
+		log.Warn("VRRP advert dropped", "instance", name, "reason", string(reason), "from", src, "count", count)
 	}
 }
 
@@ -628,7 +629,8 @@ func (g *Group) syncMembers(in *instance) []*instance {
 // BACKUP with it. Each is told through its own event loop, from a
 // goroutine, so that two members never wait on each other.
 func (g *Group) syncTransition(in *instance, to State) {
-	reason := fmt.Sprintf("sync group %s: %s is %s", in.cfg.SyncGroup, in.cfg.Name, to)
+	cfg := in.config()
+	reason := fmt.Sprintf("sync group %s: %s is %s", cfg.SyncGroup, cfg.Name, to)
 	for _, m := range g.syncMembers(in) {
 		cmd := func(b *actor) {
 			now := g.deps.Now()

@@ -215,3 +215,36 @@ func TestGroupOverFakeWire(t *testing.T) {
 		t.Fatal("the new master did not announce the VIP")
 	}
 }
+
+// TestGroupDropDuringReconfigure drops bad packets while reloads change
+// the instance in place: under -race this caught drop() reading the
+// instance's settings without its lock.
+func TestGroupDropDuringReconfigure(t *testing.T) {
+	h := &hub{}
+	c := Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 100, Version: 3,
+		AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}}
+	n := startNode(t, h, me, c)
+	waitFor(t, "running", func() bool { return n.status(t).State != Init })
+	bad := (&Advert{Version: 3, VRID: 51, Priority: 200, Interval: 20 * time.Millisecond, Addrs: []netip.Addr{vip1}}).Marshal(lowIP, GroupIPv4, true)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			h.inject(packet{b: bad, src: lowIP, dst: GroupIPv4, ttl: 64}, nil) // TTL not 255
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	for i := range 20 {
+		c.Priority = uint8(100 + i)
+		n.g.Update([]Config{c})
+	}
+	waitFor(t, "drops counted", func() bool { return n.status(t).Drops[DropTTL] > 0 })
+	close(stop)
+	<-done
+}
