@@ -2,14 +2,15 @@
 GO ?= go
 STATICCHECK_VERSION ?= v0.8.2
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS = -X main.version=$(VERSION)
+# -s -w: no symbol table or DWARF (pprof still reads the pclntab).
+LDFLAGS = -s -w -X main.version=$(VERSION)
 
 .PHONY: all build test test-race test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync clean clean-lab
 
 all: build
 
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/directord ./cmd/directorctl
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/directord ./cmd/directorctl
 
 # Unit tests, the network-namespace integration tests (root needed;
 # without root they skip, except under CI=true where they fail) and the

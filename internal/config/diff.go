@@ -1,34 +1,20 @@
 package config
 
 import (
+	"encoding/json"
 	"reflect"
 	"slices"
+
+	"github.com/directord/directord/internal/api"
 )
 
 // Changes says what a reload changes, by name, so that each subsystem can
-// apply only its part and the daemon can report the rest.
-type Changes struct {
-	VRRP           Delta `json:"vrrp_instance"`
-	VirtualServers Delta `json:"virtual_server"`
-	// Live lists node settings applied without a restart.
-	Live []string `json:"live,omitempty"`
-	// Restart lists settings that only take effect after a restart.
-	Restart []string `json:"restart,omitempty"`
-}
+// apply only its part and the daemon can report the rest. It is the API's
+// type: reload answers carry it as it is.
+type Changes = api.Changes
 
 // Delta names the added, removed and changed entries of a named list.
-type Delta struct {
-	Added   []string `json:"added,omitempty"`
-	Removed []string `json:"removed,omitempty"`
-	Changed []string `json:"changed,omitempty"`
-}
-
-func (d Delta) Empty() bool { return len(d.Added)+len(d.Removed)+len(d.Changed) == 0 }
-
-// Empty reports whether the reload changes nothing.
-func (c Changes) Empty() bool {
-	return c.VRRP.Empty() && c.VirtualServers.Empty() && len(c.Live)+len(c.Restart) == 0
-}
+type Delta = api.Delta
 
 // Diff compares the running configuration with a newly loaded one.
 func Diff(old, cur *Config) Changes {
@@ -80,4 +66,15 @@ func diffNamed[T any](old, cur []T, name func(T) string) Delta {
 	}
 	slices.Sort(d.Removed)
 	return d
+}
+
+// Documents are virtual servers as the cluster stores them: each one's
+// JSON document by name.
+func Documents(vss []VirtualServer) map[string]json.RawMessage {
+	out := map[string]json.RawMessage{}
+	for _, vs := range vss {
+		b, _ := json.Marshal(vs)
+		out[vs.Name] = b
+	}
+	return out
 }

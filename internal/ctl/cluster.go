@@ -8,8 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
-	"github.com/directord/directord/internal/daemon"
 	"github.com/directord/directord/internal/status"
 )
 
@@ -22,8 +22,8 @@ func runApply(ctx context.Context, c *status.Client, o opts) error {
 	if err != nil {
 		return err
 	}
-	req := daemon.ClusterRequest{Op: "apply", Services: daemon.Documents(cfg.VirtualServers), DryRun: o.dryRun}
-	var res daemon.ClusterResult
+	req := api.ClusterRequest{Op: "apply", Services: config.Documents(cfg.VirtualServers), DryRun: o.dryRun}
+	var res api.ClusterResult
 	if err := c.Post(ctx, "/v1/cluster", req, &res); err != nil {
 		return err
 	}
@@ -48,7 +48,7 @@ func runRS(ctx context.Context, c *status.Client, o opts) error {
 	if len(o.args) < 3 {
 		return usage
 	}
-	req := daemon.ClusterRequest{Op: "rs." + o.args[0], Service: o.args[1], Real: o.args[2]}
+	req := api.ClusterRequest{Op: "rs." + o.args[0], Service: o.args[1], Real: o.args[2]}
 	switch o.args[0] {
 	case "drain", "enable", "disable":
 		if len(o.args) != 3 {
@@ -66,7 +66,7 @@ func runRS(ctx context.Context, c *status.Client, o opts) error {
 	default:
 		return usage
 	}
-	if err := c.Post(ctx, "/v1/cluster", req, &daemon.ClusterResult{}); err != nil {
+	if err := c.Post(ctx, "/v1/cluster", req, &api.ClusterResult{}); err != nil {
 		return err
 	}
 	fmt.Fprintf(o.out, "committed: %s %s %s\n", o.args[0], o.args[1], o.args[2])
@@ -78,7 +78,7 @@ func runVS(ctx context.Context, c *status.Client, o opts) error {
 	usage := fmt.Errorf("usage: directorctl vs add -f FILE VS | vs del VS")
 	switch {
 	case len(o.args) == 2 && o.args[0] == "del":
-		if err := c.Post(ctx, "/v1/cluster", daemon.ClusterRequest{Op: "vs.del", Service: o.args[1]}, &daemon.ClusterResult{}); err != nil {
+		if err := c.Post(ctx, "/v1/cluster", api.ClusterRequest{Op: "vs.del", Service: o.args[1]}, &api.ClusterResult{}); err != nil {
 			return err
 		}
 		fmt.Fprintf(o.out, "committed: %s removed\n", o.args[1])
@@ -88,12 +88,12 @@ func runVS(ctx context.Context, c *status.Client, o opts) error {
 		if err != nil {
 			return err
 		}
-		docs := daemon.Documents(cfg.VirtualServers)
+		docs := config.Documents(cfg.VirtualServers)
 		doc, ok := docs[o.args[1]]
 		if !ok {
 			return fmt.Errorf("%s has no virtual server %q", o.file, o.args[1])
 		}
-		if err := c.Post(ctx, "/v1/cluster", daemon.ClusterRequest{Op: "vs.put", Service: o.args[1], Document: doc}, &daemon.ClusterResult{}); err != nil {
+		if err := c.Post(ctx, "/v1/cluster", api.ClusterRequest{Op: "vs.put", Service: o.args[1], Document: doc}, &api.ClusterResult{}); err != nil {
 			return err
 		}
 		fmt.Fprintf(o.out, "committed: %s added or replaced\n", o.args[1])
@@ -104,11 +104,11 @@ func runVS(ctx context.Context, c *status.Client, o opts) error {
 
 func runCluster(ctx context.Context, c *status.Client, o opts) error {
 	if len(o.args) == 1 && o.args[0] == "leave" {
-		var res map[string]string
+		var res api.LeaveResult
 		if err := c.Post(ctx, "/v1/cluster/leave", struct{}{}, &res); err != nil {
 			return err
 		}
-		fmt.Fprintf(o.out, "%s left the cluster: stop its directord, or remove [cluster] from its file\n", res["left"])
+		fmt.Fprintf(o.out, "%s left the cluster: stop its directord, or remove [cluster] from its file\n", res.Left)
 		return nil
 	}
 	if len(o.args) > 0 {
@@ -121,7 +121,7 @@ func runCluster(ctx context.Context, c *status.Client, o opts) error {
 	if o.json {
 		return printJSON(o.out, raw)
 	}
-	var st daemon.ClusterStatus
+	var st api.ClusterStatus
 	if err := json.Unmarshal(raw, &st); err != nil {
 		return fmt.Errorf("decode cluster status: %w", err)
 	}

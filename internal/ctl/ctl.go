@@ -15,8 +15,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
-	"github.com/directord/directord/internal/daemon"
 	"github.com/directord/directord/internal/status"
 )
 
@@ -52,7 +52,7 @@ type opts struct {
 	dryRun bool
 	file   string
 	hold   string
-	drill  daemon.DrillRequest
+	drill  api.DrillRequest
 	args   []string
 	out    io.Writer
 }
@@ -119,7 +119,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	o := opts{json: *asJSON, hold: *hold, file: *file, dryRun: *dryRun, args: positional, out: stdout,
-		drill: daemon.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
+		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)
 		return 1
@@ -150,8 +150,8 @@ func runFailover(ctx context.Context, c *status.Client, o opts) error {
 	if len(o.args) != 1 {
 		return fmt.Errorf("usage: directorctl failover INSTANCE [--hold DURATION]")
 	}
-	var res daemon.FailoverResult
-	if err := c.Post(ctx, "/v1/vrrp/"+o.args[0]+"/failover", daemon.FailoverRequest{Hold: o.hold}, &res); err != nil {
+	var res api.FailoverResult
+	if err := c.Post(ctx, "/v1/vrrp/"+o.args[0]+"/failover", api.FailoverRequest{Hold: o.hold}, &res); err != nil {
 		return err
 	}
 	if o.json {
@@ -166,7 +166,7 @@ func runFailover(ctx context.Context, c *status.Client, o opts) error {
 }
 
 func runReload(ctx context.Context, c *status.Client, o opts) error {
-	var res daemon.ReloadResult
+	var res api.ReloadResult
 	if err := c.Post(ctx, "/v1/reload", nil, &res); err != nil {
 		return err
 	}
@@ -208,14 +208,8 @@ func describeChanges(c *config.Changes) string {
 // statusDoc is the part of the status document directorctl renders itself;
 // sections it does not know are listed by name.
 type statusDoc struct {
-	APIVersion int                  `json:"api_version"`
-	Node       daemon.NodeStatus    `json:"node"`
-	Config     daemon.ConfigStatus  `json:"config"`
-	VRRP       *daemon.VRRPStatus   `json:"vrrp"`
-	LVS        *daemon.LVSStatus    `json:"lvs"`
-	Health     *daemon.HealthStatus `json:"health"`
-	Drills     *daemon.DrillsStatus `json:"drills"`
-	raw        map[string]json.RawMessage
+	api.Document
+	raw map[string]json.RawMessage
 }
 
 func runStatus(ctx context.Context, c *status.Client, o opts) error {
@@ -233,15 +227,22 @@ func runStatus(ctx context.Context, c *status.Client, o opts) error {
 	if err := json.Unmarshal(raw, &doc.raw); err != nil {
 		return fmt.Errorf("decode status: %w", err)
 	}
-	if doc.APIVersion != status.APIVersion {
-		return fmt.Errorf("the daemon speaks status API v%d, this directorctl v%d: use the directorctl of the same release", doc.APIVersion, status.APIVersion)
+	if doc.APIVersion != api.Version {
+		return fmt.Errorf("the daemon speaks status API v%d, this directorctl v%d: use the directorctl of the same release", doc.APIVersion, api.Version)
 	}
 	renderStatus(o.out, &doc)
 	return nil
 }
 
 func renderStatus(w io.Writer, doc *statusDoc) {
-	n, cs := doc.Node, doc.Config
+	var n api.NodeStatus
+	var cs api.ConfigStatus
+	if doc.Node != nil {
+		n = *doc.Node
+	}
+	if doc.Config != nil {
+		cs = *doc.Config
+	}
 	fmt.Fprintf(w, "directord %s  pid %d  version %s  up %s\n\n", n.Name, n.PID, n.Version, n.Uptime)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "config\t%s (generation %d, loaded %s)\n", cs.File, cs.Generation, cs.LoadedAt.Local().Format(time.DateTime))
@@ -290,7 +291,7 @@ func renderStatus(w io.Writer, doc *statusDoc) {
 	}
 }
 
-func renderVRRP(w io.Writer, v *daemon.VRRPStatus) {
+func renderVRRP(w io.Writer, v *api.VRRPStatus) {
 	fmt.Fprintln(w, "\nVRRP")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE\tINTERFACE\tVRID\tSTATE\tPRIO\tMASTER\tADVERT\tSENT\tRECV\tDROPS\tLAST TRANSITION")
@@ -298,7 +299,7 @@ func renderVRRP(w io.Writer, v *daemon.VRRPStatus) {
 		master := in.Master
 		if master == "" {
 			master = "-"
-		} else if in.State.String() == "MASTER" {
+		} else if in.State == api.StateMaster {
 			master += " (us)"
 		}
 		var drops uint64
@@ -343,7 +344,7 @@ func renderVRRP(w io.Writer, v *daemon.VRRPStatus) {
 	tw.Flush()
 }
 
-func renderHealth(w io.Writer, h *daemon.HealthStatus) {
+func renderHealth(w io.Writer, h *api.HealthStatus) {
 	fmt.Fprintln(w, "\nHEALTH CHECKS")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tREAL SERVER\tSTATE\tFOR\tCHECK\tLAST\tLATENCY\tTRANSITIONS\tLAST ERROR")

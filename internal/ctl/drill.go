@@ -8,7 +8,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/status"
 )
 
@@ -20,7 +20,7 @@ func runDrill(ctx context.Context, c *status.Client, o opts) error {
 	if len(o.args) != 0 {
 		return fmt.Errorf("usage: directorctl drill [--instance VI] [--probe ADDR|ADDR:PORT] [--back] [--hold D] [--json]")
 	}
-	var res daemon.DrillResult
+	var res api.DrillResult
 	if err := c.Post(ctx, "/v1/drill", o.drill, &res); err != nil {
 		return err
 	}
@@ -38,7 +38,7 @@ func runDrill(ctx context.Context, c *status.Client, o opts) error {
 	return nil
 }
 
-func renderDrill(w io.Writer, r *daemon.DrillResult) {
+func renderDrill(w io.Writer, r *api.DrillResult) {
 	fmt.Fprintf(w, "drill %d of %s on %s (advert_int %s)\n", r.Number, r.Instance, r.Node, r.AdvertInt)
 	if len(r.Checks) > 0 {
 		fmt.Fprintln(w, "checks:")
@@ -57,7 +57,7 @@ func renderDrill(w io.Writer, r *daemon.DrillResult) {
 	if r.Probe != "" {
 		fmt.Fprintf(w, "probe: %s\n", r.Probe)
 	}
-	leg := func(what string, l *daemon.DrillLeg) {
+	leg := func(what string, l *api.DrillLeg) {
 		node := ""
 		if l.MasterNode != "" {
 			node = " (" + l.MasterNode + ")"
@@ -82,7 +82,7 @@ func renderDrill(w io.Writer, r *daemon.DrillResult) {
 }
 
 // renderDrills lists the drills run here, newest last.
-func renderDrills(w io.Writer, ds *daemon.DrillsStatus) {
+func renderDrills(w io.Writer, ds *api.DrillsStatus) {
 	fmt.Fprintf(w, "\ndrills (last %d):\n", len(ds.Drills))
 	for _, r := range ds.Drills {
 		var what string
@@ -101,7 +101,7 @@ func renderDrills(w io.Writer, ds *daemon.DrillsStatus) {
 	}
 }
 
-func orAddr(l *daemon.DrillLeg) string {
+func orAddr(l *api.DrillLeg) string {
 	if l.MasterNode != "" {
 		return l.MasterNode
 	}

@@ -9,9 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/status"
-	"github.com/directord/directord/lvs"
 )
 
 func runLVS(ctx context.Context, c *status.Client, o opts) error {
@@ -22,7 +21,7 @@ func runLVS(ctx context.Context, c *status.Client, o opts) error {
 	if o.json {
 		return printJSON(o.out, raw)
 	}
-	var st daemon.LVSStatus
+	var st api.LVSStatus
 	if err := json.Unmarshal(raw, &st); err != nil {
 		return fmt.Errorf("decode lvs status: %w", err)
 	}
@@ -30,11 +29,11 @@ func runLVS(ctx context.Context, c *status.Client, o opts) error {
 	return nil
 }
 
-var forwardNames = map[lvs.Method]string{lvs.NAT: "Masq", lvs.DR: "Route", lvs.Tunnel: "Tunnel"}
+var forwardNames = map[string]string{api.ForwardNAT: "Masq", api.ForwardDR: "Route", api.ForwardTunnel: "Tunnel"}
 
 // renderLVS prints the table in the spirit of ipvsadm -Ln --stats, with
 // ipvsadm's forwarding names.
-func renderLVS(w io.Writer, st *daemon.LVSStatus) {
+func renderLVS(w io.Writer, st *api.LVSStatus) {
 	fmt.Fprintf(w, "dataplane %s (%s)\n", st.Dataplane, st.Reason)
 	for _, s := range st.Sysctls {
 		note := ""
@@ -64,9 +63,9 @@ func renderLVS(w io.Writer, st *daemon.LVSStatus) {
 	// Names left, numbers right, as ipvsadm prints them.
 	type row struct{ name, fwd, weight, active, inactive string }
 	var rows []row
-	var counts []lvs.Stats
+	var counts []api.LVSStats
 	rows = append(rows, row{"Prot LocalAddress:Port Scheduler Flags", "", "", "", ""}, row{"  -> RemoteAddress:Port", "Forward", "Weight", "ActiveConn", "InActConn"})
-	counts = append(counts, lvs.Stats{}, lvs.Stats{})
+	counts = append(counts, api.LVSStats{}, api.LVSStats{})
 	for _, s := range st.Services {
 		rows = append(rows, row{name: serviceLine(s)})
 		counts = append(counts, s.Stats)
@@ -97,7 +96,7 @@ func renderLVS(w io.Writer, st *daemon.LVSStatus) {
 	}
 }
 
-func serviceLine(s daemon.LVSService) string {
+func serviceLine(s api.LVSService) string {
 	var b strings.Builder
 	if s.FWMark != 0 {
 		fam := "IPv4"
@@ -109,7 +108,7 @@ func serviceLine(s daemon.LVSService) string {
 		fmt.Fprintf(&b, "%-4s %s %s", strings.ToUpper(string(s.Protocol)), s.Addr, s.Scheduler)
 	}
 	var flags []string
-	for i, bit := range []uint32{lvs.FlagSched1, lvs.FlagSched2, lvs.FlagSched3} {
+	for i, bit := range []uint32{api.FlagSched1, api.FlagSched2, api.FlagSched3} {
 		if s.Flags&bit != 0 {
 			flags = append(flags, schedFlagName(s.Scheduler, fmt.Sprintf("flag-%d", i+1)))
 		}

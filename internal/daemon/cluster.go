@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/directord/directord/cluster"
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/status"
 	"github.com/prometheus/client_golang/prometheus"
@@ -142,16 +143,6 @@ func virtualServers(s cluster.State) ([]config.VirtualServer, error) {
 	return out, nil
 }
 
-// Documents are a file's virtual servers as the cluster stores them.
-func Documents(vss []config.VirtualServer) map[string]json.RawMessage {
-	out := map[string]json.RawMessage{}
-	for _, vs := range vss {
-		b, _ := json.Marshal(vs)
-		out[vs.Name] = b
-	}
-	return out
-}
-
 // diffDocs names the virtual servers that differ between a and b.
 func diffDocs(a, b map[string]json.RawMessage) []string {
 	var out []string
@@ -186,7 +177,7 @@ func (c *clusterManager) setDiffers(s cluster.State) {
 		c.differs = nil
 		return
 	}
-	d := diffDocs(Documents(c.cfg.VirtualServers), s.Services)
+	d := diffDocs(config.Documents(c.cfg.VirtualServers), s.Services)
 	if !slices.Equal(d, c.differs) && len(d) > 0 {
 		c.log.Warn("the file's virtual servers differ from the cluster's; the cluster's are in force (directorctl apply -f FILE to change them)",
 			"virtual_servers", d)
@@ -217,7 +208,7 @@ func (c *clusterManager) Run(ctx context.Context) error {
 				continue // not formed yet
 			}
 			c.mu.Lock()
-			docs := Documents(c.cfg.VirtualServers)
+			docs := config.Documents(c.cfg.VirtualServers)
 			c.mu.Unlock()
 			// From any director: the leader may be a witness, which has no
 			// table to seed with. A second seed is a no-op.
@@ -232,39 +223,19 @@ func (c *clusterManager) Run(ctx context.Context) error {
 	return c.node.Run(ctx)
 }
 
-// ClusterStatus is the "cluster" section of the status document.
-type ClusterStatus struct {
-	cluster.Status
-	StateIndex uint64 `json:"state_index"`
-	Seeded     bool   `json:"seeded"`
-	// FileDiffers lists the virtual servers where this node's file and
-	// the replicated table disagree.
-	FileDiffers []string `json:"file_differs,omitempty"`
-}
-
-func (c *clusterManager) status() any {
+func (c *clusterManager) status() *api.ClusterStatus {
 	s := c.node.State()
 	c.mu.Lock()
 	d := slices.Clone(c.differs)
 	c.mu.Unlock()
-	return ClusterStatus{Status: c.node.Status(), StateIndex: s.Index, Seeded: s.Seeded, FileDiffers: d}
-}
-
-// ClusterRequest is a change sent with POST /v1/cluster.
-type ClusterRequest struct {
-	Op       string                     `json:"op"` // apply, rs.drain, rs.enable, rs.disable, rs.weight, vs.put, vs.del
-	Services map[string]json.RawMessage `json:"services,omitempty"`
-	Service  string                     `json:"service,omitempty"`
-	Document json.RawMessage            `json:"document,omitempty"` // vs.put
-	Real     string                     `json:"real,omitempty"`
-	Weight   int                        `json:"weight,omitempty"`
-	DryRun   bool                       `json:"dry_run,omitempty"`
-}
-
-// ClusterResult answers a ClusterRequest.
-type ClusterResult struct {
-	Changed []string `json:"changed"` // apply: virtual servers added, removed or changed
-	Applied bool     `json:"applied"`
+	ns := c.node.Status()
+	st := &api.ClusterStatus{ID: ns.ID, Role: ns.Role, RaftState: ns.RaftState, Leader: ns.Leader, Term: ns.Term,
+		CommitIndex: ns.CommitIndex, Applied: ns.Applied, LastContact: ns.LastContact, RaftTLS: ns.RaftTLS, Gossip: ns.Gossip,
+		Members: make([]api.ClusterMember, 0, len(ns.Members)), StateIndex: s.Index, Seeded: s.Seeded, FileDiffers: d}
+	for _, m := range ns.Members {
+		st.Members = append(st.Members, api.ClusterMember(m))
+	}
+	return st
 }
 
 func (c *clusterManager) handleLeave(w http.ResponseWriter, r *http.Request) {
@@ -273,17 +244,17 @@ func (c *clusterManager) handleLeave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.log.Warn("this node left the cluster; it keeps the last committed table until it is stopped")
-	status.WriteJSON(w, http.StatusOK, map[string]string{"left": c.cfg.Node.Name})
+	status.WriteJSON(w, http.StatusOK, api.LeaveResult{Left: c.cfg.Node.Name})
 }
 
 func (c *clusterManager) handle(w http.ResponseWriter, r *http.Request) {
-	var req ClusterRequest
+	var req api.ClusterRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		status.WriteError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 		return
 	}
 	cmd := cluster.Command{Op: req.Op, Services: req.Services, Name: req.Service, Real: req.Real, Weight: req.Weight, Service: req.Document}
-	res := ClusterResult{Changed: []string{}}
+	res := api.ClusterResult{Changed: []string{}}
 	if req.Op == cluster.OpApply {
 		if req.Services == nil {
 			req.Services = map[string]json.RawMessage{}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/lvs"
 	dsync "github.com/directord/directord/sync"
@@ -73,7 +74,10 @@ func (c *ctSync) transition(instance string, t vrrp.Transition) {
 
 func (c *ctSync) Run(ctx context.Context) error { return c.s.Run(ctx) }
 
-func (c *ctSync) status() any { return c.s.Status() }
+func (c *ctSync) status() *api.SyncStatus {
+	st := api.SyncStatus(c.s.Status())
+	return &st
+}
 
 // ctSyncCollector exports the sync counters.
 type ctSyncCollector struct {

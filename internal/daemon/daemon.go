@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/status"
 	"github.com/directord/directord/vrrp"
@@ -46,7 +47,7 @@ type Daemon struct {
 	started time.Time
 	reg     *prometheus.Registry
 	status  *status.Server
-	reloads chan chan ReloadResult
+	reloads chan chan api.ReloadResult
 	vrrp    *vrrp.Group
 	notify  *notifier
 	scripts *scriptRunner
@@ -64,22 +65,14 @@ type Daemon struct {
 	generation int
 	reloadsOK  int
 	reloadsBad int
-	last       *ReloadResult
-	drills     []DrillResult // the last drillsKept
+	last       *api.ReloadResult
+	drills     []api.DrillResult // the last drillsKept
 	drillCount int
 
 	mReloads    *prometheus.CounterVec
 	mGeneration prometheus.Gauge
 	mLastOK     prometheus.Gauge
 	mDrills     *prometheus.CounterVec
-}
-
-// ReloadResult is the outcome of one reload, kept for status.
-type ReloadResult struct {
-	At       time.Time       `json:"at"`
-	OK       bool            `json:"ok"`
-	Problems []string        `json:"problems,omitempty"`
-	Changes  *config.Changes `json:"changes,omitempty"`
 }
 
 // Run loads the configuration and runs the daemon until ctx ends. It
@@ -123,7 +116,6 @@ func Run(ctx context.Context, opts Options) error {
 				lbCfg = &c
 			}
 		}
-		d.status.Register("cluster", d.cluster.status)
 		d.status.Handle("POST /v1/cluster", d.cluster.handle)
 		d.status.Handle("POST /v1/cluster/leave", d.cluster.handleLeave)
 		d.reg.MustRegister(newClusterCollector(d.cluster))
@@ -137,7 +129,6 @@ func Run(ctx context.Context, opts Options) error {
 	} else if d.lvs, err = openLVS(lbCfg, d.log); err != nil {
 		return err
 	}
-	d.status.Register("lvs", d.lvs.status)
 	d.reg.MustRegister(newLVSCollector(d.lvs))
 	dpName := "none"
 	if d.lvs.dp != nil {
@@ -151,14 +142,12 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	if cts != nil {
 		d.ctsync.Store(cts)
-		d.status.Register("sync", cts.status)
 		d.reg.MustRegister(newCTSyncCollector(cts))
 	}
 	d.health = newHealth(d.log, d.lvs)
 	if err := d.health.apply(lbCfg); err != nil {
 		return err
 	}
-	d.status.Register("health", d.health.status)
 	d.lbReady.Store(true)
 	if d.cluster != nil {
 		// A change committed while the load balancer was being set up.
@@ -217,12 +206,12 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 		level:      level,
 		started:    time.Now(),
 		reg:        prometheus.NewRegistry(),
-		reloads:    make(chan chan ReloadResult),
+		reloads:    make(chan chan api.ReloadResult),
 		cfg:        cfg,
 		loadedAt:   time.Now(),
 		generation: 1,
 	}
-	d.status = status.NewServer(d.log)
+	d.status = status.NewServer(d.log, d.document)
 	deps := vrrp.KernelDeps(d.log)
 	d.notify = newNotifier(d.log, func(name string) (config.Notify, bool) {
 		for _, in := range d.config().VRRP {
@@ -244,15 +233,11 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 	d.vrrp = vrrp.NewGroup(deps)
 	d.scripts = newScriptRunner(d.log, d.vrrp.SetScript)
 	d.registerMetrics()
-	d.status.Register("vrrp", vrrpStatus(d.vrrp, d.scripts))
-	d.status.Register("node", d.nodeStatus)
-	d.status.Register("config", d.configStatus)
 	d.status.Handle("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
 		status.WriteJSON(w, http.StatusOK, d.config())
 	})
 	d.status.Handle("POST /v1/reload", d.handleReload)
 	d.status.Handle("POST /v1/vrrp/{instance}/failover", d.handleFailover)
-	d.status.Register("drills", d.drillsStatus)
 	d.status.Handle("POST /v1/drill", d.handleDrill)
 	return d
 }
@@ -327,8 +312,8 @@ func (d *Daemon) reloadLoop(ctx context.Context) error {
 
 // reload re-reads the file. A file with any problem changes nothing: the
 // running configuration stays as it was.
-func (d *Daemon) reload() ReloadResult {
-	res := ReloadResult{At: time.Now()}
+func (d *Daemon) reload() api.ReloadResult {
+	res := api.ReloadResult{At: time.Now()}
 	cfg, err := config.Load(d.opts.ConfigFile)
 	if err == nil {
 		err = d.lvs.check(cfg)
@@ -420,7 +405,7 @@ func (d *Daemon) applyVirtualServers(base *config.Config, vss []config.VirtualSe
 }
 
 func (d *Daemon) handleReload(w http.ResponseWriter, r *http.Request) {
-	reply := make(chan ReloadResult, 1)
+	reply := make(chan api.ReloadResult, 1)
 	select {
 	case d.reloads <- reply:
 	case <-r.Context().Done():
@@ -435,17 +420,40 @@ func (d *Daemon) handleReload(w http.ResponseWriter, r *http.Request) {
 	status.WriteJSON(w, http.StatusOK, res)
 }
 
-// NodeStatus is the "node" section of the status document.
-type NodeStatus struct {
-	Name      string    `json:"name"`
-	Version   string    `json:"version"`
-	PID       int       `json:"pid"`
-	StartedAt time.Time `json:"started_at"`
-	Uptime    string    `json:"uptime"`
+// document builds the status document, or only its section called only.
+// A section is present when its subsystem is running here.
+func (d *Daemon) document(only string) api.Document {
+	want := func(name string) bool { return only == "" || only == name }
+	doc := api.Document{APIVersion: api.Version}
+	if want(api.SectionNode) {
+		doc.Node = d.nodeStatus()
+	}
+	if want(api.SectionConfig) {
+		doc.Config = d.configStatus()
+	}
+	if want(api.SectionVRRP) {
+		doc.VRRP = vrrpStatus(d.vrrp, d.scripts)
+	}
+	if want(api.SectionLVS) && d.lvs != nil {
+		doc.LVS = d.lvs.status()
+	}
+	if want(api.SectionHealth) && d.health != nil {
+		doc.Health = d.health.status()
+	}
+	if want(api.SectionCluster) && d.cluster != nil {
+		doc.Cluster = d.cluster.status()
+	}
+	if cts := d.ctsync.Load(); want(api.SectionSync) && cts != nil {
+		doc.Sync = cts.status()
+	}
+	if want(api.SectionDrills) {
+		doc.Drills = d.drillsStatus()
+	}
+	return doc
 }
 
-func (d *Daemon) nodeStatus() any {
-	return NodeStatus{
+func (d *Daemon) nodeStatus() *api.NodeStatus {
+	return &api.NodeStatus{
 		Name:      d.config().Node.Name,
 		Version:   d.opts.Version,
 		PID:       os.Getpid(),
@@ -454,24 +462,10 @@ func (d *Daemon) nodeStatus() any {
 	}
 }
 
-// ConfigStatus is the "config" section of the status document.
-type ConfigStatus struct {
-	File           string        `json:"file"`
-	LoadedAt       time.Time     `json:"loaded_at"`
-	Generation     int           `json:"generation"`
-	ReloadsOK      int           `json:"reloads_ok"`
-	ReloadsFailed  int           `json:"reloads_failed"`
-	LastReload     *ReloadResult `json:"last_reload,omitempty"`
-	Dataplane      string        `json:"dataplane"`
-	VRRPInstances  int           `json:"vrrp_instances"`
-	VirtualServers int           `json:"virtual_servers"`
-	Cluster        bool          `json:"cluster"`
-}
-
-func (d *Daemon) configStatus() any {
+func (d *Daemon) configStatus() *api.ConfigStatus {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return ConfigStatus{
+	return &api.ConfigStatus{
 		File:           d.cfg.File,
 		LoadedAt:       d.loadedAt,
 		Generation:     d.generation,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/directord/directord/cluster"
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/probe"
 	"github.com/directord/directord/internal/status"
@@ -23,72 +24,6 @@ import (
 // A failover drill (directorctl drill) moves an instance mastered here to
 // the peer on purpose, after checking that the peer is ready to carry it,
 // and measures from this host what the handover cost.
-
-// DrillRequest is the body of POST /v1/drill.
-type DrillRequest struct {
-	// Instance is the VRRP instance to move; "" for the only instance
-	// mastered here.
-	Instance string `json:"instance,omitempty"`
-	// Probe is ADDR (ICMP echo) or ADDR:PORT (TCP connections); "" for
-	// ICMP to the instance's first IPv4 address.
-	Probe string `json:"probe,omitempty"`
-	// Back hands the instance back once the peer has taken it.
-	Back bool `json:"back,omitempty"`
-	// Hold is how long this director stays backup without Back (a Go
-	// duration; default DefaultDrillHold).
-	Hold string `json:"hold,omitempty"`
-}
-
-// DefaultDrillHold keeps a drilled director backup long enough for the
-// operator to look around; --back or a restart ends it sooner.
-const DefaultDrillHold = time.Hour
-
-// DrillCheck is one of the checks made before a handover.
-type DrillCheck struct {
-	Name   string `json:"name"`
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail"`
-}
-
-// DrillLeg is one handover as measured from this host.
-type DrillLeg struct {
-	// Gap is the longest time between two answered probes.
-	Gap   string  `json:"gap"`
-	GapMS float64 `json:"gap_ms"`
-	// Unanswered is when the longest gap began and ended, counted from
-	// the start of the handover.
-	Unanswered string `json:"unanswered"`
-	// Took is the time until the new master was seen here.
-	Took       string `json:"took"`
-	Master     string `json:"master"`                // its address
-	MasterNode string `json:"master_node,omitempty"` // its name, from the cluster
-}
-
-// DrillResult is what a drill did; status keeps the last few.
-type DrillResult struct {
-	Number   int       `json:"number"`
-	Instance string    `json:"instance"`
-	Node     string    `json:"node"`
-	Peer     string    `json:"peer,omitempty"`
-	Started  time.Time `json:"started"`
-	Duration string    `json:"duration"`
-	// OK: the peer took over (and, with back, handed back).
-	OK bool `json:"ok"`
-	// Refused says why the drill did not start; nothing moved.
-	Refused string       `json:"refused,omitempty"`
-	Error   string       `json:"error,omitempty"`
-	Checks  []DrillCheck `json:"checks"`
-	Probe   string       `json:"probe,omitempty"`
-	// AdvertInt is the instance's advertisement interval, the scale of
-	// the gap.
-	AdvertInt string    `json:"advert_int"`
-	Handover  *DrillLeg `json:"handover,omitempty"`
-	Back      *DrillLeg `json:"back,omitempty"`
-	// Moved lists the instances (the drilled one and its sync group)
-	// that left this director, with their addresses.
-	Moved []string `json:"moved,omitempty"`
-	Hold  string   `json:"hold,omitempty"`
-}
 
 // drillConfirm is how long a drill waits to see its checks pass again:
 // longer than the peers' publishing interval and a few gossip rounds.
@@ -165,7 +100,7 @@ func (d *Daemon) publishLoop(ctx context.Context) error {
 }
 
 func (d *Daemon) handleDrill(w http.ResponseWriter, r *http.Request) {
-	var req DrillRequest
+	var req api.DrillRequest
 	if r.ContentLength != 0 {
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			status.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad request: %w", err))
@@ -212,27 +147,22 @@ func (d *Daemon) handleDrill(w http.ResponseWriter, r *http.Request) {
 	status.WriteJSON(w, http.StatusOK, res)
 }
 
-// DrillsStatus is the "drills" section of the status document.
-type DrillsStatus struct {
-	Drills []DrillResult `json:"drills"`
-}
-
-func (d *Daemon) drillsStatus() any {
+func (d *Daemon) drillsStatus() *api.DrillsStatus {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return DrillsStatus{Drills: slices.Clone(d.drills)}
+	return &api.DrillsStatus{Drills: slices.Clone(d.drills)}
 }
 
 // drill runs one drill. An error is a bad request; a refusal or a failed
 // handover is in the result.
-func (d *Daemon) drill(ctx context.Context, req DrillRequest) (res DrillResult, err error) {
+func (d *Daemon) drill(ctx context.Context, req api.DrillRequest) (res api.DrillResult, err error) {
 	cfg := d.config()
-	res = DrillResult{Node: cfg.Node.Name, Started: time.Now(), Instance: req.Instance}
+	res = api.DrillResult{Node: cfg.Node.Name, Started: time.Now(), Instance: req.Instance}
 	defer func() { res.Duration = time.Since(res.Started).Round(time.Millisecond).String() }()
 	if cfg.Node.Role == "witness" {
 		return res, errors.New("a witness runs no VRRP: run the drill on the master")
 	}
-	hold := DefaultDrillHold
+	hold := api.DefaultDrillHold
 	if req.Hold != "" {
 		h, err := time.ParseDuration(req.Hold)
 		if err != nil || h <= 0 {
@@ -359,7 +289,7 @@ func (d *Daemon) drill(ctx context.Context, req DrillRequest) (res DrillResult, 
 // measureLeg waits until the instance's status satisfies done and the
 // probe is answered again, then reads the gap since at.
 func (d *Daemon) measureLeg(ctx context.Context, pr *probe.Prober, name string, at time.Time, patience time.Duration,
-	done func(vrrp.InstanceStatus) bool) (*DrillLeg, error) {
+	done func(vrrp.InstanceStatus) bool) (*api.DrillLeg, error) {
 	deadline := at.Add(patience)
 	var st vrrp.InstanceStatus
 	for {
@@ -380,7 +310,7 @@ func (d *Daemon) measureLeg(ctx context.Context, pr *probe.Prober, name string, 
 	if err := pr.WaitAnswered(seen, time.Until(deadline)+time.Second); err != nil {
 		return nil, err
 	}
-	leg := &DrillLeg{Took: seen.Sub(at).Round(time.Millisecond).String(), Master: st.Master}
+	leg := &api.DrillLeg{Took: seen.Sub(at).Round(time.Millisecond).String(), Master: st.Master}
 	if st.State == vrrp.Master {
 		leg.Master = st.Source
 	}
@@ -431,10 +361,10 @@ func decodePeerInfo(m cluster.MemberStatus) (peerInfo, bool) {
 
 // drillChecks says whether a peer is ready to take inst (and the
 // instances moving with it) over. It returns the checks and the peer.
-func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back bool) ([]DrillCheck, string) {
-	var checks []DrillCheck
+func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back bool) ([]api.DrillCheck, string) {
+	var checks []api.DrillCheck
 	add := func(name string, ok bool, format string, args ...any) {
-		checks = append(checks, DrillCheck{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
+		checks = append(checks, api.DrillCheck{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
 	}
 	if d.cluster == nil {
 		add("peer", false, "no [cluster]: this director cannot see its peer's state, so it cannot tell whether the peer is ready")
@@ -540,7 +470,7 @@ func (d *Daemon) syncCheck(add func(string, bool, string, ...any), moving []stri
 	add("sync", true, "no connection sync for %s: connections through it will break at the handover", strings.Join(moving, ", "))
 }
 
-func refusal(checks []DrillCheck) string {
+func refusal(checks []api.DrillCheck) string {
 	var bad []string
 	for _, c := range checks {
 		if !c.OK {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 )
 
@@ -45,7 +46,7 @@ func TestMovingWithAndRefusal(t *testing.T) {
 	if got := movingWith(cfg, "VI_3"); !slices.Equal(got, []string{"VI_3"}) {
 		t.Fatalf("VI_3 moves with %v", got)
 	}
-	checks := []DrillCheck{{Name: "peer", OK: true, Detail: "fine"}, {Name: "raft", Detail: "behind"}, {Name: "table", Detail: "differs"}}
+	checks := []api.DrillCheck{{Name: "peer", OK: true, Detail: "fine"}, {Name: "raft", Detail: "behind"}, {Name: "table", Detail: "differs"}}
 	if got := refusal(checks); got != "behind; differs" {
 		t.Fatalf("refusal %q", got)
 	}

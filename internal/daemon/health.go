@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/directord/directord/healthcheck"
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/lvs"
 	"github.com/prometheus/client_golang/prometheus"
@@ -132,12 +133,7 @@ func healthSpec(hc *config.HealthCheck, vs config.VirtualServer, rs netip.AddrPo
 	return s
 }
 
-// HealthStatus is the "health" section of the status document.
-type HealthStatus struct {
-	Checks []healthcheck.Status `json:"checks"`
-}
-
-func (h *health) status() any {
+func (h *health) status() *api.HealthStatus {
 	st := h.runner.States()
 	slices.SortFunc(st, func(a, b healthcheck.Status) int {
 		if c := strings.Compare(a.ID.Service, b.ID.Service); c != 0 {
@@ -145,7 +141,15 @@ func (h *health) status() any {
 		}
 		return a.ID.Real.Compare(b.ID.Real)
 	})
-	return HealthStatus{Checks: st}
+	out := &api.HealthStatus{Checks: make([]api.CheckStatus, 0, len(st))}
+	for _, c := range st {
+		out.Checks = append(out.Checks, api.CheckStatus{
+			ID: api.CheckID{Service: c.ID.Service, Real: c.ID.Real}, Check: c.Check, Up: c.Up, Weight: c.Weight,
+			Since: c.Since, Transitions: c.Transitions, Checks: c.Checks, Failures: c.Failures, LastAt: c.LastAt,
+			LastOK: c.LastOK, LastError: c.LastError, Latency: c.Latency, LatencySecs: c.LatencySecs, Missed: c.Missed,
+		})
+	}
+	return out
 }
 
 // healthCollector exports each check's state and counters.

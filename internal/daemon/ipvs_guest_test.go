@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/directord/directord/internal/api"
+
 	"github.com/directord/directord/internal/status"
 	"github.com/directord/directord/lvs"
 )
@@ -80,12 +82,12 @@ one_packet = true
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, Options{ConfigFile: conf, Version: "guest", Log: &log}) }()
 
-	var st LVSStatus
+	var st api.LVSStatus
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		raw, err := status.NewClient(sock).Raw(ctx, "/v1/status/lvs")
 		if err == nil {
-			st = LVSStatus{}
+			st = api.LVSStatus{}
 			if err = json.Unmarshal(raw, &st); err == nil && len(st.Services) == 2 && len(st.Services[0].Reals)+len(st.Services[1].Reals) == 3 {
 				break
 			}
@@ -99,7 +101,7 @@ one_packet = true
 		t.Fatalf("data plane %q (%s)", st.Dataplane, st.Reason)
 	}
 	web, dns := st.Services[0], st.Services[1] // sorted: tcp before udp
-	if web.Name != "web" || web.Scheduler != "wlc" || web.Persistence != 300*time.Second || web.Reals[1].Method != lvs.DR || web.Reals[1].Weight != 2 {
+	if web.Name != "web" || web.Scheduler != "wlc" || web.Persistence != 300*time.Second || web.Reals[1].Method != string(lvs.DR) || web.Reals[1].Weight != 2 {
 		t.Fatalf("web in the kernel: %+v", web)
 	}
 	if dns.Name != "dns" || !dns.OnePacket {
@@ -210,15 +212,15 @@ virtual_ipaddress = ["192.0.2.100/24"]
 	}
 	// Status shows them.
 	raw, err := status.NewClient(filepath.Join(dir, "s.sock")).Raw(ctx, "/v1/status/lvs")
-	var st LVSStatus
+	var st api.LVSStatus
 	if err != nil || json.Unmarshal(raw, &st) != nil || len(st.SyncDaemons) != 2 {
 		t.Fatalf("lvs status without the sync daemons: %v %s", err, raw)
 	}
 
 	// A planned handover: BACKUP for a second, the master daemon goes;
 	// MASTER again, it comes back. The backup daemon stays throughout.
-	var fr FailoverResult
-	if err := status.NewClient(filepath.Join(dir, "s.sock")).Post(ctx, "/v1/vrrp/VI_1/failover", FailoverRequest{Hold: "1s"}, &fr); err != nil {
+	var fr api.FailoverResult
+	if err := status.NewClient(filepath.Join(dir, "s.sock")).Post(ctx, "/v1/vrrp/VI_1/failover", api.FailoverRequest{Hold: "1s"}, &fr); err != nil {
 		t.Fatal(err)
 	}
 	states := func() string {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/lvs"
 	"github.com/prometheus/client_golang/prometheus"
@@ -237,49 +238,51 @@ func lvsConfigs(cfg *config.Config) []lvs.VirtualServer {
 	return out
 }
 
-// LVSStatus is the "lvs" section of the status document.
-type LVSStatus struct {
-	Dataplane     string       `json:"dataplane"`
-	Reason        string       `json:"reason"`
-	Sysctls       []lvs.Sysctl `json:"sysctls"`
-	LastReconcile lvs.Result   `json:"last_reconcile"`
-	Services      []LVSService `json:"services"`
-	// SyncDaemons are the kernel's IPVS sync daemons (lvs_sync_daemon).
-	SyncDaemons []lvs.SyncDaemon `json:"sync_daemons,omitempty"`
-	Error       string           `json:"error,omitempty"`
-}
-
-// LVSService is one virtual service as the kernel has it.
-type LVSService struct {
-	Name string `json:"name,omitempty"` // "" for a service directord does not manage
-	lvs.Entry
-	QuorumUp bool             `json:"quorum_up"`
-	Draining []netip.AddrPort `json:"draining,omitempty"`
-}
-
-func (m *lvsManager) status() any {
-	st := LVSStatus{Dataplane: "none", Reason: m.reason}
+func (m *lvsManager) status() *api.LVSStatus {
+	st := &api.LVSStatus{Dataplane: "none", Reason: m.reason, Services: []api.LVSService{}}
 	if m.dp == nil {
 		return st
 	}
 	st.Dataplane = m.dp.Name()
 	m.mu.Lock()
-	st.Sysctls = m.sysctls
+	for _, s := range m.sysctls {
+		st.Sysctls = append(st.Sysctls, api.Sysctl(s))
+	}
 	names := m.names
 	m.mu.Unlock()
-	st.LastReconcile = m.rec.Last()
+	st.LastReconcile = api.Reconcile(m.rec.Last())
 	es, err := lvs.ListWithStats(m.dp)
 	if err != nil {
 		st.Error = err.Error()
 	}
 	if st.Dataplane == "ipvs" {
-		st.SyncDaemons, _ = lvs.SyncDaemons()
+		sds, _ := lvs.SyncDaemons()
+		for _, sd := range sds {
+			st.SyncDaemons = append(st.SyncDaemons, api.SyncDaemon{State: api.SyncDaemonState(sd.State), Interface: sd.Interface,
+				SyncID: sd.SyncID, MaxLen: sd.MaxLen, Group: sd.Group, Port: sd.Port, TTL: sd.TTL})
+		}
 	}
 	quorum, draining := m.rec.QuorumUp(), m.rec.Draining()
 	for _, e := range es {
-		st.Services = append(st.Services, LVSService{Name: names[e.Key], Entry: e, QuorumUp: quorum[e.Key], Draining: draining[e.Key]})
+		st.Services = append(st.Services, apiService(e, names[e.Key], quorum[e.Key], draining[e.Key]))
 	}
 	return st
+}
+
+// apiService is a kernel's service entry as the API has it.
+func apiService(e lvs.Entry, name string, quorum bool, draining []netip.AddrPort) api.LVSService {
+	s := api.LVSService{
+		Name:      name,
+		LVSKey:    api.LVSKey{Protocol: string(e.Protocol), Addr: e.Addr, FWMark: e.FWMark, IPv6: e.IPv6},
+		Scheduler: e.Scheduler, Flags: e.Flags, OnePacket: e.OnePacket, Persistence: e.Persistence,
+		PersistenceBits: e.PersistenceBits, Masquerade: e.Masquerade,
+		Reals: make([]api.LVSReal, 0, len(e.Reals)), Stats: api.LVSStats(e.Stats), QuorumUp: quorum, Draining: draining,
+	}
+	for _, r := range e.Reals {
+		s.Reals = append(s.Reals, api.LVSReal{Addr: r.Addr, Weight: r.Weight, Method: string(r.Method), Upper: r.Upper, Lower: r.Lower,
+			Active: r.Active, Inactive: r.Inactive, Stats: api.LVSStats(r.Stats)})
+	}
+	return s
 }
 
 // digest fingerprints the services directord manages as the kernel has

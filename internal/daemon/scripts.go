@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 )
 
@@ -32,20 +33,7 @@ type script struct {
 	done   chan struct{}
 
 	mu     sync.Mutex
-	status ScriptStatus
-}
-
-// ScriptStatus is one vrrp_script in the status document.
-type ScriptStatus struct {
-	Name    string    `json:"name"`
-	OK      bool      `json:"ok"`
-	Runs    uint64    `json:"runs"`
-	LastRun time.Time `json:"last_run,omitzero"`
-	// LastResult is "ok", "exit status N", "timed out" and the like.
-	LastResult string `json:"last_result,omitempty"`
-	// InARow counts the latest results that disagree with OK (towards
-	// rise or fall).
-	InARow int `json:"in_a_row"`
+	status api.ScriptStatus
 }
 
 func newScriptRunner(log *slog.Logger, report func(string, bool)) *scriptRunner {
@@ -89,7 +77,7 @@ func (r *scriptRunner) Update(scripts []config.VRRPScript) {
 			continue
 		}
 		ok, known := carried[c.Name]
-		s := &script{cfg: c, done: make(chan struct{}), status: ScriptStatus{Name: c.Name, OK: !known || ok}}
+		s := &script{cfg: c, done: make(chan struct{}), status: api.ScriptStatus{Name: c.Name, OK: !known || ok}}
 		ctx, cancel := context.WithCancel(r.ctx)
 		s.cancel = cancel
 		r.running[c.Name] = s
@@ -98,18 +86,18 @@ func (r *scriptRunner) Update(scripts []config.VRRPScript) {
 }
 
 // Status lists the scripts by name.
-func (r *scriptRunner) Status() []ScriptStatus {
+func (r *scriptRunner) Status() []api.ScriptStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]ScriptStatus, 0, len(r.running))
+	out := make([]api.ScriptStatus, 0, len(r.running))
 	for _, s := range r.running {
 		out = append(out, s.snapshot())
 	}
-	slices.SortFunc(out, func(a, b ScriptStatus) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b api.ScriptStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
-func (s *script) snapshot() ScriptStatus {
+func (s *script) snapshot() api.ScriptStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.status

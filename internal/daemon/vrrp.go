@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/status"
 	"github.com/directord/directord/vrrp"
@@ -64,19 +65,44 @@ func trackScripts(ts []config.TrackScript) []vrrp.TrackScript {
 	return out
 }
 
-// VRRPStatus is the "vrrp" section of the status document.
-type VRRPStatus struct {
-	Instances []vrrp.InstanceStatus `json:"instances"`
-	Scripts   []ScriptStatus        `json:"scripts,omitempty"`
-	// UnattributedDrops counts, by interface and reason, packets that no
-	// configured instance could be charged with (mostly foreign VRIDs).
-	UnattributedDrops map[string]map[vrrp.DropReason]uint64 `json:"unattributed_drops,omitempty"`
+func vrrpStatus(g *vrrp.Group, scripts *scriptRunner) *api.VRRPStatus {
+	st := &api.VRRPStatus{Scripts: scripts.Status()}
+	for _, in := range g.Status() {
+		st.Instances = append(st.Instances, apiInstance(in))
+	}
+	if st.Instances == nil {
+		st.Instances = []api.VRRPInstance{}
+	}
+	for ifname, drops := range g.UnattributedDrops() {
+		if st.UnattributedDrops == nil {
+			st.UnattributedDrops = map[string]map[string]uint64{}
+		}
+		st.UnattributedDrops[ifname] = apiDrops(drops)
+	}
+	return st
 }
 
-func vrrpStatus(g *vrrp.Group, scripts *scriptRunner) func() any {
-	return func() any {
-		return VRRPStatus{Instances: g.Status(), Scripts: scripts.Status(), UnattributedDrops: g.UnattributedDrops()}
+// apiInstance is an instance's status as the API has it.
+func apiInstance(in vrrp.InstanceStatus) api.VRRPInstance {
+	out := api.VRRPInstance{
+		Name: in.Name, Interface: in.Interface, VRID: in.VRID, Version: in.Version, VIPs: in.VIPs, Source: in.Source,
+		State: in.State.String(), Priority: in.Priority, Master: in.Master, MasterPriority: in.MasterPriority,
+		AdvertInt: in.AdvertInt, MasterAdverInt: in.MasterAdverInt,
+		AdvertsSent: in.AdvertsSent, AdvertsReceived: in.AdvertsReceived, Transitions: in.Transitions,
+		Drops: apiDrops(in.Drops), Error: in.Error,
 	}
+	if t := in.LastTransition; t != nil {
+		out.LastTransition = &api.VRRPTransition{From: t.From.String(), To: t.To.String(), Reason: t.Reason, At: t.At, Priority: t.Priority}
+	}
+	return out
+}
+
+func apiDrops(drops map[vrrp.DropReason]uint64) map[string]uint64 {
+	out := make(map[string]uint64, len(drops))
+	for r, n := range drops {
+		out[string(r)] = n
+	}
+	return out
 }
 
 // vrrpCollector exports the group's status as metrics when scraped.
@@ -118,25 +144,9 @@ func (c *vrrpCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// FailoverRequest is the body of POST /v1/vrrp/{instance}/failover.
-type FailoverRequest struct {
-	// Hold is how long this director stays backup (a Go duration); empty
-	// means the instance's preempt_delay.
-	Hold string `json:"hold,omitempty"`
-}
-
-// FailoverResult answers it.
-type FailoverResult struct {
-	Instance string              `json:"instance"`
-	Hold     string              `json:"hold"`
-	Now      vrrp.InstanceStatus `json:"now"`
-	// Warning says when this director will take the addresses back.
-	Warning string `json:"warning,omitempty"`
-}
-
 func (d *Daemon) handleFailover(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("instance")
-	var req FailoverRequest
+	var req api.FailoverRequest
 	if r.ContentLength != 0 {
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			status.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad request: %w", err))
@@ -162,7 +172,7 @@ func (d *Daemon) handleFailover(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.log.Info("planned failover", "instance", name, "hold", hold)
-	res := FailoverResult{Instance: name, Hold: hold.String(), Now: d.instanceStatus(name)}
+	res := api.FailoverResult{Instance: name, Hold: hold.String(), Now: apiInstance(d.instanceStatus(name))}
 	if inst.Preempt {
 		res.Warning = fmt.Sprintf("preempt is on: if this director still has the higher priority it takes %s back after %s", name, hold)
 	}

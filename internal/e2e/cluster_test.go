@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/api"
+
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/pairlab"
 )
@@ -70,12 +71,12 @@ func (d *director) ctl(args ...string) (string, error) {
 	return string(out), err
 }
 
-func (d *director) clusterStatus() (*daemon.ClusterStatus, error) {
+func (d *director) clusterStatus() (*api.ClusterStatus, error) {
 	out, err := exec.Command(directorctl, "--socket", d.sock, "cluster", "--json").Output()
 	if err != nil {
 		return nil, err
 	}
-	var st daemon.ClusterStatus
+	var st api.ClusterStatus
 	return &st, json.Unmarshal(out, &st)
 }
 
@@ -90,7 +91,7 @@ func (d *director) table() (map[string]int, error) {
 
 // weights reads directorctl lvs --json: "service/real" to weight.
 func weights(lvsJSON []byte) (map[string]int, error) {
-	var st daemon.LVSStatus
+	var st api.LVSStatus
 	if err := json.Unmarshal(lvsJSON, &st); err != nil {
 		return nil, err
 	}

@@ -8,16 +8,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/api"
+
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/synclab"
 )
 
 // drill runs directorctl drill --json on d and decodes the result.
-func drill(t *testing.T, s *synclab.Scene, d *synclab.Director, args ...string) (daemon.DrillResult, string) {
+func drill(t *testing.T, s *synclab.Scene, d *synclab.Director, args ...string) (api.DrillResult, string) {
 	t.Helper()
 	out, err := s.Ctl(d, append([]string{"drill", "--json"}, args...)...)
-	var res daemon.DrillResult
+	var res api.DrillResult
 	// A refused drill's JSON is followed by directorctl's one-line error.
 	if jerr := json.NewDecoder(strings.NewReader(out)).Decode(&res); jerr != nil {
 		t.Fatalf("drill %v on %s: %v, %v\n%s", args, d.Host.Name, err, jerr, out)
@@ -28,13 +29,13 @@ func drill(t *testing.T, s *synclab.Scene, d *synclab.Director, args ...string) 
 	return res, out
 }
 
-func checkNamed(res daemon.DrillResult, name string) daemon.DrillCheck {
+func checkNamed(res api.DrillResult, name string) api.DrillCheck {
 	for _, c := range res.Checks {
 		if c.Name == name {
 			return c
 		}
 	}
-	return daemon.DrillCheck{}
+	return api.DrillCheck{}
 }
 
 // TestDrill: on the LVS-NAT pair with conntrack sync and a witness, a
@@ -77,7 +78,7 @@ func TestDrill(t *testing.T) {
 	if len(res.Moved) != 2 || !strings.Contains(strings.Join(res.Moved, " "), "203.0.113.1/24") {
 		t.Fatalf("moved %v, want both instances of the sync group", res.Moved)
 	}
-	for what, leg := range map[string]*daemon.DrillLeg{"handover": res.Handover, "back": res.Back} {
+	for what, leg := range map[string]*api.DrillLeg{"handover": res.Handover, "back": res.Back} {
 		if leg.GapMS <= 0 || time.Duration(leg.GapMS*float64(time.Millisecond)) >= 3*advert {
 			t.Fatalf("%s gap %s, want under 3 advert intervals (%s)", what, leg.Gap, 3*advert)
 		}
@@ -87,7 +88,7 @@ func TestDrill(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The drill is kept in status, with its number.
-	var doc struct{ Drills daemon.DrillsStatus }
+	var doc struct{ Drills api.DrillsStatus }
 	if out, err := s.Ctl(lb1, "status", "--json"); err != nil || json.Unmarshal([]byte(out), &doc) != nil ||
 		len(doc.Drills.Drills) != 1 || doc.Drills.Drills[0].Number != 1 || !doc.Drills.Drills[0].OK {
 		t.Fatalf("status drills: %+v (%v)", doc.Drills, err)

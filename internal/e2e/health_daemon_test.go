@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/healthcheck"
-	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/api"
+
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/lblab"
 )
@@ -49,7 +49,7 @@ scheduler = "rr"
 		hcInterval.String(), hcTimeout.String(), hcRise, hcFall, notify, notify)
 }
 
-func healthStatus(t *testing.T, sock string) map[string]healthcheck.Status {
+func healthStatus(t *testing.T, sock string) map[string]api.CheckStatus {
 	t.Helper()
 	m, err := readHealth(sock)
 	if err != nil {
@@ -58,16 +58,16 @@ func healthStatus(t *testing.T, sock string) map[string]healthcheck.Status {
 	return m
 }
 
-func readHealth(sock string) (map[string]healthcheck.Status, error) {
+func readHealth(sock string) (map[string]api.CheckStatus, error) {
 	out, err := exec.Command(directorctl, "--socket", sock, "status", "--json").Output()
 	if err != nil {
 		return nil, fmt.Errorf("directorctl status --json: %v", err)
 	}
-	var doc struct{ Health daemon.HealthStatus }
+	var doc struct{ Health api.HealthStatus }
 	if err := json.Unmarshal(out, &doc); err != nil {
 		return nil, err
 	}
-	m := map[string]healthcheck.Status{}
+	m := map[string]api.CheckStatus{}
 	for _, c := range doc.Health.Checks {
 		m[c.ID.Real.String()] = c
 	}

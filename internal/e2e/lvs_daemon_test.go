@@ -13,7 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/api"
+
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/lblab"
 )
@@ -51,13 +52,13 @@ func realServers(weights ...int) string {
 	return b.String()
 }
 
-func lvsStatus(t *testing.T, sock string) *daemon.LVSStatus {
+func lvsStatus(t *testing.T, sock string) *api.LVSStatus {
 	t.Helper()
 	out, err := exec.Command(directorctl, "--socket", sock, "lvs", "--json").Output()
 	if err != nil {
 		t.Fatalf("directorctl lvs --json: %v", err)
 	}
-	var st daemon.LVSStatus
+	var st api.LVSStatus
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("decode %s: %v", out, err)
 	}
@@ -76,7 +77,7 @@ func reconciles(log string) []string {
 	return ops
 }
 
-func findService(st *daemon.LVSStatus, name string) *daemon.LVSService {
+func findService(st *api.LVSStatus, name string) *api.LVSService {
 	for i := range st.Services {
 		if st.Services[i].Name == name {
 			return &st.Services[i]

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/pairlab"
 	"github.com/directord/directord/vrrp"
@@ -137,7 +138,7 @@ func TestVRRPNoPreempt(t *testing.T) {
 	deadline := time.Now().Add(10 * 400 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		in, err := p.Instance(p.LB1)
-		if err != nil || in.State != vrrp.Backup {
+		if err != nil || in.State != api.StateBackup {
 			t.Fatalf("nopreempt node: %v %v", in.State, err)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -306,7 +307,7 @@ func TestVRRPv2Authentication(t *testing.T) {
 	p.Start(p.LB2)
 	// Different passwords: neither accepts the other, both become master.
 	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Master})
-	if in, _ := p.Instance(p.LB2); in.Drops[vrrp.DropAuth] == 0 {
+	if in, _ := p.Instance(p.LB2); in.Drops[string(vrrp.DropAuth)] == 0 {
 		t.Fatalf("lb2 should drop lb1's adverts for auth: %+v", in.Drops)
 	}
 	// The same password: lb2 follows lb1 after a reload.
@@ -373,7 +374,7 @@ virtual_ipaddress = ["192.0.2.101/24"]
 	// A new priority and tracking are taken in place: still MASTER, with
 	// no transition.
 	reload(strings.Replace(string(base), "priority = 150", "priority = 200\ntrack_interface = [\"lo\"]", 1))
-	var after vrrp.InstanceStatus
+	var after api.VRRPInstance
 	if err := lab.Eventually(5*time.Second, func() (err error) {
 		after, err = p.Instance(p.LB1)
 		if err == nil && after.Priority != 200 {
@@ -383,8 +384,8 @@ virtual_ipaddress = ["192.0.2.101/24"]
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if after.State != vrrp.Master || after.Transitions != before.Transitions || *after.LastTransition != *before.LastTransition {
-		t.Fatalf("VI_1 changed across reloads: before %+v after %+v", before.Info, after.Info)
+	if after.State != api.StateMaster || after.Transitions != before.Transitions || *after.LastTransition != *before.LastTransition {
+		t.Fatalf("VI_1 changed across reloads: before %+v after %+v", before, after)
 	}
 	if !strings.Contains(p.Procs[p.LB1].Output(), "reconfigured_in_place=[VI_1]") {
 		t.Fatalf("the priority change was not applied in place:\n%s", p.Procs[p.LB1].Output())
@@ -440,7 +441,7 @@ func TestVRRPInterfaceAppearsLater(t *testing.T) {
 	p.Start(p.LB1)
 	if err := lab.Eventually(5*time.Second, func() error {
 		in, err := p.Instance(p.LB1)
-		if err == nil && (in.State != vrrp.Fault || !strings.Contains(in.Error, "eth1")) {
+		if err == nil && (in.State != api.StateFault || !strings.Contains(in.Error, "eth1")) {
 			err = fmt.Errorf("state %s error %q, want FAULT naming eth1", in.State, in.Error)
 		}
 		return err

@@ -12,7 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/api"
+
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/vrrp"
 )
@@ -144,19 +145,19 @@ vrrp_instance VI_1 {
 }
 
 // Instance asks h's directord for its one VRRP instance.
-func (p *Pair) Instance(h *lab.Host) (vrrp.InstanceStatus, error) {
+func (p *Pair) Instance(h *lab.Host) (api.VRRPInstance, error) {
 	out, err := exec.Command(p.Bin.Directorctl, "--socket", p.Sockets[h], "status", "--json").Output()
 	if err != nil {
-		return vrrp.InstanceStatus{}, fmt.Errorf("%s: directorctl: %v", h.Name, err)
+		return api.VRRPInstance{}, fmt.Errorf("%s: directorctl: %v", h.Name, err)
 	}
 	var doc struct {
-		VRRP daemon.VRRPStatus `json:"vrrp"`
+		VRRP api.VRRPStatus `json:"vrrp"`
 	}
 	if err := json.Unmarshal(out, &doc); err != nil {
-		return vrrp.InstanceStatus{}, err
+		return api.VRRPInstance{}, err
 	}
 	if len(doc.VRRP.Instances) != 1 {
-		return vrrp.InstanceStatus{}, fmt.Errorf("%s: %d instances", h.Name, len(doc.VRRP.Instances))
+		return api.VRRPInstance{}, fmt.Errorf("%s: %d instances", h.Name, len(doc.VRRP.Instances))
 	}
 	return doc.VRRP.Instances[0], nil
 }
@@ -170,7 +171,7 @@ func (p *Pair) WaitStates(timeout time.Duration, want map[*lab.Host]vrrp.State) 
 			if err != nil {
 				return err
 			}
-			if in.State != st {
+			if in.State != st.String() {
 				return fmt.Errorf("%s is %s, want %s", h.Name, in.State, st)
 			}
 			if st == vrrp.Backup && in.Master == "" {

@@ -12,6 +12,8 @@ import (
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/directord/directord/internal/api"
 )
 
 // ErrNotRunning means nothing answers on the status socket.
@@ -55,7 +57,7 @@ func (c *Client) Raw(ctx context.Context, path string) ([]byte, error) {
 // APIError is a non-2xx answer.
 type APIError struct {
 	Status int
-	ErrorBody
+	api.ErrorBody
 }
 
 func (e *APIError) Error() string {

@@ -1,9 +1,9 @@
-// Package status serves directord's versioned JSON API on a unix socket and
-// is the client directorctl uses to read it.
+// Package status serves directord's versioned JSON API (package api) on a
+// unix socket and is the client directorctl uses to read it.
 //
-// The document at GET /v1/status is assembled from sections that the
-// daemon's subsystems register; each section is a function returning a JSON
-// value, called on every request so that the answer is always current.
+// The document at GET /v1/status is built on every request by the
+// daemon's DocumentFunc, so that the answer is always current; GET
+// /v1/status/{section} asks it for that section alone.
 package status
 
 import (
@@ -16,70 +16,59 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/directord/directord/internal/api"
 )
 
-// APIVersion is the version of the JSON documents; it appears in their
-// paths (/v1/...) and in every status document.
-const APIVersion = 1
+// DocumentFunc builds the status document: every section when section
+// is "", else at least the one named.
+type DocumentFunc func(section string) api.Document
 
-// Server holds the registered sections and extra handlers.
+// Server answers the API's requests.
 type Server struct {
-	log      *slog.Logger
-	mux      *http.ServeMux
-	mu       sync.Mutex
-	sections map[string]func() any
-	order    []string
+	log *slog.Logger
+	mux *http.ServeMux
 }
 
-func NewServer(log *slog.Logger) *Server {
-	s := &Server{log: log, mux: http.NewServeMux(), sections: map[string]func() any{}}
+// NewServer serves the status document that doc builds.
+func NewServer(log *slog.Logger, doc DocumentFunc) *Server {
+	s := &Server{log: log, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusOK, s.Document())
+		d := doc("")
+		d.APIVersion = api.Version
+		WriteJSON(w, http.StatusOK, d)
 	})
 	s.mux.HandleFunc("GET /v1/status/{section}", func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		fn, ok := s.sections[r.PathValue("section")]
-		s.mu.Unlock()
+		name := r.PathValue("section")
+		d := doc(name)
+		v, ok := d.Section(name)
 		if !ok {
-			WriteError(w, http.StatusNotFound, fmt.Errorf("no status section %q", r.PathValue("section")))
+			WriteError(w, http.StatusNotFound, fmt.Errorf("no status section %q", name))
 			return
 		}
-		WriteJSON(w, http.StatusOK, fn())
+		WriteJSON(w, http.StatusOK, v)
 	})
 	return s
 }
 
-// Register adds a section to the status document under name.
-func (s *Server) Register(name string, fn func() any) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, dup := s.sections[name]; !dup {
-		s.order = append(s.order, name)
-	}
-	s.sections[name] = fn
+// Handle adds an endpoint, such as POST /v1/reload. Request bodies are
+// capped at MaxRequestBody.
+func (s *Server) Handle(pattern string, h http.HandlerFunc) {
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBody)
+		h(w, r)
+	})
 }
 
-// Handle adds an endpoint, such as POST /v1/reload.
-func (s *Server) Handle(pattern string, h http.HandlerFunc) { s.mux.HandleFunc(pattern, h) }
+// ServeHTTP answers one request; for tests without a socket.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// Document returns the whole status document.
-func (s *Server) Document() map[string]any {
-	s.mu.Lock()
-	fns := make(map[string]func() any, len(s.sections))
-	for k, v := range s.sections {
-		fns[k] = v
-	}
-	s.mu.Unlock()
-	doc := map[string]any{"api_version": APIVersion}
-	for name, fn := range fns {
-		doc[name] = fn()
-	}
-	return doc
-}
+// MaxRequestBody bounds what a client may send: the largest request is a
+// table of virtual servers for directorctl apply.
+const MaxRequestBody = 64 << 20
 
 // Serve answers on ln until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
@@ -155,13 +144,7 @@ func WriteJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// ErrorBody is the JSON answer of a failed request.
-type ErrorBody struct {
-	Error   string   `json:"error"`
-	Details []string `json:"details,omitempty"`
-}
-
-// WriteError answers with an ErrorBody.
+// WriteError answers with an api.ErrorBody.
 func WriteError(w http.ResponseWriter, code int, err error, details ...string) {
-	WriteJSON(w, code, ErrorBody{Error: err.Error(), Details: details})
+	WriteJSON(w, code, api.ErrorBody{Error: err.Error(), Details: details})
 }

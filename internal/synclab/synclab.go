@@ -22,7 +22,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/directord/directord/internal/daemon"
+	"github.com/directord/directord/internal/api"
+
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/lblab"
 	dsync "github.com/directord/directord/sync"
@@ -237,7 +238,7 @@ func (s *Scene) WaitCluster(timeout time.Duration) error {
 			if err != nil {
 				return fmt.Errorf("%s: directorctl cluster: %v", d.Host.Name, err)
 			}
-			var st daemon.ClusterStatus
+			var st api.ClusterStatus
 			if err := json.Unmarshal(out, &st); err != nil {
 				return err
 			}

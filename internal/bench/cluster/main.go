@@ -21,8 +21,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/directord/directord/internal/api"
+
 	"github.com/directord/directord/internal/bench/report"
-	"github.com/directord/directord/internal/daemon"
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/pairlab"
 )
@@ -158,7 +159,7 @@ func run(bin string, runs, big int, out string) (err error) {
 			if err != nil {
 				return err
 			}
-			var st daemon.ClusterStatus
+			var st api.ClusterStatus
 			if err := json.Unmarshal(o, &st); err != nil {
 				return err
 			}

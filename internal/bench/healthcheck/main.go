@@ -21,10 +21,11 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/directord/directord/internal/api"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/directord/directord/internal/bench/report"
-	"github.com/directord/directord/internal/daemon"
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/lblab"
 	"github.com/directord/directord/internal/pairlab"
@@ -147,7 +148,7 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 	read := func() (*sample, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		var health daemon.HealthStatus
+		var health api.HealthStatus
 		if err := client.Get(ctx, "/v1/status/health", &health); err != nil {
 			return nil, fmt.Errorf("status: %w", err)
 		}
