@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # -s -w: no symbol table or DWARF (pprof still reads the pclntab).
 LDFLAGS = -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test test-race test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync clean clean-lab
+.PHONY: all build test test-deps test-race test-race-unit test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync clean clean-lab
 
 all: build
 
@@ -15,12 +15,17 @@ build:
 # Unit tests, the network-namespace integration tests (root needed;
 # without root they skip, except under CI=true where they fail) and the
 # IPVS tests, which boot Debian's kernel in qemu (test-ipvs).
-test: guest-kernel
+test: test-deps guest-kernel
 	$(GO) test -count=1 ./...
+
+# The Debian packages the tests, the demo and the benchmarks use, installed
+# with apt-get the first time one is missing (it says so); else nothing.
+test-deps:
+	@./internal/testbed/test-deps.sh
 
 # The IPVS data plane's tests, inside Debian's kernel under qemu: this
 # machine's kernel may have no IPVS.
-test-ipvs: guest-kernel
+test-ipvs: test-deps guest-kernel
 	$(GO) test -count=1 -v -run TestIPVSInGuest ./internal/guest
 
 # Debian's current kernel package, unpacked (not installed) for the guest.
@@ -28,8 +33,13 @@ guest-kernel:
 	./internal/guest/fetch-kernel.sh .cache/guest
 
 # The same with the race detector in the tests and in the daemons they run.
-test-race: guest-kernel
+test-race: test-deps guest-kernel
 	GORACE=atexit_sleep_ms=0 DIRECTORD_RACE=1 $(GO) test -race -count=1 ./...
+
+# The race detector on the packages whose tests need no root, network
+# namespace or guest: quick enough for every CI run.
+test-race-unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /internal/e2e -e /internal/guest)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
@@ -39,12 +49,12 @@ lint:
 
 # Builds, starts directord in a lab of network namespaces, shows it working
 # and removes everything again.
-demo: build
+demo: test-deps build
 	$(GO) run ./internal/demo -bin bin
 
 # Benchmarks (root; not part of make test): each rewrites its section of
 # docs/benchmarks.md.
-bench: bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync
+bench: test-deps bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync
 
 bench-failover: build
 	$(GO) run ./internal/bench/failover -bin bin
