@@ -14,6 +14,17 @@ import (
 	"github.com/moby/ipvs"
 )
 
+// The services and real servers of this package's internal tests (the
+// reconciler's tests, in package lvs_test, have their own).
+var (
+	web = Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.100:80")}
+	dns = Key{Protocol: UDP, Addr: netip.MustParseAddrPort("192.0.2.100:53")}
+	rs1 = netip.MustParseAddrPort("203.0.113.11:8080")
+	rs2 = netip.MustParseAddrPort("203.0.113.12:8080")
+)
+
+func natReal(a netip.AddrPort, w int) Real { return Real{Addr: a, Weight: w, Method: NAT} }
+
 // These tests need a kernel with IPVS. The machines' own kernels have
 // none, so make test-ipvs (part of make test) boots Debian's kernel in
 // qemu with this package's test binary and runs them there; see
@@ -36,6 +47,9 @@ func guestIPVS(t *testing.T) *IPVS {
 	}
 	return d
 }
+
+// GuestIPVS is guestIPVS for the package's external tests.
+var GuestIPVS = guestIPVS
 
 func guestRec(t *testing.T, d Dataplane) *Reconciler {
 	t.Helper()
@@ -99,7 +113,7 @@ func TestGuestIPVSSchedulers(t *testing.T) {
 	for i, s := range scheds {
 		vss = append(vss, VirtualServer{
 			Service: Service{Key: Key{Protocol: TCP, Addr: netip.MustParseAddrPort(fmt.Sprintf("192.0.2.100:%d", 1000+i))}, Scheduler: s},
-			Reals:   []Real{real(rs1, 1), real(rs2, 2)},
+			Reals:   []Real{natReal(rs1, 1), natReal(rs2, 2)},
 		})
 	}
 	r.Set(vss)
@@ -119,16 +133,16 @@ func TestGuestIPVSFeatures(t *testing.T) {
 			Persistence: 300 * time.Second, PersistenceBits: 24},
 			Reals: []Real{{Addr: rs1, Weight: 3, Method: NAT, Upper: 1000, Lower: 100}}},
 		{Service: Service{Key: dns, Scheduler: "rr", OnePacket: true},
-			Reals: []Real{real(netip.MustParseAddrPort("203.0.113.11:53"), 1)}},
+			Reals: []Real{natReal(netip.MustParseAddrPort("203.0.113.11:53"), 1)}},
 		{Service: Service{Key: Key{FWMark: 7}, Scheduler: "wlc", Persistence: time.Minute},
 			Reals: []Real{{Addr: netip.MustParseAddrPort("203.0.113.11:0"), Weight: 1, Method: DR}}},
 		{Service: Service{Key: Key{FWMark: 8, IPv6: true}, Scheduler: "wrr"},
 			Reals: []Real{{Addr: netip.MustParseAddrPort("[2001:db8::11]:0"), Weight: 1, Method: DR}}},
 		{Service: Service{Key: Key{Protocol: TCP, Addr: netip.MustParseAddrPort("[2001:db8::100]:80")}, Scheduler: "wrr",
 			Persistence: 10 * time.Second, PersistenceBits: 64},
-			Reals: []Real{real(v6, 2)}},
+			Reals: []Real{natReal(v6, 2)}},
 		{Service: Service{Key: Key{Protocol: SCTP, Addr: netip.MustParseAddrPort("192.0.2.100:3868")}, Scheduler: "rr"},
-			Reals: []Real{real(netip.MustParseAddrPort("203.0.113.11:3868"), 1)}},
+			Reals: []Real{natReal(netip.MustParseAddrPort("203.0.113.11:3868"), 1)}},
 	}
 	r.Set(vss)
 	reconcileN(t, r, 7+8)
@@ -152,7 +166,7 @@ func TestGuestIPVSOwnership(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := guestRec(t, d)
-	vs := VirtualServer{Service: Service{Key: web, Scheduler: "wrr"}, Reals: []Real{real(rs1, 1), real(rs2, 1)}}
+	vs := VirtualServer{Service: Service{Key: web, Scheduler: "wrr"}, Reals: []Real{natReal(rs1, 1), natReal(rs2, 1)}}
 	r.Set([]VirtualServer{vs})
 	reconcileN(t, r, 3)
 
@@ -204,21 +218,6 @@ func loadedSchedulers(t *testing.T) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// TestGuestBenchIPVS is make bench-lvs's IPVS half: operation counts (the
-// guest's clock is emulated, so its times are indicative only). It prints
-// one BENCH line per step for the host to read.
-func TestGuestBenchIPVS(t *testing.T) {
-	d := guestIPVS(t)
-	r := guestRec(t, d)
-	steps, err := MeasureReconcile(r, SyntheticTable(1000, 10))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range steps {
-		fmt.Printf("BENCH ipvs %q ops=%d duration=%s\n", s.Name, s.Ops, s.Duration)
-	}
 }
 
 // TestGuestIPVSSyncDaemons starts, lists and stops the kernel's sync

@@ -1,4 +1,4 @@
-package lvs
+package lvs_test
 
 import (
 	"errors"
@@ -7,21 +7,24 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/directord/directord/lvs"
+	"github.com/directord/directord/lvs/lvstest"
 )
 
 var (
-	web  = Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.100:80")}
-	dns  = Key{Protocol: UDP, Addr: netip.MustParseAddrPort("192.0.2.100:53")}
+	web  = lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort("192.0.2.100:80")}
+	dns  = lvs.Key{Protocol: lvs.UDP, Addr: netip.MustParseAddrPort("192.0.2.100:53")}
 	rs1  = netip.MustParseAddrPort("203.0.113.11:8080")
 	rs2  = netip.MustParseAddrPort("203.0.113.12:8080")
 	rs3  = netip.MustParseAddrPort("203.0.113.13:8080")
 	sorr = netip.MustParseAddrPort("203.0.113.99:8080")
 )
 
-func real(a netip.AddrPort, w int) Real { return Real{Addr: a, Weight: w, Method: NAT} }
+func real(a netip.AddrPort, w int) lvs.Real { return lvs.Real{Addr: a, Weight: w, Method: lvs.NAT} }
 
-func webVS(reals ...Real) VirtualServer {
-	return VirtualServer{Name: "web", Service: Service{Key: web, Scheduler: "wrr"}, Reals: reals}
+func webVS(reals ...lvs.Real) lvs.VirtualServer {
+	return lvs.VirtualServer{Name: "web", Service: lvs.Service{Key: web, Scheduler: "wrr"}, Reals: reals}
 }
 
 type clock struct{ t time.Time }
@@ -29,11 +32,11 @@ type clock struct{ t time.Time }
 func (c *clock) now() time.Time          { return c.t }
 func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
-func newRec(t *testing.T, f *Fake, o Options) (*Reconciler, *clock) {
+func newRec(t *testing.T, f *lvstest.Fake, o lvs.Options) (*lvs.Reconciler, *clock) {
 	t.Helper()
 	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	o.Now = c.now
-	r, err := NewReconciler(f, o)
+	r, err := lvs.NewReconciler(f, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +44,7 @@ func newRec(t *testing.T, f *Fake, o Options) (*Reconciler, *clock) {
 }
 
 // step reconciles and checks the operations it issued.
-func step(t *testing.T, r *Reconciler, f *Fake, want ...string) {
+func step(t *testing.T, r *lvs.Reconciler, f *lvstest.Fake, want ...string) {
 	t.Helper()
 	before := len(f.Ops)
 	n, err := r.Reconcile()
@@ -58,29 +61,29 @@ func step(t *testing.T, r *Reconciler, f *Fake, want ...string) {
 }
 
 func TestReconcileDiffs(t *testing.T) {
-	f := NewFake()
-	r, _ := newRec(t, f, Options{})
-	r.Set([]VirtualServer{webVS(real(rs1, 1), real(rs2, 2))})
+	f := lvstest.NewFake()
+	r, _ := newRec(t, f, lvs.Options{})
+	r.Set([]lvs.VirtualServer{webVS(real(rs1, 1), real(rs2, 2))})
 	step(t, r, f,
 		"add-service tcp 192.0.2.100:80 wrr",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
 	step(t, r, f) // no change: no operation
 
-	r.Set([]VirtualServer{webVS(real(rs1, 1), real(rs2, 3))})
+	r.Set([]lvs.VirtualServer{webVS(real(rs1, 1), real(rs2, 3))})
 	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 3 nat")
 
 	vs := webVS(real(rs1, 1), real(rs2, 3))
 	vs.Scheduler = "sh"
-	vs.Flags = FlagSched1 | FlagSched2
-	r.Set([]VirtualServer{vs})
+	vs.Flags = lvs.FlagSched1 | lvs.FlagSched2
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f, "update-service tcp 192.0.2.100:80 sh")
 	step(t, r, f)
 
-	// Persistence granularity defaults to a single address: a service
+	// lvs.Persistence granularity defaults to a single address: a service
 	// read back with /32 is the same service.
 	vs.Persistence = 300 * time.Second
-	r.Set([]VirtualServer{vs})
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f, "update-service tcp 192.0.2.100:80 sh")
 	es, _ := f.List()
 	if es[0].PersistenceBits != 32 {
@@ -88,24 +91,24 @@ func TestReconcileDiffs(t *testing.T) {
 	}
 	step(t, r, f)
 
-	r.Set([]VirtualServer{vs, {Service: Service{Key: dns, Scheduler: "rr", OnePacket: true}, Reals: []Real{real(netip.MustParseAddrPort("203.0.113.11:53"), 1)}}})
+	r.Set([]lvs.VirtualServer{vs, {Service: lvs.Service{Key: dns, Scheduler: "rr", OnePacket: true}, Reals: []lvs.Real{real(netip.MustParseAddrPort("203.0.113.11:53"), 1)}}})
 	step(t, r, f,
 		"add-service udp 192.0.2.100:53 rr",
 		"add-real udp 192.0.2.100:53 -> 203.0.113.11:53 weight 1 nat")
 
 	// A removed service goes at once, with its real servers.
-	r.Set([]VirtualServer{vs})
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f, "del-service udp 192.0.2.100:53 rr")
 }
 
 func TestReconcileOwnership(t *testing.T) {
-	f := NewFake()
-	hand := Entry{Service: Service{Key: Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.200:443")}, Scheduler: "rr"},
-		Reals: []RealState{{Real: real(rs3, 1)}}}
+	f := lvstest.NewFake()
+	hand := lvs.Entry{Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort("192.0.2.200:443")}, Scheduler: "rr"},
+		Reals: []lvs.RealState{{Real: real(rs3, 1)}}}
 	f.Put(hand)
 	own := filepath.Join(t.TempDir(), "owned.json")
-	r, _ := newRec(t, f, Options{OwnedFile: own})
-	r.Set([]VirtualServer{webVS(real(rs1, 1))})
+	r, _ := newRec(t, f, lvs.Options{OwnedFile: own})
+	r.Set([]lvs.VirtualServer{webVS(real(rs1, 1))})
 	step(t, r, f,
 		"add-service tcp 192.0.2.100:80 wrr",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat")
@@ -113,7 +116,7 @@ func TestReconcileOwnership(t *testing.T) {
 	// The daemon dies without cleaning up; its successor has no
 	// virtual servers configured and removes what the first one made,
 	// not the hand-made rule.
-	r2, _ := newRec(t, f, Options{OwnedFile: own})
+	r2, _ := newRec(t, f, lvs.Options{OwnedFile: own})
 	step(t, r2, f, "del-service tcp 192.0.2.100:80 wrr")
 	es, _ := f.List()
 	if len(es) != 1 || es[0].Key != hand.Key {
@@ -121,8 +124,8 @@ func TestReconcileOwnership(t *testing.T) {
 	}
 
 	// A configured service that already exists is adopted, not re-added.
-	r3, _ := newRec(t, f, Options{})
-	r3.Set([]VirtualServer{{Service: hand.Service, Reals: []Real{real(rs3, 1)}}})
+	r3, _ := newRec(t, f, lvs.Options{})
+	r3.Set([]lvs.VirtualServer{{Service: hand.Service, Reals: []lvs.Real{real(rs3, 1)}}})
 	step(t, r3, f)
 	if err := r3.Shutdown(); err != nil {
 		t.Fatal(err)
@@ -133,8 +136,8 @@ func TestReconcileOwnership(t *testing.T) {
 
 	// lvs_flush removes foreign services once.
 	f.Put(hand)
-	r4, _ := newRec(t, f, Options{Flush: true})
-	r4.Set([]VirtualServer{webVS(real(rs1, 1))})
+	r4, _ := newRec(t, f, lvs.Options{Flush: true})
+	r4.Set([]lvs.VirtualServer{webVS(real(rs1, 1))})
 	step(t, r4, f,
 		"add-service tcp 192.0.2.100:80 wrr",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
@@ -144,11 +147,11 @@ func TestReconcileOwnership(t *testing.T) {
 }
 
 func TestReconcileDrain(t *testing.T) {
-	f := NewFake()
-	r, c := newRec(t, f, Options{})
+	f := lvstest.NewFake()
+	r, c := newRec(t, f, lvs.Options{})
 	vs := webVS(real(rs1, 1), real(rs2, 2))
 	vs.DrainTimeout = time.Minute
-	r.Set([]VirtualServer{vs})
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f,
 		"add-service tcp 192.0.2.100:80 wrr",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
@@ -158,8 +161,8 @@ func TestReconcileDrain(t *testing.T) {
 
 	// rs2 leaves the configuration: weight 0 first, kept while it has
 	// connections, deleted when they are gone.
-	vs.Reals = []Real{real(rs1, 1)}
-	r.Set([]VirtualServer{vs})
+	vs.Reals = []lvs.Real{real(rs1, 1)}
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 0 nat")
 	c.advance(10 * time.Second)
 	step(t, r, f)
@@ -175,7 +178,7 @@ func TestReconcileDrain(t *testing.T) {
 	// rs1 leaves with connections that never end: deleted after the
 	// drain timeout.
 	vs.Reals = nil
-	r.Set([]VirtualServer{vs})
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 0 nat")
 	c.advance(59 * time.Second)
 	step(t, r, f)
@@ -183,15 +186,15 @@ func TestReconcileDrain(t *testing.T) {
 	step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 0 nat")
 
 	// Coming back while draining cancels the drain.
-	vs.Reals = []Real{real(rs1, 1)}
-	r.Set([]VirtualServer{vs})
+	vs.Reals = []lvs.Real{real(rs1, 1)}
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f, "add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat")
 	f.SetConns(web, rs1, 1, 0)
 	vs.Reals = nil
-	r.Set([]VirtualServer{vs})
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 0 nat")
-	vs.Reals = []Real{real(rs1, 1)}
-	r.Set([]VirtualServer{vs})
+	vs.Reals = []lvs.Real{real(rs1, 1)}
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat")
 	if len(r.Draining()) != 0 {
 		t.Fatalf("still draining %v", r.Draining())
@@ -200,17 +203,17 @@ func TestReconcileDrain(t *testing.T) {
 
 func TestReconcileHealth(t *testing.T) {
 	for _, inhibit := range []bool{false, true} {
-		f := NewFake()
-		r, _ := newRec(t, f, Options{})
+		f := lvstest.NewFake()
+		r, _ := newRec(t, f, lvs.Options{})
 		vs := webVS(real(rs1, 1), real(rs2, 2))
 		vs.InhibitOnFailure = inhibit
-		r.Set([]VirtualServer{vs})
+		r.Set([]lvs.VirtualServer{vs})
 		step(t, r, f,
 			"add-service tcp 192.0.2.100:80 wrr",
 			"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
 			"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
 		f.SetConns(web, rs2, 5, 5)
-		r.SetHealth(web, rs2, Health{Up: false, Weight: -1})
+		r.SetHealth(web, rs2, lvs.Health{Up: false, Weight: -1})
 		if inhibit {
 			step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 0 nat")
 		} else {
@@ -218,38 +221,38 @@ func TestReconcileHealth(t *testing.T) {
 			step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
 		}
 		step(t, r, f)
-		r.SetHealth(web, rs2, Health{Up: true, Weight: -1})
+		r.SetHealth(web, rs2, lvs.Health{Up: true, Weight: -1})
 		if inhibit {
 			step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
 		} else {
 			step(t, r, f, "add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
 		}
 		// A dynamic weight from an exec check replaces the configured one.
-		r.SetHealth(web, rs1, Health{Up: true, Weight: 7})
+		r.SetHealth(web, rs1, lvs.Health{Up: true, Weight: 7})
 		step(t, r, f, "update-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 7 nat")
 	}
 }
 
 func TestReconcileQuorum(t *testing.T) {
-	f := NewFake()
-	r, _ := newRec(t, f, Options{})
+	f := lvstest.NewFake()
+	r, _ := newRec(t, f, lvs.Options{})
 	vs := webVS(real(rs1, 1), real(rs2, 1), real(rs3, 1))
 	vs.Quorum = 2
 	s := real(sorr, 1)
 	vs.Sorry = &s
-	r.Set([]VirtualServer{vs})
+	r.Set([]lvs.VirtualServer{vs})
 	step(t, r, f,
 		"add-service tcp 192.0.2.100:80 wrr",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.13:8080 weight 1 nat")
-	r.SetHealth(web, rs1, Health{Up: false, Weight: -1})
+	r.SetHealth(web, rs1, lvs.Health{Up: false, Weight: -1})
 	step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat")
 	if !r.QuorumUp()[web] {
 		t.Fatal("quorum lost at live weight 2, quorum 2")
 	}
 	// Live weight 1 < quorum 2: the sorry server takes over alone.
-	r.SetHealth(web, rs2, Health{Up: false, Weight: -1})
+	r.SetHealth(web, rs2, lvs.Health{Up: false, Weight: -1})
 	step(t, r, f,
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.99:8080 weight 1 nat",
 		"del-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat",
@@ -258,7 +261,7 @@ func TestReconcileQuorum(t *testing.T) {
 		t.Fatal("quorum still up")
 	}
 	step(t, r, f)
-	r.SetHealth(web, rs2, Health{Up: true, Weight: -1})
+	r.SetHealth(web, rs2, lvs.Health{Up: true, Weight: -1})
 	step(t, r, f,
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.13:8080 weight 1 nat",
@@ -266,20 +269,20 @@ func TestReconcileQuorum(t *testing.T) {
 
 	// With hysteresis 1 the quorum is lost below 1 and regained at 3.
 	vs.Hysteresis = 1
-	r.Set([]VirtualServer{vs})
-	r.SetHealth(web, rs2, Health{Up: false, Weight: -1})
+	r.Set([]lvs.VirtualServer{vs})
+	r.SetHealth(web, rs2, lvs.Health{Up: false, Weight: -1})
 	step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat")
 	if !r.QuorumUp()[web] {
 		t.Fatal("hysteresis: quorum lost at live weight 1")
 	}
-	r.SetHealth(web, rs3, Health{Up: false, Weight: -1})
+	r.SetHealth(web, rs3, lvs.Health{Up: false, Weight: -1})
 	step(t, r, f,
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.99:8080 weight 1 nat",
 		"del-real tcp 192.0.2.100:80 -> 203.0.113.13:8080 weight 1 nat")
-	r.SetHealth(web, rs3, Health{Up: true, Weight: -1})
-	r.SetHealth(web, rs2, Health{Up: true, Weight: -1})
+	r.SetHealth(web, rs3, lvs.Health{Up: true, Weight: -1})
+	r.SetHealth(web, rs2, lvs.Health{Up: true, Weight: -1})
 	step(t, r, f) // live 2 < quorum 2 + hysteresis 1: still down
-	r.SetHealth(web, rs1, Health{Up: true, Weight: -1})
+	r.SetHealth(web, rs1, lvs.Health{Up: true, Weight: -1})
 	step(t, r, f,
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat",
 		"add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat",
@@ -288,16 +291,16 @@ func TestReconcileQuorum(t *testing.T) {
 }
 
 func TestReconcileRetriesAfterFailure(t *testing.T) {
-	f := NewFake()
-	r, _ := newRec(t, f, Options{})
+	f := lvstest.NewFake()
+	r, _ := newRec(t, f, lvs.Options{})
 	fail := true
-	f.Fail = func(op Op) error {
-		if fail && op.Kind == AddReal && op.Real.Addr == rs2 {
+	f.Fail = func(op lvs.Op) error {
+		if fail && op.Kind == lvs.AddReal && op.Real.Addr == rs2 {
 			return errors.New("ENOMEM")
 		}
 		return nil
 	}
-	r.Set([]VirtualServer{webVS(real(rs1, 1), real(rs2, 2))})
+	r.Set([]lvs.VirtualServer{webVS(real(rs1, 1), real(rs2, 2))})
 	if _, err := r.Reconcile(); err == nil {
 		t.Fatal("no error from a failed apply")
 	}
@@ -312,23 +315,23 @@ func TestReconcileRetriesAfterFailure(t *testing.T) {
 // TestDigest: the digest ignores order and counters and changes with
 // anything that schedules differently.
 func TestDigest(t *testing.T) {
-	key := Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.100:80")}
-	rs := func(addr string, w int) RealState {
-		return RealState{Real: Real{Addr: netip.MustParseAddrPort(addr), Weight: w, Method: NAT}}
+	key := lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort("192.0.2.100:80")}
+	rs := func(addr string, w int) lvs.RealState {
+		return lvs.RealState{Real: lvs.Real{Addr: netip.MustParseAddrPort(addr), Weight: w, Method: lvs.NAT}}
 	}
-	a := []Entry{{Service: Service{Key: key, Scheduler: "wrr"}, Reals: []RealState{rs("203.0.113.11:80", 1), rs("203.0.113.12:80", 2)}}}
-	b := []Entry{{Service: Service{Key: key, Scheduler: "wrr"}, Reals: []RealState{rs("203.0.113.12:80", 2), rs("203.0.113.11:80", 1)}}}
+	a := []lvs.Entry{{Service: lvs.Service{Key: key, Scheduler: "wrr"}, Reals: []lvs.RealState{rs("203.0.113.11:80", 1), rs("203.0.113.12:80", 2)}}}
+	b := []lvs.Entry{{Service: lvs.Service{Key: key, Scheduler: "wrr"}, Reals: []lvs.RealState{rs("203.0.113.12:80", 2), rs("203.0.113.11:80", 1)}}}
 	b[0].Stats.Connections, b[0].Reals[0].Active = 7, 3
-	if Digest(a) != Digest(b) {
+	if lvs.Digest(a) != lvs.Digest(b) {
 		t.Fatal("order or counters changed the digest")
 	}
 	if a[0].Reals[0].Addr.Port() != 80 || a[0].Reals[0].Weight != 1 {
-		t.Fatal("Digest reordered its argument")
+		t.Fatal("lvs.Digest reordered its argument")
 	}
-	c := []Entry{{Service: Service{Key: key, Scheduler: "wrr"}, Reals: []RealState{rs("203.0.113.11:80", 1), rs("203.0.113.12:80", 0)}}}
-	d := []Entry{{Service: Service{Key: key, Scheduler: "rr"}, Reals: a[0].Reals}}
-	for _, x := range [][]Entry{c, d, nil} {
-		if Digest(x) == Digest(a) {
+	c := []lvs.Entry{{Service: lvs.Service{Key: key, Scheduler: "wrr"}, Reals: []lvs.RealState{rs("203.0.113.11:80", 1), rs("203.0.113.12:80", 0)}}}
+	d := []lvs.Entry{{Service: lvs.Service{Key: key, Scheduler: "rr"}, Reals: a[0].Reals}}
+	for _, x := range [][]lvs.Entry{c, d, nil} {
+		if lvs.Digest(x) == lvs.Digest(a) {
 			t.Fatalf("%+v has the digest of %+v", x, a)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/directord/directord/internal/guest"
 	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/lvs"
+	"github.com/directord/directord/lvs/lvstest"
 )
 
 func main() {
@@ -41,8 +42,8 @@ func run(services, reals, runs int, out string, nftOnly bool) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
-	table := lvs.SyntheticTable(services, reals)
-	var nft [][]lvs.Step
+	table := lvstest.SyntheticTable(services, reals)
+	var nft [][]lvstest.Step
 	for i := range runs {
 		steps, err := nftRun(table)
 		if err != nil {
@@ -74,7 +75,7 @@ func run(services, reals, runs int, out string, nftOnly bool) (err error) {
 	return write(out, services, reals, runs, nft, ipvs)
 }
 
-func nftRun(table []lvs.VirtualServer) (steps []lvs.Step, err error) {
+func nftRun(table []lvs.VirtualServer) (steps []lvstest.Step, err error) {
 	defer lab.Recover(&err)
 	l := lab.Open(func(string, ...any) {})
 	defer l.Close()
@@ -93,7 +94,7 @@ func nftRun(table []lvs.VirtualServer) (steps []lvs.Step, err error) {
 	if err != nil {
 		return nil, err
 	}
-	steps, err = lvs.MeasureReconcile(r, table)
+	steps, err = lvstest.MeasureReconcile(r, table)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +110,7 @@ func nftRun(table []lvs.VirtualServer) (steps []lvs.Step, err error) {
 	if out, err := h.Run("nft", "-f", f); err != nil {
 		return nil, fmt.Errorf("nft -f: %v: %s", err, out)
 	}
-	return append(steps, lvs.Step{Name: "anchor: nft -f", Ops: 1, Duration: time.Since(start)}), nil
+	return append(steps, lvstest.Step{Name: "anchor: nft -f", Ops: 1, Duration: time.Since(start)}), nil
 }
 
 // handWritten is table as an operator would write it for nft -f.
@@ -132,17 +133,17 @@ func handWritten(table []lvs.VirtualServer) string {
 
 var benchLine = regexp.MustCompile(`(?m)^BENCH ipvs "([^"]+)" ops=(\d+) duration=(\S+)`)
 
-func parseGuest(out string) []lvs.Step {
-	var steps []lvs.Step
+func parseGuest(out string) []lvstest.Step {
+	var steps []lvstest.Step
 	for _, m := range benchLine.FindAllStringSubmatch(out, -1) {
 		n, _ := strconv.Atoi(m[2])
 		d, _ := time.ParseDuration(m[3])
-		steps = append(steps, lvs.Step{Name: m[1], Ops: n, Duration: d})
+		steps = append(steps, lvstest.Step{Name: m[1], Ops: n, Duration: d})
 	}
 	return steps
 }
 
-func write(path string, services, reals, runs int, nft [][]lvs.Step, ipvs []lvs.Step) error {
+func write(path string, services, reals, runs int, nft [][]lvstest.Step, ipvs []lvstest.Step) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Load-balancer reconcile (`make bench-lvs`)\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s. %d TCP wrr virtual services with %d NAT real servers each\n", time.Now().UTC().Format("2006-01-02"), report.Machine(), services, reals)

@@ -1,21 +1,23 @@
-package lvs
+package lvstest
 
 import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/directord/directord/lvs"
 )
 
-// SyntheticTable is a table of n TCP wrr services (192.0.2.100, ports
-// from 10000) with m NAT real servers each (203.0.113.11 on, weights 1..m),
+// SyntheticTable is a table of n lvs.TCP wrr services (192.0.2.100, ports
+// from 10000) with m lvs.NAT real servers each (203.0.113.11 on, weights 1..m),
 // for benchmarks.
-func SyntheticTable(n, m int) []VirtualServer {
-	vss := make([]VirtualServer, n)
+func SyntheticTable(n, m int) []lvs.VirtualServer {
+	vss := make([]lvs.VirtualServer, n)
 	for i := range vss {
-		vs := VirtualServer{Name: fmt.Sprintf("s%d", i),
-			Service: Service{Key: Key{Protocol: TCP, Addr: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.100"), uint16(10000+i))}, Scheduler: "wrr"}}
+		vs := lvs.VirtualServer{Name: fmt.Sprintf("s%d", i),
+			Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP, Addr: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.100"), uint16(10000+i))}, Scheduler: "wrr"}}
 		for j := range m {
-			vs.Reals = append(vs.Reals, Real{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(11 + j)}), 8080), Weight: j + 1, Method: NAT})
+			vs.Reals = append(vs.Reals, lvs.Real{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(11 + j)}), 8080), Weight: j + 1, Method: lvs.NAT})
 		}
 		vss[i] = vs
 	}
@@ -31,7 +33,7 @@ type Step struct {
 
 // MeasureReconcile reconciles vss into an empty data plane, then after
 // one weight change, then with no change, and times each.
-func MeasureReconcile(r *Reconciler, vss []VirtualServer) ([]Step, error) {
+func MeasureReconcile(r *lvs.Reconciler, vss []lvs.VirtualServer) ([]Step, error) {
 	var steps []Step
 	step := func(name string) error {
 		start := time.Now()
@@ -46,10 +48,10 @@ func MeasureReconcile(r *Reconciler, vss []VirtualServer) ([]Step, error) {
 	if err := step("full table from empty"); err != nil {
 		return nil, err
 	}
-	changed := make([]VirtualServer, len(vss))
+	changed := make([]lvs.VirtualServer, len(vss))
 	copy(changed, vss)
 	mid := len(vss) / 2
-	changed[mid].Reals = append([]Real(nil), vss[mid].Reals...)
+	changed[mid].Reals = append([]lvs.Real(nil), vss[mid].Reals...)
 	changed[mid].Reals[0].Weight += 5
 	r.Set(changed)
 	if err := step("one weight change"); err != nil {

@@ -1,47 +1,51 @@
-package lvs
+// Package lvstest has test doubles for the load balancer: a map-backed
+// data plane and synthetic tables.
+package lvstest
 
 import (
 	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
+
+	"github.com/directord/directord/lvs"
 )
 
-// Fake is a map-backed Dataplane for unit tests. It refuses what the
+// Fake is a map-backed lvs.Dataplane for unit tests. It refuses what the
 // kernel refuses (adding what exists, touching what does not), so a
 // reconciler bug shows up as an error rather than as a silent overwrite.
 type Fake struct {
 	mu      sync.Mutex
-	entries map[Key]*Entry
+	entries map[lvs.Key]*lvs.Entry
 	// Ops lists every operation applied, in order.
-	Ops []Op
+	Ops []lvs.Op
 	// Fail, if set, is asked before each operation; an error stops Apply.
-	Fail func(Op) error
+	Fail func(lvs.Op) error
 }
 
-var _ Dataplane = (*Fake)(nil)
+var _ lvs.Dataplane = (*Fake)(nil)
 
 // NewFake returns an empty fake data plane.
-func NewFake() *Fake { return &Fake{entries: map[Key]*Entry{}} }
+func NewFake() *Fake { return &Fake{entries: map[lvs.Key]*lvs.Entry{}} }
 
-func (f *Fake) Name() string                   { return "fake" }
-func (f *Fake) Close() error                   { return nil }
-func (f *Fake) Supports(Service, []Real) error { return nil }
+func (f *Fake) Name() string                           { return "fake" }
+func (f *Fake) Close() error                           { return nil }
+func (f *Fake) Supports(lvs.Service, []lvs.Real) error { return nil }
 
-func (f *Fake) List() ([]Entry, error) {
+func (f *Fake) List() ([]lvs.Entry, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make([]Entry, 0, len(f.entries))
+	out := make([]lvs.Entry, 0, len(f.entries))
 	for _, e := range f.entries {
 		c := *e
 		c.Reals = slices.Clone(e.Reals)
 		out = append(out, c)
 	}
-	Sort(out)
+	lvs.Sort(out)
 	return out, nil
 }
 
-func (f *Fake) Apply(ops []Op) error {
+func (f *Fake) Apply(ops []lvs.Op) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, op := range ops {
@@ -58,22 +62,22 @@ func (f *Fake) Apply(ops []Op) error {
 	return nil
 }
 
-func (f *Fake) apply(op Op) error {
+func (f *Fake) apply(op lvs.Op) error {
 	e, ok := f.entries[op.Service.Key]
 	switch op.Kind {
-	case AddService:
+	case lvs.AddService:
 		if ok {
 			return fmt.Errorf("service exists")
 		}
-		f.entries[op.Service.Key] = &Entry{Service: op.Service}
+		f.entries[op.Service.Key] = &lvs.Entry{Service: op.Service}
 		return nil
-	case UpdateService:
+	case lvs.UpdateService:
 		if !ok {
 			return fmt.Errorf("no such service")
 		}
 		e.Service = op.Service
 		return nil
-	case DelService:
+	case lvs.DelService:
 		if !ok {
 			return fmt.Errorf("no such service")
 		}
@@ -83,19 +87,19 @@ func (f *Fake) apply(op Op) error {
 	if !ok {
 		return fmt.Errorf("no such service")
 	}
-	i := slices.IndexFunc(e.Reals, func(r RealState) bool { return r.Addr == op.Real.Addr })
+	i := slices.IndexFunc(e.Reals, func(r lvs.RealState) bool { return r.Addr == op.Real.Addr })
 	switch op.Kind {
-	case AddReal:
+	case lvs.AddReal:
 		if i >= 0 {
 			return fmt.Errorf("real server exists")
 		}
-		e.Reals = append(e.Reals, RealState{Real: op.Real})
-	case UpdateReal:
+		e.Reals = append(e.Reals, lvs.RealState{Real: op.Real})
+	case lvs.UpdateReal:
 		if i < 0 {
 			return fmt.Errorf("no such real server")
 		}
 		e.Reals[i].Real = op.Real
-	case DelReal:
+	case lvs.DelReal:
 		if i < 0 {
 			return fmt.Errorf("no such real server")
 		}
@@ -107,7 +111,7 @@ func (f *Fake) apply(op Op) error {
 }
 
 // SetConns sets a real server's connection counts, as traffic would.
-func (f *Fake) SetConns(k Key, addr netip.AddrPort, active, inactive int) {
+func (f *Fake) SetConns(k lvs.Key, addr netip.AddrPort, active, inactive int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if e, ok := f.entries[k]; ok {
@@ -120,7 +124,7 @@ func (f *Fake) SetConns(k Key, addr netip.AddrPort, active, inactive int) {
 }
 
 // Put installs an entry directly, as a hand-made ipvsadm rule would.
-func (f *Fake) Put(e Entry) {
+func (f *Fake) Put(e lvs.Entry) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := e

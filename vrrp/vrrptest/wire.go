@@ -1,0 +1,158 @@
+// Package vrrptest is a fake link for VRRP: what one group sends, every
+// other group on the same Hub reads. With it a vrrp.Group, or a whole
+// daemon, runs without root, raw sockets or network namespaces.
+package vrrptest
+
+import (
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/directord/directord/vrrp"
+)
+
+// Hub is a fake link.
+type Hub struct {
+	mu    sync.Mutex
+	conns []*Conn
+}
+
+// Packet is one message on the link.
+type Packet struct {
+	B        []byte
+	Src, Dst netip.Addr
+	TTL      int
+}
+
+// Conn is one group's socket on the hub.
+type Conn struct {
+	hub    *Hub
+	rx     chan Packet
+	closed chan struct{}
+	once   sync.Once
+}
+
+var _ vrrp.Conn = (*Conn)(nil)
+
+// Listen opens a socket on the hub.
+func (h *Hub) Listen() *Conn {
+	c := &Conn{hub: h, rx: make(chan Packet, 64), closed: make(chan struct{})}
+	h.mu.Lock()
+	h.conns = append(h.conns, c)
+	h.mu.Unlock()
+	return c
+}
+
+// Inject delivers a packet to every socket but except, as if from the
+// wire; a socket whose queue is full loses it.
+func (h *Hub) Inject(p Packet, except *Conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.conns {
+		if c != except {
+			select {
+			case c.rx <- p:
+			default:
+			}
+		}
+	}
+}
+
+func (c *Conn) ReadFrom(b []byte) (int, netip.Addr, netip.Addr, int, error) {
+	select {
+	case p := <-c.rx:
+		return copy(b, p.B), p.Src, p.Dst, p.TTL, nil
+	case <-c.closed:
+		return 0, netip.Addr{}, netip.Addr{}, 0, net.ErrClosed
+	}
+}
+
+func (c *Conn) WriteTo(b []byte, src, dst netip.Addr) error {
+	c.hub.Inject(Packet{B: slices.Clone(b), Src: src, Dst: dst, TTL: 255}, c)
+	return nil
+}
+
+func (c *Conn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+// Addrs records the addresses a group holds.
+type Addrs struct {
+	mu   sync.Mutex
+	held map[netip.Prefix]bool
+}
+
+var _ vrrp.Addresses = (*Addrs)(nil)
+
+func (f *Addrs) Add(_ string, p netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.held == nil {
+		f.held = map[netip.Prefix]bool{}
+	}
+	f.held[p] = true
+	return nil
+}
+
+func (f *Addrs) Remove(_ string, p netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.held, p)
+	return nil
+}
+
+// Holds reports whether p is held.
+func (f *Addrs) Holds(p netip.Prefix) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held[p]
+}
+
+// Announcer counts announcements.
+type Announcer struct {
+	mu    sync.Mutex
+	count int
+}
+
+var _ vrrp.Announcer = (*Announcer)(nil)
+
+func (f *Announcer) Announce(string, []netip.Addr, int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.count++
+	return nil
+}
+
+// Count is the number of announcements made.
+func (f *Announcer) Count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.count
+}
+
+// Node is one group's view of the hub: its sockets send from Src.
+type Node struct {
+	Hub       *Hub
+	Src       netip.Addr
+	Addrs     *Addrs
+	Announcer *Announcer
+}
+
+// NewNode returns a node on h sending from src.
+func NewNode(h *Hub, src netip.Addr) *Node {
+	return &Node{Hub: h, Src: src, Addrs: &Addrs{}, Announcer: &Announcer{}}
+}
+
+// Deps are vrrp.Deps over the hub.
+func (n *Node) Deps(log *slog.Logger) vrrp.Deps {
+	return vrrp.Deps{
+		Listen:    func(string, bool) (vrrp.Conn, error) { return n.Hub.Listen(), nil },
+		Addresses: n.Addrs,
+		Announcer: n.Announcer,
+		Primary:   func(string, bool, []netip.Prefix) (netip.Addr, error) { return n.Src, nil },
+		Log:       log,
+	}
+}
