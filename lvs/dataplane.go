@@ -15,9 +15,8 @@ type Dataplane interface {
 	// Apply carries out ops in order. IPVS stops at the first failure;
 	// nftables applies all of them in one transaction or none.
 	Apply(ops []Op) error
-	// Supports says why the data plane cannot program svc and real, or
-	// nil if it can.
-	Supports(svc Service, reals []Real) error
+	// Capabilities is what the data plane can carry out.
+	Capabilities() Capabilities
 	Close() error
 }
 

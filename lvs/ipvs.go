@@ -78,8 +78,8 @@ func NewIPVS() (*IPVS, error) {
 	return &IPVS{h: h}, nil
 }
 
-func (d *IPVS) Name() string                   { return "ipvs" }
-func (d *IPVS) Supports(Service, []Real) error { return nil }
+func (d *IPVS) Name() string               { return "ipvs" }
+func (d *IPVS) Capabilities() Capabilities { return IPVSCapabilities }
 
 func (d *IPVS) Close() error {
 	d.mu.Lock()

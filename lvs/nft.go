@@ -30,9 +30,6 @@ const MaxSlots = 1024
 // sockBuffer is the nftables socket's send and receive buffer.
 const sockBuffer = 64 << 20
 
-// NFTSchedulers are the schedulers the nftables data plane implements.
-var NFTSchedulers = []string{"rr", "wrr", "sh"}
-
 // NFT is the nftables data plane. A service is a chain reached through a
 // verdict map keyed by address, protocol and port (or mark), whose element
 // counts the service's connections. The chain picks a slot with numgen
@@ -190,72 +187,8 @@ func (n *NFT) Close() error {
 	return nil
 }
 
-// Supports rejects what the nftables data plane cannot do.
-func (n *NFT) Supports(svc Service, reals []Real) error { return NFTSupports(svc, reals) }
-
-// Unsupported is one setting a data plane cannot carry out.
-type Unsupported struct {
-	Real  int    // index of the real server concerned, or -1: the service
-	Field string // the setting: scheduler, scheduler_flags, protocol, one_packet, forwarding, upper_threshold, address
-	Msg   string
-}
-
-// NFTUnsupported lists what the nftables data plane cannot do for a
-// service and its real servers.
-func NFTUnsupported(svc Service, reals []Real) []Unsupported {
-	var out []Unsupported
-	add := func(real int, field, format string, args ...any) {
-		out = append(out, Unsupported{real, field, fmt.Sprintf(format, args...)})
-	}
-	if !slices.Contains(NFTSchedulers, svc.Scheduler) {
-		add(-1, "scheduler", "the nftables data plane schedules with %s only; %s needs IPVS", strings.Join(NFTSchedulers, ", "), svc.Scheduler)
-	}
-	if svc.Protocol == SCTP {
-		add(-1, "protocol", "the nftables data plane balances tcp and udp; sctp needs IPVS")
-	}
-	if svc.OnePacket {
-		add(-1, "one_packet", "one-packet scheduling needs IPVS")
-	}
-	if svc.Masquerade && svc.FWMark != 0 {
-		add(-1, "masquerade", "masquerade is for services with an address and port")
-	}
-	if svc.Flags&FlagSched3 != 0 || (svc.Flags != 0 && svc.Scheduler != "sh") {
-		add(-1, "scheduler_flags", "the nftables data plane takes sh-fallback and sh-port only")
-	}
-	for i, r := range reals {
-		if r.Method != NAT {
-			add(i, "forwarding", "the nftables data plane forwards by nat only; %s needs IPVS", r.Method)
-		}
-		if r.Upper != 0 || r.Lower != 0 {
-			add(i, "upper_threshold", "connection thresholds need IPVS")
-		}
-		if svc.FWMark == 0 && r.Addr.Port() == 0 {
-			add(i, "address", "the nftables data plane needs a port")
-		}
-	}
-	return out
-}
-
-// IPVSUnsupported lists what the IPVS data plane cannot do.
-func IPVSUnsupported(svc Service, _ []Real) []Unsupported {
-	if svc.Masquerade {
-		return []Unsupported{{Real: -1, Field: "masquerade", Msg: "masquerade needs the nftables data plane"}}
-	}
-	return nil
-}
-
-// NFTSupports is NFTUnsupported as an error.
-func NFTSupports(svc Service, reals []Real) error {
-	u := NFTUnsupported(svc, reals)
-	if len(u) == 0 {
-		return nil
-	}
-	msgs := make([]string, len(u))
-	for i, x := range u {
-		msgs[i] = x.Msg
-	}
-	return errors.New(strings.Join(msgs, "; "))
-}
+// Capabilities is the nftables data plane's table.
+func (n *NFT) Capabilities() Capabilities { return NFTCapabilities }
 
 // List returns the services as programmed, without counters: reading
 // thousands of counters is the dearest part of a reconcile that has
@@ -481,7 +414,7 @@ func (n *NFT) Apply(ops []Op) error {
 			if ok {
 				return n.abandon(fmt.Errorf("%s: service exists", op))
 			}
-			if err := NFTSupports(op.Service, nil); err != nil {
+			if err := NFTCapabilities.Check(op.Service, nil); err != nil {
 				return n.abandon(fmt.Errorf("%s: %w", op, err))
 			}
 			n.svcs[k] = &nsvc{svc: op.Service, idx: map[netip.AddrPort]int{}}
@@ -490,7 +423,7 @@ func (n *NFT) Apply(ops []Op) error {
 			if !ok {
 				return n.abandon(fmt.Errorf("%s: no such service", op))
 			}
-			if err := NFTSupports(op.Service, nil); err != nil {
+			if err := NFTCapabilities.Check(op.Service, nil); err != nil {
 				return n.abandon(fmt.Errorf("%s: %w", op, err))
 			}
 			// A changed scheduler or persistence rebuilds the service
@@ -521,7 +454,7 @@ func (n *NFT) Apply(ops []Op) error {
 			case op.Kind != AddReal && i < 0:
 				return n.abandon(fmt.Errorf("%s: no such real server", op))
 			}
-			if err := NFTSupports(s.svc, []Real{op.Real}); err != nil && op.Kind != DelReal {
+			if err := NFTCapabilities.Check(s.svc, []Real{op.Real}); err != nil && op.Kind != DelReal {
 				return n.abandon(fmt.Errorf("%s: %w", op, err))
 			}
 			switch op.Kind {

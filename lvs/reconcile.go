@@ -127,9 +127,21 @@ func (r *Reconciler) Dataplane() Dataplane { return r.dp }
 
 // Set replaces the desired table. It does not touch the kernel: call
 // Reconcile, or let Run do it.
-func (r *Reconciler) Set(vss []VirtualServer) {
+//
+// A service the data plane's capability table refuses is left out, so that
+// the rest of the table is programmed; the error names each one.
+func (r *Reconciler) Set(vss []VirtualServer) error {
+	caps := r.dp.Capabilities()
+	var refused []error
+	vss = slices.DeleteFunc(slices.Clone(vss), func(vs VirtualServer) bool {
+		if err := caps.Check(vs.Service, vs.Reals); err != nil {
+			refused = append(refused, fmt.Errorf("virtual server %s (%s) left out: %w", vs.Name, vs.Key, err))
+			return true
+		}
+		return false
+	})
 	r.mu.Lock()
-	r.desired = slices.Clone(vss)
+	r.desired = vss
 	keep := map[realKey]bool{}
 	for _, vs := range vss {
 		for _, rl := range vs.Reals {
@@ -148,6 +160,7 @@ func (r *Reconciler) Set(vss []VirtualServer) {
 	}
 	r.mu.Unlock()
 	r.Kick()
+	return errors.Join(refused...)
 }
 
 // SetHealth records a health check's verdict on one real server.

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -334,5 +335,59 @@ func TestDigest(t *testing.T) {
 		if lvs.Digest(x) == lvs.Digest(a) {
 			t.Fatalf("%+v has the digest of %+v", x, a)
 		}
+	}
+}
+
+// A service the data plane's capability table refuses stays out of the
+// kernel, and the rest of the table is still programmed.
+func TestReconcileLeavesOutUnsupported(t *testing.T) {
+	f := lvstest.NewFake()
+	caps := lvs.NFTCapabilities
+	f.Caps = &caps
+	r, _ := newRec(t, f, lvs.Options{})
+	dr := webVS(real(rs1, 1))
+	dr.Reals[0].Method = lvs.DR
+	ok := lvs.VirtualServer{Name: "dns", Service: lvs.Service{Key: dns, Scheduler: "rr"}, Reals: []lvs.Real{real(rs2, 1)}}
+	err := r.Set([]lvs.VirtualServer{dr, ok})
+	if err == nil || !strings.Contains(err.Error(), "virtual server web (tcp 192.0.2.100:80) left out: the nftables data plane forwards by nat only; dr needs IPVS") {
+		t.Fatalf("Set: %v", err)
+	}
+	step(t, r, f, "add-service udp 192.0.2.100:53 rr", "add-real udp 192.0.2.100:53 -> 203.0.113.12:8080 weight 1 nat")
+}
+
+// The capability tables, read through the same function the daemon, -t
+// and the reconciler use.
+func TestCapabilities(t *testing.T) {
+	for _, tc := range []struct {
+		caps  lvs.Capabilities
+		svc   lvs.Service
+		reals []lvs.Real
+		want  []string // fields refused
+	}{
+		{lvs.IPVSCapabilities, lvs.Service{Key: web, Scheduler: "mh", Flags: lvs.FlagSched1}, []lvs.Real{{Addr: rs1, Method: lvs.Tunnel, Upper: 5}}, nil},
+		{lvs.IPVSCapabilities, lvs.Service{Key: web, Scheduler: "rr", Masquerade: true}, nil, []string{"masquerade"}},
+		{lvs.NFTCapabilities, lvs.Service{Key: web, Scheduler: "sh", Flags: lvs.FlagSched2, Masquerade: true}, []lvs.Real{real(rs1, 1)}, nil},
+		{lvs.NFTCapabilities, lvs.Service{Key: web, Scheduler: "wrr", Flags: lvs.FlagSched1}, nil, []string{"scheduler_flags"}},
+		{lvs.NFTCapabilities, lvs.Service{Key: web, Scheduler: "sh", Flags: lvs.FlagSched3}, nil, []string{"scheduler_flags"}},
+		{lvs.NFTCapabilities, lvs.Service{Key: lvs.Key{Protocol: lvs.SCTP, Addr: rs1}, Scheduler: "lc", OnePacket: true}, nil,
+			[]string{"scheduler", "protocol", "one_packet"}},
+		{lvs.NFTCapabilities, lvs.Service{Key: web, Scheduler: "rr"},
+			[]lvs.Real{{Addr: netip.MustParseAddrPort("203.0.113.11:0"), Method: lvs.DR, Lower: 1}},
+			[]string{"forwarding", "upper_threshold", "address"}},
+		{lvs.NFTCapabilities, lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "rr", Masquerade: true}, nil, []string{"masquerade"}},
+	} {
+		var got []string
+		for _, u := range tc.caps.Unsupported(tc.svc, tc.reals) {
+			got = append(got, u.Field)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s %+v %+v: refused %q, want %q", tc.caps.Name, tc.svc, tc.reals, got, tc.want)
+		}
+		if (tc.caps.Check(tc.svc, tc.reals) == nil) != (len(tc.want) == 0) {
+			t.Errorf("%s %+v: Check disagrees with Unsupported", tc.caps.Name, tc.svc)
+		}
+	}
+	if c, ok := lvs.CapabilitiesOf("nftables"); !ok || c.Name != "nftables" {
+		t.Fatal("no nftables table")
 	}
 }

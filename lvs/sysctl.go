@@ -14,8 +14,8 @@ type Sysctl struct {
 	Why  string `json:"why"`
 }
 
-// NeededSysctls lists the settings the data plane named dp needs for vss.
-func NeededSysctls(dp string, vss []VirtualServer) []Sysctl {
+// NeededSysctls lists the settings a data plane with caps needs for vss.
+func NeededSysctls(caps Capabilities, vss []VirtualServer) []Sysctl {
 	var nat4, nat6 bool
 	for _, vs := range vss {
 		reals := vs.Reals
@@ -39,12 +39,10 @@ func NeededSysctls(dp string, vss []VirtualServer) []Sysctl {
 	if nat6 {
 		out = append(out, Sysctl{Key: "net.ipv6.conf.all.forwarding", Want: "1", Why: "nat over IPv6: the director routes between clients and real servers"})
 	}
-	if dp == "ipvs" && len(vss) > 0 {
-		out = append(out, Sysctl{Key: "net.ipv4.vs.expire_nodest_conn", Want: "1",
-			Why: "connections of a deleted real server end at once instead of hanging until they time out"})
+	if len(vss) > 0 {
+		out = append(out, caps.TableSysctls...)
 		if nat4 || nat6 {
-			out = append(out, Sysctl{Key: "net.ipv4.vs.conntrack", Want: "1",
-				Why: "IPVS NAT connections keep conntrack entries, so nftables rules and NAT on this host see them"})
+			out = append(out, caps.NATSysctls...)
 		}
 	}
 	return out

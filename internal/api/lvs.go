@@ -24,9 +24,9 @@ type LVSStatus struct {
 type Capabilities struct {
 	Schedulers []string `json:"schedulers"`
 	Forwarding []string `json:"forwarding"`
-	// Features are the optional features it carries out: "persistence",
-	// "fwmark", "one_packet", "thresholds", "sched_flags", "sync_daemon",
-	// "conntrack_sync", "masquerade".
+	// Features are the optional features it carries out: "one_packet",
+	// "thresholds", "masquerade", "port_zero", "sync_daemon",
+	// "conntrack_sync".
 	Features []string `json:"features"`
 }
 

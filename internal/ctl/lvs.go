@@ -35,6 +35,10 @@ var forwardNames = map[string]string{api.ForwardNAT: "Masq", api.ForwardDR: "Rou
 // ipvsadm's forwarding names.
 func renderLVS(w io.Writer, st *api.LVSStatus) {
 	fmt.Fprintf(w, "dataplane %s (%s)\n", st.Dataplane, st.Reason)
+	if c := st.Capabilities; c != nil {
+		fmt.Fprintf(w, "capabilities: schedulers %s; forwarding %s; features %s\n", strings.Join(c.Schedulers, ","),
+			strings.Join(c.Forwarding, ","), strings.Join(c.Features, ","))
+	}
 	for _, s := range st.Sysctls {
 		note := ""
 		switch {

@@ -39,7 +39,7 @@ type clusterManager struct {
 	differs []string // virtual servers where the file and the cluster disagree
 }
 
-func newClusterManager(cfg *config.Config, log *slog.Logger, apply func([]config.VirtualServer)) (*clusterManager, error) {
+func newClusterManager(cfg *config.Config, log *slog.Logger, open func(cluster.Config) (*cluster.Node, error), apply func([]config.VirtualServer)) (*clusterManager, error) {
 	c := &clusterManager{log: log.With("subsystem", "cluster"), cfg: cfg, apply: apply,
 		cache: filepath.Join(cfg.Node.DataDir, "cluster", "state.json")}
 	var t *cluster.TLS
@@ -56,7 +56,7 @@ func newClusterManager(cfg *config.Config, log *slog.Logger, apply func([]config
 		pool.AppendCertsFromPEM(pem)
 		t = &cluster.TLS{Cert: cert, CAs: pool}
 	}
-	node, err := cluster.New(cluster.Config{
+	node, err := open(cluster.Config{
 		TLS: t,
 		ID:  cfg.Node.Name, DataDir: filepath.Join(cfg.Node.DataDir, "cluster"),
 		Gossip: cfg.Cluster.Bind, Raft: cfg.Cluster.RaftBind, Peers: cfg.Cluster.Peers,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"os"
 
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
@@ -18,21 +17,17 @@ import (
 // sends its flows to the peer while the [sync] instance is MASTER and
 // applies the peer's otherwise.
 type ctSync struct {
-	s        *dsync.Syncer
+	s        ConnSync
 	instance string
 }
 
-func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger) (*ctSync, error) {
+func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger, deps Deps) (*ctSync, error) {
 	if cfg.Sync == nil {
 		return nil, nil
 	}
 	log = log.With("subsystem", "sync")
-	dataplane := "none"
-	if dp != nil {
-		dataplane = dp.Name()
-	}
-	if dataplane != "nftables" {
-		log.Warn("[sync] is for the nftables data plane; IPVS uses lvs_sync_daemon", "dataplane", dataplane)
+	if dp == nil || !dp.Capabilities().ConntrackSync {
+		log.Warn("[sync] is for the nftables data plane; IPVS uses lvs_sync_daemon", "dataplane", planeName(dp))
 		return nil, nil
 	}
 	vips := map[netip.Addr]bool{}
@@ -47,8 +42,9 @@ func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger) (*ctSync,
 	}
 	// A synced entry carries no TCP window: without liberal tracking the
 	// first packets after a takeover would be out of window.
-	const liberal = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal"
-	if err := os.WriteFile(liberal, []byte("1"), 0o644); err != nil {
+	liberal := deps.Sysctls([]lvs.Sysctl{{Key: "net.netfilter.nf_conntrack_tcp_be_liberal", Want: "1",
+		Why: "a synced entry carries no TCP window"}})
+	if err := liberal[0].Err; err != "" {
 		log.Warn("cannot set nf_conntrack_tcp_be_liberal; synced TCP flows may be dropped after a takeover", "err", err)
 	}
 	c := dsync.Config{Listen: cfg.Sync.Listen, Peer: cfg.Sync.Peer, Key: cfg.Sync.Key, VIPs: list, Logger: log}
@@ -59,7 +55,7 @@ func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger) (*ctSync,
 		}
 		c.Persist = persistStore{nft: nft, keys: keys}
 	}
-	s, err := dsync.New(c)
+	s, err := deps.ConnSync(c)
 	if err != nil {
 		return nil, err
 	}

@@ -75,8 +75,8 @@ type Daemon struct {
 	mDrills     *prometheus.CounterVec
 }
 
-// Run loads the configuration and runs the daemon until ctx ends. It
-// returns nil on a clean shutdown.
+// Run loads the configuration and runs the daemon on the real kernel until
+// ctx ends. It returns nil on a clean shutdown.
 func Run(ctx context.Context, opts Options) error {
 	if opts.Log == nil {
 		opts.Log = os.Stderr
@@ -85,11 +85,10 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	if err := checkPrivileges(); err != nil {
+	deps := KernelDeps()
+	if err := deps.Privileges(); err != nil {
 		return err
 	}
-	d := newDaemon(opts, cfg)
-
 	// Listen before anything else starts: status.Listen changes the
 	// process umask for an instant.
 	ln, err := status.Listen(cfg.Node.StatusSocket)
@@ -97,15 +96,31 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer ln.Close()
+	d, err := New(cfg, opts, deps)
+	if err != nil {
+		return err
+	}
+	return d.Run(ctx, ln)
+}
+
+// New sets up a daemon for cfg on deps: the cluster member, the data plane
+// with cfg's table, the connection sync and the health checks. Nothing
+// runs until Run.
+func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
+	if opts.Log == nil {
+		opts.Log = os.Stderr
+	}
+	d := newDaemon(opts, cfg, deps)
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data_dir: %w", err)
+		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 	witness := cfg.Node.Role == "witness"
 	lbCfg := cfg // where the load balancer's virtual servers come from
+	var err error
 	if cfg.Cluster != nil {
 		apply := func(vss []config.VirtualServer) { d.applyVirtualServers(nil, vss) }
-		if d.cluster, err = newClusterManager(cfg, d.log, apply); err != nil {
-			return err
+		if d.cluster, err = newClusterManager(cfg, d.log, deps.Cluster, apply); err != nil {
+			return nil, err
 		}
 		// Start from the last committed table: the data plane must not
 		// wait for Raft (a restart without quorum keeps serving).
@@ -126,19 +141,14 @@ func Run(ctx context.Context, opts Options) error {
 		c.VirtualServers = nil
 		lbCfg = &c
 		d.lvs = &lvsManager{log: d.log, reason: "none: this node is a witness"}
-	} else if d.lvs, err = openLVS(lbCfg, d.log); err != nil {
-		return err
+	} else if d.lvs, err = openLVS(lbCfg, d.log, deps); err != nil {
+		return nil, err
 	}
 	d.reg.MustRegister(newLVSCollector(d.lvs))
-	dpName := "none"
-	if d.lvs.dp != nil {
-		dpName = d.lvs.dp.Name()
-	}
-	d.syncd.Store(newSyncDaemons(d.log, cfg, dpName))
-	defer d.syncd.Load().stop()
-	cts, err := newCTSync(lbCfg, d.lvs.dp, d.log)
+	d.syncd.Store(newSyncDaemons(d.log, cfg, d.lvs.dp))
+	cts, err := newCTSync(lbCfg, d.lvs.dp, d.log, deps)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if cts != nil {
 		d.ctsync.Store(cts)
@@ -146,7 +156,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d.health = newHealth(d.log, d.lvs)
 	if err := d.health.apply(lbCfg); err != nil {
-		return err
+		return nil, err
 	}
 	d.lbReady.Store(true)
 	if d.cluster != nil {
@@ -156,8 +166,17 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 	d.reg.MustRegister(newHealthCollector(d.health))
+	return d, nil
+}
+
+// Run serves the status API on ln and runs every subsystem until ctx
+// ends. It returns nil on a clean shutdown.
+func (d *Daemon) Run(ctx context.Context, ln net.Listener) error {
+	defer d.syncd.Load().stop()
+	cfg := d.config()
 	var mln net.Listener
 	if cfg.Node.MetricsListen != "" {
+		var err error
 		if mln, err = net.Listen("tcp", cfg.Node.MetricsListen); err != nil {
 			return fmt.Errorf("metrics_listen: %w", err)
 		}
@@ -174,7 +193,7 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error { return d.reloadLoop(ctx) })
 	// VRRP runs from the file's settings alone and never waits on any other
 	// subsystem: failover must work whatever else is doing.
-	if !witness {
+	if cfg.Node.Role != "witness" {
 		g.Go(func() error { return d.vrrp.Run(ctx, vrrpConfigs(cfg)) })
 	}
 	if d.cluster != nil {
@@ -184,20 +203,20 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
 	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
 	g.Go(func() error { return d.health.runner.Run(ctx) })
-	if cts != nil {
+	if cts := d.ctsync.Load(); cts != nil {
 		g.Go(func() error { return cts.Run(ctx) })
 	}
 
-	d.log.Info("directord started", "node", cfg.Node.Name, "version", opts.Version, "config", cfg.File,
+	d.log.Info("directord started", "node", cfg.Node.Name, "version", d.opts.Version, "config", cfg.File,
 		"status_socket", cfg.Node.StatusSocket, "metrics", cfg.Node.MetricsListen,
 		"vrrp_instances", len(cfg.VRRP), "virtual_servers", len(cfg.VirtualServers))
-	err = g.Wait()
+	err := g.Wait()
 	d.notify.Close() // runs the notify_stop programs of the shutdown
 	d.log.Info("directord stopped")
 	return err
 }
 
-func newDaemon(opts Options, cfg *config.Config) *Daemon {
+func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 	level := new(slog.LevelVar)
 	level.Set(parseLevel(cfg.Node.LogLevel))
 	d := &Daemon{
@@ -212,7 +231,8 @@ func newDaemon(opts Options, cfg *config.Config) *Daemon {
 		generation: 1,
 	}
 	d.status = status.NewServer(d.log, d.document)
-	deps := vrrp.KernelDeps(d.log)
+	deps := kernel.VRRP
+	deps.Log = d.log
 	d.notify = newNotifier(d.log, func(name string) (config.Notify, bool) {
 		for _, in := range d.config().VRRP {
 			if in.Name == name {

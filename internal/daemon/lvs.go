@@ -25,12 +25,21 @@ type lvsManager struct {
 	dp     lvs.Dataplane // nil when no data plane could be opened
 	rec    *lvs.Reconciler
 	reason string // why this data plane (or why none)
+	sysctl func([]lvs.Sysctl) []lvs.Sysctl
 
 	mu         sync.Mutex
 	sysctls    []lvs.Sysctl
 	names      map[lvs.Key]string
 	lastDigest string    // digest of the kernel's table...
 	digestAt   time.Time // ...after the reconcile of this time
+}
+
+// planeName is dp's name, or "none".
+func planeName(dp lvs.Dataplane) string {
+	if dp == nil {
+		return "none"
+	}
+	return dp.Name()
 }
 
 // chooseDataplane resolves kind ("auto", "ipvs", "nftables") to a data
@@ -51,27 +60,22 @@ func chooseDataplane(kind string) (name, reason string, err error) {
 	return "ipvs", "auto: the kernel has IPVS", nil
 }
 
-func openLVS(cfg *config.Config, log *slog.Logger) (*lvsManager, error) {
-	m := &lvsManager{log: log}
-	name, reason, err := chooseDataplane(cfg.Dataplane.Kind)
-	if err == nil {
-		switch name {
-		case "ipvs":
-			m.dp, err = lvs.NewIPVS()
-		default:
-			m.dp, err = lvs.NewNFT(lvs.NFTOptions{})
-		}
-	}
+func openLVS(cfg *config.Config, log *slog.Logger, deps Deps) (*lvsManager, error) {
+	m := &lvsManager{log: log, sysctl: deps.Sysctls}
+	var reason string
+	var err error
+	m.dp, reason, err = deps.Dataplane(cfg.Dataplane.Kind)
 	if err != nil {
 		if len(cfg.VirtualServers) > 0 || cfg.Dataplane.Kind != "auto" {
 			return nil, fmt.Errorf("dataplane %s: %w", cfg.Dataplane.Kind, err)
 		}
+		m.dp = nil
 		m.reason = "none: " + err.Error()
 		log.Warn("no load-balancer data plane; virtual servers cannot be added until one works", "err", err)
 		return m, nil
 	}
 	m.reason = reason
-	if err := checkDataplane(cfg, m.dp.Name()); err != nil {
+	if err := checkDataplane(cfg, m.dp.Capabilities()); err != nil {
 		m.dp.Close()
 		return nil, err
 	}
@@ -98,19 +102,15 @@ func (m *lvsManager) check(cfg *config.Config) error {
 		}
 		return nil
 	}
-	return checkDataplane(cfg, m.dp.Name())
+	return checkDataplane(cfg, m.dp.Capabilities())
 }
 
-// checkDataplane lists, with their lines, the settings the data plane
-// named dp cannot carry out.
-func checkDataplane(cfg *config.Config, dp string) error {
-	unsupported := lvs.IPVSUnsupported
-	if dp == "nftables" {
-		unsupported = lvs.NFTUnsupported
-	}
+// checkDataplane lists, with their lines, the settings a data plane with
+// capabilities caps cannot carry out.
+func checkDataplane(cfg *config.Config, caps lvs.Capabilities) error {
 	var ps []config.Problem
 	for i, vs := range lvsConfigs(cfg) {
-		for _, u := range unsupported(vs.Service, vs.Reals) {
+		for _, u := range caps.Unsupported(vs.Service, vs.Reals) {
 			path := []any{"virtual_server", i, u.Field}
 			if u.Real >= 0 {
 				path = []any{"virtual_server", i, "real_server", u.Real, u.Field}
@@ -140,8 +140,13 @@ func dedupe(ps []config.Problem) []config.Problem {
 }
 
 // CheckConfig loads a file and checks it against the data plane this
-// machine would use: what directord -t does.
+// machine would use: what directord -t does. It touches no kernel state:
+// "auto" is resolved from files (lvs.IPVSAvailable).
 func CheckConfig(file string) (*config.Config, error) {
+	return checkConfig(file, lvs.IPVSAvailable)
+}
+
+func checkConfig(file string, ipvsAvailable func() (bool, string)) (*config.Config, error) {
 	cfg, err := config.Load(file)
 	if err != nil {
 		return nil, err
@@ -149,15 +154,22 @@ func CheckConfig(file string) (*config.Config, error) {
 	if len(cfg.VirtualServers) == 0 {
 		return cfg, nil
 	}
-	name, reason, err := chooseDataplane(cfg.Dataplane.Kind)
-	if err != nil {
-		return nil, &config.Error{Problems: []config.Problem{cfg.ProblemAt(err.Error(), "dataplane", "kind")}}
+	caps, reason := lvs.NFTCapabilities, "configured: dataplane.kind = nftables"
+	switch cfg.Dataplane.Kind {
+	case "ipvs":
+		caps, reason = lvs.IPVSCapabilities, "configured: dataplane.kind = ipvs"
+	case "auto":
+		ok, why := ipvsAvailable()
+		if ok {
+			caps = lvs.IPVSCapabilities
+		}
+		reason = "auto: " + why
 	}
-	if err := checkDataplane(cfg, name); err != nil {
+	if err := checkDataplane(cfg, caps); err != nil {
 		var ce *config.Error
 		if errors.As(err, &ce) {
 			for i := range ce.Problems {
-				ce.Problems[i].Msg += " (data plane " + name + ", " + reason + ")"
+				ce.Problems[i].Msg += " (data plane " + caps.Name + ", " + reason + ")"
 			}
 		}
 		return nil, err
@@ -176,7 +188,7 @@ func (m *lvsManager) apply(cfg *config.Config) {
 	for _, vs := range vss {
 		names[vs.Key] = vs.Name
 	}
-	sys := lvs.ApplySysctls(lvs.NeededSysctls(m.dp.Name(), vss))
+	sys := m.sysctl(lvs.NeededSysctls(m.dp.Capabilities(), vss))
 	for _, s := range sys {
 		if s.Err != "" {
 			m.log.Error("cannot set a sysctl the load balancer needs", "key", s.Key, "want", s.Want, "err", s.Err)
@@ -195,7 +207,9 @@ func (m *lvsManager) apply(cfg *config.Config) {
 	}
 	m.sysctls, m.names = sys, names
 	m.mu.Unlock()
-	m.rec.Set(vss)
+	if err := m.rec.Set(vss); err != nil {
+		m.log.Error("the data plane cannot carry out part of the table", "err", err)
+	}
 }
 
 // Run reconciles until ctx ends, then removes what it made.
@@ -244,6 +258,11 @@ func (m *lvsManager) status() *api.LVSStatus {
 		return st
 	}
 	st.Dataplane = m.dp.Name()
+	caps := m.dp.Capabilities()
+	st.Capabilities = &api.Capabilities{Schedulers: caps.Schedulers, Features: caps.Features()}
+	for _, f := range caps.Methods {
+		st.Capabilities.Forwarding = append(st.Capabilities.Forwarding, string(f))
+	}
 	m.mu.Lock()
 	for _, s := range m.sysctls {
 		st.Sysctls = append(st.Sysctls, api.Sysctl(s))
@@ -255,7 +274,7 @@ func (m *lvsManager) status() *api.LVSStatus {
 	if err != nil {
 		st.Error = err.Error()
 	}
-	if st.Dataplane == "ipvs" {
+	if caps.SyncDaemon {
 		sds, _ := lvs.SyncDaemons()
 		for _, sd := range sds {
 			st.SyncDaemons = append(st.SyncDaemons, api.SyncDaemon{State: api.SyncDaemonState(sd.State), Interface: sd.Interface,

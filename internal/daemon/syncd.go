@@ -20,13 +20,13 @@ type syncDaemons struct {
 	master bool
 }
 
-func newSyncDaemons(log *slog.Logger, cfg *config.Config, dataplane string) *syncDaemons {
+func newSyncDaemons(log *slog.Logger, cfg *config.Config, dp lvs.Dataplane) *syncDaemons {
 	s := &syncDaemons{log: log.With("subsystem", "lvs-sync")}
 	if cfg.Dataplane.LVSSyncDaemon == nil {
 		return s
 	}
-	if dataplane != "ipvs" {
-		s.log.Warn("lvs_sync_daemon needs the IPVS data plane; not started", "dataplane", dataplane)
+	if dp == nil || !dp.Capabilities().SyncDaemon {
+		s.log.Warn("lvs_sync_daemon needs the IPVS data plane; not started", "dataplane", planeName(dp))
 		return s
 	}
 	s.cfg = cfg.Dataplane.LVSSyncDaemon

@@ -21,6 +21,8 @@ type Fake struct {
 	Ops []lvs.Op
 	// Fail, if set, is asked before each operation; an error stops Apply.
 	Fail func(lvs.Op) error
+	// Caps, if set, is the capability table to report.
+	Caps *lvs.Capabilities
 }
 
 var _ lvs.Dataplane = (*Fake)(nil)
@@ -28,9 +30,18 @@ var _ lvs.Dataplane = (*Fake)(nil)
 // NewFake returns an empty fake data plane.
 func NewFake() *Fake { return &Fake{entries: map[lvs.Key]*lvs.Entry{}} }
 
-func (f *Fake) Name() string                           { return "fake" }
-func (f *Fake) Close() error                           { return nil }
-func (f *Fake) Supports(lvs.Service, []lvs.Real) error { return nil }
+func (f *Fake) Name() string { return "fake" }
+func (f *Fake) Close() error { return nil }
+
+// Capabilities is IPVS's table unless Caps is set.
+func (f *Fake) Capabilities() lvs.Capabilities {
+	if f.Caps != nil {
+		return *f.Caps
+	}
+	c := lvs.IPVSCapabilities
+	c.Name = "fake"
+	return c
+}
 
 func (f *Fake) List() ([]lvs.Entry, error) {
 	f.mu.Lock()

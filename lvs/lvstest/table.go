@@ -44,7 +44,9 @@ func MeasureReconcile(r *lvs.Reconciler, vss []lvs.VirtualServer) ([]Step, error
 		steps = append(steps, Step{name, n, time.Since(start)})
 		return nil
 	}
-	r.Set(vss)
+	if err := r.Set(vss); err != nil {
+		return nil, err
+	}
 	if err := step("full table from empty"); err != nil {
 		return nil, err
 	}
@@ -53,7 +55,9 @@ func MeasureReconcile(r *lvs.Reconciler, vss []lvs.VirtualServer) ([]Step, error
 	mid := len(vss) / 2
 	changed[mid].Reals = append([]lvs.Real(nil), vss[mid].Reals...)
 	changed[mid].Reals[0].Weight += 5
-	r.Set(changed)
+	if err := r.Set(changed); err != nil {
+		return nil, err
+	}
 	if err := step("one weight change"); err != nil {
 		return nil, err
 	}
