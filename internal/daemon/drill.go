@@ -18,6 +18,7 @@ import (
 	"github.com/directord/directord/internal/probe"
 	"github.com/directord/directord/internal/status"
 	"github.com/directord/directord/lvs"
+	dsync "github.com/directord/directord/sync"
 	"github.com/directord/directord/vrrp"
 )
 
@@ -362,35 +363,84 @@ func decodePeerInfo(m cluster.MemberStatus) (peerInfo, bool) {
 // drillChecks says whether a peer is ready to take inst (and the
 // instances moving with it) over. It returns the checks and the peer.
 func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back bool) ([]api.DrillCheck, string) {
+	f := gateFacts{Instance: inst.Name, Moving: moving, Back: back, Preempt: inst.Preempt,
+		Priority: int(d.instanceStatus(inst.Name).Priority)}
+	if d.cluster != nil {
+		cs := d.cluster.node.Status()
+		f.Clustered, f.Self, f.Leader = true, cs.ID, cs.Leader
+		for _, m := range cs.Members {
+			gm := gateMember{Name: m.Name, State: m.State, Role: m.Role}
+			gm.Info, gm.Told = decodePeerInfo(m)
+			f.Members = append(f.Members, gm)
+		}
+		f.Ping = func(name string) error { _, err := d.cluster.node.Ping(name); return err }
+		f.Here = d.peerInfo()
+	}
+	if c := d.ctsync.Load(); c != nil && slices.Contains(moving, c.instance) {
+		st := c.s.Status()
+		f.ConnSync = &st
+	}
+	if s := d.syncd.Load(); s != nil && s.cfg != nil && slices.Contains(moving, s.cfg.Instance) {
+		f.IPVSSync = true
+	}
+	return drillGate(f)
+}
+
+// gateFacts is what the drill's gate decides on: this director's view of
+// the instance, the cluster's members and the connection sync.
+type gateFacts struct {
+	Instance string
+	Moving   []string // the instance and its sync group
+	Back     bool     // --back
+	Preempt  bool
+	Priority int // this director's effective priority for Instance
+
+	Clustered    bool // false: no [cluster], no view of the peer
+	Self, Leader string
+	Members      []gateMember
+	// Ping asks a member for a direct gossip answer.
+	Ping func(name string) error
+	Here peerInfo // what this director publishes
+
+	ConnSync *dsync.Status // the conntrack sync of a moving instance, if any
+	IPVSSync bool          // the IPVS sync daemons follow a moving instance
+}
+
+// gateMember is one cluster member as the gossip shows it.
+type gateMember struct {
+	Name, State, Role string
+	Info              peerInfo
+	Told              bool // Info came with the gossip
+}
+
+// drillGate is the drill's safety gate: every check, and the peer that
+// would take over ("" when there is none). Any failed check refuses.
+func drillGate(f gateFacts) ([]api.DrillCheck, string) {
 	var checks []api.DrillCheck
 	add := func(name string, ok bool, format string, args ...any) {
 		checks = append(checks, api.DrillCheck{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
 	}
-	if d.cluster == nil {
+	if !f.Clustered {
 		add("peer", false, "no [cluster]: this director cannot see its peer's state, so it cannot tell whether the peer is ready")
 		return checks, ""
 	}
-	cs := d.cluster.node.Status()
-	self := d.peerInfo()
 
 	// The peer: an alive director that is BACKUP for every moving instance.
-	var peer cluster.MemberStatus
-	var info peerInfo
+	var peer *gateMember
 	var seen []string
-	for _, m := range cs.Members {
-		if m.Name == cs.ID || m.Role != "director" {
+	for i, m := range f.Members {
+		if m.Name == f.Self || m.Role != "director" {
 			continue
 		}
-		pi, ok := decodePeerInfo(m)
 		switch {
 		case m.State != "alive":
 			seen = append(seen, m.Name+" is "+m.State)
-		case !ok:
+		case !m.Told:
 			seen = append(seen, m.Name+" has not told its state yet")
 		default:
 			var wrong []string
-			for _, name := range moving {
-				if s := pi.VRRP[name]; !strings.HasPrefix(s, "BACKUP/") {
+			for _, name := range f.Moving {
+				if s := m.Info.VRRP[name]; !strings.HasPrefix(s, "BACKUP/") {
 					wrong = append(wrong, fmt.Sprintf("%s %s", name, orUnknown(s)))
 				}
 			}
@@ -398,31 +448,32 @@ func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back boo
 				seen = append(seen, m.Name+" is not BACKUP: "+strings.Join(wrong, ", "))
 				continue
 			}
-			if peer.Name == "" {
-				peer, info = m, pi
+			if peer == nil {
+				peer = &f.Members[i]
 			}
 		}
 	}
-	if peer.Name == "" {
+	if peer == nil {
 		if len(seen) == 0 {
 			seen = append(seen, "the cluster has no other director")
 		}
-		add("peer", false, "no director is ready to take %s: %s", inst.Name, strings.Join(seen, "; "))
+		add("peer", false, "no director is ready to take %s: %s", f.Instance, strings.Join(seen, "; "))
 		return checks, ""
 	}
 	// The gossip says alive until the failure detector has concluded; a
 	// peer that died a moment ago must not be handed the VIPs.
-	if _, err := d.cluster.node.Ping(peer.Name); err != nil {
+	if err := f.Ping(peer.Name); err != nil {
 		add("peer", false, "%s does not answer a gossip ping: %v", peer.Name, err)
 		return checks, ""
 	}
-	peerPrio := priorityOf(info.VRRP[inst.Name])
-	add("peer", true, "%s is alive, answers a gossip ping and is BACKUP for %s (priority %d)", peer.Name, strings.Join(moving, ", "), peerPrio)
+	info, self := peer.Info, f.Here
+	peerPrio := priorityOf(info.VRRP[f.Instance])
+	add("peer", true, "%s is alive, answers a gossip ping and is BACKUP for %s (priority %d)", peer.Name, strings.Join(f.Moving, ", "), peerPrio)
 
 	if info.Applied < self.Applied {
 		add("raft", false, "%s has applied Raft index %d, this director %d: it has not caught up", peer.Name, info.Applied, self.Applied)
 	} else {
-		add("raft", true, "%s has applied Raft index %d (here %d; leader %s)", peer.Name, info.Applied, self.Applied, orUnknown(cs.Leader))
+		add("raft", true, "%s has applied Raft index %d (here %d; leader %s)", peer.Name, info.Applied, self.Applied, orUnknown(f.Leader))
 	}
 	if info.Table != self.Table {
 		add("table", false, "%s programs another load-balancer table (digest %s, here %s): compare directorctl lvs on both",
@@ -430,44 +481,31 @@ func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back boo
 	} else {
 		add("table", true, "%s programs the same load-balancer table (digest %s)", peer.Name, orUnknown(self.Table))
 	}
-	d.syncCheck(add, moving, peer.Name, self.Sync, info)
-	if back {
-		prio := int(d.instanceStatus(inst.Name).Priority)
+	switch st := f.ConnSync; {
+	case st != nil && (st.Role != "master" || !st.Connected):
+		add("sync", false, "conntrack sync is %s and not connected to %s: established connections would break", st.Role, st.Peer)
+	case st != nil:
+		add("sync", true, "conntrack sync connected to %s (%s says %q); %d messages sent", st.Peer, peer.Name, info.Sync, st.Sent)
+	case f.IPVSSync && (!strings.Contains(self.Sync, "master") || !strings.Contains(info.Sync, "backup")):
+		add("sync", false, "IPVS sync daemons: %s here, %s on %s; the peer needs a backup daemon and this director a master one",
+			self.Sync, orUnknown(info.Sync), peer.Name)
+	case f.IPVSSync:
+		add("sync", true, "IPVS sync daemons: %s here, %s on %s", self.Sync, info.Sync, peer.Name)
+	default:
+		add("sync", true, "no connection sync for %s: connections through it will break at the handover", strings.Join(f.Moving, ", "))
+	}
+	if f.Back {
 		switch {
-		case !inst.Preempt:
-			add("back", false, "--back needs preempt: with nopreempt this director would not take %s back", inst.Name)
-		case prio <= peerPrio:
+		case !f.Preempt:
+			add("back", false, "--back needs preempt: with nopreempt this director would not take %s back", f.Instance)
+		case f.Priority <= peerPrio:
 			add("back", false, "--back: this director's priority %d is not above %s's %d, so it would not take %s back",
-				prio, peer.Name, peerPrio, inst.Name)
+				f.Priority, peer.Name, peerPrio, f.Instance)
 		default:
-			add("back", true, "this director (priority %d, preempt) takes %s back from %s (%d)", prio, inst.Name, peer.Name, peerPrio)
+			add("back", true, "this director (priority %d, preempt) takes %s back from %s (%d)", f.Priority, f.Instance, peer.Name, peerPrio)
 		}
 	}
 	return checks, peer.Name
-}
-
-// syncCheck adds the check of the connection sync of the moving
-// instances, if there is one; here is this node's syncState.
-func (d *Daemon) syncCheck(add func(string, bool, string, ...any), moving []string, peer, here string, info peerInfo) {
-	if c := d.ctsync.Load(); c != nil && slices.Contains(moving, c.instance) {
-		st := c.s.Status()
-		if st.Role != "master" || !st.Connected {
-			add("sync", false, "conntrack sync is %s and not connected to %s: established connections would break", st.Role, st.Peer)
-			return
-		}
-		add("sync", true, "conntrack sync connected to %s (%s says %q); %d messages sent", st.Peer, peer, info.Sync, st.Sent)
-		return
-	}
-	if s := d.syncd.Load(); s != nil && s.cfg != nil && slices.Contains(moving, s.cfg.Instance) {
-		if !strings.Contains(here, "master") || !strings.Contains(info.Sync, "backup") {
-			add("sync", false, "IPVS sync daemons: %s here, %s on %s; the peer needs a backup daemon and this director a master one",
-				here, orUnknown(info.Sync), peer)
-			return
-		}
-		add("sync", true, "IPVS sync daemons: %s here, %s on %s", here, info.Sync, peer)
-		return
-	}
-	add("sync", true, "no connection sync for %s: connections through it will break at the handover", strings.Join(moving, ", "))
 }
 
 func refusal(checks []api.DrillCheck) string {
