@@ -108,6 +108,12 @@ type ReloadResult struct {
 	OK       bool      `json:"ok"`
 	Problems []string  `json:"problems,omitempty"`
 	Changes  *Changes  `json:"changes,omitempty"`
+	// VRRPStarted lists the instances (re)started by the reload: new
+	// ones and those whose identity (interface, VRID, addresses) changed.
+	VRRPStarted []string `json:"vrrp_started,omitempty"`
+	// VRRPInPlace lists the instances whose settings changed in place,
+	// without a transition.
+	VRRPInPlace []string `json:"vrrp_in_place,omitempty"`
 }
 
 // Changes is what a reload changed.

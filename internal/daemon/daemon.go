@@ -366,8 +366,9 @@ func (d *Daemon) reload() api.ReloadResult {
 		d.level.Set(parseLevel(cfg.Node.LogLevel))
 	}
 	d.scripts.Update(cfg.VRRPScripts)
-	if restarted, inPlace := d.vrrp.Update(vrrpConfigs(cfg)); len(restarted)+len(inPlace) > 0 {
-		d.log.Info("reload: VRRP applied", "started", restarted, "reconfigured_in_place", inPlace)
+	res.VRRPStarted, res.VRRPInPlace = d.vrrp.Update(vrrpConfigs(cfg))
+	if len(res.VRRPStarted)+len(res.VRRPInPlace) > 0 {
+		d.log.Info("reload: VRRP applied", "started", res.VRRPStarted, "reconfigured_in_place", res.VRRPInPlace)
 	}
 	if d.cluster != nil {
 		// The cluster's table is in force; the file's is only compared.

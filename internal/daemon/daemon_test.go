@@ -1,0 +1,419 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/directord/directord/internal/api"
+	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/status"
+	"github.com/directord/directord/lvs"
+	"github.com/directord/directord/lvs/lvstest"
+	dsync "github.com/directord/directord/sync"
+	"github.com/directord/directord/vrrp/vrrptest"
+)
+
+// These tests run the whole daemon as any user: VRRP on vrrptest's fake
+// link, the load balancer on lvstest's map, health checks against
+// listeners on loopback, the status API on a socket in a temporary
+// directory. The kernel paths are tested in internal/e2e.
+
+// fakeHost is one daemon on fakes.
+type fakeHost struct {
+	d      *Daemon
+	file   string
+	dp     *lvstest.Fake
+	wire   *vrrptest.Node
+	client *status.Client
+	log    *lab.Buffer
+}
+
+// hostConfig is a director's file: one VRRP instance, one virtual server
+// whose real servers are the given loopback listeners, checked by tcp.
+func hostConfig(dir string, prio int, vips []string, reals []netip.AddrPort, extra string) string {
+	var rs strings.Builder
+	for _, r := range reals {
+		fmt.Fprintf(&rs, "  [[virtual_server.real_server]]\n  address = %q\n", r)
+	}
+	q := make([]string, len(vips))
+	for i, v := range vips {
+		q[i] = fmt.Sprintf("%q", v)
+	}
+	return fmt.Sprintf(`[node]
+name = "lb1"
+data_dir = %q
+status_socket = %q
+%s
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = %d
+advert_int = "20ms"
+virtual_ipaddress = [%s]
+
+[[virtual_server]]
+name = "web"
+address = "192.0.2.100:80"
+scheduler = "wrr"
+  [virtual_server.health_check]
+  type = "tcp"
+  interval = "50ms"
+  timeout = "50ms"
+  rise = 1
+  fall = 1
+  warmup = "0s"
+%s`, filepath.Join(dir, "data"), filepath.Join(dir, "s.sock"), extra, prio, strings.Join(q, ", "), rs.String())
+}
+
+// fakeDeps are Deps on fakes; sysctls are recorded, not written.
+func fakeDeps(wire *vrrptest.Node, dp *lvstest.Fake) Deps {
+	return Deps{
+		VRRP:      wire.Deps(nil),
+		Dataplane: func(kind string) (lvs.Dataplane, string, error) { return dp, "fake for kind " + kind, nil },
+		Sysctls: func(ss []lvs.Sysctl) []lvs.Sysctl {
+			out := slices.Clone(ss)
+			for i := range out {
+				out[i].Was = out[i].Want
+			}
+			return out
+		},
+		ConnSync:   func(dsync.Config) (ConnSync, error) { return nil, errors.New("no conntrack sync on fakes") },
+		Cluster:    nil, // a [cluster] needs the e2e tests
+		Privileges: func() error { return nil },
+	}
+}
+
+func startHost(t *testing.T, hub *vrrptest.Hub, src string, text string) *fakeHost {
+	t.Helper()
+	dir := t.TempDir()
+	h := &fakeHost{file: filepath.Join(dir, "d.toml"), dp: lvstest.NewFake(),
+		wire: vrrptest.NewNode(hub, netip.MustParseAddr(src)), log: &lab.Buffer{}}
+	writeConfig(t, h.file, text)
+	cfg, err := config.Load(h.file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.d, err = New(cfg, Options{ConfigFile: h.file, Version: "test", Log: h.log}, fakeDeps(h.wire, h.dp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", cfg.Node.StatusSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.client = status.NewClient(cfg.Node.StatusSocket)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.d.Run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("log of %s:\n%s", src, h.log.String())
+		}
+	})
+	return h
+}
+
+func writeConfig(t *testing.T, file, text string) {
+	t.Helper()
+	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// listener accepts and closes connections on a loopback port until the
+// test ends.
+func listener(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// closedPort is a loopback port nothing listens on.
+func closedPort(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+	return a
+}
+
+func (h *fakeHost) status(t *testing.T) api.Document {
+	t.Helper()
+	var doc api.Document
+	if err := h.client.Get(context.Background(), "/v1/status", &doc); err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+func (h *fakeHost) eventually(t *testing.T, what string, cond func(doc api.Document) error) api.Document {
+	t.Helper()
+	var doc api.Document
+	if err := lab.Eventually(5*time.Second, func() error {
+		doc = h.status(t)
+		return cond(doc)
+	}); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return doc
+}
+
+// TestDaemonOnFakes starts a director alone on a fake link: it becomes
+// MASTER and holds the VIP, programs the virtual server, checks both real
+// servers and takes the dead one out, and says so in every status section.
+func TestDaemonOnFakes(t *testing.T) {
+	up, down := listener(t), closedPort(t)
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, []netip.AddrPort{up, down}, ""))
+	doc := h.eventually(t, "master with the dead server out", func(doc api.Document) error {
+		if !isMaster(doc) {
+			return fmt.Errorf("vrrp %+v", doc.VRRP)
+		}
+		if s := doc.LVS.Services; len(s) != 1 || len(s[0].Reals) != 1 || s[0].Reals[0].Addr != up {
+			return fmt.Errorf("lvs %+v", doc.LVS.Services)
+		}
+		return nil
+	})
+	if !h.wire.Addrs.Holds(netip.MustParsePrefix("192.0.2.100/24")) || h.wire.Announcer.Count() == 0 {
+		t.Fatal("the master does not hold and announce the VIP")
+	}
+	if doc.APIVersion != api.Version || doc.Node.Name != "lb1" || doc.Node.Version != "test" || doc.Config.Generation != 1 ||
+		doc.Config.VirtualServers != 1 || doc.Config.VRRPInstances != 1 {
+		t.Fatalf("node %+v config %+v", doc.Node, doc.Config)
+	}
+	if doc.LVS.Dataplane != "fake" || doc.LVS.Capabilities == nil || !slices.Contains(doc.LVS.Capabilities.Forwarding, "dr") {
+		t.Fatalf("lvs %+v", doc.LVS)
+	}
+	if doc.Cluster != nil || doc.Sync != nil || doc.Drills == nil || doc.Health == nil {
+		t.Fatalf("sections: cluster %v sync %v drills %v health %v", doc.Cluster, doc.Sync, doc.Drills, doc.Health)
+	}
+	state := map[netip.AddrPort]bool{}
+	for _, c := range doc.Health.Checks {
+		state[c.ID.Real] = c.Up
+	}
+	if len(state) != 2 || !state[up] || state[down] {
+		t.Fatalf("health %+v", doc.Health.Checks)
+	}
+	// A section by itself, and one this daemon does not have.
+	var vrrpOnly api.VRRPStatus
+	if err := h.client.Get(context.Background(), "/v1/status/vrrp", &vrrpOnly); err != nil || len(vrrpOnly.Instances) != 1 {
+		t.Fatalf("/v1/status/vrrp: %+v %v", vrrpOnly, err)
+	}
+	var ae *status.APIError
+	if err := h.client.Get(context.Background(), "/v1/status/cluster", &struct{}{}); !errors.As(err, &ae) || ae.Status != 404 {
+		t.Fatalf("/v1/status/cluster without [cluster]: %v", err)
+	}
+}
+
+// TestDaemonReload: what each kind of change restarts, what it applies in
+// place, and a broken file that changes nothing.
+func TestDaemonReload(t *testing.T) {
+	dir := t.TempDir()
+	up, up2 := listener(t), listener(t)
+	vip := []string{"192.0.2.100/24"}
+	base := hostConfig(dir, 150, vip, []netip.AddrPort{up}, "")
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", base)
+	h.eventually(t, "master with its table", func(doc api.Document) error {
+		if !isMaster(doc) || len(doc.LVS.Services) != 1 || len(doc.LVS.Services[0].Reals) != 1 {
+			return fmt.Errorf("%+v %+v", doc.VRRP.Instances, doc.LVS.Services)
+		}
+		return nil
+	})
+	reload := func(text string) api.ReloadResult {
+		t.Helper()
+		writeConfig(t, h.file, text)
+		var res api.ReloadResult
+		err := h.client.Post(context.Background(), "/v1/reload", nil, &res)
+		var ae *status.APIError
+		if errors.As(err, &ae) {
+			return api.ReloadResult{Problems: ae.Details}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	transitions := func() uint64 { return h.status(t).VRRP.Instances[0].Transitions }
+	before := transitions()
+
+	for _, tc := range []struct {
+		name         string
+		text         string
+		vrrp, vs     api.Delta
+		live, restrt []string
+		started      []string // VRRP instances (re)started
+		inPlace      []string
+		transitions  bool // the instance may go through transitions
+		problem      string
+	}{
+		{name: "no change", text: base},
+		{name: "priority: in place", text: hostConfig(dir, 160, vip, []netip.AddrPort{up}, ""),
+			vrrp: api.Delta{Changed: []string{"VI_1"}}, inPlace: []string{"VI_1"}},
+		{name: "a VIP more: the instance restarts", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up}, ""),
+			vrrp: api.Delta{Changed: []string{"VI_1"}}, started: []string{"VI_1"}, transitions: true},
+		{name: "a real server more: the table only", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2}, ""),
+			vs: api.Delta{Changed: []string{"web"}}},
+		{name: "log level: live", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2}, "log_level = \"debug\"\n"),
+			live: []string{"node.log_level"}},
+		{name: "metrics address: after a restart", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2},
+			"log_level = \"debug\"\nmetrics_listen = \"127.0.0.1:0\"\n"), restrt: []string{"node.metrics_listen"}},
+		{name: "broken: nothing changes", text: hostConfig(dir, 160, []string{"192.0.2.300/24"}, []netip.AddrPort{up}, ""),
+			problem: `vrrp_instance[0].virtual_ipaddress[0]: "192.0.2.300/24" is not an address in CIDR notation`},
+	} {
+		res := reload(tc.text)
+		if tc.problem != "" {
+			if res.OK || len(res.Problems) == 0 || !strings.Contains(strings.Join(res.Problems, "\n"), tc.problem) {
+				t.Fatalf("%s: %+v", tc.name, res)
+			}
+			continue
+		}
+		if !res.OK || res.Changes == nil {
+			t.Fatalf("%s: %+v", tc.name, res)
+		}
+		c := res.Changes
+		if !equalDelta(c.VRRP, tc.vrrp) || !equalDelta(c.VirtualServers, tc.vs) || !slices.Equal(c.Live, tc.live) || !slices.Equal(c.Restart, tc.restrt) {
+			t.Fatalf("%s: changes %+v", tc.name, c)
+		}
+		if !slices.Equal(res.VRRPStarted, tc.started) || !slices.Equal(res.VRRPInPlace, tc.inPlace) {
+			t.Fatalf("%s: VRRP started %v, in place %v; want %v, %v", tc.name, res.VRRPStarted, res.VRRPInPlace, tc.started, tc.inPlace)
+		}
+		doc := h.eventually(t, tc.name+": master again", func(doc api.Document) error {
+			if !isMaster(doc) {
+				return fmt.Errorf("vrrp %+v", doc.VRRP.Instances)
+			}
+			return nil
+		})
+		if now := doc.VRRP.Instances[0].Transitions; now != before && !tc.transitions {
+			t.Fatalf("%s: %d transitions, %d before", tc.name, now, before)
+		}
+		before = transitions()
+	}
+	doc := h.eventually(t, "the second real server in the table", func(doc api.Document) error {
+		if n := len(doc.LVS.Services[0].Reals); n != 2 {
+			return fmt.Errorf("%d real servers", n)
+		}
+		return nil
+	})
+	if doc.Config.Generation != 7 || doc.Config.ReloadsOK != 6 || doc.Config.ReloadsFailed != 1 || doc.Config.LastReload.OK {
+		t.Fatalf("config %+v", doc.Config)
+	}
+	if vips := doc.VRRP.Instances[0].VIPs; len(vips) != 2 {
+		t.Fatalf("the broken file changed the running VIPs: %v", vips)
+	}
+	// The table grew by one real server: one kernel operation, not a
+	// service re-made.
+	var adds []string
+	for _, op := range h.dp.Ops {
+		adds = append(adds, op.String())
+	}
+	if n := len(slices.DeleteFunc(adds, func(s string) bool { return !strings.HasPrefix(s, "add-service") })); n != 1 {
+		t.Fatalf("the service was added %d times: %v", n, h.dp.Ops)
+	}
+}
+
+// isMaster: the one instance, VI_1, is MASTER.
+func isMaster(doc api.Document) bool {
+	in := doc.VRRP.Instances
+	return len(in) == 1 && in[0].State == api.StateMaster
+}
+
+func equalDelta(a, b api.Delta) bool {
+	return slices.Equal(a.Added, b.Added) && slices.Equal(a.Removed, b.Removed) && slices.Equal(a.Changed, b.Changed)
+}
+
+// TestDaemonDrillAndFailover: a drill on the backup is refused and names
+// the master; one on the master without [cluster] is refused by the gate;
+// neither moves anything. A planned failover hands over to the backup.
+func TestDaemonDrillAndFailover(t *testing.T) {
+	hub := &vrrptest.Hub{}
+	up := listener(t)
+	lb1 := startHost(t, hub, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, []netip.AddrPort{up}, ""))
+	lb2 := startHost(t, hub, "192.0.2.12", hostConfig(t.TempDir(), 100, []string{"192.0.2.100/24"}, []netip.AddrPort{up}, ""))
+	state := func(h *fakeHost) string {
+		if in := h.status(t).VRRP.Instances; len(in) == 1 {
+			return in[0].State
+		}
+		return ""
+	}
+	if err := lab.Eventually(5*time.Second, func() error {
+		if a, b := state(lb1), state(lb2); a != api.StateMaster || b != api.StateBackup {
+			return fmt.Errorf("lb1 %s, lb2 %s", a, b)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	drill := func(h *fakeHost) api.DrillResult {
+		t.Helper()
+		var res api.DrillResult
+		if err := h.client.Post(context.Background(), "/v1/drill", api.DrillRequest{}, &res); err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	var res api.DrillResult
+	if err := lb2.client.Post(context.Background(), "/v1/drill", api.DrillRequest{}, &res); err == nil ||
+		err.Error() != "name the instance to drill with --instance (mastered here: none)" {
+		t.Fatalf("drill of no instance on the backup: %+v %v", res, err)
+	}
+	if err := lb2.client.Post(context.Background(), "/v1/drill", api.DrillRequest{Instance: "VI_1"}, &res); err != nil ||
+		res.Refused != "VI_1 is BACKUP here: run the drill on its master (192.0.2.11)" {
+		t.Fatalf("drill on the backup: %+v %v", res, err)
+	}
+	res = drill(lb1)
+	if res.OK || !strings.HasPrefix(res.Refused, "no [cluster]") || len(res.Checks) != 1 || res.Checks[0].Name != "peer" {
+		t.Fatalf("drill without a cluster: %+v", res)
+	}
+	if state(lb1) != api.StateMaster {
+		t.Fatal("a refused drill moved the instance")
+	}
+	if d := lb1.status(t).Drills; d == nil || len(d.Drills) != 1 || d.Drills[0].Refused == "" {
+		t.Fatalf("drills in status: %+v", d)
+	}
+
+	var fo api.FailoverResult
+	if err := lb1.client.Post(context.Background(), "/v1/vrrp/VI_1/failover", api.FailoverRequest{Hold: "1h"}, &fo); err != nil {
+		t.Fatal(err)
+	}
+	if fo.Instance != "VI_1" || fo.Hold != "1h0m0s" || fo.Now.Name != "VI_1" {
+		t.Fatalf("failover: %+v", fo)
+	}
+	if err := lab.Eventually(5*time.Second, func() error {
+		if a, b := state(lb1), state(lb2); a != api.StateBackup || b != api.StateMaster {
+			return fmt.Errorf("lb1 %s, lb2 %s", a, b)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
