@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -125,7 +126,12 @@ func runCluster(ctx context.Context, c *status.Client, o opts) error {
 	if err := json.Unmarshal(raw, &st); err != nil {
 		return fmt.Errorf("decode cluster status: %w", err)
 	}
-	tw := tabwriter.NewWriter(o.out, 0, 0, 2, ' ', 0)
+	return renderCluster(o.out, &st)
+}
+
+// renderCluster prints the cluster section for people.
+func renderCluster(w io.Writer, st *api.ClusterStatus) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "node\t%s (%s), raft %s\n", st.ID, st.Role, st.RaftState)
 	fmt.Fprintf(tw, "leader\t%s\n", orNone(st.Leader))
 	fmt.Fprintf(tw, "term\t%s, commit index %s, applied %d, last contact %s\n", st.Term, st.CommitIndex, st.Applied, st.LastContact)
@@ -135,8 +141,8 @@ func runCluster(ctx context.Context, c *status.Client, o opts) error {
 		fmt.Fprintf(tw, "file differs\t%s (the cluster's are in force; directorctl apply -f FILE)\n", strings.Join(st.FileDiffers, ", "))
 	}
 	tw.Flush()
-	fmt.Fprintln(o.out, "\nMEMBERS")
-	tw = tabwriter.NewWriter(o.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "\nMEMBERS")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tROLE\tSTATE\tGOSSIP\tRAFT")
 	for _, m := range st.Members {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.State, m.Gossip, m.Raft)

@@ -49,6 +49,7 @@ type command struct {
 
 type opts struct {
 	json   bool
+	now    func() time.Time // the clock for ages in what is printed
 	dryRun bool
 	file   string
 	hold   string
@@ -71,7 +72,9 @@ var commands = map[string]command{
 }
 
 // Main runs directorctl with args and returns its exit code.
-func Main(args []string, stdout, stderr io.Writer) int {
+func Main(args []string, stdout, stderr io.Writer) int { return run(args, stdout, stderr, time.Now) }
+
+func run(args []string, stdout, stderr io.Writer, now func() time.Time) int {
 	global := flag.NewFlagSet("directorctl", flag.ContinueOnError)
 	global.SetOutput(stderr)
 	global.Usage = func() { fmt.Fprint(stderr, usage) }
@@ -118,7 +121,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	o := opts{json: *asJSON, hold: *hold, file: *file, dryRun: *dryRun, args: positional, out: stdout,
+	o := opts{json: *asJSON, now: now, hold: *hold, file: *file, dryRun: *dryRun, args: positional, out: stdout,
 		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)
@@ -230,11 +233,13 @@ func runStatus(ctx context.Context, c *status.Client, o opts) error {
 	if doc.APIVersion != api.Version {
 		return fmt.Errorf("the daemon speaks status API v%d, this directorctl v%d: use the directorctl of the same release", doc.APIVersion, api.Version)
 	}
-	renderStatus(o.out, &doc)
+	renderStatus(o.out, &doc, o.now())
 	return nil
 }
 
-func renderStatus(w io.Writer, doc *statusDoc) {
+// renderStatus prints the status document for people; now is when it was
+// read, for the ages it shows.
+func renderStatus(w io.Writer, doc *statusDoc, now time.Time) {
 	var n api.NodeStatus
 	var cs api.ConfigStatus
 	if doc.Node != nil {
@@ -271,7 +276,7 @@ func renderStatus(w io.Writer, doc *statusDoc) {
 	}
 
 	if doc.Health != nil && len(doc.Health.Checks) > 0 {
-		renderHealth(w, doc.Health)
+		renderHealth(w, doc.Health, now)
 	}
 
 	if doc.Drills != nil && len(doc.Drills.Drills) > 0 {
@@ -344,7 +349,7 @@ func renderVRRP(w io.Writer, v *api.VRRPStatus) {
 	tw.Flush()
 }
 
-func renderHealth(w io.Writer, h *api.HealthStatus) {
+func renderHealth(w io.Writer, h *api.HealthStatus, now time.Time) {
 	fmt.Fprintln(w, "\nHEALTH CHECKS")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tREAL SERVER\tSTATE\tFOR\tCHECK\tLAST\tLATENCY\tTRANSITIONS\tLAST ERROR")
@@ -361,7 +366,7 @@ func renderHealth(w io.Writer, h *api.HealthStatus) {
 			last = map[bool]string{true: "ok", false: "failed"}[c.LastOK]
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", c.ID.Service, c.ID.Real, state,
-			time.Since(c.Since).Round(time.Second), c.Check, last, c.Latency, c.Transitions, c.LastError)
+			now.Sub(c.Since).Round(time.Second), c.Check, last, c.Latency, c.Transitions, c.LastError)
 	}
 	tw.Flush()
 }

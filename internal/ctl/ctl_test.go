@@ -1,0 +1,155 @@
+package ctl
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/directord/directord/internal/api"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+func TestMain(m *testing.M) {
+	// Times print in the local zone; the golden files are in UTC.
+	time.Local = time.UTC
+	os.Exit(m.Run())
+}
+
+var (
+	t0   = time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	rs1  = netip.MustParseAddrPort("203.0.113.11:8080")
+	rs2  = netip.MustParseAddrPort("203.0.113.12:8080")
+	web  = api.LVSKey{Protocol: "tcp", Addr: netip.MustParseAddrPort("192.0.2.100:80")}
+	leg  = &api.DrillLeg{Gap: "61ms", GapMS: 61, Unanswered: "12ms-73ms", Took: "80ms", Master: "198.51.100.12", MasterNode: "lb2"}
+	back = &api.DrillLeg{Gap: "55ms", GapMS: 55, Unanswered: "3ms-58ms", Took: "70ms", Master: "198.51.100.11", MasterNode: "lb1"}
+)
+
+// fixture is what the fake daemon answers.
+func fixture() (api.Document, api.DrillResult) {
+	lvsStatus := &api.LVSStatus{
+		Dataplane: "nftables", Reason: "auto: no IPVS in this kernel",
+		Capabilities:  &api.Capabilities{Schedulers: []string{"rr", "wrr", "sh"}, Forwarding: []string{"nat"}, Features: []string{"masquerade", "conntrack_sync"}},
+		Sysctls:       []api.Sysctl{{Key: "net.ipv4.ip_forward", Want: "1", Was: "0", Why: "nat"}},
+		LastReconcile: api.Reconcile{Ops: 3, At: t0, Duration: "1.2ms"},
+		Services: []api.LVSService{{Name: "web", LVSKey: web, Scheduler: "sh", Flags: api.FlagSched1 | api.FlagSched2,
+			Persistence: 300 * time.Second, PersistenceBits: 24, QuorumUp: true, Draining: []netip.AddrPort{rs2},
+			Stats: api.LVSStats{Connections: 10, PacketsIn: 100, PacketsOut: 90, BytesIn: 5000, BytesOut: 9000},
+			Reals: []api.LVSReal{{Addr: rs1, Weight: 2, Method: "nat", Active: 3, Inactive: 1, Stats: api.LVSStats{Connections: 7}},
+				{Addr: rs2, Weight: 0, Method: "nat", Stats: api.LVSStats{Connections: 3}}}},
+			{LVSKey: api.LVSKey{FWMark: 7, IPv6: true}, Scheduler: "rr", QuorumUp: false, Reals: []api.LVSReal{}}},
+	}
+	drill := api.DrillResult{Number: 2, Instance: "VI_1", Node: "lb1", Peer: "lb2", Started: t0, Duration: "1.4s", OK: true,
+		Checks: []api.DrillCheck{{Name: "peer", OK: true, Detail: "lb2 is alive"}, {Name: "raft", OK: true, Detail: "caught up"}},
+		Probe:  "ICMP echo to 192.0.2.100 every 5ms", AdvertInt: "100ms", Handover: leg, Back: back, Moved: []string{"VI_1 192.0.2.100/24"}}
+	doc := api.Document{
+		APIVersion: api.Version,
+		Node:       &api.NodeStatus{Name: "lb1", Version: "v1.2", PID: 42, StartedAt: t0, Uptime: "1h0m0s"},
+		Config: &api.ConfigStatus{File: "/etc/directord/directord.toml", LoadedAt: t0, Generation: 3, ReloadsOK: 2, ReloadsFailed: 1,
+			LastReload: &api.ReloadResult{At: t0.Add(time.Minute), Problems: []string{"d.toml:3: node.name: must not be empty"}},
+			Dataplane:  "auto", VRRPInstances: 1, VirtualServers: 1, Cluster: true},
+		VRRP: &api.VRRPStatus{Instances: []api.VRRPInstance{{Name: "VI_1", Interface: "eth0", VRID: 51, Version: 3,
+			VIPs: []string{"192.0.2.100/24"}, State: api.StateMaster, Priority: 150, Master: "198.51.100.11", AdvertInt: time.Second,
+			LastTransition: &api.VRRPTransition{From: "BACKUP", To: "MASTER", Reason: "no advertisement from the master for 3.6s", At: t0},
+			AdvertsSent:    100, AdvertsReceived: 2, Transitions: 2, Drops: map[string]uint64{"ttl": 1, "auth": 2}, Error: ""}},
+			Scripts: []api.ScriptStatus{{Name: "chk_nginx", OK: true, Runs: 12, LastResult: "ok"}, {Name: "chk_db", Runs: 3, LastResult: "exit status 1"}}},
+		LVS: lvsStatus,
+		Health: &api.HealthStatus{Checks: []api.CheckStatus{
+			{ID: api.CheckID{Service: "web", Real: rs1}, Check: "tcp", Up: true, Weight: -1, Since: t0.Add(-90 * time.Second), Checks: 50,
+				LastAt: t0, LastOK: true, Latency: "1ms", Transitions: 1},
+			{ID: api.CheckID{Service: "web", Real: rs2}, Check: "http", Up: false, Weight: -1, Since: t0.Add(-10 * time.Second), Checks: 50,
+				Failures: 3, LastAt: t0, LastError: "connection refused", Latency: "0s", Transitions: 2}}},
+		Cluster: &api.ClusterStatus{ID: "lb1", Role: "director", RaftState: "Leader", Leader: "lb1", Term: "3", CommitIndex: "12",
+			Applied: 12, LastContact: "0", RaftTLS: true, Gossip: "aes", StateIndex: 11, Seeded: true, FileDiffers: []string{"web"},
+			Members: []api.ClusterMember{{Name: "lb1", Gossip: "198.51.100.11:7946", Raft: "198.51.100.11:7947", State: "alive", Role: "director"},
+				{Name: "w", Gossip: "198.51.100.13:7946", Raft: "198.51.100.13:7947", State: "suspect", Role: "witness"}}},
+		Sync:   &api.SyncStatus{Role: "master", Peer: "198.51.100.12:7001", Connected: true},
+		Drills: &api.DrillsStatus{Drills: []api.DrillResult{{Number: 1, Instance: "VI_1", Started: t0, Refused: "lb2 has not caught up"}, drill}},
+	}
+	return doc, drill
+}
+
+// fakeDaemon answers directorctl's requests with the fixture.
+func fakeDaemon(t *testing.T) string {
+	t.Helper()
+	doc, drill := fixture()
+	mux := http.NewServeMux()
+	reply := func(v any) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) { json.NewEncoder(w).Encode(v) }
+	}
+	mux.Handle("GET /v1/status", reply(doc))
+	mux.Handle("GET /v1/status/lvs", reply(doc.LVS))
+	mux.Handle("GET /v1/status/cluster", reply(doc.Cluster))
+	mux.Handle("POST /v1/drill", reply(drill))
+	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		json.NewEncoder(w).Encode(api.ErrorBody{Error: "configuration rejected; the running configuration is unchanged",
+			Details: []string{"d.toml:3: node.name: must not be empty"}})
+	})
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+// TestRender runs directorctl's commands against the fixture and compares
+// what they print with testdata/*.golden (go test -update rewrites them).
+func TestRender(t *testing.T) {
+	sock := fakeDaemon(t)
+	for _, tc := range []struct {
+		golden string
+		args   []string
+		code   int
+	}{
+		{"status", []string{"status"}, 0},
+		{"lvs", []string{"lvs"}, 0},
+		{"cluster", []string{"cluster"}, 0},
+		{"drill", []string{"drill", "--back"}, 0},
+		{"reload-refused", []string{"reload"}, 1},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(append([]string{"--socket", sock}, tc.args...), &stdout, &stderr, func() time.Time { return t0 })
+		if code != tc.code {
+			t.Errorf("%v: exit %d, want %d; stderr: %s", tc.args, code, tc.code, stderr.String())
+		}
+		got := append(stdout.Bytes(), stderr.Bytes()...)
+		file := filepath.Join("testdata", tc.golden+".golden")
+		if *update {
+			if err := os.WriteFile(file, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%v printed:\n%s\nwant (%s):\n%s", tc.args, got, file, want)
+		}
+	}
+}
+
+// TestNotRunning: without a daemon directorctl says so in one line.
+func TestNotRunning(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	if code := Main([]string{"--socket", sock, "status"}, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	if want := "directorctl: directord is not running (no socket at " + sock + ")\n"; stderr.String() != want || stdout.Len() != 0 {
+		t.Fatalf("stderr %q, want %q", stderr.String(), want)
+	}
+}
