@@ -6,8 +6,6 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -86,7 +84,7 @@ type Status struct {
 type Syncer struct {
 	cfg    Config
 	log    *slog.Logger
-	table  *Table
+	table  flowTable
 	vips   map[netip.Addr]bool
 	master atomic.Bool
 	wake   chan struct{}
@@ -101,24 +99,16 @@ type Syncer struct {
 	lag                                               time.Duration
 }
 
-// message is one line on the wire.
-type message struct {
-	Op      string         `json:"op"` // events, resync, persist (flow, del: one event)
-	Flow    *Flow          `json:"f,omitempty"`
-	Flows   []Flow         `json:"fs,omitempty"`
-	Events  []event        `json:"es,omitempty"`
-	Persist []PersistEntry `json:"ps,omitempty"`
-	At      int64          `json:"at"` // sender's clock, unix microseconds
+// flowTable is the conntrack table as the syncer uses it; *Table is the
+// kernel's.
+type flowTable interface {
+	Flows(vips map[netip.Addr]bool) ([]Flow, error)
+	WriteBatch(fs []Flow) (int, error)
+	Delete(f Flow) error
+	Close() error
 }
 
-// event is a flow to write, or to delete.
-type event struct {
-	Del  bool `json:"d,omitempty"`
-	Flow Flow `json:"f"`
-}
-
-// maxEvents bounds the events of one message.
-const maxEvents = 512
+var _ flowTable = (*Table)(nil)
 
 // New opens the conntrack table; Run does the rest.
 func New(cfg Config) (*Syncer, error) {
@@ -213,7 +203,7 @@ func (s *Syncer) watch(ctx context.Context) error {
 	go func() {
 		defer func() { c.Close() }()
 		// A fixed one-second window: at most MaxRate events in each.
-		window, inWindow := time.Now(), 0
+		rate := rateWindow{max: s.cfg.MaxRate, start: time.Now()}
 		for {
 			select {
 			case <-ctx.Done():
@@ -260,10 +250,7 @@ func (s *Syncer) watch(ctx context.Context) error {
 					// and the resync refreshes what changes later.
 					continue
 				}
-				if now := time.Now(); now.Sub(window) >= time.Second {
-					window, inWindow = now, 0
-				}
-				if inWindow++; inWindow > s.cfg.MaxRate {
+				if !rate.allow(time.Now()) {
 					s.dropped.Add(1)
 					continue
 				}
@@ -313,29 +300,34 @@ func (s *Syncer) send(ctx context.Context) {
 	defer s.connected.Store(false)
 	s.log.Info("sync: sending flows to the peer", "peer", s.cfg.Peer.String())
 	w := bufio.NewWriter(conn)
+	c := codec{key}
 	write := func(m message) error {
-		m.At = time.Now().UnixMicro()
-		b, _ := json.Marshal(m)
-		mac := hmac.New(sha256.New, key)
-		mac.Write(b)
-		if _, err := fmt.Fprintf(w, "%s %s\n", hex.EncodeToString(mac.Sum(nil)), b); err != nil {
+		if _, err := w.Write(c.encode(m, time.Now())); err != nil {
 			return err
 		}
 		s.sent.Add(1)
 		return nil
+	}
+	writeAll := func(ms []message) error {
+		for _, m := range ms {
+			if err := write(m); err != nil {
+				return err
+			}
+		}
+		return w.Flush()
 	}
 	resync := func() error {
 		flows, err := s.table.Flows(s.vips)
 		if err != nil {
 			return err
 		}
-		if err := write(message{Op: "resync", Flows: flows}); err != nil {
+		if err := writeAll(resyncMessages(flows)); err != nil {
 			return err
 		}
 		s.mu.Lock()
 		s.lastResync = time.Now()
 		s.mu.Unlock()
-		return w.Flush()
+		return nil
 	}
 	persist := func() error {
 		if s.cfg.Persist == nil {
@@ -345,10 +337,7 @@ func (s *Syncer) send(ctx context.Context) {
 		if err != nil || len(es) == 0 {
 			return nil // nothing to say this time
 		}
-		if err := write(message{Op: "persist", Persist: es}); err != nil {
-			return err
-		}
-		return w.Flush()
+		return writeAll(persistMessages(es))
 	}
 	if resync() != nil || persist() != nil {
 		return
@@ -375,20 +364,11 @@ func (s *Syncer) send(ctx context.Context) {
 				return
 			}
 		case ev := <-s.queue:
-			// What is queued goes in messages of up to maxEvents: one
-			// MAC and one decode for all of them, and one batch of
-			// writes on the backup.
-			evs := append(make([]event, 0, min(len(s.queue)+1, maxEvents)), ev)
-			for n := len(s.queue); n > 0; n-- {
-				if len(evs) == maxEvents {
-					if write(message{Op: "events", Events: evs}) != nil {
-						return
-					}
-					evs = evs[:0]
-				}
-				evs = append(evs, <-s.queue)
+			var ms []message
+			for _, evs := range batches(ev, s.queue) {
+				ms = append(ms, message{Op: "events", Events: evs})
 			}
-			if write(message{Op: "events", Events: evs}) != nil || w.Flush() != nil {
+			if writeAll(ms) != nil {
 				return
 			}
 		}
@@ -416,24 +396,17 @@ func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 	}
 	s.log.Info("sync: receiving flows", "from", conn.RemoteAddr().String())
 	sc := bufio.NewScanner(conn)
-	sc.Buffer(make([]byte, 64<<10), 256<<20)
-	synced := map[string]Flow{}
+	sc.Buffer(make([]byte, 64<<10), maxLine)
+	c := codec{key}
+	st := newReceiveState()
 	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) < 65 || line[64] != ' ' {
+		m, err := c.decode(sc.Bytes())
+		if errors.Is(err, errAuth) || errors.Is(err, errFormat) {
 			s.refused.Add(1)
+			s.log.Warn("sync: "+err.Error()+"; closing", "from", conn.RemoteAddr().String())
 			return
 		}
-		want, _ := hex.DecodeString(string(line[:64]))
-		mac := hmac.New(sha256.New, key)
-		mac.Write(line[65:])
-		if !hmac.Equal(want, mac.Sum(nil)) {
-			s.refused.Add(1)
-			s.log.Warn("sync: message failed authentication; closing", "from", conn.RemoteAddr().String())
-			return
-		}
-		var m message
-		if err := json.Unmarshal(line[65:], &m); err != nil {
+		if err != nil {
 			s.failed.Add(1)
 			continue
 		}
@@ -441,45 +414,69 @@ func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 		if s.master.Load() {
 			continue // the peer thinks it is master too; ours wins here
 		}
-		switch m.Op {
-		case "events":
-			s.applyEvents(m.Events, synced)
-		case "flow", "del": // one event, as earlier versions sent it
-			if m.Flow != nil {
-				s.applyEvents([]event{{Del: m.Op == "del", Flow: *m.Flow}}, synced)
-			}
-		case "persist":
-			if s.cfg.Persist != nil {
-				if err := s.cfg.Persist.Apply(m.Persist); err != nil {
-					s.failed.Add(1)
-					s.log.Debug("sync: persistence entries not written", "err", err)
-				} else {
-					s.applied.Add(uint64(len(m.Persist)))
-				}
-			}
-		case "resync":
-			s.write(m.Flows, synced)
-			seen := make(map[string]bool, len(m.Flows))
-			for _, f := range m.Flows {
-				seen[f.Key()] = true
-			}
-			// Flows the master no longer has go.
-			for k, f := range synced {
-				if !seen[k] {
-					s.table.Delete(f)
-					delete(synced, k)
-				}
-			}
-			s.mu.Lock()
-			s.lastResync = time.Now()
-			s.mu.Unlock()
-		}
+		s.apply(m, st)
 		s.mu.Lock()
 		s.lag = time.Since(time.UnixMicro(m.At))
 		s.mu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
+	}
+	if err := sc.Err(); err != nil {
+		s.refused.Add(1)
+		s.log.Warn("sync: connection closed", "from", conn.RemoteAddr().String(), "err", err)
+	}
+}
+
+// receiveState is what a backup keeps of one master's connection.
+type receiveState struct {
+	synced map[string]Flow // written from this connection, by key
+	seen   map[string]bool // flows of the resync in progress
+}
+
+func newReceiveState() *receiveState {
+	return &receiveState{synced: map[string]Flow{}, seen: map[string]bool{}}
+}
+
+// apply carries out one message of the master's.
+func (s *Syncer) apply(m message, st *receiveState) {
+	switch m.Op {
+	case "events":
+		s.applyEvents(m.Events, st.synced)
+	case "flow", "del": // one event, as earlier versions sent it
+		if m.Flow != nil {
+			s.applyEvents([]event{{Del: m.Op == "del", Flow: *m.Flow}}, st.synced)
+		}
+	case "persist":
+		if s.cfg.Persist != nil {
+			if err := s.cfg.Persist.Apply(m.Persist); err != nil {
+				s.failed.Add(1)
+				s.log.Debug("sync: persistence entries not written", "err", err)
+			} else {
+				s.applied.Add(uint64(len(m.Persist)))
+			}
+		}
+	case "resync":
+		s.write(m.Flows, st.synced)
+		for _, f := range m.Flows {
+			st.seen[f.Key()] = true
+		}
+		if m.More {
+			return
+		}
+		// Flows the master no longer has go.
+		for k, f := range st.synced {
+			if !st.seen[k] {
+				if err := s.table.Delete(f); err != nil {
+					s.failed.Add(1)
+				}
+				delete(st.synced, k)
+			}
+		}
+		clear(st.seen)
+		s.mu.Lock()
+		s.lastResync = time.Now()
+		s.mu.Unlock()
 	}
 }
 
