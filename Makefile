@@ -26,11 +26,11 @@ test-deps:
 # The IPVS data plane's tests, inside Debian's kernel under qemu: this
 # machine's kernel may have no IPVS.
 test-ipvs: test-deps guest-kernel
-	$(GO) test -count=1 -v -run TestIPVSInGuest ./internal/guest
+	$(GO) test -count=1 -v -run TestIPVSInGuest ./internal/testbed/guest
 
 # Debian's current kernel package, unpacked (not installed) for the guest.
 guest-kernel:
-	./internal/guest/fetch-kernel.sh .cache/guest
+	./internal/testbed/guest/fetch-kernel.sh .cache/guest
 
 # The same with the race detector in the tests and in the daemons they run.
 test-race: test-deps guest-kernel
@@ -39,7 +39,7 @@ test-race: test-deps guest-kernel
 # The race detector on the packages whose tests need no root, network
 # namespace or guest: quick enough for every CI run.
 test-race-unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /internal/e2e -e /internal/guest)
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /internal/testbed/e2e -e /internal/testbed/guest)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 )
 
-// Dataplane is the kernel side: IPVS, nftables, or the Fake.
+// Dataplane is the kernel side: IPVS, nftables, or lvstest.Fake.
 type Dataplane interface {
 	// Name is "ipvs", "nftables" or "fake".
 	Name() string

@@ -23,8 +23,9 @@ const (
 	svcOnePacket  = 0x4
 )
 
-// ipvsHandle is the part of moby's handle we use, so the data plane can
-// be tested against a double where there is no IPVS.
+// ipvsHandle is the part of moby's handle we use. There is no double of
+// it: the IPVS data plane is tested on a kernel with IPVS, in the qemu
+// guest (make test-ipvs); the reconciler's logic on lvstest.Fake.
 type ipvsHandle interface {
 	GetServices() ([]*ipvs.Service, error)
 	GetDestinations(*ipvs.Service) ([]*ipvs.Destination, error)

@@ -15,8 +15,9 @@ import (
 
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
-	"github.com/directord/directord/internal/lab"
 	"github.com/directord/directord/internal/status"
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
 	"github.com/directord/directord/lvs"
 	"github.com/directord/directord/lvs/lvstest"
 	dsync "github.com/directord/directord/sync"
@@ -40,40 +41,17 @@ type fakeHost struct {
 
 // hostConfig is a director's file: one VRRP instance, one virtual server
 // whose real servers are the given loopback listeners, checked by tcp.
-func hostConfig(dir string, prio int, vips []string, reals []netip.AddrPort, extra string) string {
-	var rs strings.Builder
+func hostConfig(dir string, prio int, vips []string, reals []netip.AddrPort, nodeExtra ...string) string {
+	web := conf.VirtualServer{Name: "web", Address: "192.0.2.100:80", Scheduler: "wrr",
+		Check: &conf.Check{Type: "tcp", Interval: "50ms", Timeout: "50ms", Extra: []string{"rise = 1", "fall = 1", `warmup = "0s"`}}}
 	for _, r := range reals {
-		fmt.Fprintf(&rs, "  [[virtual_server.real_server]]\n  address = %q\n", r)
+		web.Reals = append(web.Reals, conf.Real{Address: r.String()})
 	}
-	q := make([]string, len(vips))
-	for i, v := range vips {
-		q[i] = fmt.Sprintf("%q", v)
-	}
-	return fmt.Sprintf(`[node]
-name = "lb1"
-data_dir = %q
-status_socket = %q
-%s
-[[vrrp_instance]]
-name = "VI_1"
-interface = "eth0"
-virtual_router_id = 51
-priority = %d
-advert_int = "20ms"
-virtual_ipaddress = [%s]
-
-[[virtual_server]]
-name = "web"
-address = "192.0.2.100:80"
-scheduler = "wrr"
-  [virtual_server.health_check]
-  type = "tcp"
-  interval = "50ms"
-  timeout = "50ms"
-  rise = 1
-  fall = 1
-  warmup = "0s"
-%s`, filepath.Join(dir, "data"), filepath.Join(dir, "s.sock"), extra, prio, strings.Join(q, ", "), rs.String())
+	return conf.File{
+		Node:           conf.Node{Name: "lb1", DataDir: filepath.Join(dir, "data"), StatusSocket: filepath.Join(dir, "s.sock"), Extra: nodeExtra},
+		VRRP:           []conf.Instance{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: prio, AdvertInt: "20ms", VIPs: vips}},
+		VirtualServers: []conf.VirtualServer{web},
+	}.String()
 }
 
 // fakeDeps are Deps on fakes; sysctls are recorded, not written.
@@ -194,7 +172,7 @@ func (h *fakeHost) eventually(t *testing.T, what string, cond func(doc api.Docum
 // servers and takes the dead one out, and says so in every status section.
 func TestDaemonOnFakes(t *testing.T) {
 	up, down := listener(t), closedPort(t)
-	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, []netip.AddrPort{up, down}, ""))
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, []netip.AddrPort{up, down}))
 	doc := h.eventually(t, "master with the dead server out", func(doc api.Document) error {
 		if !isMaster(doc) {
 			return fmt.Errorf("vrrp %+v", doc.VRRP)
@@ -241,7 +219,7 @@ func TestDaemonReload(t *testing.T) {
 	dir := t.TempDir()
 	up, up2 := listener(t), listener(t)
 	vip := []string{"192.0.2.100/24"}
-	base := hostConfig(dir, 150, vip, []netip.AddrPort{up}, "")
+	base := hostConfig(dir, 150, vip, []netip.AddrPort{up})
 	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", base)
 	h.eventually(t, "master with its table", func(doc api.Document) error {
 		if !isMaster(doc) || len(doc.LVS.Services) != 1 || len(doc.LVS.Services[0].Reals) != 1 {
@@ -277,17 +255,17 @@ func TestDaemonReload(t *testing.T) {
 		problem      string
 	}{
 		{name: "no change", text: base},
-		{name: "priority: in place", text: hostConfig(dir, 160, vip, []netip.AddrPort{up}, ""),
+		{name: "priority: in place", text: hostConfig(dir, 160, vip, []netip.AddrPort{up}),
 			vrrp: api.Delta{Changed: []string{"VI_1"}}, inPlace: []string{"VI_1"}},
-		{name: "a VIP more: the instance restarts", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up}, ""),
+		{name: "a VIP more: the instance restarts", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up}),
 			vrrp: api.Delta{Changed: []string{"VI_1"}}, started: []string{"VI_1"}, transitions: true},
-		{name: "a real server more: the table only", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2}, ""),
+		{name: "a real server more: the table only", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2}),
 			vs: api.Delta{Changed: []string{"web"}}},
-		{name: "log level: live", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2}, "log_level = \"debug\"\n"),
+		{name: "log level: live", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2}, `log_level = "debug"`),
 			live: []string{"node.log_level"}},
 		{name: "metrics address: after a restart", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2},
-			"log_level = \"debug\"\nmetrics_listen = \"127.0.0.1:0\"\n"), restrt: []string{"node.metrics_listen"}},
-		{name: "broken: nothing changes", text: hostConfig(dir, 160, []string{"192.0.2.300/24"}, []netip.AddrPort{up}, ""),
+			`log_level = "debug"`, `metrics_listen = "127.0.0.1:0"`), restrt: []string{"node.metrics_listen"}},
+		{name: "broken: nothing changes", text: hostConfig(dir, 160, []string{"192.0.2.300/24"}, []netip.AddrPort{up}),
 			problem: `vrrp_instance[0].virtual_ipaddress[0]: "192.0.2.300/24" is not an address in CIDR notation`},
 	} {
 		res := reload(tc.text)
@@ -357,8 +335,8 @@ func equalDelta(a, b api.Delta) bool {
 func TestDaemonDrillAndFailover(t *testing.T) {
 	hub := &vrrptest.Hub{}
 	up := listener(t)
-	lb1 := startHost(t, hub, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, []netip.AddrPort{up}, ""))
-	lb2 := startHost(t, hub, "192.0.2.12", hostConfig(t.TempDir(), 100, []string{"192.0.2.100/24"}, []netip.AddrPort{up}, ""))
+	lb1 := startHost(t, hub, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, []netip.AddrPort{up}))
+	lb2 := startHost(t, hub, "192.0.2.12", hostConfig(t.TempDir(), 100, []string{"192.0.2.100/24"}, []netip.AddrPort{up}))
 	state := func(h *fakeHost) string {
 		if in := h.status(t).VRRP.Instances; len(in) == 1 {
 			return in[0].State

@@ -15,7 +15,7 @@ import (
 	"github.com/directord/directord/cluster"
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
-	"github.com/directord/directord/internal/probe"
+	"github.com/directord/directord/internal/daemon/probe"
 	"github.com/directord/directord/internal/status"
 	"github.com/directord/directord/lvs"
 	dsync "github.com/directord/directord/sync"

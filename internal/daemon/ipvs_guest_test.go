@@ -10,32 +10,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/directord/directord/internal/api"
+	"github.com/directord/directord/internal/testbed/lab"
 
 	"github.com/directord/directord/internal/status"
 	"github.com/directord/directord/lvs"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestGuestDaemonIPVS runs the daemon on a kernel with IPVS (the qemu
 // guest of make test-ipvs): auto picks IPVS, the table holds what the
@@ -76,7 +59,7 @@ one_packet = true
 `, filepath.Join(dir, "data"), sock), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var log syncBuf
+	var log lab.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -183,7 +166,7 @@ virtual_ipaddress = ["192.0.2.100/24"]
 `, filepath.Join(dir, "data"), filepath.Join(dir, "s.sock")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var log syncBuf
+	var log lab.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

@@ -25,11 +25,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
-	"github.com/directord/directord/internal/pairlab"
-	"github.com/directord/directord/internal/probe"
-	"github.com/directord/directord/internal/synclab"
+	"github.com/directord/directord/internal/daemon/probe"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 )
 
 func main() {
@@ -47,7 +45,7 @@ func run(bin string) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo builds network namespaces: run it as root (sudo make demo)")
 	}
-	bins, err := pairlab.BinariesIn(bin)
+	bins, err := scene.BinariesIn(bin)
 	if err != nil {
 		return err
 	}
@@ -80,7 +78,7 @@ func run(bin string) (err error) {
 		"    LVS-NAT: the VIP 192.0.2.100 faces the client; the real servers' gateway, 203.0.113.1, is a second VIP\n"+
 		"    in the same vrrp_sync_group. Each real server runs a small HTTP server (port 8000) and an echo service (8080).",
 		lab.Prefix, l.ID())
-	s, err := synclab.New(l, tmp, bins.Directord, bins.Directorctl, synclab.Options{Sync: true, Cluster: true, HTTP: true})
+	s, err := scene.NewSync(l, tmp, bins.Directord, bins.Directorctl, scene.SyncOptions{Sync: true, Cluster: true, HTTP: true})
 	if err != nil {
 		return err
 	}
@@ -90,7 +88,7 @@ func run(bin string) (err error) {
 	if err := s.WaitCluster(30 * time.Second); err != nil {
 		return err
 	}
-	ctl := func(d *synclab.Director, args ...string) *exec.Cmd {
+	ctl := func(d *scene.Director, args ...string) *exec.Cmd {
 		return exec.Command(bins.Directorctl, append([]string{"--socket", d.Sock}, args...)...)
 	}
 	step("directord runs on lb1, lb2 and the witness; lb1 (priority 150) is MASTER of both VIPs")
@@ -100,8 +98,8 @@ func run(bin string) (err error) {
 	show("directorctl cluster on lb1: the table is replicated with Raft", ctl(lb1, "cluster"))
 
 	step("the client: an HTTP request to %s every 20ms, 20 long-lived connections to 192.0.2.100:80\n"+
-		"    exchanging a message every 100ms, and a ping to the VIP every 5ms", synclab.HTTPService)
-	web := startRequests(s, synclab.HTTPService, 20*time.Millisecond)
+		"    exchanging a message every 100ms, and a ping to the VIP every 5ms", scene.HTTPService)
+	web := startRequests(s, scene.HTTPService, 20*time.Millisecond)
 	defer web.stop()
 	chat, err := s.Chat(20, "192.0.2.100:80")
 	if err != nil {
@@ -113,7 +111,7 @@ func run(bin string) (err error) {
 		return err
 	}
 	defer conn.Close()
-	pr := probe.Start(context.Background(), conn, netip.MustParseAddr(lblab.VIP), 5*time.Millisecond)
+	pr := probe.Start(context.Background(), conn, netip.MustParseAddr(scene.VIP), 5*time.Millisecond)
 	defer pr.Stop()
 	if err := pr.WaitAnswered(time.Time{}, 5*time.Second); err != nil {
 		return err
@@ -173,7 +171,7 @@ func run(bin string) (err error) {
 
 	step("stopping lb2 and the witness with SIGTERM")
 	web.stop()
-	for _, d := range []*synclab.Director{lb2, s.Witness} {
+	for _, d := range []*scene.Director{lb2, s.Witness} {
 		start := time.Now()
 		if err := d.Proc.Signal(syscall.SIGTERM); err != nil {
 			return err
@@ -202,7 +200,7 @@ type requests struct {
 	wg     sync.WaitGroup
 }
 
-func startRequests(s *synclab.Scene, addr string, every time.Duration) *requests {
+func startRequests(s *scene.Sync, addr string, every time.Duration) *requests {
 	r := &requests{by: map[string]int{}, done: make(chan struct{})}
 	client := s.HTTPClient(time.Second)
 	r.wg.Add(1)

@@ -24,8 +24,9 @@ import (
 	"github.com/directord/directord/internal/api"
 
 	"github.com/directord/directord/internal/bench/report"
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/pairlab"
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 )
 
 func main() {
@@ -49,40 +50,27 @@ type node struct {
 
 var key = base64.StdEncoding.EncodeToString([]byte("directord bench key, 32 bytes!!!"))
 
-func file(n, peer *node, dir, services string) string {
-	return fmt.Sprintf(`[node]
-name = %q
-data_dir = %q
-status_socket = %q
-
-[cluster]
-bind = "%s:7946"
-raft_bind = "%s:7000"
-peers = ["%s:7946"]
-bootstrap_expect = 2
-encrypt_key = %q
-%s`, n.h.Name, filepath.Join(dir, "data"), n.sock, n.ip, n.ip, peer.ip, key, services)
+// file is a director's file with [cluster] (peer the other director) and
+// the virtual servers vss.
+func file(n, peer *node, dir string, vss []conf.VirtualServer) string {
+	f := plainFile(n, dir, vss)
+	f.Cluster = &conf.Cluster{Bind: n.ip + ":7946", RaftBind: n.ip + ":7000", Peers: []string{peer.ip + ":7946"},
+		BootstrapExpect: 2, EncryptKey: key}
+	return f.String()
 }
 
 // plainFile is a director's file without [cluster]: the keepalived way,
 // one file per director, each edited and reloaded.
-func plainFile(n *node, dir, services string) string {
-	return fmt.Sprintf("[node]\nname = %q\ndata_dir = %q\nstatus_socket = %q\n%s", n.h.Name, filepath.Join(dir, "data"), n.sock, services)
+func plainFile(n *node, dir string, vss []conf.VirtualServer) conf.File {
+	return conf.File{Node: conf.Node{Name: n.h.Name, DataDir: filepath.Join(dir, "data"), StatusSocket: n.sock}, VirtualServers: vss}
 }
 
-func table(services, reals int, weight int) string {
-	var b strings.Builder
-	for i := range services {
-		fmt.Fprintf(&b, "\n[[virtual_server]]\nname = \"s%d\"\naddress = \"192.0.2.100:%d\"\nscheduler = \"wrr\"\n", i, 10000+i)
-		for j := range reals {
-			w := 1
-			if i == 0 && j == 0 {
-				w = weight
-			}
-			fmt.Fprintf(&b, "  [[virtual_server.real_server]]\n  address = \"203.0.113.%d:8080\"\n  weight = %d\n", 11+j, w)
-		}
-	}
-	return b.String()
+// table is services × reals with the first real server of the first
+// service at weight.
+func table(services, reals int, weight int) []conf.VirtualServer {
+	vss := conf.Table(services, reals)
+	vss[0].Reals[0].Extra = []string{fmt.Sprintf("weight = %d", weight)}
+	return vss
 }
 
 var reconciled = regexp.MustCompile(`(?m)^time=(\S+) level=INFO msg="lvs reconciled".* ops=(\d+)`)
@@ -112,7 +100,7 @@ func run(bin string, runs, big int, out string) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
-	bins, err := pairlab.BinariesIn(bin)
+	bins, err := scene.BinariesIn(bin)
 	if err != nil {
 		return err
 	}
@@ -140,7 +128,7 @@ func run(bin string, runs, big int, out string) (err error) {
 		}
 	}
 	for _, n := range plain {
-		if err := os.WriteFile(n.conf, []byte(plainFile(n, filepath.Dir(n.conf), table(1, 2, 1))), 0o644); err != nil {
+		if err := os.WriteFile(n.conf, []byte(plainFile(n, filepath.Dir(n.conf), table(1, 2, 1)).String()), 0o644); err != nil {
 			return err
 		}
 		n.proc = n.h.Start(bins.Directord, "-c", n.conf)
@@ -177,7 +165,7 @@ func run(bin string, runs, big int, out string) (err error) {
 	}); err != nil {
 		return err
 	}
-	apply := func(services string) (time.Duration, time.Duration, int, error) {
+	apply := func(services []conf.VirtualServer) (time.Duration, time.Duration, int, error) {
 		f := filepath.Join(dir, "apply.toml")
 		other := ns[0]
 		if other == follower {
@@ -208,10 +196,10 @@ func run(bin string, runs, big int, out string) (err error) {
 	// The anchor: the same change made the keepalived way, the file
 	// edited on both directors and both reloaded with SIGHUP, timed from
 	// the first file written until both kernels have it.
-	reload := func(services string) (time.Duration, error) {
+	reload := func(services []conf.VirtualServer) (time.Duration, error) {
 		start := time.Now()
 		for _, n := range plain {
-			if err := os.WriteFile(n.conf, []byte(plainFile(n, filepath.Dir(n.conf), services)), 0o644); err != nil {
+			if err := os.WriteFile(n.conf, []byte(plainFile(n, filepath.Dir(n.conf), services).String()), 0o644); err != nil {
 				return 0, err
 			}
 			if err := n.proc.Signal(syscall.SIGHUP); err != nil {

@@ -22,9 +22,9 @@ import (
 	"time"
 
 	"github.com/directord/directord/internal/bench/report"
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/pairlab"
-	"github.com/directord/directord/internal/probe"
+	"github.com/directord/directord/internal/daemon/probe"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 	"github.com/directord/directord/vrrp"
 )
 
@@ -43,15 +43,15 @@ func main() {
 
 type impl struct {
 	name  string
-	start func(p *pairlab.Pair, h *lab.Host, prio int, interval time.Duration) *lab.Process
+	start func(p *scene.Pair, h *lab.Host, prio int, interval time.Duration) *lab.Process
 }
 
 var impls = []impl{
-	{"directord", func(p *pairlab.Pair, h *lab.Host, prio int, interval time.Duration) *lab.Process {
+	{"directord", func(p *scene.Pair, h *lab.Host, prio int, interval time.Duration) *lab.Process {
 		p.WriteConfig(h, prio, fmt.Sprintf("advert_int = %q", interval))
 		return p.Start(h)
 	}},
-	{"keepalived", func(p *pairlab.Pair, h *lab.Host, prio int, interval time.Duration) *lab.Process {
+	{"keepalived", func(p *scene.Pair, h *lab.Host, prio int, interval time.Duration) *lab.Process {
 		return p.StartKeepalived(h, prio, 3, interval)
 	}},
 }
@@ -68,7 +68,7 @@ func run(bin string, runs, runsFast int, soak time.Duration, out string) (err er
 	if _, err := exec.LookPath("keepalived"); err != nil {
 		return errors.New("needs keepalived (apt-get install keepalived) to compare with")
 	}
-	bins, err := pairlab.BinariesIn(bin)
+	bins, err := scene.BinariesIn(bin)
 	if err != nil {
 		return err
 	}
@@ -144,18 +144,18 @@ func (a *adverts) next(src netip.Addr, timeout time.Duration) (time.Time, error)
 	return time.Time{}, fmt.Errorf("no advert from %s for %s", src, timeout)
 }
 
-// scene starts a pair of im at interval with lb1 master, a prober, and a
+// startScene starts a pair of im at interval with lb1 master, a prober, and a
 // watcher of the adverts on the client's link.
-func scene(bins pairlab.Binaries, im impl, interval time.Duration) (*pairlab.Pair, *probe.Prober, *adverts, func(), error) {
+func startScene(bins scene.Binaries, im impl, interval time.Duration) (*scene.Pair, *probe.Prober, *adverts, func(), error) {
 	tmp, err := os.MkdirTemp("", "directord-bench")
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
 	l := lab.Open(func(string, ...any) {})
 	cleanup := func() { l.Close(); os.RemoveAll(tmp) }
-	p := pairlab.New(l, tmp, bins)
+	p := scene.NewPair(l, tmp, bins)
 	im.start(p, p.LB1, 150, interval)
-	if err := p.WaitOwner(p.LB1, pairlab.VIP, 10*time.Second+5*interval); err != nil {
+	if err := p.WaitOwner(p.LB1, scene.VIP, 10*time.Second+5*interval); err != nil {
 		cleanup()
 		return nil, nil, nil, nil, err
 	}
@@ -172,7 +172,7 @@ func scene(bins pairlab.Binaries, im impl, interval time.Duration) (*pairlab.Pai
 		cleanup()
 		return nil, nil, nil, nil, err
 	}
-	pr := probe.Start(context.Background(), conn, netip.MustParseAddr(pairlab.VIP), 5*time.Millisecond)
+	pr := probe.Start(context.Background(), conn, netip.MustParseAddr(scene.VIP), 5*time.Millisecond)
 	stop := func() { pr.Stop(); conn.Close(); vc.Close(); cleanup() }
 	if err := pr.WaitAnswered(time.Time{}, 10*time.Second); err != nil {
 		stop()
@@ -183,8 +183,8 @@ func scene(bins pairlab.Binaries, im impl, interval time.Duration) (*pairlab.Pai
 	return p, pr, watchAdverts(vc), stop, nil
 }
 
-func measure(bins pairlab.Binaries, im impl, interval time.Duration, runs int) (*result, error) {
-	p, pr, adv, stop, err := scene(bins, im, interval)
+func measure(bins scene.Binaries, im impl, interval time.Duration, runs int) (*result, error) {
+	p, pr, adv, stop, err := startScene(bins, im, interval)
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +206,7 @@ func measure(bins pairlab.Binaries, im impl, interval time.Duration, runs int) (
 		at := time.Now()
 		event()
 		if err := lab.Eventually(limit, func() error {
-			if !pairlab.HasAddr(p.LB2, pairlab.VIP) {
+			if !scene.HasAddr(p.LB2, scene.VIP) {
 				return errors.New("lb2 has not taken the VIP")
 			}
 			return nil
@@ -221,7 +221,7 @@ func measure(bins pairlab.Binaries, im impl, interval time.Duration, runs int) (
 	restore := func() error {
 		p.Revive(p.LB1)
 		im.start(p, p.LB1, 150, interval)
-		if err := p.WaitOwner(p.LB1, pairlab.VIP, limit); err != nil {
+		if err := p.WaitOwner(p.LB1, scene.VIP, limit); err != nil {
 			return err
 		}
 		if err := pr.WaitAnswered(time.Now(), limit); err != nil {
@@ -257,8 +257,8 @@ func measure(bins pairlab.Binaries, im impl, interval time.Duration, runs int) (
 
 // soakRun keeps a 20ms pair up while both cores spin and counts the times
 // the backup took the VIP.
-func soakRun(bins pairlab.Binaries, im impl, d time.Duration) (int, error) {
-	p, _, _, stop, err := scene(bins, im, 20*time.Millisecond)
+func soakRun(bins scene.Binaries, im impl, d time.Duration) (int, error) {
+	p, _, _, stop, err := startScene(bins, im, 20*time.Millisecond)
 	if err != nil {
 		return 0, err
 	}
@@ -273,7 +273,7 @@ func soakRun(bins pairlab.Binaries, im impl, d time.Duration) (int, error) {
 	}
 	takeovers, had := 0, false
 	for ctx.Err() == nil {
-		has := pairlab.HasAddr(p.LB2, pairlab.VIP)
+		has := scene.HasAddr(p.LB2, scene.VIP)
 		if has && !had {
 			takeovers++
 		}

@@ -26,10 +26,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/directord/directord/internal/bench/report"
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
-	"github.com/directord/directord/internal/pairlab"
 	"github.com/directord/directord/internal/status"
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 )
 
 func main() {
@@ -68,14 +68,14 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
-	bins, err := pairlab.BinariesIn(bin)
+	bins, err := scene.BinariesIn(bin)
 	if err != nil {
 		return err
 	}
 	defer lab.Recover(&err)
 	l := lab.Open(func(string, ...any) {})
 	defer l.Close()
-	s := lblab.New(l, 0)
+	s := scene.NewLVS(l, 0)
 	tgt := l.AddHost("tgt")
 	var cidrs []string
 	for i := range addrs {
@@ -126,20 +126,20 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 	}
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "directord.sock")
-	conf := filepath.Join(dir, "directord.toml")
-	var b strings.Builder
-	fmt.Fprintf(&b, "[node]\nname = \"dir\"\ndata_dir = %q\nstatus_socket = %q\nlog_level = \"warn\"\n", filepath.Join(dir, "data"), sock)
+	file := filepath.Join(dir, "directord.toml")
+	f := conf.File{Node: conf.Node{Name: "dir", DataDir: filepath.Join(dir, "data"), StatusSocket: sock, Extra: []string{`log_level = "warn"`}}}
 	for i := range addrs {
-		fmt.Fprintf(&b, "\n[[virtual_server]]\nname = \"vs%d\"\naddress = \"192.0.2.100:%d\"\nscheduler = \"rr\"\n", i, 1000+i)
-		fmt.Fprintf(&b, "  [virtual_server.health_check]\n  type = \"tcp\"\n  interval = \"1s\"\n  timeout = \"500ms\"\n  warmup = \"1s\"\n  log_all_failures = true\n")
+		vs := conf.VirtualServer{Name: fmt.Sprintf("vs%d", i), Address: fmt.Sprintf("192.0.2.100:%d", 1000+i), Scheduler: "rr",
+			Check: &conf.Check{Type: "tcp", Interval: "1s", Timeout: "500ms", Extra: []string{`warmup = "1s"`, "log_all_failures = true"}}}
 		for p := range ports {
-			fmt.Fprintf(&b, "  [[virtual_server.real_server]]\n  address = \"203.0.113.%d:%d\"\n", 11+i, 10000+p)
+			vs.Reals = append(vs.Reals, conf.Real{Address: fmt.Sprintf("203.0.113.%d:%d", 11+i, 10000+p)})
 		}
+		f.VirtualServers = append(f.VirtualServers, vs)
 	}
-	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
+	if err := f.Write(file); err != nil {
 		return err
 	}
-	d := s.Director.Start(bins.Directord, "-c", conf)
+	d := s.Director.Start(bins.Directord, "-c", file)
 	defer d.Kill()
 	targets := addrs * ports
 	// The health section alone, as a monitoring agent would poll it: the

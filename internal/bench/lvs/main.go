@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/directord/directord/internal/bench/report"
-	"github.com/directord/directord/internal/guest"
-	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/testbed/guest"
+	"github.com/directord/directord/internal/testbed/lab"
 	"github.com/directord/directord/lvs"
 	"github.com/directord/directord/lvs/lvstest"
 )

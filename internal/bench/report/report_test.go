@@ -3,9 +3,12 @@ package report
 import (
 	"image/color"
 	"image/png"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestWriteSection(t *testing.T) {
@@ -61,5 +64,34 @@ func TestWritePlot(t *testing.T) {
 	}
 	if got := niceCeil(3171); got != 5000 {
 		t.Fatalf("niceCeil(3171) = %v", got)
+	}
+}
+
+func TestTargets(t *testing.T) {
+	var ts Targets
+	ts.Check("one change under 50 ms", true, "34ms (median of 3)")
+	ts.Check("full table under 1 s", false, "1.2s (median of 3)")
+	var b strings.Builder
+	if code := ts.Summary(&b, "bench-x"); code != 1 {
+		t.Fatalf("exit %d with a target missed", code)
+	}
+	want := "bench-x: met    one change under 50 ms: 34ms (median of 3)\nbench-x: MISSED full table under 1 s: 1.2s (median of 3)\nbench-x: 1 of 2 targets met\n"
+	if b.String() != want {
+		t.Fatalf("summary:\n%s\nwant:\n%s", b.String(), want)
+	}
+	if md := ts.Markdown(); !strings.HasPrefix(md, "1 of 2 targets met:") || !strings.Contains(md, "| full table under 1 s | 1.2s (median of 3) | **no** |") {
+		t.Fatalf("markdown:\n%s", md)
+	}
+	if code := ts[:1].Summary(io.Discard, "bench-x"); code != 0 {
+		t.Fatalf("exit %d with every target met", code)
+	}
+	if code := Targets(nil).Summary(io.Discard, "bench-x"); code != 1 {
+		t.Fatal("a benchmark without targets passed")
+	}
+	if m, runs := Median([]time.Duration{3, 1, 2}); m != 2 || runs != "median of 3" {
+		t.Fatalf("median %v %s", m, runs)
+	}
+	if m, _ := Median([]time.Duration{4, 1, 2, 3}); m != 2 {
+		t.Fatalf("median of four %v", m)
 	}
 }

@@ -22,10 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/directord/directord/internal/bench/report"
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
-	"github.com/directord/directord/internal/pairlab"
-	"github.com/directord/directord/internal/synclab"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 	dsync "github.com/directord/directord/sync"
 )
 
@@ -53,7 +51,7 @@ func main() {
 	}
 }
 
-func scene(bins pairlab.Binaries, syncOn bool) (*synclab.Scene, func(), error) {
+func startScene(bins scene.Binaries, syncOn bool) (*scene.Sync, func(), error) {
 	l := lab.Open(func(string, ...any) {})
 	dir, err := os.MkdirTemp("", "bench-sync")
 	if err != nil {
@@ -61,7 +59,7 @@ func scene(bins pairlab.Binaries, syncOn bool) (*synclab.Scene, func(), error) {
 		return nil, nil, err
 	}
 	cleanup := func() { l.Close(); os.RemoveAll(dir) }
-	s, err := synclab.New(l, dir, bins.Directord, bins.Directorctl, synclab.Options{Sync: syncOn})
+	s, err := scene.NewSync(l, dir, bins.Directord, bins.Directorctl, scene.SyncOptions{Sync: syncOn})
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -71,13 +69,13 @@ func scene(bins pairlab.Binaries, syncOn bool) (*synclab.Scene, func(), error) {
 
 // survival opens n flows through the master, crashes it, and counts the
 // flows that still exchange data through the backup.
-func survival(bins pairlab.Binaries, n int, syncOn bool) (int, error) {
-	s, cleanup, err := scene(bins, syncOn)
+func survival(bins scene.Binaries, n int, syncOn bool) (int, error) {
+	s, cleanup, err := startScene(bins, syncOn)
 	if err != nil {
 		return 0, err
 	}
 	defer cleanup()
-	var conns []*lblab.Conn
+	var conns []*scene.Conn
 	defer func() {
 		for _, c := range conns {
 			c.Close()
@@ -140,8 +138,8 @@ func (r lagRun) p(q float64) float64 {
 // the client through the VIP; otherwise it writes rate conntrack entries
 // a second (DNAT'd flows to the VIP, as the kernel would make them) into
 // the master's table, which costs the lab no packets.
-func lag(bins pairlab.Binaries, throughVIP bool, rate int, d time.Duration) (r lagRun, err error) {
-	s, cleanup, err := scene(bins, true)
+func lag(bins scene.Binaries, throughVIP bool, rate int, d time.Duration) (r lagRun, err error) {
+	s, cleanup, err := startScene(bins, true)
 	if err != nil {
 		return r, err
 	}
@@ -186,13 +184,13 @@ func lag(bins pairlab.Binaries, throughVIP bool, rate int, d time.Duration) (r l
 // as many clients would. (From one address each connect searched a port
 // range crowded with TIME_WAIT sockets, which alone capped the rate near
 // 1,300/s.)
-func connections(s *synclab.Scene, rate int, d time.Duration) (wait func() (float64, error), err error) {
+func connections(s *scene.Sync, rate int, d time.Duration) (wait func() (float64, error), err error) {
 	var srcs []string
-	for i := range lblab.Clients {
+	for i := range scene.Clients {
 		if i > 0 {
-			s.Client.AddAddr("eth0", lblab.ClientAddr(i)+"/24")
+			s.Client.AddAddr("eth0", scene.ClientAddr(i)+"/24")
 		}
-		srcs = append(srcs, lblab.ClientAddr(i))
+		srcs = append(srcs, scene.ClientAddr(i))
 	}
 	s.Sysctl(s.Client, "net/ipv4/ip_local_port_range", "1024 65535")
 	self, err := os.Executable()
@@ -220,8 +218,8 @@ func connections(s *synclab.Scene, rate int, d time.Duration) (wait func() (floa
 // entries writes rate established, DNAT'd flows a second into the
 // master's conntrack table, each from its own client address and port to
 // the VIP, to the real servers in turn.
-func entries(s *synclab.Scene, rate int, d time.Duration) (wait func() (float64, error), err error) {
-	ns, err := lblab.NetNS(s.LB[0].Host)
+func entries(s *scene.Sync, rate int, d time.Duration) (wait func() (float64, error), err error) {
+	ns, err := scene.NetNS(s.LB[0].Host)
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +242,7 @@ func entries(s *synclab.Scene, rate int, d time.Duration) (wait func() (float64,
 				// Clients from 198.51.100.0/24 up, 60,000 ports each.
 				c := netip.AddrFrom4([4]byte{198, 51, byte(100 + i/60000/250), byte(1 + i/60000%250)})
 				fs = append(fs, dsync.Flow{Proto: syscall.IPPROTO_TCP, Client: netip.AddrPortFrom(c, uint16(1024+i%60000)), VIP: vip,
-					Real: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", lblab.RealAddr(i%3), lblab.TCPPort)), Timeout: 300})
+					Real: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", scene.RealAddr(i%3), scene.TCPPort)), Timeout: 300})
 			}
 			n, err := t.WriteBatch(fs)
 			written.Add(int64(n))
@@ -332,7 +330,7 @@ func run(bin string, rounds, flows, rate int, d time.Duration, out string) (err 
 		return errors.New("needs root (network namespaces)")
 	}
 	defer lab.Recover(&err)
-	bins, err := pairlab.BinariesIn(bin)
+	bins, err := scene.BinariesIn(bin)
 	if err != nil {
 		return err
 	}

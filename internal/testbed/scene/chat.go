@@ -1,4 +1,4 @@
-package synclab
+package scene
 
 import (
 	"errors"
@@ -7,15 +7,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
+	"github.com/directord/directord/internal/testbed/lab"
 )
 
 // Chat is a set of long-lived client connections through the VIP, each
 // exchanging a message with its real server every interval, as a failover
 // would find them. The first error of each connection is kept.
 type Chat struct {
-	Conns  []*lblab.Conn
+	Conns  []*Conn
 	errs   []error
 	counts []atomic.Int64
 	mu     sync.Mutex
@@ -24,7 +23,7 @@ type Chat struct {
 }
 
 // Chat opens n connections to addr and checks that each answers once.
-func (s *Scene) Chat(n int, addr string) (*Chat, error) {
+func (s *Sync) Chat(n int, addr string) (*Chat, error) {
 	c := &Chat{stop: make(chan struct{})}
 	if err := lab.Eventually(10*time.Second, func() error {
 		for len(c.Conns) < n {

@@ -1,5 +1,9 @@
-// Package e2e runs the built directord and directorctl binaries, the way an
-// operator does, inside lab namespaces.
+// Package e2e tests directord on the real kernel paths inside lab
+// namespaces: mostly the built directord and directorctl binaries, run the
+// way an operator runs them (against keepalived, nginx, tshark and
+// conntrack where a test needs an independent party), and also the
+// packages' kernel code directly (the nftables data plane, the conntrack
+// table, the health checkers against real servers).
 package e2e
 
 import (
@@ -11,7 +15,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/testbed/lab"
 )
 
 var directord, directorctl string
@@ -38,7 +42,7 @@ func TestMain(m *testing.M) {
 // repoFile is the path of a file of the repository.
 func repoFile(parts ...string) string {
 	_, self, _, _ := runtime.Caller(0)
-	return filepath.Join(append([]string{filepath.Dir(self), "..", ".."}, parts...)...)
+	return filepath.Join(append([]string{filepath.Dir(self), "..", "..", ".."}, parts...)...)
 }
 
 // run runs a built binary and returns its stdout, stderr and exit code.

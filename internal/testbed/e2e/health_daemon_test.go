@@ -14,8 +14,9 @@ import (
 
 	"github.com/directord/directord/internal/api"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 )
 
 const (
@@ -26,27 +27,13 @@ const (
 )
 
 func healthConfig(dir, notify string) string {
-	return fmt.Sprintf(`[node]
-name = "dir"
-data_dir = %q
-status_socket = %q
-
-[[virtual_server]]
-name = "web"
-address = "192.0.2.100:80"
-scheduler = "rr"
-%s
-  [virtual_server.health_check]
-  type = "tcp"
-  interval = %q
-  timeout = %q
-  rise = %d
-  fall = %d
-  warmup = "0s"
-  notify_up = [%q, "up"]
-  notify_down = [%q, "down"]
-`, filepath.Join(dir, "data"), filepath.Join(dir, "directord.sock"), realServers(1, 1, 1),
-		hcInterval.String(), hcTimeout.String(), hcRise, hcFall, notify, notify)
+	return conf.File{
+		Node: conf.Node{Name: "dir", DataDir: filepath.Join(dir, "data"), StatusSocket: filepath.Join(dir, "directord.sock")},
+		VirtualServers: []conf.VirtualServer{{Name: "web", Address: "192.0.2.100:80", Scheduler: "rr", Reals: realServers(1, 1, 1),
+			Check: &conf.Check{Type: "tcp", Interval: hcInterval.String(), Timeout: hcTimeout.String(), Extra: []string{
+				fmt.Sprintf("rise = %d", hcRise), fmt.Sprintf("fall = %d", hcFall), `warmup = "0s"`,
+				fmt.Sprintf("notify_up = [%q, \"up\"]", notify), fmt.Sprintf("notify_down = [%q, \"down\"]", notify)}}}},
+	}.String()
 }
 
 func healthStatus(t *testing.T, sock string) map[string]api.CheckStatus {
@@ -94,17 +81,17 @@ func inTable(t *testing.T, sock, addr string) bool {
 func TestDaemonHealthChecks(t *testing.T) {
 	lab.Require(t, "nft")
 	l := lab.New(t)
-	s := lblab.New(l, 3)
+	s := scene.NewLVS(l, 3)
 	dir := t.TempDir()
-	conf, sock := filepath.Join(dir, "directord.toml"), filepath.Join(dir, "directord.sock")
+	file, sock := filepath.Join(dir, "directord.toml"), filepath.Join(dir, "directord.sock")
 	notify, notes := filepath.Join(dir, "notify"), filepath.Join(dir, "notes")
 	writeFile(t, notify, "#!/bin/sh\necho \"$@\" >> "+notes+"\n")
 	if err := os.Chmod(notify, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, conf, healthConfig(dir, notify))
-	d := s.Director.Start(directord, "-c", conf)
-	rs2, rs3 := fmt.Sprintf("%s:%d", lblab.RealAddr(1), lblab.TCPPort), fmt.Sprintf("%s:%d", lblab.RealAddr(2), lblab.TCPPort)
+	writeFile(t, file, healthConfig(dir, notify))
+	d := s.Director.Start(directord, "-c", file)
+	rs2, rs3 := fmt.Sprintf("%s:%d", scene.RealAddr(1), scene.TCPPort), fmt.Sprintf("%s:%d", scene.RealAddr(2), scene.TCPPort)
 	if err := lab.Eventually(10*time.Second, func() error {
 		if d.Exited() {
 			return errors.New("directord exited")

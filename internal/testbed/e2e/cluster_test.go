@@ -14,8 +14,9 @@ import (
 
 	"github.com/directord/directord/internal/api"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/pairlab"
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 )
 
 var clusterKey = base64.StdEncoding.EncodeToString([]byte("directord test key, 32 bytes!!!!"))
@@ -25,46 +26,39 @@ type director struct {
 	ip, dir    string
 	conf, sock string
 	proc       *lab.Process
-	tls        string // the [cluster] TLS keys, or ""
-	port       string // its port on the switch
+	tls        []string // the [cluster] TLS keys, or none
+	port       string   // its port on the switch
 }
 
-func clusterFile(d *director, peer string, services string) string {
-	return fmt.Sprintf(`[node]
-name = %q
-data_dir = %q
-status_socket = %q
-
-[cluster]
-bind = "%s:7946"
-raft_bind = "%s:7000"
-peers = ["%s:7946"]
-bootstrap_expect = 2
-encrypt_key = %q
-%s
-%s`, d.h.Name, filepath.Join(d.dir, "data"), d.sock, d.ip, d.ip, peer, clusterKey, d.tls, services)
+// clusterFile is d's file: [cluster] with the test's gossip key and d's
+// TLS keys, gossiping with peers (addresses), bootstrapping expect voters;
+// role "" is a director's default.
+func clusterFile(d *director, role string, expect int, peers ...string) conf.File {
+	var ps []string
+	for _, p := range peers {
+		ps = append(ps, p+":7946")
+	}
+	return conf.File{
+		Node: conf.Node{Name: d.h.Name, Role: role, DataDir: filepath.Join(d.dir, "data"), StatusSocket: d.sock},
+		Cluster: &conf.Cluster{Bind: d.ip + ":7946", RaftBind: d.ip + ":7000", Peers: ps, BootstrapExpect: expect,
+			EncryptKey: clusterKey, Extra: d.tls},
+	}
 }
 
-const webService = `
-[[virtual_server]]
-name = "web"
-address = "192.0.2.100:80"
-scheduler = "wrr"
-  [[virtual_server.real_server]]
-  address = "203.0.113.11:8080"
-  [[virtual_server.real_server]]
-  address = "203.0.113.12:8080"
-`
+// pairFile is a director's file in a pair: clusterFile with the peer and
+// the virtual servers vss.
+func pairFile(d *director, peer string, vss ...conf.VirtualServer) string {
+	f := clusterFile(d, "", 2, peer)
+	f.VirtualServers = vss
+	return f.String()
+}
 
-const dnsService = `
-[[virtual_server]]
-name = "dns"
-address = "192.0.2.100:53"
-protocol = "udp"
-scheduler = "rr"
-  [[virtual_server.real_server]]
-  address = "203.0.113.11:53"
-`
+var (
+	webService = conf.VirtualServer{Name: "web", Address: "192.0.2.100:80", Scheduler: "wrr",
+		Reals: []conf.Real{{Address: "203.0.113.11:8080"}, {Address: "203.0.113.12:8080"}}}
+	dnsService = conf.VirtualServer{Name: "dns", Address: "192.0.2.100:53", Protocol: "udp", Scheduler: "rr",
+		Reals: []conf.Real{{Address: "203.0.113.11:53"}}}
+)
 
 func (d *director) ctl(args ...string) (string, error) {
 	out, err := exec.Command(directorctl, append([]string{"--socket", d.sock}, args...)...).CombinedOutput()
@@ -155,22 +149,15 @@ func TestClusterPair(t *testing.T) {
 		dir := t.TempDir()
 		cf, kf, _ := ca.leaf(t, name+".test", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 		ds = append(ds, &director{h: h, ip: ip, dir: dir, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock"),
-			tls: fmt.Sprintf("tls_cert = %q\ntls_key = %q\ntls_ca = %q\n", cf, kf, ca.caFile)})
+			tls: []string{fmt.Sprintf("tls_cert = %q", cf), fmt.Sprintf("tls_key = %q", kf), fmt.Sprintf("tls_ca = %q", ca.caFile)}})
 	}
 	// VRRP stays node-local: lb2 is master of the VIP.
-	vrrp := func(prio int) string {
-		return fmt.Sprintf(`
-[[vrrp_instance]]
-name = "VI_1"
-interface = "eth0"
-virtual_router_id = 51
-priority = %d
-advert_int = "100ms"
-virtual_ipaddress = ["192.0.2.100/24"]
-`, prio)
+	for i, prio := range []int{100, 150} {
+		f := clusterFile(ds[i], "", 2, ds[1-i].ip)
+		f.VRRP = []conf.Instance{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: prio, AdvertInt: "100ms", VIPs: []string{"192.0.2.100/24"}}}
+		f.VirtualServers = []conf.VirtualServer{webService}
+		writeFile(t, ds[i].conf, f.String())
 	}
-	writeFile(t, ds[0].conf, clusterFile(ds[0], ds[1].ip, vrrp(100)+webService))
-	writeFile(t, ds[1].conf, clusterFile(ds[1], ds[0].ip, vrrp(150)+webService))
 	for _, d := range ds {
 		d.start()
 	}
@@ -208,7 +195,7 @@ virtual_ipaddress = ["192.0.2.100/24"]
 	// apply -f: a dry run says what would change and changes nothing;
 	// then the real one.
 	both := filepath.Join(follower.dir, "both.toml")
-	writeFile(t, both, clusterFile(follower, leader.ip, webService+dnsService))
+	writeFile(t, both, pairFile(follower, leader.ip, webService, dnsService))
 	out, err := follower.ctl("apply", "-f", both, "--dry-run")
 	if err != nil || !strings.Contains(out, "would change 1 virtual server(s): dns") {
 		t.Fatalf("apply --dry-run: %v\n%s", err, out)
@@ -254,7 +241,7 @@ virtual_ipaddress = ["192.0.2.100/24"]
 	// Raft has no quorum; a write fails at once and changes nothing; the
 	// table stays programmed.
 	if err := lab.Eventually(10*time.Second, func() error {
-		if !pairlab.HasAddr(ds[1].h, "192.0.2.100") {
+		if !scene.HasAddr(ds[1].h, "192.0.2.100") {
 			return errors.New("lb2 is not master")
 		}
 		return nil
@@ -263,7 +250,7 @@ virtual_ipaddress = ["192.0.2.100/24"]
 	}
 	ds[1].stop(t)
 	if err := lab.Eventually(5*time.Second, func() error {
-		if !pairlab.HasAddr(ds[0].h, "192.0.2.100") {
+		if !scene.HasAddr(ds[0].h, "192.0.2.100") {
 			return errors.New("lb1 did not take the VIP")
 		}
 		return nil
@@ -306,28 +293,16 @@ func clusterLab(t *testing.T, names ...string) ([]*director, *lab.Switch) {
 	return ds, sw
 }
 
-func witnessFile(d *director, peers []string, services string, witness bool) string {
+// trioFile is the file of one of three nodes: a witness, or a director
+// with the virtual servers vss.
+func trioFile(d *director, peers []string, witness bool, vss ...conf.VirtualServer) string {
 	role := "director"
 	if witness {
 		role = "witness"
 	}
-	var ps []string
-	for _, p := range peers {
-		ps = append(ps, fmt.Sprintf("%q", p+":7946"))
-	}
-	return fmt.Sprintf(`[node]
-name = %q
-role = %q
-data_dir = %q
-status_socket = %q
-
-[cluster]
-bind = "%s:7946"
-raft_bind = "%s:7000"
-peers = [%s]
-bootstrap_expect = 3
-encrypt_key = %q
-%s`, d.h.Name, role, filepath.Join(d.dir, "data"), d.sock, d.ip, d.ip, strings.Join(ps, ", "), clusterKey, services)
+	f := clusterFile(d, role, 3, peers...)
+	f.VirtualServers = vss
+	return f.String()
 }
 
 func raftLeader(t *testing.T, ds ...*director) *director {
@@ -367,11 +342,11 @@ func TestClusterWitness(t *testing.T) {
 				peers = append(peers, ip)
 			}
 		}
-		svc := webService
 		if i == 2 {
-			svc = ""
+			writeFile(t, d.conf, trioFile(d, peers, true))
+		} else {
+			writeFile(t, d.conf, trioFile(d, peers, false, webService))
 		}
-		writeFile(t, d.conf, witnessFile(d, peers, svc, i == 2))
 		d.start()
 	}
 	lb1, lb2, w := ds[0], ds[1], ds[2]
@@ -449,7 +424,7 @@ func TestClusterPartition(t *testing.T) {
 				peers = append(peers, ip)
 			}
 		}
-		writeFile(t, d.conf, witnessFile(d, peers, webService, false))
+		writeFile(t, d.conf, trioFile(d, peers, false, webService))
 		d.start()
 	}
 	base := map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 1}
@@ -509,10 +484,12 @@ func TestClusterPartition(t *testing.T) {
 func TestClusterRefusesStrangers(t *testing.T) {
 	ds, _ := clusterLab(t, "lb1", "lb2", "x")
 	lb1, lb2, x := ds[0], ds[1], ds[2]
-	writeFile(t, lb1.conf, clusterFile(lb1, lb2.ip, webService))
-	writeFile(t, lb2.conf, clusterFile(lb2, lb1.ip, webService))
-	other := base64.StdEncoding.EncodeToString([]byte("not the key of this cluster, no!"))
-	writeFile(t, x.conf, strings.Replace(clusterFile(x, lb1.ip, webService), clusterKey, other, 1))
+	writeFile(t, lb1.conf, pairFile(lb1, lb2.ip, webService))
+	writeFile(t, lb2.conf, pairFile(lb2, lb1.ip, webService))
+	other := clusterFile(x, "", 2, lb1.ip)
+	other.Cluster.EncryptKey = base64.StdEncoding.EncodeToString([]byte("not the key of this cluster, no!"))
+	other.VirtualServers = []conf.VirtualServer{webService}
+	writeFile(t, x.conf, other.String())
 	for _, d := range ds {
 		d.start()
 	}

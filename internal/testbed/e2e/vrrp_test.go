@@ -11,21 +11,21 @@ import (
 	"time"
 
 	"github.com/directord/directord/internal/api"
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/pairlab"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 	"github.com/directord/directord/vrrp"
 )
 
-const vip = pairlab.VIP
+const vip = scene.VIP
 
 // pair is pairlab's scene with test-failing helpers.
 type pair struct {
-	*pairlab.Pair
+	*scene.Pair
 	t *testing.T
 }
 
 func newPair(t *testing.T) *pair {
-	return &pair{Pair: pairlab.New(lab.New(t), t.TempDir(), pairlab.Binaries{Directord: directord, Directorctl: directorctl}), t: t}
+	return &pair{Pair: scene.NewPair(lab.New(t), t.TempDir(), scene.Binaries{Directord: directord, Directorctl: directorctl}), t: t}
 }
 
 func (p *pair) waitStates(timeout time.Duration, want map[*lab.Host]vrrp.State) {
@@ -59,7 +59,7 @@ func (p *pair) owner(h *lab.Host, addr string) {
 // answers ping.
 func (p *pair) clientSees(h *lab.Host) {
 	p.t.Helper()
-	want := pairlab.MAC(h)
+	want := scene.MAC(h)
 	if err := lab.Eventually(3*time.Second, func() error {
 		if got := p.Neighbour(vip); got != want {
 			return fmt.Errorf("client's neighbour entry for %s is %q, want %s's %s", vip, got, h.Name, want)
@@ -76,7 +76,7 @@ func (p *pair) arpAnswers(h *lab.Host) {
 	p.t.Helper()
 	p.Client.MustRun("ip", "neigh", "flush", "dev", "eth0")
 	p.Client.MustRun("ping", "-c", "1", "-W", "2", vip)
-	if got, want := p.Neighbour(vip), pairlab.MAC(h); got != want {
+	if got, want := p.Neighbour(vip), scene.MAC(h); got != want {
 		p.t.Fatalf("ARP for %s answered by %q, want %s's %s", vip, got, h.Name, want)
 	}
 }
@@ -96,7 +96,7 @@ func TestVRRPFailover(t *testing.T) {
 	t.Log("the master's host dies (kill -9, cable cut): the backup takes over and answers ARP")
 	p.Crash(p.LB1)
 	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB2: vrrp.Master})
-	if !pairlab.HasAddr(p.LB2, vip) {
+	if !scene.HasAddr(p.LB2, vip) {
 		t.Fatal("new master lacks the VIP")
 	}
 	p.clientSees(p.LB2)
@@ -174,13 +174,13 @@ func TestVRRPPartitionHeals(t *testing.T) {
 
 	p.partition()
 	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Master})
-	if !pairlab.HasAddr(p.LB1, vip) || !pairlab.HasAddr(p.LB2, vip) {
+	if !scene.HasAddr(p.LB1, vip) || !scene.HasAddr(p.LB2, vip) {
 		t.Fatal("during the partition both masters should hold the VIP")
 	}
 
 	// Point the client at the loser, as after a partition where it was
 	// the last to answer ARP; the winner's GARP must correct it.
-	p.Client.MustRun("ip", "neigh", "replace", vip, "lladdr", pairlab.MAC(p.LB2), "dev", "eth0", "nud", "stale")
+	p.Client.MustRun("ip", "neigh", "replace", vip, "lladdr", scene.MAC(p.LB2), "dev", "eth0", "nud", "stale")
 	p.heal()
 	p.waitStates(2*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Backup})
 	p.owner(p.LB1, vip)
@@ -213,19 +213,19 @@ func TestVRRPIPv6(t *testing.T) {
 	}
 	// The client knows the VIP at lb1.
 	p.Client.MustRun("ping", "-c", "1", "-W", "2", "2001:db8::100")
-	if got := p.Neighbour("2001:db8::100"); got != pairlab.MAC(p.LB1) {
-		t.Fatalf("client's neighbour entry %q, want lb1's %s", got, pairlab.MAC(p.LB1))
+	if got := p.Neighbour("2001:db8::100"); got != scene.MAC(p.LB1) {
+		t.Fatalf("client's neighbour entry %q, want lb1's %s", got, scene.MAC(p.LB1))
 	}
 	p.Crash(p.LB1)
 	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB2: vrrp.Master})
 	// The dead host's namespace keeps its stale copy; the cable is cut.
-	if !pairlab.HasAddr(p.LB2, "2001:db8::100") {
+	if !scene.HasAddr(p.LB2, "2001:db8::100") {
 		t.Fatal("new master lacks the VIP")
 	}
 	// The new master's unsolicited neighbour advertisement re-points the
 	// client without it asking.
 	if err := lab.Eventually(3*time.Second, func() error {
-		if got, want := p.Neighbour("2001:db8::100"), pairlab.MAC(p.LB2); got != want {
+		if got, want := p.Neighbour("2001:db8::100"), scene.MAC(p.LB2); got != want {
 			return fmt.Errorf("client's neighbour entry %q, want lb2's %s", got, want)
 		}
 		return nil
@@ -355,7 +355,7 @@ virtual_ipaddress = ["192.0.2.101/24"]
 	}
 	reload(second)
 	if err := lab.Eventually(5*time.Second, func() error {
-		if !pairlab.HasAddr(p.LB1, "192.0.2.101") {
+		if !scene.HasAddr(p.LB1, "192.0.2.101") {
 			return fmt.Errorf("VI_2's address not added")
 		}
 		return nil
@@ -364,7 +364,7 @@ virtual_ipaddress = ["192.0.2.101/24"]
 	}
 	reload(string(base))
 	if err := lab.Eventually(5*time.Second, func() error {
-		if pairlab.HasAddr(p.LB1, "192.0.2.101") {
+		if scene.HasAddr(p.LB1, "192.0.2.101") {
 			return fmt.Errorf("VI_2's address still there")
 		}
 		return nil
@@ -390,7 +390,7 @@ virtual_ipaddress = ["192.0.2.101/24"]
 	if !strings.Contains(p.Procs[p.LB1].Output(), "reconfigured_in_place=[VI_1]") {
 		t.Fatalf("the priority change was not applied in place:\n%s", p.Procs[p.LB1].Output())
 	}
-	if !pairlab.HasAddr(p.LB1, vip) {
+	if !scene.HasAddr(p.LB1, vip) {
 		t.Fatal("VI_1's address was touched")
 	}
 }

@@ -15,41 +15,34 @@ import (
 
 	"github.com/directord/directord/internal/api"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 )
 
-func lvsConfig(dir string, webReals string) string {
-	return fmt.Sprintf(`[node]
-name = "dir"
-data_dir = %q
-status_socket = %q
-
-[[virtual_server]]
-name = "web"
-address = "192.0.2.100:80"
-scheduler = "wrr"
-%s
-[[virtual_server]]
-name = "dns"
-address = "192.0.2.100:53"
-protocol = "udp"
-scheduler = "rr"
-  [[virtual_server.real_server]]
-  address = "203.0.113.11:5353"
-  [[virtual_server.real_server]]
-  address = "203.0.113.12:5353"
-  [[virtual_server.real_server]]
-  address = "203.0.113.13:5353"
-`, filepath.Join(dir, "data"), filepath.Join(dir, "directord.sock"), webReals)
+// lvsConfig is the director's file: web (tcp, wrr) with webReals, and dns
+// (udp, rr) on the three real servers.
+func lvsConfig(dir string, webReals []conf.Real) string {
+	dns := conf.VirtualServer{Name: "dns", Address: "192.0.2.100:53", Protocol: "udp", Scheduler: "rr"}
+	for i := range 3 {
+		dns.Reals = append(dns.Reals, conf.Real{Address: fmt.Sprintf("%s:%d", scene.RealAddr(i), scene.UDPPort)})
+	}
+	return conf.File{
+		Node: conf.Node{Name: "dir", DataDir: filepath.Join(dir, "data"), StatusSocket: filepath.Join(dir, "directord.sock")},
+		VirtualServers: []conf.VirtualServer{
+			{Name: "web", Address: "192.0.2.100:80", Scheduler: "wrr", Reals: webReals},
+			dns,
+		},
+	}.String()
 }
 
-func realServers(weights ...int) string {
-	var b strings.Builder
+// realServers are the scene's real servers on TCPPort with these weights.
+func realServers(weights ...int) []conf.Real {
+	var out []conf.Real
 	for i, w := range weights {
-		fmt.Fprintf(&b, "  [[virtual_server.real_server]]\n  address = \"%s:%d\"\n  weight = %d\n", lblab.RealAddr(i), lblab.TCPPort, w)
+		out = append(out, conf.Real{Address: fmt.Sprintf("%s:%d", scene.RealAddr(i), scene.TCPPort), Extra: []string{fmt.Sprintf("weight = %d", w)}})
 	}
-	return b.String()
+	return out
 }
 
 func lvsStatus(t *testing.T, sock string) *api.LVSStatus {
@@ -92,12 +85,12 @@ func findService(st *api.LVSStatus, name string) *api.LVSService {
 func TestDaemonLoadBalances(t *testing.T) {
 	lab.Require(t, "nft")
 	l := lab.New(t)
-	s := lblab.New(l, 3)
+	s := scene.NewLVS(l, 3)
 	s.Sysctl(s.Director, "net/ipv4/ip_forward", "0") // directord must set it
 	dir := t.TempDir()
-	conf, sock := filepath.Join(dir, "directord.toml"), filepath.Join(dir, "directord.sock")
-	writeFile(t, conf, lvsConfig(dir, realServers(1, 2)))
-	d := s.Director.Start(directord, "-c", conf)
+	file, sock := filepath.Join(dir, "directord.toml"), filepath.Join(dir, "directord.sock")
+	writeFile(t, file, lvsConfig(dir, realServers(1, 2)))
+	d := s.Director.Start(directord, "-c", file)
 	if err := lab.Eventually(10*time.Second, func() error {
 		if d.Exited() {
 			return errors.New("directord exited")
@@ -147,7 +140,7 @@ func TestDaemonLoadBalances(t *testing.T) {
 	defer held.Close()
 
 	// Reload: rs2's weight 2 -> 1, rs3 joins web; dns is untouched.
-	writeFile(t, conf, lvsConfig(dir, realServers(1, 1, 1)))
+	writeFile(t, file, lvsConfig(dir, realServers(1, 1, 1)))
 	if err := d.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -215,8 +208,8 @@ func TestDaemonLoadBalances(t *testing.T) {
 // plane cannot do, naming the line.
 func TestConfigCheckDataplane(t *testing.T) {
 	dir := t.TempDir()
-	conf := filepath.Join(dir, "d.toml")
-	writeFile(t, conf, `[node]
+	file := filepath.Join(dir, "d.toml")
+	writeFile(t, file, `[node]
 name = "x"
 
 [dataplane]
@@ -230,13 +223,13 @@ forwarding = "dr"
   [[virtual_server.real_server]]
   address = "203.0.113.11:80"
 `)
-	_, stderr, code := run(t, directord, "-t", "-c", conf)
+	_, stderr, code := run(t, directord, "-t", "-c", file)
 	if code != 1 {
 		t.Fatalf("exit %d, want 1; stderr:\n%s", code, stderr)
 	}
 	for _, want := range []string{
-		conf + ":10: virtual_server[0].scheduler: the nftables data plane schedules with rr, wrr, sh only; lc needs IPVS",
-		conf + ":11: virtual_server[0].forwarding: the nftables data plane forwards by nat only; dr needs IPVS",
+		file + ":10: virtual_server[0].scheduler: the nftables data plane schedules with rr, wrr, sh only; lc needs IPVS",
+		file + ":11: virtual_server[0].forwarding: the nftables data plane forwards by nat only; dr needs IPVS",
 	} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)

@@ -27,8 +27,8 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/directord/directord/healthcheck"
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 )
 
 // helperSpec is a check in a form the helper process gets through its
@@ -210,9 +210,9 @@ func serveIn(t *testing.T, h *lab.Host, listen func() (func(), error)) {
 func TestHealthCheckers(t *testing.T) {
 	lab.Require(t, "nginx", "nft")
 	l := lab.New(t)
-	s := lblab.New(l, 1)
+	s := scene.NewLVS(l, 1)
 	rs := s.Reals[0]
-	ip := lblab.RealAddr(0)
+	ip := scene.RealAddr(0)
 	at := func(port int) string { return fmt.Sprintf("%s:%d", ip, port) }
 
 	// nginx with a certificate for web.test from the test CA.
@@ -310,8 +310,8 @@ func TestHealthCheckers(t *testing.T) {
 		{"tls expired", helperSpec{Type: "tls", Addr: at(8444)}, false, "certificate expired"},
 		{"tls wrong host", helperSpec{Type: "tls", Addr: at(8445), SNI: "web.test", Verify: true}, false, "web.test"},
 		{"tls not tls", helperSpec{Type: "tls", Addr: at(8081)}, false, "tls"},
-		{"udp answer", helperSpec{Type: "udp", Addr: at(lblab.UDPPort), Payload: "hi", Expect: "^rs1$"}, true, ""},
-		{"udp wrong answer", helperSpec{Type: "udp", Addr: at(lblab.UDPPort), Payload: "hi", Expect: "^rs9$"}, false, "does not match"},
+		{"udp answer", helperSpec{Type: "udp", Addr: at(scene.UDPPort), Payload: "hi", Expect: "^rs1$"}, true, ""},
+		{"udp wrong answer", helperSpec{Type: "udp", Addr: at(scene.UDPPort), Payload: "hi", Expect: "^rs9$"}, false, "does not match"},
 		{"udp no reply expected", helperSpec{Type: "udp", Addr: at(5354), Payload: "hi", Timeout: "300ms"}, true, ""},
 		{"udp no reply", helperSpec{Type: "udp", Addr: at(5354), Payload: "hi", Expect: ".", Timeout: "300ms"}, false, "no reply"},
 		{"udp refused", helperSpec{Type: "udp", Addr: at(5399), Payload: "hi"}, false, "port unreachable"},

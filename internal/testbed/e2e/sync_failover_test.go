@@ -8,20 +8,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
-	"github.com/directord/directord/internal/synclab"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 )
 
-func newSyncScene(t *testing.T, syncOn bool, vsExtra ...string) *synclab.Scene {
+func newSyncScene(t *testing.T, syncOn bool, vsExtra ...string) *scene.Sync {
 	t.Helper()
-	return newSyncSceneWith(t, synclab.Options{Sync: syncOn, VSExtra: vsExtra})
+	return newSyncSceneWith(t, scene.SyncOptions{Sync: syncOn, VSExtra: vsExtra})
 }
 
-func newSyncSceneWith(t *testing.T, o synclab.Options) *synclab.Scene {
+func newSyncSceneWith(t *testing.T, o scene.SyncOptions) *scene.Sync {
 	t.Helper()
 	lab.Require(t, "nft")
-	s, err := synclab.New(lab.New(t), t.TempDir(), directord, directorctl, o)
+	s, err := scene.NewSync(lab.New(t), t.TempDir(), directord, directorctl, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +171,7 @@ func TestSyncPersistence(t *testing.T) {
 	}
 	if err := lab.Eventually(10*time.Second, func() error {
 		out, err := s.LB[1].Host.Run("nft", "list", "table", "inet", "directord")
-		if err != nil || !strings.Contains(out, lblab.ClientIP+" ") {
+		if err != nil || !strings.Contains(out, scene.ClientIP+" ") {
 			return fmt.Errorf("the backup has no persistence entry for the client: %v", err)
 		}
 		return nil

@@ -8,15 +8,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 	"github.com/directord/directord/lvs"
 )
 
 // nftScene is a lab with the nftables data plane driven from the test
 // process into the director's namespace.
 type nftScene struct {
-	*lblab.Scene
+	*scene.LVS
 	nft *lvs.NFT
 	rec *lvs.Reconciler
 }
@@ -25,8 +25,8 @@ func newNFTScene(t *testing.T, reals int) *nftScene {
 	t.Helper()
 	lab.Require(t, "nft")
 	l := lab.New(t)
-	s := lblab.New(l, reals)
-	ns, err := lblab.NetNS(s.Director)
+	s := scene.NewLVS(l, reals)
+	ns, err := scene.NetNS(s.Director)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func newNFTScene(t *testing.T, reals int) *nftScene {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &nftScene{Scene: s, nft: nft, rec: rec}
+	return &nftScene{LVS: s, nft: nft, rec: rec}
 }
 
 func (s *nftScene) set(t *testing.T, vss ...lvs.VirtualServer) int {
@@ -54,12 +54,12 @@ func (s *nftScene) set(t *testing.T, vss ...lvs.VirtualServer) int {
 }
 
 var (
-	vipTCP = netip.MustParseAddrPort(fmt.Sprintf("%s:80", lblab.VIP))
-	vipUDP = netip.MustParseAddrPort(fmt.Sprintf("%s:53", lblab.VIP))
+	vipTCP = netip.MustParseAddrPort(fmt.Sprintf("%s:80", scene.VIP))
+	vipUDP = netip.MustParseAddrPort(fmt.Sprintf("%s:53", scene.VIP))
 )
 
 func backend(i, port, weight int) lvs.Real {
-	return lvs.Real{Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", lblab.RealAddr(i), port)), Weight: weight, Method: lvs.NAT}
+	return lvs.Real{Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", scene.RealAddr(i), port)), Weight: weight, Method: lvs.NAT}
 }
 
 func tcpVS(sched string, reals ...lvs.Real) lvs.VirtualServer {
@@ -82,7 +82,7 @@ func (s *nftScene) spread(t *testing.T, src string, n int) map[string]int {
 
 func TestNFTWeightedRoundRobin(t *testing.T) {
 	s := newNFTScene(t, 2)
-	s.set(t, tcpVS("wrr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 2)))
+	s.set(t, tcpVS("wrr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 2)))
 	got := s.spread(t, "", 90)
 	// numgen counts exactly: every 3 connections, 1 to rs1 and 2 to rs2.
 	if got["rs1"] != 30 || got["rs2"] != 60 {
@@ -114,10 +114,10 @@ func TestNFTWeightedRoundRobin(t *testing.T) {
 
 	// A weight change is one operation and one transaction; nothing
 	// else changes, so the counters go on.
-	if n := s.set(t, tcpVS("wrr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1))); n != 1 {
+	if n := s.set(t, tcpVS("wrr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))); n != 1 {
 		t.Fatalf("weight change took %d operations", n)
 	}
-	if n := s.set(t, tcpVS("wrr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1))); n != 0 {
+	if n := s.set(t, tcpVS("wrr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))); n != 0 {
 		t.Fatalf("no change took %d operations", n)
 	}
 	got = s.spread(t, "", 40)
@@ -133,7 +133,7 @@ func TestNFTWeightedRoundRobin(t *testing.T) {
 	}
 	// The servers' counts go on too, though their slots were rewritten.
 	for _, r := range es[0].Reals {
-		want := map[string]uint64{lblab.RealAddr(0): 50, lblab.RealAddr(1): 80}[r.Addr.Addr().String()]
+		want := map[string]uint64{scene.RealAddr(0): 50, scene.RealAddr(1): 80}[r.Addr.Addr().String()]
 		if r.Stats.Connections != want {
 			t.Fatalf("%s counted %d connections after the weight change, want %d", r.Addr, r.Stats.Connections, want)
 		}
@@ -149,7 +149,7 @@ func TestNFTWeightedRoundRobin(t *testing.T) {
 func TestNFTUDPRoundRobin(t *testing.T) {
 	s := newNFTScene(t, 3)
 	vs := lvs.VirtualServer{Name: "dns", Service: lvs.Service{Key: lvs.Key{Protocol: lvs.UDP, Addr: vipUDP}, Scheduler: "rr"},
-		Reals: []lvs.Real{backend(0, lblab.UDPPort, 1), backend(1, lblab.UDPPort, 5), backend(2, lblab.UDPPort, 1)}}
+		Reals: []lvs.Real{backend(0, scene.UDPPort, 1), backend(1, scene.UDPPort, 5), backend(2, scene.UDPPort, 1)}}
 	s.set(t, vs)
 	got := map[string]int{}
 	for range 30 {
@@ -167,10 +167,10 @@ func TestNFTUDPRoundRobin(t *testing.T) {
 
 func TestNFTSourceHash(t *testing.T) {
 	s := newNFTScene(t, 3)
-	s.set(t, tcpVS("sh", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1), backend(2, lblab.TCPPort, 1)))
+	s.set(t, tcpVS("sh", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1), backend(2, scene.TCPPort, 1)))
 	seen := map[string]bool{}
-	for i := range lblab.Clients {
-		src := lblab.ClientAddr(i)
+	for i := range scene.Clients {
+		src := scene.ClientAddr(i)
 		got := s.spread(t, src, 5)
 		if len(got) != 1 {
 			t.Fatalf("sh sent client %s to %v", src, got)
@@ -183,13 +183,13 @@ func TestNFTSourceHash(t *testing.T) {
 	// server (the seed is fixed, so this is deterministic).
 	if len(seen) < 2 {
 		out, _ := s.Director.Run("nft", "list", "table", "inet", lvs.NFTTable)
-		t.Fatalf("%d clients all went to %v\n%s", lblab.Clients, seen, out)
+		t.Fatalf("%d clients all went to %v\n%s", scene.Clients, seen, out)
 	}
 }
 
 func TestNFTPersistence(t *testing.T) {
 	s := newNFTScene(t, 2)
-	vs := tcpVS("rr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1))
+	vs := tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))
 	vs.Persistence = 2 * time.Second
 	s.set(t, vs)
 	got := s.spread(t, "", 10)
@@ -212,7 +212,7 @@ func TestNFTPersistence(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if strings.Contains(out, lblab.ClientIP+" ") {
+		if strings.Contains(out, scene.ClientIP+" ") {
 			return errors.New("persistence entry still there")
 		}
 		return nil
@@ -239,9 +239,9 @@ func TestNFTPersistence(t *testing.T) {
 
 func TestNFTDrain(t *testing.T) {
 	s := newNFTScene(t, 2)
-	s.set(t, tcpVS("rr", backend(0, lblab.TCPPort, 1), backend(1, lblab.TCPPort, 1)))
+	s.set(t, tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1)))
 	// Hold a connection to each server.
-	held := map[string]*lblab.Conn{}
+	held := map[string]*scene.Conn{}
 	for len(held) < 2 {
 		c, err := s.Open("", vipTCP.String())
 		if err != nil {
@@ -256,7 +256,7 @@ func TestNFTDrain(t *testing.T) {
 	}
 	// rs2 leaves the configuration: weight 0, no new connections, the
 	// open one goes on.
-	if n := s.set(t, tcpVS("rr", backend(0, lblab.TCPPort, 1))); n != 1 {
+	if n := s.set(t, tcpVS("rr", backend(0, scene.TCPPort, 1))); n != 1 {
 		t.Fatalf("removing a server took %d operations, want 1 (weight 0)", n)
 	}
 	if got := s.spread(t, "", 10); got["rs1"] != 10 {
@@ -266,7 +266,7 @@ func TestNFTDrain(t *testing.T) {
 		t.Fatalf("open connection to the draining server: %q, %v", ans, err)
 	}
 	es, _ := s.nft.List()
-	if r, ok := es[0].Real(backend(1, lblab.TCPPort, 0).Addr); !ok || r.Weight != 0 {
+	if r, ok := es[0].Real(backend(1, scene.TCPPort, 0).Addr); !ok || r.Weight != 0 {
 		t.Fatalf("draining server %+v", es[0].Reals)
 	}
 	// While the connection is open, reconciling keeps the server.
@@ -294,9 +294,9 @@ func TestNFTDrain(t *testing.T) {
 
 func TestNFTRebuildsWhenFlushed(t *testing.T) {
 	s := newNFTScene(t, 1)
-	s.set(t, tcpVS("rr", backend(0, lblab.TCPPort, 1)))
+	s.set(t, tcpVS("rr", backend(0, scene.TCPPort, 1)))
 	s.Director.MustRun("nft", "flush", "ruleset")
-	if n := s.set(t, tcpVS("rr", backend(0, lblab.TCPPort, 1))); n != 2 {
+	if n := s.set(t, tcpVS("rr", backend(0, scene.TCPPort, 1))); n != 2 {
 		t.Fatalf("rebuilding after nft flush ruleset took %d operations, want 2", n)
 	}
 	if name, err := s.Ask("", vipTCP.String()); err != nil || name != "rs1" {
@@ -309,7 +309,7 @@ func TestNFTRebuildsWhenFlushed(t *testing.T) {
 func TestNFTMasquerade(t *testing.T) {
 	s := newNFTScene(t, 1)
 	s.Reals[0].IP("route", "del", "default")
-	vs := tcpVS("rr", backend(0, lblab.TCPPort, 1))
+	vs := tcpVS("rr", backend(0, scene.TCPPort, 1))
 	s.set(t, vs)
 	if name, err := s.Ask("", vipTCP.String()); err == nil {
 		t.Fatalf("without masquerade the reply found its way (%s): the test proves nothing", name)
@@ -334,11 +334,11 @@ func TestNFTMasquerade(t *testing.T) {
 // leaves no half-applied model; the next reconcile rebuilds the table.
 func TestNFTRecoversFromRefusedApply(t *testing.T) {
 	s := newNFTScene(t, 1)
-	vs := tcpVS("rr", backend(0, lblab.TCPPort, 1))
+	vs := tcpVS("rr", backend(0, scene.TCPPort, 1))
 	s.set(t, vs)
 	bad := lvs.Service{Key: lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort("192.0.2.100:81")}, Scheduler: "lc"}
 	err := s.nft.Apply([]lvs.Op{
-		{Kind: lvs.UpdateReal, Service: vs.Service, Real: backend(0, lblab.TCPPort, 5)},
+		{Kind: lvs.UpdateReal, Service: vs.Service, Real: backend(0, scene.TCPPort, 5)},
 		{Kind: lvs.AddService, Service: bad},
 	})
 	if err == nil {
@@ -361,14 +361,14 @@ func TestNFTRecoversFromRefusedApply(t *testing.T) {
 func TestNFTFirewallMark(t *testing.T) {
 	s := newNFTScene(t, 2)
 	s.Director.MustRun("nft", "add table ip marker; add chain ip marker pre { type filter hook prerouting priority mangle; }; "+
-		"add rule ip marker pre ip daddr "+lblab.VIP+" tcp dport "+fmt.Sprint(lblab.TCPPort)+" meta mark set 7")
+		"add rule ip marker pre ip daddr "+scene.VIP+" tcp dport "+fmt.Sprint(scene.TCPPort)+" meta mark set 7")
 	keep := func(i int) lvs.Real {
-		return lvs.Real{Addr: netip.AddrPortFrom(netip.MustParseAddr(lblab.RealAddr(i)), 0), Weight: 1, Method: lvs.NAT}
+		return lvs.Real{Addr: netip.AddrPortFrom(netip.MustParseAddr(scene.RealAddr(i)), 0), Weight: 1, Method: lvs.NAT}
 	}
 	s.set(t, lvs.VirtualServer{Name: "marked", Service: lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "rr"}, Reals: []lvs.Real{keep(0), keep(1)}})
 	got := map[string]int{}
 	for range 10 {
-		name, err := s.Ask("", fmt.Sprintf("%s:%d", lblab.VIP, lblab.TCPPort))
+		name, err := s.Ask("", fmt.Sprintf("%s:%d", scene.VIP, scene.TCPPort))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -394,21 +394,21 @@ func TestNFTManyEndpoints(t *testing.T) {
 	var vss []lvs.VirtualServer
 	for i := range 50 {
 		vs := lvs.VirtualServer{Name: fmt.Sprint(i), Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP,
-			Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", lblab.VIP, 1000+i))}, Scheduler: "rr"}}
+			Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", scene.VIP, 1000+i))}, Scheduler: "rr"}}
 		for p := range 100 {
 			vs.Reals = append(vs.Reals, lvs.Real{Addr: netip.MustParseAddrPort(fmt.Sprintf("203.0.113.%d:%d", 11+i, 10000+p)), Weight: 1, Method: lvs.NAT})
 		}
 		vss = append(vss, vs)
 	}
 	// The first service's first server is rs1's listener.
-	vss[0].Reals[0].Addr = backend(0, lblab.TCPPort, 1).Addr
+	vss[0].Reals[0].Addr = backend(0, scene.TCPPort, 1).Addr
 	if n := s.set(t, vss...); n != 5050 {
 		t.Fatalf("%d operations, want 5050", n)
 	}
 	if n := s.set(t, vss...); n != 0 {
 		t.Fatalf("a second reconcile took %d operations", n)
 	}
-	if name, err := s.Ask("", fmt.Sprintf("%s:1000", lblab.VIP)); err != nil || name != "rs1" {
+	if name, err := s.Ask("", fmt.Sprintf("%s:1000", scene.VIP)); err != nil || name != "rs1" {
 		t.Fatalf("first connection: %q, %v", name, err)
 	}
 }

@@ -1,15 +1,4 @@
-// Package synclab builds LVS-NAT as the seed draws it, for the tests and
-// the benchmark of connection sync: a client on the front switch, two
-// directors (lb1 master) between the front and the back switch, and three
-// real servers whose gateway is the inside VIP, which moves with the
-// outside VIP (one vrrp_sync_group).
-//
-//	client 192.0.2.50 ── front ── lb1 .11 / lb2 .12 ── back (203.0.113.2 / .3, VIP .1) ── rs1-3 .11-.13
-//	                       └── witness w .13 (with Options.Cluster)
-//
-// With Options.Cluster the directors and a witness replicate the table
-// with Raft over the front network, as a pair in production would.
-package synclab
+package scene
 
 import (
 	"encoding/base64"
@@ -24,13 +13,13 @@ import (
 
 	"github.com/directord/directord/internal/api"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
 	dsync "github.com/directord/directord/sync"
 )
 
-// Key is the sync key of the scene.
-var Key = base64.StdEncoding.EncodeToString([]byte("directord sync test key, 32 byte"))
+// SyncKey is the sync key of the scene.
+var SyncKey = base64.StdEncoding.EncodeToString([]byte("directord sync test key, 32 byte"))
 
 // Director is one of the two directors.
 type Director struct {
@@ -41,41 +30,44 @@ type Director struct {
 	Proc                *lab.Process
 }
 
-// Scene is the lab.
-type Scene struct {
-	*lblab.Scene
+// Sync is the scene of the connection-sync tests, drills, the sync bench
+// and the demo.
+type Sync struct {
+	*LVS
 	LB [2]*Director
-	// Witness is the cluster's third voter (Options.Cluster), else nil.
+	// Witness is the cluster's third voter (SyncOptions.Cluster), else nil.
 	Witness     *Director
 	directorctl string
 }
 
-// Options shape the scene.
-type Options struct {
+// SyncOptions shape the scene.
+type SyncOptions struct {
 	Sync bool // [sync]: conntrack sync between the directors
 	// Cluster adds [cluster] to both directors and a witness.
 	Cluster bool
 	// VSExtra lines go into the virtual server, before its real servers.
 	VSExtra []string
+	// Check is the virtual server's health check (none when nil).
+	Check *conf.Check
 	// HTTP adds a second virtual server, "http" on 192.0.2.100:8000, to
-	// the real servers' HTTP servers (lblab.ServeHTTP), with http checks.
+	// the real servers' HTTP servers (ServeHTTP), with http checks.
 	HTTP bool
 }
 
-// HTTPService is the address of Options.HTTP's virtual server.
+// HTTPService is the address of SyncOptions.HTTP's virtual server.
 const HTTPService = "192.0.2.100:8000"
 
 // ClusterKey is the gossip key of the scene's cluster.
 var ClusterKey = base64.StdEncoding.EncodeToString([]byte("directord synclab gossip key, 32"))
 
-// New builds the scene in l, starts directord (bins: directord and
+// NewSync builds the scene in l, starts directord (bins: directord and
 // directorctl) on both directors (and the witness), and waits until lb1
 // holds both VIPs.
-func New(l *lab.Lab, dir, directord, directorctl string, o Options) (*Scene, error) {
+func NewSync(l *lab.Lab, dir, directord, directorctl string, o SyncOptions) (*Sync, error) {
 	syncOn := o.Sync
 	front, back := l.AddSwitch("front"), l.AddSwitch("back")
-	s := &Scene{Scene: &lblab.Scene{Lab: l, Front: front, Back: back, Client: l.AddHost("client")}, directorctl: directorctl}
-	front.Plug(s.Client, "eth0", lblab.ClientIP+"/24")
+	s := &Sync{LVS: &LVS{Lab: l, Front: front, Back: back, Client: l.AddHost("client")}, directorctl: directorctl}
+	front.Plug(s.Client, "eth0", ClientIP+"/24")
 	for i, name := range []string{"lb1", "lb2"} {
 		h := l.AddHost(name)
 		d := filepath.Join(dir, name)
@@ -90,7 +82,7 @@ func New(l *lab.Lab, dir, directord, directorctl string, o Options) (*Scene, err
 	}
 	for i := range 3 {
 		h := l.AddHost(fmt.Sprintf("rs%d", i+1))
-		back.Plug(h, "eth0", lblab.RealAddr(i)+"/24")
+		back.Plug(h, "eth0", RealAddr(i)+"/24")
 		h.AddRoute("default", "via", "203.0.113.1")
 		s.Reals = append(s.Reals, h)
 		s.Serve(h)
@@ -98,18 +90,19 @@ func New(l *lab.Lab, dir, directord, directorctl string, o Options) (*Scene, err
 			s.ServeHTTP(h)
 		}
 	}
-	var reals strings.Builder
+	web := conf.VirtualServer{Name: "web", Address: "192.0.2.100:80", Scheduler: "rr", Extra: o.VSExtra, Check: o.Check}
+	http := conf.VirtualServer{Name: "http", Address: HTTPService, Scheduler: "rr",
+		Check: &conf.Check{Type: "http", Interval: "500ms", Timeout: "300ms", Extra: []string{`path = "/"`}}}
 	for i := range 3 {
-		fmt.Fprintf(&reals, "  [[virtual_server.real_server]]\n  address = \"%s:%d\"\n", lblab.RealAddr(i), lblab.TCPPort)
+		web.Reals = append(web.Reals, conf.Real{Address: fmt.Sprintf("%s:%d", RealAddr(i), TCPPort)})
+		http.Reals = append(http.Reals, conf.Real{Address: fmt.Sprintf("%s:%d", RealAddr(i), HTTPPort)})
 	}
+	vss := []conf.VirtualServer{web}
 	if o.HTTP {
-		fmt.Fprintf(&reals, "\n[[virtual_server]]\nname = \"http\"\naddress = %q\nscheduler = \"rr\"\n"+
-			"  [virtual_server.health_check]\n  type = \"http\"\n  path = \"/\"\n  interval = \"500ms\"\n  timeout = \"300ms\"\n", HTTPService)
-		for i := range 3 {
-			fmt.Fprintf(&reals, "  [[virtual_server.real_server]]\n  address = \"%s:%d\"\n", lblab.RealAddr(i), lblab.HTTPPort)
-		}
+		vss = append(vss, http)
 	}
-	clusterSection := func(x *Director, role string) string { return "" }
+	// With a cluster each node gossips with the other two.
+	clusterOf := func(x *Director) *conf.Cluster { return nil }
 	if o.Cluster {
 		h := l.AddHost("w")
 		d := filepath.Join(dir, "w")
@@ -119,20 +112,20 @@ func New(l *lab.Lab, dir, directord, directorctl string, o Options) (*Scene, err
 		s.Witness = &Director{Host: h, Dir: d, Conf: filepath.Join(d, "directord.toml"), Sock: filepath.Join(d, "directord.sock")}
 		s.Witness.FrontPort = front.Plug(h, "eth0", "192.0.2.13/24")
 		gossipIP := map[*Director]string{s.LB[0]: "192.0.2.11", s.LB[1]: "192.0.2.12", s.Witness: "192.0.2.13"}
-		clusterSection = func(x *Director, role string) string {
+		clusterOf = func(x *Director) *conf.Cluster {
 			var peers []string
 			for y, ip := range gossipIP {
 				if y != x {
-					peers = append(peers, fmt.Sprintf("%q", ip+":7946"))
+					peers = append(peers, ip+":7946")
 				}
 			}
 			slices.Sort(peers)
-			return fmt.Sprintf("role = %q\n\n[cluster]\nbind = \"%s:7946\"\nraft_bind = \"%s:7000\"\npeers = [%s]\nbootstrap_expect = 3\nencrypt_key = %q\n",
-				role, gossipIP[x], gossipIP[x], strings.Join(peers, ", "), ClusterKey)
+			return &conf.Cluster{Bind: gossipIP[x] + ":7946", RaftBind: gossipIP[x] + ":7000", Peers: peers,
+				BootstrapExpect: 3, EncryptKey: ClusterKey}
 		}
-		conf := fmt.Sprintf("[node]\nname = \"w\"\ndata_dir = %q\nstatus_socket = %q\n%s",
-			filepath.Join(d, "data"), s.Witness.Sock, clusterSection(s.Witness, "witness"))
-		if err := os.WriteFile(s.Witness.Conf, []byte(conf), 0o644); err != nil {
+		f := conf.File{Node: conf.Node{Name: "w", Role: "witness", DataDir: filepath.Join(d, "data"), StatusSocket: s.Witness.Sock},
+			Cluster: clusterOf(s.Witness)}
+		if err := f.Write(s.Witness.Conf); err != nil {
 			return nil, err
 		}
 		s.Witness.Proc = h.Start(directord, "-c", s.Witness.Conf)
@@ -142,43 +135,23 @@ func New(l *lab.Lab, dir, directord, directorctl string, o Options) (*Scene, err
 		if i == 1 {
 			prio, peer = 100, s.LB[0].Inside
 		}
-		syncSection := ""
-		if syncOn {
-			syncSection = fmt.Sprintf("\n[sync]\nlisten = \"%s:7100\"\npeer = \"%s:7100\"\nkey = %q\ninstance = \"VI_1\"\n", x.Inside, peer, Key)
+		f := conf.File{
+			Node:    conf.Node{Name: x.Host.Name, DataDir: filepath.Join(x.Dir, "data"), StatusSocket: x.Sock},
+			Cluster: clusterOf(x),
+			VRRP: []conf.Instance{
+				{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: prio, AdvertInt: "100ms", VIPs: []string{"192.0.2.100/24"}},
+				{Name: "VI_2", Interface: "eth1", VRID: 52, Priority: prio, AdvertInt: "100ms", VIPs: []string{"203.0.113.1/24"}},
+			},
+			SyncGroups:     []conf.SyncGroup{{Name: "G", Members: []string{"VI_1", "VI_2"}}},
+			VirtualServers: vss,
 		}
-		conf := fmt.Sprintf(`[node]
-name = %q
-data_dir = %q
-status_socket = %q
-%s%s
-[[vrrp_instance]]
-name = "VI_1"
-interface = "eth0"
-virtual_router_id = 51
-priority = %d
-advert_int = "100ms"
-virtual_ipaddress = ["192.0.2.100/24"]
-
-[[vrrp_instance]]
-name = "VI_2"
-interface = "eth1"
-virtual_router_id = 52
-priority = %d
-advert_int = "100ms"
-virtual_ipaddress = ["203.0.113.1/24"]
-
-[[vrrp_sync_group]]
-name = "G"
-group = ["VI_1", "VI_2"]
-
-[[virtual_server]]
-name = "web"
-address = "192.0.2.100:80"
-scheduler = "rr"
-%s
-%s`, x.Host.Name, filepath.Join(x.Dir, "data"), x.Sock, clusterSection(x, "director"), syncSection, prio, prio,
-			strings.Join(o.VSExtra, "\n"), reals.String())
-		if err := os.WriteFile(x.Conf, []byte(conf), 0o644); err != nil {
+		if o.Cluster {
+			f.Node.Role = "director"
+		}
+		if syncOn {
+			f.Sync = &conf.Sync{Listen: x.Inside + ":7100", Peer: peer + ":7100", Key: SyncKey, Instance: "VI_1"}
+		}
+		if err := f.Write(x.Conf); err != nil {
 			return nil, err
 		}
 		x.Proc = x.Host.Start(directord, "-c", x.Conf)
@@ -195,7 +168,7 @@ scheduler = "rr"
 }
 
 // Owns checks that d holds both VIPs (or neither).
-func (s *Scene) Owns(d *Director, want bool) error {
+func (s *Sync) Owns(d *Director, want bool) error {
 	out, _ := d.Host.Run("ip", "-o", "addr")
 	for _, vip := range []string{"192.0.2.100", "203.0.113.1"} {
 		if strings.Contains(out, " "+vip+"/") != want {
@@ -206,14 +179,14 @@ func (s *Scene) Owns(d *Director, want bool) error {
 }
 
 // Crash cuts lb's cables and kills its processes.
-func (s *Scene) Crash(d *Director) {
+func (s *Sync) Crash(d *Director) {
 	s.Front.IP("link", "set", d.FrontPort, "down")
 	s.Back.IP("link", "set", d.BackPort, "down")
 	d.Host.KillAll()
 }
 
 // SyncStatus reads d's sync status.
-func (s *Scene) SyncStatus(d *Director) (dsync.Status, error) {
+func (s *Sync) SyncStatus(d *Director) (dsync.Status, error) {
 	out, err := exec.Command(s.directorctl, "--socket", d.Sock, "status", "--json").Output()
 	if err != nil {
 		return dsync.Status{}, err
@@ -224,14 +197,14 @@ func (s *Scene) SyncStatus(d *Director) (dsync.Status, error) {
 }
 
 // Ctl runs directorctl against d.
-func (s *Scene) Ctl(d *Director, args ...string) (string, error) {
+func (s *Sync) Ctl(d *Director, args ...string) (string, error) {
 	out, err := exec.Command(s.directorctl, append([]string{"--socket", d.Sock}, args...)...).CombinedOutput()
 	return string(out), err
 }
 
 // WaitCluster waits until each director sees all three members alive and
-// telling their state, a leader, and the table seeded (Options.Cluster).
-func (s *Scene) WaitCluster(timeout time.Duration) error {
+// telling their state, a leader, and the table seeded (SyncOptions.Cluster).
+func (s *Sync) WaitCluster(timeout time.Duration) error {
 	return lab.Eventually(timeout, func() error {
 		for _, d := range s.LB {
 			out, err := exec.Command(s.directorctl, "--socket", d.Sock, "cluster", "--json").Output()
@@ -257,7 +230,7 @@ func (s *Scene) WaitCluster(timeout time.Duration) error {
 }
 
 // WaitSynced waits until lb2, the backup, has applied n synced entries.
-func (s *Scene) WaitSynced(n uint64, timeout time.Duration) error {
+func (s *Sync) WaitSynced(n uint64, timeout time.Duration) error {
 	return lab.Eventually(timeout, func() error {
 		st, err := s.SyncStatus(s.LB[1])
 		if err != nil || st.Applied < n {

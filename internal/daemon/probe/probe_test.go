@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/testbed/lab"
 )
 
 // TestGapOfACutCable: a target whose cable is cut for a while is seen

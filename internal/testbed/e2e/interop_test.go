@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/pairlab"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 	"github.com/directord/directord/vrrp"
 )
 
@@ -66,7 +66,7 @@ func TestKeepalivedInterop(t *testing.T) {
 			// directord's host dies: keepalived takes over.
 			p.Crash(p.LB1)
 			waitOutput(t, k, "(VI_1) Entering MASTER STATE", crash)
-			if !pairlab.HasAddr(p.LB2, vip) {
+			if !scene.HasAddr(p.LB2, vip) {
 				t.Fatal("keepalived master lacks the VIP")
 			}
 
@@ -97,7 +97,7 @@ func TestKeepalivedInterop(t *testing.T) {
 			// keepalived's host dies: directord takes over.
 			p.Crash(p.LB1)
 			p.waitStates(crash, map[*lab.Host]vrrp.State{p.LB2: vrrp.Master})
-			if !pairlab.HasAddr(p.LB2, vip) {
+			if !scene.HasAddr(p.LB2, vip) {
 				t.Fatal("directord master lacks the VIP")
 			}
 

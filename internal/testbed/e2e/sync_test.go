@@ -6,8 +6,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/lblab"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 	dsync "github.com/directord/directord/sync"
 )
 
@@ -16,7 +16,7 @@ func conntrackTable(t *testing.T) *dsync.Table {
 	t.Helper()
 	lab.Require(t)
 	l := lab.New(t)
-	ns, err := lblab.NetNS(l.AddHost("dir"))
+	ns, err := scene.NetNS(l.AddHost("dir"))
 	if err != nil {
 		t.Fatal(err)
 	}

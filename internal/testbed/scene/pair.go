@@ -1,7 +1,4 @@
-// Package pairlab builds the usual scene of directord's tests, demo and
-// benchmarks: a client and two directors (lb1 192.0.2.11, lb2 192.0.2.12)
-// on one switch, each director running directord or keepalived.
-package pairlab
+package scene
 
 import (
 	"encoding/json"
@@ -14,7 +11,8 @@ import (
 
 	"github.com/directord/directord/internal/api"
 
-	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
 	"github.com/directord/directord/vrrp"
 )
 
@@ -48,8 +46,8 @@ type Pair struct {
 	Sockets, Files map[*lab.Host]string
 }
 
-// New builds the scene in l; files go under dir.
-func New(l *lab.Lab, dir string, bin Binaries) *Pair {
+// NewPair builds the scene in l; files go under dir.
+func NewPair(l *lab.Lab, dir string, bin Binaries) *Pair {
 	p := &Pair{Lab: l, Switch: l.AddSwitch("sw"), Dir: dir, Bin: bin,
 		Procs: map[*lab.Host]*lab.Process{}, Sockets: map[*lab.Host]string{}, Files: map[*lab.Host]string{}}
 	p.Client, p.LB1, p.LB2 = l.AddHost("client"), l.AddHost("lb1"), l.AddHost("lb2")
@@ -77,29 +75,19 @@ func (p *Pair) WriteConfig(h *lab.Host, prio int, extra string) {
 	dir := p.hostDir(h.Name)
 	p.Sockets[h] = filepath.Join(dir, "directord.sock")
 	p.Files[h] = filepath.Join(dir, "directord.toml")
-	lines := []string{}
+	var lines []string
 	if extra = strings.TrimSpace(extra); extra != "" {
-		lines = append(lines, extra)
+		lines = strings.Split(extra, "\n")
 	}
+	in := conf.Instance{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: prio, Extra: lines}
 	if !strings.Contains(extra, "advert_int") {
-		lines = append(lines, `advert_int = "100ms"`)
+		in.AdvertInt = "100ms"
 	}
 	if !strings.Contains(extra, "virtual_ipaddress") {
-		lines = append(lines, `virtual_ipaddress = ["`+VIP+`/24"]`)
+		in.VIPs = []string{VIP + "/24"}
 	}
-	content := fmt.Sprintf(`[node]
-name = %q
-data_dir = %q
-status_socket = %q
-
-[[vrrp_instance]]
-name = "VI_1"
-interface = "eth0"
-virtual_router_id = 51
-priority = %d
-%s
-`, h.Name, filepath.Join(dir, "data"), p.Sockets[h], prio, strings.Join(lines, "\n"))
-	if err := os.WriteFile(p.Files[h], []byte(content), 0o644); err != nil {
+	f := conf.File{Node: conf.Node{Name: h.Name, DataDir: filepath.Join(dir, "data"), StatusSocket: p.Sockets[h]}, VRRP: []conf.Instance{in}}
+	if err := f.Write(p.Files[h]); err != nil {
 		p.Lab.Fatalf("%v", err)
 	}
 }

@@ -1,14 +1,4 @@
-// Package lblab builds the load-balancing scene of directord's tests and
-// benchmarks: a client on the front switch, a director between the front
-// and the back switch, and real servers on the back switch whose default
-// route is the director (classic LVS-NAT).
-//
-//	client 192.0.2.50 ── front ── 192.0.2.11 director 203.0.113.1 ── back ── 203.0.113.11, .12, ...
-//
-// The VIP 192.0.2.100 is on the director. Each real server answers TCP on
-// port 8080 and UDP on port 5353 with its name, and with ServeHTTP HTTP
-// on port 8000.
-package lblab
+package scene
 
 import (
 	"bufio"
@@ -22,19 +12,18 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/testbed/lab"
 )
 
 const (
-	VIP      = "192.0.2.100"
 	TCPPort  = 8080
 	UDPPort  = 5353
 	HTTPPort = 8000
 	ClientIP = "192.0.2.50"
 )
 
-// Scene is the lab.
-type Scene struct {
+// LVS is the lab.
+type LVS struct {
 	Lab              *lab.Lab
 	Front, Back      *lab.Switch
 	Client, Director *lab.Host
@@ -42,10 +31,11 @@ type Scene struct {
 	mu               sync.Mutex
 	listeners        map[*lab.Host][]func()
 	resets           atomic.Int64
+	udpPorts         atomic.Int32 // AskUDP's source ports
 }
 
 // Resets counts the connections the real servers saw end in an error.
-func (s *Scene) Resets() int64 { return s.resets.Load() }
+func (s *LVS) Resets() int64 { return s.resets.Load() }
 
 // Clients is the number of addresses the client has: ClientAddr(0..Clients-1).
 const Clients = 8
@@ -56,9 +46,9 @@ func ClientAddr(i int) string { return fmt.Sprintf("192.0.2.%d", 50+i) }
 // RealAddr is the i-th real server's address (from 0).
 func RealAddr(i int) string { return fmt.Sprintf("203.0.113.%d", 11+i) }
 
-// New builds the scene with n real servers, named rs1..rsn, all serving.
-func New(l *lab.Lab, n int) *Scene {
-	s := &Scene{Lab: l, Front: l.AddSwitch("front"), Back: l.AddSwitch("back"), listeners: map[*lab.Host][]func(){}}
+// NewLVS builds the scene with n real servers, named rs1..rsn, all serving.
+func NewLVS(l *lab.Lab, n int) *LVS {
+	s := &LVS{Lab: l, Front: l.AddSwitch("front"), Back: l.AddSwitch("back"), listeners: map[*lab.Host][]func(){}}
 	s.Client, s.Director = l.AddHost("client"), l.AddHost("dir")
 	s.Front.Plug(s.Client, "eth0", ClientIP+"/24")
 	for i := 1; i < Clients; i++ {
@@ -79,7 +69,7 @@ func New(l *lab.Lab, n int) *Scene {
 }
 
 // Sysctl writes /proc/sys/<key> inside h.
-func (s *Scene) Sysctl(h *lab.Host, key, value string) {
+func (s *LVS) Sysctl(h *lab.Host, key, value string) {
 	if err := h.Sysctl(key, value); err != nil {
 		s.Lab.Fatalf("%s: sysctl %s: %v", h.Name, key, err)
 	}
@@ -87,7 +77,7 @@ func (s *Scene) Sysctl(h *lab.Host, key, value string) {
 
 // Serve starts h's TCP and UDP servers: TCP writes the name, then echoes
 // lines; UDP answers every datagram with the name.
-func (s *Scene) Serve(h *lab.Host) {
+func (s *LVS) Serve(h *lab.Host) {
 	var ln net.Listener
 	var pc net.PacketConn
 	if err := h.Do(func() (err error) {
@@ -145,7 +135,7 @@ func (s *Scene) Serve(h *lab.Host) {
 
 // ServeHTTP starts a small HTTP server on h's port HTTPPort: every path
 // answers "hello from NAME".
-func (s *Scene) ServeHTTP(h *lab.Host) {
+func (s *LVS) ServeHTTP(h *lab.Host) {
 	var ln net.Listener
 	if err := h.Do(func() (err error) {
 		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", HTTPPort))
@@ -167,7 +157,7 @@ func (s *Scene) ServeHTTP(h *lab.Host) {
 
 // HTTPClient makes its connections from the client's namespace, a new one
 // for every request so that each is scheduled afresh.
-func (s *Scene) HTTPClient(timeout time.Duration) *http.Client {
+func (s *LVS) HTTPClient(timeout time.Duration) *http.Client {
 	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
 		err = s.Client.Do(func() error {
 			var d net.Dialer
@@ -180,7 +170,7 @@ func (s *Scene) HTTPClient(timeout time.Duration) *http.Client {
 }
 
 // Stop closes h's servers and their connections.
-func (s *Scene) Stop(h *lab.Host) {
+func (s *LVS) Stop(h *lab.Host) {
 	s.mu.Lock()
 	fns := s.listeners[h]
 	delete(s.listeners, h)
@@ -190,7 +180,7 @@ func (s *Scene) Stop(h *lab.Host) {
 	}
 }
 
-func (s *Scene) stopAll() {
+func (s *LVS) stopAll() {
 	s.mu.Lock()
 	hosts := make([]*lab.Host, 0, len(s.listeners))
 	for h := range s.listeners {
@@ -222,7 +212,7 @@ func (c *Conn) Echo(line string) (string, error) {
 
 // Open connects from the client (from src, "" for the default address)
 // to addr and reads the server's name.
-func (s *Scene) Open(src, addr string) (*Conn, error) {
+func (s *LVS) Open(src, addr string) (*Conn, error) {
 	var c net.Conn
 	err := s.Client.Do(func() (err error) {
 		d := net.Dialer{Timeout: 3 * time.Second}
@@ -246,7 +236,7 @@ func (s *Scene) Open(src, addr string) (*Conn, error) {
 }
 
 // Ask opens a TCP connection, returns the server's name and closes it.
-func (s *Scene) Ask(src, addr string) (string, error) {
+func (s *LVS) Ask(src, addr string) (string, error) {
 	c, err := s.Open(src, addr)
 	if err != nil {
 		return "", err
@@ -256,10 +246,15 @@ func (s *Scene) Ask(src, addr string) (string, error) {
 }
 
 // AskUDP sends one datagram from a fresh socket and returns the answer.
-func (s *Scene) AskUDP(addr string) (string, error) {
+func (s *LVS) AskUDP(addr string) (string, error) {
+	// A source port of its own for each question: a port the kernel
+	// happened to hand out twice would reuse the first flow's conntrack
+	// entry, and so its real server (a 1-in-70 chance over 30 questions).
+	port := 20000 + int(s.udpPorts.Add(1)%20000)
 	var c net.Conn
 	if err := s.Client.Do(func() (err error) {
-		c, err = net.Dial("udp4", addr)
+		d := net.Dialer{LocalAddr: &net.UDPAddr{Port: port}}
+		c, err = d.Dial("udp4", addr)
 		return err
 	}); err != nil {
 		return "", err

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/testbed/lab"
 )
 
 func TestConfigCheck(t *testing.T) {

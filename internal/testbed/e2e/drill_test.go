@@ -10,12 +10,13 @@ import (
 
 	"github.com/directord/directord/internal/api"
 
-	"github.com/directord/directord/internal/lab"
-	"github.com/directord/directord/internal/synclab"
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 )
 
 // drill runs directorctl drill --json on d and decodes the result.
-func drill(t *testing.T, s *synclab.Scene, d *synclab.Director, args ...string) (api.DrillResult, string) {
+func drill(t *testing.T, s *scene.Sync, d *scene.Director, args ...string) (api.DrillResult, string) {
 	t.Helper()
 	out, err := s.Ctl(d, append([]string{"drill", "--json"}, args...)...)
 	var res api.DrillResult
@@ -45,8 +46,8 @@ func checkNamed(res api.DrillResult, name string) api.DrillCheck {
 // table (its health checks cannot reach a real server), when run on the
 // backup, and when the peer is down.
 func TestDrill(t *testing.T) {
-	s := newSyncSceneWith(t, synclab.Options{Sync: true, Cluster: true, VSExtra: []string{
-		"  [virtual_server.health_check]\n  type = \"tcp\"\n  interval = \"200ms\"\n  timeout = \"150ms\"\n  rise = 1\n  fall = 1\n"}})
+	s := newSyncSceneWith(t, scene.SyncOptions{Sync: true, Cluster: true,
+		Check: &conf.Check{Type: "tcp", Interval: "200ms", Timeout: "150ms", Extra: []string{"rise = 1", "fall = 1"}}})
 	lb1, lb2 := s.LB[0], s.LB[1]
 	if err := s.WaitCluster(30 * time.Second); err != nil {
 		t.Fatal(err)
@@ -164,7 +165,7 @@ func TestDrill(t *testing.T) {
 }
 
 // lvsWeights is d's kernel table: "service/real" to weight.
-func lvsWeights(d *synclab.Director) (map[string]int, error) {
+func lvsWeights(d *scene.Director) (map[string]int, error) {
 	out, err := exec.Command(directorctl, "--socket", d.Sock, "lvs", "--json").Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s: directorctl lvs: %v", d.Host.Name, err)

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/lab"
+	"github.com/directord/directord/internal/testbed/lab"
 )
 
 // TestIPVSInGuest runs the lvs package's IPVS tests (TestGuestIPVS*)
