@@ -77,7 +77,10 @@ type Status struct {
 	Dropped    uint64    `json:"dropped"`
 	Refused    uint64    `json:"refused"` // connections or messages failing authentication
 	LastResync time.Time `json:"last_resync,omitzero"`
-	LagMillis  float64   `json:"lag_ms"` // of the last message applied
+	// LagMillis is the lag of the last message applied: for events, from
+	// the master's conntrack event (the oldest of the message) to the
+	// write here, so it includes the master's queue and batching.
+	LagMillis float64 `json:"lag_ms"`
 }
 
 // Syncer sends the master's flows to the peer and applies the peer's.
@@ -240,7 +243,7 @@ func (s *Syncer) watch(ctx context.Context) error {
 				if !ok {
 					continue
 				}
-				m := event{Flow: f}
+				m := event{Flow: f, At: time.Now().UnixMicro()}
 				switch {
 				case ev.Type == conntrack.EventDestroy:
 					m.Del = true
@@ -415,8 +418,14 @@ func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 			continue // the peer thinks it is master too; ours wins here
 		}
 		s.apply(m, st)
+		// The lag of events runs from the master's conntrack event to
+		// the write here; of other messages, from their sending.
+		since := m.At
+		if t := oldest(m.Events); t != 0 {
+			since = t
+		}
 		s.mu.Lock()
-		s.lag = time.Since(time.UnixMicro(m.At))
+		s.lag = time.Since(time.UnixMicro(since))
 		s.mu.Unlock()
 		if ctx.Err() != nil {
 			return

@@ -32,6 +32,20 @@ type message struct {
 type event struct {
 	Del  bool `json:"d,omitempty"`
 	Flow Flow `json:"f"`
+	// At is when the master's conntrack reported it (unix microseconds,
+	// the master's clock): the start of the sync lag.
+	At int64 `json:"at,omitempty"`
+}
+
+// oldest is the earliest At of evs, or 0 when none is stamped.
+func oldest(evs []event) int64 {
+	var t int64
+	for _, e := range evs {
+		if e.At != 0 && (t == 0 || e.At < t) {
+			t = e.At
+		}
+	}
+	return t
 }
 
 const (

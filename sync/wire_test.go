@@ -268,3 +268,13 @@ func attr(t *testing.T, as []netfilter.Attribute, path ...uint16) netfilter.Attr
 	}
 	return a
 }
+
+// The lag of a batch runs from its oldest stamped event.
+func TestOldest(t *testing.T) {
+	if got := oldest([]event{{At: 30}, {}, {At: 10}, {At: 20}}); got != 10 {
+		t.Fatalf("oldest = %d", got)
+	}
+	if got := oldest([]event{{}}); got != 0 {
+		t.Fatalf("oldest of unstamped = %d", got)
+	}
+}

@@ -263,7 +263,9 @@ type SyncStatus struct {
 	Dropped    uint64    `json:"dropped"`
 	Refused    uint64    `json:"refused"` // connections or messages failing authentication
 	LastResync time.Time `json:"last_resync,omitzero"`
-	LagMillis  float64   `json:"lag_ms"` // of the last message applied
+	// LagMillis is the lag of the last message applied: for events, from
+	// the master's conntrack event to the backup's write.
+	LagMillis float64 `json:"lag_ms"`
 }
 
 // ClusterStatus is the "cluster" section.

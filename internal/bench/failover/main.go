@@ -35,10 +35,22 @@ func main() {
 	soak := flag.Duration("soak", 60*time.Second, "length of the busy-CPU false-takeover run (0: skip)")
 	out := flag.String("out", "docs/benchmarks.md", "report to update")
 	flag.Parse()
-	if err := run(*bin, *runs, *runsFast, *soak, *out); err != nil {
+	if *runs < report.MinRuns || *runsFast < report.MinRuns {
+		fmt.Fprintf(os.Stderr, "bench-failover: medians need at least %d runs\n", report.MinRuns)
+		os.Exit(2)
+	}
+	var targets report.Targets
+	if err := run(*bin, *runs, *runsFast, *soak, *out, &targets); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-failover:", err)
 		os.Exit(1)
 	}
+	os.Exit(targets.Summary(os.Stdout, "bench-failover"))
+}
+
+// slack is how much slower than keepalived's a median gap may be and
+// still count as as fast: a tenth, and at least the probe's 5 ms period.
+func slack(keepalived time.Duration) time.Duration {
+	return max(keepalived/10, 5*time.Millisecond)
 }
 
 type impl struct {
@@ -61,7 +73,7 @@ type result struct {
 	crash, graceful []time.Duration
 }
 
-func run(bin string, runs, runsFast int, soak time.Duration, out string) (err error) {
+func run(bin string, runs, runsFast int, soak time.Duration, out string, targets *report.Targets) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
@@ -103,7 +115,18 @@ func run(bin string, runs, runsFast int, soak time.Duration, out string) (err er
 			fmt.Printf("%-10s %s at 20ms with both cores busy: %d false takeovers\n", im.name, soak, n)
 		}
 	}
-	return writeReport(out, settings, runs, runsFast, soak, results, soaks)
+	for _, st := range settings {
+		for _, ev := range events(results, st) {
+			d, k := median(ev.d), median(ev.k)
+			targets.Check(fmt.Sprintf("%s gap at advert_int %s no longer than keepalived's", ev.name, st), d <= k+slack(k),
+				"median %s against %s (%d runs each; slack %s)", ms(d), ms(k), len(ev.d), ms(slack(k)))
+		}
+	}
+	if soak > 0 {
+		targets.Check("no false takeover at advert_int 20ms with both cores busy", soaks["directord"] == 0,
+			"%d in %s (keepalived %d)", soaks["directord"], soak, soaks["keepalived"])
+	}
+	return writeReport(out, settings, runs, runsFast, soak, results, soaks, *targets)
 }
 
 // adverts records when the client last saw an advert from each source.
@@ -284,17 +307,13 @@ func soakRun(bins scene.Binaries, im impl, d time.Duration) (int, error) {
 }
 
 func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	m, _ := report.Median(ds)
+	return m
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
 
-func writeReport(path string, settings []time.Duration, runs, runsFast int, soak time.Duration, res map[string]map[time.Duration]*result, soaks map[string]int) error {
+func writeReport(path string, settings []time.Duration, runs, runsFast int, soak time.Duration, res map[string]map[time.Duration]*result, soaks map[string]int, targets report.Targets) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## VRRP failover (`make bench-failover`)\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s. A client probes the VIP with ICMP echo every 5 ms; the gap is the\n", time.Now().UTC().Format("2006-01-02"), machine())
@@ -320,6 +339,7 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 		return err
 	}
 	fmt.Fprintf(&b, "\nEvery run, in the order run (dots; dashed lines are the medians):\n\n![gap per run, directord and keepalived](%s)\n", plotFile)
+	b.WriteString("\n" + targets.Markdown())
 	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about fifteen minutes).\n")
 	return report.WriteSection(path, "failover", b.String())
 }

@@ -45,10 +45,12 @@ func main() {
 		bareConnects(*addrs, *ports, *dur)
 		return
 	}
-	if err := run(*bin, *addrs, *ports, *dur, *out, *napi); err != nil {
+	var targets report.Targets
+	if err := run(*bin, *addrs, *ports, *dur, *out, *napi, &targets); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-healthcheck:", err)
 		os.Exit(1)
 	}
+	os.Exit(targets.Summary(os.Stdout, "bench-healthcheck"))
 }
 
 type sample struct {
@@ -64,7 +66,7 @@ type sample struct {
 	targets   int
 }
 
-func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool) (err error) {
+func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool, ts *report.Targets) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
@@ -314,7 +316,11 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool)
 		fmt.Fprintf(&r, "too. Measured that way as well, in the same run (20 s, directord unchanged): **%.1f %%** of\n", inline)
 		fmt.Fprintf(&r, "a core.\n\n")
 	}
-	fmt.Fprintf(&r, "Targets: under 25 %% of one core, no missed interval.\n\nReproduce: `sudo make bench-healthcheck` (about two and a half minutes).\n")
+	ts.Check(fmt.Sprintf("%d tcp targets a second in under 25 %% of one core", targets), cpu < 25, "%.1f %% (one %s run; the targets' receive in a NAPI thread: %v)", cpu, elapsed.Round(time.Second), napi)
+	ts.Check("no missed interval", missed == 0, "%d", missed)
+	ts.Check("no failed check (every target is up)", last.failures == first.failures, "%d", last.failures-first.failures)
+	r.WriteString(ts.Markdown())
+	fmt.Fprintf(&r, "\nReproduce: `sudo make bench-healthcheck` (about two and a half minutes).\n")
 	return report.WriteSection(out, "healthcheck", r.String())
 }
 

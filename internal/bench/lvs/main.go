@@ -32,13 +32,22 @@ func main() {
 	out := flag.String("out", "docs/benchmarks.md", "report to update")
 	nftOnly := flag.Bool("nft-only", false, "measure nftables only and print the runs; the report is left alone")
 	flag.Parse()
-	if err := run(*services, *reals, *runs, *out, *nftOnly); err != nil {
+	if *runs < report.MinRuns {
+		fmt.Fprintf(os.Stderr, "bench-lvs: medians need at least %d runs\n", report.MinRuns)
+		os.Exit(2)
+	}
+	var targets report.Targets
+	if err := run(*services, *reals, *runs, *out, *nftOnly, &targets); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-lvs:", err)
 		os.Exit(1)
 	}
+	if *nftOnly {
+		return
+	}
+	os.Exit(targets.Summary(os.Stdout, "bench-lvs"))
 }
 
-func run(services, reals, runs int, out string, nftOnly bool) (err error) {
+func run(services, reals, runs int, out string, nftOnly bool, targets *report.Targets) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
@@ -72,7 +81,23 @@ func run(services, reals, runs int, out string, nftOnly bool) (err error) {
 		return fmt.Errorf("ipvs in the guest: exit %d, %d steps", res.Exit, len(ipvs))
 	}
 	fmt.Printf("ipvs (guest): %v\n", ipvs)
-	return write(out, services, reals, runs, nft, ipvs)
+	full, fullRuns := report.Median(column(nft, 0))
+	targets.Check("the full table under 1 s on nftables", full < time.Second, "%s (%s)", round(full), fullRuns)
+	for i, want := range []int{services * (reals + 1), 1, 0} {
+		for _, plane := range []struct {
+			name  string
+			steps []lvstest.Step
+		}{{"nftables", nft[0]}, {"IPVS", ipvs}} {
+			got := plane.steps[i].Ops
+			for _, run := range nft[1:] {
+				if plane.name == "nftables" && run[i].Ops != got {
+					got = -1 // the runs disagree
+				}
+			}
+			targets.Check(fmt.Sprintf("%s: %s issues exactly %d kernel operation(s)", plane.name, ipvs[i].Name, want), got == want, "%d", got)
+		}
+	}
+	return write(out, services, reals, runs, nft, ipvs, *targets)
 }
 
 func nftRun(table []lvs.VirtualServer) (steps []lvstest.Step, err error) {
@@ -100,14 +125,16 @@ func nftRun(table []lvs.VirtualServer) (steps []lvstest.Step, err error) {
 	}
 	// The anchor: the same table written by hand as an nft ruleset, one
 	// DNAT rule per service choosing its real server by a weighted numgen
-	// map, as the nft tool loads it into the kernel in one transaction.
+	// map, as the nft tool loads it in one transaction into a namespace of
+	// its own, empty like the one directord started from.
 	f := filepath.Join(os.TempDir(), "bench-lvs-"+l.ID()+".nft")
 	defer os.Remove(f)
 	if err := os.WriteFile(f, []byte(handWritten(table)), 0o600); err != nil {
 		return nil, err
 	}
+	empty := l.AddHost("anchor")
 	start := time.Now()
-	if out, err := h.Run("nft", "-f", f); err != nil {
+	if out, err := empty.Run("nft", "-f", f); err != nil {
 		return nil, fmt.Errorf("nft -f: %v: %s", err, out)
 	}
 	return append(steps, lvstest.Step{Name: "anchor: nft -f", Ops: 1, Duration: time.Since(start)}), nil
@@ -143,7 +170,7 @@ func parseGuest(out string) []lvstest.Step {
 	return steps
 }
 
-func write(path string, services, reals, runs int, nft [][]lvstest.Step, ipvs []lvstest.Step) error {
+func write(path string, services, reals, runs int, nft [][]lvstest.Step, ipvs []lvstest.Step, targets report.Targets) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Load-balancer reconcile (`make bench-lvs`)\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s. %d TCP wrr virtual services with %d NAT real servers each\n", time.Now().UTC().Format("2006-01-02"), report.Machine(), services, reals)
@@ -154,17 +181,15 @@ func write(path string, services, reals, runs int, nft [][]lvstest.Step, ipvs []
 	fmt.Fprintf(&b, "kernel in qemu under software emulation, so its times are only indicative. Every time includes\n")
 	fmt.Fprintf(&b, "reading the kernel's table back to diff against (for IPVS one netlink dump per service).\n\n")
 	medianOf := func(i int) (med, top time.Duration) {
-		var ds []time.Duration
-		for _, run := range nft {
-			ds = append(ds, run[i].Duration)
-		}
-		slices.Sort(ds)
-		return ds[len(ds)/2], ds[len(ds)-1]
+		ds := column(nft, i)
+		med, _ = report.Median(ds)
+		return med, slices.Max(ds)
 	}
 	anchor, _ := medianOf(len(nft[0]) - 1)
 	fmt.Fprintf(&b, "The anchor is the nft tool loading the same table written by hand (one DNAT rule per service\n")
 	fmt.Fprintf(&b, "choosing its real server from a weighted numgen map, no per-server counters) with `nft -f` into\n")
-	fmt.Fprintf(&b, "an empty namespace in one transaction, median of the same runs: %s. IPVS has no\n", round(anchor))
+	fmt.Fprintf(&b, "an empty namespace of its own in one transaction; its time includes starting nft and parsing the\n")
+	fmt.Fprintf(&b, "file. Median of the same %d runs: %s. IPVS has no\n", runs, round(anchor))
 	fmt.Fprintf(&b, "anchor: the guest holds no ipvsadm, and keepalived's checker needs more than the guest runs.\n\n")
 	fmt.Fprintf(&b, "| step | nftables ops | nftables time (median) | nftables time (max) | ratio to nft -f | IPVS ops | IPVS time (emulated) |\n")
 	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|\n")
@@ -176,9 +201,18 @@ func write(path string, services, reals, runs int, nft [][]lvstest.Step, ipvs []
 		}
 		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %d | %s |\n", s.Name, nft[0][i].Ops, round(med), round(top), ratio, s.Ops, round(s.Duration))
 	}
-	fmt.Fprintf(&b, "\nTargets: no change issues no kernel operation, one weight change issues one, the full table\n")
-	fmt.Fprintf(&b, "takes under 1 s on nftables.\n\nReproduce: `sudo make bench-lvs` (needs qemu-system-x86 and busybox-static; a minute or two).\n")
+	b.WriteString("\n" + targets.Markdown())
+	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-lvs` (needs qemu-system-x86 and busybox-static; a minute or two).\n")
 	return report.WriteSection(path, "lvs", b.String())
+}
+
+// column is step i's time in every run.
+func column(runs [][]lvstest.Step, i int) []time.Duration {
+	var ds []time.Duration
+	for _, run := range runs {
+		ds = append(ds, run[i].Duration)
+	}
+	return ds
 }
 
 func round(d time.Duration) string {

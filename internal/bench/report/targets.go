@@ -66,13 +66,13 @@ func (ts Targets) Summary(w io.Writer, bench string) int {
 // MinRuns is the fewest runs a median is taken from.
 const MinRuns = 3
 
-// Median is the median of ds (which it sorts) and the number of runs it
-// comes from, as the report says it: "123ms (median of 5)".
+// Median is the median of ds and the number of runs it comes from, as the
+// report says it: "median of 5".
 func Median(ds []time.Duration) (time.Duration, string) {
 	if len(ds) == 0 {
 		return 0, "no run"
 	}
-	slices.Sort(ds)
+	ds = slices.Sorted(slices.Values(ds))
 	m := ds[len(ds)/2]
 	if len(ds)%2 == 0 {
 		m = (ds[len(ds)/2-1] + ds[len(ds)/2]) / 2
