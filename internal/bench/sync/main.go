@@ -7,8 +7,8 @@ package main
 import (
 	"errors"
 	"flag"
-	"math/rand/v2"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
