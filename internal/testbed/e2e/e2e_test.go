@@ -66,3 +66,18 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// tally asks n times and counts who answered; a question that fails fails
+// the test.
+func tally(t *testing.T, n int, ask func() (string, error)) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		name, err := ask()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name]++
+	}
+	return got
+}

@@ -169,14 +169,7 @@ func TestDaemonHealthChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantNotes("down web " + rs2 + "\nup web " + rs2 + "\n")
-	got := map[string]int{}
-	for range 30 {
-		name, err := s.Ask("", "192.0.2.100:80")
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[name]++
-	}
+	got := tally(t, 30, func() (string, error) { return s.Ask("", "192.0.2.100:80") })
 	if got["rs1"] != 10 || got["rs2"] != 10 || got["rs3"] != 10 {
 		t.Fatalf("after rs2 came back: %v", got)
 	}

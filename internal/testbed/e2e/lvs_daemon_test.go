@@ -111,25 +111,11 @@ func TestDaemonLoadBalances(t *testing.T) {
 	}
 
 	// Traffic: wrr 1:2 for TCP, rr over three for UDP.
-	got := map[string]int{}
-	for range 30 {
-		name, err := s.Ask("", "192.0.2.100:80")
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[name]++
-	}
+	got := tally(t, 30, func() (string, error) { return s.Ask("", "192.0.2.100:80") })
 	if got["rs1"] != 10 || got["rs2"] != 20 {
 		t.Fatalf("wrr 1:2: %v", got)
 	}
-	udp := map[string]int{}
-	for range 30 {
-		name, err := s.AskUDP("192.0.2.100:53")
-		if err != nil {
-			t.Fatal(err)
-		}
-		udp[name]++
-	}
+	udp := tally(t, 30, func() (string, error) { return s.AskUDP("192.0.2.100:53") })
 	if udp["rs1"] != 10 || udp["rs2"] != 10 || udp["rs3"] != 10 {
 		t.Fatalf("udp rr: %v", udp)
 	}
@@ -168,14 +154,7 @@ func TestDaemonLoadBalances(t *testing.T) {
 	if ans, err := held.Echo("ping"); err != nil || !strings.HasSuffix(ans, " ping") {
 		t.Fatalf("connection across the reload: %q, %v", ans, err)
 	}
-	got = map[string]int{}
-	for range 30 {
-		name, err := s.Ask("", "192.0.2.100:80")
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[name]++
-	}
+	got = tally(t, 30, func() (string, error) { return s.Ask("", "192.0.2.100:80") })
 	if got["rs1"] != 10 || got["rs2"] != 10 || got["rs3"] != 10 {
 		t.Fatalf("wrr 1:1:1 after the reload: %v", got)
 	}

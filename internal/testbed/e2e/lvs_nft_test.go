@@ -69,15 +69,7 @@ func tcpVS(sched string, reals ...lvs.Real) lvs.VirtualServer {
 // spread opens n connections and counts them by server.
 func (s *nftScene) spread(t *testing.T, src string, n int) map[string]int {
 	t.Helper()
-	got := map[string]int{}
-	for range n {
-		name, err := s.Ask(src, vipTCP.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[name]++
-	}
-	return got
+	return tally(t, n, func() (string, error) { return s.Ask(src, vipTCP.String()) })
 }
 
 func TestNFTWeightedRoundRobin(t *testing.T) {
@@ -151,14 +143,7 @@ func TestNFTUDPRoundRobin(t *testing.T) {
 	vs := lvs.VirtualServer{Name: "dns", Service: lvs.Service{Key: lvs.Key{Protocol: lvs.UDP, Addr: vipUDP}, Scheduler: "rr"},
 		Reals: []lvs.Real{backend(0, scene.UDPPort, 1), backend(1, scene.UDPPort, 5), backend(2, scene.UDPPort, 1)}}
 	s.set(t, vs)
-	got := map[string]int{}
-	for range 30 {
-		name, err := s.AskUDP(vipUDP.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[name]++
-	}
+	got := tally(t, 30, func() (string, error) { return s.AskUDP(vipUDP.String()) })
 	// rr ignores weights other than 0, as IPVS's rr does.
 	if got["rs1"] != 10 || got["rs2"] != 10 || got["rs3"] != 10 {
 		t.Fatalf("udp rr over 30 flows gave %v", got)
@@ -366,14 +351,7 @@ func TestNFTFirewallMark(t *testing.T) {
 		return lvs.Real{Addr: netip.AddrPortFrom(netip.MustParseAddr(scene.RealAddr(i)), 0), Weight: 1, Method: lvs.NAT}
 	}
 	s.set(t, lvs.VirtualServer{Name: "marked", Service: lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "rr"}, Reals: []lvs.Real{keep(0), keep(1)}})
-	got := map[string]int{}
-	for range 10 {
-		name, err := s.Ask("", fmt.Sprintf("%s:%d", scene.VIP, scene.TCPPort))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[name]++
-	}
+	got := tally(t, 10, func() (string, error) { return s.Ask("", fmt.Sprintf("%s:%d", scene.VIP, scene.TCPPort)) })
 	if got["rs1"] != 5 || got["rs2"] != 5 {
 		t.Fatalf("fwmark rr over 10 connections gave %v", got)
 	}
