@@ -30,7 +30,7 @@ import (
 // once; after that a file that differs is reported, not applied.
 type clusterManager struct {
 	log   *slog.Logger
-	node  *cluster.Node
+	node  ClusterNode
 	cache string // the last committed state, for a start without quorum
 	apply func(vss []config.VirtualServer)
 
@@ -39,7 +39,7 @@ type clusterManager struct {
 	differs []string // virtual servers where the file and the cluster disagree
 }
 
-func newClusterManager(cfg *config.Config, log *slog.Logger, open func(cluster.Config) (*cluster.Node, error), apply func([]config.VirtualServer)) (*clusterManager, error) {
+func newClusterManager(cfg *config.Config, log *slog.Logger, open func(cluster.Config) (ClusterNode, error), apply func([]config.VirtualServer)) (*clusterManager, error) {
 	c := &clusterManager{log: log.With("subsystem", "cluster"), cfg: cfg, apply: apply,
 		cache: filepath.Join(cfg.Node.DataDir, "cluster", "state.json")}
 	var t *cluster.TLS

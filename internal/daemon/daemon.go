@@ -55,8 +55,9 @@ type Daemon struct {
 	health  *health
 	cluster *clusterManager // nil without [cluster]
 	lbReady atomic.Bool     // lvs and health are set up
-	syncd   atomic.Pointer[syncDaemons]
-	ctsync  atomic.Pointer[ctSync]
+	// syncd and ctsync are set by New, before anything runs.
+	syncd   *syncDaemons
+	ctsync  *ctSync    // nil without [sync]
 	drillMu sync.Mutex // one drill at a time
 
 	mu         sync.Mutex
@@ -104,8 +105,9 @@ func Run(ctx context.Context, opts Options) error {
 }
 
 // New sets up a daemon for cfg on deps: the cluster member, the data plane
-// with cfg's table, the connection sync and the health checks. Nothing
-// runs until Run.
+// with cfg's table, the connection sync and the health checks. VRRP, the
+// checks, the reconciler and the sync run only from Run; the cluster's
+// Raft starts when the member is opened, as it restores its table.
 func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 	if opts.Log == nil {
 		opts.Log = os.Stderr
@@ -145,13 +147,13 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 		return nil, err
 	}
 	d.reg.MustRegister(newLVSCollector(d.lvs))
-	d.syncd.Store(newSyncDaemons(d.log, cfg, d.lvs.dp))
+	d.syncd = newSyncDaemons(d.log, cfg, d.lvs.dp)
 	cts, err := newCTSync(lbCfg, d.lvs.dp, d.log, deps)
 	if err != nil {
 		return nil, err
 	}
 	if cts != nil {
-		d.ctsync.Store(cts)
+		d.ctsync = cts
 		d.reg.MustRegister(newCTSyncCollector(cts))
 	}
 	d.health = newHealth(d.log, d.lvs)
@@ -172,7 +174,7 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 // Run serves the status API on ln and runs every subsystem until ctx
 // ends. It returns nil on a clean shutdown.
 func (d *Daemon) Run(ctx context.Context, ln net.Listener) error {
-	defer d.syncd.Load().stop()
+	defer d.syncd.stop()
 	cfg := d.config()
 	var mln net.Listener
 	if cfg.Node.MetricsListen != "" {
@@ -203,7 +205,7 @@ func (d *Daemon) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
 	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
 	g.Go(func() error { return d.health.runner.Run(ctx) })
-	if cts := d.ctsync.Load(); cts != nil {
+	if cts := d.ctsync; cts != nil {
 		g.Go(func() error { return cts.Run(ctx) })
 	}
 
@@ -243,10 +245,10 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 	})
 	deps.Notify = func(instance string, t vrrp.Transition) {
 		d.notify.Notify(instance, t)
-		if s := d.syncd.Load(); s != nil {
+		if s := d.syncd; s != nil {
 			s.transition(instance, t)
 		}
-		if c := d.ctsync.Load(); c != nil {
+		if c := d.ctsync; c != nil {
 			c.transition(instance, t)
 		}
 	}
@@ -464,7 +466,7 @@ func (d *Daemon) document(only string) api.Document {
 	if want(api.SectionCluster) && d.cluster != nil {
 		doc.Cluster = d.cluster.status()
 	}
-	if cts := d.ctsync.Load(); want(api.SectionSync) && cts != nil {
+	if cts := d.ctsync; want(api.SectionSync) && cts != nil {
 		doc.Sync = cts.status()
 	}
 	if want(api.SectionDrills) {

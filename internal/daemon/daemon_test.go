@@ -67,7 +67,7 @@ func fakeDeps(wire *vrrptest.Node, dp *lvstest.Fake) Deps {
 			return out
 		},
 		ConnSync:   func(dsync.Config) (ConnSync, error) { return nil, errors.New("no conntrack sync on fakes") },
-		Cluster:    nil, // a [cluster] needs the e2e tests
+		Cluster:    KernelDeps().Cluster, // Raft and gossip need no root on loopback
 		Privileges: func() error { return nil },
 	}
 }
@@ -393,5 +393,58 @@ func TestDaemonDrillAndFailover(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// freePort is a loopback address with a port nothing listens on.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestDaemonClusterOnLoopback: a one-node cluster (Raft and gossip on
+// loopback) seeds the table from the file, a drain through the API is
+// committed and programmed, and the cluster section reports it.
+func TestDaemonClusterOnLoopback(t *testing.T) {
+	dir := t.TempDir()
+	up, up2 := listener(t), listener(t)
+	f := conf.File{
+		Node: conf.Node{Name: "lb1", DataDir: filepath.Join(dir, "data"), StatusSocket: filepath.Join(dir, "s.sock")},
+		Cluster: &conf.Cluster{Bind: freePort(t), RaftBind: freePort(t), BootstrapExpect: 1,
+			EncryptKey: "ZGlyZWN0b3JkIHN5bmNsYWIgZ29zc2lwIGtleSwgMzI="},
+		VirtualServers: []conf.VirtualServer{{Name: "web", Address: "192.0.2.100:80", Scheduler: "wrr",
+			Reals: []conf.Real{{Address: up.String()}, {Address: up2.String()}}}},
+	}
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", f.String())
+	h.eventually(t, "a seeded one-node cluster", func(doc api.Document) error {
+		if c := doc.Cluster; c == nil || c.RaftState != "Leader" || !c.Seeded || c.Gossip != "aes" {
+			return fmt.Errorf("cluster %+v", doc.Cluster)
+		}
+		return nil
+	})
+	var res api.ClusterResult
+	if err := h.client.Post(context.Background(), "/v1/cluster", api.ClusterRequest{Op: api.OpRSDrain, Service: "web", Real: up2.String()}, &res); err != nil || !res.Applied {
+		t.Fatalf("drain: %+v %v", res, err)
+	}
+	h.eventually(t, "the drain in the table", func(doc api.Document) error {
+		for _, s := range doc.LVS.Services {
+			for _, r := range s.Reals {
+				if r.Addr == up2 && r.Weight == 0 {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("lvs %+v", doc.LVS.Services)
+	})
+	// A refused command is an error naming why, and changes nothing.
+	err := h.client.Post(context.Background(), "/v1/cluster", api.ClusterRequest{Op: api.OpRSDrain, Service: "nope", Real: up2.String()}, &res)
+	var ae *status.APIError
+	if !errors.As(err, &ae) || ae.Status != 422 {
+		t.Fatalf("drain of an unknown service: %v", err)
 	}
 }

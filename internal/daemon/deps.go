@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
+	"time"
 
 	"github.com/directord/directord/cluster"
 	"github.com/directord/directord/lvs"
@@ -25,7 +27,7 @@ type Deps struct {
 	// ConnSync opens the conntrack sync of [sync].
 	ConnSync func(dsync.Config) (ConnSync, error)
 	// Cluster opens this node's cluster member ([cluster]).
-	Cluster func(cluster.Config) (*cluster.Node, error)
+	Cluster func(cluster.Config) (ClusterNode, error)
 	// Privileges says what the process lacks to run, or nil.
 	Privileges func() error
 }
@@ -38,6 +40,23 @@ type ConnSync interface {
 }
 
 var _ ConnSync = (*dsync.Syncer)(nil)
+
+// ClusterNode is this node's cluster member as the daemon drives it.
+type ClusterNode interface {
+	Run(ctx context.Context) error
+	// State is the replicated table as last committed here.
+	State() cluster.State
+	Status() cluster.Status
+	AppliedIndex() uint64
+	Submit(c cluster.Command, timeout time.Duration) error
+	Leave(timeout time.Duration) error
+	// Ping asks a member for a direct gossip answer.
+	Ping(name string) (time.Duration, error)
+	// SetAppMeta sets what this node gossips about itself.
+	SetAppMeta(b json.RawMessage) error
+}
+
+var _ ClusterNode = (*cluster.Node)(nil)
 
 // KernelDeps are the real kernel's.
 func KernelDeps() Deps {
@@ -52,7 +71,13 @@ func KernelDeps() Deps {
 			}
 			return s, nil
 		},
-		Cluster:    cluster.New,
+		Cluster: func(c cluster.Config) (ClusterNode, error) {
+			n, err := cluster.New(c)
+			if err != nil {
+				return nil, err
+			}
+			return n, nil
+		},
 		Privileges: checkPrivileges,
 	}
 }

@@ -60,7 +60,7 @@ func (d *Daemon) peerInfo() peerInfo {
 }
 
 func (d *Daemon) syncState() string {
-	if c := d.ctsync.Load(); c != nil {
+	if c := d.ctsync; c != nil {
 		st := c.s.Status()
 		s := "conntrack " + st.Role
 		if st.Connected {
@@ -68,7 +68,7 @@ func (d *Daemon) syncState() string {
 		}
 		return s
 	}
-	if s := d.syncd.Load(); s != nil && s.cfg != nil {
+	if s := d.syncd; s != nil && s.cfg != nil {
 		ds, err := lvs.SyncDaemons()
 		if err != nil {
 			return "ipvs error"
@@ -377,11 +377,11 @@ func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back boo
 		f.Ping = func(name string) error { _, err := d.cluster.node.Ping(name); return err }
 		f.Here = d.peerInfo()
 	}
-	if c := d.ctsync.Load(); c != nil && slices.Contains(moving, c.instance) {
+	if c := d.ctsync; c != nil && slices.Contains(moving, c.instance) {
 		st := c.s.Status()
 		f.ConnSync = &st
 	}
-	if s := d.syncd.Load(); s != nil && s.cfg != nil && slices.Contains(moving, s.cfg.Instance) {
+	if s := d.syncd; s != nil && s.cfg != nil && slices.Contains(moving, s.cfg.Instance) {
 		f.IPVSSync = true
 	}
 	return drillGate(f)
