@@ -291,27 +291,33 @@ func (in *instance) health(g *Group) (fault string, prio uint8) {
 	}
 	p := int(in.cfg.Priority)
 	for _, t := range in.cfg.Track {
-		if g.up(g.links, t.Interface) {
-			continue
-		}
-		if t.Weight == 0 {
+		up := g.up(g.links, t.Interface)
+		if !up && t.Weight == 0 {
 			return "tracked interface " + t.Interface + " is down", in.cfg.Priority
 		}
-		p += t.Weight
+		p += trackWeight(up, t.Weight)
 	}
 	for _, t := range in.cfg.TrackScripts {
-		if g.up(g.scripts, t.Name) {
-			continue
-		}
-		if t.Weight == 0 {
+		ok := g.up(g.scripts, t.Name)
+		if !ok && t.Weight == 0 {
 			return "tracked script " + t.Name + " failed", in.cfg.Priority
 		}
-		p += t.Weight
+		p += trackWeight(ok, t.Weight)
 	}
 	if in.cfg.Priority == PriorityOwner {
 		return "", PriorityOwner
 	}
 	return "", uint8(min(max(p, 1), 254))
+}
+
+// trackWeight is what a tracked interface or script adds to the priority,
+// as keepalived counts it: a positive weight while it is up (passing), a
+// negative one while it is down (failing).
+func trackWeight(ok bool, weight int) int {
+	if (weight > 0) == ok {
+		return weight
+	}
+	return 0
 }
 
 func (g *Group) start(cfg Config) {

@@ -82,14 +82,18 @@ type Config struct {
 }
 
 // TrackScript is a check the router depends on: when it fails the router
-// goes to FAULT if Weight is 0, else its priority moves by Weight.
+// goes to FAULT if Weight is 0. Otherwise, as in keepalived, a positive
+// Weight is added to the priority while the check passes, a negative one
+// while it fails.
 type TrackScript struct {
 	Name   string
 	Weight int
 }
 
 // Track is a link the router depends on: when it is down the router goes
-// to FAULT if Weight is 0, else its priority moves by Weight.
+// to FAULT if Weight is 0. Otherwise, as in keepalived, a positive Weight
+// is added to the priority while the link is up, a negative one while it
+// is down.
 type Track struct {
 	Interface string
 	Weight    int
@@ -182,6 +186,7 @@ func (m *Machine) Start(now time.Time) Effects {
 }
 
 func (m *Machine) becomeMaster(now time.Time, reason string) Effects {
+	m.resigned = false // a master that resigned later must not explain a silent death
 	m.adverDue = now.Add(m.cfg.AdvertInt)
 	m.master, m.masterPriority = m.primary, m.priority
 	return Effects{Send: true, SendPriority: m.priority, GARP: true, Transition: m.transition(now, Master, reason)}
@@ -235,6 +240,11 @@ func (m *Machine) check(src netip.Addr, a *Advert) DropReason {
 		return DropVRID
 	case src.Is6() != m.cfg.IPv6() || a.Addrs[0].Is6() != m.cfg.IPv6():
 		return DropFamily
+	case src == m.primary:
+		// Our own advert come back (an echoing link, or our address
+		// among the unicast peers): answering it would storm.
+		// keepalived ignores it too.
+		return DropSelf
 	case len(m.cfg.UnicastPeers) > 0 && !slices.Contains(m.cfg.UnicastPeers, src):
 		return DropUnicastSrc
 	case m.cfg.Priority == PriorityOwner:
@@ -350,7 +360,17 @@ func (m *Machine) SetPriority(now time.Time, p uint8) Effects {
 	if p == m.priority || m.cfg.Priority == PriorityOwner || p == PriorityOwner || p == PriorityResign {
 		return Effects{}
 	}
+	// A backup's Master_Down_Interval (after a resignation, its
+	// Skew_Time) depends on its priority: the running timer moves with it.
+	wait := m.masterDownInterval
+	if m.resigned {
+		wait = m.skew
+	}
+	before := wait()
 	m.priority = p
+	if m.state == Backup {
+		m.masterDown = m.masterDown.Add(wait() - before)
+	}
 	if m.state == Master {
 		m.master, m.masterPriority = m.primary, p
 		m.adverDue = now.Add(m.cfg.AdvertInt)
@@ -423,12 +443,20 @@ func (m *Machine) Stop(now time.Time) Effects {
 }
 
 // LinkDown moves to Fault: the router cannot serve and must not hold the
-// addresses.
+// addresses. A master resigns on its way (priority 0, as keepalived does),
+// so the backup takes over after Skew_Time rather than the whole
+// Master_Down_Interval; with the link itself down the advert cannot go,
+// and the backup waits, as it must.
 func (m *Machine) LinkDown(now time.Time, why string) Effects {
 	if m.state == Fault {
 		return Effects{}
 	}
-	return Effects{Transition: m.transition(now, Fault, why)}
+	wasMaster := m.state == Master
+	e := Effects{Transition: m.transition(now, Fault, why)}
+	if wasMaster {
+		e.Send, e.SendPriority = true, PriorityResign
+	}
+	return e
 }
 
 // LinkUp leaves Fault and starts over.

@@ -67,6 +67,7 @@ const (
 	DropAuth         DropReason = "auth"          // v2 auth type or password mismatch
 	DropInterval     DropReason = "interval"      // v2 interval differs from ours (RFC 3768 §7.1)
 	DropOwner        DropReason = "owner"         // we own the addresses (priority 255)
+	DropSelf         DropReason = "self"          // sent from our own address (a loop or echo)
 	DropAddrList     DropReason = "addr_list"     // v2: address list differs and sender is not the owner
 	DropUnicastSrc   DropReason = "unicast_src"   // unicast source is not a configured peer
 	DropFamily       DropReason = "family"        // address family does not match the instance

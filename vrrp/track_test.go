@@ -1,0 +1,131 @@
+package vrrp
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// TestTrackWeights: the effective priority counts tracked interfaces and
+// scripts as keepalived does (vrrp_track.c): a positive weight is added
+// while the interface is up or the script passes, a negative one while it
+// is down or failing; weight 0 means FAULT. On main the weight was added on
+// failure whatever its sign, so a migrated configuration made the failing
+// director the master.
+func TestTrackWeights(t *testing.T) {
+	cfg := Config{Name: "VI_1", Interface: "eth0", Priority: 100,
+		Track:        []Track{{Interface: "eth1", Weight: 30}, {Interface: "eth2", Weight: -20}},
+		TrackScripts: []TrackScript{{Name: "up", Weight: 20}, {Name: "down", Weight: -10}}}
+	for _, tc := range []struct {
+		name           string
+		eth1, eth2     bool
+		scriptUp, down bool // the scripts' verdicts
+		want           uint8
+		fault          bool
+	}{
+		{"all well", true, true, true, true, 150, false},       // 100 +30 +20
+		{"all failing", false, false, false, false, 70, false}, // 100 -20 -10
+		{"positive ones failing", false, true, false, true, 100, false},
+		{"negative ones failing", true, false, true, false, 120, false}, // 100 +30 +20 -20 -10
+	} {
+		g := NewGroup(Deps{})
+		g.links = map[string]bool{"eth0": true, "eth1": tc.eth1, "eth2": tc.eth2}
+		g.scripts = map[string]bool{"up": tc.scriptUp, "down": tc.down}
+		fault, prio := (&instance{cfg: cfg}).health(g)
+		if (fault != "") != tc.fault || prio != tc.want {
+			t.Errorf("%s: priority %d (fault %q), want %d", tc.name, prio, fault, tc.want)
+		}
+	}
+	// Weight 0: FAULT; the bounds 1 and 254 hold.
+	g := NewGroup(Deps{})
+	g.links = map[string]bool{"eth1": false}
+	if fault, _ := (&instance{cfg: Config{Interface: "eth0", Priority: 100, Track: []Track{{Interface: "eth1"}}}}).health(g); fault == "" {
+		t.Error("a down interface tracked with weight 0 is not a FAULT")
+	}
+	g.links = map[string]bool{"eth1": true}
+	if _, prio := (&instance{cfg: Config{Interface: "eth0", Priority: 250, Track: []Track{{Interface: "eth1", Weight: 100}}}}).health(g); prio != 254 {
+		t.Errorf("priority %d above 254", prio)
+	}
+	g.links = map[string]bool{"eth1": false}
+	if _, prio := (&instance{cfg: Config{Interface: "eth0", Priority: 10, Track: []Track{{Interface: "eth1", Weight: -100}}}}).health(g); prio != 1 {
+		t.Errorf("priority %d below 1", prio)
+	}
+}
+
+// TestOwnAdvertIgnored: a master that hears its own advert back (an
+// echoing link, or its address among the unicast peers) drops it. On main
+// an equal-priority advert from its own address fell into the "lower
+// master" branch and was answered with an advert and a GARP, a storm.
+func TestOwnAdvertIgnored(t *testing.T) {
+	for _, c := range []Config{cfg(100), cfg(100, func(c *Config) { c.UnicastPeers = []netip.Addr{me, peer} })} {
+		m := NewMachine(c, me)
+		m.Start(t0)
+		m.Tick(at(4 * time.Second)) // no master heard: MASTER
+		mustState(t, m, Master)
+		e, r := m.Receive(at(5*time.Second), me, adv(100))
+		if r != DropSelf || e.Send || e.GARP || e.Transition != nil {
+			t.Fatalf("own advert (unicast peers %v): %+v, %q", c.UnicastPeers, e, r)
+		}
+		mustState(t, m, Master)
+	}
+}
+
+// TestFaultFromMasterResigns: a master going to FAULT (a tracked
+// interface or script) sends priority 0, so the backup takes over after
+// Skew_Time; on main it sent nothing and the backup waited the whole
+// Master_Down_Interval. A backup going to FAULT sends nothing.
+func TestFaultFromMasterResigns(t *testing.T) {
+	m := NewMachine(cfg(150), me)
+	m.Start(t0)
+	m.Tick(at(4 * time.Second))
+	mustState(t, m, Master)
+	e := m.LinkDown(at(5*time.Second), "tracked script chk failed")
+	if !e.Send || e.SendPriority != PriorityResign || e.Transition == nil || e.Transition.To != Fault {
+		t.Fatalf("master to FAULT: %+v", e)
+	}
+	b := NewMachine(cfg(100), me)
+	b.Start(t0)
+	b.Receive(at(time.Second), peer, adv(150))
+	if e := b.LinkDown(at(2*time.Second), "eth1 is down"); e.Send || e.Transition == nil {
+		t.Fatalf("backup to FAULT: %+v", e)
+	}
+}
+
+// TestResignedIsForgotten: a backup that took over from a resigning master
+// and later steps down again reports a silent master death as such, not
+// as another resignation (on main the flag was never cleared).
+func TestResignedIsForgotten(t *testing.T) {
+	m := NewMachine(cfg(100), me)
+	m.Start(t0)
+	m.Receive(at(time.Second), peer, adv(150))
+	m.Receive(at(2*time.Second), peer, adv(PriorityResign))
+	e := m.Tick(at(3 * time.Second))
+	if e.Transition == nil || e.Transition.Reason != "the master resigned (priority 0)" {
+		t.Fatalf("takeover after the resignation: %+v", e.Transition)
+	}
+	if _, err := m.Resign(at(4*time.Second), 0); err != nil { // a planned failover back
+		t.Fatal(err)
+	}
+	mustState(t, m, Backup)
+	// The peer takes over but dies before its first advert reaches us.
+	e = m.Tick(m.Deadline())
+	if e.Transition == nil || e.Transition.To != Master || e.Transition.Reason == "the master resigned (priority 0)" {
+		t.Fatalf("takeover after a silent death: %+v", e.Transition)
+	}
+}
+
+// TestBackupPriorityMovesMasterDown: a backup whose priority changes (a
+// tracked script) recomputes its Master_Down_Interval, whose skew depends
+// on the priority; on main the timer kept the old skew.
+func TestBackupPriorityMovesMasterDown(t *testing.T) {
+	m := NewMachine(cfg(100, func(c *Config) { c.Preempt = false }), me)
+	m.Start(t0)
+	m.Receive(at(time.Second), peer, adv(150))
+	if want := at(4*time.Second + skewOf(100, time.Second)); !m.Deadline().Equal(want) {
+		t.Fatalf("deadline %v, want %v", m.Deadline().Sub(t0), want.Sub(t0))
+	}
+	m.SetPriority(at(1500*time.Millisecond), 200)
+	if want := at(4*time.Second + skewOf(200, time.Second)); !m.Deadline().Equal(want) {
+		t.Fatalf("deadline after the priority rose: %v, want %v", m.Deadline().Sub(t0), want.Sub(t0))
+	}
+}
