@@ -346,7 +346,7 @@ func (g *Group) start(cfg Config) {
 				g.deps.Log.Warn("VRRP instance waits in FAULT for its interface", "instance", cfg.Name, "err", err)
 				logged = true
 			}
-			in.fail(g.deps.Now(), err)
+			in.fail(g, err)
 			select {
 			case <-ctx.Done():
 				return
@@ -477,16 +477,23 @@ func (in *instance) drop(log *slog.Logger, reason DropReason, src netip.Addr) {
 	}
 }
 
-func (in *instance) fail(now time.Time, err error) {
+// fail puts an instance that cannot run yet (no interface, no source
+// address) in FAULT: counted and notified like any transition.
+func (in *instance) fail(g *Group, err error) {
 	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.err == err.Error() && in.info.State == Fault {
+	in.err = err.Error()
+	if in.info.State == Fault {
+		in.mu.Unlock()
 		return
 	}
-	in.err = err.Error()
-	from := in.info.State
-	in.info.State = Fault
-	in.info.LastTransition = &Transition{From: from, To: Fault, Reason: err.Error(), At: now}
+	t := Transition{From: in.info.State, To: Fault, Reason: err.Error(), At: g.deps.Now(), Priority: in.info.Priority}
+	in.info.State, in.info.LastTransition = Fault, &t
+	in.transitions++
+	name := in.cfg.Name
+	in.mu.Unlock()
+	if g.deps.Notify != nil {
+		g.deps.Notify(name, t)
+	}
 }
 
 // run is the instance's event loop; it alone touches its Machine.
@@ -502,7 +509,7 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 		// No address yet (an interface being configured): wait in FAULT.
 		if !logged {
 			log.Warn("VRRP instance waits in FAULT for a source address", "err", err)
-			in.fail(g.deps.Now(), err)
+			in.fail(g, err)
 			logged = true
 		}
 		select {

@@ -2,9 +2,12 @@ package vrrp_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -143,4 +146,38 @@ func TestGroupDropDuringReconfigure(t *testing.T) {
 	waitFor(t, "drops counted", func() bool { return n.status(t).Drops[vrrp.DropTTL] > 0 })
 	close(stop)
 	<-done
+}
+
+// TestGroupFaultAtStartIsATransition: an instance whose interface does not
+// exist yet waits in FAULT; that is counted and notified like any
+// transition (on main it was neither).
+func TestGroupFaultAtStartIsATransition(t *testing.T) {
+	deps := vrrptest.NewNode(&vrrptest.Hub{}, me).Deps(slog.New(slog.DiscardHandler))
+	deps.Listen = func(string, bool) (vrrp.Conn, error) { return nil, errors.New("no such interface eth9") }
+	var mu sync.Mutex
+	var notified []vrrp.Transition
+	deps.Notify = func(_ string, tr vrrp.Transition) {
+		mu.Lock()
+		notified = append(notified, tr)
+		mu.Unlock()
+	}
+	g := vrrp.NewGroup(deps)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		g.Run(ctx, []vrrp.Config{{Name: "VI_1", Interface: "eth9", VRID: 51, Priority: 100, Version: 3,
+			AdvertInt: time.Second, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}}})
+		close(done)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "FAULT", func() bool {
+		st := g.Status()
+		return len(st) == 1 && st[0].State == vrrp.Fault
+	})
+	st := g.Status()[0]
+	mu.Lock()
+	defer mu.Unlock()
+	if st.Transitions != 1 || len(notified) != 1 || notified[0].To != vrrp.Fault || !strings.Contains(notified[0].Reason, "eth9") {
+		t.Fatalf("transitions %d, notified %+v", st.Transitions, notified)
+	}
 }
