@@ -340,7 +340,7 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 	}
 	fmt.Fprintf(&b, "\nEvery run, in the order run (dots; dashed lines are the medians):\n\n![gap per run, directord and keepalived](%s)\n", plotFile)
 	b.WriteString("\n" + targets.Markdown())
-	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about fifteen minutes).\n")
+	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about twenty minutes).\n")
 	return report.WriteSection(path, "failover", b.String())
 }
 
