@@ -122,15 +122,7 @@ func listener(t *testing.T) netip.AddrPort {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	lab.AcceptAndClose(ln)
 	return netip.MustParseAddrPort(ln.Addr().String())
 }
 

@@ -106,15 +106,7 @@ func run(bin string, addrs, ports int, dur time.Duration, out string, napi bool,
 					return err
 				}
 				lns = append(lns, ln)
-				go func() {
-					for {
-						c, err := ln.Accept()
-						if err != nil {
-							return
-						}
-						c.Close()
-					}
-				}()
+				lab.AcceptAndClose(ln)
 			}
 		}
 		return nil

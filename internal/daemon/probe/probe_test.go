@@ -41,15 +41,7 @@ func gapOfACutCable(t *testing.T, mode string) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		lab.AcceptAndClose(ln)
 		// Each probe's socket is made in the client's namespace.
 		dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
 			err = client.Do(func() error {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -139,4 +140,18 @@ func Throughout(d time.Duration, cond func() error) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return nil
+}
+
+// AcceptAndClose accepts connections on ln and closes each at once, until
+// ln is closed: a target for tcp checks and connection probes.
+func AcceptAndClose(ln net.Listener) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 }
