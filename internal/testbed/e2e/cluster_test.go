@@ -293,14 +293,20 @@ func clusterLab(t *testing.T, names ...string) ([]*director, *lab.Switch) {
 	return ds, sw
 }
 
-// trioFile is the file of one of three nodes: a witness, or a director
-// with the virtual servers vss.
-func trioFile(d *director, peers []string, witness bool, vss ...conf.VirtualServer) string {
+// trioFile is the file of ds[i], one of three nodes gossiping with the
+// other two: a witness, or a director with the virtual servers vss.
+func trioFile(ds []*director, i int, witness bool, vss ...conf.VirtualServer) string {
 	role := "director"
 	if witness {
 		role = "witness"
 	}
-	f := clusterFile(d, role, 3, peers...)
+	var peers []string
+	for j, d := range ds {
+		if j != i {
+			peers = append(peers, d.ip)
+		}
+	}
+	f := clusterFile(ds[i], role, 3, peers...)
 	f.VirtualServers = vss
 	return f.String()
 }
@@ -334,18 +340,11 @@ func raftLeader(t *testing.T, ds ...*director) *director {
 // killed while writes stream in loses none that was committed.
 func TestClusterWitness(t *testing.T) {
 	ds, _ := clusterLab(t, "lb1", "lb2", "w")
-	ips := []string{ds[0].ip, ds[1].ip, ds[2].ip}
 	for i, d := range ds {
-		var peers []string
-		for j, ip := range ips {
-			if j != i {
-				peers = append(peers, ip)
-			}
-		}
 		if i == 2 {
-			writeFile(t, d.conf, trioFile(d, peers, true))
+			writeFile(t, d.conf, trioFile(ds, i, true))
 		} else {
-			writeFile(t, d.conf, trioFile(d, peers, false, webService))
+			writeFile(t, d.conf, trioFile(ds, i, false, webService))
 		}
 		d.start()
 	}
@@ -416,15 +415,8 @@ func TestClusterWitness(t *testing.T) {
 // partition heals the old leader follows and programs the new table.
 func TestClusterPartition(t *testing.T) {
 	ds, sw := clusterLab(t, "lb1", "lb2", "lb3")
-	ips := []string{ds[0].ip, ds[1].ip, ds[2].ip}
 	for i, d := range ds {
-		var peers []string
-		for j, ip := range ips {
-			if j != i {
-				peers = append(peers, ip)
-			}
-		}
-		writeFile(t, d.conf, trioFile(d, peers, false, webService))
+		writeFile(t, d.conf, trioFile(ds, i, false, webService))
 		d.start()
 	}
 	base := map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 1}
