@@ -64,7 +64,6 @@ var ClusterKey = base64.StdEncoding.EncodeToString([]byte("directord synclab gos
 // directorctl) on both directors (and the witness), and waits until lb1
 // holds both VIPs.
 func NewSync(l *lab.Lab, dir, directord, directorctl string, o SyncOptions) (*Sync, error) {
-	syncOn := o.Sync
 	front, back := l.AddSwitch("front"), l.AddSwitch("back")
 	s := &Sync{LVS: &LVS{Lab: l, Front: front, Back: back, Client: l.AddHost("client")}, directorctl: directorctl}
 	front.Plug(s.Client, "eth0", ClientIP+"/24")
@@ -148,7 +147,7 @@ func NewSync(l *lab.Lab, dir, directord, directorctl string, o SyncOptions) (*Sy
 		if o.Cluster {
 			f.Node.Role = "director"
 		}
-		if syncOn {
+		if o.Sync {
 			f.Sync = &conf.Sync{Listen: x.Inside + ":7100", Peer: peer + ":7100", Key: SyncKey, Instance: "VI_1"}
 		}
 		if err := f.Write(x.Conf); err != nil {
