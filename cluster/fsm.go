@@ -65,10 +65,16 @@ type State struct {
 	Services map[string]json.RawMessage `json:"services"`
 	// Overrides by virtual server name, then real server.
 	Overrides map[string]map[string]Override `json:"overrides"`
+	// Refused are the virtual servers a committed command carried that
+	// the validator refused, by name, with why: they were left out. A
+	// leader refuses them before they are committed; these came from
+	// elsewhere (an older build, a forged entry).
+	Refused map[string]string `json:"refused,omitempty"`
 }
 
 func (s State) clone() State {
-	c := State{Index: s.Index, Seeded: s.Seeded, Services: maps.Clone(s.Services), Overrides: map[string]map[string]Override{}}
+	c := State{Index: s.Index, Seeded: s.Seeded, Services: maps.Clone(s.Services), Overrides: map[string]map[string]Override{},
+		Refused: maps.Clone(s.Refused)}
 	if c.Services == nil {
 		c.Services = map[string]json.RawMessage{}
 	}
@@ -85,8 +91,30 @@ func (s State) Names() []string { return slices.Sorted(maps.Keys(s.Services)) }
 // refuses.
 var ErrCommand = errors.New("command refused")
 
-// apply changes s by c, or refuses c and leaves s as it was.
-func (s *State) apply(c Command) error {
+// Validator judges one virtual server's document as the file's validator
+// would; nil accepts everything.
+type Validator func(name string, doc json.RawMessage) error
+
+// check refuses a command carrying a virtual server that valid refuses.
+func (c Command) check(valid Validator) error {
+	if valid == nil {
+		return nil
+	}
+	docs := c.Services
+	if c.Op == OpPutVS {
+		docs = map[string]json.RawMessage{c.Name: c.Service}
+	}
+	for _, name := range slices.Sorted(maps.Keys(docs)) {
+		if err := valid(name, docs[name]); err != nil {
+			return fmt.Errorf("%w: %v", ErrCommand, err)
+		}
+	}
+	return nil
+}
+
+// apply changes s by c, or refuses c and leaves s as it was. Virtual
+// servers that valid refuses are left out and listed in s.Refused.
+func (s *State) apply(c Command, valid Validator) error {
 	if c.V != CommandVersion {
 		return fmt.Errorf("%w: format version %d, this directord reads %d", ErrCommand, c.V, CommandVersion)
 	}
@@ -115,9 +143,12 @@ func (s *State) apply(c Command) error {
 			return nil
 		}
 		s.Seeded = true
-		s.Services = maps.Clone(c.Services)
-		if s.Services == nil {
-			s.Services = map[string]json.RawMessage{}
+		s.Services = map[string]json.RawMessage{}
+		s.Refused = nil
+		for name, doc := range c.Services {
+			if s.admit(name, doc, valid) {
+				s.Services[name] = doc
+			}
 		}
 		for name := range s.Overrides {
 			if _, ok := s.Services[name]; !ok {
@@ -128,7 +159,12 @@ func (s *State) apply(c Command) error {
 		if c.Name == "" || len(c.Service) == 0 {
 			return fmt.Errorf("%w: vs.put needs a name and a service", ErrCommand)
 		}
-		s.Services[c.Name] = c.Service
+		delete(s.Refused, c.Name)
+		if s.admit(c.Name, c.Service, valid) {
+			s.Services[c.Name] = c.Service
+		} else {
+			delete(s.Services, c.Name)
+		}
 	case OpDelVS:
 		if _, ok := s.Services[c.Name]; !ok {
 			return fmt.Errorf("%w: no virtual server %q", ErrCommand, c.Name)
@@ -167,18 +203,36 @@ func (s *State) apply(c Command) error {
 	return nil
 }
 
+// admit reports whether a virtual server may enter the table, recording
+// why not.
+func (s *State) admit(name string, doc json.RawMessage, valid Validator) bool {
+	if valid == nil {
+		return true
+	}
+	if err := valid(name, doc); err != nil {
+		if s.Refused == nil {
+			s.Refused = map[string]string{}
+		}
+		s.Refused[name] = err.Error()
+		return false
+	}
+	return true
+}
+
 // fsm is the Raft state machine: deterministic, and its state is only
 // ever replaced whole, so readers get consistent copies.
 type fsm struct {
 	mu       sync.Mutex
 	state    State
 	onChange func(State) // called after every applied command, in order
+	valid    Validator
 }
 
 var _ raft.FSM = (*fsm)(nil)
 
-func newFSM(onChange func(State)) *fsm {
-	return &fsm{state: State{Services: map[string]json.RawMessage{}, Overrides: map[string]map[string]Override{}}, onChange: onChange}
+func newFSM(onChange func(State), valid Validator) *fsm {
+	return &fsm{state: State{Services: map[string]json.RawMessage{}, Overrides: map[string]map[string]Override{}}, onChange: onChange,
+		valid: valid}
 }
 
 // Apply returns nil or the error refusing the command.
@@ -189,7 +243,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	next := f.state.clone()
-	err := next.apply(c)
+	err := next.apply(c, f.valid)
 	if err == nil {
 		next.Index = l.Index
 		f.state = next
@@ -226,6 +280,12 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	s = s.clone()
+	for _, name := range s.Names() {
+		if !s.admit(name, s.Services[name], f.valid) {
+			delete(s.Services, name)
+			delete(s.Overrides, name)
+		}
+	}
 	f.mu.Lock()
 	f.state = s
 	f.mu.Unlock()

@@ -21,7 +21,7 @@ func cmd(c Command) []byte {
 
 func TestFSM(t *testing.T) {
 	var seen []uint64
-	f := newFSM(func(s State) { seen = append(seen, s.Index) })
+	f := newFSM(func(s State) { seen = append(seen, s.Index) }, nil)
 	web := json.RawMessage(`{"address":"192.0.2.100:80"}`)
 	dns := json.RawMessage(`{"address":"192.0.2.100:53"}`)
 	steps := []struct {
@@ -66,7 +66,7 @@ func TestFSM(t *testing.T) {
 	if err := snap.Persist(sink); err != nil {
 		t.Fatal(err)
 	}
-	g := newFSM(nil)
+	g := newFSM(nil, nil)
 	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 		t.Fatal(err)
 	}
@@ -86,3 +86,43 @@ type memSink struct{ bytes.Buffer }
 func (*memSink) ID() string    { return "mem" }
 func (*memSink) Cancel() error { return nil }
 func (*memSink) Close() error  { return nil }
+
+// TestFSMValidates: a committed command the validator refuses (a forged
+// entry, an older leader) never enters the table, is listed with why,
+// and never stops the state machine; the leader refuses it up front.
+func TestFSMValidates(t *testing.T) {
+	valid := func(name string, doc json.RawMessage) error {
+		if bytes.Contains(doc, []byte("bad")) {
+			return errors.New("virtual_server." + name + ": bad")
+		}
+		return nil
+	}
+	f := newFSM(nil, valid)
+	good, bad := json.RawMessage(`{"a":1}`), json.RawMessage(`{"bad":1}`)
+	for i, c := range []Command{
+		{Op: OpApply, Services: map[string]json.RawMessage{"web": good, "evil": bad}},
+		{Op: OpPutVS, Name: "web", Service: bad},
+		{Op: OpPutVS, Name: "dns", Service: good},
+	} {
+		if res := f.Apply(&raft.Log{Index: uint64(i + 1), Data: cmd(c)}); res != nil {
+			t.Fatalf("step %d: %v", i, res)
+		}
+	}
+	s := f.State()
+	if !reflect.DeepEqual(s.Names(), []string{"dns"}) || len(s.Refused) != 2 || s.Refused["web"] != "virtual_server.web: bad" {
+		t.Fatalf("state %+v", s)
+	}
+	// A snapshot carrying what the validator refuses is filtered too.
+	b, _ := json.Marshal(State{Seeded: true, Services: map[string]json.RawMessage{"web": good, "evil": bad}})
+	g := newFSM(nil, valid)
+	if err := g.Restore(io.NopCloser(bytes.NewReader(b))); err != nil {
+		t.Fatal(err)
+	}
+	if s := g.State(); !reflect.DeepEqual(s.Names(), []string{"web"}) || s.Refused["evil"] == "" {
+		t.Fatalf("restored %+v", s)
+	}
+	c := Command{Op: OpApply, Services: map[string]json.RawMessage{"evil": bad}}
+	if err := c.check(valid); !errors.Is(err, ErrCommand) {
+		t.Fatalf("check: %v", err)
+	}
+}

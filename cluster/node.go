@@ -45,6 +45,10 @@ type Config struct {
 	// TLS, when set, secures Raft with mutual certificate checks.
 	TLS    *TLS
 	Logger *slog.Logger
+	// Validate judges every virtual server a command carries: the leader
+	// refuses a command with one it refuses, and every node leaves out
+	// one that was committed all the same. Nil accepts everything.
+	Validate Validator
 	// OnChange is called with the state after every applied command and
 	// restore, in order; it must not block for long.
 	OnChange func(State)
@@ -116,7 +120,7 @@ func New(cfg Config) (*Node, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, members: map[string]member{}, pending: map[uint64]chan string{}, retired: map[string]bool{}}
-	n.fsm = newFSM(cfg.OnChange)
+	n.fsm = newFSM(cfg.OnChange, cfg.Validate)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster data_dir: %w", err)
 	}
@@ -335,6 +339,9 @@ func (n *Node) reconcileVoters() {
 // with ErrNoQuorum within timeout.
 func (n *Node) Apply(c Command, timeout time.Duration) error {
 	c.V = CommandVersion
+	if err := c.check(n.cfg.Validate); err != nil {
+		return err
+	}
 	b, err := json.Marshal(c)
 	if err != nil {
 		return err

@@ -70,6 +70,11 @@ func newChecker(s Spec, tcp *tcpProber) (Checker, error) {
 		}
 		return CheckFunc(s.checkDNS), nil
 	case "exec":
+		if m := s.Exec.Missing; m != "" {
+			return CheckFunc(func(context.Context) Result {
+				return fail("no [[check_script]] named %q on this director", m)
+			}), nil
+		}
 		if len(s.Exec.Argv) == 0 {
 			return nil, errors.New("exec check without a program")
 		}

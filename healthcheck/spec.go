@@ -81,6 +81,9 @@ type DNSSpec struct {
 // ExecSpec is for exec checks (keepalived's MISC_CHECK).
 type ExecSpec struct {
 	Argv []string
+	// Missing names a script the director does not define: the check
+	// fails, saying so, rather than stopping every other check.
+	Missing string
 	// Dynamic (misc_dynamic): exit 2-255 means up with weight code-2.
 	Dynamic bool
 }

@@ -286,6 +286,9 @@ type ClusterStatus struct {
 	// FileDiffers lists the virtual servers where this node's file and
 	// the replicated table disagree.
 	FileDiffers []string `json:"file_differs,omitempty"`
+	// Refused are virtual servers a committed command carried that failed
+	// validation here, with why: they are not programmed.
+	Refused map[string]string `json:"refused,omitempty"`
 }
 
 // ClusterMember is one member as the gossip sees it.

@@ -19,11 +19,15 @@ import (
 // Config is a validated configuration with every default filled in.
 type Config struct {
 	// File is the path the configuration was read from.
-	File           string          `json:"file"`
-	Node           Node            `json:"node"`
-	Dataplane      Dataplane       `json:"dataplane"`
-	VRRP           []VRRPInstance  `json:"vrrp_instance"`
-	VRRPScripts    []VRRPScript    `json:"vrrp_script"`
+	File        string         `json:"file"`
+	Node        Node           `json:"node"`
+	Dataplane   Dataplane      `json:"dataplane"`
+	VRRP        []VRRPInstance `json:"vrrp_instance"`
+	VRRPScripts []VRRPScript   `json:"vrrp_script"`
+	// CheckScripts are this director's own programs that exec health
+	// checks name (script = "name"): a replicated table names them and
+	// never carries a command.
+	CheckScripts   []CheckScript   `json:"check_script"`
 	SyncGroups     []SyncGroup     `json:"vrrp_sync_group"`
 	VirtualServers []VirtualServer `json:"virtual_server"`
 	// Cluster is nil when the file has no [cluster] section: a single
@@ -126,6 +130,12 @@ type VRRPScript struct {
 	Weight   int           `json:"weight"`
 }
 
+// CheckScript is a program an exec health check runs by name.
+type CheckScript struct {
+	Name    string   `json:"name"`
+	Command []string `json:"command"`
+}
+
 // Notify holds the programs run on transitions, as argument vectors
 // (no shell is involved).
 type Notify struct {
@@ -209,7 +219,9 @@ type HealthCheck struct {
 	QueryType        string            `json:"query_type,omitempty"`
 	Rcode            string            `json:"rcode,omitempty"`
 	Command          []string          `json:"command,omitempty"`
-	Dynamic          bool              `json:"dynamic,omitempty"`
+	// Script names a [[check_script]] of the director running the check.
+	Script  string `json:"script,omitempty"`
+	Dynamic bool   `json:"dynamic,omitempty"`
 }
 
 // Sync copies the conntrack entries of the flows to the VIPs to the peer

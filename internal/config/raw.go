@@ -8,14 +8,15 @@ import "fmt"
 // problem instead of stopping at the first.
 
 type rawConfig struct {
-	Node          *rawNode       `toml:"node"`
-	Dataplane     rawDataplane   `toml:"dataplane"`
-	VRRPInstance  []rawVRRP      `toml:"vrrp_instance"`
-	VRRPScript    []rawScript    `toml:"vrrp_script"`
-	VRRPSyncGroup []rawSyncGroup `toml:"vrrp_sync_group"`
-	VirtualServer []rawVS        `toml:"virtual_server"`
-	Cluster       *rawCluster    `toml:"cluster"`
-	Sync          *rawSync       `toml:"sync"`
+	Node          *rawNode         `toml:"node"`
+	Dataplane     rawDataplane     `toml:"dataplane"`
+	VRRPInstance  []rawVRRP        `toml:"vrrp_instance"`
+	VRRPScript    []rawScript      `toml:"vrrp_script"`
+	CheckScript   []rawCheckScript `toml:"check_script"`
+	VRRPSyncGroup []rawSyncGroup   `toml:"vrrp_sync_group"`
+	VirtualServer []rawVS          `toml:"virtual_server"`
+	Cluster       *rawCluster      `toml:"cluster"`
+	Sync          *rawSync         `toml:"sync"`
 }
 
 type rawSync struct {
@@ -204,7 +205,13 @@ type rawHealthCheck struct {
 	QueryType        string            `toml:"query_type"`
 	Rcode            string            `toml:"rcode"`
 	Command          []string          `toml:"command"`
+	Script           string            `toml:"script"`
 	Dynamic          *bool             `toml:"dynamic"`
+}
+
+type rawCheckScript struct {
+	Name    string   `toml:"name"`
+	Command []string `toml:"command"`
 }
 
 type rawCluster struct {

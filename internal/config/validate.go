@@ -39,6 +39,10 @@ type validator struct {
 	file     string
 	pos      *lazyPositions
 	problems []Problem
+	// checkScripts are the file's [[check_script]] names; nil when the
+	// virtual servers come from the replicated table, whose script names
+	// each director resolves against its own file.
+	checkScripts map[string]bool
 }
 
 // add records a problem at the line of path, a sequence of keys and array
@@ -167,7 +171,12 @@ func (v *validator) config(raw *rawConfig) *Config {
 	cfg.VRRPScripts = v.scripts(raw.VRRPScript)
 	cfg.VRRP = v.vrrp(raw.VRRPInstance, cfg.VRRPScripts)
 	cfg.SyncGroups = v.syncGroups(raw.VRRPSyncGroup, cfg.VRRP)
+	cfg.CheckScripts = v.checkScriptList(raw.CheckScript)
 	cfg.VirtualServers = v.virtualServers(raw.VirtualServer)
+	if raw.Cluster != nil {
+		// The file's virtual servers seed the replicated table.
+		v.noCommands(raw.VirtualServer)
+	}
 	if r := raw.Dataplane.LVSSyncDaemon; r != nil {
 		cfg.Dataplane.LVSSyncDaemon = v.syncDaemon(r, cfg.VRRP)
 	}
@@ -351,6 +360,46 @@ func (v *validator) scripts(raws []rawScript) []VRRPScript {
 		out = append(out, sc)
 	}
 	return out
+}
+
+func (v *validator) checkScriptList(raws []rawCheckScript) []CheckScript {
+	names := map[string][]any{}
+	v.checkScripts = map[string]bool{}
+	out := make([]CheckScript, 0, len(raws))
+	for i, r := range raws {
+		p := []any{"check_script", i}
+		v.uniqueName(at(p, "name"), r.Name, "check_script", names)
+		if r.Command == nil {
+			v.add(at(p, "command"), "required: the program to run, as an array")
+		}
+		out = append(out, CheckScript{Name: r.Name, Command: v.argv(at(p, "command"), r.Command)})
+		v.checkScripts[r.Name] = true
+	}
+	return out
+}
+
+// noCommands refuses programs inside virtual servers that the cluster
+// replicates: a table that could carry a command would let whoever
+// writes it run anything as root on every director.
+func (v *validator) noCommands(raws []rawVS) {
+	for i, r := range raws {
+		hc := r.HealthCheck
+		if hc == nil {
+			continue
+		}
+		p := []any{"virtual_server", i, "health_check"}
+		if hc.Command != nil {
+			v.add(at(p, "command"), "commands never travel through the cluster: define the program in this director's [[check_script]] and name it here with script = \"NAME\"")
+		}
+		for _, k := range []struct {
+			key  string
+			argv []string
+		}{{"notify_up", hc.NotifyUp}, {"notify_down", hc.NotifyDown}} {
+			if k.argv != nil {
+				v.add(at(p, k.key), "commands never travel through the cluster: %s cannot be part of a replicated virtual server", k.key)
+			}
+		}
+	}
 }
 
 func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
@@ -717,7 +766,7 @@ var healthKeys = map[string][]string{
 	"headers": {"http", "https"}, "status_codes": {"http", "https"}, "body_regex": {"http", "https"},
 	"digest": {"http", "https"}, "sni": {"https", "tls"}, "verify_cert": {"https", "tls"},
 	"warn_days": {"https", "tls"}, "payload": {"udp"}, "expect": {"udp", "dns"},
-	"query_name": {"dns"}, "query_type": {"dns"}, "rcode": {"dns"}, "command": {"exec"}, "dynamic": {"exec"},
+	"query_name": {"dns"}, "query_type": {"dns"}, "rcode": {"dns"}, "command": {"exec"}, "script": {"exec"}, "dynamic": {"exec"},
 	"connect_ip": {"tcp", "http", "https", "tls", "udp", "dns"}, "connect_port": {"tcp", "http", "https", "tls", "udp", "dns"},
 	"bindto": {"tcp", "http", "https", "tls", "udp", "dns"},
 }
@@ -735,7 +784,7 @@ func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
 		"sni": r.SNI != "", "verify_cert": r.VerifyCert != nil, "warn_days": r.WarnDays != nil,
 		"payload": r.Payload != "", "expect": r.Expect != "", "query_name": r.QueryName != "",
 		"query_type": r.QueryType != "", "rcode": r.Rcode != "", "command": r.Command != nil,
-		"dynamic": r.Dynamic != nil, "connect_ip": r.ConnectIP != "", "connect_port": r.ConnectPort != nil,
+		"script": r.Script != "", "dynamic": r.Dynamic != nil, "connect_ip": r.ConnectIP != "", "connect_port": r.ConnectPort != nil,
 		"bindto": r.BindTo != "",
 	}
 	keys := make([]string, 0, len(set))
@@ -832,10 +881,18 @@ func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
 	}
 	hc.Dynamic = r.Dynamic != nil && *r.Dynamic
 	if hc.Type == "exec" {
-		if r.Command == nil {
-			v.add(at(p, "command"), "an exec check needs a command: [\"/usr/local/bin/check\", \"arg\"]")
+		switch {
+		case r.Command == nil && r.Script == "":
+			v.add(at(p, "command"), "an exec check needs a command: [\"/usr/local/bin/check\", \"arg\"], or script = \"NAME\" of a [[check_script]]")
+		case r.Command != nil && r.Script != "":
+			v.add(at(p, "script"), "give command or script, not both")
+		case r.Script != "" && v.checkScripts != nil && !v.checkScripts[r.Script]:
+			v.add(at(p, "script"), "%q is not a [[check_script]] of this file", r.Script)
+		case r.Script != "" && !validName(r.Script):
+			v.add(at(p, "script"), "%q is not a valid name", r.Script)
 		}
 		hc.Command = v.argv(at(p, "command"), r.Command)
+		hc.Script = r.Script
 	}
 	return hc
 }

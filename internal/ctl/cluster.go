@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -137,6 +139,9 @@ func renderCluster(w io.Writer, st *api.ClusterStatus) error {
 	fmt.Fprintf(tw, "term\t%s, commit index %s, applied %d, last contact %s\n", st.Term, st.CommitIndex, st.Applied, st.LastContact)
 	fmt.Fprintf(tw, "table\tindex %d, seeded %v\n", st.StateIndex, st.Seeded)
 	fmt.Fprintf(tw, "security\traft TLS %v, gossip encryption %s\n", st.RaftTLS, st.Gossip)
+	for _, name := range slices.Sorted(maps.Keys(st.Refused)) {
+		fmt.Fprintf(tw, "refused\t%s: %s\n", name, st.Refused[name])
+	}
 	if len(st.FileDiffers) > 0 {
 		fmt.Fprintf(tw, "file differs\t%s (the cluster's are in force; directorctl apply -f FILE)\n", strings.Join(st.FileDiffers, ", "))
 	}

@@ -1,10 +1,15 @@
 package daemon
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/directord/directord/healthcheck"
+	"github.com/directord/directord/internal/config"
 )
 
 // directord -t checks the table against the capability table of the data
@@ -63,6 +68,47 @@ forwarding = "dr"
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("%s (ipvs %v): %v\nlacks %q", tc.kind, tc.ipvs, err, w)
 			}
+		}
+	}
+}
+
+// An exec check of the replicated table names a script; each director
+// runs its own [[check_script]] of that name, or fails the check saying
+// it has none.
+func TestHealthSpecsResolveScripts(t *testing.T) {
+	cfg, err := config.Parse("f.toml", []byte(`[node]
+name = "x"
+[[check_script]]
+name = "mysql"
+command = ["/usr/local/bin/check-mysql", "-q"]
+[[virtual_server]]
+name = "db"
+address = "192.0.2.100:3306"
+  [virtual_server.health_check]
+  type = "exec"
+  script = "mysql"
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:3306"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range healthSpecs(cfg) {
+		if !slices.Equal(s.Exec.Argv, []string{"/usr/local/bin/check-mysql", "-q"}) || s.Exec.Missing != "" {
+			t.Fatalf("resolved %+v", s.Exec)
+		}
+	}
+	cfg.CheckScripts = nil // the table names a script this director lacks
+	for _, s := range healthSpecs(cfg) {
+		if s.Exec.Missing != "mysql" {
+			t.Fatalf("unresolved %+v", s.Exec)
+		}
+		c, err := healthcheck.NewChecker(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := c.Check(context.Background()); r.Err == nil || !strings.Contains(r.Err.Error(), `no [[check_script]] named "mysql"`) {
+			t.Fatalf("check of a missing script: %+v", r)
 		}
 	}
 }

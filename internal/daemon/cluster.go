@@ -61,7 +61,7 @@ func newClusterManager(cfg *config.Config, log *slog.Logger, open func(cluster.C
 		ID:  cfg.Node.Name, DataDir: filepath.Join(cfg.Node.DataDir, "cluster"),
 		Gossip: cfg.Cluster.Bind, Raft: cfg.Cluster.RaftBind, Peers: cfg.Cluster.Peers,
 		BootstrapExpect: cfg.Cluster.BootstrapExpect, EncryptKey: cfg.Cluster.EncryptKey,
-		Witness: cfg.Node.Role == "witness", Logger: c.log, OnChange: c.changed,
+		Witness: cfg.Node.Role == "witness", Logger: c.log, OnChange: c.changed, Validate: config.ValidateDocument,
 	})
 	if err != nil {
 		return nil, err
@@ -77,8 +77,17 @@ func (c *clusterManager) cached() (cluster.State, bool) {
 		return cluster.State{}, false
 	}
 	var s cluster.State
-	if json.Unmarshal(b, &s) != nil || !s.Seeded {
+	if err := json.Unmarshal(b, &s); err != nil || !s.Seeded {
+		if err != nil {
+			c.log.Error("the cached table cannot be read; starting from the file's", "file", c.cache, "err", err)
+		}
 		return cluster.State{}, false
+	}
+	for _, name := range s.Names() {
+		if err := config.ValidateDocument(name, s.Services[name]); err != nil {
+			c.log.Error("a virtual server of the cached table is invalid; left out", "virtual_server", name, "err", err)
+			delete(s.Services, name)
+		}
 	}
 	return s, true
 }
@@ -113,7 +122,8 @@ func (c *clusterManager) changed(s cluster.State) {
 }
 
 // virtualServers turns the replicated state into the table to program:
-// the virtual servers with the operators' overrides applied.
+// the virtual servers with the operators' overrides applied. The FSM
+// validated each one (cached validates what comes from the disk).
 func virtualServers(s cluster.State) ([]config.VirtualServer, error) {
 	var out []config.VirtualServer
 	for _, name := range s.Names() {
@@ -231,7 +241,8 @@ func (c *clusterManager) status() *api.ClusterStatus {
 	ns := c.node.Status()
 	st := &api.ClusterStatus{ID: ns.ID, Role: ns.Role, RaftState: ns.RaftState, Leader: ns.Leader, Term: ns.Term,
 		CommitIndex: ns.CommitIndex, Applied: ns.Applied, LastContact: ns.LastContact, RaftTLS: ns.RaftTLS, Gossip: ns.Gossip,
-		Members: make([]api.ClusterMember, 0, len(ns.Members)), StateIndex: s.Index, Seeded: s.Seeded, FileDiffers: d}
+		Members: make([]api.ClusterMember, 0, len(ns.Members)), StateIndex: s.Index, Seeded: s.Seeded, FileDiffers: d,
+		Refused: s.Refused}
 	for _, m := range ns.Members {
 		st.Members = append(st.Members, api.ClusterMember(m))
 	}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -438,5 +439,31 @@ func TestDaemonClusterOnLoopback(t *testing.T) {
 	var ae *status.APIError
 	if !errors.As(err, &ae) || ae.Status != 422 {
 		t.Fatalf("drain of an unknown service: %v", err)
+	}
+	// The replicated table is validated like the file: what would panic
+	// in the FSM, busy-loop or run a command is refused, naming the key.
+	before := h.status(t).Cluster.StateIndex
+	for _, bad := range []struct{ doc, want string }{
+		{`"health_check":{"type":"http","interval":1000000000,"timeout":1000000,"rise":1,"fall":1,"path":"/","method":"GET","body_regex":"("}`,
+			"virtual_server.web.health_check.body_regex: error parsing regexp"},
+		{`"health_check":{"type":"tcp","interval":0,"timeout":0,"rise":1,"fall":1}`,
+			"virtual_server.web.health_check.interval: 0s is out of range"},
+		{`"health_check":{"type":"exec","interval":1000000000,"timeout":1000000,"rise":1,"fall":1,"command":["/bin/sh","-c","id"]}`,
+			"virtual_server.web.health_check.command: commands never travel through the cluster"},
+	} {
+		doc := json.RawMessage(`{"name":"web","address":"192.0.2.100:80","protocol":"tcp","scheduler":"wrr","forwarding":"nat","quorum":1,` +
+			`"real_server":[{"address":"` + up.String() + `","weight":1,"forwarding":"nat"}],` + bad.doc + `}`)
+		for _, req := range []api.ClusterRequest{
+			{Op: api.OpApply, Services: map[string]json.RawMessage{"web": doc}},
+			{Op: api.OpVSPut, Service: "web", Document: doc},
+		} {
+			err := h.client.Post(context.Background(), "/v1/cluster", req, &res)
+			if !errors.As(err, &ae) || ae.Status != 422 || !strings.Contains(err.Error(), bad.want) {
+				t.Errorf("%s with %s: got %v, want 422 naming %q", req.Op, bad.doc, err, bad.want)
+			}
+		}
+	}
+	if st := h.status(t); st.Cluster.StateIndex != before || st.Cluster.RaftState != "Leader" {
+		t.Fatalf("after refused writes: table index %d (was %d), raft %s", st.Cluster.StateIndex, before, st.Cluster.RaftState)
 	}
 }

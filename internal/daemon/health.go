@@ -91,7 +91,18 @@ func healthSpecs(cfg *config.Config) map[healthcheck.ID]healthcheck.Spec {
 			continue
 		}
 		for _, rs := range vs.RealServers {
-			out[healthcheck.ID{Service: vs.Name, Real: rs.Address}] = healthSpec(hc, vs, rs.Address)
+			s := healthSpec(hc, vs, rs.Address)
+			if hc.Script != "" {
+				// The replicated table names a script; this director's
+				// file says what it runs.
+				i := slices.IndexFunc(cfg.CheckScripts, func(c config.CheckScript) bool { return c.Name == hc.Script })
+				if i < 0 {
+					s.Exec.Missing = hc.Script
+				} else {
+					s.Exec.Argv = cfg.CheckScripts[i].Command
+				}
+			}
+			out[healthcheck.ID{Service: vs.Name, Real: rs.Address}] = s
 		}
 	}
 	return out

@@ -1,0 +1,188 @@
+package config_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/directord/directord/internal/config"
+)
+
+// richServers covers every kind of virtual server and check the file
+// takes; each must survive the trip into the replicated table.
+const richServers = `
+[node]
+name = "lb1"
+
+[[check_script]]
+name = "mysql"
+command = ["/usr/local/bin/check-mysql", "--quick"]
+
+[[virtual_server]]
+name = "web"
+address = "192.0.2.100:80"
+scheduler = "sh"
+scheduler_flags = ["sh-port"]
+persistence_timeout = "5m"
+persistence_granularity = 24
+quorum = 2
+hysteresis = 1
+inhibit_on_failure = true
+drain_timeout = "30s"
+sorry_server = "203.0.113.99:80"
+  [virtual_server.health_check]
+  type = "http"
+  interval = "500ms"
+  timeout = "200ms"
+  path = "/health"
+  headers = { "X-Token" = "s3cret" }
+  status_codes = ["200-299"]
+  body_regex = "ok"
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:8080"
+  weight = 3
+  upper_threshold = 100
+  lower_threshold = 50
+  [[virtual_server.real_server]]
+  address = "203.0.113.12:8080"
+  forwarding = "dr"
+
+[[virtual_server]]
+name = "db"
+address = "[2001:db8::100]:3306"
+  [virtual_server.health_check]
+  type = "exec"
+  script = "mysql"
+  dynamic = true
+  [[virtual_server.real_server]]
+  address = "[2001:db8::11]:3306"
+
+[[virtual_server]]
+name = "marked"
+fwmark = 7
+family = "ipv6"
+  [virtual_server.health_check]
+  type = "tcp"
+  connect_port = 443
+  [[virtual_server.real_server]]
+  address = "2001:db8::12"
+
+[[virtual_server]]
+name = "dns"
+address = "192.0.2.100:53"
+protocol = "udp"
+one_packet = true
+  [virtual_server.health_check]
+  type = "dns"
+  query_name = "example.test."
+  [[virtual_server.real_server]]
+  address = "203.0.113.13:53"
+
+[[virtual_server]]
+name = "tls"
+address = "192.0.2.100:443"
+  [virtual_server.health_check]
+  type = "tls"
+  sni = "example.test"
+  verify_cert = true
+  warn_days = 14
+  bindto = "192.0.2.1"
+  [[virtual_server.real_server]]
+  address = "203.0.113.14:443"
+`
+
+func TestValidateDocumentRoundTrip(t *testing.T) {
+	cfg, err := config.Parse("rich.toml", []byte(richServers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := config.Documents(cfg.VirtualServers)
+	if len(docs) != 5 {
+		t.Fatalf("%d documents", len(docs))
+	}
+	for name, doc := range docs {
+		if err := config.ValidateDocument(name, doc); err != nil {
+			t.Errorf("%s: a virtual server the file accepts is refused from the table: %v\n%s", name, err, doc)
+		}
+	}
+}
+
+// TestValidateDocumentRefuses: what the file's validator refuses, the
+// table refuses, naming the key; and commands never pass.
+func TestValidateDocumentRefuses(t *testing.T) {
+	cfg, err := config.Parse("rich.toml", []byte(richServers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := config.Documents(cfg.VirtualServers)["web"]
+	edit := func(f func(m map[string]any)) json.RawMessage {
+		var m map[string]any
+		if err := json.Unmarshal(web, &m); err != nil {
+			t.Fatal(err)
+		}
+		f(m)
+		b, _ := json.Marshal(m)
+		return b
+	}
+	check := func(m map[string]any) map[string]any { return m["health_check"].(map[string]any) }
+	for _, tc := range []struct {
+		name, vs string
+		doc      json.RawMessage
+		want     string
+	}{
+		{"regex", "web", edit(func(m map[string]any) { check(m)["body_regex"] = "(" }),
+			"virtual_server.web.health_check.body_regex: error parsing regexp"},
+		{"zero interval", "web", edit(func(m map[string]any) { check(m)["interval"] = 0 }),
+			"virtual_server.web.health_check.interval: 0s is out of range"},
+		{"command", "web", edit(func(m map[string]any) {
+			c := check(m)
+			c["type"], c["command"] = "exec", []string{"/bin/sh", "-c", "id"}
+			for _, k := range []string{"path", "method", "headers", "status_codes", "body_regex"} {
+				delete(c, k)
+			}
+		}), "virtual_server.web.health_check.command: commands never travel through the cluster"},
+		{"notify", "web", edit(func(m map[string]any) { check(m)["notify_up"] = []string{"/usr/bin/touch", "/tmp/x"} }),
+			"virtual_server.web.health_check.notify_up: commands never travel through the cluster"},
+		{"unknown field", "web", edit(func(m map[string]any) { m["exec"] = "x" }), `unknown field "exec"`},
+		{"bad weight", "web", edit(func(m map[string]any) { m["real_server"].([]any)[0].(map[string]any)["weight"] = 70000 }),
+			"virtual_server.web.real_server[0].weight: 70000 is out of range"},
+		{"bad scheduler", "web", edit(func(m map[string]any) { m["scheduler"] = "twos!" }),
+			`virtual_server.web.scheduler: "twos!" is not one of`},
+		{"bad name", "web/../x", web, "not a valid name"},
+		{"not json", "web", json.RawMessage(`{"name":`), "virtual_server.web:"},
+		{"too big", "web", json.RawMessage(`{"name":"` + strings.Repeat("a", config.MaxDocument) + `"}`), "over the limit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := config.ValidateDocument(tc.vs, tc.doc)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestClusterFileRefusesCommands(t *testing.T) {
+	_, err := config.Parse("c.toml", []byte(`[node]
+name = "lb1"
+[cluster]
+bind = "192.0.2.1:7946"
+raft_bind = "192.0.2.1:7000"
+[[virtual_server]]
+name = "db"
+address = "192.0.2.100:3306"
+  [virtual_server.health_check]
+  type = "exec"
+  command = ["/usr/local/bin/check"]
+  notify_down = ["/usr/local/bin/page"]
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:3306"
+`))
+	for _, want := range []string{
+		"c.toml:11: virtual_server[0].health_check.command: commands never travel through the cluster",
+		"c.toml:12: virtual_server[0].health_check.notify_down: commands never travel",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want %q", err, want)
+		}
+	}
+}
