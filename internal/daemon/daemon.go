@@ -133,7 +133,7 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 				lbCfg = &c
 			}
 		}
-		d.status.Handle("POST /v1/cluster", d.cluster.handle)
+		d.status.HandleTable("POST /v1/cluster", d.cluster.handle)
 		d.status.Handle("POST /v1/cluster/leave", d.cluster.handleLeave)
 		d.reg.MustRegister(newClusterCollector(d.cluster))
 	}
@@ -256,7 +256,7 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 	d.scripts = newScriptRunner(d.log, d.vrrp.SetScript)
 	d.registerMetrics()
 	d.status.Handle("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
-		status.WriteJSON(w, http.StatusOK, d.config())
+		status.WriteJSON(w, http.StatusOK, redacted(d.config()))
 	})
 	d.status.Handle("POST /v1/reload", d.handleReload)
 	d.status.Handle("POST /v1/vrrp/{instance}/failover", d.handleFailover)
@@ -316,6 +316,26 @@ func (d *Daemon) config() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg
+}
+
+// redacted is cfg as /v1/config shows it: health-check header values
+// (tokens, basic auth) are secrets. Keys are shown; the gossip and sync
+// keys never are (json:"-").
+func redacted(cfg *config.Config) *config.Config {
+	c := *cfg
+	c.VirtualServers = slices.Clone(cfg.VirtualServers)
+	for i, vs := range c.VirtualServers {
+		if vs.HealthCheck == nil || len(vs.HealthCheck.Headers) == 0 {
+			continue
+		}
+		hc := *vs.HealthCheck
+		hc.Headers = map[string]string{}
+		for k := range vs.HealthCheck.Headers {
+			hc.Headers[k] = "(redacted)"
+		}
+		c.VirtualServers[i].HealthCheck = &hc
+	}
+	return &c
 }
 
 // reloadLoop serialises reloads from SIGHUP and from the status socket.

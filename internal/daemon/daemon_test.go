@@ -467,3 +467,26 @@ func TestDaemonClusterOnLoopback(t *testing.T) {
 		t.Fatalf("after refused writes: table index %d (was %d), raft %s", st.Cluster.StateIndex, before, st.Cluster.RaftState)
 	}
 }
+
+// /v1/config shows health-check header names, never their values.
+func TestConfigRedactsHeaders(t *testing.T) {
+	dir := t.TempDir()
+	f := conf.File{
+		Node: conf.Node{Name: "lb1", DataDir: filepath.Join(dir, "data"), StatusSocket: filepath.Join(dir, "s.sock")},
+		VirtualServers: []conf.VirtualServer{{Name: "web", Address: "192.0.2.100:80",
+			Check: &conf.Check{Type: "http", Extra: []string{`headers = { "Authorization" = "Bearer s3cret-token" }`}},
+			Reals: []conf.Real{{Address: listener(t).String()}}}},
+	}
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", f.String())
+	var raw json.RawMessage
+	if err := h.client.Get(context.Background(), "/v1/config", &raw); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "s3cret") || !strings.Contains(string(raw), `"Authorization":"(redacted)"`) {
+		t.Fatalf("/v1/config: %s", raw)
+	}
+	// What runs still has the value.
+	if hc := h.d.config().VirtualServers[0].HealthCheck; hc.Headers["Authorization"] != "Bearer s3cret-token" {
+		t.Fatalf("the running config lost its header: %+v", hc.Headers)
+	}
+}

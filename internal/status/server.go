@@ -56,9 +56,15 @@ func NewServer(log *slog.Logger, doc DocumentFunc) *Server {
 
 // Handle adds an endpoint, such as POST /v1/reload. Request bodies are
 // capped at MaxRequestBody.
-func (s *Server) Handle(pattern string, h http.HandlerFunc) {
+func (s *Server) Handle(pattern string, h http.HandlerFunc) { s.handle(pattern, MaxRequestBody, h) }
+
+// HandleTable adds an endpoint that takes a whole load-balancer table
+// (directorctl apply), capped at MaxTableBody.
+func (s *Server) HandleTable(pattern string, h http.HandlerFunc) { s.handle(pattern, MaxTableBody, h) }
+
+func (s *Server) handle(pattern string, limit int64, h http.HandlerFunc) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBody)
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
 		h(w, r)
 	})
 }
@@ -66,9 +72,12 @@ func (s *Server) Handle(pattern string, h http.HandlerFunc) {
 // ServeHTTP answers one request; for tests without a socket.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// MaxRequestBody bounds what a client may send: the largest request is a
-// table of virtual servers for directorctl apply.
-const MaxRequestBody = 64 << 20
+// MaxRequestBody bounds what a client may send.
+const MaxRequestBody = 1 << 20
+
+// MaxTableBody bounds a table of virtual servers for directorctl apply:
+// ten thousand services of ten real servers each are about 40 MiB.
+const MaxTableBody = 64 << 20
 
 // Serve answers on ln until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {

@@ -83,10 +83,28 @@ func TestServerHandlers(t *testing.T) {
 	if err := c.Post(context.Background(), "/v1/echo", strings.Repeat("x", 1000), &n); err != nil || n != 1002 {
 		t.Fatalf("small body: %d %v", n, err)
 	}
-	err := c.Post(context.Background(), "/v1/echo", strings.Repeat("x", MaxRequestBody), &n)
+	if MaxRequestBody > 1<<20 {
+		t.Fatalf("requests may be %d bytes", MaxRequestBody)
+	}
+	err := c.Post(context.Background(), "/v1/echo", strings.Repeat("x", 2<<20), &n)
 	var ae *APIError
 	if !errors.As(err, &ae) || ae.Status != http.StatusRequestEntityTooLarge || !strings.HasSuffix(ae.Error(), ":\n  read\n  more") {
 		t.Fatalf("big body: %v", err)
+	}
+	// A table for directorctl apply may be larger, within its own cap.
+	s.HandleTable("POST /v1/table", func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			WriteError(w, http.StatusRequestEntityTooLarge, err)
+			return
+		}
+		WriteJSON(w, http.StatusOK, n)
+	})
+	if err := c.Post(context.Background(), "/v1/table", strings.Repeat("x", 2<<20), &n); err != nil || n != 2<<20+2 {
+		t.Fatalf("a 2 MiB table: %d %v", n, err)
+	}
+	if err := c.Post(context.Background(), "/v1/table", strings.Repeat("x", MaxTableBody), &n); !errors.As(err, &ae) {
+		t.Fatalf("a table over the cap: %v", err)
 	}
 }
 
