@@ -32,6 +32,9 @@ const (
 	OpEnable  = "rs.enable" // clear a real server's overrides
 	OpWeight  = "rs.weight" // set a real server's weight by hand
 	OpDisable = "rs.disable"
+	OpInit    = "cluster.init" // the first leader names the cluster (Name is its ID)
+	OpLeave   = "node.leave"   // the node Name left: never re-added as a voter
+	OpRejoin  = "node.rejoin"  // the node Name may be a voter again
 )
 
 // Command is one change of the replicated state, as written to the log.
@@ -70,11 +73,15 @@ type State struct {
 	// leader refuses them before they are committed; these came from
 	// elsewhere (an older build, a forged entry).
 	Refused map[string]string `json:"refused,omitempty"`
+	// ClusterID names this cluster: two that formed apart never merge.
+	ClusterID string `json:"cluster_id,omitempty"`
+	// Left are the nodes that left with directorctl cluster leave.
+	Left map[string]bool `json:"left,omitempty"`
 }
 
 func (s State) clone() State {
 	c := State{Index: s.Index, Seeded: s.Seeded, Services: maps.Clone(s.Services), Overrides: map[string]map[string]Override{},
-		Refused: maps.Clone(s.Refused)}
+		Refused: maps.Clone(s.Refused), ClusterID: s.ClusterID, Left: maps.Clone(s.Left)}
 	if c.Services == nil {
 		c.Services = map[string]json.RawMessage{}
 	}
@@ -189,6 +196,25 @@ func (s *State) apply(c Command, valid Validator) error {
 				o.Weight = &w
 			}
 		})
+	case OpInit:
+		if c.Name == "" {
+			return fmt.Errorf("%w: cluster.init needs an ID", ErrCommand)
+		}
+		if s.ClusterID == "" {
+			s.ClusterID = c.Name
+		}
+	case OpLeave, OpRejoin:
+		if c.Name == "" {
+			return fmt.Errorf("%w: %s needs a node", ErrCommand, c.Op)
+		}
+		if c.Op == OpRejoin {
+			delete(s.Left, c.Name)
+			break
+		}
+		if s.Left == nil {
+			s.Left = map[string]bool{}
+		}
+		s.Left[c.Name] = true
 	case OpEnable:
 		if err := needVS(); err != nil {
 			return err

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,14 +37,20 @@ type Config struct {
 	Gossip, Raft netip.AddrPort
 	// Peers are other nodes' gossip addresses to join.
 	Peers []string
+	// Members names every node that may vote, this one included: a
+	// gossip member or a certificate naming anyone else is ignored.
+	Members []string
 	// BootstrapExpect is the number of voters that form the cluster the
 	// first time (2 for a pair, 3 with a witness).
 	BootstrapExpect int
-	// EncryptKey, 16, 24 or 32 bytes, encrypts and authenticates gossip.
-	EncryptKey []byte
+	// EncryptKey, 16, 24 or 32 bytes, encrypts and authenticates gossip;
+	// EncryptKeysOld are still accepted from others (a rotation).
+	EncryptKey     []byte
+	EncryptKeysOld [][]byte
 	// Witness nodes vote but run no data plane.
 	Witness bool
-	// TLS, when set, secures Raft with mutual certificate checks.
+	// TLS authenticates Raft and forwarded commands: every connection is
+	// mutual TLS between certificates that name members. Required.
 	TLS    *TLS
 	Logger *slog.Logger
 	// Validate judges every virtual server a command carries: the leader
@@ -63,26 +71,32 @@ type Node struct {
 	ml   *memberlist.Memberlist
 	logs io.Closer
 
+	stream    *stream
+	keyring   *memberlist.Keyring
+
 	mu        sync.Mutex
 	members   map[string]member
 	bootstrap bool
-	pending   map[uint64]chan string // forwarded commands awaiting the leader's answer
-	nextReq   uint64
-	retired   map[string]bool // nodes the leader took out: never re-added
 	joining   atomic.Bool
+	left      atomic.Bool     // this node ran Leave: it no longer joins the gossip
 	app       json.RawMessage // this node's application metadata (SetAppMeta)
+	ignored   map[string]bool // gossip members that are not voters, logged once
+	conflicts map[string]string
+	sent      []byte // the metadata last published
+	waiting   bool   // logged that peers hold state and this node waits
 }
 
-// envelope carries a forwarded command to the leader and its answer back,
-// over memberlist's reliable (TCP) channel.
+// envelope carries a command forwarded to the leader over mutual TLS.
 type envelope struct {
-	Req  uint64   `json:"req"`
-	From string   `json:"from,omitempty"` // the asking node, for the answer
-	Cmd  *Command `json:"cmd,omitempty"`
-	Err  string   `json:"err,omitempty"`
-	Done bool     `json:"done,omitempty"` // an answer
-	// Remove asks the leader to take the named node out of Raft.
+	Cmd *Command `json:"cmd,omitempty"`
+	// Remove asks the leader to take the asking node out of Raft; a node
+	// can take out only itself.
 	Remove string `json:"remove,omitempty"`
+}
+
+// answer is the leader's reply to an envelope.
+type answer struct {
+	Err string `json:"err,omitempty"`
 }
 
 type member struct {
@@ -92,6 +106,11 @@ type member struct {
 	state  string
 	role   string
 	app    json.RawMessage
+	// cluster is the ID of the cluster whose state the member holds, or
+	// "" before it holds any.
+	cluster string
+	holds   bool // it holds Raft state (bootstrapped or added)
+	leader  bool
 }
 
 // meta is what a node tells the others about itself through memberlist.
@@ -102,7 +121,17 @@ type meta struct {
 	// directord its VRRP states, table digest and sync, so that a
 	// director can tell whether its peer is ready to take over.
 	App json.RawMessage `json:"app,omitempty"`
+	// Cluster is the ID of the cluster this node's state belongs to;
+	// Holds says it has Raft state at all. A node without state does
+	// not bootstrap while a peer has some, and a leader never adds a
+	// member of another cluster.
+	Cluster string `json:"cluster,omitempty"`
+	Holds   bool   `json:"holds,omitempty"`
+	Leader  bool   `json:"leader,omitempty"`
 }
+
+// errNotLeader: a command reached a node that does not lead (any more).
+var errNotLeader = errors.New("not the leader")
 
 // ErrNoQuorum is returned by Apply when no leader can commit: nothing
 // was written.
@@ -119,10 +148,16 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, members: map[string]member{}, pending: map[uint64]chan string{}, retired: map[string]bool{}}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, members: map[string]member{}, ignored: map[string]bool{}, conflicts: map[string]string{}}
 	n.fsm = newFSM(cfg.OnChange, cfg.Validate)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster data_dir: %w", err)
+	}
+	if _, err := os.Stat(n.leftFile()); err == nil {
+		n.left.Store(true)
 	}
 	if err := n.startRaft(); err != nil {
 		return nil, err
@@ -163,22 +198,13 @@ func (n *Node) startRaft() error {
 	// The transport's timeout bounds a dial to a dead peer, which a
 	// shutdown waits for: on a LAN a second is plenty.
 	const rpcTimeout = time.Second
-	var trans raft.Transport
-	if n.cfg.TLS != nil {
-		stream, err := newTLSStream(n.cfg.Raft.String(), addr, n.cfg.TLS, n.log)
-		if err != nil {
-			store.Close()
-			return fmt.Errorf("raft transport on %s: %w", n.cfg.Raft, err)
-		}
-		trans = raft.NewNetworkTransport(stream, 3, rpcTimeout, logWriter(n.log, "raft-transport"))
-	} else {
-		tcp, err := raft.NewTCPTransport(n.cfg.Raft.String(), addr, 3, rpcTimeout, logWriter(n.log, "raft-transport"))
-		if err != nil {
-			store.Close()
-			return fmt.Errorf("raft transport on %s: %w", n.cfg.Raft, err)
-		}
-		trans = tcp
+	stream, err := newStream(n.cfg.Raft.String(), addr, n.cfg.TLS, n.isMember, n.expectAt, n.log, n.serveRPC)
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("raft transport on %s: %w", n.cfg.Raft, err)
 	}
+	n.stream = stream
+	trans := raft.NewNetworkTransport(stream, 3, rpcTimeout, logWriter(n.log, "raft-transport"))
 	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, trans)
 	if err != nil {
 		store.Close()
@@ -210,7 +236,12 @@ func (n *Node) startGossip() error {
 	// Gossip packets are small; a forwarded command can be a megabyte of
 	// JSON, which LZW took about 20 ms to pack and unpack.
 	mc.EnableCompression = false
-	mc.SecretKey = n.cfg.EncryptKey
+	kr, err := memberlist.NewKeyring(n.cfg.EncryptKeysOld, n.cfg.EncryptKey)
+	if err != nil {
+		return fmt.Errorf("gossip keys: %w", err)
+	}
+	n.keyring = kr
+	mc.Keyring = kr
 	mc.LogOutput = logWriter(n.log, "memberlist")
 	mc.Delegate = &delegate{n: n}
 	mc.Events = &events{n: n}
@@ -242,17 +273,54 @@ func (n *Node) Run(ctx context.Context) error {
 			}()
 		}
 		n.maybeBootstrap()
+		n.checkMembers()
+		n.maybeInit()
 		n.reconcileVoters()
 		select {
 		case <-ctx.Done():
 			n.ml.Leave(time.Second)
 			n.ml.Shutdown()
 			err := n.raft.Shutdown().Error()
+			n.stream.Close()
 			n.logs.Close()
 			return err
 		case <-t.C:
 		}
 	}
+}
+
+// check refuses a configuration that would let strangers in.
+func (c Config) check() error {
+	switch {
+	case c.TLS == nil:
+		return errors.New("cluster: mutual TLS is required (tls_cert, tls_key, tls_ca)")
+	case len(c.EncryptKey) == 0:
+		return errors.New("cluster: a gossip key is required (encrypt_key)")
+	case !slices.Contains(c.Members, c.ID):
+		return fmt.Errorf("cluster: members %v do not name this node, %s", c.Members, c.ID)
+	}
+	names, err := c.TLS.Names()
+	if err != nil {
+		return fmt.Errorf("cluster tls_cert: %w", err)
+	}
+	if !slices.Contains(names, c.ID) {
+		return fmt.Errorf("cluster tls_cert names %v, not this node (%s): the peers would refuse it", names, c.ID)
+	}
+	return nil
+}
+
+func (n *Node) isMember(name string) bool { return slices.Contains(n.cfg.Members, name) }
+
+// expectAt names the member gossip says listens for Raft at addr.
+func (n *Node) expectAt(addr string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.members {
+		if m.raft == addr && n.isMember(m.name) {
+			return m.name
+		}
+	}
+	return ""
 }
 
 func (n *Node) missingPeers() []string {
@@ -275,8 +343,10 @@ func (n *Node) missingPeers() []string {
 }
 
 // maybeBootstrap forms the cluster the first time, once BootstrapExpect
-// nodes know each other: each bootstraps with the same voters, which
-// Raft accepts once.
+// members know each other and none of them holds Raft state: each
+// bootstraps with the same voters, which Raft accepts once. A node whose
+// peers already hold state waits for their leader to add it: a wiped
+// data_dir must not start a second cluster beside the first.
 func (n *Node) maybeBootstrap() {
 	n.mu.Lock()
 	if n.bootstrap {
@@ -284,10 +354,24 @@ func (n *Node) maybeBootstrap() {
 		return
 	}
 	var servers []raft.Server
+	var holders []string
 	for _, m := range n.members {
-		if m.state == "alive" && m.raft != "" {
-			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.name), Address: raft.ServerAddress(m.raft)})
+		if m.state != "alive" || m.raft == "" || !n.isMember(m.name) {
+			continue
 		}
+		if m.holds && m.name != n.cfg.ID {
+			holders = append(holders, m.name)
+		}
+		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.name), Address: raft.ServerAddress(m.raft)})
+	}
+	if len(holders) > 0 {
+		first := !n.waiting
+		n.waiting = true
+		n.mu.Unlock()
+		if first {
+			n.log.Info("cluster: not bootstrapping: peers already hold the cluster's state; waiting for their leader to add this node", "peers", holders)
+		}
+		return
 	}
 	if len(servers) < max(n.cfg.BootstrapExpect, 1) {
 		n.mu.Unlock()
@@ -302,9 +386,52 @@ func (n *Node) maybeBootstrap() {
 		return
 	}
 	n.log.Info("cluster bootstrapped", "voters", len(servers))
+	n.publish()
 }
 
-// reconcileVoters, on the leader, adds alive members Raft does not know.
+// maybeInit, on the leader of a new cluster, commits the cluster's ID:
+// members of two clusters that formed apart can then tell they are not
+// one.
+func (n *Node) maybeInit() {
+	if n.raft.State() != raft.Leader || n.fsm.State().ClusterID != "" {
+		return
+	}
+	id := make([]byte, 8)
+	rand.Read(id)
+	if err := n.Apply(Command{Op: OpInit, Name: hex.EncodeToString(id)}, 5*time.Second); err != nil {
+		n.log.Warn("cluster: committing the cluster ID failed; retrying", "err", err)
+		return
+	}
+	n.publish()
+}
+
+// checkMembers records the members that belong to another cluster, and
+// logs each once: two clusters that meet never merge.
+func (n *Node) checkMembers() {
+	own := n.fsm.State().ClusterID
+	n.publish()
+	n.mu.Lock()
+	var news []member
+	for _, m := range n.members {
+		foreign := own != "" && m.cluster != "" && m.cluster != own && m.state == "alive"
+		_, known := n.conflicts[m.name]
+		switch {
+		case foreign && !known:
+			n.conflicts[m.name] = fmt.Sprintf("%s belongs to another cluster (%s; this one is %s): refusing to merge; wipe one side's data_dir to join it to the other", m.name, m.cluster, own)
+			news = append(news, m)
+		case !foreign && known:
+			delete(n.conflicts, m.name)
+		}
+	}
+	n.mu.Unlock()
+	for _, m := range news {
+		n.log.Error("cluster: a member of another cluster; refusing to merge", "node", m.name, "its_cluster", m.cluster, "this_cluster", own)
+	}
+}
+
+// reconcileVoters, on the leader, adds alive configured members Raft
+// does not know, unless they left or belong to another cluster. Gossip
+// members that are not configured members are ignored (logged once).
 func (n *Node) reconcileVoters() {
 	if n.raft.State() != raft.Leader {
 		return
@@ -317,14 +444,30 @@ func (n *Node) reconcileVoters() {
 	for _, s := range f.Configuration().Servers {
 		known[s.ID] = true
 	}
+	st := n.fsm.State()
 	n.mu.Lock()
 	var add []member
+	var strangers []string
 	for _, m := range n.members {
-		if m.state == "alive" && m.raft != "" && !known[raft.ServerID(m.name)] && !n.retired[m.name] {
-			add = append(add, m)
+		if m.state != "alive" || m.raft == "" || known[raft.ServerID(m.name)] || st.Left[m.name] {
+			continue
 		}
+		if !n.isMember(m.name) {
+			if !n.ignored[m.name] {
+				n.ignored[m.name] = true
+				strangers = append(strangers, m.name)
+			}
+			continue
+		}
+		if _, foreign := n.conflicts[m.name]; foreign {
+			continue
+		}
+		add = append(add, m)
 	}
 	n.mu.Unlock()
+	for _, name := range strangers {
+		n.log.Warn("cluster: a gossip member that is not in [cluster] members is ignored", "node", name)
+	}
 	for _, m := range add {
 		if err := n.raft.AddVoter(raft.ServerID(m.name), raft.ServerAddress(m.raft), 0, 5*time.Second).Error(); err != nil {
 			n.log.Warn("cluster: adding a voter failed", "node", m.name, "err", err)
@@ -346,12 +489,15 @@ func (n *Node) Apply(c Command, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
+	if len(b) > MaxCommand {
+		return fmt.Errorf("%w: %d bytes, over the limit of %d", ErrCommand, len(b), MaxCommand)
+	}
 	if n.raft.State() != raft.Leader {
 		addr, id := n.raft.LeaderWithID()
 		if addr == "" {
 			return ErrNoQuorum
 		}
-		return fmt.Errorf("not the leader: %s (%s) is", id, addr)
+		return fmt.Errorf("%w: %s (%s) is", errNotLeader, id, addr)
 	}
 	// Confirm the majority first, so that a write while a peer is down
 	// fails without entering the log: an entry appended without quorum
@@ -376,80 +522,123 @@ func (n *Node) Apply(c Command, timeout time.Duration) error {
 	if err, ok := f.Response().(error); ok {
 		return err
 	}
+	if c.Op == OpLeave {
+		// Recorded first, so that no later leader adds it back.
+		if err := n.raft.RemoveServer(raft.ServerID(c.Name), 0, timeout).Error(); err != nil {
+			return fmt.Errorf("remove %s from raft: %w", c.Name, err)
+		}
+		n.log.Info("cluster: node removed", "node", c.Name)
+	}
 	return nil
 }
 
 // Submit commits c from any node: the leader applies it, a follower
-// forwards it to the leader and waits for the answer. Forwarding needs
-// the gossip key: without it anyone who reaches the gossip port could
-// change the table.
+// forwards it to the leader over mutual TLS and waits for the answer.
 func (n *Node) Submit(c Command, timeout time.Duration) error {
-	return n.submit(envelope{Cmd: &c}, timeout)
+	return n.submit(c, timeout)
 }
 
 // Leave takes this node out of the cluster for good (an operator retiring
-// it): the leader removes it from Raft, then it leaves the gossip. Its
-// daemon goes on with the last committed table until it is stopped.
+// it): the leave is committed, so that no leader adds it back, and the
+// leader removes it from Raft. It stays in the gossip, as a member that
+// left, and keeps its last table, but is not eligible for VRRP MASTER
+// (see Left) until Rejoin.
 func (n *Node) Leave(timeout time.Duration) error {
-	if err := n.submit(envelope{Remove: n.cfg.ID}, timeout); err != nil {
+	if err := n.submit(Command{Op: OpLeave, Name: n.cfg.ID}, timeout); err != nil {
 		return err
 	}
-	return n.ml.Leave(timeout)
-}
-
-// remove runs on the leader.
-func (n *Node) remove(id string, timeout time.Duration) error {
-	n.mu.Lock()
-	n.retired[id] = true
-	n.mu.Unlock()
-	if err := n.raft.RemoveServer(raft.ServerID(id), 0, timeout).Error(); err != nil {
-		return fmt.Errorf("remove %s from raft: %w", id, err)
+	n.left.Store(true)
+	if err := os.WriteFile(n.leftFile(), []byte("left\n"), 0o600); err != nil {
+		n.log.Error("cluster: recording the leave on disk failed", "err", err)
 	}
-	n.log.Info("cluster: node removed", "node", id)
 	return nil
 }
 
-func (n *Node) submit(e envelope, timeout time.Duration) error {
+// Rejoin undoes Leave: the leader adds this node back as a voter.
+func (n *Node) Rejoin(timeout time.Duration) error {
+	if err := n.submit(Command{Op: OpRejoin, Name: n.cfg.ID}, timeout); err != nil {
+		return err
+	}
+	n.left.Store(false)
+	if err := os.Remove(n.leftFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// SetGossipKeys makes primary the key gossip is sent with, and primary
+// and old the keys it is accepted with: a rotation without a partition
+// (every member first learns the new key as an old one, then each makes
+// it primary, then the old one is dropped).
+func (n *Node) SetGossipKeys(primary []byte, old [][]byte) error {
+	kr := n.keyring
+	for _, k := range append([][]byte{primary}, old...) {
+		if err := kr.AddKey(k); err != nil {
+			return fmt.Errorf("gossip key: %w", err)
+		}
+	}
+	if err := kr.UseKey(primary); err != nil {
+		return fmt.Errorf("gossip key: %w", err)
+	}
+	for _, k := range kr.GetKeys() {
+		if !bytes.Equal(k, primary) && !slices.ContainsFunc(old, func(o []byte) bool { return bytes.Equal(o, k) }) {
+			if err := kr.RemoveKey(k); err != nil {
+				return fmt.Errorf("gossip key: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// Left reports whether this node left the cluster (Leave) and has not
+// rejoined: a director that left must not serve as MASTER with a table
+// nobody updates.
+func (n *Node) Left() bool { return n.left.Load() }
+
+func (n *Node) leftFile() string { return filepath.Join(n.cfg.DataDir, "left") }
+
+func (n *Node) submit(c Command, timeout time.Duration) error {
 	// Right after a leader is lost an election takes a moment: look for
 	// a leader that takes the command for a little while, not the whole
 	// timeout, so that a cluster without quorum answers fast.
 	find := time.Now().Add(min(timeout, 3*time.Second))
-	n.mu.Lock()
-	n.nextReq++
-	req := n.nextReq
-	ch := make(chan string, 1)
-	n.pending[req] = ch
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		delete(n.pending, req)
-		n.mu.Unlock()
-	}()
-	e.Req, e.From = req, n.cfg.ID
-	b, _ := json.Marshal(e)
+	b, err := json.Marshal(envelope{Cmd: &c})
+	if err != nil {
+		return err
+	}
 	var lastErr error = ErrNoQuorum
 	for {
 		if n.Leader() {
-			if e.Remove != "" {
-				return n.remove(e.Remove, timeout)
-			}
-			return n.Apply(*e.Cmd, timeout)
+			return n.Apply(c, timeout)
 		}
-		_, id := n.raft.LeaderWithID()
-		var to *memberlist.Node
+		addr, id := n.raft.LeaderWithID()
+		if id == "" {
+			// A node outside the Raft configuration (one that left)
+			// learns the leader from gossip-less RPC: ask the members.
+			addr, id = n.anyLeader()
+		}
 		if id != "" {
-			to = n.alive(string(id))
-		}
-		switch {
-		case to != nil && len(n.cfg.EncryptKey) == 0:
-			return fmt.Errorf("this node is not the leader (%s is) and forwarding needs [cluster] encrypt_key; run the command there", id)
-		case to != nil:
-			err := n.ml.SendReliable(to, b)
+			out, err := n.stream.call(string(addr), string(id), b, timeout+time.Second)
 			if err == nil {
-				return n.await(ch, id, timeout)
+				var a answer
+				if err := json.Unmarshal(out, &a); err != nil {
+					return fmt.Errorf("the leader %s answered %d bytes that are not an answer: %w", id, len(out), err)
+				}
+				switch {
+				case a.Err == "":
+					return nil
+				case !strings.HasPrefix(a.Err, errNotLeader.Error()):
+					return errors.New(a.Err)
+				}
+				// Leadership moved while the command was on its way: it
+				// was not applied; find the new leader.
+				lastErr = fmt.Errorf("%w (%s)", ErrNoQuorum, a.Err)
+			} else if !errors.Is(err, net.ErrClosed) && !isDialError(err) {
+				return fmt.Errorf("the leader %s did not answer: the change may or may not be applied: %w", id, err)
+			} else {
+				// Not sent: the leader is gone; wait for the next one.
+				lastErr = fmt.Errorf("%w (the leader %s is unreachable: %v)", ErrNoQuorum, id, err)
 			}
-			// Not sent: the leader is gone; wait for the next one.
-			lastErr = fmt.Errorf("%w (the leader %s is unreachable: %v)", ErrNoQuorum, id, err)
 		}
 		if time.Now().After(find) {
 			return lastErr
@@ -458,47 +647,51 @@ func (n *Node) submit(e envelope, timeout time.Duration) error {
 	}
 }
 
-func (n *Node) await(ch chan string, leader raft.ServerID, timeout time.Duration) error {
-	select {
-	case msg := <-ch:
-		if msg == "" {
-			return nil
+// anyLeader is the leader named by a member's gossip, for a node that
+// Raft no longer tells.
+func (n *Node) anyLeader() (raft.ServerAddress, raft.ServerID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.members {
+		if m.state == "alive" && m.leader && n.isMember(m.name) {
+			return raft.ServerAddress(m.raft), raft.ServerID(m.name)
 		}
-		return errors.New(msg)
-	case <-time.After(timeout + time.Second):
-		return fmt.Errorf("the leader %s did not answer within %s: the change may or may not be applied", leader, timeout)
 	}
+	return "", ""
 }
 
-// handle runs a forwarded command, or delivers an answer.
-func (n *Node) handle(e envelope) {
-	if e.Done {
-		n.mu.Lock()
-		ch := n.pending[e.Req]
-		n.mu.Unlock()
-		if ch != nil {
-			ch <- e.Err
-		}
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// serveRPC answers one connection of forwarded commands from the member
+// peer, authenticated by its certificate.
+func (n *Node) serveRPC(peer string, c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	b, err := readFrame(c, MaxCommand)
+	if err != nil {
+		n.log.Warn("cluster: reading a forwarded command failed", "peer", peer, "err", err)
 		return
 	}
-	if (e.Cmd == nil && e.Remove == "") || len(n.cfg.EncryptKey) == 0 {
-		return // unauthenticated gossip carries no commands
-	}
-	ans := envelope{Req: e.Req, Done: true}
-	var err error
-	if e.Remove != "" {
-		err = n.remove(e.Remove, 5*time.Second)
-	} else {
-		err = n.Apply(*e.Cmd, 5*time.Second)
-	}
-	if err != nil {
-		ans.Err = err.Error()
-	}
-	if to := n.alive(e.From); to != nil {
-		b, _ := json.Marshal(ans)
-		if err := n.ml.SendReliable(to, b); err != nil {
-			n.log.Warn("cluster: answering a forwarded command failed", "to", e.From, "err", err)
+	var e envelope
+	var a answer
+	switch err := json.Unmarshal(b, &e); {
+	case err != nil || e.Cmd == nil:
+		a.Err = fmt.Sprintf("%v: not a command", ErrCommand)
+	case e.Cmd.Op == OpInit:
+		a.Err = fmt.Sprintf("%v: %s is the leader's own", ErrCommand, OpInit)
+	case (e.Cmd.Op == OpLeave || e.Cmd.Op == OpRejoin) && e.Cmd.Name != peer:
+		a.Err = fmt.Sprintf("%v: %s may take only itself out or back in, not %s", ErrCommand, peer, e.Cmd.Name)
+	default:
+		if err := n.Apply(*e.Cmd, 5*time.Second); err != nil {
+			a.Err = err.Error()
 		}
+	}
+	out, _ := json.Marshal(a)
+	if err := writeFrame(c, out); err != nil {
+		n.log.Warn("cluster: answering a forwarded command failed", "peer", peer, "err", err)
 	}
 }
 
@@ -551,6 +744,15 @@ type Status struct {
 	RaftTLS     bool           `json:"raft_tls"`
 	Gossip      string         `json:"gossip_encryption"` // "aes" or "none"
 	Members     []MemberStatus `json:"members"`
+	// ClusterID is the ID the first leader committed.
+	ClusterID string `json:"cluster_id,omitempty"`
+	// Left: this node ran Leave and has not rejoined.
+	Left bool `json:"left,omitempty"`
+	// Conflicts say which members belong to another cluster.
+	Conflicts []string `json:"conflicts,omitempty"`
+	// Refused counts connections to the Raft port that failed
+	// authentication or found no room.
+	Refused uint64 `json:"refused_connections"`
 }
 
 // MemberStatus is one member as memberlist sees it.
@@ -569,7 +771,8 @@ func (n *Node) Status() Status {
 	_, leader := n.raft.LeaderWithID()
 	s := Status{ID: n.cfg.ID, Role: role(n.cfg.Witness), RaftState: n.raft.State().String(), Leader: string(leader),
 		Term: st["term"], CommitIndex: st["commit_index"], Applied: n.raft.AppliedIndex(), LastContact: st["last_contact"],
-		RaftTLS: n.cfg.TLS != nil, Gossip: "none"}
+		RaftTLS: n.cfg.TLS != nil, Gossip: "none", ClusterID: n.fsm.State().ClusterID, Left: n.left.Load(),
+		Refused: n.stream.refused.Load()}
 	if len(n.cfg.EncryptKey) > 0 {
 		s.Gossip = "aes"
 	}
@@ -577,7 +780,11 @@ func (n *Node) Status() Status {
 	for _, m := range n.members {
 		s.Members = append(s.Members, MemberStatus{Name: m.name, Gossip: m.gossip, Raft: m.raft, State: m.state, Role: m.role, App: m.app})
 	}
+	for _, c := range n.conflicts {
+		s.Conflicts = append(s.Conflicts, c)
+	}
 	n.mu.Unlock()
+	slices.Sort(s.Conflicts)
 	slices.SortFunc(s.Members, func(a, b MemberStatus) int { return strings.Compare(a.Name, b.Name) })
 	return s
 }
@@ -592,9 +799,7 @@ func role(witness bool) string {
 type delegate struct{ n *Node }
 
 func (d *delegate) NodeMeta(limit int) []byte {
-	d.n.mu.Lock()
-	m := meta{Raft: d.n.cfg.Raft.String(), Witness: d.n.cfg.Witness, App: d.n.app}
-	d.n.mu.Unlock()
+	m := d.n.meta()
 	b, _ := json.Marshal(m)
 	if len(b) > limit {
 		// SetAppMeta refuses what does not fit; this is a last guard.
@@ -604,32 +809,49 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return b
 }
 
+// meta is what this node gossips about itself now.
+func (n *Node) meta() meta {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return meta{Raft: n.cfg.Raft.String(), Witness: n.cfg.Witness, App: n.app, Cluster: n.fsm.State().ClusterID,
+		Holds: n.bootstrap || (n.raft != nil && n.raft.LastIndex() > 0), Leader: n.raft != nil && n.raft.State() == raft.Leader}
+}
+
+// publish gossips this node's metadata again when it changed.
+func (n *Node) publish() {
+	b, _ := json.Marshal(n.meta())
+	n.mu.Lock()
+	same := bytes.Equal(b, n.sent)
+	n.sent = b
+	n.mu.Unlock()
+	if same || n.ml == nil {
+		return
+	}
+	if err := n.ml.UpdateNode(time.Second); err != nil {
+		n.log.Debug("cluster: publish node metadata", "err", err)
+	}
+}
+
 // SetAppMeta publishes b, a JSON value, as this node's application
 // metadata: every member sees it in Status().Members within a few gossip
 // rounds. It is refused when it would not fit in memberlist's node meta.
 func (n *Node) SetAppMeta(b json.RawMessage) error {
-	m, _ := json.Marshal(meta{Raft: n.cfg.Raft.String(), Witness: n.cfg.Witness, App: b})
+	mt := n.meta()
+	mt.App = b
+	m, _ := json.Marshal(mt)
 	if len(m) > memberlist.MetaMaxSize {
 		return fmt.Errorf("cluster: node metadata of %d bytes is over memberlist's %d", len(m), memberlist.MetaMaxSize)
 	}
 	n.mu.Lock()
-	same := bytes.Equal(n.app, b)
 	n.app = slices.Clone(b)
 	n.mu.Unlock()
-	if same {
-		return nil
-	}
-	if err := n.ml.UpdateNode(time.Second); err != nil {
-		return fmt.Errorf("cluster: publish node metadata: %w", err)
-	}
+	n.publish()
 	return nil
 }
-func (d *delegate) NotifyMsg(b []byte) {
-	var e envelope
-	if json.Unmarshal(b, &e) == nil {
-		go d.n.handle(e) // never block memberlist's loop
-	}
-}
+
+// NotifyMsg drops what peers send: gossip carries membership and
+// metadata only; commands go over mutual TLS.
+func (d *delegate) NotifyMsg(b []byte) {}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
@@ -642,7 +864,7 @@ func (e *events) set(node *memberlist.Node, state string) {
 	e.n.mu.Lock()
 	old, known := e.n.members[node.Name]
 	e.n.members[node.Name] = member{name: node.Name, raft: m.Raft, gossip: node.Address(), state: state, role: role(m.Witness),
-		app: slices.Clone(m.App)}
+		app: slices.Clone(m.App), cluster: m.Cluster, holds: m.Holds, leader: m.Leader}
 	e.n.mu.Unlock()
 	// Metadata updates come often; only a change of state is news.
 	if !known || old.state != state {

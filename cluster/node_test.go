@@ -3,6 +3,8 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/directord/directord/cluster/pki"
 )
 
 // ports hands out loopback ports for TCP and UDP, each once per test
@@ -103,17 +107,63 @@ func (tn *testNode) stop() {
 	}
 }
 
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+// nodeConfig is a member of a cluster of members on loopback with a key
+// pair from ca.
+func nodeConfig(t *testing.T, ca *pki.CA, id string, members []string) Config {
+	t.Helper()
+	return Config{
+		ID: id, DataDir: t.TempDir(), BootstrapExpect: len(members), Members: members,
+		Gossip:     netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
+		Raft:       netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
+		EncryptKey: testKey, TLS: issue(t, ca, id),
+	}
+}
+
+// issue is a key pair for name signed by ca.
+func issue(t *testing.T, ca *pki.CA, name string) *TLS {
+	t.Helper()
+	p, err := ca.Issue(name, []netip.Addr{netip.MustParseAddr("127.0.0.1")}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(p.Cert, p.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	return NewTLS(cert, pool)
+}
+
+func newCA(t *testing.T) *pki.CA {
+	t.Helper()
+	ca, err := pki.NewCA("directord test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
 // cluster starts n nodes on loopback that expect each other.
 func cluster(t *testing.T, n int) []*testNode {
 	t.Helper()
-	var cfgs []Config
+	nodes, _ := clusterCA(t, n)
+	return nodes
+}
+
+// clusterCA is cluster, and the CA of the members' certificates.
+func clusterCA(t *testing.T, n int) ([]*testNode, *pki.CA) {
+	t.Helper()
+	ca := newCA(t)
+	var names []string
 	for i := range n {
-		cfgs = append(cfgs, Config{
-			ID: fmt.Sprintf("n%d", i), DataDir: t.TempDir(), BootstrapExpect: n,
-			Gossip:     netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
-			Raft:       netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
-			EncryptKey: []byte("0123456789abcdef0123456789abcdef"),
-		})
+		names = append(names, fmt.Sprintf("n%d", i))
+	}
+	var cfgs []Config
+	for _, name := range names {
+		cfgs = append(cfgs, nodeConfig(t, ca, name, names))
 	}
 	for i := range cfgs {
 		for j := range cfgs {
@@ -126,7 +176,7 @@ func cluster(t *testing.T, n int) []*testNode {
 	for _, c := range cfgs {
 		nodes = append(nodes, startNode(t, c))
 	}
-	return nodes
+	return nodes, ca
 }
 
 func waitFor(t *testing.T, d time.Duration, cond func() error) {
@@ -294,11 +344,9 @@ func TestClusterPairNoQuorum(t *testing.T) {
 func TestClusterWrongKey(t *testing.T) {
 	nodes := cluster(t, 2)
 	leader(t, nodes)
-	bad := Config{ID: "intruder", DataDir: t.TempDir(), BootstrapExpect: 2,
-		Gossip:     netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
-		Raft:       netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)),
-		EncryptKey: []byte("another key, also 32 bytes long!"),
-		Peers:      []string{nodes[0].cfg.Gossip.String()}}
+	bad := nodeConfig(t, newCA(t), "intruder", []string{"intruder", "n0", "n1"})
+	bad.EncryptKey = []byte("another key, also 32 bytes long!")
+	bad.Peers = []string{nodes[0].cfg.Gossip.String()}
 	in := startNode(t, bad)
 	// The cluster's members log the refusal...
 	waitFor(t, 10*time.Second, func() error {
@@ -320,8 +368,9 @@ func TestClusterWrongKey(t *testing.T) {
 	}
 }
 
-// An operator retires a node: the leader takes it out of Raft and does
-// not add it back; the other two go on.
+// An operator retires a node: the leave is committed, the leader takes it
+// out of Raft, and no leader adds it back, the next one included; it says
+// it left until it rejoins.
 func TestClusterLeave(t *testing.T) {
 	nodes := cluster(t, 3)
 	l := leader(t, nodes)
@@ -335,27 +384,130 @@ func TestClusterLeave(t *testing.T) {
 	if err := gone.Leave(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	servers := func() int {
+	if !gone.Left() || !gone.Status().Left {
+		t.Fatal("the node does not say it left")
+	}
+	voters := func(l *testNode) []string {
 		f := l.raft.GetConfiguration()
 		if f.Error() != nil {
-			return -1
+			return nil
 		}
-		return len(f.Configuration().Servers)
+		var out []string
+		for _, s := range f.Configuration().Servers {
+			out = append(out, string(s.ID))
+		}
+		slices.Sort(out)
+		return out
 	}
 	waitFor(t, 5*time.Second, func() error {
-		if n := servers(); n != 2 {
-			return fmt.Errorf("%d voters", n)
+		if v := voters(l); len(v) != 2 || slices.Contains(v, gone.cfg.ID) {
+			return fmt.Errorf("voters %v", v)
 		}
 		return nil
 	})
-	gone.stop()
-	if err := l.Apply(put("web"), 5*time.Second); err != nil {
+	// A leader change: the new leader knows of the leave from the log.
+	l.stop()
+	back := startNode(t, l.cfg)
+	rest := []*testNode{back}
+	for _, n := range nodes {
+		if n != l && n != gone {
+			rest = append(rest, n)
+		}
+	}
+	l2 := leader(t, rest)
+	if err := l2.Apply(put("web"), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	// The leader's voter reconciliation must not bring it back.
-	l.reconcileVoters()
-	if n := servers(); n != 2 {
-		t.Fatalf("%d voters after the leave", n)
+	for range 3 {
+		l2.reconcileVoters()
+	}
+	if v := voters(l2); slices.Contains(v, gone.cfg.ID) {
+		t.Fatalf("the node that left was added back: voters %v", v)
+	}
+	// Rejoin brings it back.
+	if err := gone.Rejoin(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if v := voters(l2); !slices.Contains(v, gone.cfg.ID) {
+			return fmt.Errorf("voters %v after the rejoin", v)
+		}
+		return nil
+	})
+	if gone.Left() {
+		t.Fatal("still left after the rejoin")
+	}
+}
+
+// A gossip member with the key and a certificate from the CA, but whose
+// name is not among the members, is never made a voter, and cannot write.
+func TestClusterStrangerNotVoter(t *testing.T) {
+	nodes, ca := clusterCA(t, 2)
+	l := leader(t, nodes)
+	x := nodeConfig(t, ca, "x", []string{"n0", "n1", "x"})
+	x.BootstrapExpect = 3
+	x.Peers = []string{nodes[0].cfg.Gossip.String()}
+	stranger := startNode(t, x)
+	waitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(l.log.String(), "not in [cluster] members is ignored") {
+			return errors.New("the stranger was not noticed")
+		}
+		return nil
+	})
+	f := l.raft.GetConfiguration()
+	if err := f.Error(); err != nil || len(f.Configuration().Servers) != 2 {
+		t.Fatalf("voters %+v %v", f.Configuration().Servers, err)
+	}
+	if err := stranger.Submit(put("evil"), 2*time.Second); err == nil {
+		t.Fatal("the stranger committed a write")
+	}
+	if names := l.State().Names(); len(names) != 0 {
+		t.Fatalf("table %v", names)
+	}
+}
+
+// Two nodes that each formed a cluster alone (bootstrap_expect = 1, or a
+// wiped data_dir) refuse to merge when they meet, and say so.
+func TestClusterNoSilentMerge(t *testing.T) {
+	ca := newCA(t)
+	names := []string{"n0", "n1"}
+	a, b := nodeConfig(t, ca, "n0", names), nodeConfig(t, ca, "n1", names)
+	a.BootstrapExpect, b.BootstrapExpect = 1, 1
+	na, nb := startNode(t, a), startNode(t, b)
+	for _, n := range []*testNode{na, nb} {
+		leader(t, []*testNode{n})
+		waitFor(t, 5*time.Second, func() error {
+			if n.State().ClusterID == "" {
+				return errors.New("no cluster ID yet")
+			}
+			return nil
+		})
+	}
+	if err := na.Apply(put("a-table"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := nb.Apply(put("b-table"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := na.ml.Join([]string{b.Gossip.String()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*testNode{na, nb} {
+		waitFor(t, 10*time.Second, func() error {
+			if c := n.Status().Conflicts; len(c) != 1 || !strings.Contains(c[0], "refusing to merge") {
+				return fmt.Errorf("%s conflicts %v", n.cfg.ID, c)
+			}
+			return nil
+		})
+	}
+	for range 3 {
+		na.reconcileVoters()
+		nb.reconcileVoters()
+	}
+	converged(t, []*testNode{na}, "a-table")
+	converged(t, []*testNode{nb}, "b-table")
+	if !strings.Contains(na.log.String()+nb.log.String(), "a member of another cluster; refusing to merge") {
+		t.Fatal("the conflict was not logged")
 	}
 }
 

@@ -5,91 +5,139 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"time"
-
-	"github.com/hashicorp/raft"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
 )
 
-// TLS secures Raft's transport with mutual certificate checks: both ends
-// present a certificate signed by CAs, and a peer whose certificate
-// does not verify is refused. Peers are addressed by IP, so the chain is
-// checked, not a host name.
+// TLS is a member's identity: its certificate, and the CAs that sign the
+// others'. A peer is accepted only with a certificate that chains to the
+// CAs and names (as a DNS SAN) a configured member of the cluster; that
+// name is who the peer is. Reload swaps both without a restart.
 type TLS struct {
-	Cert tls.Certificate
-	CAs  *x509.CertPool
+	files [3]string // cert, key, CA; empty when built from values
+
+	mu   sync.RWMutex
+	cert tls.Certificate
+	cas  *x509.CertPool
 }
 
-func (t *TLS) verify(cs tls.ConnectionState) error {
-	if len(cs.PeerCertificates) == 0 {
-		return errors.New("the peer sent no certificate")
+// NewTLS is a TLS from values (tests, and callers that hold the PEM).
+func NewTLS(cert tls.Certificate, cas *x509.CertPool) *TLS {
+	return &TLS{cert: cert, cas: cas}
+}
+
+// LoadTLS reads a member's key pair and the CA file; Reload reads them
+// again.
+func LoadTLS(certFile, keyFile, caFile string) (*TLS, error) {
+	t := &TLS{files: [3]string{certFile, keyFile, caFile}}
+	return t, t.Reload()
+}
+
+// Reload re-reads the files LoadTLS was given: certificates rotate on
+// SIGHUP. On an error the previous ones stay in force.
+func (t *TLS) Reload() error {
+	if t.files[0] == "" {
+		return nil
 	}
-	opts := x509.VerifyOptions{Roots: t.CAs, Intermediates: x509.NewCertPool(),
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}
-	for _, c := range cs.PeerCertificates[1:] {
-		opts.Intermediates.AddCert(c)
+	cert, err := tls.LoadX509KeyPair(t.files[0], t.files[1])
+	if err != nil {
+		return fmt.Errorf("cluster tls_cert/tls_key: %w", err)
 	}
-	_, err := cs.PeerCertificates[0].Verify(opts)
-	return err
-}
-
-func (t *TLS) config() *tls.Config {
-	return &tls.Config{
-		Certificates: []tls.Certificate{t.Cert},
-		MinVersion:   tls.VersionTLS13,
-		// Both sides check the other's chain in VerifyConnection.
-		InsecureSkipVerify: true,
-		ClientAuth:         tls.RequireAnyClientCert,
-		VerifyConnection:   t.verify,
+	pem, err := os.ReadFile(t.files[2])
+	if err != nil {
+		return fmt.Errorf("cluster tls_ca: %w", err)
 	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("cluster tls_ca: %s holds no PEM certificate", t.files[2])
+	}
+	t.mu.Lock()
+	t.cert, t.cas = cert, pool
+	t.mu.Unlock()
+	return nil
 }
 
-// tlsStream is a raft.StreamLayer over TLS.
-type tlsStream struct {
-	net.Listener
-	advertise net.Addr
-	cfg       *tls.Config
-	log       *slog.Logger
+func (t *TLS) get() (tls.Certificate, *x509.CertPool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.cert, t.cas
 }
 
-var _ raft.StreamLayer = (*tlsStream)(nil)
-
-func newTLSStream(bind string, advertise net.Addr, t *TLS, log *slog.Logger) (*tlsStream, error) {
-	ln, err := net.Listen("tcp", bind)
+// Names are the member names this node's own certificate carries.
+func (t *TLS) Names() ([]string, error) {
+	cert, _ := t.get()
+	if len(cert.Certificate) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
 	if err != nil {
 		return nil, err
 	}
-	return &tlsStream{Listener: ln, advertise: advertise, cfg: t.config(), log: log}, nil
+	return leaf.DNSNames, nil
 }
 
-func (s *tlsStream) Addr() net.Addr { return s.advertise }
-
-// Accept hands Raft only connections whose handshake verified; refusals
-// are logged and the next connection is awaited.
-func (s *tlsStream) Accept() (net.Conn, error) {
-	for {
-		c, err := s.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		tc := tls.Server(c, s.cfg)
-		tc.SetDeadline(time.Now().Add(5 * time.Second))
-		if err := tc.Handshake(); err != nil {
-			s.log.Warn("raft: peer refused: TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
-			c.Close()
-			continue
-		}
-		tc.SetDeadline(time.Time{})
-		return tc, nil
+// peerName verifies a peer's chain against the CAs and returns the member
+// its certificate names. A certificate that lists IP addresses (as
+// directorctl cluster certs writes them) is good only from those: a copy
+// of a member's key pair does not work from another host.
+func (t *TLS) peerName(cs tls.ConnectionState, members func(string) bool, from netip.Addr) (string, error) {
+	if len(cs.PeerCertificates) == 0 {
+		return "", errors.New("the peer sent no certificate")
 	}
+	_, cas := t.get()
+	leaf := cs.PeerCertificates[0]
+	opts := x509.VerifyOptions{Roots: cas, Intermediates: x509.NewCertPool(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	for _, c := range cs.PeerCertificates[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	if _, err := leaf.Verify(opts); err != nil {
+		return "", err
+	}
+	if len(leaf.IPAddresses) > 0 && !slices.ContainsFunc(leaf.IPAddresses, func(ip net.IP) bool {
+		a, _ := netip.AddrFromSlice(ip)
+		return a.Unmap() == from.Unmap()
+	}) {
+		return "", fmt.Errorf("the peer's certificate is for %v, not %s", leaf.IPAddresses, from)
+	}
+	for _, name := range leaf.DNSNames {
+		if members(name) {
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("the peer's certificate names %v, no member of this cluster", slices.Clip(leaf.DNSNames))
 }
 
-func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	d := &net.Dialer{Timeout: timeout}
-	c, err := tls.DialWithDialer(d, "tcp", string(address), s.cfg)
-	if err != nil {
-		return nil, fmt.Errorf("raft over TLS to %s: %w", address, err)
+// config is the tls.Config of both ends: TLS 1.3, a certificate required
+// both ways, checked by accept (the member set, and for a dial the member
+// expected at that address).
+func (t *TLS) config(accept func(name string) error, members func(string) bool, from netip.Addr) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c, _ := t.get()
+			return &c, nil
+		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, _ := t.get()
+			return &c, nil
+		},
+		// The chain and the name are checked in VerifyConnection: peers
+		// are dialled by IP, and the name that matters is the member's.
+		InsecureSkipVerify: true,
+		ClientAuth:         tls.RequireAnyClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			name, err := t.peerName(cs, members, from)
+			if err != nil {
+				return err
+			}
+			if accept != nil {
+				return accept(name)
+			}
+			return nil
+		},
 	}
-	return c, nil
 }

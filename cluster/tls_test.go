@@ -1,95 +1,139 @@
 package cluster
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"fmt"
-	"math/big"
+	"io"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(c)
-	return &testCA{cert: c, key: key, pool: pool}
-}
-
-func (ca *testCA) issue(t *testing.T, name string) *TLS {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &TLS{Cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, CAs: ca.pool}
-}
-
-// Raft over TLS: the pair forms and commits; a node whose certificate
-// comes from another CA is refused (and it is logged) and never gets
-// the state.
-func TestClusterTLS(t *testing.T) {
-	ca := newCA(t, "directord cluster CA")
-	loop := netip.MustParseAddr("127.0.0.1")
-	var cfgs []Config
-	for i := range 2 {
-		cfgs = append(cfgs, Config{ID: fmt.Sprintf("n%d", i), DataDir: t.TempDir(), BootstrapExpect: 2,
-			Gossip: netip.AddrPortFrom(loop, freePort(t)), Raft: netip.AddrPortFrom(loop, freePort(t)),
-			EncryptKey: []byte("0123456789abcdef0123456789abcdef"), TLS: ca.issue(t, fmt.Sprintf("n%d", i))})
-	}
-	cfgs[0].Peers = []string{cfgs[1].Gossip.String()}
-	cfgs[1].Peers = []string{cfgs[0].Gossip.String()}
-	nodes := []*testNode{startNode(t, cfgs[0]), startNode(t, cfgs[1])}
+// The cluster's Raft port as an attacker sees it: a plain-TCP Raft client
+// with a higher term, a certificate from another CA, and a CA-signed
+// certificate for a name that is not a member are all refused, and the
+// table and the leader stay as they were.
+func TestClusterRefusesUnauthenticated(t *testing.T) {
+	nodes, ca := clusterCA(t, 2)
 	l := leader(t, nodes)
 	if err := l.Apply(put("web"), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	converged(t, nodes, "web")
+	target := raft.ServerAddress(l.cfg.Raft.String())
+	term := l.raft.CurrentTerm()
 
-	other := newCA(t, "someone else's CA")
-	bad := Config{ID: "intruder", DataDir: t.TempDir(), BootstrapExpect: 3,
-		Gossip: netip.AddrPortFrom(loop, freePort(t)), Raft: netip.AddrPortFrom(loop, freePort(t)),
-		EncryptKey: cfgs[0].EncryptKey, TLS: other.issue(t, "intruder"), Peers: []string{cfgs[0].Gossip.String()}}
-	in := startNode(t, bad)
-	waitFor(t, 15*time.Second, func() error {
-		logs := in.log.String() + nodes[0].log.String() + nodes[1].log.String()
-		if !strings.Contains(logs, "peer refused: TLS handshake failed") && !strings.Contains(logs, "certificate signed by unknown authority") {
-			return errors.New("no refusal logged")
-		}
-		return nil
-	})
-	if err := l.Apply(put("dns"), 5*time.Second); err != nil {
-		t.Fatalf("the pair stopped committing: %v", err)
+	plain, err := raft.NewTCPTransport("127.0.0.1:0", nil, 1, time.Second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
 	}
-	converged(t, nodes, "dns", "web")
-	if names := in.State().Names(); len(names) != 0 {
-		t.Fatalf("the intruder got the state: %v", names)
+	defer plain.Close()
+	var ae raft.AppendEntriesResponse
+	err = plain.AppendEntries("n1", target, &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{ID: []byte("n1"), Addr: []byte(target)},
+		Term: term + 100, PrevLogEntry: 0, LeaderCommitIndex: 1000,
+		Entries: []*raft.Log{{Index: 1000, Term: term + 100, Type: raft.LogCommand, Data: cmd(Command{Op: OpDelVS, Name: "web"})}}}, &ae)
+	if err == nil {
+		t.Fatalf("plain AppendEntries answered: %+v", ae)
+	}
+	var is raft.InstallSnapshotResponse
+	snap := `{"index":1000,"seeded":true,"services":{"evil":{}}}`
+	err = plain.InstallSnapshot("n1", target, &raft.InstallSnapshotRequest{RPCHeader: raft.RPCHeader{ID: []byte("n1"), Addr: []byte(target)},
+		SnapshotVersion: 1, Term: term + 100, LastLogIndex: 1000, LastLogTerm: term + 100, Size: int64(len(snap))}, &is, strings.NewReader(snap))
+	if err == nil {
+		t.Fatalf("plain InstallSnapshot answered: %+v", is)
+	}
+
+	// Forwarded commands with certificates that are not a member's.
+	for _, tc := range []struct {
+		name string
+		tls  *TLS
+	}{
+		{"another CA", issue(t, newCA(t), "n1")},
+		{"not a member", issue(t, ca, "mallory")},
+	} {
+		before := l.Status().Refused
+		s := &stream{tls: tc.tls, members: func(string) bool { return true }}
+		_, err := s.call(string(target), "", []byte(`{"cmd":{"v":1,"op":"vs.del","name":"web"}}`), 2*time.Second)
+		if err == nil {
+			t.Fatalf("%s: a forwarded command was answered", tc.name)
+		}
+		waitFor(t, 5*time.Second, func() error {
+			if l.Status().Refused == before {
+				return errors.New(tc.name + ": the refusal was not counted")
+			}
+			return nil
+		})
+	}
+	// The first refusal is logged with its reason; the rest are counted.
+	if !strings.Contains(l.log.String(), "raft: peer refused") {
+		t.Fatalf("no refusal logged:\n%s", l.log.String())
+	}
+	if !l.Leader() || l.raft.CurrentTerm() != term {
+		t.Fatalf("leadership moved: leader %v, term %d (was %d)", l.Leader(), l.raft.CurrentTerm(), term)
+	}
+	converged(t, nodes, "web")
+	if n := l.Status().Refused; n < 4 {
+		t.Fatalf("%d refused connections counted", n)
+	}
+}
+
+// Idle connections that never finish a handshake do not hold up a real
+// peer: a follower's write still commits within a second.
+func TestClusterIdleConnections(t *testing.T) {
+	nodes := cluster(t, 2)
+	l := leader(t, nodes)
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	// From another address than the peers': a host's own idle sockets
+	// fill only its own share.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	for range 200 {
+		c, err := d.Dial("tcp", l.cfg.Raft.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	for _, n := range nodes {
+		if n == l {
+			continue
+		}
+		start := time.Now()
+		if err := n.Submit(put("web"), time.Second); err != nil {
+			t.Fatalf("a write with 200 idle connections open: %v", err)
+		}
+		t.Logf("committed in %s with 200 idle connections", time.Since(start).Round(time.Millisecond))
+	}
+	converged(t, nodes, "web")
+}
+
+// A leaf whose IPs do not include the connection's source is refused.
+func TestPeerNameBindsAddress(t *testing.T) {
+	ca := newCA(t)
+	tl := issue(t, ca, "n0") // for 127.0.0.1
+	cert, _ := tl.get()
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}
+	member := func(n string) bool { return n == "n0" }
+	if name, err := tl.peerName(cs, member, netip.MustParseAddr("127.0.0.1")); err != nil || name != "n0" {
+		t.Fatalf("from its own address: %q %v", name, err)
+	}
+	if _, err := tl.peerName(cs, member, netip.MustParseAddr("192.0.2.9")); err == nil || !strings.Contains(err.Error(), "not 192.0.2.9") {
+		t.Fatalf("from another address: %v", err)
+	}
+	if _, err := tl.peerName(cs, func(string) bool { return false }, netip.MustParseAddr("127.0.0.1")); err == nil {
+		t.Fatal("a name that is not a member passed")
 	}
 }

@@ -62,6 +62,7 @@ type Group struct {
 	links     map[string]bool
 	scripts   map[string]bool
 	pending   []Config // an Update that came before Run
+	fault     string   // SetFault's reason: every instance is FAULT
 }
 
 type routerKey struct {
@@ -244,6 +245,29 @@ func (g *Group) SetScript(name string, ok bool) {
 	})
 }
 
+// SetFault puts every instance in FAULT for reason (a master resigns
+// with priority 0), or, with "", lets them run again: the daemon's word
+// that this host must not serve (it left its cluster).
+func (g *Group) SetFault(reason string) {
+	g.mu.Lock()
+	same := g.fault == reason
+	g.fault = reason
+	ins := make([]*instance, 0, len(g.instances))
+	for _, in := range g.instances {
+		ins = append(ins, in)
+	}
+	g.mu.Unlock()
+	if same {
+		return
+	}
+	for _, in := range ins {
+		select {
+		case in.inputs <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // changed records an input's new value and tells the instances that
 // depend on it.
 func (g *Group) changed(inputs map[string]bool, name string, up bool, dependsOn func(Config) bool) {
@@ -286,6 +310,12 @@ func (in *instance) config() Config {
 // from the links and scripts the instance depends on, as keepalived's
 // track_interface and track_script.
 func (in *instance) health(g *Group) (fault string, prio uint8) {
+	g.mu.Lock()
+	held := g.fault
+	g.mu.Unlock()
+	if held != "" {
+		return held, in.cfg.Priority
+	}
 	if !g.up(g.links, in.cfg.Interface) {
 		return in.cfg.Interface + " is down", in.cfg.Priority
 	}

@@ -52,6 +52,21 @@ func TestTrackWeights(t *testing.T) {
 	}
 }
 
+// TestSetFault: the daemon's FAULT holds every instance, whatever its
+// links and scripts, until it is lifted.
+func TestSetFault(t *testing.T) {
+	g := NewGroup(Deps{})
+	in := &instance{cfg: Config{Interface: "eth0", Priority: 150}}
+	g.SetFault("this node left the cluster")
+	if fault, _ := in.health(g); fault != "this node left the cluster" {
+		t.Fatalf("fault %q", fault)
+	}
+	g.SetFault("")
+	if fault, prio := in.health(g); fault != "" || prio != 150 {
+		t.Fatalf("after lifting: fault %q priority %d", fault, prio)
+	}
+}
+
 // TestOwnAdvertIgnored: a master that hears its own advert back (an
 // echoing link, or its address among the unicast peers) drops it. On main
 // an equal-priority advert from its own address fell into the "lower

@@ -289,6 +289,19 @@ type ClusterStatus struct {
 	// Refused are virtual servers a committed command carried that failed
 	// validation here, with why: they are not programmed.
 	Refused map[string]string `json:"refused,omitempty"`
+	// Error says why the cluster could not start (VRRP and the load
+	// balancer run without it); the rest is then empty.
+	Error string `json:"error,omitempty"`
+	// ClusterID names the cluster (committed by its first leader).
+	ClusterID string `json:"cluster_id,omitempty"`
+	// Left: this node ran directorctl cluster leave and has not rejoined;
+	// its VRRP instances are held in FAULT.
+	Left bool `json:"left,omitempty"`
+	// Conflicts name members that belong to another cluster.
+	Conflicts []string `json:"conflicts,omitempty"`
+	// RefusedConnections counts connections to the Raft port that
+	// failed authentication or found no room.
+	RefusedConnections uint64 `json:"refused_connections"`
 }
 
 // ClusterMember is one member as the gossip sees it.

@@ -237,11 +237,15 @@ type Cluster struct {
 	Bind     netip.AddrPort `json:"bind"`
 	RaftBind netip.AddrPort `json:"raft_bind"`
 	Peers    []string       `json:"peers"`
+	// Members names every node that may vote, this one included.
+	Members []string `json:"members"`
 	// BootstrapExpect voters form the cluster the first time.
 	BootstrapExpect int `json:"bootstrap_expect"`
-	// EncryptKey encrypts and authenticates gossip (never shown).
-	EncryptKey []byte `json:"-"`
-	// TLS files for Raft's transport: all three or none.
+	// EncryptKey encrypts and authenticates gossip; EncryptKeysOld are
+	// still accepted during a rotation (never shown).
+	EncryptKey     []byte   `json:"-"`
+	EncryptKeysOld [][]byte `json:"-"`
+	// TLS files for Raft's transport and forwarded commands: required.
 	TLSCert string `json:"tls_cert,omitempty"`
 	TLSKey  string `json:"tls_key,omitempty"`
 	TLSCA   string `json:"tls_ca,omitempty"`

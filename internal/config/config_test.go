@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/directord/directord/cluster/pki"
 )
 
 const minimal = `
@@ -23,8 +25,44 @@ func TestExampleIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatalf("etc/directord.toml: %v", err)
 	}
-	if cfg.Node.Name != "lb1" || len(cfg.VRRP) != 1 || len(cfg.VirtualServers) != 1 || cfg.Cluster == nil {
+	if cfg.Node.Name != "lb1" || len(cfg.VRRP) != 1 || len(cfg.VirtualServers) != 1 || cfg.Cluster != nil {
 		t.Fatalf("example decoded wrongly: %+v", cfg)
+	}
+	// The [cluster] it shows, commented out, is valid once the files and
+	// the key that directorctl cluster certs makes are filled in.
+	text, _ := os.ReadFile(path)
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := pki.WriteAll(dir, ca, []pki.Member{{Name: "lb1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.11")}}, {Name: "lb2"}}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Uncomment the block: its lines start "#key" (no space after the
+	// mark, unlike the comments around it).
+	var out []string
+	in := false
+	for _, l := range strings.Split(string(text), "\n") {
+		in = in && strings.HasPrefix(l, "#") && !strings.HasPrefix(l, "# ") || l == "#[cluster]"
+		if in {
+			l = strings.NewReplacer(`"..."`, `"ZGlyZWN0b3JkIHN5bmNsYWIgZ29zc2lwIGtleSwgMzI="`, "/etc/directord/cluster/lb1.pem", files.Cert["lb1"],
+				"/etc/directord/cluster/lb1-key.pem", files.Key["lb1"], "/etc/directord/cluster/ca.pem", files.CA).Replace(l[1:])
+		}
+		out = append(out, l)
+	}
+	cfg, err = Parse("example with [cluster]", []byte(strings.Join(out, "\n")))
+	if err != nil {
+		t.Fatalf("the example's [cluster], filled in: %v", err)
+	}
+	if c := cfg.Cluster; c == nil || len(c.Members) != 3 || c.BootstrapExpect != 3 || len(c.EncryptKey) != 32 {
+		t.Fatalf("the example's [cluster] decoded wrongly: %+v", cfg.Cluster)
+	}
+	// Another node's certificate is refused: the peers would not take it.
+	other := strings.NewReplacer(files.Cert["lb1"], files.Cert["lb2"], files.Key["lb1"], files.Key["lb2"]).Replace(strings.Join(out, "\n"))
+	if _, err := Parse("f.toml", []byte(other)); err == nil || !strings.Contains(err.Error(), `cluster.tls_cert: `+files.Cert["lb2"]+` names [lb2], not this node "lb1"`) {
+		t.Fatalf("lb2's certificate on lb1: %v", err)
 	}
 	vs := cfg.VirtualServers[0]
 	if len(vs.RealServers) != 2 || vs.RealServers[1].Weight != 2 || vs.HealthCheck.Fall != 3 {
@@ -376,6 +414,13 @@ peers = ["192.0.2.1:7946", "lb2", "lb2:7946", "lb2:7946"]
 			"f.toml:10: cluster.peers[0]: 192.0.2.1:7946 is this node's own bind address",
 			`f.toml:10: cluster.peers[1]: "lb2" is not a host:port address`,
 			"f.toml:10: cluster.peers[3]: lb2:7946 is listed twice",
+			// Secure by default: a cluster without mutual TLS and a
+			// gossip key is refused, each missing key named.
+			"f.toml:7: cluster.members: required",
+			"f.toml:7: cluster.encrypt_key: required",
+			"f.toml:7: cluster.tls_cert: required",
+			"f.toml:7: cluster.tls_key: required",
+			"f.toml:7: cluster.tls_ca: required",
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

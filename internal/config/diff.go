@@ -24,6 +24,10 @@ func Diff(old, cur *Config) Changes {
 	if old.Node.LogLevel != cur.Node.LogLevel {
 		c.Live = append(c.Live, "node.log_level")
 	}
+	if old.Cluster != nil && cur.Cluster != nil && (!reflect.DeepEqual(old.Cluster.EncryptKey, cur.Cluster.EncryptKey) ||
+		!reflect.DeepEqual(old.Cluster.EncryptKeysOld, cur.Cluster.EncryptKeysOld)) {
+		c.Live = append(c.Live, "cluster.encrypt_key") // rotated without a restart
+	}
 	for _, f := range []struct {
 		key      string
 		old, cur any
@@ -34,7 +38,7 @@ func Diff(old, cur *Config) Changes {
 		{"node.metrics_listen", old.Node.MetricsListen, cur.Node.MetricsListen},
 		{"node.log_format", old.Node.LogFormat, cur.Node.LogFormat},
 		{"dataplane", old.Dataplane, cur.Dataplane},
-		{"cluster", old.Cluster, cur.Cluster},
+		{"cluster", withoutKeys(old.Cluster), withoutKeys(cur.Cluster)},
 	} {
 		if !reflect.DeepEqual(f.old, f.cur) {
 			c.Restart = append(c.Restart, f.key)
@@ -66,6 +70,16 @@ func diffNamed[T any](old, cur []T, name func(T) string) Delta {
 	}
 	slices.Sort(d.Removed)
 	return d
+}
+
+// withoutKeys is c without its gossip keys, which change live.
+func withoutKeys(c *Cluster) *Cluster {
+	if c == nil {
+		return nil
+	}
+	k := *c
+	k.EncryptKey, k.EncryptKeysOld = nil, nil
+	return &k
 }
 
 // Documents are virtual servers as the cluster stores them: each one's

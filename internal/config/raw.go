@@ -218,8 +218,10 @@ type rawCluster struct {
 	Bind            string   `toml:"bind"`
 	RaftBind        string   `toml:"raft_bind"`
 	Peers           []string `toml:"peers"`
+	Members         []string `toml:"members"`
 	BootstrapExpect *int     `toml:"bootstrap_expect"`
 	EncryptKey      string   `toml:"encrypt_key"`
+	EncryptKeysOld  []string `toml:"encrypt_keys_old"`
 	TLSCert         string   `toml:"tls_cert"`
 	TLSKey          string   `toml:"tls_key"`
 	TLSCA           string   `toml:"tls_ca"`

@@ -184,7 +184,7 @@ func (v *validator) config(raw *rawConfig) *Config {
 		v.add([]any{"node", "role"}, "a witness needs a [cluster] section: it only votes in one")
 	}
 	if raw.Cluster != nil {
-		cfg.Cluster = v.cluster(raw.Cluster)
+		cfg.Cluster = v.cluster(raw.Cluster, cfg.Node.Name)
 	}
 	if raw.Sync != nil {
 		cfg.Sync = v.sync(raw.Sync, cfg.VRRP)
@@ -946,7 +946,7 @@ func btoi(b bool) int {
 	return 0
 }
 
-func (v *validator) cluster(r *rawCluster) *Cluster {
+func (v *validator) cluster(r *rawCluster, self string) *Cluster {
 	p := []any{"cluster"}
 	c := &Cluster{}
 	c.Bind, _ = v.addrPort(at(p, "bind"), r.Bind)
@@ -977,23 +977,52 @@ func (v *validator) cluster(r *rawCluster) *Cluster {
 		seen[s] = true
 		c.Peers = append(c.Peers, s)
 	}
-	c.BootstrapExpect = v.intIn(at(p, "bootstrap_expect"), r.BootstrapExpect, len(c.Peers)+1, 1, 9)
-	if r.EncryptKey != "" {
-		k, err := base64.StdEncoding.DecodeString(r.EncryptKey)
+	members := map[string][]any{}
+	for i, m := range r.Members {
+		v.uniqueName(at(p, "members", i), m, "member", members)
+		c.Members = append(c.Members, m)
+	}
+	switch {
+	case r.Members == nil:
+		v.add(at(p, "members"), "required: the [node] name of every voter, this node's (%q) included; only they may vote or write", self)
+	case self != "" && !slices.Contains(r.Members, self):
+		v.add(at(p, "members"), "does not name this node, %q", self)
+	}
+	c.BootstrapExpect = v.intIn(at(p, "bootstrap_expect"), r.BootstrapExpect, max(len(c.Members), 1), 1, 9)
+	if len(c.Members) > 0 && c.BootstrapExpect > len(c.Members) {
+		v.add(at(p, "bootstrap_expect"), "%d is more than the %d members", c.BootstrapExpect, len(c.Members))
+	}
+	gossipKey := func(path []any, s string) []byte {
+		k, err := base64.StdEncoding.DecodeString(s)
 		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
-			v.add(at(p, "encrypt_key"), "must be 16, 24 or 32 bytes in base64 (head -c 32 /dev/urandom | base64)")
+			v.add(path, "must be 16, 24 or 32 bytes in base64 (head -c 32 /dev/urandom | base64)")
 		}
-		c.EncryptKey = k
+		return k
+	}
+	if r.EncryptKey == "" {
+		v.add(at(p, "encrypt_key"), "required: gossip must be encrypted and authenticated (head -c 32 /dev/urandom | base64)")
+	} else {
+		c.EncryptKey = gossipKey(at(p, "encrypt_key"), r.EncryptKey)
+	}
+	for i, k := range r.EncryptKeysOld {
+		c.EncryptKeysOld = append(c.EncryptKeysOld, gossipKey(at(p, "encrypt_keys_old", i), k))
 	}
 	c.TLSCert, c.TLSKey, c.TLSCA = r.TLSCert, r.TLSKey, r.TLSCA
-	switch n := btoi(r.TLSCert != "") + btoi(r.TLSKey != "") + btoi(r.TLSCA != ""); {
-	case n == 0:
-	case n < 3:
-		v.add(at(p, "tls_cert"), "Raft over TLS needs tls_cert, tls_key and tls_ca together")
-	default:
-		if _, err := tls.LoadX509KeyPair(r.TLSCert, r.TLSKey); err != nil {
-			v.add(at(p, "tls_cert"), "%v", err)
+	for _, k := range []struct{ key, val string }{{"tls_cert", r.TLSCert}, {"tls_key", r.TLSKey}, {"tls_ca", r.TLSCA}} {
+		if k.val == "" {
+			v.add(at(p, k.key), "required: the cluster runs over mutual TLS only (directorctl cluster certs writes the files)")
 		}
+	}
+	if r.TLSCert != "" && r.TLSKey != "" {
+		if pair, err := tls.LoadX509KeyPair(r.TLSCert, r.TLSKey); err != nil {
+			v.add(at(p, "tls_cert"), "%v", err)
+		} else if leaf, err := x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			v.add(at(p, "tls_cert"), "%v", err)
+		} else if self != "" && !slices.Contains(leaf.DNSNames, self) {
+			v.add(at(p, "tls_cert"), "%s names %v, not this node %q: the peers would refuse it", r.TLSCert, leaf.DNSNames, self)
+		}
+	}
+	if r.TLSCA != "" {
 		if b, err := os.ReadFile(r.TLSCA); err != nil {
 			v.add(at(p, "tls_ca"), "%v", err)
 		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {

@@ -2,15 +2,23 @@ package ctl
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
+	"github.com/directord/directord/cluster/pki"
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/status"
@@ -106,16 +114,25 @@ func runVS(ctx context.Context, c *status.Client, o opts) error {
 }
 
 func runCluster(ctx context.Context, c *status.Client, o opts) error {
-	if len(o.args) == 1 && o.args[0] == "leave" {
+	switch {
+	case len(o.args) >= 1 && o.args[0] == "certs":
+		return runCerts(o)
+	case len(o.args) == 1 && o.args[0] == "leave":
 		var res api.LeaveResult
 		if err := c.Post(ctx, "/v1/cluster/leave", struct{}{}, &res); err != nil {
 			return err
 		}
-		fmt.Fprintf(o.out, "%s left the cluster: stop its directord, or remove [cluster] from its file\n", res.Left)
+		fmt.Fprintf(o.out, "%s left the cluster: no leader will add it back; its VRRP instances are held in FAULT until directorctl cluster rejoin\n", res.Left)
 		return nil
-	}
-	if len(o.args) > 0 {
-		return fmt.Errorf("usage: directorctl cluster [leave]")
+	case len(o.args) == 1 && o.args[0] == "rejoin":
+		var res api.LeaveResult
+		if err := c.Post(ctx, "/v1/cluster/rejoin", struct{}{}, &res); err != nil {
+			return err
+		}
+		fmt.Fprintf(o.out, "%s rejoined the cluster: the leader adds it back as a voter\n", res.Left)
+		return nil
+	case len(o.args) > 0:
+		return fmt.Errorf("usage: directorctl cluster [leave | rejoin | certs --out DIR NAME=IP...]")
 	}
 	raw, err := c.Raw(ctx, "/v1/status/cluster")
 	if err != nil {
@@ -131,14 +148,91 @@ func runCluster(ctx context.Context, c *status.Client, o opts) error {
 	return renderCluster(o.out, &st)
 }
 
+// runCerts writes a CA (or uses the one in --out) and a key pair per
+// member, plus a fresh gossip key, and prints each member's lines.
+func runCerts(o opts) error {
+	usage := errors.New("usage: directorctl cluster certs --out DIR NAME=IP[,IP]... (every member: directors and witness)")
+	if o.outDir == "" || len(o.args) < 2 {
+		return usage
+	}
+	dir, err := filepath.Abs(o.outDir)
+	if err != nil {
+		return err
+	}
+	var members []pki.Member
+	var names []string
+	for _, a := range o.args[1:] {
+		name, ips, ok := strings.Cut(a, "=")
+		if !ok || name == "" {
+			return fmt.Errorf("%q: give NAME=IP, the member's [node] name and the address its peers reach it at", a)
+		}
+		m := pki.Member{Name: name}
+		for _, s := range strings.Split(ips, ",") {
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				return fmt.Errorf("%q: %q is not an IP address", a, s)
+			}
+			m.IPs = append(m.IPs, ip)
+		}
+		if slices.Contains(names, name) {
+			return fmt.Errorf("%s is given twice", name)
+		}
+		names = append(names, name)
+		members = append(members, m)
+	}
+	const validity = 5 * 365 * 24 * time.Hour
+	ca, err := pki.LoadCA(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"))
+	reused := err == nil
+	if errors.Is(err, os.ErrNotExist) {
+		ca, err = pki.NewCA("directord cluster CA", validity)
+	}
+	if err != nil {
+		return err
+	}
+	files, err := pki.WriteAll(dir, ca, members, validity)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", dir, err)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	if reused {
+		fmt.Fprintf(o.out, "# signed with the CA in %s\n", dir)
+	} else {
+		fmt.Fprintf(o.out, "# a new CA: %s (its key %s stays on this host, off the directors)\n", files.CA, files.CAKey)
+	}
+	fmt.Fprintf(o.out, "# copy each member its own pair and the CA certificate, and paste its lines into its [cluster]\n")
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = strconv.Quote(n)
+	}
+	for _, m := range members {
+		fmt.Fprintf(o.out, "\n# %s\nmembers = [%s]\nencrypt_key = %q\ntls_cert = %q\ntls_key = %q\ntls_ca = %q\n",
+			m.Name, strings.Join(quoted, ", "), base64.StdEncoding.EncodeToString(key), files.Cert[m.Name], files.Key[m.Name], files.CA)
+	}
+	return nil
+}
+
 // renderCluster prints the cluster section for people.
 func renderCluster(w io.Writer, st *api.ClusterStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if st.Error != "" {
+		fmt.Fprintf(tw, "node\t%s\n", st.ID)
+		fmt.Fprintf(tw, "error\tthe cluster is not running: %s (VRRP and the load balancer run on the last committed table)\n", st.Error)
+		return tw.Flush()
+	}
 	fmt.Fprintf(tw, "node\t%s (%s), raft %s\n", st.ID, st.Role, st.RaftState)
+	if st.Left {
+		fmt.Fprintf(tw, "left\tthis node left the cluster: not a voter, VRRP held in FAULT (directorctl cluster rejoin)\n")
+	}
+	for _, c := range st.Conflicts {
+		fmt.Fprintf(tw, "conflict\t%s\n", c)
+	}
 	fmt.Fprintf(tw, "leader\t%s\n", orNone(st.Leader))
 	fmt.Fprintf(tw, "term\t%s, commit index %s, applied %d, last contact %s\n", st.Term, st.CommitIndex, st.Applied, st.LastContact)
-	fmt.Fprintf(tw, "table\tindex %d, seeded %v\n", st.StateIndex, st.Seeded)
-	fmt.Fprintf(tw, "security\traft TLS %v, gossip encryption %s\n", st.RaftTLS, st.Gossip)
+	fmt.Fprintf(tw, "table\tindex %d, seeded %v, cluster %s\n", st.StateIndex, st.Seeded, orNone(st.ClusterID))
+	fmt.Fprintf(tw, "security\traft TLS %v, gossip encryption %s, refused connections %d\n", st.RaftTLS, st.Gossip, st.RefusedConnections)
 	for _, name := range slices.Sorted(maps.Keys(st.Refused)) {
 		fmt.Fprintf(tw, "refused\t%s: %s\n", name, st.Refused[name])
 	}

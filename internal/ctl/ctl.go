@@ -28,7 +28,12 @@ commands:
   config                       print the running configuration as JSON
   lvs                          the load balancer's table with counters, like ipvsadm -Ln --stats
   cluster                      members, Raft role, leader, term, indexes
-  cluster leave                retire this node: the leader takes it out of Raft
+  cluster leave                retire this node: the leader takes it out of Raft for good (its
+                               VRRP instances are held in FAULT until it rejoins)
+  cluster rejoin               undo cluster leave
+  cluster certs --out DIR NAME=IP[,IP]...
+                               write a CA (or use DIR's) and a key pair per member, and a gossip
+                               key, and print each member's [cluster] lines; no daemon needed
   apply -f FILE [--dry-run]    make FILE's virtual servers the cluster's table (any node)
   rs drain|enable|disable VS RS  a real server by hand, on every director
   rs weight VS RS N            set a real server's weight by hand, on every director
@@ -52,6 +57,7 @@ type opts struct {
 	now    func() time.Time // the clock for ages in what is printed
 	dryRun bool
 	file   string
+	outDir string
 	hold   string
 	drill  api.DrillRequest
 	args   []string
@@ -102,6 +108,7 @@ func run(args []string, stdout, stderr io.Writer, now func() time.Time) int {
 	instance := sub.String("instance", "", "drill: the VRRP instance (default: the one mastered here)")
 	probeAt := sub.String("probe", "", "drill: ADDR to ping or ADDR:PORT to connect to (default: the instance's first IPv4 address)")
 	back := sub.Bool("back", false, "drill: hand back once the peer has taken over")
+	outDir := sub.String("out", "", "cluster certs: the `dir`ectory to write the CA and the key pairs into")
 	// Flags may come before or after the positional arguments.
 	var positional []string
 	rest := global.Args()[1:]
@@ -121,7 +128,7 @@ func run(args []string, stdout, stderr io.Writer, now func() time.Time) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	o := opts{json: *asJSON, now: now, hold: *hold, file: *file, dryRun: *dryRun, args: positional, out: stdout,
+	o := opts{json: *asJSON, now: now, hold: *hold, file: *file, outDir: *outDir, dryRun: *dryRun, args: positional, out: stdout,
 		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)

@@ -9,10 +9,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/directord/directord/internal/api"
+	"github.com/directord/directord/internal/config"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -68,6 +70,8 @@ func fixture() (api.Document, api.DrillResult) {
 				Failures: 3, LastAt: t0, LastError: "connection refused", Latency: "0s", Transitions: 2}}},
 		Cluster: &api.ClusterStatus{ID: "lb1", Role: "director", RaftState: "Leader", Leader: "lb1", Term: "3", CommitIndex: "12",
 			Applied: 12, LastContact: "0", RaftTLS: true, Gossip: "aes", StateIndex: 11, Seeded: true, FileDiffers: []string{"web"},
+			ClusterID: "5e1f2a9c0d3b4e77", RefusedConnections: 4, Refused: map[string]string{"evil": "virtual_server.evil.health_check.command: commands never travel through the cluster"},
+			Conflicts: []string{"x belongs to another cluster (0a1b; this one is 5e1f2a9c0d3b4e77): refusing to merge"},
 			Members: []api.ClusterMember{{Name: "lb1", Gossip: "198.51.100.11:7946", Raft: "198.51.100.11:7947", State: "alive", Role: "director"},
 				{Name: "w", Gossip: "198.51.100.13:7946", Raft: "198.51.100.13:7947", State: "suspect", Role: "witness"}}},
 		Sync:   &api.SyncStatus{Role: "master", Peer: "198.51.100.12:7001", Connected: true},
@@ -143,6 +147,49 @@ func TestRender(t *testing.T) {
 }
 
 // TestNotRunning: without a daemon directorctl says so in one line.
+// cluster certs writes a CA and a pair per member, 0600, and prints lines
+// that make a valid [cluster] for each; run again, it reuses the CA.
+func TestClusterCerts(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	var out, errb bytes.Buffer
+	if code := run([]string{"cluster", "certs", "--out", dir, "lb1=192.0.2.11", "lb2=192.0.2.12,2001:db8::12", "w=192.0.2.13"}, &out, &errb, time.Now); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, f := range []string{"ca.pem", "ca-key.pem", "lb1.pem", "lb1-key.pem", "lb2.pem", "lb2-key.pem", "w.pem", "w-key.pem"} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, err, st)
+		}
+	}
+	// lb2's lines, pasted into its [cluster], make a valid file.
+	text := out.String()
+	i := strings.Index(text, "# lb2\n")
+	if i < 0 {
+		t.Fatalf("no lines for lb2:\n%s", text)
+	}
+	lines := text[i+len("# lb2\n"):]
+	lines = lines[:strings.Index(lines, "\n\n")]
+	file := "[node]\nname = \"lb2\"\n[cluster]\nbind = \"192.0.2.12:7946\"\nraft_bind = \"192.0.2.12:7000\"\n" + lines + "\n"
+	cfg, err := config.Parse("lb2.toml", []byte(file))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, file)
+	}
+	if c := cfg.Cluster; len(c.Members) != 3 || len(c.EncryptKey) != 32 {
+		t.Fatalf("cluster %+v", c)
+	}
+	// Again into the same directory, for a new member: the same CA.
+	out.Reset()
+	if code := run([]string{"cluster", "certs", "--out", dir, "lb3=192.0.2.14"}, &out, &errb, time.Now); code != 0 || !strings.Contains(out.String(), "signed with the CA in") {
+		t.Fatalf("exit %d: %s%s", code, out.String(), errb.String())
+	}
+	// Bad arguments are refused.
+	for _, args := range [][]string{{"cluster", "certs", "lb1=192.0.2.11"}, {"cluster", "certs", "--out", dir, "lb1"}, {"cluster", "certs", "--out", dir, "lb9=nope"}} {
+		if code := run(args, &out, &errb, time.Now); code == 0 {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
 func TestNotRunning(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	sock := filepath.Join(t.TempDir(), "none.sock")

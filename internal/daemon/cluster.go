@@ -3,8 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +29,10 @@ import (
 type clusterManager struct {
 	log   *slog.Logger
 	node  ClusterNode
+	tls   *cluster.TLS
+	// hold puts VRRP in FAULT with a reason, or lifts it with "": a node
+	// that left the cluster must not be MASTER with a frozen table.
+	hold func(reason string)
 	cache string // the last committed state, for a start without quorum
 	apply func(vss []config.VirtualServer)
 
@@ -40,27 +42,19 @@ type clusterManager struct {
 }
 
 func newClusterManager(cfg *config.Config, log *slog.Logger, open func(cluster.Config) (ClusterNode, error), apply func([]config.VirtualServer)) (*clusterManager, error) {
-	c := &clusterManager{log: log.With("subsystem", "cluster"), cfg: cfg, apply: apply,
-		cache: filepath.Join(cfg.Node.DataDir, "cluster", "state.json")}
-	var t *cluster.TLS
-	if cc := cfg.Cluster; cc.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cc.TLSCert, cc.TLSKey)
-		if err != nil {
-			return nil, fmt.Errorf("cluster tls_cert: %w", err)
-		}
-		pem, err := os.ReadFile(cc.TLSCA)
-		if err != nil {
-			return nil, fmt.Errorf("cluster tls_ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(pem)
-		t = &cluster.TLS{Cert: cert, CAs: pool}
+	c := &clusterManager{log: log.With("subsystem", "cluster"), cfg: cfg, apply: apply, cache: clusterCache(cfg),
+		hold: func(string) {}}
+	cc := cfg.Cluster
+	t, err := cluster.LoadTLS(cc.TLSCert, cc.TLSKey, cc.TLSCA)
+	if err != nil {
+		return nil, err
 	}
+	c.tls = t
 	node, err := open(cluster.Config{
 		TLS: t,
 		ID:  cfg.Node.Name, DataDir: filepath.Join(cfg.Node.DataDir, "cluster"),
-		Gossip: cfg.Cluster.Bind, Raft: cfg.Cluster.RaftBind, Peers: cfg.Cluster.Peers,
-		BootstrapExpect: cfg.Cluster.BootstrapExpect, EncryptKey: cfg.Cluster.EncryptKey,
+		Gossip: cc.Bind, Raft: cc.RaftBind, Peers: cc.Peers, Members: cc.Members,
+		BootstrapExpect: cc.BootstrapExpect, EncryptKey: cc.EncryptKey, EncryptKeysOld: cc.EncryptKeysOld,
 		Witness: cfg.Node.Role == "witness", Logger: c.log, OnChange: c.changed, Validate: config.ValidateDocument,
 	})
 	if err != nil {
@@ -70,22 +64,28 @@ func newClusterManager(cfg *config.Config, log *slog.Logger, open func(cluster.C
 	return c, nil
 }
 
-// cached is the state last committed and saved here, if any.
-func (c *clusterManager) cached() (cluster.State, bool) {
-	b, err := os.ReadFile(c.cache)
+// clusterCache is where the last committed state is saved.
+func clusterCache(cfg *config.Config) string {
+	return filepath.Join(cfg.Node.DataDir, "cluster", "state.json")
+}
+
+// cachedState is the state last committed and saved at path, if any,
+// without the virtual servers that fail validation.
+func cachedState(path string, log *slog.Logger) (cluster.State, bool) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return cluster.State{}, false
 	}
 	var s cluster.State
 	if err := json.Unmarshal(b, &s); err != nil || !s.Seeded {
 		if err != nil {
-			c.log.Error("the cached table cannot be read; starting from the file's", "file", c.cache, "err", err)
+			log.Error("the cached table cannot be read; starting from the file's", "file", path, "err", err)
 		}
 		return cluster.State{}, false
 	}
 	for _, name := range s.Names() {
 		if err := config.ValidateDocument(name, s.Services[name]); err != nil {
-			c.log.Error("a virtual server of the cached table is invalid; left out", "virtual_server", name, "err", err)
+			log.Error("a virtual server of the cached table is invalid; left out", "virtual_server", name, "err", err)
 			delete(s.Services, name)
 		}
 	}
@@ -198,6 +198,10 @@ func (c *clusterManager) setDiffers(s cluster.State) {
 // Run runs the node and, on a director, seeds the cluster with the file's
 // virtual servers when it is formed and not yet seeded.
 func (c *clusterManager) Run(ctx context.Context) error {
+	if c.node.Left() {
+		c.log.Warn("this node left the cluster: its VRRP instances are held in FAULT until directorctl cluster rejoin")
+		c.hold(leftReason)
+	}
 	if c.cfg.Node.Role == "witness" {
 		// A witness has no table of its own to seed with.
 		return c.node.Run(ctx)
@@ -242,7 +246,7 @@ func (c *clusterManager) status() *api.ClusterStatus {
 	st := &api.ClusterStatus{ID: ns.ID, Role: ns.Role, RaftState: ns.RaftState, Leader: ns.Leader, Term: ns.Term,
 		CommitIndex: ns.CommitIndex, Applied: ns.Applied, LastContact: ns.LastContact, RaftTLS: ns.RaftTLS, Gossip: ns.Gossip,
 		Members: make([]api.ClusterMember, 0, len(ns.Members)), StateIndex: s.Index, Seeded: s.Seeded, FileDiffers: d,
-		Refused: s.Refused}
+		Refused: s.Refused, ClusterID: ns.ClusterID, Left: ns.Left, Conflicts: ns.Conflicts, RefusedConnections: ns.Refused}
 	for _, m := range ns.Members {
 		st.Members = append(st.Members, api.ClusterMember(m))
 	}
@@ -254,8 +258,36 @@ func (c *clusterManager) handleLeave(w http.ResponseWriter, r *http.Request) {
 		status.WriteError(w, http.StatusServiceUnavailable, err)
 		return
 	}
-	c.log.Warn("this node left the cluster; it keeps the last committed table until it is stopped")
+	c.log.Warn("this node left the cluster: its VRRP instances are held in FAULT until directorctl cluster rejoin")
+	c.hold(leftReason)
 	status.WriteJSON(w, http.StatusOK, api.LeaveResult{Left: c.cfg.Node.Name})
+}
+
+const leftReason = "this node left the cluster (directorctl cluster rejoin)"
+
+func (c *clusterManager) handleRejoin(w http.ResponseWriter, r *http.Request) {
+	if err := c.node.Rejoin(5 * time.Second); err != nil {
+		status.WriteError(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	c.log.Info("this node rejoined the cluster")
+	c.hold("")
+	status.WriteJSON(w, http.StatusOK, api.LeaveResult{Left: c.cfg.Node.Name})
+}
+
+// reloadSecrets re-reads the certificates and applies a new gossip key:
+// both rotate on SIGHUP.
+func (c *clusterManager) reloadSecrets(cfg *config.Config, keysChanged bool) error {
+	if err := c.tls.Reload(); err != nil {
+		return err
+	}
+	if keysChanged {
+		if err := c.node.SetGossipKeys(cfg.Cluster.EncryptKey, cfg.Cluster.EncryptKeysOld); err != nil {
+			return err
+		}
+		c.log.Info("cluster: gossip keys rotated", "old_keys_accepted", len(cfg.Cluster.EncryptKeysOld))
+	}
+	return nil
 }
 
 func (c *clusterManager) handle(w http.ResponseWriter, r *http.Request) {

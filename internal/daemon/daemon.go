@@ -54,6 +54,7 @@ type Daemon struct {
 	lvs     *lvsManager
 	health  *health
 	cluster *clusterManager // nil without [cluster]
+	clusterErr error // why the cluster could not start, if it could not
 	lbReady atomic.Bool     // lvs and health are set up
 	// syncd and ctsync are set by New, before anything runs.
 	syncd   *syncDaemons
@@ -121,21 +122,28 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 	var err error
 	if cfg.Cluster != nil {
 		apply := func(vss []config.VirtualServer) { d.applyVirtualServers(nil, vss) }
-		if d.cluster, err = newClusterManager(cfg, d.log, deps.Cluster, apply); err != nil {
-			return nil, err
+		d.cluster, err = newClusterManager(cfg, d.log, deps.Cluster, apply)
+		if err != nil {
+			// VRRP never waits on the cluster: a corrupt raft.db stops
+			// the replication, not the failover.
+			d.clusterErr = err
+			d.log.Error("the cluster cannot start; VRRP and the load balancer run without it, on the last committed table", "err", err)
+		} else {
+			d.cluster.hold = d.vrrp.SetFault
+			d.status.HandleTable("POST /v1/cluster", d.cluster.handle)
+			d.status.Handle("POST /v1/cluster/leave", d.cluster.handleLeave)
+			d.status.Handle("POST /v1/cluster/rejoin", d.cluster.handleRejoin)
+			d.reg.MustRegister(newClusterCollector(d.cluster))
 		}
 		// Start from the last committed table: the data plane must not
 		// wait for Raft (a restart without quorum keeps serving).
-		if s, ok := d.cluster.cached(); ok {
+		if s, ok := cachedState(clusterCache(cfg), d.log); ok {
 			if vss, err := virtualServers(s); err == nil {
 				c := *cfg
 				c.VirtualServers = vss
 				lbCfg = &c
 			}
 		}
-		d.status.HandleTable("POST /v1/cluster", d.cluster.handle)
-		d.status.Handle("POST /v1/cluster/leave", d.cluster.handleLeave)
-		d.reg.MustRegister(newClusterCollector(d.cluster))
 	}
 	if witness {
 		// A witness only votes: no data plane, no checks, no VRRP.
@@ -392,10 +400,15 @@ func (d *Daemon) reload() api.ReloadResult {
 	if len(res.VRRPStarted)+len(res.VRRPInPlace) > 0 {
 		d.log.Info("reload: VRRP applied", "started", res.VRRPStarted, "reconfigured_in_place", res.VRRPInPlace)
 	}
-	if d.cluster != nil {
+	switch {
+	case d.cluster != nil:
 		// The cluster's table is in force; the file's is only compared.
 		d.cluster.compare(cfg)
-	} else {
+		if err := d.cluster.reloadSecrets(cfg, slices.Contains(changes.Live, "cluster.encrypt_key")); err != nil {
+			d.log.Error("reload: the cluster's certificates or keys were not rotated", "err", err)
+			res.Problems = append(res.Problems, err.Error())
+		}
+	case d.clusterErr == nil:
 		d.applyVirtualServers(cfg, cfg.VirtualServers)
 	}
 	if changes.Empty() {
@@ -485,6 +498,8 @@ func (d *Daemon) document(only string) api.Document {
 	}
 	if want(api.SectionCluster) && d.cluster != nil {
 		doc.Cluster = d.cluster.status()
+	} else if want(api.SectionCluster) && d.clusterErr != nil {
+		doc.Cluster = &api.ClusterStatus{ID: d.config().Node.Name, Error: d.clusterErr.Error()}
 	}
 	if cts := d.ctsync; want(api.SectionSync) && cts != nil {
 		doc.Sync = cts.status()

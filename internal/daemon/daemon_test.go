@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/directord/directord/cluster/pki"
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/status"
@@ -408,8 +409,8 @@ func TestDaemonClusterOnLoopback(t *testing.T) {
 	up, up2 := listener(t), listener(t)
 	f := conf.File{
 		Node: conf.Node{Name: "lb1", DataDir: filepath.Join(dir, "data"), StatusSocket: filepath.Join(dir, "s.sock")},
-		Cluster: &conf.Cluster{Bind: freePort(t), RaftBind: freePort(t), BootstrapExpect: 1,
-			EncryptKey: "ZGlyZWN0b3JkIHN5bmNsYWIgZ29zc2lwIGtleSwgMzI="},
+		Cluster: &conf.Cluster{Bind: freePort(t), RaftBind: freePort(t), Members: []string{"lb1"},
+			EncryptKey: "ZGlyZWN0b3JkIHN5bmNsYWIgZ29zc2lwIGtleSwgMzI=", TLS: certs(t, dir, "lb1")},
 		VirtualServers: []conf.VirtualServer{{Name: "web", Address: "192.0.2.100:80", Scheduler: "wrr",
 			Reals: []conf.Real{{Address: up.String()}, {Address: up2.String()}}}},
 	}
@@ -468,6 +469,16 @@ func TestDaemonClusterOnLoopback(t *testing.T) {
 	}
 }
 
+// certs writes a CA and name's key pair (for 127.0.0.1) under dir.
+func certs(t *testing.T, dir, name string) conf.TLS {
+	t.Helper()
+	c, err := conf.Certs(filepath.Join(dir, "certs"), pki.Member{Name: name, IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c[name]
+}
+
 // /v1/config shows health-check header names, never their values.
 func TestConfigRedactsHeaders(t *testing.T) {
 	dir := t.TempDir()
@@ -489,4 +500,39 @@ func TestConfigRedactsHeaders(t *testing.T) {
 	if hc := h.d.config().VirtualServers[0].HealthCheck; hc.Headers["Authorization"] != "Bearer s3cret-token" {
 		t.Fatalf("the running config lost its header: %+v", hc.Headers)
 	}
+}
+
+// VRRP never waits on the cluster: with a corrupt raft.db the director
+// still becomes MASTER and serves its table, and status says why the
+// cluster is not running. (On main the daemon did not start at all.)
+func TestDaemonRunsWithoutItsCluster(t *testing.T) {
+	dir := t.TempDir()
+	up := listener(t)
+	f := conf.File{
+		Node: conf.Node{Name: "lb1", DataDir: filepath.Join(dir, "data"), StatusSocket: filepath.Join(dir, "s.sock")},
+		Cluster: &conf.Cluster{Bind: freePort(t), RaftBind: freePort(t), Members: []string{"lb1"},
+			EncryptKey: "ZGlyZWN0b3JkIHN5bmNsYWIgZ29zc2lwIGtleSwgMzI=", TLS: certs(t, dir, "lb1")},
+		VRRP: []conf.Instance{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 150, AdvertInt: "20ms", VIPs: []string{"192.0.2.100/24"}}},
+		VirtualServers: []conf.VirtualServer{{Name: "web", Address: "192.0.2.100:80", Scheduler: "wrr",
+			Reals: []conf.Real{{Address: up.String()}}}},
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "data", "cluster"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data", "cluster", "raft.db"), []byte("not a bolt database, not at all"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", f.String())
+	h.eventually(t, "MASTER, with the cluster's error shown", func(doc api.Document) error {
+		if !isMaster(doc) {
+			return fmt.Errorf("vrrp %+v", doc.VRRP)
+		}
+		if c := doc.Cluster; c == nil || !strings.Contains(c.Error, "raft store") {
+			return fmt.Errorf("cluster %+v", doc.Cluster)
+		}
+		if s := doc.LVS.Services; len(s) != 1 {
+			return fmt.Errorf("lvs %+v", s)
+		}
+		return nil
+	})
 }

@@ -50,6 +50,11 @@ type ClusterNode interface {
 	AppliedIndex() uint64
 	Submit(c cluster.Command, timeout time.Duration) error
 	Leave(timeout time.Duration) error
+	Rejoin(timeout time.Duration) error
+	// Left: this node left and has not rejoined.
+	Left() bool
+	// SetGossipKeys rotates the gossip key without a restart.
+	SetGossipKeys(primary []byte, old [][]byte) error
 	// Ping asks a member for a direct gossip answer.
 	Ping(name string) (time.Duration, error)
 	// SetAppMeta sets what this node gossips about itself.

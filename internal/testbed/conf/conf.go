@@ -10,6 +10,9 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
+
+	"github.com/directord/directord/cluster/pki"
 )
 
 // File is one directord configuration file.
@@ -33,9 +36,32 @@ type Node struct {
 type Cluster struct {
 	Bind, RaftBind  string
 	Peers           []string
+	Members         []string
 	BootstrapExpect int
 	EncryptKey      string
-	Extra           []string // TLS keys and the like
+	TLS             TLS
+	Extra           []string
+}
+
+// TLS are a member's [cluster] certificate files.
+type TLS struct{ Cert, Key, CA string }
+
+// Certs writes into dir a CA and a key pair for each member (name and
+// IPs, as directorctl cluster certs does) and returns each one's files.
+func Certs(dir string, members ...pki.Member) (map[string]TLS, error) {
+	ca, err := pki.NewCA("directord test CA", 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	f, err := pki.WriteAll(dir, ca, members, 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]TLS{}
+	for _, m := range members {
+		out[m.Name] = TLS{Cert: f.Cert[m.Name], Key: f.Key[m.Name], CA: f.CA}
+	}
+	return out, nil
 }
 
 // Sync is [sync]: the conntrack sync.
@@ -130,8 +156,12 @@ func (f File) String() string {
 		w.str("", "bind", c.Bind)
 		w.str("", "raft_bind", c.RaftBind)
 		w.list("", "peers", c.Peers)
+		w.list("", "members", c.Members)
 		w.num("", "bootstrap_expect", c.BootstrapExpect)
 		w.str("", "encrypt_key", c.EncryptKey)
+		w.str("", "tls_cert", c.TLS.Cert)
+		w.str("", "tls_key", c.TLS.Key)
+		w.str("", "tls_ca", c.TLS.CA)
 		w.lines("", c.Extra)
 	}
 	if s := f.Sync; s != nil {

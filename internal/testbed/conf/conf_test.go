@@ -1,10 +1,12 @@
 package conf
 
 import (
+	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/directord/directord/cluster/pki"
 	"github.com/directord/directord/internal/config"
 )
 
@@ -12,11 +14,15 @@ import (
 // the builder cannot drift from the schema unnoticed.
 func TestFileLoads(t *testing.T) {
 	dir := t.TempDir()
+	certs, err := Certs(filepath.Join(dir, "certs"), pki.Member{Name: "lb1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.11")}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := File{
 		Node:      Node{Name: "lb1", DataDir: filepath.Join(dir, "data"), StatusSocket: filepath.Join(dir, "s.sock"), Extra: []string{`log_level = "debug"`}},
 		Dataplane: []string{`kind = "nftables"`},
 		Cluster: &Cluster{Bind: "192.0.2.11:7946", RaftBind: "192.0.2.11:7000", Peers: []string{"192.0.2.12:7946"},
-			BootstrapExpect: 2, EncryptKey: "ZGlyZWN0b3JkIHN5bmNsYWIgZ29zc2lwIGtleSwgMzI="},
+			Members: []string{"lb1", "lb2"}, BootstrapExpect: 2, EncryptKey: "ZGlyZWN0b3JkIHN5bmNsYWIgZ29zc2lwIGtleSwgMzI=", TLS: certs["lb1"]},
 		Sync: &Sync{Listen: "203.0.113.2:7100", Peer: "203.0.113.3:7100", Key: "ZGlyZWN0b3JkIHN5bmMgdGVzdCBrZXksIDMyIGJ5dGU=", Instance: "VI_1"},
 		VRRP: []Instance{
 			{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 150, AdvertInt: "100ms", VIPs: []string{"192.0.2.100/24"}, Extra: []string{"preempt = false"}},
@@ -38,7 +44,7 @@ func TestFileLoads(t *testing.T) {
 	}
 	in := cfg.VRRP[0]
 	if cfg.Node.Name != "lb1" || cfg.Node.LogLevel != "debug" || cfg.Dataplane.Kind != "nftables" || cfg.Cluster == nil ||
-		cfg.Cluster.BootstrapExpect != 2 || cfg.Sync == nil || cfg.Sync.Instance != "VI_1" {
+		cfg.Cluster.BootstrapExpect != 2 || len(cfg.Cluster.Members) != 2 || cfg.Cluster.TLSCA == "" || cfg.Sync == nil || cfg.Sync.Instance != "VI_1" {
 		t.Fatalf("node, dataplane, cluster or sync: %+v", cfg)
 	}
 	if len(cfg.VRRP) != 2 || in.Priority != 150 || in.AdvertInt != 100*time.Millisecond || in.Preempt || len(cfg.SyncGroups) != 1 {
