@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -83,7 +84,11 @@ func run(bin string) (err error) {
 		return err
 	}
 	lb1, lb2 := s.LB[0], s.LB[1]
-	fmt.Printf("\nlb1's configuration, generated (lb2's differs in name, addresses and priority 100):\n\n%s", indent(must(os.ReadFile(lb1.Conf))))
+	fmt.Printf("\nThe cluster's CA, the key pairs (lb1, lb2, w) and the gossip key were made with\n" +
+		"    directorctl cluster certs --out DIR lb1=192.0.2.11 lb2=192.0.2.12 w=192.0.2.13\n" +
+		"Raft and the commands forwarded to its leader run over mutual TLS; gossip is encrypted.\n")
+	fmt.Printf("\nlb1's configuration, generated (lb2's differs in name, addresses and priority 100; keys hidden here):\n\n%s",
+		indent(hideKeys(must(os.ReadFile(lb1.Conf)))))
 	show("directord -t checks it", exec.Command(bins.Directord, "-t", "-c", lb1.Conf))
 	if err := s.WaitCluster(30 * time.Second); err != nil {
 		return err
@@ -288,6 +293,11 @@ func must(b []byte, err error) []byte {
 		panic(lab.Failure{Err: err})
 	}
 	return b
+}
+
+// hideKeys blanks the secrets of a file shown on the terminal.
+func hideKeys(b []byte) []byte {
+	return regexp.MustCompile(`(?m)^((encrypt_key|key) = ).*$`).ReplaceAll(b, []byte(`$1"(secret)"`))
 }
 
 func indent(b []byte) string {

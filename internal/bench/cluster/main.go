@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/directord/directord/cluster/pki"
 	"github.com/directord/directord/internal/api"
 
 	"github.com/directord/directord/internal/bench/report"
@@ -53,6 +55,7 @@ type node struct {
 	ip         string
 	conf, sock string
 	proc       *lab.Process
+	tls        conf.TLS
 }
 
 var key = base64.StdEncoding.EncodeToString([]byte("directord bench key, 32 bytes!!!"))
@@ -62,7 +65,7 @@ var key = base64.StdEncoding.EncodeToString([]byte("directord bench key, 32 byte
 func file(n, peer *node, dir string, vss []conf.VirtualServer) string {
 	f := plainFile(n, dir, vss)
 	f.Cluster = &conf.Cluster{Bind: n.ip + ":7946", RaftBind: n.ip + ":7000", Peers: []string{peer.ip + ":7946"},
-		BootstrapExpect: 2, EncryptKey: key}
+		Members: []string{n.h.Name, peer.h.Name}, EncryptKey: key, TLS: n.tls}
 	return f.String()
 }
 
@@ -140,7 +143,13 @@ func run(bin string, runs, fullRuns, big int, out string, targets *report.Target
 		}
 		n.proc = n.h.Start(bins.Directord, "-c", n.conf)
 	}
+	certs, err := conf.Certs(filepath.Join(dir, "certs"), pki.Member{Name: "lb1", IPs: []netip.Addr{netip.MustParseAddr(ns[0].ip)}},
+		pki.Member{Name: "lb2", IPs: []netip.Addr{netip.MustParseAddr(ns[1].ip)}})
+	if err != nil {
+		return err
+	}
 	for i, n := range ns {
+		n.tls = certs[n.h.Name]
 		if err := os.WriteFile(n.conf, []byte(file(n, ns[1-i], filepath.Dir(n.conf), table(1, 2, 1))), 0o644); err != nil {
 			return err
 		}

@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -12,11 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/directord/directord/cluster/pki"
 	"github.com/directord/directord/internal/api"
-
 	"github.com/directord/directord/internal/testbed/conf"
 	"github.com/directord/directord/internal/testbed/lab"
 	"github.com/directord/directord/internal/testbed/scene"
+	"github.com/hashicorp/raft"
 )
 
 var clusterKey = base64.StdEncoding.EncodeToString([]byte("directord test key, 32 bytes!!!!"))
@@ -26,13 +31,14 @@ type director struct {
 	ip, dir    string
 	conf, sock string
 	proc       *lab.Process
-	tls        []string // the [cluster] TLS keys, or none
+	tls        conf.TLS // its key pair and the lab's CA
+	members    []string // the cluster's members as its file names them
 	port       string   // its port on the switch
 }
 
-// clusterFile is d's file: [cluster] with the test's gossip key and d's
-// TLS keys, gossiping with peers (addresses), bootstrapping expect voters;
-// role "" is a director's default.
+// clusterFile is d's file: [cluster] with the test's gossip key, d's key
+// pair and members, gossiping with peers (addresses), bootstrapping
+// expect voters; role "" is a director's default.
 func clusterFile(d *director, role string, expect int, peers ...string) conf.File {
 	var ps []string
 	for _, p := range peers {
@@ -41,7 +47,7 @@ func clusterFile(d *director, role string, expect int, peers ...string) conf.Fil
 	return conf.File{
 		Node: conf.Node{Name: d.h.Name, Role: role, DataDir: filepath.Join(d.dir, "data"), StatusSocket: d.sock},
 		Cluster: &conf.Cluster{Bind: d.ip + ":7946", RaftBind: d.ip + ":7000", Peers: ps, BootstrapExpect: expect,
-			EncryptKey: clusterKey, Extra: d.tls},
+			Members: d.members, EncryptKey: clusterKey, TLS: d.tls},
 	}
 }
 
@@ -136,21 +142,7 @@ func tablesAre(t *testing.T, want map[string]int, ds ...*director) {
 // restart keeps everything; with the peer down a write fails with "no
 // quorum" and changes nothing.
 func TestClusterPair(t *testing.T) {
-	lab.Require(t, "nft")
-	l := lab.New(t)
-	sw := l.AddSwitch("sw")
-	// Raft over TLS with certificates from a test CA.
-	ca := newCerts(t)
-	var ds []*director
-	for i, name := range []string{"lb1", "lb2"} {
-		h := l.AddHost(name)
-		ip := fmt.Sprintf("192.0.2.%d", 11+i)
-		sw.Plug(h, "eth0", ip+"/24")
-		dir := t.TempDir()
-		cf, kf, _ := ca.leaf(t, name+".test", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
-		ds = append(ds, &director{h: h, ip: ip, dir: dir, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock"),
-			tls: []string{fmt.Sprintf("tls_cert = %q", cf), fmt.Sprintf("tls_key = %q", kf), fmt.Sprintf("tls_ca = %q", ca.caFile)}})
-	}
+	ds, _ := clusterLab(t, "lb1", "lb2")
 	// VRRP stays node-local: lb2 is master of the VIP.
 	for i, prio := range []int{100, 150} {
 		f := clusterFile(ds[i], "", 2, ds[1-i].ip)
@@ -275,20 +267,31 @@ func TestClusterPair(t *testing.T) {
 	tablesAre(t, full, ds[0])
 }
 
-// clusterLab makes directors (and witnesses) on one switch, with TLS off
-// for brevity; the pair test covers TLS.
+// clusterLab makes directors (and witnesses) on one switch, 192.0.2.11
+// up, each with a key pair for its name and address from one test CA (as
+// directorctl cluster certs makes them); every one lists them all as the
+// cluster's members.
 func clusterLab(t *testing.T, names ...string) ([]*director, *lab.Switch) {
 	t.Helper()
 	lab.Require(t, "nft")
 	l := lab.New(t)
 	sw := l.AddSwitch("sw")
+	var ms []pki.Member
+	for i, name := range names {
+		ms = append(ms, pki.Member{Name: name, IPs: []netip.Addr{netip.MustParseAddr(fmt.Sprintf("192.0.2.%d", 11+i))}})
+	}
+	certs, err := conf.Certs(filepath.Join(t.TempDir(), "certs"), ms...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var ds []*director
 	for i, name := range names {
 		h := l.AddHost(name)
-		ip := fmt.Sprintf("192.0.2.%d", 11+i)
+		ip := ms[i].IPs[0].String()
 		port := sw.Plug(h, "eth0", ip+"/24")
 		dir := t.TempDir()
-		ds = append(ds, &director{h: h, ip: ip, dir: dir, port: port, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock")})
+		ds = append(ds, &director{h: h, ip: ip, dir: dir, port: port, conf: filepath.Join(dir, "directord.toml"), sock: filepath.Join(dir, "directord.sock"),
+			tls: certs[name], members: names})
 	}
 	return ds, sw
 }
@@ -476,6 +479,7 @@ func TestClusterPartition(t *testing.T) {
 func TestClusterRefusesStrangers(t *testing.T) {
 	ds, _ := clusterLab(t, "lb1", "lb2", "x")
 	lb1, lb2, x := ds[0], ds[1], ds[2]
+	lb1.members, lb2.members = []string{"lb1", "lb2"}, []string{"lb1", "lb2"}
 	writeFile(t, lb1.conf, pairFile(lb1, lb2.ip, webService))
 	writeFile(t, lb2.conf, pairFile(lb2, lb1.ip, webService))
 	other := clusterFile(x, "", 2, lb1.ip)
@@ -507,5 +511,162 @@ func TestClusterRefusesStrangers(t *testing.T) {
 	}
 	if st, err := x.clusterStatus(); err != nil || st.Seeded || st.Leader != "" {
 		t.Fatalf("the stranger: %+v, %v", st, err)
+	}
+}
+
+// TestClusterAttackers plays the attacker against a pair from a third
+// host on its network, x, which has the gossip key and a certificate from
+// the cluster's CA for its own name (not a member), and a copy of lb2's
+// key pair. None of it changes the table or the voters.
+func TestClusterAttackers(t *testing.T) {
+	ds, _ := clusterLab(t, "lb1", "lb2", "x")
+	lb1, lb2, x := ds[0], ds[1], ds[2]
+	lb1.members, lb2.members = []string{"lb1", "lb2"}, []string{"lb1", "lb2"}
+	writeFile(t, lb1.conf, pairFile(lb1, lb2.ip, webService))
+	writeFile(t, lb2.conf, pairFile(lb2, lb1.ip, webService))
+	xf := clusterFile(x, "", 3, lb1.ip, lb2.ip)
+	xf.VirtualServers = []conf.VirtualServer{dnsService}
+	writeFile(t, x.conf, xf.String())
+	lb1.start()
+	lb2.start()
+	base := map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 1}
+	tablesAre(t, base, lb1, lb2)
+	leader := raftLeader(t, lb1, lb2)
+	follower := lb1
+	if leader == lb1 {
+		follower = lb2
+	}
+	target := raft.ServerAddress(leader.ip + ":7000")
+
+	// 1. x joins the gossip with the key, but is not a member: ignored,
+	// never a voter, its writes refused.
+	x.start()
+	if err := lab.Eventually(15*time.Second, func() error {
+		if !strings.Contains(leader.proc.Output(), "not in [cluster] members is ignored") {
+			return errors.New("the leader did not notice x")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, leader.proc.Output())
+	}
+	if out, err := x.ctl("rs", "drain", "web", "203.0.113.11:8080"); err == nil {
+		t.Fatalf("x committed a write: %s", out)
+	}
+
+	// 2. Raft's own RPCs over plain TCP from x, with a higher term.
+	if err := x.h.Do(func() error {
+		plain, err := raft.NewTCPTransport(x.ip+":0", nil, 1, time.Second, io.Discard)
+		if err != nil {
+			return err
+		}
+		defer plain.Close()
+		hdr := raft.RPCHeader{ID: []byte("lb2"), Addr: []byte(lb2.ip + ":7000")}
+		var ae raft.AppendEntriesResponse
+		if err := plain.AppendEntries("lb2", target, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 1000, LeaderCommitIndex: 1000,
+			Entries: []*raft.Log{{Index: 1000, Term: 1000, Type: raft.LogCommand, Data: []byte(`{"v":1,"op":"vs.del","name":"web"}`)}}}, &ae); err == nil {
+			return fmt.Errorf("plain AppendEntries answered: %+v", ae)
+		}
+		snap := `{"index":1000,"seeded":true,"services":{}}`
+		var is raft.InstallSnapshotResponse
+		if err := plain.InstallSnapshot("lb2", target, &raft.InstallSnapshotRequest{RPCHeader: hdr, SnapshotVersion: 1, Term: 1000,
+			LastLogIndex: 1000, LastLogTerm: 1000, Size: int64(len(snap))}, &is, strings.NewReader(snap)); err == nil {
+			return fmt.Errorf("plain InstallSnapshot answered: %+v", is)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// 3. lb2's genuine key pair, copied to x: refused, its certificate
+	// is good only from lb2's address.
+	if err := x.h.Do(func() error {
+		cert, err := tls.LoadX509KeyPair(lb2.tls.Cert, lb2.tls.Key)
+		if err != nil {
+			return err
+		}
+		c, err := tls.Dial("tcp", string(target), &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+		if err != nil {
+			return nil // refused in the handshake
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		body := []byte(`{"cmd":{"v":1,"op":"vs.del","name":"web"}}`)
+		frame := append([]byte{'F', 0, 0, 0, byte(len(body))}, body...)
+		if _, err := c.Write(frame); err != nil {
+			return nil
+		}
+		if b, err := io.ReadAll(c); err == nil && len(b) > 0 {
+			return fmt.Errorf("a forwarded command with a stolen key pair was answered: %q", b)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// 4. 200 idle connections from x to the Raft port: the follower's
+	// write still commits.
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	if err := x.h.Do(func() error {
+		for range 200 {
+			c, err := net.Dial("tcp", string(target))
+			if err != nil {
+				return err
+			}
+			idle = append(idle, c)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if out, err := follower.ctl("rs", "weight", "web", "203.0.113.12:8080", "4"); err != nil {
+		t.Fatalf("a write with 200 idle connections open: %v\n%s", err, out)
+	}
+	t.Logf("a follower's write with 200 idle connections at the leader: %s", time.Since(start).Round(time.Millisecond))
+	base["web/203.0.113.12:8080"] = 4
+
+	// 5. Tables the validator refuses, from directorctl apply -f: named,
+	// refused, nothing changed, every node up.
+	for _, bad := range []struct {
+		extra []string
+		check conf.Check
+		want  string
+	}{
+		{check: conf.Check{Type: "http", Extra: []string{`body_regex = "("`}}, want: "health_check.body_regex"},
+		{check: conf.Check{Type: "tcp", Interval: "0s"}, want: "health_check.interval: 0s is out of range"},
+		{check: conf.Check{Type: "exec", Extra: []string{`command = ["/bin/sh", "-c", "touch /tmp/owned"]`}},
+			want: "virtual_server.web.health_check.command: commands never travel through the cluster"},
+	} {
+		vs := webService
+		c := bad.check
+		vs.Check = &c
+		file := filepath.Join(follower.dir, "bad.toml")
+		writeFile(t, file, conf.File{Node: conf.Node{Name: "ops"}, VirtualServers: []conf.VirtualServer{vs}}.String())
+		out, err := follower.ctl("apply", "-f", file)
+		if err == nil || !strings.Contains(out, bad.want) {
+			t.Fatalf("apply of a bad table: %v\n%s", err, out)
+		}
+		t.Logf("refused: %s", strings.TrimSpace(out))
+	}
+	tablesAre(t, base, lb1, lb2)
+	for _, d := range []*director{lb1, lb2} {
+		if d.proc.Exited() {
+			t.Fatalf("%s exited:\n%s", d.h.Name, d.proc.Output())
+		}
+		st, err := d.clusterStatus()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d == leader && st.RefusedConnections == 0 {
+			t.Errorf("%s counted no refused connection", d.h.Name)
+		}
+	}
+	if st, err := x.clusterStatus(); err != nil || st.Seeded {
+		t.Fatalf("x got the table: %+v %v", st, err)
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,8 +59,33 @@ type SyncOptions struct {
 // HTTPService is the address of SyncOptions.HTTP's virtual server.
 const HTTPService = "192.0.2.100:8000"
 
-// ClusterKey is the gossip key of the scene's cluster.
-var ClusterKey = base64.StdEncoding.EncodeToString([]byte("directord synclab gossip key, 32"))
+// clusterSecrets makes the cluster's key pairs and gossip key the way an
+// operator does, with directorctl cluster certs, and returns each
+// member's [cluster] files and the key it printed.
+func clusterSecrets(directorctl, dir string, members map[string]string) (map[string]conf.TLS, string, error) {
+	args := []string{"cluster", "certs", "--out", dir}
+	for _, name := range slices.Sorted(maps.Keys(members)) {
+		args = append(args, name+"="+members[name])
+	}
+	out, err := exec.Command(directorctl, args...).CombinedOutput()
+	if err != nil {
+		return nil, "", fmt.Errorf("directorctl cluster certs: %v\n%s", err, out)
+	}
+	var key string
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "encrypt_key = "); ok {
+			key, err = strconv.Unquote(v)
+			if err != nil {
+				return nil, "", fmt.Errorf("directorctl cluster certs printed %q", l)
+			}
+		}
+	}
+	files := map[string]conf.TLS{}
+	for name := range members {
+		files[name] = conf.TLS{Cert: filepath.Join(dir, name+".pem"), Key: filepath.Join(dir, name+"-key.pem"), CA: filepath.Join(dir, "ca.pem")}
+	}
+	return files, key, nil
+}
 
 // NewSync builds the scene in l, starts directord (bins: directord and
 // directorctl) on both directors (and the witness), and waits until lb1
@@ -111,6 +138,11 @@ func NewSync(l *lab.Lab, dir, directord, directorctl string, o SyncOptions) (*Sy
 		s.Witness = &Director{Host: h, Dir: d, Conf: filepath.Join(d, "directord.toml"), Sock: filepath.Join(d, "directord.sock")}
 		s.Witness.FrontPort = front.Plug(h, "eth0", "192.0.2.13/24")
 		gossipIP := map[*Director]string{s.LB[0]: "192.0.2.11", s.LB[1]: "192.0.2.12", s.Witness: "192.0.2.13"}
+		names := map[string]string{"lb1": "192.0.2.11", "lb2": "192.0.2.12", "w": "192.0.2.13"}
+		certs, key, err := clusterSecrets(directorctl, filepath.Join(dir, "certs"), names)
+		if err != nil {
+			return nil, err
+		}
 		clusterOf = func(x *Director) *conf.Cluster {
 			var peers []string
 			for y, ip := range gossipIP {
@@ -120,7 +152,7 @@ func NewSync(l *lab.Lab, dir, directord, directorctl string, o SyncOptions) (*Sy
 			}
 			slices.Sort(peers)
 			return &conf.Cluster{Bind: gossipIP[x] + ":7946", RaftBind: gossipIP[x] + ":7000", Peers: peers,
-				BootstrapExpect: 3, EncryptKey: ClusterKey}
+				Members: []string{"lb1", "lb2", "w"}, EncryptKey: key, TLS: certs[x.Host.Name]}
 		}
 		f := conf.File{Node: conf.Node{Name: "w", Role: "witness", DataDir: filepath.Join(d, "data"), StatusSocket: s.Witness.Sock},
 			Cluster: clusterOf(s.Witness)}
