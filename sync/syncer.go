@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	stdsync "sync"
@@ -28,9 +29,15 @@ type Config struct {
 	Listen netip.AddrPort
 	// Peer is where this node sends its flows while it is master.
 	Peer netip.AddrPort
-	// Key authenticates both ends and every message (HMAC-SHA256).
+	// Key authenticates both ends; each session's messages are encrypted
+	// and authenticated with a key derived from it and the session's
+	// nonces (AES-256-GCM), and numbered.
 	Key  []byte
 	VIPs []netip.Addr
+	// Services are what a backup takes flows for: a flow whose original
+	// destination is not one of them, or whose NAT target is not one of
+	// its real servers, is dropped and counted (SetServices updates them).
+	Services []Service
 	// NetNS is an open namespace file for the conntrack table (tests);
 	// 0 is the daemon's own.
 	NetNS int
@@ -50,6 +57,36 @@ type Config struct {
 	Logger       *slog.Logger
 }
 
+// Service is a virtual service whose flows a backup writes.
+type Service struct {
+	Proto uint8
+	VIP   netip.AddrPort
+	Reals []netip.AddrPort
+}
+
+type serviceKey struct {
+	proto uint8
+	vip   netip.AddrPort
+}
+
+// Longest timeouts a synced flow may carry: the kernel's own defaults for
+// an established TCP (and SCTP) flow and an assured UDP one.
+const (
+	maxTimeoutStream = 5 * 24 * 3600
+	maxTimeoutUDP    = 180
+)
+
+// Reasons a backup rejects a flow or a message (Status.Rejected).
+const (
+	RejectNotService = "not_a_virtual_server"
+	RejectNotReal    = "not_a_real_server"
+	RejectProtocol   = "protocol"
+	RejectReplay     = "replay"
+	RejectAuth       = "authentication"
+	RejectPeer       = "not_the_peer"
+	RejectBusy       = "handshake_in_progress"
+)
+
 // PersistEntry is a persistence entry on the wire: a client held on a
 // real server of a service.
 type PersistEntry struct {
@@ -67,16 +104,18 @@ type PersistStore interface {
 
 // Status is what the syncer has done.
 type Status struct {
-	Role       string    `json:"role"` // master (sending) or backup (receiving)
-	Peer       string    `json:"peer"`
-	Connected  bool      `json:"connected"`
-	Sent       uint64    `json:"sent"`
-	Received   uint64    `json:"received"`
-	Applied    uint64    `json:"applied"`
-	Failed     uint64    `json:"failed"`
-	Dropped    uint64    `json:"dropped"`
-	Refused    uint64    `json:"refused"` // connections or messages failing authentication
-	LastResync time.Time `json:"last_resync,omitzero"`
+	Role      string `json:"role"` // master (sending) or backup (receiving)
+	Peer      string `json:"peer"`
+	Connected bool   `json:"connected"`
+	Sent      uint64 `json:"sent"`
+	Received  uint64 `json:"received"`
+	Applied   uint64 `json:"applied"`
+	Failed    uint64 `json:"failed"`
+	Dropped   uint64 `json:"dropped"`
+	Refused   uint64 `json:"refused"` // connections or messages failing authentication
+	// Rejected counts what a backup refused, by reason (Reject*).
+	Rejected   map[string]uint64 `json:"rejected,omitempty"`
+	LastResync time.Time         `json:"last_resync,omitzero"`
 	// LagMillis is the lag of the last message applied: for events, from
 	// the master's conntrack event (the oldest of the message) to the
 	// write here, so it includes the master's queue and batching.
@@ -100,6 +139,10 @@ type Syncer struct {
 	mu                                                stdsync.Mutex
 	lastResync                                        time.Time
 	lag                                               time.Duration
+	rejected                                          map[string]uint64
+	services                                          map[serviceKey]map[netip.AddrPort]bool
+	handshaking                                       bool      // a connection from the peer is being authenticated
+	lastWarn                                          time.Time // of a refusal: at most one a minute is logged
 }
 
 // flowTable is the conntrack table as the syncer uses it; *Table is the
@@ -142,7 +185,89 @@ func New(cfg Config) (*Syncer, error) {
 	for _, v := range cfg.VIPs {
 		s.vips[v.Unmap()] = true
 	}
+	s.SetServices(cfg.Services)
 	return s, nil
+}
+
+// SetServices replaces the services a backup takes flows for.
+func (s *Syncer) SetServices(svcs []Service) {
+	m := map[serviceKey]map[netip.AddrPort]bool{}
+	for _, sv := range svcs {
+		k := serviceKey{sv.Proto, unmap(sv.VIP)}
+		if m[k] == nil {
+			m[k] = map[netip.AddrPort]bool{}
+		}
+		for _, r := range sv.Reals {
+			m[k][unmap(r)] = true
+		}
+	}
+	s.mu.Lock()
+	s.services = m
+	s.mu.Unlock()
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+
+// admit checks a flow from the peer against this node's services and caps
+// its timeout; reason is why it is refused, or "".
+func (s *Syncer) admit(f Flow) (Flow, string) {
+	switch f.Proto {
+	case syscall.IPPROTO_TCP, syscall.IPPROTO_SCTP:
+		f.Timeout = min(f.Timeout, maxTimeoutStream)
+	case syscall.IPPROTO_UDP:
+		f.Timeout = min(f.Timeout, maxTimeoutUDP)
+	default:
+		return f, RejectProtocol
+	}
+	s.mu.Lock()
+	reals, ok := s.services[serviceKey{f.Proto, unmap(f.VIP)}]
+	s.mu.Unlock()
+	switch {
+	case !ok:
+		return f, RejectNotService
+	case !reals[unmap(f.Real)]:
+		return f, RejectNotReal
+	}
+	return f, ""
+}
+
+// reject counts a refusal by reason.
+func (s *Syncer) reject(reason string, n int) {
+	s.mu.Lock()
+	if s.rejected == nil {
+		s.rejected = map[string]uint64{}
+	}
+	s.rejected[reason] += uint64(n)
+	s.mu.Unlock()
+}
+
+// filter keeps the flows admit takes, counting the others.
+func (s *Syncer) filter(fs []Flow) []Flow {
+	out := fs[:0:0]
+	for _, f := range fs {
+		g, why := s.admit(f)
+		if why != "" {
+			s.reject(why, 1)
+			continue
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+// warn logs a refusal at most once a minute: a scan or a flood must not
+// fill the log. Everything is counted.
+func (s *Syncer) warn(msg string, args ...any) {
+	s.mu.Lock()
+	now := time.Now()
+	quiet := now.Sub(s.lastWarn) < time.Minute
+	if !quiet {
+		s.lastWarn = now
+	}
+	s.mu.Unlock()
+	if !quiet {
+		s.log.Warn(msg, args...)
+	}
 }
 
 // SetMaster makes this node send (true) or receive (false). It is safe to
@@ -287,7 +412,9 @@ func (s *Syncer) listen() (*conntrack.Conn, chan conntrack.Event, chan error, er
 // send connects to the peer, sends the whole table and then the events,
 // until the connection fails or this node is no longer master.
 func (s *Syncer) send(ctx context.Context) {
-	d := net.Dialer{Timeout: 2 * time.Second}
+	// From the listen address: the peer takes connections from that
+	// address only.
+	d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: s.cfg.Listen.Addr().AsSlice()}}
 	conn, err := d.DialContext(ctx, "tcp", s.cfg.Peer.String())
 	if err != nil {
 		s.log.Debug("sync: peer unreachable", "peer", s.cfg.Peer.String(), "err", err)
@@ -296,16 +423,16 @@ func (s *Syncer) send(ctx context.Context) {
 	defer conn.Close()
 	key, err := s.handshake(conn, true)
 	if err != nil {
-		s.log.Warn("sync: peer refused", "peer", s.cfg.Peer.String(), "err", err)
+		s.warn("sync: peer refused", "peer", s.cfg.Peer.String(), "err", err)
 		return
 	}
 	s.connected.Store(true)
 	defer s.connected.Store(false)
 	s.log.Info("sync: sending flows to the peer", "peer", s.cfg.Peer.String())
 	w := bufio.NewWriter(conn)
-	c := codec{key}
+	c := &sealer{aead: sessionAEAD(key)}
 	write := func(m message) error {
-		if _, err := w.Write(c.encode(m, time.Now())); err != nil {
+		if _, err := w.Write(c.seal(m, time.Now())); err != nil {
 			return err
 		}
 		s.sent.Add(1)
@@ -378,35 +505,74 @@ func (s *Syncer) send(ctx context.Context) {
 	}
 }
 
+// accept takes connections from the peer's address only, one being
+// authenticated at a time: others are closed at once, counted, and
+// logged at most once a minute.
 func (s *Syncer) accept(ctx context.Context, ln net.Listener) {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			return
 		}
+		from, _ := netip.ParseAddrPort(conn.RemoteAddr().String())
+		if from.Addr().Unmap() != s.cfg.Peer.Addr().Unmap() {
+			s.refuse(conn, RejectPeer, errors.New("not the peer's address"))
+			continue
+		}
+		s.mu.Lock()
+		busy := s.handshaking
+		s.handshaking = true
+		s.mu.Unlock()
+		if busy {
+			s.refuse(conn, RejectBusy, errors.New("another connection from the peer is being authenticated"))
+			continue
+		}
 		go s.receive(ctx, conn)
 	}
+}
+
+func (s *Syncer) refuse(conn net.Conn, reason string, err error) {
+	conn.Close()
+	s.refused.Add(1)
+	s.reject(reason, 1)
+	s.warn("sync: connection refused", "from", conn.RemoteAddr().String(), "err", err)
 }
 
 // receive applies a master's flows while this node is backup.
 func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
 	key, err := s.handshake(conn, false)
+	s.mu.Lock()
+	s.handshaking = false
+	s.mu.Unlock()
 	if err != nil {
 		s.refused.Add(1)
-		s.log.Warn("sync: connection refused", "from", conn.RemoteAddr().String(), "err", err)
+		s.reject(RejectAuth, 1)
+		s.warn("sync: connection refused", "from", conn.RemoteAddr().String(), "err", err)
 		return
 	}
 	s.log.Info("sync: receiving flows", "from", conn.RemoteAddr().String())
-	sc := bufio.NewScanner(conn)
-	sc.Buffer(make([]byte, 64<<10), maxLine)
-	c := codec{key}
+	r := bufio.NewReaderSize(conn, 64<<10)
+	c := &opener{aead: sessionAEAD(key)}
 	st := newReceiveState()
-	for sc.Scan() {
-		m, err := c.decode(sc.Bytes())
-		if errors.Is(err, errAuth) || errors.Is(err, errFormat) {
+	for {
+		frame, err := readFrame(r)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
+				s.refused.Add(1)
+				s.warn("sync: connection closed", "from", conn.RemoteAddr().String(), "err", err)
+			}
+			return
+		}
+		m, err := c.open(frame)
+		if errors.Is(err, errAuth) || errors.Is(err, errFormat) || errors.Is(err, errReplay) {
 			s.refused.Add(1)
-			s.log.Warn("sync: "+err.Error()+"; closing", "from", conn.RemoteAddr().String())
+			reason := RejectAuth
+			if errors.Is(err, errReplay) {
+				reason = RejectReplay
+			}
+			s.reject(reason, 1)
+			s.warn("sync: "+err.Error()+"; closing", "from", conn.RemoteAddr().String())
 			return
 		}
 		if err != nil {
@@ -430,10 +596,6 @@ func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 		if ctx.Err() != nil {
 			return
 		}
-	}
-	if err := sc.Err(); err != nil {
-		s.refused.Add(1)
-		s.log.Warn("sync: connection closed", "from", conn.RemoteAddr().String(), "err", err)
 	}
 }
 
@@ -466,7 +628,7 @@ func (s *Syncer) apply(m message, st *receiveState) {
 			}
 		}
 	case "resync":
-		s.write(m.Flows, st.synced)
+		s.write(s.filter(m.Flows), st.synced)
 		for _, f := range m.Flows {
 			st.seen[f.Key()] = true
 		}
@@ -494,6 +656,13 @@ func (s *Syncer) apply(m message, st *receiveState) {
 func (s *Syncer) applyEvents(evs []event, synced map[string]Flow) {
 	var adds []Flow
 	for _, ev := range evs {
+		f, why := s.admit(ev.Flow)
+		if why != "" {
+			// A deletion too: the peer may end only flows of our services.
+			s.reject(why, 1)
+			continue
+		}
+		ev.Flow = f
 		if !ev.Del {
 			adds = append(adds, ev.Flow)
 			continue
@@ -580,6 +749,9 @@ func (s *Syncer) Status() Status {
 	}
 	s.mu.Lock()
 	st.LastResync, st.LagMillis = s.lastResync, float64(s.lag)/float64(time.Millisecond)
+	if len(s.rejected) > 0 {
+		st.Rejected = maps.Clone(s.rejected)
+	}
 	s.mu.Unlock()
 	return st
 }

@@ -1,21 +1,29 @@
 package sync
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/hex"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"time"
 )
 
-// The wire: after the handshake every message is one line,
+// The wire: after the handshake every message is one frame,
 //
-//	hex(HMAC-SHA256(session key, json)) SP json LF
+//	length uint32 | seq uint64 | AES-256-GCM(json, nonce = seq, aad = seq)
 //
-// at most maxLine bytes long.
+// length counts seq and the sealed bytes, at most maxFrame. The key comes
+// from the handshake's session key, so a frame captured in one session
+// means nothing in the next; within a session seq counts from 1 and the
+// receiver takes only the next one, so a frame replayed, dropped or
+// reordered ends the connection.
 
-// message is one line on the wire.
+// message is one frame on the wire.
 type message struct {
 	Op      string         `json:"op"` // events, resync, persist (flow, del: one event)
 	Flow    *Flow          `json:"f,omitempty"`
@@ -52,55 +60,93 @@ const (
 	// maxEvents bounds the events of one message.
 	maxEvents = 512
 	// resyncChunk and persistChunk bound the flows and persistence
-	// entries of one message: well under maxLine (a flow is about 150
+	// entries of one message: well under maxFrame (a flow is about 150
 	// bytes of JSON), so a table of any size goes in parts.
 	resyncChunk  = 2048
 	persistChunk = 4096
-	// maxLine bounds a line; a longer one ends the connection.
-	maxLine = 1 << 20
+	// maxFrame bounds a frame; a longer one ends the connection.
+	maxFrame = 1 << 20
 )
 
 var (
-	errFormat = errors.New("not a message line")
+	errFormat = errors.New("not a message frame")
 	errAuth   = errors.New("message failed authentication")
+	errReplay = errors.New("message out of sequence: replayed, dropped or reordered")
 )
 
-// codec frames messages with the session key.
-type codec struct{ key []byte }
-
-// encode is m as a line, stamped with now.
-func (c codec) encode(m message, now time.Time) []byte {
-	m.At = now.UnixMicro()
-	b, _ := json.Marshal(m)
-	mac := hmac.New(sha256.New, c.key)
-	mac.Write(b)
-	line := make([]byte, 0, 2*sha256.Size+2+len(b))
-	line = hex.AppendEncode(line, mac.Sum(nil))
-	line = append(line, ' ')
-	line = append(line, b...)
-	return append(line, '\n')
+// sessionAEAD is the cipher of a session's frames, from its key.
+func sessionAEAD(session []byte) cipher.AEAD {
+	m := hmac.New(sha256.New, session)
+	m.Write([]byte("directord sync frames v2"))
+	block, _ := aes.NewCipher(m.Sum(nil)) // 32 bytes: AES-256
+	aead, _ := cipher.NewGCM(block)
+	return aead
 }
 
-// decode checks a line (without its newline) and reads its message. An
-// errAuth or errFormat means the peer cannot be trusted; a JSON error
-// only that this message is lost.
-func (c codec) decode(line []byte) (message, error) {
-	const macLen = 2 * sha256.Size
-	if len(line) < macLen+1 || line[macLen] != ' ' {
+// sealer writes a session's frames.
+type sealer struct {
+	aead cipher.AEAD
+	seq  uint64
+}
+
+// seal is m as a frame, stamped with now.
+func (s *sealer) seal(m message, now time.Time) []byte {
+	m.At = now.UnixMicro()
+	b, _ := json.Marshal(m)
+	s.seq++
+	frame := make([]byte, 12, 12+len(b)+s.aead.Overhead())
+	binary.BigEndian.PutUint64(frame[4:12], s.seq)
+	frame = s.aead.Seal(frame, nonce(s.seq), b, frame[4:12])
+	binary.BigEndian.PutUint32(frame[:4], uint32(len(frame)-4))
+	return frame
+}
+
+func nonce(seq uint64) []byte {
+	n := make([]byte, 12)
+	binary.BigEndian.PutUint64(n[4:], seq)
+	return n
+}
+
+// opener reads a session's frames.
+type opener struct {
+	aead cipher.AEAD
+	last uint64
+}
+
+// open checks a frame (without its length) and reads its message. An
+// errAuth, errFormat or errReplay means the peer cannot be trusted; a JSON
+// error only that this message is lost.
+func (o *opener) open(frame []byte) (message, error) {
+	if len(frame) < 8+o.aead.Overhead() {
 		return message{}, errFormat
 	}
-	want := make([]byte, sha256.Size)
-	if _, err := hex.Decode(want, line[:macLen]); err != nil {
-		return message{}, errFormat
+	seq := binary.BigEndian.Uint64(frame[:8])
+	if seq != o.last+1 {
+		return message{}, fmt.Errorf("%w (got %d after %d)", errReplay, seq, o.last)
 	}
-	mac := hmac.New(sha256.New, c.key)
-	mac.Write(line[macLen+1:])
-	if !hmac.Equal(want, mac.Sum(nil)) {
+	b, err := o.aead.Open(nil, nonce(seq), frame[8:], frame[:8])
+	if err != nil {
 		return message{}, errAuth
 	}
+	o.last = seq
 	var m message
-	err := json.Unmarshal(line[macLen+1:], &m)
+	err = json.Unmarshal(b, &m)
 	return m, err
+}
+
+// readFrame reads one frame's seq and sealed bytes.
+func readFrame(r io.Reader) ([]byte, error) {
+	var n [4]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return nil, err
+	}
+	size := binary.BigEndian.Uint32(n[:])
+	if size > maxFrame {
+		return nil, fmt.Errorf("%w: %d bytes, over %d", errFormat, size, maxFrame)
+	}
+	b := make([]byte, size)
+	_, err := io.ReadFull(r, b)
+	return b, err
 }
 
 // batches takes first and whatever else is queued now, in messages of up

@@ -2,9 +2,7 @@ package sync
 
 import (
 	"bytes"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,50 +23,68 @@ func flow(i int) Flow {
 		VIP: netip.MustParseAddrPort("192.0.2.100:80"), Real: netip.MustParseAddrPort("198.51.100.11:8080"), Timeout: 300, TCPState: tcpEstablished}
 }
 
-func TestCodec(t *testing.T) {
-	c := codec{key: []byte("0123456789abcdef0123456789abcdef")}
+func session(key string) (*sealer, *opener) {
+	return &sealer{aead: sessionAEAD([]byte(key))}, &opener{aead: sessionAEAD([]byte(key))}
+}
+
+// body is a frame without its length.
+func body(frame []byte) []byte { return frame[4:] }
+
+// TestFrames: frames are sealed and numbered; a frame of another session,
+// a changed byte, a replayed or a skipped frame are refused, and the
+// plaintext never shows on the wire.
+func TestFrames(t *testing.T) {
+	w, r := session("0123456789abcdef0123456789abcdef")
 	at := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
 	m := message{Op: "events", Events: []event{{Flow: flow(1)}, {Del: true, Flow: flow(2)}}}
-	line := c.encode(m, at)
-	if line[len(line)-1] != '\n' || bytes.Count(line, []byte("\n")) != 1 {
-		t.Fatalf("not one line: %q", line)
+	f1 := w.seal(m, at)
+	if int(binary.BigEndian.Uint32(f1[:4])) != len(f1)-4 {
+		t.Fatalf("length %d of a %d-byte frame", binary.BigEndian.Uint32(f1[:4]), len(f1))
 	}
-	got, err := c.decode(line[:len(line)-1])
+	if bytes.Contains(f1, []byte("203.0.113.7")) || bytes.Contains(f1, []byte(`"events"`)) {
+		t.Fatal("the frame carries the flows in clear")
+	}
+	got, err := r.open(body(f1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	m.At = at.UnixMicro()
 	if a, b := fmt.Sprintf("%+v", got), fmt.Sprintf("%+v", m); a != b {
-		t.Fatalf("decoded %s\nwant %s", a, b)
+		t.Fatalf("opened %s\nwant %s", a, b)
 	}
-	body := line[65 : len(line)-1]
-	for _, tc := range []struct {
-		name string
-		line []byte
-		want error
-	}{
-		{"another key", codec{key: []byte("fedcba9876543210fedcba9876543210")}.encode(m, at), errAuth},
-		{"a changed byte", append(slices.Clone(line[:65]), bytes.Replace(body, []byte(`"d":true`), []byte(`"d":fals`), 1)...), errAuth},
-		{"no separator", bytes.Replace(line, []byte(" "), []byte("_"), 1), errFormat},
-		{"short", []byte("abc"), errFormat},
-		{"not hex", append(bytes.Repeat([]byte("z"), 64), body...), errFormat},
-	} {
-		l := bytes.TrimSuffix(tc.line, []byte("\n"))
-		if _, err := c.decode(l); !errors.Is(err, tc.want) {
-			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
-		}
+	// A replay of the first frame, captured on the wire: refused.
+	if _, err := r.open(body(f1)); !errors.Is(err, errReplay) {
+		t.Fatalf("replayed frame: %v", err)
 	}
-	// Authentic but not JSON: that message is lost, the peer not distrusted.
-	mac := hmac.New(sha256.New, c.key)
-	mac.Write([]byte("{"))
-	bad := hex.AppendEncode(nil, mac.Sum(nil))
-	bad = append(bad, " {"...)
-	if _, err := c.decode(bad); err == nil || errors.Is(err, errAuth) || errors.Is(err, errFormat) {
-		t.Fatalf("an authentic line that is not JSON: %v", err)
+	f2, f3 := w.seal(m, at), w.seal(m, at)
+	if _, err := r.open(body(f3)); !errors.Is(err, errReplay) {
+		t.Fatalf("a frame skipped: %v", err)
+	}
+	changed := slices.Clone(body(f2))
+	changed[len(changed)-1] ^= 1
+	if _, err := r.open(changed); !errors.Is(err, errAuth) {
+		t.Fatalf("a changed byte: %v", err)
+	}
+	if _, err := r.open(body(f2)); err != nil {
+		t.Fatalf("the genuine frame after a forged one: %v", err)
+	}
+	// A frame of another session (another key) means nothing here.
+	other, _ := session("fedcba9876543210fedcba9876543210")
+	other.seq = r.last
+	if _, err := r.open(body(other.seal(m, at))); !errors.Is(err, errAuth) {
+		t.Fatalf("another session's frame: %v", err)
+	}
+	if _, err := r.open([]byte("short")); !errors.Is(err, errFormat) {
+		t.Fatalf("a short frame: %v", err)
+	}
+	// An oversized length ends the connection before reading the body.
+	big := binary.BigEndian.AppendUint32(nil, maxFrame+1)
+	if _, err := readFrame(bytes.NewReader(big)); !errors.Is(err, errFormat) {
+		t.Fatalf("oversized frame: %v", err)
 	}
 }
 
-// Every message of a large table fits a line.
+// Every message of a large table fits a frame.
 func TestResyncInParts(t *testing.T) {
 	var flows []Flow
 	for i := range 2*resyncChunk + 10 {
@@ -78,10 +94,10 @@ func TestResyncInParts(t *testing.T) {
 	if len(ms) != 3 || !ms[0].More || !ms[1].More || ms[2].More || len(ms[2].Flows) != 10 {
 		t.Fatalf("%d parts", len(ms))
 	}
-	c := codec{key: []byte("0123456789abcdef")}
+	c, _ := session("0123456789abcdef")
 	for _, m := range ms {
-		if n := len(c.encode(m, time.Now())); n > maxLine {
-			t.Fatalf("a part is %d bytes, over %d", n, maxLine)
+		if n := len(c.seal(m, time.Now())); n > maxFrame {
+			t.Fatalf("a part is %d bytes, over %d", n, maxFrame)
 		}
 	}
 	if ms := resyncMessages(nil); len(ms) != 1 || ms[0].More || ms[0].Op != "resync" {
@@ -91,7 +107,7 @@ func TestResyncInParts(t *testing.T) {
 	for i := range persistChunk + 1 {
 		es = append(es, PersistEntry{Service: "tcp 192.0.2.100:80", Real: flow(i).Real, Client: flow(i).Client.Addr(), TTL: time.Minute})
 	}
-	if ms := persistMessages(es); len(ms) != 2 || len(ms[1].Persist) != 1 || len(c.encode(ms[0], time.Now())) > maxLine {
+	if ms := persistMessages(es); len(ms) != 2 || len(ms[1].Persist) != 1 || len(c.seal(ms[0], time.Now())) > maxFrame {
 		t.Fatalf("persistence in %d parts", len(ms))
 	}
 	if ms := persistMessages(nil); len(ms) != 0 {
@@ -170,6 +186,7 @@ func (f *fakeTable) Delete(fl Flow) error {
 func TestApply(t *testing.T) {
 	tb := &fakeTable{flows: map[string]Flow{}}
 	s := &Syncer{table: tb, log: slog.New(slog.DiscardHandler)}
+	s.SetServices([]Service{{Proto: syscall.IPPROTO_TCP, VIP: flow(0).VIP, Reals: []netip.AddrPort{flow(0).Real}}})
 	st := newReceiveState()
 	s.apply(message{Op: "events", Events: []event{{Flow: flow(1)}, {Flow: flow(2)}, {Del: true, Flow: flow(1)}, {Flow: flow(3)}}}, st)
 	if want := []string{"write 2", "delete 203.0.113.7:1025", "write 1"}; !slices.Equal(tb.ops, want) {
@@ -192,6 +209,40 @@ func TestApply(t *testing.T) {
 	s.apply(message{Op: "events", Events: []event{{Flow: flow(6)}, {Flow: flow(7)}}}, st)
 	if s.failed.Load() != 2 || s.applied.Load() != 6 {
 		t.Fatalf("failed %d applied %d", s.failed.Load(), s.applied.Load())
+	}
+}
+
+// TestAdmit: a backup writes (or deletes) only flows to its own virtual
+// servers whose NAT target is one of their real servers, with timeouts
+// capped; everything else is dropped and counted by reason.
+func TestAdmit(t *testing.T) {
+	tb := &fakeTable{flows: map[string]Flow{}}
+	s := &Syncer{table: tb, log: slog.New(slog.DiscardHandler)}
+	web := flow(0)
+	s.SetServices([]Service{{Proto: syscall.IPPROTO_TCP, VIP: web.VIP, Reals: []netip.AddrPort{web.Real}}})
+	long := flow(1)
+	long.Timeout = 1 << 31
+	udp := flow(2)
+	udp.Proto = syscall.IPPROTO_UDP
+	otherVIP := flow(3)
+	otherVIP.VIP = netip.MustParseAddrPort("198.51.100.1:22") // a firewall bypass, if it were written
+	otherReal := flow(4)
+	otherReal.Real = netip.MustParseAddrPort("10.0.0.1:22")
+	icmp := flow(5)
+	icmp.Proto = 1
+	st := newReceiveState()
+	s.apply(message{Op: "events", Events: []event{{Flow: web}, {Flow: long}, {Flow: udp}, {Flow: otherVIP}, {Flow: otherReal},
+		{Flow: icmp}, {Del: true, Flow: otherVIP}}}, st)
+	s.apply(message{Op: "resync", Flows: []Flow{web, long, otherReal}}, st)
+	if len(tb.flows) != 2 {
+		t.Fatalf("written %v", tb.flows)
+	}
+	if got := tb.flows[long.Key()].Timeout; got != maxTimeoutStream {
+		t.Fatalf("timeout %d written, want it capped at %d", got, maxTimeoutStream)
+	}
+	want := map[string]uint64{RejectNotService: 3, RejectNotReal: 2, RejectProtocol: 1} // udp: no udp service
+	if got := s.Status().Rejected; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("rejected %v, want %v", got, want)
 	}
 }
 

@@ -253,16 +253,20 @@ type CheckStatus struct {
 
 // SyncStatus is the "sync" section: the conntrack sync channel.
 type SyncStatus struct {
-	Role       string    `json:"role"` // master (sending) or backup (receiving)
-	Peer       string    `json:"peer"`
-	Connected  bool      `json:"connected"`
-	Sent       uint64    `json:"sent"`
-	Received   uint64    `json:"received"`
-	Applied    uint64    `json:"applied"`
-	Failed     uint64    `json:"failed"`
-	Dropped    uint64    `json:"dropped"`
-	Refused    uint64    `json:"refused"` // connections or messages failing authentication
-	LastResync time.Time `json:"last_resync,omitzero"`
+	Role      string `json:"role"` // master (sending) or backup (receiving)
+	Peer      string `json:"peer"`
+	Connected bool   `json:"connected"`
+	Sent      uint64 `json:"sent"`
+	Received  uint64 `json:"received"`
+	Applied   uint64 `json:"applied"`
+	Failed    uint64 `json:"failed"`
+	Dropped   uint64 `json:"dropped"`
+	Refused   uint64 `json:"refused"` // connections or messages failing authentication
+	// Rejected counts what a backup refused, by reason: flows for what is
+	// not one of its virtual servers or real servers, replays, failed
+	// authentication, connections from elsewhere than the peer.
+	Rejected   map[string]uint64 `json:"rejected,omitempty"`
+	LastResync time.Time         `json:"last_resync,omitzero"`
 	// LagMillis is the lag of the last message applied: for events, from
 	// the master's conntrack event to the backup's write.
 	LagMillis float64 `json:"lag_ms"`

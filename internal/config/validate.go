@@ -197,6 +197,11 @@ func (v *validator) sync(r *rawSync, instances []VRRPInstance) *Sync {
 	s := &Sync{Instance: r.Instance}
 	s.Listen, _ = v.addrPort(at(p, "listen"), r.Listen)
 	s.Peer, _ = v.addrPort(at(p, "peer"), r.Peer)
+	if s.Listen.IsValid() && s.Listen.Addr().IsUnspecified() {
+		// The master connects from it, and the peer takes connections
+		// from that address only.
+		v.add(at(p, "listen"), "%s: give this node's address on the link to the peer, not a wildcard", s.Listen)
+	}
 	k, err := base64.StdEncoding.DecodeString(r.Key)
 	if err != nil || len(k) < 16 {
 		v.add(at(p, "key"), "required: at least 16 random bytes in base64 (head -c 32 /dev/urandom | base64)")

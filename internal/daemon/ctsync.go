@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"syscall"
 
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
@@ -47,7 +48,8 @@ func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger, deps Deps
 	if err := liberal[0].Err; err != "" {
 		log.Warn("cannot set nf_conntrack_tcp_be_liberal; synced TCP flows may be dropped after a takeover", "err", err)
 	}
-	c := dsync.Config{Listen: cfg.Sync.Listen, Peer: cfg.Sync.Peer, Key: cfg.Sync.Key, VIPs: list, Logger: log}
+	c := dsync.Config{Listen: cfg.Sync.Listen, Peer: cfg.Sync.Peer, Key: cfg.Sync.Key, VIPs: list, Logger: log,
+		Services: syncServices(cfg.VirtualServers)}
 	if nft, ok := dp.(*lvs.NFT); ok {
 		keys := map[string]lvs.Key{}
 		for _, vs := range lvsConfigs(cfg) {
@@ -60,6 +62,34 @@ func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger, deps Deps
 		return nil, err
 	}
 	return &ctSync{s: s, instance: cfg.Sync.Instance}, nil
+}
+
+// syncServices are the services whose flows the backup takes: each
+// address service with its real servers and sorry server.
+func syncServices(vss []config.VirtualServer) []dsync.Service {
+	protos := map[string]uint8{"tcp": syscall.IPPROTO_TCP, "udp": syscall.IPPROTO_UDP, "sctp": syscall.IPPROTO_SCTP}
+	var out []dsync.Service
+	for _, vs := range vss {
+		if vs.FWMark != 0 {
+			continue
+		}
+		sv := dsync.Service{Proto: protos[vs.Protocol], VIP: vs.Address}
+		for _, rs := range vs.RealServers {
+			sv.Reals = append(sv.Reals, rs.Address)
+		}
+		if vs.SorryServer != nil {
+			sv.Reals = append(sv.Reals, *vs.SorryServer)
+		}
+		out = append(out, sv)
+	}
+	return out
+}
+
+// setServices follows the table in force (the file's or the cluster's).
+func (c *ctSync) setServices(vss []config.VirtualServer) {
+	if c != nil {
+		c.s.SetServices(syncServices(vss))
+	}
 }
 
 func (c *ctSync) transition(instance string, t vrrp.Transition) {
@@ -80,6 +110,7 @@ type ctSyncCollector struct {
 	c                  *ctSync
 	counter, connected *prometheus.Desc
 	master, lag        *prometheus.Desc
+	rejected           *prometheus.Desc
 }
 
 func newCTSyncCollector(c *ctSync) *ctSyncCollector {
@@ -88,11 +119,13 @@ func newCTSyncCollector(c *ctSync) *ctSyncCollector {
 		connected: prometheus.NewDesc("directord_sync_connected", "1 while this master is connected to its peer.", nil, nil),
 		master:    prometheus.NewDesc("directord_sync_master", "1 while this node sends its flows (its instance is MASTER).", nil, nil),
 		lag:       prometheus.NewDesc("directord_sync_lag_seconds", "Age of the last message applied, by the sender's clock.", nil, nil),
+		rejected: prometheus.NewDesc("directord_sync_rejected_total", "Flows, messages and connections a backup refused, by reason.",
+			[]string{"reason"}, nil),
 	}
 }
 
 func (m *ctSyncCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.counter, m.connected, m.master, m.lag} {
+	for _, d := range []*prometheus.Desc{m.counter, m.connected, m.master, m.lag, m.rejected} {
 		ch <- d
 	}
 }
@@ -112,6 +145,10 @@ func (m *ctSyncCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.connected, prometheus.GaugeValue, b(st.Connected))
 	ch <- prometheus.MustNewConstMetric(m.master, prometheus.GaugeValue, b(st.Role == "master"))
 	ch <- prometheus.MustNewConstMetric(m.lag, prometheus.GaugeValue, st.LagMillis/1000)
+	for _, reason := range []string{dsync.RejectNotService, dsync.RejectNotReal, dsync.RejectProtocol, dsync.RejectReplay,
+		dsync.RejectAuth, dsync.RejectPeer, dsync.RejectBusy} {
+		ch <- prometheus.MustNewConstMetric(m.rejected, prometheus.CounterValue, float64(st.Rejected[reason]), reason)
+	}
 }
 
 // persistStore carries the nftables persistence entries over the sync.

@@ -455,6 +455,7 @@ func (d *Daemon) applyVirtualServers(base *config.Config, vss []config.VirtualSe
 		return
 	}
 	d.lvs.apply(&c)
+	d.ctsync.setServices(vss)
 	if err := d.health.apply(&c); err != nil {
 		d.log.Error("health checks not updated", "err", err)
 	}

@@ -36,6 +36,8 @@ type Deps struct {
 type ConnSync interface {
 	Run(ctx context.Context) error
 	SetMaster(bool)
+	// SetServices says which flows the backup may write.
+	SetServices([]dsync.Service)
 	Status() dsync.Status
 }
 
