@@ -296,6 +296,12 @@ type ClusterStatus struct {
 	// Error says why the cluster could not start (VRRP and the load
 	// balancer run without it); the rest is then empty.
 	Error string `json:"error,omitempty"`
+	// ProgrammedIndex is the Raft index of the table the kernel holds here
+	// (StateIndex is the committed one); TableError says why the committed
+	// table is not in force, CacheError why it was not saved.
+	ProgrammedIndex uint64 `json:"programmed_index"`
+	TableError      string `json:"table_error,omitempty"`
+	CacheError      string `json:"cache_error,omitempty"`
 	// ClusterID names the cluster (committed by its first leader).
 	ClusterID string `json:"cluster_id,omitempty"`
 	// Left: this node ran directorctl cluster leave and has not rejoined;

@@ -231,7 +231,13 @@ func renderCluster(w io.Writer, st *api.ClusterStatus) error {
 	}
 	fmt.Fprintf(tw, "leader\t%s\n", orNone(st.Leader))
 	fmt.Fprintf(tw, "term\t%s, commit index %s, applied %d, last contact %s\n", st.Term, st.CommitIndex, st.Applied, st.LastContact)
-	fmt.Fprintf(tw, "table\tindex %d, seeded %v, cluster %s\n", st.StateIndex, st.Seeded, orNone(st.ClusterID))
+	fmt.Fprintf(tw, "table\tcommitted index %d, programmed %d, seeded %v, cluster %s\n", st.StateIndex, st.ProgrammedIndex, st.Seeded, orNone(st.ClusterID))
+	if st.TableError != "" {
+		fmt.Fprintf(tw, "table error\t%s\n", st.TableError)
+	}
+	if st.CacheError != "" {
+		fmt.Fprintf(tw, "cache error\t%s\n", st.CacheError)
+	}
 	fmt.Fprintf(tw, "security\traft TLS %v, gossip encryption %s, refused connections %d\n", st.RaftTLS, st.Gossip, st.RefusedConnections)
 	for _, name := range slices.Sorted(maps.Keys(st.Refused)) {
 		fmt.Fprintf(tw, "refused\t%s: %s\n", name, st.Refused[name])

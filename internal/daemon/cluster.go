@@ -20,6 +20,7 @@ import (
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/status"
+	"github.com/directord/directord/lvs"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -27,21 +28,32 @@ import (
 // balancer's virtual servers. The file's virtual servers seed the cluster
 // once; after that a file that differs is reported, not applied.
 type clusterManager struct {
-	log   *slog.Logger
-	node  ClusterNode
-	tls   *cluster.TLS
+	log  *slog.Logger
+	node ClusterNode
+	tls  *cluster.TLS
 	// hold puts VRRP in FAULT with a reason, or lifts it with "": a node
 	// that left the cluster must not be MASTER with a frozen table.
-	hold func(reason string)
+	hold  func(reason string)
 	cache string // the last committed state, for a start without quorum
-	apply func(vss []config.VirtualServer)
+	apply func(vss []config.VirtualServer) error
+	// lastReconcile is the data plane's latest reconcile (set once the
+	// load balancer is up; nil on a witness).
+	lastReconcile func() (lvs.Result, bool)
+
+	// What the kernel holds: the table of index want was handed to the
+	// data plane at wantAt, and is programmed once a reconcile after that
+	// succeeded; tableErr says why the committed table is not in force.
+	pmu                 sync.Mutex
+	want, programmedIdx uint64
+	wantAt              time.Time
+	tableErr, cacheErr  string
 
 	mu      sync.Mutex
 	cfg     *config.Config
 	differs []string // virtual servers where the file and the cluster disagree
 }
 
-func newClusterManager(cfg *config.Config, log *slog.Logger, open func(cluster.Config) (ClusterNode, error), apply func([]config.VirtualServer)) (*clusterManager, error) {
+func newClusterManager(cfg *config.Config, log *slog.Logger, open func(cluster.Config) (ClusterNode, error), apply func([]config.VirtualServer) error) (*clusterManager, error) {
 	c := &clusterManager{log: log.With("subsystem", "cluster"), cfg: cfg, apply: apply, cache: clusterCache(cfg),
 		hold: func(string) {}}
 	cc := cfg.Cluster
@@ -99,18 +111,24 @@ func (c *clusterManager) changed(s cluster.State) {
 	// file cost tens of milliseconds for a big table, and Raft waits for
 	// this function.
 	if s.Seeded {
-		if vss, err := virtualServers(s); err != nil {
-			c.log.Error("replicated table cannot be read; keeping the last one", "err", err)
+		vss, err := virtualServers(s)
+		if err == nil {
+			err = c.apply(vss)
+		}
+		if err != nil {
+			c.log.Error("the committed table is not in force here; the last one stays programmed", "index", s.Index, "err", err)
+			c.refused(s.Index, err)
 		} else {
-			c.apply(vss)
+			c.programming(s.Index)
 		}
 	}
-	if b, err := json.Marshal(s); err == nil {
-		tmp := c.cache + ".tmp"
-		if os.WriteFile(tmp, b, 0o600) == nil {
-			os.Rename(tmp, c.cache)
-		}
+	c.pmu.Lock()
+	c.cacheErr = ""
+	if err := writeAtomic(c.cache, s); err != nil {
+		c.cacheErr = err.Error()
+		c.log.Error("the committed table was not saved; a restart without quorum would start from an older one", "file", c.cache, "err", err)
 	}
+	c.pmu.Unlock()
 	if !s.Seeded {
 		return
 	}
@@ -119,6 +137,76 @@ func (c *clusterManager) changed(s cluster.State) {
 	c.mu.Lock()
 	c.setDiffers(s)
 	c.mu.Unlock()
+}
+
+// writeAtomic saves v as JSON at path: a temporary file, synced, renamed
+// over it, and the directory synced, so that a crash leaves the old file
+// or the new one, never half of one.
+func writeAtomic(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
+}
+
+// programming records that the table of index is handed to the data
+// plane.
+func (c *clusterManager) programming(index uint64) {
+	c.pmu.Lock()
+	c.want, c.wantAt, c.tableErr = index, time.Now(), ""
+	c.pmu.Unlock()
+}
+
+// refused records that the data plane refused the table of index.
+func (c *clusterManager) refused(index uint64, err error) {
+	c.pmu.Lock()
+	c.tableErr = fmt.Sprintf("the table at index %d is not in force here: %v", index, err)
+	c.pmu.Unlock()
+}
+
+// programmed is the index of the table the kernel holds, and why the
+// committed one is not in force ("" when it is, or is on its way).
+func (c *clusterManager) programmed() (uint64, string) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if c.lastReconcile == nil {
+		return c.programmedIdx, c.tableErr
+	}
+	r, ok := c.lastReconcile()
+	switch {
+	case !ok:
+		// No data plane: nothing to program.
+	case c.want > c.programmedIdx && r.At.After(c.wantAt) && r.Err == "":
+		c.programmedIdx = c.want
+	case c.want > c.programmedIdx && r.At.After(c.wantAt) && c.tableErr == "":
+		return c.programmedIdx, "the data plane failed to program the table at index " + strconv.FormatUint(c.want, 10) + ": " + r.Err
+	}
+	return c.programmedIdx, c.tableErr
 }
 
 // virtualServers turns the replicated state into the table to program:
@@ -247,6 +335,10 @@ func (c *clusterManager) status() *api.ClusterStatus {
 		CommitIndex: ns.CommitIndex, Applied: ns.Applied, LastContact: ns.LastContact, RaftTLS: ns.RaftTLS, Gossip: ns.Gossip,
 		Members: make([]api.ClusterMember, 0, len(ns.Members)), StateIndex: s.Index, Seeded: s.Seeded, FileDiffers: d,
 		Refused: s.Refused, ClusterID: ns.ClusterID, Left: ns.Left, Conflicts: ns.Conflicts, RefusedConnections: ns.Refused}
+	st.ProgrammedIndex, st.TableError = c.programmed()
+	c.pmu.Lock()
+	st.CacheError = c.cacheErr
+	c.pmu.Unlock()
 	for _, m := range ns.Members {
 		st.Members = append(st.Members, api.ClusterMember(m))
 	}
@@ -329,6 +421,7 @@ func (c *clusterManager) handle(w http.ResponseWriter, r *http.Request) {
 type clusterCollector struct {
 	c                                           *clusterManager
 	leader, term, commit, applied, members, idx *prometheus.Desc
+	programmed, tableErr                        *prometheus.Desc
 }
 
 func newClusterCollector(c *clusterManager) *clusterCollector {
@@ -338,12 +431,15 @@ func newClusterCollector(c *clusterManager) *clusterCollector {
 		commit:  prometheus.NewDesc("directord_cluster_raft_commit_index", "Raft commit index.", nil, nil),
 		applied: prometheus.NewDesc("directord_cluster_raft_applied_index", "Raft index applied here.", nil, nil),
 		members: prometheus.NewDesc("directord_cluster_members", "Gossip members by state.", []string{"state"}, nil),
-		idx:     prometheus.NewDesc("directord_cluster_table_index", "Raft index of the table in force here.", nil, nil),
+		idx:     prometheus.NewDesc("directord_cluster_table_index", "Raft index of the table committed and applied here.", nil, nil),
+		programmed: prometheus.NewDesc("directord_cluster_table_programmed_index",
+			"Raft index of the table the kernel holds here (a reconcile after it was handed over succeeded).", nil, nil),
+		tableErr: prometheus.NewDesc("directord_cluster_table_error", "1 while the committed table is not in force here (refused or failing).", nil, nil),
 	}
 }
 
 func (m *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.members, m.idx} {
+	for _, d := range []*prometheus.Desc{m.leader, m.term, m.commit, m.applied, m.members, m.idx, m.programmed, m.tableErr} {
 		ch <- d
 	}
 }
@@ -363,6 +459,13 @@ func (m *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.commit, prometheus.GaugeValue, num(st.CommitIndex))
 	ch <- prometheus.MustNewConstMetric(m.applied, prometheus.GaugeValue, float64(st.Applied))
 	ch <- prometheus.MustNewConstMetric(m.idx, prometheus.GaugeValue, float64(m.c.node.State().Index))
+	p, terr := m.c.programmed()
+	ch <- prometheus.MustNewConstMetric(m.programmed, prometheus.GaugeValue, float64(p))
+	bad := 0.0
+	if terr != "" {
+		bad = 1
+	}
+	ch <- prometheus.MustNewConstMetric(m.tableErr, prometheus.GaugeValue, bad)
 	byState := map[string]float64{"alive": 0, "left or failed": 0}
 	for _, mb := range st.Members {
 		byState[mb.State]++

@@ -41,21 +41,21 @@ type Options struct {
 
 // Daemon is one running directord.
 type Daemon struct {
-	opts    Options
-	log     *slog.Logger
-	level   *slog.LevelVar
-	started time.Time
-	reg     *prometheus.Registry
-	status  *status.Server
-	reloads chan chan api.ReloadResult
-	vrrp    *vrrp.Group
-	notify  *notifier
-	scripts *scriptRunner
-	lvs     *lvsManager
-	health  *health
-	cluster *clusterManager // nil without [cluster]
-	clusterErr error // why the cluster could not start, if it could not
-	lbReady atomic.Bool     // lvs and health are set up
+	opts       Options
+	log        *slog.Logger
+	level      *slog.LevelVar
+	started    time.Time
+	reg        *prometheus.Registry
+	status     *status.Server
+	reloads    chan chan api.ReloadResult
+	vrrp       *vrrp.Group
+	notify     *notifier
+	scripts    *scriptRunner
+	lvs        *lvsManager
+	health     *health
+	cluster    *clusterManager // nil without [cluster]
+	clusterErr error           // why the cluster could not start, if it could not
+	lbReady    atomic.Bool     // lvs and health are set up
 	// syncd and ctsync are set by New, before anything runs.
 	syncd   *syncDaemons
 	ctsync  *ctSync    // nil without [sync]
@@ -121,7 +121,7 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 	lbCfg := cfg // where the load balancer's virtual servers come from
 	var err error
 	if cfg.Cluster != nil {
-		apply := func(vss []config.VirtualServer) { d.applyVirtualServers(nil, vss) }
+		apply := func(vss []config.VirtualServer) error { return d.applyVirtualServers(nil, vss) }
 		d.cluster, err = newClusterManager(cfg, d.log, deps.Cluster, apply)
 		if err != nil {
 			// VRRP never waits on the cluster: a corrupt raft.db stops
@@ -142,6 +142,9 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 				c := *cfg
 				c.VirtualServers = vss
 				lbCfg = &c
+				if d.cluster != nil {
+					d.cluster.programming(s.Index)
+				}
 			}
 		}
 	}
@@ -170,6 +173,7 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 	}
 	d.lbReady.Store(true)
 	if d.cluster != nil {
+		d.cluster.lastReconcile = d.lvs.lastReconcile
 		// A change committed while the load balancer was being set up.
 		if s := d.cluster.node.State(); s.Seeded {
 			d.cluster.changed(s)
@@ -438,9 +442,9 @@ func (d *Daemon) reload() api.ReloadResult {
 
 // applyVirtualServers programs vss (from the file, or the cluster) with
 // the rest of base, or of the running configuration when base is nil.
-func (d *Daemon) applyVirtualServers(base *config.Config, vss []config.VirtualServer) {
+func (d *Daemon) applyVirtualServers(base *config.Config, vss []config.VirtualServer) error {
 	if !d.lbReady.Load() {
-		return // the start applies the latest table itself
+		return nil // the start applies the latest table itself
 	}
 	if base == nil {
 		base = d.config()
@@ -448,17 +452,18 @@ func (d *Daemon) applyVirtualServers(base *config.Config, vss []config.VirtualSe
 	c := *base
 	c.VirtualServers = vss
 	if c.Node.Role == "witness" {
-		return
+		return nil
 	}
 	if err := d.lvs.check(&c); err != nil {
 		d.log.Error("virtual servers not applied: this node's data plane cannot carry them out", "err", err)
-		return
+		return err
 	}
-	d.lvs.apply(&c)
+	err := d.lvs.apply(&c)
 	d.ctsync.setServices(vss)
-	if err := d.health.apply(&c); err != nil {
-		d.log.Error("health checks not updated", "err", err)
+	if herr := d.health.apply(&c); herr != nil {
+		d.log.Error("health checks not updated", "err", herr)
 	}
+	return err
 }
 
 func (d *Daemon) handleReload(w http.ResponseWriter, r *http.Request) {

@@ -467,6 +467,39 @@ func TestDaemonClusterOnLoopback(t *testing.T) {
 	if st := h.status(t); st.Cluster.StateIndex != before || st.Cluster.RaftState != "Leader" {
 		t.Fatalf("after refused writes: table index %d (was %d), raft %s", st.Cluster.StateIndex, before, st.Cluster.RaftState)
 	}
+	// Programmed vs committed: the kernel holds the committed table...
+	h.eventually(t, "the committed table programmed", func(doc api.Document) error {
+		if c := doc.Cluster; c.ProgrammedIndex != c.StateIndex || c.TableError != "" || c.CacheError != "" {
+			return fmt.Errorf("committed %d, programmed %d, error %q %q", c.StateIndex, c.ProgrammedIndex, c.TableError, c.CacheError)
+		}
+		return nil
+	})
+	// ...until the data plane fails to program a new one: status says so
+	// and the programmed index stays behind.
+	h.dp.SetFail(func(op lvs.Op) error {
+		if op.Service.Key.Addr.Port() == 81 {
+			return errors.New("injected: the kernel refuses")
+		}
+		return nil
+	})
+	doc81 := json.RawMessage(`{"name":"web81","address":"192.0.2.100:81","protocol":"tcp","scheduler":"wrr","forwarding":"nat","quorum":1,` +
+		`"drain_timeout":300000000000,"real_server":[{"address":"` + up.String() + `","weight":1,"forwarding":"nat"}]}`)
+	if err := h.client.Post(context.Background(), "/v1/cluster", api.ClusterRequest{Op: api.OpVSPut, Service: "web81", Document: doc81}, &res); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually(t, "the failure to program shown", func(doc api.Document) error {
+		if c := doc.Cluster; c.ProgrammedIndex >= c.StateIndex || !strings.Contains(c.TableError, "injected: the kernel refuses") {
+			return fmt.Errorf("committed %d, programmed %d, error %q", c.StateIndex, c.ProgrammedIndex, c.TableError)
+		}
+		return nil
+	})
+	h.dp.SetFail(nil)
+	h.eventually(t, "programmed once the kernel takes it", func(doc api.Document) error {
+		if c := doc.Cluster; c.ProgrammedIndex != c.StateIndex || c.TableError != "" {
+			return fmt.Errorf("committed %d, programmed %d, error %q", c.StateIndex, c.ProgrammedIndex, c.TableError)
+		}
+		return nil
+	})
 }
 
 // certs writes a CA and name's key pair (for 127.0.0.1) under dir.

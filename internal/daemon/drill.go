@@ -42,6 +42,9 @@ type peerInfo struct {
 	Applied uint64            `json:"applied"`
 	// Table is the digest of the load-balancer table programmed here.
 	Table string `json:"table,omitempty"`
+	// TableError: the committed table is not in force here (the data
+	// plane refused it, or fails to program it).
+	TableError bool `json:"table_error,omitempty"`
 	// Sync is the connection sync's state: "conntrack master connected",
 	// "conntrack backup", "ipvs backup", "ipvs master+backup".
 	Sync string `json:"sync,omitempty"`
@@ -55,6 +58,8 @@ func (d *Daemon) peerInfo() peerInfo {
 	if d.lbReady.Load() {
 		info.Table = d.lvs.digest()
 	}
+	_, terr := d.cluster.programmed()
+	info.TableError = terr != ""
 	info.Sync = d.syncState()
 	return info
 }
@@ -476,10 +481,15 @@ func drillGate(f gateFacts) ([]api.DrillCheck, string) {
 	} else {
 		add("raft", true, "%s has applied Raft index %d (here %d; leader %s)", peer.Name, info.Applied, self.Applied, orUnknown(f.Leader))
 	}
-	if info.Table != self.Table {
+	switch {
+	case info.TableError:
+		add("table", false, "%s does not hold the committed table: its data plane refused it or fails to program it (directorctl cluster there)", peer.Name)
+	case self.TableError:
+		add("table", false, "this director does not hold the committed table: its data plane refused it or fails to program it (directorctl cluster)")
+	case info.Table != self.Table:
 		add("table", false, "%s programs another load-balancer table (digest %s, here %s): compare directorctl lvs on both",
 			peer.Name, orUnknown(info.Table), orUnknown(self.Table))
-	} else {
+	default:
 		add("table", true, "%s programs the same load-balancer table (digest %s)", peer.Name, orUnknown(self.Table))
 	}
 	switch st := f.ConnSync; {

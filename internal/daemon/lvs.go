@@ -178,10 +178,11 @@ func checkConfig(file string, ipvsAvailable func() (bool, string)) (*config.Conf
 }
 
 // apply hands the configuration to the reconciler and sets the sysctls it
-// needs. The reconcile itself happens in Run.
-func (m *lvsManager) apply(cfg *config.Config) {
+// needs. The reconcile itself happens in Run. The error is the part of
+// the table the data plane cannot carry out.
+func (m *lvsManager) apply(cfg *config.Config) error {
 	if m.rec == nil {
-		return
+		return nil
 	}
 	vss := lvsConfigs(cfg)
 	names := map[lvs.Key]string{}
@@ -209,7 +210,18 @@ func (m *lvsManager) apply(cfg *config.Config) {
 	m.mu.Unlock()
 	if err := m.rec.Set(vss); err != nil {
 		m.log.Error("the data plane cannot carry out part of the table", "err", err)
+		return err
 	}
+	return nil
+}
+
+// lastReconcile is the latest reconcile's result, or false without a
+// data plane.
+func (m *lvsManager) lastReconcile() (lvs.Result, bool) {
+	if m.rec == nil {
+		return lvs.Result{}, false
+	}
+	return m.rec.Last(), true
 }
 
 // Run reconciles until ctx ends, then removes what it made.

@@ -56,6 +56,13 @@ func (f *Fake) List() ([]lvs.Entry, error) {
 	return out, nil
 }
 
+// SetFail sets Fail while the data plane is in use.
+func (f *Fake) SetFail(fail func(lvs.Op) error) {
+	f.mu.Lock()
+	f.Fail = fail
+	f.mu.Unlock()
+}
+
 func (f *Fake) Apply(ops []lvs.Op) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
