@@ -1,7 +1,6 @@
 package healthcheck
 
 import (
-	"bytes"
 	"context"
 	"crypto/md5"
 	"crypto/tls"
@@ -468,16 +467,10 @@ func rcodeName(r dnsmessage.RCode) string {
 // DNSRcodes lists the response codes a dns check can expect.
 var DNSRcodes = []string{"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"}
 
-// checkExec runs the program without a shell; on timeout its whole
+// checkExec runs the program (see Programs); on timeout its whole
 // process group is killed.
 func (s Spec) checkExec(ctx context.Context) Result {
-	cmd := exec.CommandContext(ctx, s.Exec.Argv[0], s.Exec.Argv[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	b, err := s.Exec.Programs.Run(ctx, s.Exec.Argv)
 	if ctx.Err() != nil {
 		return fail("exec: timed out")
 	}
@@ -489,7 +482,7 @@ func (s Spec) checkExec(ctx context.Context) Result {
 	case err != nil:
 		return fail("exec: %w", err)
 	}
-	msg := strings.TrimSpace(out.String())
+	msg := strings.TrimSpace(string(b))
 	if len(msg) > 200 {
 		msg = msg[:200] + "..."
 	}

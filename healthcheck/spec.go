@@ -86,6 +86,9 @@ type ExecSpec struct {
 	Missing string
 	// Dynamic (misc_dynamic): exit 2-255 means up with weight code-2.
 	Dynamic bool
+	// Programs runs it (as the script user, bounded); nil: as this
+	// process.
+	Programs *Programs
 }
 
 // Types lists the check types.

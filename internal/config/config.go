@@ -49,6 +49,16 @@ type Node struct {
 	// Role is "director", or "witness": a Raft voter that runs neither
 	// VRRP nor a data plane (the third voter of a pair).
 	Role string `json:"role"`
+	// ScriptUser runs track scripts, notify programs and exec checks
+	// (keepalived's script_user); "" is root. ScriptUID and ScriptGID
+	// are its ids, ScriptGroups its supplementary groups.
+	ScriptUser   string   `json:"script_user,omitempty"`
+	ScriptUID    uint32   `json:"-"`
+	ScriptGID    uint32   `json:"-"`
+	ScriptGroups []uint32 `json:"-"`
+	// ScriptSecurity refuses a program that a user other than root could
+	// change (keepalived's enable_script_security); on by default.
+	ScriptSecurity bool `json:"enable_script_security"`
 }
 
 type Dataplane struct {

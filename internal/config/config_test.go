@@ -496,3 +496,64 @@ y = 1
 		t.Error("scanner read a key inside a multi-line string")
 	}
 }
+
+// A program that a user other than root could change is refused, as
+// keepalived's enable_script_security does: the file or a directory above
+// it owned by another user, or writable by group or others.
+func TestScriptSecurity(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the test gives files to another user")
+	}
+	dir := t.TempDir()
+	script := filepath.Join(dir, "bin", "check")
+	if err := os.MkdirAll(filepath.Dir(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := func(extra string) string {
+		return "[node]\nname = \"lb1\"\nscript_user = \"nobody\"\n" + extra + "\n[[vrrp_script]]\nname = \"chk\"\nscript = [\"" + script + "\"]\n"
+	}
+	cfg, err := Parse("f.toml", []byte(file("")))
+	if err != nil {
+		t.Fatalf("a root-owned script: %v", err)
+	}
+	if cfg.Node.ScriptUser != "nobody" || cfg.Node.ScriptUID == 0 || !cfg.Node.ScriptSecurity {
+		t.Fatalf("node %+v", cfg.Node)
+	}
+	nobody, _ := lookupUser("nobody")
+	for _, tc := range []struct {
+		name  string
+		setup func() error
+		undo  func() error
+		want  string
+	}{
+		{"file owned by nobody", func() error { return os.Chown(script, int(nobody.uid), -1) }, func() error { return os.Chown(script, 0, -1) },
+			"is owned by uid"},
+		{"file writable by others", func() error { return os.Chmod(script, 0o757) }, func() error { return os.Chmod(script, 0o755) },
+			"is writable by group or others"},
+		{"directory writable by others", func() error { return os.Chmod(filepath.Dir(script), 0o777) },
+			func() error { return os.Chmod(filepath.Dir(script), 0o755) }, "bin is writable by group or others"},
+		{"directory owned by nobody", func() error { return os.Chown(filepath.Dir(script), int(nobody.uid), -1) },
+			func() error { return os.Chown(filepath.Dir(script), 0, -1) }, "bin is owned by uid"},
+	} {
+		if err := tc.setup(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Parse("f.toml", []byte(file("")))
+		if err == nil || !strings.Contains(err.Error(), "f.toml:7: vrrp_script[0].script: ") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		// Switched off, it passes.
+		if _, err := Parse("f.toml", []byte(file("enable_script_security = false"))); err != nil {
+			t.Errorf("%s, security off: %v", tc.name, err)
+		}
+		if err := tc.undo(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Parse("f.toml", []byte("[node]\nname = \"x\"\nscript_user = \"no-such-user-here\"\n")); err == nil || !strings.Contains(err.Error(), `node.script_user: no user "no-such-user-here"`) {
+		t.Fatalf("unknown user: %v", err)
+	}
+}

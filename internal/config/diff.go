@@ -37,6 +37,7 @@ func Diff(old, cur *Config) Changes {
 		{"node.status_socket", old.Node.StatusSocket, cur.Node.StatusSocket},
 		{"node.metrics_listen", old.Node.MetricsListen, cur.Node.MetricsListen},
 		{"node.log_format", old.Node.LogFormat, cur.Node.LogFormat},
+		{"node.script_user", old.Node.ScriptUser, cur.Node.ScriptUser},
 		{"dataplane", old.Dataplane, cur.Dataplane},
 		{"cluster", withoutKeys(old.Cluster), withoutKeys(cur.Cluster)},
 	} {

@@ -34,6 +34,8 @@ type rawNode struct {
 	LogFormat     string `toml:"log_format"`
 	LogLevel      string `toml:"log_level"`
 	Role          string `toml:"role"`
+	ScriptUser    string `toml:"script_user"`
+	ScriptSecure  *bool  `toml:"enable_script_security"`
 }
 
 type rawDataplane struct {

@@ -9,12 +9,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/directord/directord/healthcheck"
@@ -43,6 +45,8 @@ type validator struct {
 	// virtual servers come from the replicated table, whose script names
 	// each director resolves against its own file.
 	checkScripts map[string]bool
+	// scriptSecurity: programs must not be changeable by non-root users.
+	scriptSecurity bool
 }
 
 // add records a problem at the line of path, a sequence of keys and array
@@ -247,7 +251,73 @@ func (v *validator) node(r *rawNode) Node {
 	}
 	n.LogFormat = v.oneOf(at(p, "log_format"), r.LogFormat, "text", "text", "json")
 	n.LogLevel = v.oneOf(at(p, "log_level"), r.LogLevel, "info", "debug", "info", "warn", "error")
+	n.ScriptSecurity = r.ScriptSecure == nil || *r.ScriptSecure
+	v.scriptSecurity = n.ScriptSecurity
+	if r.ScriptUser != "" {
+		u, err := lookupUser(r.ScriptUser)
+		if err != nil {
+			v.add(at(p, "script_user"), "%v", err)
+		} else {
+			n.ScriptUser, n.ScriptUID, n.ScriptGID, n.ScriptGroups = r.ScriptUser, u.uid, u.gid, u.groups
+		}
+	}
 	return n
+}
+
+type scriptUser struct {
+	uid, gid uint32
+	groups   []uint32
+}
+
+// lookupUser resolves a user name (or a numeric uid) to its ids.
+func lookupUser(name string) (scriptUser, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return scriptUser{}, fmt.Errorf("no user %q on this host", name)
+		}
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return scriptUser{}, fmt.Errorf("user %q has ids %s:%s, not numbers", name, u.Uid, u.Gid)
+	}
+	su := scriptUser{uid: uint32(uid), gid: uint32(gid)}
+	if ids, err := u.GroupIds(); err == nil {
+		for _, g := range ids {
+			if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+				su.groups = append(su.groups, uint32(n))
+			}
+		}
+	}
+	return su, nil
+}
+
+// changeable says who other than root could change the program at path:
+// the file or a directory above it owned by another user, or writable by
+// group or others (a directory with the sticky bit excepted: others
+// cannot replace what root owns in it). A program that is not there is
+// not judged here (it fails when it runs).
+func changeable(path string) string {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return ""
+	}
+	for cur := real; ; cur = filepath.Dir(cur) {
+		st, err := os.Stat(cur)
+		if err != nil {
+			return ""
+		}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 {
+			return fmt.Sprintf("%s is owned by uid %d", cur, sys.Uid)
+		}
+		if st.Mode().Perm()&0o022 != 0 && !(st.IsDir() && st.Mode()&os.ModeSticky != 0) {
+			return fmt.Sprintf("%s is writable by group or others (%s)", cur, st.Mode().Perm())
+		}
+		if cur == filepath.Dir(cur) {
+			return ""
+		}
+	}
 }
 
 // uniqueName checks a required name that must be unique among its kind;
@@ -591,6 +661,12 @@ func (v *validator) argv(path []any, args []string) []string {
 	}
 	if len(args) == 0 || !filepath.IsAbs(args[0]) {
 		v.add(path, "give the program as an array starting with its absolute path, like [\"/usr/local/bin/notify\", \"arg\"]; no shell runs it")
+		return args
+	}
+	if v.scriptSecurity {
+		if who := changeable(args[0]); who != "" {
+			v.add(path, "%s: a user other than root could change what directord runs; fix the owner and mode (or set [node] enable_script_security = false)", who)
+		}
 	}
 	return args
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/directord/directord/healthcheck"
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/internal/status"
@@ -55,7 +56,9 @@ type Daemon struct {
 	health     *health
 	cluster    *clusterManager // nil without [cluster]
 	clusterErr error           // why the cluster could not start, if it could not
-	lbReady    atomic.Bool     // lvs and health are set up
+	// programs runs every external program: as the script user, bounded.
+	programs *healthcheck.Programs
+	lbReady  atomic.Bool // lvs and health are set up
 	// syncd and ctsync are set by New, before anything runs.
 	syncd   *syncDaemons
 	ctsync  *ctSync    // nil without [sync]
@@ -167,7 +170,7 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 		d.ctsync = cts
 		d.reg.MustRegister(newCTSyncCollector(cts))
 	}
-	d.health = newHealth(d.log, d.lvs)
+	d.health = newHealth(d.log, d.lvs, d.programs)
 	if err := d.health.apply(lbCfg); err != nil {
 		return nil, err
 	}
@@ -245,6 +248,7 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 		generation: 1,
 	}
 	d.status = status.NewServer(d.log, d.document)
+	d.programs = newPrograms(cfg.Node)
 	deps := kernel.VRRP
 	deps.Log = d.log
 	d.notify = newNotifier(d.log, func(name string) (config.Notify, bool) {
@@ -254,7 +258,7 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 			}
 		}
 		return config.Notify{}, false
-	})
+	}, d.programs)
 	deps.Notify = func(instance string, t vrrp.Transition) {
 		d.notify.Notify(instance, t)
 		if s := d.syncd; s != nil {
@@ -265,7 +269,7 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 		}
 	}
 	d.vrrp = vrrp.NewGroup(deps)
-	d.scripts = newScriptRunner(d.log, d.vrrp.SetScript)
+	d.scripts = newScriptRunner(d.log, d.vrrp.SetScript, d.programs)
 	d.registerMetrics()
 	d.status.Handle("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
 		status.WriteJSON(w, http.StatusOK, redacted(d.config()))

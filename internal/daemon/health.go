@@ -19,16 +19,17 @@ import (
 // health runs the real servers' checks and hands their transitions to the
 // load balancer and the notify_up / notify_down programs.
 type health struct {
-	log    *slog.Logger
-	runner *healthcheck.Runner
-	lvs    *lvsManager
+	log      *slog.Logger
+	runner   *healthcheck.Runner
+	lvs      *lvsManager
+	programs *healthcheck.Programs
 
 	mu  sync.Mutex
 	cfg *config.Config
 }
 
-func newHealth(log *slog.Logger, m *lvsManager) *health {
-	h := &health{log: log.With("subsystem", "healthcheck"), lvs: m}
+func newHealth(log *slog.Logger, m *lvsManager, programs *healthcheck.Programs) *health {
+	h := &health{log: log.With("subsystem", "healthcheck"), lvs: m, programs: programs}
 	h.runner = healthcheck.NewRunner(h.log, h.transition)
 	return h
 }
@@ -38,7 +39,7 @@ func (h *health) apply(cfg *config.Config) error {
 	h.mu.Lock()
 	h.cfg = cfg
 	h.mu.Unlock()
-	return h.runner.Update(healthSpecs(cfg))
+	return h.runner.Update(healthSpecs(cfg, h.programs))
 }
 
 func (h *health) transition(t healthcheck.Transition) {
@@ -64,7 +65,7 @@ func (h *health) transition(t healthcheck.Transition) {
 	// real server's address come after its own arguments.
 	args := append(slices.Clone(prog), vs.Name, t.ID.Real.String())
 	go func() {
-		out, err, timedOut := runProgram(args, 30*time.Second)
+		out, err, timedOut := runProgram(h.programs, args, 30*time.Second)
 		switch {
 		case timedOut:
 			h.log.Warn("notify program killed after 30s", "program", args[0])
@@ -83,7 +84,7 @@ func lvsKey(vs config.VirtualServer) lvs.Key {
 
 // healthSpecs makes one check per real server of every virtual server
 // with a health_check.
-func healthSpecs(cfg *config.Config) map[healthcheck.ID]healthcheck.Spec {
+func healthSpecs(cfg *config.Config, programs *healthcheck.Programs) map[healthcheck.ID]healthcheck.Spec {
 	out := map[healthcheck.ID]healthcheck.Spec{}
 	for _, vs := range cfg.VirtualServers {
 		hc := vs.HealthCheck
@@ -92,6 +93,7 @@ func healthSpecs(cfg *config.Config) map[healthcheck.ID]healthcheck.Spec {
 		}
 		for _, rs := range vs.RealServers {
 			s := healthSpec(hc, vs, rs.Address)
+			s.Exec.Programs = programs
 			if hc.Script != "" {
 				// The replicated table names a script; this director's
 				// file says what it runs.

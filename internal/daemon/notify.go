@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/directord/directord/healthcheck"
 	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/vrrp"
 )
@@ -17,8 +18,9 @@ import (
 // bounded by its timeout. Transitions are queued, so a slow program never
 // holds up the state machine; a full queue drops (and logs) the notice.
 type notifier struct {
-	log    *slog.Logger
-	lookup func(instance string) (config.Notify, bool)
+	log      *slog.Logger
+	lookup   func(instance string) (config.Notify, bool)
+	programs *healthcheck.Programs
 
 	mu     sync.Mutex
 	closed bool
@@ -34,8 +36,8 @@ type notice struct {
 
 const notifyQueue = 32
 
-func newNotifier(log *slog.Logger, lookup func(string) (config.Notify, bool)) *notifier {
-	return &notifier{log: log, lookup: lookup, queues: map[string]chan notice{}}
+func newNotifier(log *slog.Logger, lookup func(string) (config.Notify, bool), programs *healthcheck.Programs) *notifier {
+	return &notifier{log: log, lookup: lookup, programs: programs, queues: map[string]chan notice{}}
 }
 
 // Notify queues a transition; it is vrrp.Deps.Notify and returns at once.
@@ -110,7 +112,7 @@ func (n *notifier) work(q chan notice) {
 
 func (n *notifier) run(nt notice, args []string) {
 	start := time.Now()
-	out, err, timedOut := runProgram(args, nt.cfg.Timeout)
+	out, err, timedOut := runProgram(n.programs, args, nt.cfg.Timeout)
 	log := n.log.With("instance", nt.instance, "state", stateName(nt.t.To), "program", args[0], "took", time.Since(start).Round(time.Millisecond))
 	switch {
 	case timedOut:

@@ -3,23 +3,35 @@ package daemon
 import (
 	"context"
 	"errors"
-	"os/exec"
 	"syscall"
 	"time"
+
+	"github.com/directord/directord/healthcheck"
+	"github.com/directord/directord/internal/config"
 )
 
-// runProgram runs args[0] with args[1:] directly, never through a shell,
-// in a process group of its own that is killed when timeout passes. It
-// returns the combined output, the error of the run, and whether it was
+// runProgram runs args with p (no shell, minimal environment, as the
+// script user, a process group of its own killed when timeout passes,
+// output capped). It returns the combined output, the error of the run, and whether it was
 // killed for the timeout.
-func runProgram(args []string, timeout time.Duration) (out []byte, err error, timedOut bool) {
+func runProgram(p *healthcheck.Programs, args []string, timeout time.Duration) (out []byte, err error, timedOut bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
-	out, err = cmd.CombinedOutput()
+	out, err = p.Run(ctx, args)
 	return out, err, errors.Is(ctx.Err(), context.DeadlineExceeded)
 }
+
+// newPrograms runs the programs of cfg: as [node] script_user (root
+// without one), at most maxPrograms at once.
+func newPrograms(n config.Node) *healthcheck.Programs {
+	var cred *syscall.Credential
+	if n.ScriptUser != "" {
+		cred = &syscall.Credential{Uid: n.ScriptUID, Gid: n.ScriptGID, Groups: n.ScriptGroups}
+	}
+	return healthcheck.NewPrograms(cred, maxPrograms)
+}
+
+// maxPrograms bounds the programs running at once (checks, track
+// scripts, notify programs): a burst of transitions cannot fork without
+// limit.
+const maxPrograms = 64

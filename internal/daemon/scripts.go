@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/directord/directord/healthcheck"
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
 )
@@ -19,8 +20,9 @@ import (
 // the scripts that did not change running, and carry the verdict over to
 // the ones that did, so a reload causes no flap.
 type scriptRunner struct {
-	log    *slog.Logger
-	report func(name string, ok bool)
+	log      *slog.Logger
+	report   func(name string, ok bool)
+	programs *healthcheck.Programs
 
 	mu      sync.Mutex
 	ctx     context.Context
@@ -36,8 +38,8 @@ type script struct {
 	status api.ScriptStatus
 }
 
-func newScriptRunner(log *slog.Logger, report func(string, bool)) *scriptRunner {
-	return &scriptRunner{log: log, report: report, running: map[string]*script{}}
+func newScriptRunner(log *slog.Logger, report func(string, bool), programs *healthcheck.Programs) *scriptRunner {
+	return &scriptRunner{log: log, report: report, programs: programs, running: map[string]*script{}}
 }
 
 // Run runs the scripts until ctx ends.
@@ -110,7 +112,7 @@ func (s *script) loop(ctx context.Context, r *scriptRunner) {
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
 	for {
-		_, err, timedOut := runProgram(s.cfg.Script, s.cfg.Timeout)
+		_, err, timedOut := runProgram(r.programs, s.cfg.Script, s.cfg.Timeout)
 		result := "ok"
 		switch {
 		case timedOut:
