@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 )
 
 // TLS is a member's identity: its certificate, and the CAs that sign the
@@ -109,6 +110,30 @@ func (t *TLS) peerName(cs tls.ConnectionState, members func(string) bool, from n
 		}
 	}
 	return "", fmt.Errorf("the peer's certificate names %v, no member of this cluster", slices.Clip(leaf.DNSNames))
+}
+
+// Handshake runs the cluster's mutual TLS on c, as the client or the
+// server, for other channels between members (the conntrack sync): the
+// peer must present a certificate from the CAs that names one of members
+// and, if it lists IPs, comes from c's remote address. It returns the
+// connection and the member the peer is.
+func (t *TLS) Handshake(c net.Conn, client bool, members func(string) bool, timeout time.Duration) (net.Conn, string, error) {
+	from, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	cfg := t.config(nil, members, from.Addr())
+	tc := tls.Server(c, cfg)
+	if client {
+		tc = tls.Client(c, cfg)
+	}
+	tc.SetDeadline(time.Now().Add(timeout))
+	if err := tc.Handshake(); err != nil {
+		return nil, "", fmt.Errorf("TLS handshake: %w", err)
+	}
+	tc.SetDeadline(time.Time{})
+	name, err := t.peerName(tc.ConnectionState(), members, from.Addr())
+	if err != nil {
+		return nil, "", err
+	}
+	return tc, name, nil
 }
 
 // config is the tls.Config of both ends: TLS 1.3, a certificate required

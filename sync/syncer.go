@@ -38,6 +38,11 @@ type Config struct {
 	// destination is not one of them, or whose NAT target is not one of
 	// its real servers, is dropped and counted (SetServices updates them).
 	Services []Service
+	// Secure, when set, wraps each connection before the key handshake:
+	// the daemon runs the cluster's mutual TLS there when it has a
+	// [cluster], so the sync is authenticated by the members'
+	// certificates as well as by Key.
+	Secure func(c net.Conn, client bool) (net.Conn, error)
 	// NetNS is an open namespace file for the conntrack table (tests);
 	// 0 is the daemon's own.
 	NetNS int
@@ -107,12 +112,14 @@ type Status struct {
 	Role      string `json:"role"` // master (sending) or backup (receiving)
 	Peer      string `json:"peer"`
 	Connected bool   `json:"connected"`
-	Sent      uint64 `json:"sent"`
-	Received  uint64 `json:"received"`
-	Applied   uint64 `json:"applied"`
-	Failed    uint64 `json:"failed"`
-	Dropped   uint64 `json:"dropped"`
-	Refused   uint64 `json:"refused"` // connections or messages failing authentication
+	// TLS: connections run the cluster's mutual TLS (Config.Secure).
+	TLS      bool   `json:"tls"`
+	Sent     uint64 `json:"sent"`
+	Received uint64 `json:"received"`
+	Applied  uint64 `json:"applied"`
+	Failed   uint64 `json:"failed"`
+	Dropped  uint64 `json:"dropped"`
+	Refused  uint64 `json:"refused"` // connections or messages failing authentication
 	// Rejected counts what a backup refused, by reason (Reject*).
 	Rejected   map[string]uint64 `json:"rejected,omitempty"`
 	LastResync time.Time         `json:"last_resync,omitzero"`
@@ -421,6 +428,13 @@ func (s *Syncer) send(ctx context.Context) {
 		return
 	}
 	defer conn.Close()
+	if s.cfg.Secure != nil {
+		if conn, err = s.cfg.Secure(conn, true); err != nil {
+			s.warn("sync: peer refused", "peer", s.cfg.Peer.String(), "err", err)
+			return
+		}
+		defer conn.Close()
+	}
 	key, err := s.handshake(conn, true)
 	if err != nil {
 		s.warn("sync: peer refused", "peer", s.cfg.Peer.String(), "err", err)
@@ -541,7 +555,18 @@ func (s *Syncer) refuse(conn net.Conn, reason string, err error) {
 // receive applies a master's flows while this node is backup.
 func (s *Syncer) receive(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
-	key, err := s.handshake(conn, false)
+	var err error
+	if s.cfg.Secure != nil {
+		var tc net.Conn
+		if tc, err = s.cfg.Secure(conn, false); err == nil {
+			conn = tc
+			defer conn.Close()
+		}
+	}
+	var key []byte
+	if err == nil {
+		key, err = s.handshake(conn, false)
+	}
 	s.mu.Lock()
 	s.handshaking = false
 	s.mu.Unlock()
@@ -741,7 +766,7 @@ func (s *Syncer) handshake(conn net.Conn, client bool) ([]byte, error) {
 
 // Status reports the counters.
 func (s *Syncer) Status() Status {
-	st := Status{Role: "backup", Peer: s.cfg.Peer.String(), Connected: s.connected.Load(),
+	st := Status{Role: "backup", Peer: s.cfg.Peer.String(), Connected: s.connected.Load(), TLS: s.cfg.Secure != nil,
 		Sent: s.sent.Load(), Received: s.received.Load(), Applied: s.applied.Load(), Failed: s.failed.Load(),
 		Dropped: s.dropped.Load(), Refused: s.refused.Load()}
 	if s.master.Load() {

@@ -256,12 +256,14 @@ type SyncStatus struct {
 	Role      string `json:"role"` // master (sending) or backup (receiving)
 	Peer      string `json:"peer"`
 	Connected bool   `json:"connected"`
-	Sent      uint64 `json:"sent"`
-	Received  uint64 `json:"received"`
-	Applied   uint64 `json:"applied"`
-	Failed    uint64 `json:"failed"`
-	Dropped   uint64 `json:"dropped"`
-	Refused   uint64 `json:"refused"` // connections or messages failing authentication
+	// TLS: the sync runs over the cluster's mutual TLS too.
+	TLS      bool   `json:"tls"`
+	Sent     uint64 `json:"sent"`
+	Received uint64 `json:"received"`
+	Applied  uint64 `json:"applied"`
+	Failed   uint64 `json:"failed"`
+	Dropped  uint64 `json:"dropped"`
+	Refused  uint64 `json:"refused"` // connections or messages failing authentication
 	// Rejected counts what a backup refused, by reason: flows for what is
 	// not one of its virtual servers or real servers, replays, failed
 	// authentication, connections from elsewhere than the peer.

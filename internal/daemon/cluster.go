@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -365,6 +366,21 @@ func (c *clusterManager) handleRejoin(w http.ResponseWriter, r *http.Request) {
 	c.log.Info("this node rejoined the cluster")
 	c.hold("")
 	status.WriteJSON(w, http.StatusOK, api.LeaveResult{Left: c.cfg.Node.Name})
+}
+
+// secure wraps the conntrack sync's connections in the cluster's mutual
+// TLS: the peer must be a member, from its certificate's address. Nil
+// without a running cluster (the sync's key alone then).
+func (c *clusterManager) secure() func(net.Conn, bool) (net.Conn, error) {
+	if c == nil {
+		return nil
+	}
+	members := c.cfg.Cluster.Members
+	isMember := func(name string) bool { return slices.Contains(members, name) }
+	return func(conn net.Conn, client bool) (net.Conn, error) {
+		tc, _, err := c.tls.Handshake(conn, client, isMember, 5*time.Second)
+		return tc, err
+	}
 }
 
 // reloadSecrets re-reads the certificates and applies a new gossip key:

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"net"
 	"net/netip"
 	"syscall"
 
@@ -22,7 +23,7 @@ type ctSync struct {
 	instance string
 }
 
-func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger, deps Deps) (*ctSync, error) {
+func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger, deps Deps, secure func(net.Conn, bool) (net.Conn, error)) (*ctSync, error) {
 	if cfg.Sync == nil {
 		return nil, nil
 	}
@@ -49,7 +50,7 @@ func newCTSync(cfg *config.Config, dp lvs.Dataplane, log *slog.Logger, deps Deps
 		log.Warn("cannot set nf_conntrack_tcp_be_liberal; synced TCP flows may be dropped after a takeover", "err", err)
 	}
 	c := dsync.Config{Listen: cfg.Sync.Listen, Peer: cfg.Sync.Peer, Key: cfg.Sync.Key, VIPs: list, Logger: log,
-		Services: syncServices(cfg.VirtualServers)}
+		Services: syncServices(cfg.VirtualServers), Secure: secure}
 	if nft, ok := dp.(*lvs.NFT); ok {
 		keys := map[string]lvs.Key{}
 		for _, vs := range lvsConfigs(cfg) {

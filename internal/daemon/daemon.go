@@ -162,7 +162,7 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 	}
 	d.reg.MustRegister(newLVSCollector(d.lvs))
 	d.syncd = newSyncDaemons(d.log, cfg, d.lvs.dp)
-	cts, err := newCTSync(lbCfg, d.lvs.dp, d.log, deps)
+	cts, err := newCTSync(lbCfg, d.lvs.dp, d.log, deps, d.cluster.secure())
 	if err != nil {
 		return nil, err
 	}

@@ -85,8 +85,8 @@ func run(bin string) (err error) {
 	}
 	lb1, lb2 := s.LB[0], s.LB[1]
 	fmt.Printf("\nThe cluster's CA, the key pairs (lb1, lb2, w) and the gossip key were made with\n" +
-		"    directorctl cluster certs --out DIR lb1=192.0.2.11 lb2=192.0.2.12 w=192.0.2.13\n" +
-		"Raft and the commands forwarded to its leader run over mutual TLS; gossip is encrypted.\n")
+		"    directorctl cluster certs --out DIR lb1=192.0.2.11,203.0.113.2 lb2=192.0.2.12,203.0.113.3 w=192.0.2.13\n" +
+		"Raft, the commands forwarded to its leader and the conntrack sync run over mutual TLS; gossip is encrypted.\n")
 	fmt.Printf("\nlb1's configuration, generated (lb2's differs in name, addresses and priority 100; keys hidden here):\n\n%s",
 		indent(hideKeys(must(os.ReadFile(lb1.Conf)))))
 	show("directord -t checks it", exec.Command(bins.Directord, "-t", "-c", lb1.Conf))

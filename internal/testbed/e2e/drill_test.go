@@ -62,6 +62,12 @@ func TestDrill(t *testing.T) {
 		t.Fatal(err)
 	}
 	chat.Start(100 * time.Millisecond)
+	// With [cluster] the sync runs over the members' mutual TLS.
+	for _, d := range s.LB {
+		if st, err := s.SyncStatus(d); err != nil || !st.TLS {
+			t.Fatalf("%s: sync %+v, %v", d.Host.Name, st, err)
+		}
+	}
 
 	// There and back.
 	res, out := drill(t, s, lb1, "--back")

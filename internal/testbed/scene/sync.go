@@ -138,7 +138,9 @@ func NewSync(l *lab.Lab, dir, directord, directorctl string, o SyncOptions) (*Sy
 		s.Witness = &Director{Host: h, Dir: d, Conf: filepath.Join(d, "directord.toml"), Sock: filepath.Join(d, "directord.sock")}
 		s.Witness.FrontPort = front.Plug(h, "eth0", "192.0.2.13/24")
 		gossipIP := map[*Director]string{s.LB[0]: "192.0.2.11", s.LB[1]: "192.0.2.12", s.Witness: "192.0.2.13"}
-		names := map[string]string{"lb1": "192.0.2.11", "lb2": "192.0.2.12", "w": "192.0.2.13"}
+		// The directors' certificates name their sync addresses too: the
+		// sync runs over the cluster's mutual TLS.
+		names := map[string]string{"lb1": "192.0.2.11," + s.LB[0].Inside, "lb2": "192.0.2.12," + s.LB[1].Inside, "w": "192.0.2.13"}
 		certs, key, err := clusterSecrets(directorctl, filepath.Join(dir, "certs"), names)
 		if err != nil {
 			return nil, err
