@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -73,6 +74,27 @@ func TestClusterRefusesUnauthenticated(t *testing.T) {
 	if !strings.Contains(l.log.String(), "raft: peer refused") {
 		t.Fatalf("no refusal logged:\n%s", l.log.String())
 	}
+	// A member's genuine certificate, speaking to Raft as another member:
+	// refused at its first request.
+	liar, err := newStream("127.0.0.1:0", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, issue(t, ca, "n1"),
+		func(n string) bool { return n == "n0" || n == "n1" }, func(string) string { return "" }, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt := raft.NewNetworkTransport(liar, 1, time.Second, io.Discard)
+	defer lt.Close()
+	before := l.Status().Refused
+	err = lt.AppendEntries("n0", target, &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{ID: []byte("n0"), Addr: []byte(target)},
+		Term: term + 100}, &ae)
+	if err == nil {
+		t.Fatalf("AppendEntries from n1's certificate claiming n0 answered: %+v", ae)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if l.Status().Refused == before {
+			return errors.New("the false claim was not counted")
+		}
+		return nil
+	})
 	if !l.Leader() || l.raft.CurrentTerm() != term {
 		t.Fatalf("leadership moved: leader %v, term %d (was %d)", l.Leader(), l.raft.CurrentTerm(), term)
 	}

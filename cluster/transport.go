@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 )
 
@@ -145,12 +146,12 @@ func (s *stream) authenticate(c net.Conn, from netip.Addr) {
 	}
 	tc.SetDeadline(time.Time{})
 	release()
-	conn := &peeked{Conn: tc, r: br}
 	if first[0] == rpcForward {
 		br.Discard(1)
-		s.onRPC(name, conn)
+		s.onRPC(name, &peeked{Conn: tc, r: br})
 		return
 	}
+	conn := claims(tc, br, name, func(err error) { s.refuse(tc, err) })
 	select {
 	case s.conns <- conn:
 	case <-s.done:
@@ -158,15 +159,101 @@ func (s *stream) authenticate(c net.Conn, from netip.Addr) {
 	}
 }
 
+// claims hands Raft a peer's requests only once each is known to come
+// under the member name of its certificate: a request is decoded (as
+// Raft decodes it), the ID in its header compared with name, and only
+// then its bytes passed on. Anything else closes the connection.
+func claims(c net.Conn, br *bufio.Reader, name string, refuse func(error)) net.Conn {
+	pr, pw := io.Pipe()
+	go func() {
+		rec := &recorder{r: br}
+		dec := codec.NewDecoder(rec, &codec.MsgpackHandle{})
+		for {
+			rec.buf = rec.buf[:0]
+			kind, err := rec.ReadByte()
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+			var hdr raft.RPCHeader
+			var snapshot int64
+			switch kind {
+			case 0: // AppendEntries
+				var req raft.AppendEntriesRequest
+				err, hdr = dec.Decode(&req), req.RPCHeader
+			case 1: // RequestVote
+				var req raft.RequestVoteRequest
+				err, hdr = dec.Decode(&req), req.RPCHeader
+			case 2: // InstallSnapshot, then Size bytes of snapshot
+				var req raft.InstallSnapshotRequest
+				err, hdr, snapshot = dec.Decode(&req), req.RPCHeader, req.Size
+			case 3: // TimeoutNow
+				var req raft.TimeoutNowRequest
+				err, hdr = dec.Decode(&req), req.RPCHeader
+			case 4: // RequestPreVote
+				var req raft.RequestPreVoteRequest
+				err, hdr = dec.Decode(&req), req.RPCHeader
+			default:
+				err = fmt.Errorf("unknown Raft request type %d", kind)
+			}
+			if err == nil && string(hdr.ID) != name {
+				err = fmt.Errorf("%s, by its certificate, speaks to Raft as %q", name, hdr.ID)
+			}
+			if err == nil {
+				_, err = pw.Write(rec.buf)
+			}
+			if err == nil && snapshot > 0 {
+				_, err = io.CopyN(pw, br, snapshot)
+			}
+			if err != nil {
+				refuse(err)
+				pw.CloseWithError(err)
+				return
+			}
+		}
+	}()
+	return &peeked{Conn: c, r: pr}
+}
+
+// recorder keeps the bytes a decoder takes from r, exactly: r is a
+// ByteScanner, so the decoder reads no further than its value.
+type recorder struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+func (r *recorder) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.buf = append(r.buf, p[:n]...)
+	return n, err
+}
+
+func (r *recorder) ReadByte() (byte, error) {
+	b, err := r.r.ReadByte()
+	if err == nil {
+		r.buf = append(r.buf, b)
+	}
+	return b, err
+}
+
+func (r *recorder) UnreadByte() error {
+	if err := r.r.UnreadByte(); err != nil {
+		return err
+	}
+	r.buf = r.buf[:len(r.buf)-1]
+	return nil
+}
+
 func remoteIP(c net.Conn) netip.Addr {
 	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	return ap.Addr()
 }
 
-// peeked is a connection whose first bytes were read ahead.
+// peeked is a connection whose reads come from r: bytes read ahead, or
+// checked first.
 type peeked struct {
 	net.Conn
-	r *bufio.Reader
+	r io.Reader
 }
 
 func (p *peeked) Read(b []byte) (int, error) { return p.r.Read(b) }
