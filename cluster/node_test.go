@@ -568,3 +568,49 @@ func TestAppMeta(t *testing.T) {
 	}
 	waitFor(t, time.Second, seen(nodes[1], "n0", `{"vrrp":{"VI_1":"BACKUP/150"}}`))
 }
+
+// The gossip key rotates without a partition, in three steps
+// (docs/security.md): the new key accepted everywhere, then used,
+// then the old one dropped. The members stay alive to each other.
+func TestGossipKeyRotation(t *testing.T) {
+	nodes := cluster(t, 2)
+	leader(t, nodes)
+	newKey := []byte("the next gossip key, 32 bytes ok")
+	alive := func(step string) {
+		t.Helper()
+		for _, n := range nodes {
+			other := nodes[0]
+			if n == other {
+				other = nodes[1]
+			}
+			waitFor(t, 5*time.Second, func() error {
+				if _, err := n.Ping(other.cfg.ID); err != nil {
+					return fmt.Errorf("%s: %s does not answer %s: %v", step, other.cfg.ID, n.cfg.ID, err)
+				}
+				return nil
+			})
+		}
+	}
+	steps := []struct {
+		name    string
+		primary []byte
+		old     [][]byte
+	}{
+		{"new key accepted", testKey, [][]byte{newKey}},
+		{"new key used", newKey, [][]byte{testKey}},
+		{"old key dropped", newKey, nil},
+	}
+	for _, st := range steps {
+		for _, n := range nodes {
+			if err := n.SetGossipKeys(st.primary, st.old); err != nil {
+				t.Fatal(err)
+			}
+		}
+		alive(st.name)
+	}
+	for _, n := range nodes {
+		if keys := n.keyring.GetKeys(); len(keys) != 1 || !bytes.Equal(n.keyring.GetPrimaryKey(), newKey) {
+			t.Fatalf("%s keeps %d keys", n.cfg.ID, len(keys))
+		}
+	}
+}

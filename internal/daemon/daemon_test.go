@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -568,4 +571,65 @@ func TestDaemonRunsWithoutItsCluster(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Certificates rotate without a restart: new files at the same paths and
+// a reload, and the Raft port presents the new certificate.
+func TestClusterCertificateRotation(t *testing.T) {
+	dir := t.TempDir()
+	raftAddr := freePort(t)
+	files := certs(t, dir, "lb1")
+	f := conf.File{
+		Node: conf.Node{Name: "lb1", DataDir: filepath.Join(dir, "data"), StatusSocket: filepath.Join(dir, "s.sock")},
+		Cluster: &conf.Cluster{Bind: freePort(t), RaftBind: raftAddr, Members: []string{"lb1"},
+			EncryptKey: "ZGlyZWN0b3JkIHN5bmNsYWIgZ29zc2lwIGtleSwgMzI=", TLS: files},
+	}
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", f.String())
+	h.eventually(t, "a one-node cluster", func(doc api.Document) error {
+		if c := doc.Cluster; c == nil || c.RaftState != "Leader" {
+			return fmt.Errorf("cluster %+v", doc.Cluster)
+		}
+		return nil
+	})
+	ca, err := pki.LoadCA(files.CA, filepath.Join(filepath.Dir(files.CA), "ca-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	client, err := ca.Issue("lb1", loop, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(client.Cert, client.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The serial of the certificate the Raft port presents.
+	served := func() string {
+		c, err := tls.Dial("tcp", raftAddr, &tls.Config{Certificates: []tls.Certificate{pair}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	old := served()
+	next, err := ca.Issue("lb1", loop, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, files.Cert, string(next.Cert))
+	writeConfig(t, files.Key, string(next.Key))
+	var res api.ReloadResult
+	if err := h.client.Post(context.Background(), "/v1/reload", nil, &res); err != nil || !res.OK || len(res.Problems) != 0 {
+		t.Fatalf("reload: %+v %v", res, err)
+	}
+	block, _ := pem.Decode(next.Cert)
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now := served(); now == old || now != leaf.SerialNumber.String() {
+		t.Fatalf("after the reload the Raft port presents serial %s (before %s, new %s)", now, old, leaf.SerialNumber)
+	}
 }
