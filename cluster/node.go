@@ -71,8 +71,8 @@ type Node struct {
 	ml   *memberlist.Memberlist
 	logs io.Closer
 
-	stream    *stream
-	keyring   *memberlist.Keyring
+	stream  *stream
+	keyring *memberlist.Keyring
 
 	mu        sync.Mutex
 	members   map[string]member
@@ -851,7 +851,7 @@ func (n *Node) SetAppMeta(b json.RawMessage) error {
 
 // NotifyMsg drops what peers send: gossip carries membership and
 // metadata only; commands go over mutual TLS.
-func (d *delegate) NotifyMsg(b []byte) {}
+func (d *delegate) NotifyMsg(b []byte)                         {}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}

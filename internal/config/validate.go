@@ -1020,13 +1020,6 @@ func (v *validator) syncDaemon(r *rawSyncDaemon, instances []VRRPInstance) *Sync
 	return d
 }
 
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 func (v *validator) cluster(r *rawCluster, self string) *Cluster {
 	p := []any{"cluster"}
 	c := &Cluster{}
