@@ -117,19 +117,16 @@ func runCluster(ctx context.Context, c *status.Client, o opts) error {
 	switch {
 	case len(o.args) >= 1 && o.args[0] == "certs":
 		return runCerts(o)
-	case len(o.args) == 1 && o.args[0] == "leave":
+	case len(o.args) == 1 && (o.args[0] == "leave" || o.args[0] == "rejoin"):
 		var res api.LeaveResult
-		if err := c.Post(ctx, "/v1/cluster/leave", struct{}{}, &res); err != nil {
+		if err := c.Post(ctx, "/v1/cluster/"+o.args[0], struct{}{}, &res); err != nil {
 			return err
 		}
-		fmt.Fprintf(o.out, "%s left the cluster: no leader will add it back; its VRRP instances are held in FAULT until directorctl cluster rejoin\n", res.Left)
-		return nil
-	case len(o.args) == 1 && o.args[0] == "rejoin":
-		var res api.LeaveResult
-		if err := c.Post(ctx, "/v1/cluster/rejoin", struct{}{}, &res); err != nil {
-			return err
+		done := map[string]string{
+			"leave":  "left the cluster: no leader will add it back; its VRRP instances are held in FAULT until directorctl cluster rejoin",
+			"rejoin": "rejoined the cluster: the leader adds it back as a voter",
 		}
-		fmt.Fprintf(o.out, "%s rejoined the cluster: the leader adds it back as a voter\n", res.Left)
+		fmt.Fprintf(o.out, "%s %s\n", res.Left, done[o.args[0]])
 		return nil
 	case len(o.args) > 0:
 		return fmt.Errorf("usage: directorctl cluster [leave | rejoin | certs --out DIR NAME=IP...]")

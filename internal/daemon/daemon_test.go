@@ -633,3 +633,60 @@ func TestClusterCertificateRotation(t *testing.T) {
 		t.Fatalf("after the reload the Raft port presents serial %s (before %s, new %s)", now, old, leaf.SerialNumber)
 	}
 }
+
+// A director that left its cluster holds its VRRP instances in FAULT, so
+// that it cannot be MASTER with a table nobody updates; rejoin lifts it.
+func TestLeaveHoldsVRRP(t *testing.T) {
+	dir := t.TempDir()
+	loop := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	tlsFiles, err := conf.Certs(filepath.Join(dir, "certs"), pki.Member{Name: "lb1", IPs: loop}, pki.Member{Name: "lb2", IPs: loop})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub := &vrrptest.Hub{}
+	gossip := map[string]string{"lb1": freePort(t), "lb2": freePort(t)}
+	hosts := map[string]*fakeHost{}
+	for i, name := range []string{"lb1", "lb2"} {
+		other := "lb2"
+		if name == "lb2" {
+			other = "lb1"
+		}
+		d := filepath.Join(dir, name)
+		f := conf.File{
+			Node: conf.Node{Name: name, DataDir: filepath.Join(d, "data"), StatusSocket: filepath.Join(d, "s.sock")},
+			Cluster: &conf.Cluster{Bind: gossip[name], RaftBind: freePort(t), Peers: []string{gossip[other]}, Members: []string{"lb1", "lb2"},
+				EncryptKey: "ZGlyZWN0b3JkIHN5bmNsYWIgZ29zc2lwIGtleSwgMzI=", TLS: tlsFiles[name]},
+			VRRP: []conf.Instance{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 150 - 50*i, AdvertInt: "20ms", VIPs: []string{"192.0.2.100/24"}}},
+		}
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		hosts[name] = startHost(t, hub, fmt.Sprintf("192.0.2.%d", 11+i), f.String())
+	}
+	lb2 := hosts["lb2"]
+	lb2.eventually(t, "a formed cluster, lb2 BACKUP", func(doc api.Document) error {
+		if c := doc.Cluster; c == nil || c.Leader == "" || doc.VRRP.Instances[0].State != api.StateBackup {
+			return fmt.Errorf("cluster %+v, vrrp %+v", doc.Cluster, doc.VRRP.Instances)
+		}
+		return nil
+	})
+	if err := lb2.client.Post(context.Background(), "/v1/cluster/leave", struct{}{}, &api.LeaveResult{}); err != nil {
+		t.Fatal(err)
+	}
+	lb2.eventually(t, "lb2 held in FAULT", func(doc api.Document) error {
+		in := doc.VRRP.Instances[0]
+		if in.State != api.StateFault || in.LastTransition == nil || !strings.Contains(in.LastTransition.Reason, "left the cluster") || !doc.Cluster.Left {
+			return fmt.Errorf("vrrp %+v %+v, left %v", in, in.LastTransition, doc.Cluster.Left)
+		}
+		return nil
+	})
+	if err := lb2.client.Post(context.Background(), "/v1/cluster/rejoin", struct{}{}, &api.LeaveResult{}); err != nil {
+		t.Fatal(err)
+	}
+	lb2.eventually(t, "lb2 BACKUP again", func(doc api.Document) error {
+		if in := doc.VRRP.Instances[0]; in.State != api.StateBackup || doc.Cluster.Left {
+			return fmt.Errorf("vrrp %+v, left %v", in, doc.Cluster.Left)
+		}
+		return nil
+	})
+}

@@ -104,6 +104,19 @@ func weights(lvsJSON []byte) (map[string]int, error) {
 	return m, nil
 }
 
+// waitLog waits until d's log has text.
+func (d *director) waitLog(t *testing.T, text string) {
+	t.Helper()
+	if err := lab.Eventually(15*time.Second, func() error {
+		if !strings.Contains(d.proc.Output(), text) {
+			return fmt.Errorf("%s logged no %q", d.h.Name, text)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, d.proc.Output())
+	}
+}
+
 func (d *director) start() { d.proc = d.h.Start(directord, "-c", d.conf) }
 
 func (d *director) stop(t *testing.T) {
@@ -490,14 +503,7 @@ func TestClusterRefusesStrangers(t *testing.T) {
 		d.start()
 	}
 	raftLeader(t, lb1, lb2)
-	if err := lab.Eventually(15*time.Second, func() error {
-		if !strings.Contains(lb1.proc.Output(), "decrypt") {
-			return errors.New("lb1 logged no refusal")
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("%v\n%s", err, lb1.proc.Output())
-	}
+	lb1.waitLog(t, "decrypt")
 	for _, d := range []*director{lb1, lb2} {
 		st, err := d.clusterStatus()
 		if err != nil {
@@ -541,14 +547,7 @@ func TestClusterAttackers(t *testing.T) {
 	// 1. x joins the gossip with the key, but is not a member: ignored,
 	// never a voter, its writes refused.
 	x.start()
-	if err := lab.Eventually(15*time.Second, func() error {
-		if !strings.Contains(leader.proc.Output(), "not in [cluster] members is ignored") {
-			return errors.New("the leader did not notice x")
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("%v\n%s", err, leader.proc.Output())
-	}
+	leader.waitLog(t, "not in [cluster] members is ignored")
 	if out, err := x.ctl("rs", "drain", "web", "203.0.113.11:8080"); err == nil {
 		t.Fatalf("x committed a write: %s", out)
 	}
