@@ -551,6 +551,10 @@ func TestClusterAttackers(t *testing.T) {
 	if out, err := x.ctl("rs", "drain", "web", "203.0.113.11:8080"); err == nil {
 		t.Fatalf("x committed a write: %s", out)
 	}
+	// Nor can it take a voter out, itself or another.
+	if out, err := x.ctl("cluster", "leave"); err == nil {
+		t.Fatalf("x's leave was committed: %s", out)
+	}
 
 	// 2. Raft's own RPCs over plain TCP from x, with a higher term.
 	if err := x.h.Do(func() error {
@@ -668,4 +672,45 @@ func TestClusterAttackers(t *testing.T) {
 	if st, err := x.clusterStatus(); err != nil || st.Seeded {
 		t.Fatalf("x got the table: %+v %v", st, err)
 	}
+}
+
+// TestClusterNoSilentMerge: two directors that each formed a cluster
+// alone (bootstrap_expect = 1) and then meet refuse to merge, say so on
+// both sides, and keep their own tables.
+func TestClusterNoSilentMerge(t *testing.T) {
+	ds, _ := clusterLab(t, "lb1", "lb2")
+	lb1, lb2 := ds[0], ds[1]
+	for i, d := range ds {
+		f := clusterFile(d, "", 1)
+		f.VirtualServers = []conf.VirtualServer{[]conf.VirtualServer{webService, dnsService}[i]}
+		writeFile(t, d.conf, f.String())
+		d.start()
+	}
+	raftLeader(t, lb1)
+	raftLeader(t, lb2)
+	// lb2 restarts knowing lb1: the two meet.
+	lb2.stop(t)
+	f := clusterFile(lb2, "", 1, lb1.ip)
+	f.VirtualServers = []conf.VirtualServer{dnsService}
+	writeFile(t, lb2.conf, f.String())
+	lb2.start()
+	for _, d := range ds {
+		if err := lab.Eventually(20*time.Second, func() error {
+			st, err := d.clusterStatus()
+			if err != nil {
+				return err
+			}
+			if len(st.Conflicts) != 1 || !strings.Contains(st.Conflicts[0], "refusing to merge") {
+				return fmt.Errorf("%s: conflicts %v", d.h.Name, st.Conflicts)
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("%v\n%s", err, d.proc.Output())
+		}
+		if out, _ := d.ctl("cluster"); !strings.Contains(out, "conflict") {
+			t.Fatalf("directorctl cluster on %s:\n%s", d.h.Name, out)
+		}
+	}
+	tablesAre(t, map[string]int{"web/203.0.113.11:8080": 1, "web/203.0.113.12:8080": 1}, lb1)
+	tablesAre(t, map[string]int{"dns/203.0.113.11:53": 1}, lb2)
 }

@@ -450,3 +450,30 @@ func noneLeft(t *testing.T, text string) {
 		t.Fatalf("demo left namespaces behind:\n%s", list)
 	}
 }
+
+// TestScriptWritableByNobody: directord -t refuses a track script that a
+// user other than root could change, and so does a reload of the running
+// daemon, which keeps its configuration.
+func TestScriptWritableByNobody(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "check")
+	writeFile(t, script, "#!/bin/sh\nexit 0\n")
+	if err := os.Chmod(script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(script, 65534, 65534); err != nil { // nobody
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "directord.toml")
+	writeFile(t, file, daemonConfig(dir, fmt.Sprintf("\n[[vrrp_script]]\nname = \"chk\"\nscript = [%q]\n", script)))
+	_, errOut, code := run(t, directord, "-t", "-c", file)
+	if code == 0 || !strings.Contains(errOut, "vrrp_script[0].script: "+script+" is owned by uid 65534: a user other than root could change what directord runs") {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if err := os.Chown(script, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := run(t, directord, "-t", "-c", file); code != 0 {
+		t.Fatalf("a root-owned script: exit %d: %s", code, errOut)
+	}
+}
