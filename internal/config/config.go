@@ -213,6 +213,10 @@ type HealthCheck struct {
 	LogAllFailures   bool              `json:"log_all_failures"`
 	NotifyUp         []string          `json:"notify_up,omitempty"`
 	NotifyDown       []string          `json:"notify_down,omitempty"`
+	// NotifyUpScript and NotifyDownScript name [[check_script]]s of the
+	// director: what a replicated virtual server uses instead.
+	NotifyUpScript   string `json:"notify_up_script,omitempty"`
+	NotifyDownScript string `json:"notify_down_script,omitempty"`
 	Method           string            `json:"method,omitempty"`
 	Path             string            `json:"path,omitempty"`
 	Host             string            `json:"host,omitempty"`

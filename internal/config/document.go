@@ -96,6 +96,7 @@ func rawOf(vs VirtualServer) rawVS {
 		h := &rawHealthCheck{Type: hc.Type, Interval: dur(hc.Interval), Timeout: dur(hc.Timeout), Retry: num(hc.Retry),
 			DelayBeforeRetry: dur(hc.DelayBeforeRetry), Warmup: dur(hc.Warmup), Rise: num(hc.Rise), Fall: num(hc.Fall),
 			Alpha: flag(hc.Alpha), LogAllFailures: flag(hc.LogAllFailures), NotifyUp: hc.NotifyUp, NotifyDown: hc.NotifyDown,
+			NotifyUpScript: hc.NotifyUpScript, NotifyDownScript: hc.NotifyDownScript,
 			Method: hc.Method, Path: hc.Path, Host: hc.Host, Headers: hc.Headers, StatusCodes: hc.StatusCodes,
 			BodyRegex: hc.BodyRegex, Digest: hc.Digest, SNI: hc.SNI, Payload: hc.Payload, Expect: hc.Expect,
 			QueryName: hc.QueryName, QueryType: hc.QueryType, Rcode: hc.Rcode, Command: hc.Command, Script: hc.Script}

@@ -2,6 +2,8 @@ package config_test
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -54,6 +56,7 @@ address = "[2001:db8::100]:3306"
   type = "exec"
   script = "mysql"
   dynamic = true
+  notify_down_script = "mysql"
   [[virtual_server.real_server]]
   address = "[2001:db8::11]:3306"
 
@@ -158,6 +161,55 @@ func TestValidateDocumentRefuses(t *testing.T) {
 				t.Fatalf("got %v, want an error with %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// With [cluster], a notify program is a local [[check_script]] named in
+// notify_up_script / notify_down_script: checked against the file, and
+// not both ways at once.
+func TestNotifyScripts(t *testing.T) {
+	base := `[node]
+name = "lb1"
+[cluster]
+bind = "192.0.2.1:7946"
+raft_bind = "192.0.2.1:7000"
+[[check_script]]
+name = "page"
+command = ["/usr/local/bin/page"]
+[[virtual_server]]
+name = "db"
+address = "192.0.2.100:3306"
+  [virtual_server.health_check]
+  type = "tcp"
+  %s
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:3306"
+`
+	for _, tc := range []struct{ keys, want string }{
+		{`notify_down_script = "page"`, ""},
+		{`notify_up_script = "nope"`, `virtual_server[0].health_check.notify_up_script: "nope" is not a [[check_script]] of this file`},
+		{`notify_up_script = "bad name"`, `"bad name" is not a valid name`},
+	} {
+		_, err := config.Parse("c.toml", []byte(fmt.Sprintf(base, tc.keys)))
+		var problems []string
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			for _, p := range ce.Problems {
+				if !strings.HasPrefix(p.Key, "cluster.") { // the keys this test leaves out
+					problems = append(problems, p.String())
+				}
+			}
+		}
+		switch {
+		case tc.want == "" && len(problems) > 0:
+			t.Errorf("%s: %v", tc.keys, problems)
+		case tc.want != "" && !strings.Contains(strings.Join(problems, "\n"), tc.want):
+			t.Errorf("%s: %v, want %q", tc.keys, problems, tc.want)
+		}
+	}
+	noCluster := strings.Replace(fmt.Sprintf(base, `notify_up = ["/usr/local/bin/page"]`+"\n  "+`notify_up_script = "page"`), "[cluster]\nbind = \"192.0.2.1:7946\"\nraft_bind = \"192.0.2.1:7000\"\n", "", 1)
+	if _, err := config.Parse("c.toml", []byte(noCluster)); err == nil || !strings.Contains(err.Error(), "give notify_up or notify_up_script, not both") {
+		t.Errorf("both: %v", err)
 	}
 }
 

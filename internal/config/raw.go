@@ -191,6 +191,8 @@ type rawHealthCheck struct {
 	LogAllFailures   *bool             `toml:"log_all_failures"`
 	NotifyUp         []string          `toml:"notify_up"`
 	NotifyDown       []string          `toml:"notify_down"`
+	NotifyUpScript   string            `toml:"notify_up_script"`
+	NotifyDownScript string            `toml:"notify_down_script"`
 	Method           string            `toml:"method"`
 	Path             string            `toml:"path"`
 	Host             string            `toml:"host"`

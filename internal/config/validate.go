@@ -453,6 +453,20 @@ func (v *validator) checkScriptList(raws []rawCheckScript) []CheckScript {
 	return out
 }
 
+// scriptName checks a reference to a [[check_script]]: a valid name, and
+// one of this file's (a replicated document's are resolved by each
+// director against its own file).
+func (v *validator) scriptName(path []any, name string) string {
+	switch {
+	case name == "":
+	case !validName(name):
+		v.add(path, "%q is not a valid name", name)
+	case v.checkScripts != nil && !v.checkScripts[name]:
+		v.add(path, "%q is not a [[check_script]] of this file", name)
+	}
+	return name
+}
+
 // noCommands refuses programs inside virtual servers that the cluster
 // replicates: a table that could carry a command would let whoever
 // writes it run anything as root on every director.
@@ -471,7 +485,7 @@ func (v *validator) noCommands(raws []rawVS) {
 			argv []string
 		}{{"notify_up", hc.NotifyUp}, {"notify_down", hc.NotifyDown}} {
 			if k.argv != nil {
-				v.add(at(p, k.key), "commands never travel through the cluster: %s cannot be part of a replicated virtual server", k.key)
+				v.add(at(p, k.key), "commands never travel through the cluster: name a [[check_script]] of each director with %s_script = \"NAME\" instead", k.key)
 			}
 		}
 	}
@@ -914,6 +928,16 @@ func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
 	hc.LogAllFailures = r.LogAllFailures != nil && *r.LogAllFailures
 	hc.NotifyUp = v.argv(at(p, "notify_up"), r.NotifyUp)
 	hc.NotifyDown = v.argv(at(p, "notify_down"), r.NotifyDown)
+	hc.NotifyUpScript = v.scriptName(at(p, "notify_up_script"), r.NotifyUpScript)
+	hc.NotifyDownScript = v.scriptName(at(p, "notify_down_script"), r.NotifyDownScript)
+	for _, k := range []struct {
+		key      string
+		set, alt bool
+	}{{"notify_up_script", r.NotifyUpScript != "", r.NotifyUp != nil}, {"notify_down_script", r.NotifyDownScript != "", r.NotifyDown != nil}} {
+		if k.set && k.alt {
+			v.add(at(p, k.key), "give %s or %s, not both", strings.TrimSuffix(k.key, "_script"), k.key)
+		}
+	}
 
 	hc.Method = strings.ToUpper(r.Method)
 	if hc.Method != "" && !slices.Contains([]string{"GET", "HEAD", "POST", "OPTIONS"}, hc.Method) {
@@ -967,13 +991,9 @@ func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
 			v.add(at(p, "command"), "an exec check needs a command: [\"/usr/local/bin/check\", \"arg\"], or script = \"NAME\" of a [[check_script]]")
 		case r.Command != nil && r.Script != "":
 			v.add(at(p, "script"), "give command or script, not both")
-		case r.Script != "" && v.checkScripts != nil && !v.checkScripts[r.Script]:
-			v.add(at(p, "script"), "%q is not a [[check_script]] of this file", r.Script)
-		case r.Script != "" && !validName(r.Script):
-			v.add(at(p, "script"), "%q is not a valid name", r.Script)
 		}
 		hc.Command = v.argv(at(p, "command"), r.Command)
-		hc.Script = r.Script
+		hc.Script = v.scriptName(at(p, "script"), r.Script)
 	}
 	return hc
 }

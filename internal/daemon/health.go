@@ -54,9 +54,17 @@ func (h *health) transition(t healthcheck.Transition) {
 	if h.lvs.rec != nil {
 		h.lvs.rec.SetHealth(lvsKey(vs), t.ID.Real, lvs.Health{Up: t.Up, Weight: t.Weight})
 	}
-	prog := vs.HealthCheck.NotifyDown
+	prog, script := vs.HealthCheck.NotifyDown, vs.HealthCheck.NotifyDownScript
 	if t.Up {
-		prog = vs.HealthCheck.NotifyUp
+		prog, script = vs.HealthCheck.NotifyUp, vs.HealthCheck.NotifyUpScript
+	}
+	if script != "" {
+		// The replicated table names it; this director's file says what
+		// it runs.
+		if prog = checkScript(cfg, script); prog == nil {
+			h.log.Warn("notify program not run: this director has no [[check_script]] of that name", "script", script, "virtual_server", vs.Name)
+			return
+		}
 	}
 	if len(prog) == 0 {
 		return
@@ -73,6 +81,15 @@ func (h *health) transition(t healthcheck.Transition) {
 			h.log.Warn("notify program failed", "program", args[0], "err", err, "output", strings.TrimSpace(string(out)))
 		}
 	}()
+}
+
+// checkScript is the command of cfg's [[check_script]] name, or nil.
+func checkScript(cfg *config.Config, name string) []string {
+	i := slices.IndexFunc(cfg.CheckScripts, func(c config.CheckScript) bool { return c.Name == name })
+	if i < 0 {
+		return nil
+	}
+	return cfg.CheckScripts[i].Command
 }
 
 func lvsKey(vs config.VirtualServer) lvs.Key {
@@ -97,11 +114,8 @@ func healthSpecs(cfg *config.Config, programs *healthcheck.Programs) map[healthc
 			if hc.Script != "" {
 				// The replicated table names a script; this director's
 				// file says what it runs.
-				i := slices.IndexFunc(cfg.CheckScripts, func(c config.CheckScript) bool { return c.Name == hc.Script })
-				if i < 0 {
+				if s.Exec.Argv = checkScript(cfg, hc.Script); s.Exec.Argv == nil {
 					s.Exec.Missing = hc.Script
-				} else {
-					s.Exec.Argv = cfg.CheckScripts[i].Command
 				}
 			}
 			out[healthcheck.ID{Service: vs.Name, Real: rs.Address}] = s
