@@ -209,21 +209,50 @@ func (g *Group) Update(cfgs []Config) (started, reconfigured []string) {
 }
 
 // sameIdentity reports whether b can replace a without restarting the
-// router: the same socket, VRID, addresses and source, and the same owner
-// role (an owner behaves differently from the start).
+// router: the same socket (interface and family), VRID and source, and the
+// same owner role (an owner behaves differently from the start). The
+// virtual addresses may change: a master changes them in place.
 func sameIdentity(a, b Config) bool {
 	return a.Interface == b.Interface && a.VRID == b.VRID && a.Version == b.Version &&
-		slices.Equal(a.VIPs, b.VIPs) && a.UnicastSrc == b.UnicastSrc &&
+		a.IPv6() == b.IPv6() && a.UnicastSrc == b.UnicastSrc &&
 		(a.Priority == PriorityOwner) == (b.Priority == PriorityOwner)
 }
 
-// reconfigure takes new settings in place (see Update).
+// reconfigure takes new settings in place (see Update). A master holding
+// the virtual addresses adds the new ones (and announces them), removes
+// the old ones, and advertises the new list at once, as keepalived does
+// on a reload.
 func (a *actor) reconfigure(c Config) {
 	a.in.mu.Lock()
+	old := a.in.cfg
 	a.in.cfg = c
 	a.in.mu.Unlock()
 	now := a.g.deps.Now()
 	a.m.Reconfigure(now, c)
+	if a.held && !slices.Equal(old.VIPs, c.VIPs) {
+		var added []netip.Addr
+		for _, p := range c.VIPs {
+			if !slices.Contains(old.VIPs, p) {
+				if err := a.g.deps.Addresses.Add(c.Interface, p); err != nil {
+					a.log.Error("VRRP: cannot add a virtual address", "err", err)
+				}
+				added = append(added, p.Addr())
+			}
+		}
+		for _, p := range old.VIPs {
+			if !slices.Contains(c.VIPs, p) {
+				if err := a.g.deps.Addresses.Remove(c.Interface, p); err != nil {
+					a.log.Error("VRRP: cannot remove a virtual address", "err", err)
+				}
+			}
+		}
+		if len(added) > 0 {
+			if err := a.g.deps.Announcer.Announce(c.Interface, added, c.GARPRepeat); err != nil {
+				a.log.Warn("VRRP: announcing the virtual addresses failed", "err", err)
+			}
+		}
+		a.send(a.m.Info().Priority)
+	}
 	a.follow(now)
 	a.log.Info("VRRP instance reconfigured in place", "state", a.m.State())
 	a.in.mu.Lock()

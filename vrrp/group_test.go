@@ -181,3 +181,40 @@ func TestGroupFaultAtStartIsATransition(t *testing.T) {
 		t.Fatalf("transitions %d, notified %+v", st.Transitions, notified)
 	}
 }
+
+// TestVIPChangeInPlace: a reload that adds and removes virtual addresses
+// changes them on the master in place, announces the new one and tells
+// the peer at once, with no transition on either side (keepalived applies
+// the diff too). On main it restarted the instance: the master resigned,
+// the peer took over, the master preempted back.
+func TestVIPChangeInPlace(t *testing.T) {
+	h := &vrrptest.Hub{}
+	p1, p2 := netip.MustParsePrefix("192.0.2.100/24"), netip.MustParsePrefix("192.0.2.101/24")
+	c := func(prio uint8, vips ...netip.Prefix) vrrp.Config {
+		return vrrp.Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: prio, Version: 3,
+			AdvertInt: 20 * time.Millisecond, Preempt: true, VIPs: vips, GARPRepeat: 1}
+	}
+	a := startNode(t, h, me, c(150, p1))
+	b := startNode(t, h, peer, c(100, p1))
+	waitFor(t, "a MASTER, b BACKUP", func() bool {
+		return a.status(t).State == vrrp.Master && b.status(t).State == vrrp.Backup && b.status(t).Master == me.String()
+	})
+	ta, tb, ann := a.status(t).Transitions, b.status(t).Transitions, a.ann.Count()
+	started, inPlace := a.g.Update([]vrrp.Config{c(150, p2)})
+	if len(started) != 0 || !slices.Equal(inPlace, []string{"VI_1"}) {
+		t.Fatalf("started %v, in place %v", started, inPlace)
+	}
+	b.g.Update([]vrrp.Config{c(100, p2)})
+	if !a.addrs.Holds(p2) || a.addrs.Holds(p1) || b.addrs.Holds(p2) {
+		t.Fatal("the master does not hold exactly the new VIP")
+	}
+	if a.ann.Count() == ann {
+		t.Fatal("the new VIP was not announced")
+	}
+	// Some adverts later, nobody moved.
+	sent := a.status(t).AdvertsSent
+	waitFor(t, "adverts", func() bool { return a.status(t).AdvertsSent > sent+10 })
+	if a.status(t).Transitions != ta || b.status(t).Transitions != tb || a.status(t).State != vrrp.Master {
+		t.Fatalf("transitions: a %d→%d, b %d→%d", ta, a.status(t).Transitions, tb, b.status(t).Transitions)
+	}
+}

@@ -254,14 +254,17 @@ func TestDaemonReload(t *testing.T) {
 		{name: "no change", text: base},
 		{name: "priority: in place", text: hostConfig(dir, 160, vip, []netip.AddrPort{up}),
 			vrrp: api.Delta{Changed: []string{"VI_1"}}, inPlace: []string{"VI_1"}},
-		{name: "a VIP more: the instance restarts", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up}),
-			vrrp: api.Delta{Changed: []string{"VI_1"}}, started: []string{"VI_1"}, transitions: true},
+		{name: "a VIP more: in place, as keepalived", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up}),
+			vrrp: api.Delta{Changed: []string{"VI_1"}}, inPlace: []string{"VI_1"}},
 		{name: "a real server more: the table only", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2}),
 			vs: api.Delta{Changed: []string{"web"}}},
 		{name: "log level: live", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2}, `log_level = "debug"`),
 			live: []string{"node.log_level"}},
 		{name: "metrics address: after a restart", text: hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2},
 			`log_level = "debug"`, `metrics_listen = "127.0.0.1:0"`), restrt: []string{"node.metrics_listen"}},
+		{name: "another VRID: the instance restarts", text: strings.Replace(hostConfig(dir, 160, append(vip, "192.0.2.101/24"), []netip.AddrPort{up, up2},
+			`log_level = "debug"`, `metrics_listen = "127.0.0.1:0"`), "virtual_router_id = 51", "virtual_router_id = 52", 1),
+			vrrp: api.Delta{Changed: []string{"VI_1"}}, started: []string{"VI_1"}, transitions: true},
 		{name: "broken: nothing changes", text: hostConfig(dir, 160, []string{"192.0.2.300/24"}, []netip.AddrPort{up}),
 			problem: `vrrp_instance[0].virtual_ipaddress[0]: "192.0.2.300/24" is not an address in CIDR notation`},
 	} {
@@ -299,7 +302,7 @@ func TestDaemonReload(t *testing.T) {
 		}
 		return nil
 	})
-	if doc.Config.Generation != 7 || doc.Config.ReloadsOK != 6 || doc.Config.ReloadsFailed != 1 || doc.Config.LastReload.OK {
+	if doc.Config.Generation != 8 || doc.Config.ReloadsOK != 7 || doc.Config.ReloadsFailed != 1 || doc.Config.LastReload.OK {
 		t.Fatalf("config %+v", doc.Config)
 	}
 	if vips := doc.VRRP.Instances[0].VIPs; len(vips) != 2 {
