@@ -106,6 +106,7 @@ type instance struct {
 	transitions uint64
 	drops       map[DropReason]uint64
 	lastLog     map[DropReason]time.Time
+	mismatches  uint64 // v3 adverts with another address list
 	err         string
 }
 
@@ -536,6 +537,27 @@ func (in *instance) drop(log *slog.Logger, reason DropReason, src netip.Addr) {
 	}
 }
 
+// mismatch counts a v3 advert whose address list differs from ours and
+// logs it at most once a minute (RFC 9568 §7.1: SHOULD log).
+func (in *instance) mismatch(log *slog.Logger, src netip.Addr, addrs []netip.Addr) {
+	in.mu.Lock()
+	in.mismatches++
+	now := time.Now()
+	quiet := now.Sub(in.lastLog[addrListMismatch]) < time.Minute
+	if !quiet {
+		in.lastLog[addrListMismatch] = now
+	}
+	count, name, ours := in.mismatches, in.cfg.Name, in.cfg.VIPs
+	in.mu.Unlock()
+	if !quiet {
+		log.Warn("VRRP advert lists other virtual addresses than this instance; check both configurations",
+			"instance", name, "from", src, "theirs", addrs, "ours", ours, "count", count)
+	}
+}
+
+// addrListMismatch keys the log limit of mismatch; it is not a drop.
+const addrListMismatch DropReason = "addr_list_mismatch"
+
 // fail puts an instance that cannot run yet (no interface, no source
 // address) in FAULT: counted and notified like any transition.
 func (in *instance) fail(g *Group, err error) {
@@ -615,6 +637,9 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 			in.mu.Lock()
 			in.received++
 			in.mu.Unlock()
+			if e.AddrListMismatch {
+				in.mismatch(log, p.src, p.adv.Addrs)
+			}
 			a.apply(e)
 		case <-timer.C:
 			a.apply(m.Tick(g.deps.Now()))
@@ -912,7 +937,10 @@ type InstanceStatus struct {
 	AdvertsReceived uint64                `json:"adverts_received"`
 	Transitions     uint64                `json:"transitions"`
 	Drops           map[DropReason]uint64 `json:"drops"`
-	Error           string                `json:"error,omitempty"`
+	// AddrListMismatches counts adverts (v3) processed although their
+	// address list differs from this instance's.
+	AddrListMismatches uint64 `json:"addr_list_mismatches,omitempty"`
+	Error              string `json:"error,omitempty"`
 }
 
 // Status returns every instance, sorted by name.
@@ -933,7 +961,7 @@ func (g *Group) Status() []InstanceStatus {
 		s := InstanceStatus{VIPs: vips,
 			Name: in.cfg.Name, Interface: in.cfg.Interface, VRID: in.cfg.VRID, Version: in.cfg.Version,
 			Info: in.info, AdvertsSent: in.sent, AdvertsReceived: in.received, Transitions: in.transitions,
-			Drops: map[DropReason]uint64{}, Error: in.err,
+			Drops: map[DropReason]uint64{}, Error: in.err, AddrListMismatches: in.mismatches,
 		}
 		if in.source.IsValid() {
 			s.Source = in.source.String()

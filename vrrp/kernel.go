@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/mdlayher/arp"
@@ -289,21 +291,41 @@ func unsolicitedNA(ifi *net.Interface, addrs []netip.Addr, repeat int) error {
 		return fmt.Errorf("neighbour advertisement on %s: %w", ifi.Name, err)
 	}
 	dst := &net.IPAddr{IP: allNodes.AsSlice(), Zone: ifi.Name}
+	router := forwardsIPv6(ifi.Name)
 	for range repeat {
 		for _, a := range addrs {
-			// The kernel computes ICMPv6 checksums on raw ICMPv6 sockets.
-			msg := make([]byte, 32)
-			msg[0] = 136  // neighbour advertisement
-			msg[4] = 0x20 // override: replace what neighbours cached
-			copy(msg[8:24], a.AsSlice())
-			msg[24], msg[25] = 2, 1 // option: target link-layer address, 8 bytes
-			copy(msg[26:32], ifi.HardwareAddr)
+			msg := neighbourAdvert(a, ifi.HardwareAddr, router)
 			if _, err := p.WriteTo(msg, &ipv6.ControlMessage{IfIndex: ifi.Index, HopLimit: 255}, dst); err != nil {
 				return fmt.Errorf("neighbour advertisement for %s on %s: %w", a, ifi.Name, err)
 			}
 		}
 	}
 	return nil
+}
+
+// neighbourAdvert is an unsolicited neighbour advertisement for target at
+// mac (the kernel computes the checksum on raw ICMPv6 sockets): override
+// set, so that neighbours replace what they cached (RFC 4861 §7.2.6), and
+// router set when this host forwards, as RFC 9568 §6.4 wants (a host
+// clears IsRouter for a neighbour advertising without it), as keepalived's
+// vrrp_ndisc does.
+func neighbourAdvert(target netip.Addr, mac net.HardwareAddr, router bool) []byte {
+	msg := make([]byte, 32)
+	msg[0] = 136  // neighbour advertisement
+	msg[4] = 0x20 // override
+	if router {
+		msg[4] |= 0x80
+	}
+	copy(msg[8:24], target.AsSlice())
+	msg[24], msg[25] = 2, 1 // option: target link-layer address, 8 bytes
+	copy(msg[26:32], mac)
+	return msg
+}
+
+// forwardsIPv6 reports whether the host routes IPv6 on ifname.
+func forwardsIPv6(ifname string) bool {
+	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + ifname + "/forwarding")
+	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
 // PrimaryAddress returns the address adverts are sent from: the first

@@ -121,6 +121,9 @@ type Effects struct {
 	// Transition is set when the state changed: entering Master means add
 	// the addresses, leaving it means remove them.
 	Transition *Transition
+	// AddrListMismatch: a v3 advert listed other addresses than ours. It
+	// was processed (RFC 9568 §7.1), and is to be counted and logged.
+	AddrListMismatch bool
 }
 
 // Machine is the VRRP state machine of one virtual router. It holds no
@@ -291,6 +294,12 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 	if r := m.check(src, &a); r != "" {
 		return Effects{}, r
 	}
+	e, r := m.receive(now, src, a)
+	e.AddrListMismatch = a.Version == 3 && a.Priority != PriorityOwner && !m.sameAddrs(a.Addrs)
+	return e, r
+}
+
+func (m *Machine) receive(now time.Time, src netip.Addr, a Advert) (Effects, DropReason) {
 	switch m.state {
 	case Backup:
 		if a.Priority == PriorityResign {

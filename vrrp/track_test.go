@@ -144,3 +144,24 @@ func TestBackupPriorityMovesMasterDown(t *testing.T) {
 		t.Fatalf("deadline after the priority rose: %v, want %v", m.Deadline().Sub(t0), want.Sub(t0))
 	}
 }
+
+// TestAddrListMismatchV3: a v3 advert whose address list differs from
+// ours is processed (RFC 9568 §7.1 does not drop it) but reported, so
+// that the instance counts and logs it (SHOULD log); on main nothing
+// noticed it. The owner's and a matching list are not reported.
+func TestAddrListMismatchV3(t *testing.T) {
+	m := NewMachine(cfg(100), me)
+	m.Start(t0)
+	other := adv(150)
+	other.Addrs = []netip.Addr{netip.MustParseAddr("192.0.2.200")}
+	e, drop := m.Receive(at(time.Second), peer, other)
+	if drop != "" || !e.AddrListMismatch {
+		t.Fatalf("a different list: drop %q, effects %+v", drop, e)
+	}
+	if m.Info().Master != peer.String() {
+		t.Fatal("the advert was not processed")
+	}
+	if e, _ := m.Receive(at(2*time.Second), peer, adv(150)); e.AddrListMismatch {
+		t.Fatal("the same list reported")
+	}
+}

@@ -179,7 +179,10 @@ type VRRPInstance struct {
 	Transitions     uint64          `json:"transitions"`
 	// Drops counts dropped packets by reason.
 	Drops map[string]uint64 `json:"drops"`
-	Error string            `json:"error,omitempty"`
+	// AddrListMismatches counts v3 adverts accepted although they list
+	// other virtual addresses (RFC 9568 §7.1; each logged, once a minute).
+	AddrListMismatches uint64 `json:"addr_list_mismatches,omitempty"`
+	Error              string `json:"error,omitempty"`
 }
 
 // VRRPTransition is a change of an instance's state.

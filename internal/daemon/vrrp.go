@@ -89,7 +89,7 @@ func apiInstance(in vrrp.InstanceStatus) api.VRRPInstance {
 		State: in.State.String(), Priority: in.Priority, Master: in.Master, MasterPriority: in.MasterPriority,
 		AdvertInt: in.AdvertInt, MasterAdverInt: in.MasterAdverInt,
 		AdvertsSent: in.AdvertsSent, AdvertsReceived: in.AdvertsReceived, Transitions: in.Transitions,
-		Drops: apiDrops(in.Drops), Error: in.Error,
+		Drops: apiDrops(in.Drops), AddrListMismatches: in.AddrListMismatches, Error: in.Error,
 	}
 	if t := in.LastTransition; t != nil {
 		out.LastTransition = &api.VRRPTransition{From: t.From.String(), To: t.To.String(), Reason: t.Reason, At: t.At, Priority: t.Priority}
@@ -109,7 +109,7 @@ func apiDrops(drops map[vrrp.DropReason]uint64) map[string]uint64 {
 type vrrpCollector struct {
 	g                             *vrrp.Group
 	state, prio, sent, recv, drop *prometheus.Desc
-	trans                         *prometheus.Desc
+	trans, mismatch               *prometheus.Desc
 }
 
 func newVRRPCollector(g *vrrp.Group) *vrrpCollector {
@@ -122,11 +122,13 @@ func newVRRPCollector(g *vrrp.Group) *vrrpCollector {
 		recv:  prometheus.NewDesc("directord_vrrp_adverts_received_total", "VRRP advertisements received and accepted.", l, nil),
 		drop:  prometheus.NewDesc("directord_vrrp_drops_total", "VRRP packets dropped, by reason.", []string{"instance", "reason"}, nil),
 		trans: prometheus.NewDesc("directord_vrrp_transitions_total", "VRRP state transitions.", l, nil),
+		mismatch: prometheus.NewDesc("directord_vrrp_addr_list_mismatches_total",
+			"VRRPv3 advertisements accepted although they list other virtual addresses than this instance.", l, nil),
 	}
 }
 
 func (c *vrrpCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.state, c.prio, c.sent, c.recv, c.drop, c.trans} {
+	for _, d := range []*prometheus.Desc{c.state, c.prio, c.sent, c.recv, c.drop, c.trans, c.mismatch} {
 		ch <- d
 	}
 }
@@ -138,6 +140,7 @@ func (c *vrrpCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.sent, prometheus.CounterValue, float64(s.AdvertsSent), s.Name)
 		ch <- prometheus.MustNewConstMetric(c.recv, prometheus.CounterValue, float64(s.AdvertsReceived), s.Name)
 		ch <- prometheus.MustNewConstMetric(c.trans, prometheus.CounterValue, float64(s.Transitions), s.Name)
+		ch <- prometheus.MustNewConstMetric(c.mismatch, prometheus.CounterValue, float64(s.AddrListMismatches), s.Name)
 		for reason, n := range s.Drops {
 			ch <- prometheus.MustNewConstMetric(c.drop, prometheus.CounterValue, float64(n), s.Name, string(reason))
 		}

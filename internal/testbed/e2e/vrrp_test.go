@@ -216,6 +216,11 @@ func TestVRRPIPv6(t *testing.T) {
 	if got := p.Neighbour("2001:db8::100"); got != scene.MAC(p.LB1) {
 		t.Fatalf("client's neighbour entry %q, want lb1's %s", got, scene.MAC(p.LB1))
 	}
+	// lb2 routes IPv6, as a director does: its advertisements say so
+	// (RFC 9568 §6.4), and the client marks the neighbour a router.
+	if err := p.LB2.Sysctl("net.ipv6.conf.all.forwarding", "1"); err != nil {
+		t.Fatal(err)
+	}
 	p.Crash(p.LB1)
 	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB2: vrrp.Master})
 	// The dead host's namespace keeps its stale copy; the cable is cut.
@@ -231,6 +236,9 @@ func TestVRRPIPv6(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+	if out := p.Client.MustRun("ip", "-6", "neigh", "show", "2001:db8::100"); !strings.Contains(out, " router") {
+		t.Fatalf("the client does not take lb2 for a router: %s", out)
 	}
 	p.Client.MustRun("ping", "-c", "1", "-W", "2", "2001:db8::100")
 }
