@@ -139,6 +139,7 @@ type Machine struct {
 	masterDown     time.Time // Backup: when the master is declared dead
 	adverDue       time.Time // Master: when the next advert is due
 	holdUntil      time.Time // preempt_delay: a lower master is tolerated until then
+	sawLower       bool      // the last master heard ranks below us
 	resigned       bool      // the master sent priority 0
 	master         netip.Addr
 	masterPriority uint8
@@ -197,6 +198,7 @@ func (m *Machine) becomeMaster(now time.Time, reason string) Effects {
 
 func (m *Machine) becomeBackup(now time.Time, reason string) Effects {
 	m.masterDown = now.Add(m.masterDownInterval())
+	m.sawLower = false
 	return Effects{Transition: m.transition(now, Backup, reason)}
 }
 
@@ -310,6 +312,13 @@ func (m *Machine) receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 		}
 		m.resigned = false
 		lower := a.Priority < m.priority
+		if lower && !m.sawLower && m.cfg.Preempt && m.cfg.PreemptDelay > 0 {
+			// keepalived's preempt_delay runs "after startup or seeing a
+			// lower priority master": a backup whose priority rose above
+			// its master's waits too.
+			m.Hold(now, m.cfg.PreemptDelay)
+		}
+		m.sawLower = lower
 		if !m.cfg.Preempt || !lower || now.Before(m.holdUntil) {
 			if m.cfg.Version == 3 {
 				m.masterAdverInt = a.Interval // v3 backups learn the master's interval

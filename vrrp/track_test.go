@@ -165,3 +165,30 @@ func TestAddrListMismatchV3(t *testing.T) {
 		t.Fatal("the same list reported")
 	}
 }
+
+// TestPreemptDelayAfterPriorityRise: a backup whose priority rises above
+// its master's waits preempt_delay from the first advert of the now lower
+// master before it preempts, as keepalived does ("after startup or seeing
+// a lower priority master"); on main the delay counted from start only,
+// so it preempted within Master_Down_Interval.
+func TestPreemptDelayAfterPriorityRise(t *testing.T) {
+	m := NewMachine(cfg(100, func(c *Config) { c.PreemptDelay = 5 * time.Second }), me)
+	m.Start(t0)
+	var s int
+	for s = 1; s <= 20; s++ {
+		m.Receive(at(time.Duration(s)*time.Second), peer, adv(150))
+	}
+	m.SetPriority(at(20500*time.Millisecond), 200) // a tracked script came up
+	rose := at(21 * time.Second)
+	for s = 21; s <= 40; s++ {
+		now := at(time.Duration(s) * time.Second)
+		if e := m.Tick(now); e.Transition != nil {
+			if now.Before(rose.Add(5 * time.Second)) {
+				t.Fatalf("preempted at %ds, within preempt_delay of seeing a lower master at 21s", s)
+			}
+			return
+		}
+		m.Receive(now, peer, adv(150))
+	}
+	t.Fatal("never preempted")
+}
