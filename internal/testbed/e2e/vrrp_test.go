@@ -218,7 +218,7 @@ func TestVRRPIPv6(t *testing.T) {
 	}
 	// lb2 routes IPv6, as a director does: its advertisements say so
 	// (RFC 9568 §6.4), and the client marks the neighbour a router.
-	if err := p.LB2.Sysctl("net.ipv6.conf.all.forwarding", "1"); err != nil {
+	if err := p.LB2.Sysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
 		t.Fatal(err)
 	}
 	p.Crash(p.LB1)
