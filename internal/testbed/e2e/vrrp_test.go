@@ -577,3 +577,47 @@ group = ["VI_1", "VI_2"]`, vip, prio, insideVIP)
 		t.Fatal(err)
 	}
 }
+
+// TestVRRPReloadAddsVIP: a reload that adds a virtual address on both
+// directors moves nothing: the master takes the new address in place and
+// announces it, and neither side makes a transition (on the code before
+// it, the master restarted the instance: it resigned, the backup took
+// over, the master preempted back).
+func TestVRRPReloadAddsVIP(t *testing.T) {
+	p := newPair(t)
+	p.elect("", "")
+	before := map[*lab.Host]uint64{}
+	for _, h := range p.Directors() {
+		in, err := p.Instance(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[h] = in.Transitions
+	}
+	two := `virtual_ipaddress = ["192.0.2.100/24", "192.0.2.101/24"]`
+	p.WriteConfig(p.LB1, 150, two)
+	p.WriteConfig(p.LB2, 100, two)
+	for _, h := range p.Directors() {
+		if err := p.Procs[h].Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.owner(p.LB1, "192.0.2.101")
+	p.Client.MustRun("ping", "-c", "1", "-W", "2", "192.0.2.101")
+	// Ten adverts later, still nobody moved.
+	if err := lab.Throughout(time.Second, func() error {
+		for _, h := range p.Directors() {
+			in, err := p.Instance(h)
+			if err != nil {
+				return err
+			}
+			if in.Transitions != before[h] || len(in.VIPs) != 2 {
+				return fmt.Errorf("%s: %d transitions (was %d), VIPs %v", h.Name, in.Transitions, before[h], in.VIPs)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p.owner(p.LB1, "192.0.2.100")
+}
