@@ -234,17 +234,13 @@ func (a *actor) reconfigure(c Config) {
 		var added []netip.Addr
 		for _, p := range c.VIPs {
 			if !slices.Contains(old.VIPs, p) {
-				if err := a.g.deps.Addresses.Add(c.Interface, p); err != nil {
-					a.log.Error("VRRP: cannot add a virtual address", "err", err)
-				}
+				a.addVIP(p)
 				added = append(added, p.Addr())
 			}
 		}
 		for _, p := range old.VIPs {
 			if !slices.Contains(c.VIPs, p) {
-				if err := a.g.deps.Addresses.Remove(c.Interface, p); err != nil {
-					a.log.Error("VRRP: cannot remove a virtual address", "err", err)
-				}
+				a.removeVIP(p)
 			}
 		}
 		if len(added) > 0 {
@@ -583,7 +579,13 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 	src := in.cfg.UnicastSrc
 	for logged := false; !src.IsValid(); {
 		var err error
-		src, err = g.deps.Primary(in.cfg.Interface, in.cfg.IPv6(), in.cfg.VIPs)
+		// An owner's addresses are real ones: one may be the source,
+		// perhaps the only address the interface has.
+		notSource := in.cfg.VIPs
+		if in.cfg.Priority == PriorityOwner {
+			notSource = nil
+		}
+		src, err = g.deps.Primary(in.cfg.Interface, in.cfg.IPv6(), notSource)
 		if err == nil {
 			break
 		}
@@ -604,7 +606,7 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 	in.mu.Unlock()
 
 	m := NewMachine(in.cfg, src)
-	a := &actor{in: in, g: g, r: r, m: m, src: src, log: log}
+	a := &actor{in: in, g: g, r: r, m: m, src: src, log: log, added: map[netip.Prefix]bool{}}
 	// Addresses left by an earlier run that died (kill -9) are ours and
 	// must go until we are master again.
 	a.removeVIPs()
@@ -755,6 +757,9 @@ type actor struct {
 	src  netip.Addr
 	log  *slog.Logger
 	held bool // the virtual addresses are on the interface
+	// added are the addresses this instance put on the interface (an
+	// owner's may have been there before).
+	added map[netip.Prefix]bool
 	// garpDelay and garpRefresh fire the follow-up gratuitous ARP bursts.
 	garpDelay, garpRefresh <-chan time.Time
 }
@@ -837,20 +842,38 @@ func (a *actor) send(prio uint8) {
 
 func (a *actor) addVIPs() {
 	for _, p := range a.in.cfg.VIPs {
-		if err := a.g.deps.Addresses.Add(a.in.cfg.Interface, p); err != nil {
-			a.log.Error("VRRP: cannot add a virtual address", "err", err)
-		}
+		a.addVIP(p)
 	}
 	a.held = true
 }
 
 func (a *actor) removeVIPs() {
 	for _, p := range a.in.cfg.VIPs {
-		if err := a.g.deps.Addresses.Remove(a.in.cfg.Interface, p); err != nil {
-			a.log.Error("VRRP: cannot remove a virtual address", "err", err)
-		}
+		a.removeVIP(p)
 	}
 	a.held = false
+}
+
+func (a *actor) addVIP(p netip.Prefix) {
+	added, err := a.g.deps.Addresses.Add(a.in.cfg.Interface, p)
+	if err != nil {
+		a.log.Error("VRRP: cannot add a virtual address", "err", err)
+	}
+	if added {
+		a.added[p] = true
+	}
+}
+
+// removeVIP takes p away. An address owner's addresses are the host's
+// own: it takes away only one it added itself (keepalived leaves them).
+func (a *actor) removeVIP(p netip.Prefix) {
+	if a.in.cfg.Priority == PriorityOwner && !a.added[p] {
+		return
+	}
+	if err := a.g.deps.Addresses.Remove(a.in.cfg.Interface, p); err != nil {
+		a.log.Error("VRRP: cannot remove a virtual address", "err", err)
+	}
+	delete(a.added, p)
 }
 
 func (a *actor) announce() {

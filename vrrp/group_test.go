@@ -218,3 +218,39 @@ func TestVIPChangeInPlace(t *testing.T) {
 		t.Fatalf("transitions: a %d→%d, b %d→%d", ta, a.status(t).Transitions, tb, b.status(t).Transitions)
 	}
 }
+
+// TestOwnerKeepsHostAddress: an address owner (priority 255) owns an
+// address the host already has; stopping the instance must not take it
+// away (on main it removed what it had not added). Its source may be the
+// owned address itself when the interface has no other.
+func TestOwnerKeepsHostAddress(t *testing.T) {
+	h := &vrrptest.Hub{}
+	own := netip.MustParsePrefix("192.0.2.100/24")
+	wire := vrrptest.NewNode(h, me)
+	if _, err := wire.Addrs.Add("eth0", own); err != nil { // the host's own address
+		t.Fatal(err)
+	}
+	var vipsAsked []netip.Prefix
+	deps := wire.Deps(slog.New(slog.DiscardHandler))
+	deps.Primary = func(_ string, _ bool, vips []netip.Prefix) (netip.Addr, error) {
+		vipsAsked = vips
+		return own.Addr(), nil
+	}
+	g := vrrp.NewGroup(deps)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		g.Run(ctx, []vrrp.Config{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: vrrp.PriorityOwner, Version: 3,
+			AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{own}}})
+		close(done)
+	}()
+	waitFor(t, "MASTER", func() bool { s := g.Status(); return len(s) == 1 && s[0].State == vrrp.Master })
+	if len(vipsAsked) != 0 {
+		t.Fatalf("the owner's source excludes its owned addresses %v: with no other address it would wait in FAULT", vipsAsked)
+	}
+	cancel()
+	<-done
+	if !wire.Addrs.Holds(own) {
+		t.Fatal("stopping the owner took the host's own address away")
+	}
+}

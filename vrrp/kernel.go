@@ -30,7 +30,8 @@ type Conn interface {
 
 // Addresses adds and removes the virtual addresses.
 type Addresses interface {
-	Add(ifname string, p netip.Prefix) error
+	// Add adds p; added is false when it was there already.
+	Add(ifname string, p netip.Prefix) (added bool, err error)
 	Remove(ifname string, p netip.Prefix) error
 }
 
@@ -201,16 +202,18 @@ func nlAddr(p netip.Prefix) *netlink.Addr {
 	return a
 }
 
-// Add adds p to ifname; an address already there is fine.
-func (NetlinkAddresses) Add(ifname string, p netip.Prefix) error {
+// Add adds p to ifname; an address already there is fine (added false).
+func (NetlinkAddresses) Add(ifname string, p netip.Prefix) (bool, error) {
 	link, err := netlink.LinkByName(ifname)
 	if err != nil {
-		return fmt.Errorf("add VIP %s: %w", p, err)
+		return false, fmt.Errorf("add VIP %s: %w", p, err)
 	}
-	if err := netlink.AddrAdd(link, nlAddr(p)); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add VIP %s to %s: %w", p, ifname, err)
+	if err := netlink.AddrAdd(link, nlAddr(p)); errors.Is(err, unix.EEXIST) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("add VIP %s to %s: %w", p, ifname, err)
 	}
-	return nil
+	return true, nil
 }
 
 // Remove removes p from ifname; an address already gone is fine.

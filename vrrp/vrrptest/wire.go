@@ -87,14 +87,17 @@ type Addrs struct {
 
 var _ vrrp.Addresses = (*Addrs)(nil)
 
-func (f *Addrs) Add(_ string, p netip.Prefix) error {
+func (f *Addrs) Add(_ string, p netip.Prefix) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.held == nil {
 		f.held = map[netip.Prefix]bool{}
 	}
+	if f.held[p] {
+		return false, nil
+	}
 	f.held[p] = true
-	return nil
+	return true, nil
 }
 
 func (f *Addrs) Remove(_ string, p netip.Prefix) error {

@@ -621,3 +621,30 @@ func TestVRRPReloadAddsVIP(t *testing.T) {
 	}
 	p.owner(p.LB1, "192.0.2.100")
 }
+
+// TestVRRPAddressOwner: lb1 owns 192.0.2.100, the only address of its
+// interface, at priority 255. It becomes MASTER sending from that address
+// (on main it waited in FAULT for a source that was not a VIP), and when
+// it stops the address stays: it is the host's, not directord's.
+func TestVRRPAddressOwner(t *testing.T) {
+	p := newPair(t)
+	p.LB1.IP("addr", "del", "192.0.2.11/24", "dev", "eth0")
+	p.LB1.AddAddr("eth0", "192.0.2.100/24")
+	p.WriteConfig(p.LB1, 255, "")
+	p.WriteConfig(p.LB2, 100, "")
+	p.Start(p.LB1)
+	p.Start(p.LB2)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Backup})
+	if in, err := p.Instance(p.LB2); err != nil || in.Master != "192.0.2.100" {
+		t.Fatalf("the backup follows %+v, %v", in, err)
+	}
+	if err := p.Procs[p.LB1].Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := p.Procs[p.LB1].Wait(10 * time.Second); err != nil || code != 0 {
+		t.Fatalf("lb1: exit %d, %v", code, err)
+	}
+	if !scene.HasAddr(p.LB1, "192.0.2.100") {
+		t.Fatal("stopping the owner took the host's own address away")
+	}
+}
