@@ -26,6 +26,12 @@ type Deps struct {
 	// WatchLinks calls fn with every interface's link state until ctx ends;
 	// nil means links are taken as up.
 	WatchLinks func(ctx context.Context, fn func(ifname string, up bool)) error
+	// WatchAddrs calls fn with the interface whose addresses changed,
+	// until ctx ends; nil means addresses never change.
+	WatchAddrs func(ctx context.Context, fn func(ifname string)) error
+	// Index is an interface's index, to notice one deleted and made
+	// again (its socket must be opened again); nil: never.
+	Index func(ifname string) (int, error)
 	// Notify is told of every transition, in order. It is called from the
 	// instance's event loop and must return at once (queue, don't run).
 	Notify func(instance string, t Transition)
@@ -46,6 +52,14 @@ func KernelDeps(log *slog.Logger) Deps {
 		Announcer:  LinkAnnouncer{},
 		Primary:    PrimaryAddress,
 		WatchLinks: WatchLinks,
+		WatchAddrs: WatchAddrs,
+		Index: func(ifname string) (int, error) {
+			ifi, err := net.InterfaceByName(ifname)
+			if err != nil {
+				return 0, err
+			}
+			return ifi.Index, nil
+		},
 		Now:        time.Now,
 		Log:        log,
 	}
@@ -72,11 +86,12 @@ type routerKey struct {
 
 // router owns one socket and hands each packet to its instance by VRID.
 type router struct {
-	key  routerKey
-	conn Conn
-	done chan struct{}
+	key routerKey
 
 	mu     sync.Mutex
+	conn   Conn
+	done   chan struct{} // closed when the read loop of conn ends
+	index  int           // the interface's index when conn was opened
 	byVRID map[uint8]*instance
 	drops  map[DropReason]uint64 // packets no instance could be charged with
 }
@@ -133,6 +148,13 @@ func (g *Group) Run(ctx context.Context, cfgs []Config) error {
 		go func() {
 			if err := g.deps.WatchLinks(ctx, g.linkChanged); err != nil && ctx.Err() == nil {
 				g.deps.Log.Error("VRRP: watching links failed; link changes will not move instances to FAULT", "err", err)
+			}
+		}()
+	}
+	if g.deps.WatchAddrs != nil {
+		go func() {
+			if err := g.deps.WatchAddrs(ctx, g.addrsChanged); err != nil && ctx.Err() == nil {
+				g.deps.Log.Error("VRRP: watching addresses failed; a renumbered interface will not be noticed", "err", err)
 			}
 		}()
 	}
@@ -258,9 +280,89 @@ func (a *actor) reconfigure(c Config) {
 }
 
 func (g *Group) linkChanged(ifname string, up bool) {
+	if up {
+		// An interface deleted and made again has another index: its
+		// socket, bound to the old one, hears nothing any more.
+		g.reopen(ifname)
+	}
 	g.changed(g.links, ifname, up, func(c Config) bool {
 		return c.Interface == ifname || slices.ContainsFunc(c.Track, func(t Track) bool { return t.Interface == ifname })
 	})
+}
+
+// addrsChanged tells the instances on ifname to look up their source
+// address again: a renumbered interface must not leave a master sending
+// from an address it lost.
+func (g *Group) addrsChanged(ifname string) {
+	g.mu.Lock()
+	var ins []*instance
+	for _, in := range g.instances {
+		if in.config().Interface == ifname {
+			ins = append(ins, in)
+		}
+	}
+	g.mu.Unlock()
+	for _, in := range ins {
+		select {
+		case in.inputs <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// reopen opens the sockets of ifname again when its index changed.
+func (g *Group) reopen(ifname string) {
+	if g.deps.Index == nil {
+		return
+	}
+	idx, err := g.deps.Index(ifname)
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	var rs []*router
+	for k, r := range g.routers {
+		r.mu.Lock()
+		if k.ifname == ifname && r.index != idx {
+			rs = append(rs, r)
+		}
+		r.mu.Unlock()
+	}
+	g.mu.Unlock()
+	for _, r := range rs {
+		conn, err := g.deps.Listen(r.key.ifname, r.key.ipv6)
+		if err != nil {
+			g.deps.Log.Warn("VRRP: the interface was made again, but its socket cannot be opened yet", "interface", ifname, "err", err)
+			continue
+		}
+		g.deps.Log.Info("VRRP: the interface was made again; its socket is open again", "interface", ifname, "index", idx)
+		old, oldDone := r.swap(conn, idx)
+		old.Close()
+		<-oldDone
+		go r.readLoop(conn, r.loopDone(), g.deps.Log)
+	}
+}
+
+// swap puts conn in place and returns the old socket and its loop's done.
+func (r *router) swap(conn Conn, idx int) (Conn, chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old, done := r.conn, r.done
+	r.conn, r.done, r.index = conn, make(chan struct{}), idx
+	return old, done
+}
+
+func (r *router) loopDone() chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.done
+}
+
+// socket is the router's socket now.
+func (r *router) socket() Conn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.conn
 }
 
 // SetScript reports a tracked script's verdict (a script not reported yet
@@ -427,8 +529,11 @@ func (g *Group) attach(in *instance) (*router, error) {
 			return nil, err
 		}
 		r = &router{key: key, conn: conn, done: make(chan struct{}), byVRID: map[uint8]*instance{}, drops: map[DropReason]uint64{}}
+		if g.deps.Index != nil {
+			r.index, _ = g.deps.Index(key.ifname)
+		}
 		g.routers[key] = r
-		go r.readLoop(g.deps.Log)
+		go r.readLoop(conn, r.done, g.deps.Log)
 	}
 	r.mu.Lock()
 	r.byVRID[in.cfg.VRID] = in
@@ -464,17 +569,17 @@ func (g *Group) stop(name string) {
 	empty := len(r.byVRID) == 0
 	r.mu.Unlock()
 	if empty {
-		r.conn.Close()
-		<-r.done
+		r.socket().Close()
+		<-r.loopDone()
 		delete(g.routers, key)
 	}
 }
 
-func (r *router) readLoop(log *slog.Logger) {
-	defer close(r.done)
+func (r *router) readLoop(conn Conn, done chan struct{}, log *slog.Logger) {
+	defer close(done)
 	buf := make([]byte, 1500)
 	for {
-		n, src, dst, ttl, err := r.conn.ReadFrom(buf)
+		n, src, dst, ttl, err := conn.ReadFrom(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -681,6 +786,9 @@ func (a *actor) follow(now time.Time) {
 // force, its own or its sync group's, with the effective priority.
 func (a *actor) verdict() (fault string, prio uint8) {
 	own, prio := a.in.health(a.g)
+	if own == "" {
+		own = a.resolveSource()
+	}
 	a.in.mu.Lock()
 	changed := a.in.selfFault != own
 	a.in.selfFault = own
@@ -705,6 +813,34 @@ func (a *actor) verdict() (fault string, prio uint8) {
 		}
 	}
 	return "", prio
+}
+
+// resolveSource looks up the source address again (the interface may have
+// been renumbered) and follows it; without one the instance is FAULT, as
+// keepalived goes: a master must not go on holding the VIPs while its
+// adverts cannot leave.
+func (a *actor) resolveSource() string {
+	cfg := a.in.config()
+	if cfg.UnicastSrc.IsValid() || a.g.deps.Primary == nil {
+		return ""
+	}
+	notSource := cfg.VIPs
+	if cfg.Priority == PriorityOwner {
+		notSource = nil
+	}
+	src, err := a.g.deps.Primary(cfg.Interface, cfg.IPv6(), notSource)
+	if err != nil {
+		return "no source address: " + err.Error()
+	}
+	if src != a.src {
+		a.log.Info("VRRP: the source address changed", "was", a.src, "now", src)
+		a.src = src
+		a.m.SetPrimary(src)
+		a.in.mu.Lock()
+		a.in.source = src
+		a.in.mu.Unlock()
+	}
+	return ""
 }
 
 // syncMembers returns the other members of in's sync group.
@@ -830,7 +966,7 @@ func (a *actor) send(prio uint8) {
 		}
 	}
 	for _, dst := range dsts {
-		if err := a.r.conn.WriteTo(adv.Marshal(a.src, dst, !cfg.ChecksumAsV2), a.src, dst); err != nil {
+		if err := a.r.socket().WriteTo(adv.Marshal(a.src, dst, !cfg.ChecksumAsV2), a.src, dst); err != nil {
 			a.log.Warn("VRRP advert not sent", "to", dst, "err", err)
 			continue
 		}

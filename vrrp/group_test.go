@@ -254,3 +254,114 @@ func TestOwnerKeepsHostAddress(t *testing.T) {
 		t.Fatal("stopping the owner took the host's own address away")
 	}
 }
+
+// TestRenumberedMaster: the master's interface loses its address. It goes
+// FAULT (its VIP leaves with it) instead of holding the VIP while its
+// adverts cannot leave; with the new address it comes back and sends from
+// it. On main it stayed MASTER with the VIP: two masters once the backup
+// took over.
+func TestRenumberedMaster(t *testing.T) {
+	h := &vrrptest.Hub{}
+	vipP := netip.MustParsePrefix("192.0.2.100/24")
+	wire := vrrptest.NewNode(h, me)
+	var mu sync.Mutex
+	src, srcErr := me, error(nil)
+	changed := make(chan func(string), 1)
+	deps := wire.Deps(slog.New(slog.DiscardHandler))
+	deps.Primary = func(string, bool, []netip.Prefix) (netip.Addr, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return src, srcErr
+	}
+	deps.WatchAddrs = func(ctx context.Context, fn func(string)) error {
+		changed <- fn
+		<-ctx.Done()
+		return nil
+	}
+	g := vrrp.NewGroup(deps)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		g.Run(ctx, []vrrp.Config{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 150, Version: 3,
+			AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{vipP}}})
+		close(done)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	notify := <-changed
+	state := func() vrrp.InstanceStatus { return g.Status()[0] }
+	waitFor(t, "MASTER", func() bool { return len(g.Status()) == 1 && state().State == vrrp.Master })
+	mu.Lock()
+	src, srcErr = netip.Addr{}, errors.New("eth0 has no usable IPv4 address")
+	mu.Unlock()
+	notify("eth0")
+	waitFor(t, "FAULT without a source", func() bool { return state().State == vrrp.Fault })
+	if wire.Addrs.Holds(vipP) {
+		t.Fatal("the VIP stayed on a master without a source address")
+	}
+	renumbered := netip.MustParseAddr("192.0.2.21")
+	mu.Lock()
+	src, srcErr = renumbered, nil
+	mu.Unlock()
+	notify("eth0")
+	waitFor(t, "MASTER from the new address", func() bool {
+		s := state()
+		return s.State == vrrp.Master && s.Source == renumbered.String()
+	})
+}
+
+// TestRecreatedInterface: an interface deleted and made again has a new
+// index; its socket is opened again when it comes up (on main the socket
+// stayed bound to the old index and heard nothing: the backup became a
+// second master).
+func TestRecreatedInterface(t *testing.T) {
+	h := &vrrptest.Hub{}
+	wire := vrrptest.NewNode(h, me)
+	var mu sync.Mutex
+	index, opened := 7, 0
+	links := make(chan func(string, bool), 1)
+	deps := wire.Deps(slog.New(slog.DiscardHandler))
+	deps.Listen = func(string, bool) (vrrp.Conn, error) {
+		mu.Lock()
+		opened++
+		mu.Unlock()
+		return h.Listen(), nil
+	}
+	deps.Index = func(string) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return index, nil
+	}
+	deps.WatchLinks = func(ctx context.Context, fn func(string, bool)) error {
+		links <- fn
+		<-ctx.Done()
+		return nil
+	}
+	g := vrrp.NewGroup(deps)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		g.Run(ctx, []vrrp.Config{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 100, Version: 3,
+			AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}}})
+		close(done)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	link := <-links
+	waitFor(t, "running", func() bool { return len(g.Status()) == 1 && g.Status()[0].State != vrrp.Init })
+	link("eth0", false)
+	mu.Lock()
+	index = 8 // made again
+	mu.Unlock()
+	link("eth0", true)
+	waitFor(t, "the socket opened again", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return opened == 2
+	})
+	// It hears the master again on the new socket.
+	master := startNode(t, h, peer, vrrp.Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 150, Version: 3,
+		AdvertInt: 20 * time.Millisecond, Preempt: true, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}})
+	waitFor(t, "BACKUP following the master", func() bool {
+		s := g.Status()[0]
+		return master.status(t).State == vrrp.Master && s.State == vrrp.Backup && s.Master == peer.String()
+	})
+}

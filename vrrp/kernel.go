@@ -365,6 +365,41 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Prefix) (netip.Addr, 
 	return netip.Addr{}, fmt.Errorf("%s has no %s address to send adverts from", ifname, fam)
 }
 
+// WatchAddrs reports each interface whose addresses change to fn until
+// ctx ends.
+func WatchAddrs(ctx context.Context, fn func(ifname string)) error {
+	updates := make(chan netlink.AddrUpdate, 64)
+	done := make(chan struct{})
+	errc := make(chan error, 1)
+	opts := netlink.AddrSubscribeOptions{
+		ErrorCallback: func(err error) {
+			select {
+			case errc <- err:
+			default:
+			}
+		},
+	}
+	if err := netlink.AddrSubscribeWithOptions(updates, done, opts); err != nil {
+		return fmt.Errorf("subscribe to address changes: %w", err)
+	}
+	defer close(done)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return fmt.Errorf("address changes: %w", err)
+		case u, ok := <-updates:
+			if !ok {
+				return errors.New("address change subscription closed")
+			}
+			if ifi, err := net.InterfaceByIndex(u.LinkIndex); err == nil {
+				fn(ifi.Name)
+			}
+		}
+	}
+}
+
 // WatchLinks reports the operational state of every link (and each change)
 // to fn until ctx ends.
 func WatchLinks(ctx context.Context, fn func(ifname string, up bool)) error {
@@ -395,8 +430,8 @@ func WatchLinks(ctx context.Context, fn func(ifname string, up bool)) error {
 				return errors.New("link change subscription closed")
 			}
 			attrs := u.Attrs()
-			up := attrs.OperState == netlink.OperUp ||
-				attrs.OperState == netlink.OperUnknown && attrs.Flags&net.FlagUp != 0
+			up := u.Header.Type != unix.RTM_DELLINK && (attrs.OperState == netlink.OperUp ||
+				attrs.OperState == netlink.OperUnknown && attrs.Flags&net.FlagUp != 0)
 			fn(attrs.Name, up)
 		}
 	}

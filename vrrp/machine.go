@@ -371,6 +371,15 @@ func (m *Machine) Reconfigure(now time.Time, cfg Config) {
 	}
 }
 
+// SetPrimary changes the address adverts are sent from (the interface was
+// renumbered): it breaks ties and names a master here.
+func (m *Machine) SetPrimary(src netip.Addr) {
+	m.primary = src
+	if m.state == Master {
+		m.master = src
+	}
+}
+
 // SetPriority changes the effective priority (tracking). A master
 // advertises the new priority at once, so that a backup that now ranks
 // higher can preempt it without waiting. The owner's priority is fixed.

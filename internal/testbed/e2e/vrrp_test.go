@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -646,5 +647,71 @@ func TestVRRPAddressOwner(t *testing.T) {
 	}
 	if !scene.HasAddr(p.LB1, "192.0.2.100") {
 		t.Fatal("stopping the owner took the host's own address away")
+	}
+}
+
+// neverTwoMasters checks, for d, that lb1 and lb2 are never both MASTER.
+func (p *pair) neverTwoMasters(d time.Duration) {
+	p.t.Helper()
+	if err := lab.Throughout(d, func() error {
+		a, err := p.Instance(p.LB1)
+		if err != nil {
+			return err
+		}
+		b, err := p.Instance(p.LB2)
+		if err != nil {
+			return err
+		}
+		if a.State == "MASTER" && b.State == "MASTER" {
+			return errors.New("lb1 and lb2 are both MASTER")
+		}
+		return nil
+	}); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// TestVRRPRecreatedInterface: the backup's interface is deleted and made
+// again (a new index). Its socket is opened again: within 3 × advert_int
+// it is BACKUP and it stays so. On main its socket stayed bound to the
+// old interface: FAULT, BACKUP, then MASTER beside lb1.
+func TestVRRPRecreatedInterface(t *testing.T) {
+	p := newPair(t)
+	p.elect("", "")
+	p.LB2.IP("link", "del", "eth0")
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB2: vrrp.Fault})
+	p.Switch.Plug(p.LB2, "eth0", "192.0.2.12/24")
+	p.waitStates(300*time.Millisecond+2*time.Second, map[*lab.Host]vrrp.State{p.LB2: vrrp.Backup}) // link up, then 3 adverts
+	p.neverTwoMasters(3 * time.Second)
+	p.waitStates(time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Backup})
+	if in, err := p.Instance(p.LB2); err != nil || in.Master != "192.0.2.11" {
+		t.Fatalf("lb2 follows %+v, %v", in, err)
+	}
+}
+
+// TestVRRPRenumberedMaster: the master's address changes. It follows its
+// new address (FAULT for the moment it has none, its VIP leaving with it)
+// and is the only master again, advertising from the new address. On main
+// it stayed MASTER with the VIP while its adverts failed ("network is
+// unreachable"), and the backup took over: two masters.
+func TestVRRPRenumberedMaster(t *testing.T) {
+	p := newPair(t)
+	p.elect("", "")
+	p.LB1.IP("addr", "del", "192.0.2.11/24", "dev", "eth0")
+	p.LB1.AddAddr("eth0", "192.0.2.21/24")
+	if err := lab.Eventually(5*time.Second, func() error {
+		in, err := p.Instance(p.LB2)
+		if err != nil || in.State != "BACKUP" || in.Master != "192.0.2.21" {
+			return fmt.Errorf("lb2 %+v, %v", in, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p.neverTwoMasters(3 * time.Second)
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Backup})
+	p.owner(p.LB1, vip)
+	if in, err := p.Instance(p.LB1); err != nil || in.Source != "192.0.2.21" {
+		t.Fatalf("lb1 sends from %+v, %v", in, err)
 	}
 }
