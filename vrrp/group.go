@@ -32,6 +32,9 @@ type Deps struct {
 	// Index is an interface's index, to notice one deleted and made
 	// again (its socket must be opened again); nil: never.
 	Index func(ifname string) (int, error)
+	// MTU is an interface's MTU, which bounds the addresses an advert
+	// carries; nil (or 0): 1500.
+	MTU func(ifname string) int
 	// Notify is told of every transition, in order. It is called from the
 	// instance's event loop and must return at once (queue, don't run).
 	Notify func(instance string, t Transition)
@@ -59,6 +62,12 @@ func KernelDeps(log *slog.Logger) Deps {
 				return 0, err
 			}
 			return ifi.Index, nil
+		},
+		MTU: func(ifname string) int {
+			if ifi, err := net.InterfaceByName(ifname); err == nil {
+				return ifi.MTU
+			}
+			return 0
 		},
 		Now:        time.Now,
 		Log:        log,
@@ -251,17 +260,17 @@ func (a *actor) reconfigure(c Config) {
 	a.in.cfg = c
 	a.in.mu.Unlock()
 	now := a.g.deps.Now()
-	a.m.Reconfigure(now, c)
-	if a.held && !slices.Equal(old.VIPs, c.VIPs) {
+	a.m.Reconfigure(now, a.g.fitted(a.log, c))
+	if a.held && !slices.Equal(old.held(), c.held()) {
 		var added []netip.Addr
-		for _, p := range c.VIPs {
-			if !slices.Contains(old.VIPs, p) {
+		for _, p := range c.held() {
+			if !slices.Contains(old.held(), p) {
 				a.addVIP(p)
 				added = append(added, p.Addr())
 			}
 		}
-		for _, p := range old.VIPs {
-			if !slices.Contains(c.VIPs, p) {
+		for _, p := range old.held() {
+			if !slices.Contains(c.held(), p) {
 				a.removeVIP(p)
 			}
 		}
@@ -577,7 +586,7 @@ func (g *Group) stop(name string) {
 
 func (r *router) readLoop(conn Conn, done chan struct{}, log *slog.Logger) {
 	defer close(done)
-	buf := make([]byte, 1500)
+	buf := make([]byte, 65536) // a peer on a jumbo-frame link may send long adverts
 	for {
 		n, src, dst, ttl, err := conn.ReadFrom(buf)
 		if err != nil {
@@ -710,7 +719,7 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 	in.err, in.source = "", src
 	in.mu.Unlock()
 
-	m := NewMachine(in.cfg, src)
+	m := NewMachine(g.fitted(log, in.cfg), src)
 	a := &actor{in: in, g: g, r: r, m: m, src: src, log: log, added: map[netip.Prefix]bool{}}
 	// Addresses left by an earlier run that died (kill -9) are ours and
 	// must go until we are master again.
@@ -943,17 +952,38 @@ func (a *actor) applyEffects(e Effects, propagate bool) {
 	}
 }
 
-func (a *actor) vipAddrs() []netip.Addr {
-	out := make([]netip.Addr, len(a.in.cfg.VIPs))
-	for i, p := range a.in.cfg.VIPs {
+// advertised are the addresses adverts carry.
+func (a *actor) advertised() []netip.Addr { return addrsOf(a.m.cfg.VIPs) }
+
+func addrsOf(ps []netip.Prefix) []netip.Addr {
+	out := make([]netip.Addr, len(ps))
+	for i, p := range ps {
 		out[i] = p.Addr()
 	}
 	return out
 }
 
+// fitted is c as its Machine gets it, with the VIPs that do not fit an
+// advert on its link moved to the excluded ones, which is logged.
+func (g *Group) fitted(log *slog.Logger, c Config) Config {
+	mtu := 0
+	if g.deps.MTU != nil {
+		mtu = g.deps.MTU(c.Interface)
+	}
+	if mtu <= 0 {
+		mtu = 1500
+	}
+	f := c.fitted(mtu)
+	if len(f.VIPs) < len(c.VIPs) {
+		log.Warn("VRRP: not every virtual address fits an advert; the rest are held but not advertised (as virtual_ipaddress_excluded)",
+			"virtual_ipaddress", len(c.VIPs), "advertised", len(f.VIPs), "mtu", mtu)
+	}
+	return f
+}
+
 func (a *actor) send(prio uint8) {
 	cfg := &a.in.cfg
-	adv := Advert{Version: cfg.Version, VRID: cfg.VRID, Priority: prio, Interval: cfg.AdvertInt, Addrs: a.vipAddrs()}
+	adv := Advert{Version: cfg.Version, VRID: cfg.VRID, Priority: prio, Interval: cfg.AdvertInt, Addrs: a.advertised()}
 	if cfg.Version == 2 && cfg.AuthPass != "" {
 		adv.AuthType = AuthSimple
 		copy(adv.AuthData[:], cfg.AuthPass)
@@ -977,14 +1007,14 @@ func (a *actor) send(prio uint8) {
 }
 
 func (a *actor) addVIPs() {
-	for _, p := range a.in.cfg.VIPs {
+	for _, p := range a.in.cfg.held() {
 		a.addVIP(p)
 	}
 	a.held = true
 }
 
 func (a *actor) removeVIPs() {
-	for _, p := range a.in.cfg.VIPs {
+	for _, p := range a.in.cfg.held() {
 		a.removeVIP(p)
 	}
 	a.held = false
@@ -1013,7 +1043,7 @@ func (a *actor) removeVIP(p netip.Prefix) {
 }
 
 func (a *actor) announce() {
-	if err := a.g.deps.Announcer.Announce(a.in.cfg.Interface, a.vipAddrs(), a.in.cfg.GARPRepeat); err != nil {
+	if err := a.g.deps.Announcer.Announce(a.in.cfg.Interface, addrsOf(a.in.cfg.held()), a.in.cfg.GARPRepeat); err != nil {
 		a.log.Warn("VRRP: announcing the virtual addresses failed", "err", err)
 	}
 }

@@ -365,3 +365,49 @@ func TestRecreatedInterface(t *testing.T) {
 		return master.status(t).State == vrrp.Master && s.State == vrrp.Backup && s.Master == peer.String()
 	})
 }
+
+// TestManyVIPsFitTheAdvert: 100 IPv6 virtual addresses do not fit one
+// advert on a 1500-byte link. As keepalived, the master advertises those
+// that fit (90) and holds the rest unadvertised; the backup reads the
+// advert whole and follows it. On main the advert listed all 100 (1,608
+// bytes) and the peer truncated it: two masters.
+func TestManyVIPsFitTheAdvert(t *testing.T) {
+	h := &vrrptest.Hub{}
+	var vips []netip.Prefix
+	for i := range 100 {
+		vips = append(vips, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)}), 64))
+	}
+	c := func(prio uint8) vrrp.Config {
+		return vrrp.Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: prio, Version: 3,
+			AdvertInt: 20 * time.Millisecond, Preempt: true, VIPs: vips}
+	}
+	tap := h.Listen()
+	a := startNode(t, h, netip.MustParseAddr("fe80::11"), c(150))
+	b := startNode(t, h, netip.MustParseAddr("fe80::12"), c(100))
+	waitFor(t, "a MASTER, b BACKUP", func() bool {
+		return a.status(t).State == vrrp.Master && b.status(t).State == vrrp.Backup
+	})
+	for _, p := range vips {
+		if !a.addrs.Holds(p) {
+			t.Fatalf("the master does not hold %s", p)
+		}
+	}
+	buf := make([]byte, 65536)
+	for {
+		n, src, dst, _, err := tap.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		adv, _, reason := vrrp.Parse(buf[:n], src, dst)
+		if reason != "" || src != netip.MustParseAddr("fe80::11") {
+			continue
+		}
+		if len(adv.Addrs) != 90 || 40+n > 1500 {
+			t.Fatalf("an advert of %d addresses, %d bytes with its IPv6 header", len(adv.Addrs), 40+n)
+		}
+		break
+	}
+	if s := b.status(t); s.Drops[vrrp.DropLength] != 0 {
+		t.Fatalf("the backup dropped adverts: %v", s.Drops)
+	}
+}

@@ -56,6 +56,10 @@ type Config struct {
 	Preempt      bool
 	PreemptDelay time.Duration
 	VIPs         []netip.Prefix
+	// Excluded are held with the VIPs but never advertised (keepalived's
+	// virtual_ipaddress_excluded); VIPs that do not fit an advert on the
+	// link's MTU (or beyond 255) are held the same way.
+	Excluded []netip.Prefix
 	// UnicastPeers, when set, replace multicast and are the only accepted
 	// sources.
 	UnicastPeers []netip.Addr
@@ -101,6 +105,34 @@ type Track struct {
 
 // IPv6 reports whether the router carries IPv6 addresses.
 func (c *Config) IPv6() bool { return len(c.VIPs) > 0 && c.VIPs[0].Addr().Is6() }
+
+// held is every address the master holds: the advertised and the
+// excluded ones.
+func (c *Config) held() []netip.Prefix { return append(slices.Clip(c.VIPs), c.Excluded...) }
+
+// advertisable is how many addresses an advert carries on a link of mtu
+// bytes: what fits with the IP and VRRP headers (and v2's
+// authentication), at most 255, as keepalived counts.
+func advertisable(ipv6 bool, version, mtu int) int {
+	overhead, per := 20+8, 4
+	if ipv6 {
+		overhead, per = 40+8, 16
+	}
+	if version == 2 {
+		overhead += 8
+	}
+	return max(min((mtu-overhead)/per, 255), 1)
+}
+
+// fitted is c as its Machine sees it: the VIPs an advert on a link of mtu
+// bytes carries, the rest excluded.
+func (c Config) fitted(mtu int) Config {
+	if k := advertisable(c.IPv6(), c.Version, mtu); len(c.VIPs) > k {
+		c.Excluded = append(slices.Clone(c.VIPs[k:]), c.Excluded...)
+		c.VIPs = c.VIPs[:k]
+	}
+	return c
+}
 
 // Transition records a change of state.
 type Transition struct {

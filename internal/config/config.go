@@ -91,6 +91,9 @@ type VRRPInstance struct {
 	Preempt      bool           `json:"preempt"`
 	PreemptDelay time.Duration  `json:"preempt_delay"`
 	VIPs         []netip.Prefix `json:"virtual_ipaddress"`
+	// Excluded are held with the VIPs, never advertised (keepalived's
+	// virtual_ipaddress_excluded).
+	Excluded []netip.Prefix `json:"virtual_ipaddress_excluded,omitempty"`
 	// UnicastSrc is the zero Addr when the interface's primary address is used.
 	UnicastSrc   netip.Addr   `json:"unicast_src_ip,omitzero"`
 	UnicastPeers []netip.Addr `json:"unicast_peer"`
@@ -199,24 +202,24 @@ type HealthCheck struct {
 	Type string `json:"type"`
 	// ConnectIP and ConnectPort replace the real server's address or
 	// port when set.
-	ConnectIP        netip.Addr        `json:"connect_ip,omitzero"`
-	ConnectPort      uint16            `json:"connect_port,omitempty"`
-	BindTo           netip.Addr        `json:"bindto,omitzero"`
-	Interval         time.Duration     `json:"interval"`
-	Timeout          time.Duration     `json:"timeout"`
-	Retry            int               `json:"retry"`
-	DelayBeforeRetry time.Duration     `json:"delay_before_retry"`
-	Warmup           time.Duration     `json:"warmup"`
-	Rise             int               `json:"rise"`
-	Fall             int               `json:"fall"`
-	Alpha            bool              `json:"alpha"`
-	LogAllFailures   bool              `json:"log_all_failures"`
-	NotifyUp         []string          `json:"notify_up,omitempty"`
-	NotifyDown       []string          `json:"notify_down,omitempty"`
+	ConnectIP        netip.Addr    `json:"connect_ip,omitzero"`
+	ConnectPort      uint16        `json:"connect_port,omitempty"`
+	BindTo           netip.Addr    `json:"bindto,omitzero"`
+	Interval         time.Duration `json:"interval"`
+	Timeout          time.Duration `json:"timeout"`
+	Retry            int           `json:"retry"`
+	DelayBeforeRetry time.Duration `json:"delay_before_retry"`
+	Warmup           time.Duration `json:"warmup"`
+	Rise             int           `json:"rise"`
+	Fall             int           `json:"fall"`
+	Alpha            bool          `json:"alpha"`
+	LogAllFailures   bool          `json:"log_all_failures"`
+	NotifyUp         []string      `json:"notify_up,omitempty"`
+	NotifyDown       []string      `json:"notify_down,omitempty"`
 	// NotifyUpScript and NotifyDownScript name [[check_script]]s of the
 	// director: what a replicated virtual server uses instead.
-	NotifyUpScript   string `json:"notify_up_script,omitempty"`
-	NotifyDownScript string `json:"notify_down_script,omitempty"`
+	NotifyUpScript   string            `json:"notify_up_script,omitempty"`
+	NotifyDownScript string            `json:"notify_down_script,omitempty"`
 	Method           string            `json:"method,omitempty"`
 	Path             string            `json:"path,omitempty"`
 	Host             string            `json:"host,omitempty"`

@@ -238,3 +238,33 @@ address = "192.0.2.100:3306"
 		}
 	}
 }
+
+// virtual_ipaddress_excluded: held, never advertised, of the instance's
+// family, and no address twice.
+func TestExcludedAddresses(t *testing.T) {
+	base := `[node]
+name = "lb1"
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = 100
+virtual_ipaddress = ["192.0.2.100/24"]
+virtual_ipaddress_excluded = [%s]
+`
+	cfg, err := config.Parse("f.toml", []byte(fmt.Sprintf(base, `"192.0.2.101/24", "192.0.2.102"`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ex := cfg.VRRP[0].Excluded; len(ex) != 2 || ex[1].Bits() != 32 {
+		t.Fatalf("excluded %v", ex)
+	}
+	for _, tc := range []struct{ list, want string }{
+		{`"192.0.2.100"`, "f.toml:9: vrrp_instance[0].virtual_ipaddress_excluded[0]: 192.0.2.100 is already a virtual address"},
+		{`"2001:db8::1"`, "an instance carries one address family"},
+	} {
+		if _, err := config.Parse("f.toml", []byte(fmt.Sprintf(base, tc.list))); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v", tc.list, err)
+		}
+	}
+}

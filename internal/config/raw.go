@@ -65,6 +65,7 @@ type rawVRRP struct {
 	Preempt           *bool            `toml:"preempt"`
 	PreemptDelay      string           `toml:"preempt_delay"`
 	VirtualIPAddress  []string         `toml:"virtual_ipaddress"`
+	VirtualIPExcluded []string         `toml:"virtual_ipaddress_excluded"`
 	UnicastSrcIP      string           `toml:"unicast_src_ip"`
 	UnicastPeer       []string         `toml:"unicast_peer"`
 	AuthPass          string           `toml:"auth_pass"`

@@ -563,6 +563,24 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 			vips[pfx.Addr()] = seen{name: in.Name, path: vp}
 			in.VIPs = append(in.VIPs, pfx)
 		}
+		for j, s := range r.VirtualIPExcluded {
+			vp := at(p, "virtual_ipaddress_excluded", j)
+			pfx, err := parseVIP(s)
+			if err != nil {
+				v.add(vp, "%v", err)
+				continue
+			}
+			if len(in.VIPs) > 0 && pfx.Addr().Is4() != in.VIPs[0].Addr().Is4() {
+				v.add(vp, "%s: an instance carries one address family; put IPv4 and IPv6 in separate instances", s)
+				continue
+			}
+			if other, dup := vips[pfx.Addr()]; dup {
+				v.add(vp, "%s is already a virtual address of instance %q (line %d)", pfx.Addr(), other.name, v.pos.line(other.path...))
+				continue
+			}
+			vips[pfx.Addr()] = seen{name: in.Name, path: vp}
+			in.Excluded = append(in.Excluded, pfx)
+		}
 		if in.IPv6() && in.Version == 2 {
 			v.add(at(p, "version"), "IPv6 virtual addresses need VRRP version 3")
 		}

@@ -34,6 +34,8 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 			Preempt:      in.Preempt,
 			PreemptDelay: in.PreemptDelay,
 			VIPs:         in.VIPs,
+			Excluded:     in.Excluded,
+
 			UnicastPeers: in.UnicastPeers,
 			UnicastSrc:   in.UnicastSrc,
 			AuthPass:     in.AuthPass,

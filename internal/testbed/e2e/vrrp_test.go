@@ -715,3 +715,24 @@ func TestVRRPRenumberedMaster(t *testing.T) {
 		t.Fatalf("lb1 sends from %+v, %v", in, err)
 	}
 }
+
+// TestVRRPManyIPv6VIPs: 100 IPv6 virtual addresses elect one master: the
+// adverts carry the 90 that fit a 1500-byte link and the master holds all
+// 100. On main the advert of 1,608 bytes was truncated by the peer, which
+// dropped it and became a second master.
+func TestVRRPManyIPv6VIPs(t *testing.T) {
+	p := newPair(t)
+	var vips []string
+	for i := range 100 {
+		vips = append(vips, fmt.Sprintf("%q", fmt.Sprintf("2001:db8::%x/64", 0x100+i)))
+	}
+	line := "virtual_ipaddress = [" + strings.Join(vips, ", ") + "]"
+	p.elect(line, line)
+	p.neverTwoMasters(2 * time.Second)
+	for _, a := range []string{"2001:db8::100", "2001:db8::163"} {
+		p.owner(p.LB1, a)
+	}
+	if in, err := p.Instance(p.LB2); err != nil || len(in.Drops) != 0 || in.AdvertsReceived == 0 {
+		t.Fatalf("the backup: %+v, %v", in, err)
+	}
+}
