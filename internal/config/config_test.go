@@ -202,7 +202,7 @@ name = "C"
 interface = "eth0"
 virtual_router_id = 5
 advert_int = "15ms"
-virtual_ipaddress = ["2001:db8::1/64"]
+virtual_ipaddress = ["fe80::5/64", "2001:db8::1/64"]
 `, []string{
 			"f.toml:9: vrrp_instance[0].advert_int: 1.5s: VRRP version 2 advertises whole seconds only",
 			"f.toml:20: vrrp_instance[2].advert_int: 15ms: VRRP version 3 advertises in steps of 10ms",
@@ -217,6 +217,7 @@ unicast_peer = ["192.0.2.9", "bogus"]
 `, []string{
 			"f.toml:9: vrrp_instance[0].virtual_ipaddress[1]: 192.0.2.1: an instance carries one address family",
 			"f.toml:8: vrrp_instance[0].version: IPv6 virtual addresses need VRRP version 3",
+			"f.toml:9: vrrp_instance[0].virtual_ipaddress[0]: 2001:db8::1: the first IPv6 virtual address must be link-local (RFC 9568 §5.2.9)",
 			"f.toml:10: vrrp_instance[0].unicast_peer[0]: 192.0.2.9 is not of the instance's address family",
 			`f.toml:10: vrrp_instance[0].unicast_peer[1]: "bogus" is not an IP address`,
 		}},

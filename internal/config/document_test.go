@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -265,6 +266,38 @@ virtual_ipaddress_excluded = [%s]
 	} {
 		if _, err := config.Parse("f.toml", []byte(fmt.Sprintf(base, tc.list))); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v", tc.list, err)
+		}
+	}
+}
+
+// Unicast addresses: an IPv4 source on an IPv6 instance is refused; a
+// peer written with its zone (fe80::12%eth0) matches adverts, which
+// arrive without one; a zone that is not the instance's interface is
+// refused. On main the first was accepted and the second never matched.
+func TestUnicastAddresses(t *testing.T) {
+	base := `[node]
+name = "lb1"
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+priority = 100
+virtual_ipaddress = ["fe80::100/64", "2001:db8::100/64"]
+%s
+`
+	cfg, err := config.Parse("f.toml", []byte(fmt.Sprintf(base, `unicast_peer = ["fe80::12%eth0"]`+"\n"+`unicast_src_ip = "fe80::11%eth0"`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in := cfg.VRRP[0]; in.UnicastPeers[0].Zone() != "" || in.UnicastPeers[0] != netip.MustParseAddr("fe80::12") || in.UnicastSrc.Zone() != "" {
+		t.Fatalf("peers %v, source %v", in.UnicastPeers, in.UnicastSrc)
+	}
+	for _, tc := range []struct{ lines, want string }{
+		{`unicast_src_ip = "192.0.2.11"`, "vrrp_instance[0].unicast_src_ip: 192.0.2.11 is not of the instance's address family"},
+		{`unicast_peer = ["fe80::12%eth1"]`, "the zone must be the instance's interface, eth0"},
+	} {
+		if _, err := config.Parse("f.toml", []byte(fmt.Sprintf(base, tc.lines))); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v", tc.lines, err)
 		}
 	}
 }

@@ -584,12 +584,21 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 		if in.IPv6() && in.Version == 2 {
 			v.add(at(p, "version"), "IPv6 virtual addresses need VRRP version 3")
 		}
+		if in.IPv6() && !in.VIPs[0].Addr().IsLinkLocalUnicast() {
+			v.add(at(p, "virtual_ipaddress", 0), "%s: the first IPv6 virtual address must be link-local (RFC 9568 §5.2.9), such as \"fe80::%x/64\"; the global ones follow it",
+				in.VIPs[0].Addr(), in.VRID)
+		}
 		if r.UnicastSrcIP != "" {
 			a, err := netip.ParseAddr(r.UnicastSrcIP)
-			if err != nil {
+			switch {
+			case err != nil:
 				v.add(at(p, "unicast_src_ip"), "%q is not an IP address", r.UnicastSrcIP)
-			} else {
-				in.UnicastSrc = a
+			case len(in.VIPs) > 0 && a.Is4() != in.VIPs[0].Addr().Is4():
+				v.add(at(p, "unicast_src_ip"), "%s is not of the instance's address family", a)
+			case a.Zone() != "" && a.Zone() != in.Interface:
+				v.add(at(p, "unicast_src_ip"), "%s: the zone must be the instance's interface, %s", a, in.Interface)
+			default:
+				in.UnicastSrc = a.WithZone("") // adverts come and go on the instance's interface
 			}
 		}
 		peers := map[netip.Addr]bool{}
@@ -601,9 +610,14 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 				v.add(pp, "%q is not an IP address", s)
 			case len(in.VIPs) > 0 && a.Is4() != in.VIPs[0].Addr().Is4():
 				v.add(pp, "%s is not of the instance's address family", a)
-			case peers[a]:
+			case a.Zone() != "" && a.Zone() != in.Interface:
+				v.add(pp, "%s: the zone must be the instance's interface, %s", a, in.Interface)
+			case peers[a.WithZone("")]:
 				v.add(pp, "%s is listed twice", a)
 			default:
+				// The zone says which link; the instance has one. Adverts
+				// arrive without it, so it is dropped to compare.
+				a = a.WithZone("")
 				peers[a] = true
 				in.UnicastPeers = append(in.UnicastPeers, a)
 			}

@@ -120,7 +120,7 @@ func TestWiresharkAgrees(t *testing.T) {
 	}{
 		{"v3 IPv4", `version = 3`, "ip proto 112"},
 		{"v2 IPv4", "version = 2\nadvert_int = \"1s\"", "ip proto 112"},
-		{"v3 IPv6", `virtual_ipaddress = ["2001:db8::100/64"]`, "ip6 proto 112"},
+		{"v3 IPv6", `virtual_ipaddress = ["fe80::100/64", "2001:db8::100/64"]`, "ip6 proto 112"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPair(t)

@@ -205,7 +205,7 @@ func TestVRRPUnicast(t *testing.T) {
 
 func TestVRRPIPv6(t *testing.T) {
 	p := newPair(t)
-	six := `virtual_ipaddress = ["2001:db8::100/64"]`
+	six := `virtual_ipaddress = ["fe80::100/64", "2001:db8::100/64"]` // link-local first (RFC 9568 §5.2.9)
 	p.elect(six, six)
 	p.owner(p.LB1, "2001:db8::100")
 	in, _ := p.Instance(p.LB2)
@@ -722,14 +722,14 @@ func TestVRRPRenumberedMaster(t *testing.T) {
 // dropped it and became a second master.
 func TestVRRPManyIPv6VIPs(t *testing.T) {
 	p := newPair(t)
-	var vips []string
-	for i := range 100 {
+	vips := []string{`"fe80::100/64"`} // link-local first (RFC 9568 §5.2.9)
+	for i := range 99 {
 		vips = append(vips, fmt.Sprintf("%q", fmt.Sprintf("2001:db8::%x/64", 0x100+i)))
 	}
 	line := "virtual_ipaddress = [" + strings.Join(vips, ", ") + "]"
 	p.elect(line, line)
 	p.neverTwoMasters(2 * time.Second)
-	for _, a := range []string{"2001:db8::100", "2001:db8::163"} {
+	for _, a := range []string{"fe80::100", "2001:db8::162"} {
 		p.owner(p.LB1, a)
 	}
 	if in, err := p.Instance(p.LB2); err != nil || len(in.Drops) != 0 || in.AdvertsReceived == 0 {
