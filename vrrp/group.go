@@ -69,8 +69,8 @@ func KernelDeps(log *slog.Logger) Deps {
 			}
 			return 0
 		},
-		Now:        time.Now,
-		Log:        log,
+		Now: time.Now,
+		Log: log,
 	}
 }
 
@@ -453,19 +453,19 @@ func (in *instance) health(g *Group) (fault string, prio uint8) {
 	if held != "" {
 		return held, in.cfg.Priority
 	}
-	if !g.up(g.links, in.cfg.Interface) {
+	if !in.cfg.DontTrackPrimary && !g.up(g.links, in.cfg.Interface) {
 		return in.cfg.Interface + " is down", in.cfg.Priority
 	}
 	p := int(in.cfg.Priority)
 	for _, t := range in.cfg.Track {
-		up := g.up(g.links, t.Interface)
+		up := g.up(g.links, t.Interface) != t.Reverse
 		if !up && t.Weight == 0 {
 			return "tracked interface " + t.Interface + " is down", in.cfg.Priority
 		}
 		p += trackWeight(up, t.Weight)
 	}
 	for _, t := range in.cfg.TrackScripts {
-		ok := g.up(g.scripts, t.Name)
+		ok := g.up(g.scripts, t.Name) != t.Reverse
 		if !ok && t.Weight == 0 {
 			return "tracked script " + t.Name + " failed", in.cfg.Priority
 		}

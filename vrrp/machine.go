@@ -83,6 +83,19 @@ type Config struct {
 	GARPRepeat  int
 	GARPDelay   time.Duration
 	GARPRefresh time.Duration
+	// InitialMaster (keepalived's state MASTER) takes over at start rather
+	// than after Master_Down_Interval; a higher priority still wins.
+	InitialMaster bool
+	// DontTrackPrimary: the instance's own interface going down does not
+	// make it FAULT (keepalived's dont_track_primary).
+	DontTrackPrimary bool
+	// SkipCheckAdvAddr: adverts' address lists are not compared
+	// (keepalived's skip_check_adv_addr).
+	SkipCheckAdvAddr bool
+	// LowerPrioNoAdvert: a master hearing a lower priority does not answer
+	// with an advert (keepalived's lower_prio_no_advert); it still
+	// re-announces the addresses.
+	LowerPrioNoAdvert bool
 }
 
 // TrackScript is a check the router depends on: when it fails the router
@@ -90,8 +103,9 @@ type Config struct {
 // Weight is added to the priority while the check passes, a negative one
 // while it fails.
 type TrackScript struct {
-	Name   string
-	Weight int
+	Name    string
+	Weight  int
+	Reverse bool // success counts as failure (keepalived's reverse)
 }
 
 // Track is a link the router depends on: when it is down the router goes
@@ -101,6 +115,7 @@ type TrackScript struct {
 type Track struct {
 	Interface string
 	Weight    int
+	Reverse   bool // up counts as down (keepalived's reverse)
 }
 
 // IPv6 reports whether the router carries IPv6 addresses.
@@ -215,6 +230,9 @@ func (m *Machine) Start(now time.Time) Effects {
 	if m.priority == PriorityOwner {
 		return m.becomeMaster(now, "address owner (priority 255)")
 	}
+	if m.cfg.InitialMaster {
+		return m.becomeMaster(now, "state MASTER in the configuration")
+	}
 	m.masterAdverInt = m.cfg.AdvertInt
 	m.masterDown = now.Add(m.masterDownInterval())
 	m.master = netip.Addr{}
@@ -294,7 +312,7 @@ func (m *Machine) check(src netip.Addr, a *Advert) DropReason {
 		if a.Interval != m.cfg.AdvertInt {
 			return DropInterval
 		}
-		if a.Priority != PriorityOwner && !m.sameAddrs(a.Addrs) {
+		if a.Priority != PriorityOwner && !m.cfg.SkipCheckAdvAddr && !m.sameAddrs(a.Addrs) {
 			return DropAddrList
 		}
 	}
@@ -329,7 +347,7 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 		return Effects{}, r
 	}
 	e, r := m.receive(now, src, a)
-	e.AddrListMismatch = a.Version == 3 && a.Priority != PriorityOwner && !m.sameAddrs(a.Addrs)
+	e.AddrListMismatch = a.Version == 3 && a.Priority != PriorityOwner && !m.cfg.SkipCheckAdvAddr && !m.sameAddrs(a.Addrs)
 	return e, r
 }
 
@@ -383,6 +401,9 @@ func (m *Machine) receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 		// Another master with lower priority: a partition has healed or a
 		// peer missed us. Assert ourselves at once so it steps down and
 		// the switches relearn where the addresses are.
+		if m.cfg.LowerPrioNoAdvert {
+			return Effects{GARP: true}, ""
+		}
 		m.adverDue = now.Add(m.cfg.AdvertInt)
 		return Effects{Send: true, SendPriority: m.priority, GARP: true}, ""
 	}

@@ -192,3 +192,57 @@ func TestPreemptDelayAfterPriorityRise(t *testing.T) {
 	}
 	t.Fatal("never preempted")
 }
+
+// keepalived's instance keys that change the state machine: state MASTER
+// takes over at start; lower_prio_no_advert keeps a master quiet (but
+// announcing) when it hears a lower priority; skip_check_adv_addr
+// accepts a v2 advert listing other addresses.
+func TestKeepalivedInstanceKeys(t *testing.T) {
+	m := NewMachine(cfg(100, func(c *Config) { c.InitialMaster = true }), me)
+	if e := m.Start(t0); e.Transition == nil || e.Transition.To != Master || !e.Send {
+		t.Fatalf("state MASTER at start: %+v", e)
+	}
+	// A higher priority still wins.
+	if e, _ := m.Receive(at(time.Second), peer, adv(150)); e.Transition == nil || e.Transition.To != Backup {
+		t.Fatalf("state MASTER against a higher priority: %+v", e)
+	}
+
+	quiet := NewMachine(cfg(150, func(c *Config) { c.LowerPrioNoAdvert = true }), me)
+	quiet.Start(t0)
+	quiet.Tick(at(4 * time.Second))
+	mustState(t, quiet, Master)
+	if e, _ := quiet.Receive(at(5*time.Second), lowIP, adv(50)); e.Send || !e.GARP {
+		t.Fatalf("lower_prio_no_advert: %+v", e)
+	}
+
+	v2 := func(c *Config) { c.Version = 2 }
+	other := adv(150, func(a *Advert) { a.Version = 2; a.Addrs = []netip.Addr{netip.MustParseAddr("192.0.2.200")} })
+	if _, drop := NewMachine(cfg(100, v2), me).Receive(at(time.Second), peer, other); drop != DropAddrList {
+		t.Fatalf("v2 address list checked: %q", drop)
+	}
+	skip := NewMachine(cfg(100, v2, func(c *Config) { c.SkipCheckAdvAddr = true }), me)
+	skip.Start(t0)
+	if _, drop := skip.Receive(at(time.Second), peer, other); drop != "" {
+		t.Fatalf("skip_check_adv_addr: dropped %q", drop)
+	}
+}
+
+// Reverse inverts a tracked interface or script; dont_track_primary
+// ignores the instance's own interface.
+func TestTrackReverseAndPrimary(t *testing.T) {
+	g := NewGroup(Deps{})
+	g.links = map[string]bool{"eth0": false, "eth1": true}
+	g.scripts = map[string]bool{"chk": false}
+	in := &instance{cfg: Config{Interface: "eth0", Priority: 100, DontTrackPrimary: true,
+		Track:        []Track{{Interface: "eth1", Weight: -20, Reverse: true}},
+		TrackScripts: []TrackScript{{Name: "chk", Weight: 30, Reverse: true}}}}
+	// eth0 down is ignored; eth1 up counts as down (-20); chk failing
+	// counts as passing (+30).
+	if fault, prio := in.health(g); fault != "" || prio != 110 {
+		t.Fatalf("fault %q, priority %d", fault, prio)
+	}
+	in.cfg.DontTrackPrimary = false
+	if fault, _ := in.health(g); fault != "eth0 is down" {
+		t.Fatalf("without dont_track_primary: %q", fault)
+	}
+}

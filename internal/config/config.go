@@ -106,6 +106,17 @@ type VRRPInstance struct {
 	TrackInterfaces   []TrackInterface `json:"track_interface"`
 	TrackScripts      []TrackScript    `json:"track_script"`
 	Notify            Notify           `json:"notify"`
+	// InitialMaster: keepalived's state MASTER, which takes over at start
+	// without waiting for Master_Down_Interval.
+	InitialMaster bool `json:"initial_master,omitempty"`
+	// DontTrackPrimary: the instance's own interface going down does not
+	// make it FAULT.
+	DontTrackPrimary bool `json:"dont_track_primary,omitempty"`
+	// SkipCheckAdvAddr: adverts' address lists are not compared.
+	SkipCheckAdvAddr bool `json:"skip_check_adv_addr,omitempty"`
+	// LowerPrioNoAdvert: a master hearing a lower priority sends no
+	// advert in answer (the RFC's behaviour).
+	LowerPrioNoAdvert bool `json:"lower_prio_no_advert,omitempty"`
 }
 
 // TrackInterface is another link the instance depends on: down means
@@ -113,6 +124,8 @@ type VRRPInstance struct {
 type TrackInterface struct {
 	Interface string `json:"interface"`
 	Weight    int    `json:"weight"`
+	// Reverse inverts it: up counts as down (keepalived's "reverse").
+	Reverse bool `json:"reverse,omitempty"`
 }
 
 // SyncGroup is a set of instances that change state together
@@ -127,6 +140,8 @@ type SyncGroup struct {
 type TrackScript struct {
 	Name   string `json:"name"`
 	Weight int    `json:"weight"`
+	// Reverse inverts it: success counts as failure.
+	Reverse bool `json:"reverse,omitempty"`
 }
 
 // VRRPScript is a check program run periodically (keepalived's

@@ -285,7 +285,7 @@ interface = "eth0"
 virtual_router_id = 5
 virtual_ipaddress = ["192.0.2.1"]
 track_interface = [{ ifname = "eth1" }]
-`, []string{`f.toml:9: vrrp_instance.track_interface: unknown key "ifname" (use interface and weight)`}},
+`, []string{`f.toml:9: vrrp_instance.track_interface: unknown key "ifname" (use interface, weight and reverse)`}},
 		{"sync groups", minimal + `[[vrrp_instance]]
 name = "A"
 interface = "eth0"

@@ -301,3 +301,42 @@ virtual_ipaddress = ["fe80::100/64", "2001:db8::100/64"]
 		}
 	}
 }
+
+// keepalived's instance keys read as keepalived spells them.
+func TestKeepalivedInstanceKeysParse(t *testing.T) {
+	cfg, err := config.Parse("f.toml", []byte(`[node]
+name = "lb1"
+[[vrrp_script]]
+name = "chk"
+script = ["/bin/true"]
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+state = "master"
+mcast_src_ip = "192.0.2.11"
+dont_track_primary = true
+skip_check_adv_addr = true
+lower_prio_no_advert = true
+virtual_ipaddress = ["192.0.2.100/24"]
+track_interface = [{ interface = "eth1", weight = -20, reverse = true }]
+track_script = [{ name = "chk", weight = 10, reverse = true }]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := cfg.VRRP[0]
+	if !in.InitialMaster || in.UnicastSrc != netip.MustParseAddr("192.0.2.11") || !in.DontTrackPrimary || !in.SkipCheckAdvAddr ||
+		!in.LowerPrioNoAdvert || !in.TrackInterfaces[0].Reverse || !in.TrackScripts[0].Reverse {
+		t.Fatalf("instance %+v", in)
+	}
+	for _, tc := range []struct{ line, want string }{
+		{`state = "FAULT"`, `vrrp_instance[0].state: "FAULT" is not one of MASTER, BACKUP`},
+		{"mcast_src_ip = \"192.0.2.11\"\nunicast_src_ip = \"192.0.2.12\"", "give one source"},
+	} {
+		_, err := config.Parse("f.toml", []byte("[node]\nname = \"lb1\"\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nvirtual_ipaddress = [\"192.0.2.100/24\"]\n"+tc.line+"\n"))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v", tc.line, err)
+		}
+	}
+}

@@ -81,13 +81,19 @@ type rawVRRP struct {
 	NotifyStop        []string         `toml:"notify_stop"`
 	Notify            []string         `toml:"notify"`
 	NotifyTimeout     string           `toml:"notify_timeout"`
+	State             string           `toml:"state"`
+	McastSrcIP        string           `toml:"mcast_src_ip"`
+	DontTrackPrimary  *bool            `toml:"dont_track_primary"`
+	SkipCheckAdvAddr  *bool            `toml:"skip_check_adv_addr"`
+	LowerPrioNoAdvert *bool            `toml:"lower_prio_no_advert"`
 }
 
 // rawTrack is a tracked interface or script: "eth1" or
 // { interface = "eth1", weight = -10 } (track_script: { name = ..., weight = ... }).
 type rawTrack struct {
-	Name   string
-	Weight *int
+	Name    string
+	Weight  *int
+	Reverse bool
 }
 
 // rawTrackIf and rawTrackScript differ only in the key naming the target.
@@ -120,8 +126,14 @@ func (t *rawTrack) decode(v any, key string) error {
 				}
 				w := int(n)
 				t.Weight = &w
+			case "reverse":
+				b, ok := val.(bool)
+				if !ok {
+					return fmt.Errorf("reverse must be true or false")
+				}
+				t.Reverse = b
 			default:
-				return fmt.Errorf("unknown key %q (use %s and weight)", k, key)
+				return fmt.Errorf("unknown key %q (use %s, weight and reverse)", k, key)
 			}
 		}
 	default:

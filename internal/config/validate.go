@@ -588,15 +588,27 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 			v.add(at(p, "virtual_ipaddress", 0), "%s: the first IPv6 virtual address must be link-local (RFC 9568 §5.2.9), such as \"fe80::%x/64\"; the global ones follow it",
 				in.VIPs[0].Addr(), in.VRID)
 		}
-		if r.UnicastSrcIP != "" {
+		in.InitialMaster = v.oneOf(at(p, "state"), strings.ToUpper(r.State), "BACKUP", "MASTER", "BACKUP") == "MASTER"
+		in.DontTrackPrimary = r.DontTrackPrimary != nil && *r.DontTrackPrimary
+		in.SkipCheckAdvAddr = r.SkipCheckAdvAddr != nil && *r.SkipCheckAdvAddr
+		in.LowerPrioNoAdvert = r.LowerPrioNoAdvert != nil && *r.LowerPrioNoAdvert
+		srcKey, srcText := "unicast_src_ip", r.UnicastSrcIP
+		switch {
+		case r.McastSrcIP != "" && r.UnicastSrcIP != "" && r.McastSrcIP != r.UnicastSrcIP:
+			v.add(at(p, "mcast_src_ip"), "give one source: mcast_src_ip and unicast_src_ip differ")
+		case r.McastSrcIP != "":
+			srcKey, srcText = "mcast_src_ip", r.McastSrcIP // keepalived's name for the same source
+		}
+		if srcText != "" {
+			r.UnicastSrcIP = srcText
 			a, err := netip.ParseAddr(r.UnicastSrcIP)
 			switch {
 			case err != nil:
-				v.add(at(p, "unicast_src_ip"), "%q is not an IP address", r.UnicastSrcIP)
+				v.add(at(p, srcKey), "%q is not an IP address", r.UnicastSrcIP)
 			case len(in.VIPs) > 0 && a.Is4() != in.VIPs[0].Addr().Is4():
-				v.add(at(p, "unicast_src_ip"), "%s is not of the instance's address family", a)
+				v.add(at(p, srcKey), "%s is not of the instance's address family", a)
 			case a.Zone() != "" && a.Zone() != in.Interface:
-				v.add(at(p, "unicast_src_ip"), "%s: the zone must be the instance's interface, %s", a, in.Interface)
+				v.add(at(p, srcKey), "%s: the zone must be the instance's interface, %s", a, in.Interface)
 			default:
 				in.UnicastSrc = a.WithZone("") // adverts come and go on the instance's interface
 			}
@@ -656,6 +668,7 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 			in.TrackInterfaces = append(in.TrackInterfaces, TrackInterface{
 				Interface: ti.Name,
 				Weight:    v.intIn(tp, ti.Weight, 0, -253, 253),
+				Reverse:   ti.Reverse,
 			})
 		}
 		trackedScripts := map[string]bool{}
@@ -672,8 +685,9 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 			}
 			trackedScripts[ts.Name] = true
 			in.TrackScripts = append(in.TrackScripts, TrackScript{
-				Name:   ts.Name,
-				Weight: v.intIn(tp, ts.Weight, scripts[i].Weight, -253, 253),
+				Name:    ts.Name,
+				Weight:  v.intIn(tp, ts.Weight, scripts[i].Weight, -253, 253),
+				Reverse: ts.Reverse,
 			})
 		}
 		in.Notify = Notify{

@@ -46,6 +46,11 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 			GARPRepeat:   in.GARPMasterRepeat,
 			GARPDelay:    in.GARPMasterDelay,
 			GARPRefresh:  in.GARPMasterRefresh,
+
+			InitialMaster:     in.InitialMaster,
+			DontTrackPrimary:  in.DontTrackPrimary,
+			SkipCheckAdvAddr:  in.SkipCheckAdvAddr,
+			LowerPrioNoAdvert: in.LowerPrioNoAdvert,
 		})
 	}
 	return out
@@ -54,7 +59,7 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 func tracks(ts []config.TrackInterface) []vrrp.Track {
 	var out []vrrp.Track
 	for _, t := range ts {
-		out = append(out, vrrp.Track{Interface: t.Interface, Weight: t.Weight})
+		out = append(out, vrrp.Track{Interface: t.Interface, Weight: t.Weight, Reverse: t.Reverse})
 	}
 	return out
 }
@@ -62,7 +67,7 @@ func tracks(ts []config.TrackInterface) []vrrp.Track {
 func trackScripts(ts []config.TrackScript) []vrrp.TrackScript {
 	var out []vrrp.TrackScript
 	for _, t := range ts {
-		out = append(out, vrrp.TrackScript{Name: t.Name, Weight: t.Weight})
+		out = append(out, vrrp.TrackScript{Name: t.Name, Weight: t.Weight, Reverse: t.Reverse})
 	}
 	return out
 }
