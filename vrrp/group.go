@@ -430,11 +430,17 @@ func (g *Group) changed(inputs map[string]bool, name string, up bool, dependsOn 
 }
 
 // up reports an input's state; one not heard of yet counts as up.
-func (g *Group) up(inputs map[string]bool, name string) bool {
+func (g *Group) up(inputs map[string]bool, name string) bool { return g.upOr(inputs, name, true) }
+
+// upOr reports an input's state, or unknown when it is not heard of yet.
+func (g *Group) upOr(inputs map[string]bool, name string, unknown bool) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	up, known := inputs[name]
-	return !known || up
+	if !known {
+		return unknown
+	}
+	return up
 }
 
 func (in *instance) config() Config {
@@ -457,15 +463,18 @@ func (in *instance) health(g *Group) (fault string, prio uint8) {
 		return in.cfg.Interface + " is down", in.cfg.Priority
 	}
 	p := int(in.cfg.Priority)
+	// init_fail: what has not reported yet counts as down, so that the
+	// instance starts in FAULT until its tracking says otherwise.
+	unknown := !in.cfg.InitFail
 	for _, t := range in.cfg.Track {
-		up := g.up(g.links, t.Interface) != t.Reverse
+		up := g.upOr(g.links, t.Interface, unknown) != t.Reverse
 		if !up && t.Weight == 0 {
 			return "tracked interface " + t.Interface + " is down", in.cfg.Priority
 		}
 		p += trackWeight(up, t.Weight)
 	}
 	for _, t := range in.cfg.TrackScripts {
-		ok := g.up(g.scripts, t.Name) != t.Reverse
+		ok := g.upOr(g.scripts, t.Name, unknown) != t.Reverse
 		if !ok && t.Weight == 0 {
 			return "tracked script " + t.Name + " failed", in.cfg.Priority
 		}
@@ -929,9 +938,20 @@ func (a *actor) applyEffects(e Effects, propagate bool) {
 		a.removeVIPs()
 	}
 	if e.GARP {
-		a.announce()
-		if cfg.GARPDelay > 0 {
-			a.garpDelay = time.After(cfg.GARPDelay)
+		repeat, delay := cfg.GARPRepeat, cfg.GARPDelay
+		if e.LowerPrio {
+			// keepalived's garp_lower_prio_*: a lower priority heard
+			// means a peer (or its hosts) may have the addresses wrong.
+			if cfg.GARPLowerPrioRepeat > 0 {
+				repeat = cfg.GARPLowerPrioRepeat
+			}
+			if cfg.GARPLowerPrioDelay > 0 {
+				delay = cfg.GARPLowerPrioDelay
+			}
+		}
+		a.announceN(repeat)
+		if delay > 0 {
+			a.garpDelay = time.After(delay)
 		}
 		if cfg.GARPRefresh > 0 && a.garpRefresh == nil {
 			a.garpRefresh = time.After(cfg.GARPRefresh)
@@ -1042,8 +1062,10 @@ func (a *actor) removeVIP(p netip.Prefix) {
 	delete(a.added, p)
 }
 
-func (a *actor) announce() {
-	if err := a.g.deps.Announcer.Announce(a.in.cfg.Interface, addrsOf(a.in.cfg.held()), a.in.cfg.GARPRepeat); err != nil {
+func (a *actor) announce() { a.announceN(a.in.cfg.GARPRepeat) }
+
+func (a *actor) announceN(repeat int) {
+	if err := a.g.deps.Announcer.Announce(a.in.cfg.Interface, addrsOf(a.in.cfg.held()), repeat); err != nil {
 		a.log.Warn("VRRP: announcing the virtual addresses failed", "err", err)
 	}
 }

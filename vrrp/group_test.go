@@ -411,3 +411,19 @@ func TestManyVIPsFitTheAdvert(t *testing.T) {
 		t.Fatalf("the backup dropped adverts: %v", s.Drops)
 	}
 }
+
+// garp_lower_prio_repeat: a master that hears a lower priority announces
+// its addresses with that many gratuitous ARPs.
+func TestGARPLowerPrio(t *testing.T) {
+	h := &vrrptest.Hub{}
+	c := vrrp.Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 150, Version: 3, AdvertInt: 20 * time.Millisecond,
+		Preempt: true, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}, GARPRepeat: 1, GARPLowerPrioRepeat: 5}
+	a := startNode(t, h, me, c)
+	waitFor(t, "MASTER", func() bool { return a.status(t).State == vrrp.Master })
+	if r := a.ann.LastRepeat(); r != 1 {
+		t.Fatalf("becoming master: %d GARPs", r)
+	}
+	low := (&vrrp.Advert{Version: 3, VRID: 51, Priority: 50, Interval: 20 * time.Millisecond, Addrs: []netip.Addr{vip1}}).Marshal(lowIP, vrrp.GroupIPv4, true)
+	h.Inject(vrrptest.Packet{B: low, Src: lowIP, Dst: vrrp.GroupIPv4, TTL: 255}, nil)
+	waitFor(t, "the lower-priority burst", func() bool { return a.ann.LastRepeat() == 5 })
+}

@@ -83,6 +83,10 @@ type Config struct {
 	GARPRepeat  int
 	GARPDelay   time.Duration
 	GARPRefresh time.Duration
+	// GARPLowerPrioRepeat and GARPLowerPrioDelay replace them when a
+	// master hears a lower priority (0: the same as above).
+	GARPLowerPrioRepeat int
+	GARPLowerPrioDelay  time.Duration
 	// InitialMaster (keepalived's state MASTER) takes over at start rather
 	// than after Master_Down_Interval; a higher priority still wins.
 	InitialMaster bool
@@ -92,6 +96,10 @@ type Config struct {
 	// SkipCheckAdvAddr: adverts' address lists are not compared
 	// (keepalived's skip_check_adv_addr).
 	SkipCheckAdvAddr bool
+	// InitFail: tracked interfaces and scripts that have not reported yet
+	// count as down, so the instance starts in FAULT (keepalived's
+	// init_fail).
+	InitFail bool
 	// LowerPrioNoAdvert: a master hearing a lower priority does not answer
 	// with an advert (keepalived's lower_prio_no_advert); it still
 	// re-announces the addresses.
@@ -168,6 +176,9 @@ type Effects struct {
 	// Transition is set when the state changed: entering Master means add
 	// the addresses, leaving it means remove them.
 	Transition *Transition
+	// LowerPrio: the master heard a lower priority (its GARP is
+	// garp_lower_prio_*'s).
+	LowerPrio bool
 	// AddrListMismatch: a v3 advert listed other addresses than ours. It
 	// was processed (RFC 9568 §7.1), and is to be counted and logged.
 	AddrListMismatch bool
@@ -402,10 +413,10 @@ func (m *Machine) receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 		// peer missed us. Assert ourselves at once so it steps down and
 		// the switches relearn where the addresses are.
 		if m.cfg.LowerPrioNoAdvert {
-			return Effects{GARP: true}, ""
+			return Effects{GARP: true, LowerPrio: true}, ""
 		}
 		m.adverDue = now.Add(m.cfg.AdvertInt)
-		return Effects{Send: true, SendPriority: m.priority, GARP: true}, ""
+		return Effects{Send: true, SendPriority: m.priority, GARP: true, LowerPrio: true}, ""
 	}
 	return Effects{}, ""
 }

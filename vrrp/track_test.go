@@ -246,3 +246,22 @@ func TestTrackReverseAndPrimary(t *testing.T) {
 		t.Fatalf("without dont_track_primary: %q", fault)
 	}
 }
+
+// init_fail: a tracked script that has not reported yet counts as failed,
+// so the instance starts in FAULT; without it, as passing.
+func TestInitFail(t *testing.T) {
+	g := NewGroup(Deps{})
+	in := &instance{cfg: Config{Interface: "eth0", Priority: 100, InitFail: true, TrackScripts: []TrackScript{{Name: "chk"}}}}
+	if fault, _ := in.health(g); fault == "" {
+		t.Fatal("init_fail: a script not run yet is not a FAULT")
+	}
+	g.scripts["chk"] = true
+	if fault, _ := in.health(g); fault != "" {
+		t.Fatalf("after the script passed: %q", fault)
+	}
+	delete(g.scripts, "chk")
+	in.cfg.InitFail = false
+	if fault, _ := in.health(g); fault != "" {
+		t.Fatalf("without init_fail: %q", fault)
+	}
+}

@@ -114,6 +114,12 @@ type VRRPInstance struct {
 	DontTrackPrimary bool `json:"dont_track_primary,omitempty"`
 	// SkipCheckAdvAddr: adverts' address lists are not compared.
 	SkipCheckAdvAddr bool `json:"skip_check_adv_addr,omitempty"`
+	// GARPLowerPrioRepeat and GARPLowerPrioDelay: the GARP bursts when a
+	// master hears a lower priority (0: garp_master_repeat/_delay).
+	GARPLowerPrioRepeat int           `json:"garp_lower_prio_repeat,omitempty"`
+	GARPLowerPrioDelay  time.Duration `json:"garp_lower_prio_delay,omitempty"`
+	// InitFail: tracking not reported yet counts as down (start in FAULT).
+	InitFail bool `json:"init_fail,omitempty"`
 	// LowerPrioNoAdvert: a master hearing a lower priority sends no
 	// advert in answer (the RFC's behaviour).
 	LowerPrioNoAdvert bool `json:"lower_prio_no_advert,omitempty"`

@@ -86,6 +86,9 @@ type rawVRRP struct {
 	DontTrackPrimary  *bool            `toml:"dont_track_primary"`
 	SkipCheckAdvAddr  *bool            `toml:"skip_check_adv_addr"`
 	LowerPrioNoAdvert *bool            `toml:"lower_prio_no_advert"`
+	InitFail          *bool            `toml:"init_fail"`
+	GARPLowerRepeat   *int             `toml:"garp_lower_prio_repeat"`
+	GARPLowerDelay    string           `toml:"garp_lower_prio_delay"`
 }
 
 // rawTrack is a tracked interface or script: "eth1" or

@@ -592,6 +592,9 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 		in.DontTrackPrimary = r.DontTrackPrimary != nil && *r.DontTrackPrimary
 		in.SkipCheckAdvAddr = r.SkipCheckAdvAddr != nil && *r.SkipCheckAdvAddr
 		in.LowerPrioNoAdvert = r.LowerPrioNoAdvert != nil && *r.LowerPrioNoAdvert
+		in.InitFail = r.InitFail != nil && *r.InitFail
+		in.GARPLowerPrioRepeat = v.intIn(at(p, "garp_lower_prio_repeat"), r.GARPLowerRepeat, 0, 0, 100)
+		in.GARPLowerPrioDelay = v.duration(at(p, "garp_lower_prio_delay"), r.GARPLowerDelay, 0, 0, time.Hour)
 		srcKey, srcText := "unicast_src_ip", r.UnicastSrcIP
 		switch {
 		case r.McastSrcIP != "" && r.UnicastSrcIP != "" && r.McastSrcIP != r.UnicastSrcIP:

@@ -51,6 +51,10 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 			DontTrackPrimary:  in.DontTrackPrimary,
 			SkipCheckAdvAddr:  in.SkipCheckAdvAddr,
 			LowerPrioNoAdvert: in.LowerPrioNoAdvert,
+			InitFail:          in.InitFail,
+
+			GARPLowerPrioRepeat: in.GARPLowerPrioRepeat,
+			GARPLowerPrioDelay:  in.GARPLowerPrioDelay,
 		})
 	}
 	return out

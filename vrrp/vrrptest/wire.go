@@ -116,17 +116,26 @@ func (f *Addrs) Holds(p netip.Prefix) bool {
 
 // Announcer counts announcements.
 type Announcer struct {
-	mu    sync.Mutex
-	count int
+	mu     sync.Mutex
+	count  int
+	repeat int
 }
 
 var _ vrrp.Announcer = (*Announcer)(nil)
 
-func (f *Announcer) Announce(string, []netip.Addr, int) error {
+func (f *Announcer) Announce(_ string, _ []netip.Addr, repeat int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.count++
+	f.repeat = repeat
 	return nil
+}
+
+// LastRepeat is the repeat count of the latest announcement.
+func (f *Announcer) LastRepeat() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.repeat
 }
 
 // Count is the number of announcements made.
