@@ -303,7 +303,8 @@ func run(bin string, runs, fullRuns, big int, out string, targets *report.Target
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Cluster replication (`make bench-cluster`)\n\n")
-	fmt.Fprintf(&b, "Measured %s on %s. Two directors (nftables data plane) replicate their table with Raft;\n", time.Now().UTC().Format("2006-01-02"), report.Machine())
+	fmt.Fprintf(&b, "Measured %s on %s. Two directors (nftables data plane) replicate their table with Raft\n", time.Now().UTC().Format("2006-01-02"), report.Machine())
+	fmt.Fprintf(&b, "over mutual TLS (each with a key pair from the bench's own CA, as `directorctl cluster certs` makes them);\n")
 	fmt.Fprintf(&b, "`directorctl apply -f FILE` runs on the follower (which forwards to the leader). The time runs from\n")
 	fmt.Fprintf(&b, "starting directorctl until both directors have reconciled their kernel table (the daemons' log,\n")
 	fmt.Fprintf(&b, "millisecond timestamps); \"committed\" is when directorctl returned. The anchor is the same change\n")
