@@ -59,6 +59,9 @@ type Node struct {
 	// ScriptSecurity refuses a program that a user other than root could
 	// change (keepalived's enable_script_security); on by default.
 	ScriptSecurity bool `json:"enable_script_security"`
+	// VRRPStartupDelay holds VRRP back after the daemon starts
+	// (keepalived's vrrp_startup_delay).
+	VRRPStartupDelay time.Duration `json:"vrrp_startup_delay,omitempty"`
 }
 
 type Dataplane struct {

@@ -36,6 +36,7 @@ type rawNode struct {
 	Role          string `toml:"role"`
 	ScriptUser    string `toml:"script_user"`
 	ScriptSecure  *bool  `toml:"enable_script_security"`
+	VRRPStartup   string `toml:"vrrp_startup_delay"`
 }
 
 type rawDataplane struct {

@@ -252,6 +252,7 @@ func (v *validator) node(r *rawNode) Node {
 	n.LogFormat = v.oneOf(at(p, "log_format"), r.LogFormat, "text", "text", "json")
 	n.LogLevel = v.oneOf(at(p, "log_level"), r.LogLevel, "info", "debug", "info", "warn", "error")
 	n.ScriptSecurity = r.ScriptSecure == nil || *r.ScriptSecure
+	n.VRRPStartupDelay = v.duration(at(p, "vrrp_startup_delay"), r.VRRPStartup, 0, 0, time.Hour)
 	v.scriptSecurity = n.ScriptSecurity
 	if r.ScriptUser != "" {
 		u, err := lookupUser(r.ScriptUser)

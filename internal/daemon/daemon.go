@@ -211,7 +211,19 @@ func (d *Daemon) Run(ctx context.Context, ln net.Listener) error {
 	// VRRP runs from the file's settings alone and never waits on any other
 	// subsystem: failover must work whatever else is doing.
 	if cfg.Node.Role != "witness" {
-		g.Go(func() error { return d.vrrp.Run(ctx, vrrpConfigs(cfg)) })
+		g.Go(func() error {
+			// keepalived's vrrp_startup_delay: after a boot the links may
+			// need a moment before VRRP should judge them.
+			if delay := cfg.Node.VRRPStartupDelay; delay > 0 {
+				d.log.Info("VRRP starts after vrrp_startup_delay", "delay", delay)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(delay):
+				}
+			}
+			return d.vrrp.Run(ctx, vrrpConfigs(cfg))
+		})
 	}
 	if d.cluster != nil {
 		g.Go(func() error { return d.cluster.Run(ctx) })

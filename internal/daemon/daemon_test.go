@@ -693,3 +693,26 @@ func TestLeaveHoldsVRRP(t *testing.T) {
 		return nil
 	})
 }
+
+// vrrp_startup_delay holds VRRP back: its first transition comes no
+// sooner than the delay after the start.
+func TestVRRPStartupDelay(t *testing.T) {
+	start := time.Now()
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, nil, `vrrp_startup_delay = "300ms"`))
+	doc := h.eventually(t, "master", func(doc api.Document) error {
+		if !isMaster(doc) {
+			return fmt.Errorf("vrrp %+v", doc.VRRP)
+		}
+		return nil
+	})
+	in := doc.VRRP.Instances[0]
+	first := in.LastTransition.At
+	if in.Transitions > 1 {
+		// The last transition is BACKUP→MASTER; the first came a
+		// Master_Down_Interval earlier at least, and after the delay.
+		first = first.Add(-3 * 20 * time.Millisecond)
+	}
+	if first.Sub(start) < 300*time.Millisecond {
+		t.Fatalf("VRRP started %s after the daemon, before the delay", first.Sub(start))
+	}
+}
