@@ -30,6 +30,11 @@ func NewPrograms(cred *syscall.Credential, max int) *Programs {
 	return &Programs{cred: cred, slots: make(chan struct{}, max)}
 }
 
+// As runs programs as cred, within the same bound as p.
+func (p *Programs) As(cred *syscall.Credential) *Programs {
+	return &Programs{cred: cred, slots: p.slots}
+}
+
 // ErrBusy: every slot stayed taken until the program's deadline.
 var ErrBusy = errors.New("too many programs running at once")
 

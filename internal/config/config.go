@@ -165,6 +165,12 @@ type VRRPScript struct {
 	Rise     int           `json:"rise"`
 	Fall     int           `json:"fall"`
 	Weight   int           `json:"weight"`
+	// User runs it instead of [node] script_user (keepalived's per-script
+	// user); UID, GID and Groups are its ids.
+	User   string   `json:"user,omitempty"`
+	UID    uint32   `json:"-"`
+	GID    uint32   `json:"-"`
+	Groups []uint32 `json:"-"`
 }
 
 // CheckScript is a program an exec health check runs by name.

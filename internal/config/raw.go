@@ -161,6 +161,7 @@ type rawScript struct {
 	Rise     *int     `toml:"rise"`
 	Fall     *int     `toml:"fall"`
 	Weight   *int     `toml:"weight"`
+	User     string   `toml:"user"`
 }
 type rawVS struct {
 	Name                   string          `toml:"name"`

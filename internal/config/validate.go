@@ -433,6 +433,13 @@ func (v *validator) scripts(raws []rawScript) []VRRPScript {
 		sc.Rise = v.intIn(at(p, "rise"), r.Rise, 1, 1, 100)
 		sc.Fall = v.intIn(at(p, "fall"), r.Fall, 1, 1, 100)
 		sc.Weight = v.intIn(at(p, "weight"), r.Weight, 0, -253, 253)
+		if r.User != "" {
+			if u, err := lookupUser(r.User); err != nil {
+				v.add(at(p, "user"), "%v", err)
+			} else {
+				sc.User, sc.UID, sc.GID, sc.Groups = r.User, u.uid, u.gid, u.groups
+			}
+		}
 		out = append(out, sc)
 	}
 	return out

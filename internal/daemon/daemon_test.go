@@ -716,3 +716,29 @@ func TestVRRPStartupDelay(t *testing.T) {
 		t.Fatalf("VRRP started %s after the daemon, before the delay", first.Sub(start))
 	}
 }
+
+// A vrrp_script with user runs as that user: touching a file in a
+// directory only root may write fails as nobody (on main the key was
+// refused; without it the script ran as root).
+func TestScriptRunsAsItsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the script runs as nobody")
+	}
+	dir := t.TempDir() // 0700, root's
+	script := func(user string) string {
+		return fmt.Sprintf("\n[[vrrp_script]]\nname = \"chk\"\nscript = [\"/usr/bin/touch\", %q]\ninterval = \"50ms\"\n%s", filepath.Join(dir, "f"), user)
+	}
+	for _, tc := range []struct {
+		user string
+		ok   bool
+	}{{"", true}, {`user = "nobody"`, false}} {
+		h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, nil)+script(tc.user))
+		h.eventually(t, "the script's verdict", func(doc api.Document) error {
+			s := doc.VRRP.Scripts
+			if len(s) != 1 || s[0].Runs == 0 || s[0].OK != tc.ok {
+				return fmt.Errorf("%q: scripts %+v", tc.user, s)
+			}
+			return nil
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/directord/directord/healthcheck"
@@ -111,8 +112,12 @@ func (s *script) loop(ctx context.Context, r *scriptRunner) {
 	r.report(s.cfg.Name, s.snapshot().OK)
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
+	programs := r.programs
+	if s.cfg.User != "" && programs != nil {
+		programs = programs.As(&syscall.Credential{Uid: s.cfg.UID, Gid: s.cfg.GID, Groups: s.cfg.Groups})
+	}
 	for {
-		_, err, timedOut := runProgram(r.programs, s.cfg.Script, s.cfg.Timeout)
+		_, err, timedOut := runProgram(programs, s.cfg.Script, s.cfg.Timeout)
 		result := "ok"
 		switch {
 		case timedOut:
