@@ -30,8 +30,9 @@ type Capabilities struct {
 	SyncDaemon     bool // the kernel's connection sync daemons
 	ConntrackSync  bool // directord's conntrack sync ([sync])
 	// TableSysctls are the kernel settings it needs while it holds a
-	// table, NATSysctls those it needs for NAT on top of the forwarding.
-	TableSysctls, NATSysctls []Sysctl
+	// table, NATSysctls those it needs for NAT on top of the forwarding,
+	// PersistSysctls those for persistent services.
+	TableSysctls, NATSysctls, PersistSysctls []Sysctl
 }
 
 // IPVSSchedulers are IPVS's schedulers by their ipvsadm names.
@@ -56,6 +57,8 @@ var IPVSCapabilities = Capabilities{
 		Why: "connections of a deleted real server end at once instead of hanging until they time out"}},
 	NATSysctls: []Sysctl{{Key: "net.ipv4.vs.conntrack", Want: "1",
 		Why: "IPVS NAT connections keep conntrack entries, so nftables rules and NAT on this host see them"}},
+	PersistSysctls: []Sysctl{{Key: "net.ipv4.vs.expire_quiescent_template", Want: "1",
+		Why: "a persistent client of a real server at weight 0 (drained or failed) goes to another: its template expires instead of holding it there"}},
 }
 
 // NFTCapabilities is the nftables data plane's table.

@@ -391,3 +391,24 @@ func TestCapabilities(t *testing.T) {
 		t.Fatal("no nftables table")
 	}
 }
+
+// A persistent service on IPVS sets expire_quiescent_template, so that a
+// client persisting on a drained or failed server (weight 0) moves on, as
+// the issue found it did not; nothing else asks for it.
+func TestPersistenceSysctl(t *testing.T) {
+	has := func(ss []lvs.Sysctl) bool {
+		return slices.ContainsFunc(ss, func(s lvs.Sysctl) bool { return s.Key == "net.ipv4.vs.expire_quiescent_template" && s.Want == "1" })
+	}
+	svc := lvs.VirtualServer{Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort("192.0.2.100:80")}, Scheduler: "wrr"},
+		Reals: []lvs.Real{{Addr: netip.MustParseAddrPort("203.0.113.11:80"), Weight: 1, Method: lvs.NAT}}}
+	if has(lvs.NeededSysctls(lvs.IPVSCapabilities, []lvs.VirtualServer{svc})) {
+		t.Fatal("asked for without persistence")
+	}
+	svc.Service.Persistence = 300 * time.Second
+	if !has(lvs.NeededSysctls(lvs.IPVSCapabilities, []lvs.VirtualServer{svc})) {
+		t.Fatal("not asked for with persistence on IPVS")
+	}
+	if has(lvs.NeededSysctls(lvs.NFTCapabilities, []lvs.VirtualServer{svc})) {
+		t.Fatal("asked of nftables")
+	}
+}

@@ -16,8 +16,9 @@ type Sysctl struct {
 
 // NeededSysctls lists the settings a data plane with caps needs for vss.
 func NeededSysctls(caps Capabilities, vss []VirtualServer) []Sysctl {
-	var nat4, nat6 bool
+	var nat4, nat6, persist bool
 	for _, vs := range vss {
+		persist = persist || vs.Service.Persistence > 0
 		reals := vs.Reals
 		if vs.Sorry != nil {
 			reals = append(reals[:len(reals):len(reals)], *vs.Sorry)
@@ -43,6 +44,9 @@ func NeededSysctls(caps Capabilities, vss []VirtualServer) []Sysctl {
 		out = append(out, caps.TableSysctls...)
 		if nat4 || nat6 {
 			out = append(out, caps.NATSysctls...)
+		}
+		if persist {
+			out = append(out, caps.PersistSysctls...)
 		}
 	}
 	return out

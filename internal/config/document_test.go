@@ -47,7 +47,7 @@ sorry_server = "203.0.113.99:80"
   upper_threshold = 100
   lower_threshold = 50
   [[virtual_server.real_server]]
-  address = "203.0.113.12:8080"
+  address = "203.0.113.12:80"
   forwarding = "dr"
 
 [[virtual_server]]
@@ -337,6 +337,26 @@ track_script = [{ name = "chk", weight = 10, reverse = true }]
 		_, err := config.Parse("f.toml", []byte("[node]\nname = \"lb1\"\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nvirtual_ipaddress = [\"192.0.2.100/24\"]\n"+tc.line+"\n"))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v", tc.line, err)
+		}
+	}
+}
+
+// -t refuses what IPVS would do wrong: a DR or TUN real server on another
+// port than the service's (IPVS does not rewrite it), and a firewall-mark
+// service's real server of the other family (the kernel stored
+// 2001:db8::11 as 32.1.13.184).
+func TestRealServerChecks(t *testing.T) {
+	for _, tc := range []struct{ vs, want string }{
+		{"address = \"192.0.2.100:80\"\nforwarding = \"dr\"\n  [[virtual_server.real_server]]\n  address = \"203.0.113.11:8080\"",
+			"virtual_server[0].real_server[0].address: dr forwarding keeps the destination port: give port 80 (the service's), not 8080"},
+		{"address = \"192.0.2.100:80\"\n  [[virtual_server.real_server]]\n  address = \"203.0.113.11:8080\"\n  forwarding = \"tun\"",
+			"tun forwarding keeps the destination port"},
+		{"fwmark = 7\n  [[virtual_server.real_server]]\n  address = \"2001:db8::11\"",
+			`virtual_server[0].real_server[0].address: 2001:db8::11 is not of the virtual server's family (family = "ipv4")`},
+	} {
+		_, err := config.Parse("f.toml", []byte("[node]\nname = \"lb1\"\n[[virtual_server]]\nname = \"web\"\n"+tc.vs+"\n"))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s:\n%v", tc.vs, err)
 		}
 	}
 }

@@ -865,6 +865,12 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 		rsAddr := func(path []any, s string) (netip.AddrPort, bool) {
 			if vs.FWMark != 0 {
 				if a, err := netip.ParseAddr(s); err == nil {
+					if a.Is6() != vs.IPv6 {
+						// The kernel would store it as an address of the
+						// other family (2001:db8::11 became 32.1.13.184).
+						v.add(path, "%s is not of the virtual server's family (family = %q)", a, map[bool]string{false: "ipv4", true: "ipv6"}[vs.IPv6])
+						return netip.AddrPortFrom(a, 0), false
+					}
 					return netip.AddrPortFrom(a, 0), true
 				}
 			}
@@ -898,6 +904,12 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 				Forwarding:     v.oneOf(at(rp, "forwarding"), rr.Forwarding, vs.Forwarding, "nat", "dr", "tun"),
 				UpperThreshold: v.intIn(at(rp, "upper_threshold"), rr.UpperThreshold, 0, 0, 1<<31-1),
 				LowerThreshold: v.intIn(at(rp, "lower_threshold"), rr.LowerThreshold, 0, 0, 1<<31-1),
+			}
+			if (rsv.Forwarding == "dr" || rsv.Forwarding == "tun") && vs.FWMark == 0 && a.Port() != vs.Address.Port() {
+				// IPVS does not rewrite the port on these: traffic would go
+				// to the service's port while the check probes this one.
+				v.add(at(rp, "address"), "%s forwarding keeps the destination port: give port %d (the service's), not %d",
+					rsv.Forwarding, vs.Address.Port(), a.Port())
 			}
 			if rsv.UpperThreshold > 0 && rsv.LowerThreshold > rsv.UpperThreshold {
 				v.add(at(rp, "lower_threshold"), "%d is above upper_threshold %d", rsv.LowerThreshold, rsv.UpperThreshold)
