@@ -212,7 +212,19 @@ func claims(c net.Conn, br *bufio.Reader, name string, refuse func(error)) net.C
 			}
 		}
 	}()
-	return &peeked{Conn: c, r: pr}
+	return &claimed{peeked: peeked{Conn: c, r: pr}, pipe: pr}
+}
+
+// claimed is a connection whose requests claims checks; closing it ends
+// the checking goroutine too, even one waiting for Raft to read.
+type claimed struct {
+	peeked
+	pipe *io.PipeReader
+}
+
+func (c *claimed) Close() error {
+	c.pipe.Close()
+	return c.peeked.Close()
 }
 
 // recorder keeps the bytes a decoder takes from r, exactly: r is a

@@ -344,6 +344,13 @@ func (g *Group) reopen(ifname string) {
 			g.deps.Log.Warn("VRRP: the interface was made again, but its socket cannot be opened yet", "interface", ifname, "err", err)
 			continue
 		}
+		g.mu.Lock()
+		gone := g.routers[r.key] != r // its last instance stopped meanwhile
+		g.mu.Unlock()
+		if gone {
+			conn.Close()
+			continue
+		}
 		g.deps.Log.Info("VRRP: the interface was made again; its socket is open again", "interface", ifname, "index", idx)
 		old, oldDone := r.swap(conn, idx)
 		old.Close()
