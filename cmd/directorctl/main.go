@@ -8,4 +8,7 @@ import (
 	"github.com/directord/directord/internal/ctl"
 )
 
-func main() { os.Exit(ctl.Main(os.Args[1:], os.Stdout, os.Stderr)) }
+// version is set by the build (make build: -X main.version=...).
+var version = "dev"
+
+func main() { os.Exit(ctl.Main(version, os.Args[1:], os.Stdout, os.Stderr)) }

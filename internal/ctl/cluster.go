@@ -27,7 +27,7 @@ import (
 // runApply makes a file's virtual servers the cluster's table.
 func runApply(ctx context.Context, c *status.Client, o opts) error {
 	if o.file == "" || len(o.args) > 0 {
-		return fmt.Errorf("usage: directorctl apply -f FILE [--dry-run]")
+		return usageError("usage: directorctl apply -f FILE [--dry-run]")
 	}
 	cfg, err := config.Load(o.file)
 	if err != nil {
@@ -55,7 +55,7 @@ func runApply(ctx context.Context, c *status.Client, o opts) error {
 
 // runRS changes a real server by hand: drain, enable, disable, weight.
 func runRS(ctx context.Context, c *status.Client, o opts) error {
-	usage := fmt.Errorf("usage: directorctl rs drain|enable|disable VS RS | rs weight VS RS N")
+	usage := usageError("usage: directorctl rs drain|enable|disable VS RS | rs weight VS RS N")
 	if len(o.args) < 3 {
 		return usage
 	}
@@ -86,7 +86,7 @@ func runRS(ctx context.Context, c *status.Client, o opts) error {
 
 // runVS adds (or replaces) one virtual server from a file, or removes one.
 func runVS(ctx context.Context, c *status.Client, o opts) error {
-	usage := fmt.Errorf("usage: directorctl vs add -f FILE VS | vs del VS")
+	usage := usageError("usage: directorctl vs add -f FILE VS | vs del VS")
 	switch {
 	case len(o.args) == 2 && o.args[0] == "del":
 		if err := c.Post(ctx, "/v1/cluster", api.ClusterRequest{Op: "vs.del", Service: o.args[1]}, &api.ClusterResult{}); err != nil {
@@ -129,7 +129,7 @@ func runCluster(ctx context.Context, c *status.Client, o opts) error {
 		fmt.Fprintf(o.out, "%s %s\n", res.Left, done[o.args[0]])
 		return nil
 	case len(o.args) > 0:
-		return fmt.Errorf("usage: directorctl cluster [leave | rejoin | certs --out DIR NAME=IP...]")
+		return usageError("usage: directorctl cluster [leave | rejoin | certs --out DIR NAME=IP...]")
 	}
 	raw, err := c.Raw(ctx, "/v1/status/cluster")
 	if err != nil {
@@ -148,7 +148,7 @@ func runCluster(ctx context.Context, c *status.Client, o opts) error {
 // runCerts writes a CA (or uses the one in --out) and a key pair per
 // member, plus a fresh gossip key, and prints each member's lines.
 func runCerts(o opts) error {
-	usage := errors.New("usage: directorctl cluster certs --out DIR NAME=IP[,IP]... (every member: directors and witness)")
+	usage := usageError("usage: directorctl cluster certs --out DIR NAME=IP[,IP]... (every member: directors and witness)")
 	if o.outDir == "" || len(o.args) < 2 {
 		return usage
 	}

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,6 +22,9 @@ import (
 )
 
 const usage = `usage: directorctl [--socket PATH] COMMAND [ARGS] [--json]
+       directorctl --version | --help | COMMAND --help
+
+exit status: 0 done, 1 refused or failed, 2 usage, 3 directord not reachable
 
 commands:
   status                       what the daemon is doing (--json: the raw status document)
@@ -50,7 +54,24 @@ commands:
 
 type command struct {
 	run func(ctx context.Context, c *status.Client, o opts) error
+	// flags are the command's own flags (besides --socket).
+	flags []string
 }
+
+// Exit codes: 0 done, 1 refused or failed, 2 usage, 3 directord not
+// reachable.
+const (
+	exitFailed     = 1
+	exitUsage      = 2
+	exitNotRunning = 3
+)
+
+// usageErr is a command used wrongly (exit 2).
+type usageErr string
+
+func (e usageErr) Error() string { return string(e) }
+
+func usageError(msg string) error { return usageErr(msg) }
 
 type opts struct {
 	json   bool
@@ -65,41 +86,61 @@ type opts struct {
 }
 
 var commands = map[string]command{
-	"status":   {runStatus},
-	"reload":   {runReload},
-	"config":   {runConfig},
-	"failover": {runFailover},
-	"lvs":      {runLVS},
-	"cluster":  {runCluster},
-	"apply":    {runApply},
-	"rs":       {runRS},
-	"vs":       {runVS},
-	"drill":    {runDrill},
+	"status":   {runStatus, []string{"json"}},
+	"reload":   {runReload, []string{"json"}},
+	"config":   {runConfig, nil},
+	"failover": {runFailover, []string{"hold", "json"}},
+	"lvs":      {runLVS, []string{"json"}},
+	"cluster":  {runCluster, []string{"json", "out"}},
+	"apply":    {runApply, []string{"f", "dry-run", "json"}},
+	"rs":       {runRS, nil},
+	"vs":       {runVS, []string{"f"}},
+	"drill":    {runDrill, []string{"instance", "probe", "back", "hold", "json"}},
 }
 
 // Main runs directorctl with args and returns its exit code.
-func Main(args []string, stdout, stderr io.Writer) int { return run(args, stdout, stderr, time.Now) }
+func Main(version string, args []string, stdout, stderr io.Writer) int {
+	return run(args, stdout, stderr, env{now: time.Now, version: version})
+}
 
-func run(args []string, stdout, stderr io.Writer, now func() time.Time) int {
+// env is what a run depends on besides its arguments.
+type env struct {
+	now     func() time.Time // the clock for ages in what is printed
+	version string
+}
+
+func run(args []string, stdout, stderr io.Writer, e env) int {
 	global := flag.NewFlagSet("directorctl", flag.ContinueOnError)
-	global.SetOutput(stderr)
-	global.Usage = func() { fmt.Fprint(stderr, usage) }
+	global.SetOutput(io.Discard)
 	socket := global.String("socket", config.DefaultStatusSocket, "status socket `path`")
-	if err := global.Parse(args); err != nil {
-		return 2
+	version := global.Bool("version", false, "print the version")
+	if err := global.Parse(args); errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage)
+		return 0
+	} else if err != nil {
+		fmt.Fprintf(stderr, "directorctl: %v\n%s", err, usage)
+		return exitUsage
+	}
+	if *version {
+		fmt.Fprintf(stdout, "directorctl %s\n", e.version)
+		return 0
 	}
 	if global.NArg() == 0 {
 		fmt.Fprint(stderr, usage)
-		return 2
+		return exitUsage
 	}
 	name := global.Arg(0)
+	if name == "help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
 	cmd, ok := commands[name]
 	if !ok {
 		fmt.Fprintf(stderr, "directorctl: unknown command %q\n%s", name, usage)
-		return 2
+		return exitUsage
 	}
 	sub := flag.NewFlagSet("directorctl "+name, flag.ContinueOnError)
-	sub.SetOutput(stderr)
+	sub.SetOutput(io.Discard)
 	sub.StringVar(socket, "socket", *socket, "status socket `path`")
 	asJSON := sub.Bool("json", false, "print JSON")
 	hold := sub.String("hold", "", "failover: how long to stay backup (Go duration)")
@@ -113,8 +154,12 @@ func run(args []string, stdout, stderr io.Writer, now func() time.Time) int {
 	var positional []string
 	rest := global.Args()[1:]
 	for {
-		if err := sub.Parse(rest); err != nil {
-			return 2
+		if err := sub.Parse(rest); errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, commandHelp(name, cmd, sub))
+			return 0
+		} else if err != nil {
+			fmt.Fprintf(stderr, "directorctl %s: %v\n%s", name, err, commandHelp(name, cmd, sub))
+			return exitUsage
 		}
 		if sub.NArg() == 0 {
 			break
@@ -122,19 +167,67 @@ func run(args []string, stdout, stderr io.Writer, now func() time.Time) int {
 		positional = append(positional, sub.Arg(0))
 		rest = sub.Args()[1:]
 	}
+	// Each command takes only its own flags: a flag of another is a
+	// mistake, not something to ignore.
+	var foreign []string
+	sub.Visit(func(f *flag.Flag) {
+		if f.Name != "socket" && !slices.Contains(cmd.flags, f.Name) {
+			foreign = append(foreign, "--"+f.Name)
+		}
+	})
+	if len(foreign) > 0 {
+		fmt.Fprintf(stderr, "directorctl %s: %s: not a flag of %s\n%s", name, strings.Join(foreign, ", "), name, commandHelp(name, cmd, sub))
+		return exitUsage
+	}
 	timeout := 30 * time.Second
 	if name == "drill" {
 		timeout = 3 * time.Minute // two handovers at long advert intervals
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	o := opts{json: *asJSON, now: now, hold: *hold, file: *file, outDir: *outDir, dryRun: *dryRun, args: positional, out: stdout,
+	o := opts{json: *asJSON, now: e.now, hold: *hold, file: *file, outDir: *outDir, dryRun: *dryRun, args: positional, out: stdout,
 		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)
-		return 1
+		var ue usageErr
+		switch {
+		case errors.As(err, &ue):
+			return exitUsage
+		case errors.Is(err, status.ErrNotRunning):
+			return exitNotRunning
+		}
+		return exitFailed
 	}
 	return 0
+}
+
+// commandHelp is a command's lines of the usage and its own flags.
+func commandHelp(name string, cmd command, fs *flag.FlagSet) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "usage of directorctl %s:\n", name)
+	lines := strings.Split(usage, "\n")
+	for i, l := range lines {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == name {
+			b.WriteString(l + "\n")
+			// Continuation lines are indented further than commands.
+			for _, c := range lines[i+1:] {
+				if !strings.HasPrefix(c, "                               ") {
+					break
+				}
+				b.WriteString(c + "\n")
+			}
+		}
+	}
+	if len(cmd.flags) > 0 {
+		b.WriteString("flags:\n")
+		for _, n := range cmd.flags {
+			if f := fs.Lookup(n); f != nil {
+				fmt.Fprintf(&b, "  --%s  %s\n", n, f.Usage)
+			}
+		}
+	}
+	b.WriteString("  --socket PATH  the status socket\n")
+	return b.String()
 }
 
 // printJSON prints a JSON document indented, ending with a newline.
@@ -158,7 +251,7 @@ func runConfig(ctx context.Context, c *status.Client, o opts) error {
 
 func runFailover(ctx context.Context, c *status.Client, o opts) error {
 	if len(o.args) != 1 {
-		return fmt.Errorf("usage: directorctl failover INSTANCE [--hold DURATION]")
+		return usageError("usage: directorctl failover INSTANCE [--hold DURATION]")
 	}
 	var res api.FailoverResult
 	if err := c.Post(ctx, "/v1/vrrp/"+o.args[0]+"/failover", api.FailoverRequest{Hold: o.hold}, &res); err != nil {

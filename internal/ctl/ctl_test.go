@@ -125,7 +125,7 @@ func TestRender(t *testing.T) {
 		{"reload-refused", []string{"reload"}, 1},
 	} {
 		var stdout, stderr bytes.Buffer
-		code := run(append([]string{"--socket", sock}, tc.args...), &stdout, &stderr, func() time.Time { return t0 })
+		code := run(append([]string{"--socket", sock}, tc.args...), &stdout, &stderr, env{now: func() time.Time { return t0 }, version: "test"})
 		if code != tc.code {
 			t.Errorf("%v: exit %d, want %d; stderr: %s", tc.args, code, tc.code, stderr.String())
 		}
@@ -147,13 +147,12 @@ func TestRender(t *testing.T) {
 	}
 }
 
-// TestNotRunning: without a daemon directorctl says so in one line.
 // cluster certs writes a CA and a pair per member, 0600, and prints lines
 // that make a valid [cluster] for each; run again, it reuses the CA.
 func TestClusterCerts(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ca")
 	var out, errb bytes.Buffer
-	if code := run([]string{"cluster", "certs", "--out", dir, "lb1=192.0.2.11", "lb2=192.0.2.12,2001:db8::12", "w=192.0.2.13"}, &out, &errb, time.Now); code != 0 {
+	if code := run([]string{"cluster", "certs", "--out", dir, "lb1=192.0.2.11", "lb2=192.0.2.12,2001:db8::12", "w=192.0.2.13"}, &out, &errb, env{now: time.Now, version: "test"}); code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
 	for _, f := range []string{"ca.pem", "ca-key.pem", "lb1.pem", "lb1-key.pem", "lb2.pem", "lb2-key.pem", "w.pem", "w-key.pem"} {
@@ -180,24 +179,55 @@ func TestClusterCerts(t *testing.T) {
 	}
 	// Again into the same directory, for a new member: the same CA.
 	out.Reset()
-	if code := run([]string{"cluster", "certs", "--out", dir, "lb3=192.0.2.14"}, &out, &errb, time.Now); code != 0 || !strings.Contains(out.String(), "signed with the CA in") {
+	if code := run([]string{"cluster", "certs", "--out", dir, "lb3=192.0.2.14"}, &out, &errb, env{now: time.Now, version: "test"}); code != 0 || !strings.Contains(out.String(), "signed with the CA in") {
 		t.Fatalf("exit %d: %s%s", code, out.String(), errb.String())
 	}
 	// Bad arguments are refused.
 	for _, args := range [][]string{{"cluster", "certs", "lb1=192.0.2.11"}, {"cluster", "certs", "--out", dir, "lb1"}, {"cluster", "certs", "--out", dir, "lb9=nope"}} {
-		if code := run(args, &out, &errb, time.Now); code == 0 {
+		if code := run(args, &out, &errb, env{now: time.Now, version: "test"}); code == 0 {
 			t.Errorf("%v accepted", args)
 		}
 	}
 }
 
+// TestNotRunning: without a daemon directorctl says so in one line.
 func TestNotRunning(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	sock := filepath.Join(t.TempDir(), "none.sock")
-	if code := Main([]string{"--socket", sock, "status"}, &stdout, &stderr); code != 1 {
+	if code := Main("test", []string{"--socket", sock, "status"}, &stdout, &stderr); code != exitNotRunning {
 		t.Fatalf("exit %d", code)
 	}
 	if want := "directorctl: directord is not running (no socket at " + sock + ")\n"; stderr.String() != want || stdout.Len() != 0 {
 		t.Fatalf("stderr %q, want %q", stderr.String(), want)
+	}
+}
+
+// directorctl's conventions: --version and --help on stdout with exit 0,
+// each command's own help, a flag of another command refused (exit 2),
+// usage mistakes exit 2. On main --help went to stderr with exit 2 and
+// "status --back --dry-run" was accepted.
+func TestConventions(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	for _, tc := range []struct {
+		args         []string
+		code         int
+		stdout, errs string
+	}{
+		{[]string{"--version"}, 0, "directorctl test\n", ""},
+		{[]string{"--help"}, 0, "usage: directorctl", ""},
+		{[]string{"-h"}, 0, "exit status: 0 done, 1 refused or failed, 2 usage, 3 directord not reachable", ""},
+		{[]string{"drill", "--help"}, 0, "--probe", ""},
+		{[]string{"--socket", sock, "status", "--back", "--dry-run"}, 2, "", "directorctl status: --back, --dry-run: not a flag of status"},
+		{[]string{"--socket", sock, "rs", "drain"}, 2, "", "usage: directorctl rs"},
+		{[]string{"--socket", sock, "frobnicate"}, 2, "", `unknown command "frobnicate"`},
+		{[]string{"--socket", sock, "status", "--nope"}, 2, "", "flag provided but not defined: -nope"},
+		{[]string{"--socket", sock, "status"}, 3, "", "directord is not running"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(tc.args, &stdout, &stderr, env{now: time.Now, version: "test"})
+		if code != tc.code || !strings.Contains(stdout.String(), tc.stdout) || !strings.Contains(stderr.String(), tc.errs) ||
+			(tc.stdout == "" && stdout.Len() > 0) || (tc.errs == "" && stderr.Len() > 0) {
+			t.Errorf("%v: exit %d\nstdout: %s\nstderr: %s", tc.args, code, stdout.String(), stderr.String())
+		}
 	}
 }

@@ -18,7 +18,7 @@ var errDrill = errors.New("the drill did not complete")
 
 func runDrill(ctx context.Context, c *status.Client, o opts) error {
 	if len(o.args) != 0 {
-		return fmt.Errorf("usage: directorctl drill [--instance VI] [--probe ADDR|ADDR:PORT] [--back] [--hold D] [--json]")
+		return usageError("usage: directorctl drill [--instance VI] [--probe ADDR|ADDR:PORT] [--back] [--hold D] [--json]")
 	}
 	var res api.DrillResult
 	if err := c.Post(ctx, "/v1/drill", o.drill, &res); err != nil {

@@ -278,7 +278,7 @@ virtual_ipaddress = ["192.0.2.101/24"]
 			t.Errorf("status socket left behind: %v", err)
 		}
 		_, errOut, code := run(t, directorctl, "--socket", socket, "status")
-		if code != 1 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "directord is not running") {
+		if code != 3 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "directord is not running") {
 			t.Fatalf("directorctl against a stopped daemon: exit %d: %q", code, errOut)
 		}
 	})
