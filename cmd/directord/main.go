@@ -63,7 +63,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	}()
-	err := daemon.Run(ctx, daemon.Options{ConfigFile: *file, Version: version, Reload: reload, Log: stderr})
+	// SIGUSR1 and SIGUSR2 dump the status, as keepalived's data and
+	// statistics dumps.
+	usr := make(chan os.Signal, 1)
+	signal.Notify(usr, syscall.SIGUSR1, syscall.SIGUSR2)
+	dump := make(chan string)
+	go func() {
+		for s := range usr {
+			kind := "data"
+			if s == syscall.SIGUSR2 {
+				kind = "stats"
+			}
+			select {
+			case dump <- kind:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	err := daemon.Run(ctx, daemon.Options{ConfigFile: *file, Version: version, Reload: reload, Dump: dump, Log: stderr})
 	if err != nil {
 		printError(stderr, err)
 		return 1

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
@@ -36,6 +37,10 @@ type Options struct {
 	Version    string
 	// Reload delivers a request to re-read the file (SIGHUP).
 	Reload <-chan struct{}
+	// Dump asks for the status written to a file beside the status
+	// socket: "data" (SIGUSR1, keepalived's data dump) or "stats"
+	// (SIGUSR2).
+	Dump <-chan string
 	// Log receives the daemon's log; os.Stderr when nil.
 	Log io.Writer
 }
@@ -366,6 +371,24 @@ func redacted(cfg *config.Config) *config.Config {
 	return &c
 }
 
+// dump writes the status document ("data": every section; "stats": the
+// counters of VRRP, the load balancer and the checks) as JSON beside the
+// status socket, and logs where.
+func (d *Daemon) dump(kind string) {
+	doc := d.document("")
+	name := "directord.json"
+	if kind == "stats" {
+		doc = api.Document{APIVersion: doc.APIVersion, VRRP: doc.VRRP, LVS: doc.LVS, Health: doc.Health, Sync: doc.Sync}
+		name = "directord.stats.json"
+	}
+	path := filepath.Join(filepath.Dir(d.config().Node.StatusSocket), name)
+	if err := writeAtomic(path, doc); err != nil {
+		d.log.Error("status dump failed", "kind", kind, "file", path, "err", err)
+		return
+	}
+	d.log.Info("status dumped", "kind", kind, "file", path)
+}
+
 // reloadLoop serialises reloads from SIGHUP and from the status socket.
 func (d *Daemon) reloadLoop(ctx context.Context) error {
 	for {
@@ -374,6 +397,8 @@ func (d *Daemon) reloadLoop(ctx context.Context) error {
 			return nil
 		case <-d.opts.Reload:
 			d.reload()
+		case kind := <-d.opts.Dump:
+			d.dump(kind)
 		case reply := <-d.reloads:
 			reply <- d.reload()
 		}

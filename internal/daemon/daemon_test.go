@@ -42,6 +42,7 @@ type fakeHost struct {
 	wire   *vrrptest.Node
 	client *status.Client
 	log    *lab.Buffer
+	dump   chan string // as SIGUSR1/SIGUSR2
 }
 
 // hostConfig is a director's file: one VRRP instance, one virtual server
@@ -87,7 +88,8 @@ func startHost(t *testing.T, hub *vrrptest.Hub, src string, text string) *fakeHo
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.d, err = New(cfg, Options{ConfigFile: h.file, Version: "test", Log: h.log}, fakeDeps(h.wire, h.dp))
+	h.dump = make(chan string)
+	h.d, err = New(cfg, Options{ConfigFile: h.file, Version: "test", Log: h.log, Dump: h.dump}, fakeDeps(h.wire, h.dp))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -740,5 +742,41 @@ func TestScriptRunsAsItsUser(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// SIGUSR1 and SIGUSR2 (here their channel) write the status beside the
+// status socket, as keepalived's data and statistics dumps; on main they
+// were ignored.
+func TestStatusDumps(t *testing.T) {
+	dir := t.TempDir()
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", hostConfig(dir, 150, []string{"192.0.2.100/24"}, []netip.AddrPort{listener(t)}))
+	h.eventually(t, "master", func(doc api.Document) error {
+		if !isMaster(doc) {
+			return fmt.Errorf("vrrp %+v", doc.VRRP)
+		}
+		return nil
+	})
+	for _, tc := range []struct{ kind, file string }{{"data", "directord.json"}, {"stats", "directord.stats.json"}} {
+		h.dump <- tc.kind
+		path := filepath.Join(dir, tc.file)
+		var doc api.Document
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			b, err := os.ReadFile(path)
+			if err == nil && json.Unmarshal(b, &doc) == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v", path, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if doc.VRRP == nil || doc.LVS == nil || (tc.kind == "data") != (doc.Node != nil) {
+			t.Fatalf("%s dump: node %v, vrrp %v, lvs %v", tc.kind, doc.Node != nil, doc.VRRP != nil, doc.LVS != nil)
+		}
+		if !strings.Contains(h.log.String(), "status dumped") {
+			t.Fatal("the dump was not logged")
+		}
 	}
 }
