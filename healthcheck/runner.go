@@ -422,10 +422,15 @@ func (r *Runner) record(c *check, res Result, at time.Time, latency time.Duratio
 		return
 	}
 	switch {
+	case changed && tr.Up && tr.Weight < 0:
+		// -1 means the configured weight: nothing for an operator to read.
+		log.Info("real server up")
 	case changed && tr.Up:
 		log.Info("real server up", "weight", tr.Weight)
 	case changed:
 		log.Warn("real server down", "reason", tr.Reason)
+	case tr.Weight < 0:
+		log.Info("real server weight back to the configured one")
 	default:
 		log.Info("real server weight changed", "weight", tr.Weight)
 	}

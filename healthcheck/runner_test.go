@@ -1,9 +1,11 @@
 package healthcheck
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -357,3 +359,43 @@ func TestTimeHeap(t *testing.T) {
 		t.Fatalf("popped %v, want %v", got, want)
 	}
 }
+
+// A server coming up with its configured weight logs no weight: on main
+// the line showed weight=-1, an internal placeholder.
+func TestUpLogHasNoPlaceholder(t *testing.T) {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), nil))
+	rec := &recorder{}
+	r := NewRunner(log, rec.add)
+	fake := &script{results: []Result{bad, bad, ok, ok, ok}}
+	r.newCheck = func(Spec) (Checker, error) { return fake, nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := r.Update(map[ID]Spec{rsID: spec()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !strings.Contains(buf.String(), "real server up") {
+			return errors.New("no up line yet")
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Contains(buf.String(), "weight=-1") {
+		t.Fatalf("log:\n%s", buf.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
