@@ -38,6 +38,9 @@ type Deps struct {
 	// Notify is told of every transition, in order. It is called from the
 	// instance's event loop and must return at once (queue, don't run).
 	Notify func(instance string, t Transition)
+	// LowerPriority is told when a master hears an advert of a lower
+	// priority (keepalived's notify_master_rx_lower_pri); the same rule.
+	LowerPriority func(instance string, from netip.Addr, priority uint8)
 	Now    func() time.Time
 	Log    *slog.Logger
 }
@@ -771,6 +774,9 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 			in.mu.Unlock()
 			if e.AddrListMismatch {
 				in.mismatch(log, p.src, p.adv.Addrs)
+			}
+			if e.LowerPrio && g.deps.LowerPriority != nil {
+				g.deps.LowerPriority(in.config().Name, p.src, p.adv.Priority)
 			}
 			a.apply(e)
 		case <-timer.C:

@@ -187,6 +187,9 @@ type Notify struct {
 	Fault   []string      `json:"notify_fault,omitempty"`
 	Stop    []string      `json:"notify_stop,omitempty"`
 	Any     []string      `json:"notify,omitempty"`
+	// MasterRxLowerPri runs when the master hears a lower priority
+	// (keepalived's notify_master_rx_lower_pri).
+	MasterRxLowerPri []string `json:"notify_master_rx_lower_pri,omitempty"`
 	Timeout time.Duration `json:"notify_timeout"`
 }
 

@@ -81,6 +81,7 @@ type rawVRRP struct {
 	NotifyFault       []string         `toml:"notify_fault"`
 	NotifyStop        []string         `toml:"notify_stop"`
 	Notify            []string         `toml:"notify"`
+	NotifyRxLowerPri  []string         `toml:"notify_master_rx_lower_pri"`
 	NotifyTimeout     string           `toml:"notify_timeout"`
 	State             string           `toml:"state"`
 	McastSrcIP        string           `toml:"mcast_src_ip"`

@@ -707,6 +707,8 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 			Fault:   v.argv(at(p, "notify_fault"), r.NotifyFault),
 			Stop:    v.argv(at(p, "notify_stop"), r.NotifyStop),
 			Any:     v.argv(at(p, "notify"), r.Notify),
+
+			MasterRxLowerPri: v.argv(at(p, "notify_master_rx_lower_pri"), r.NotifyRxLowerPri),
 			Timeout: v.duration(at(p, "notify_timeout"), r.NotifyTimeout, 10*time.Second, 100*time.Millisecond, time.Hour),
 		}
 		if in.VRID != 0 && in.Interface != "" && family != "" {

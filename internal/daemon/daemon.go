@@ -276,6 +276,7 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 		}
 		return config.Notify{}, false
 	}, d.programs)
+	deps.LowerPriority = d.notify.LowerPriority
 	deps.Notify = func(instance string, t vrrp.Transition) {
 		d.notify.Notify(instance, t)
 		if s := d.syncd; s != nil {

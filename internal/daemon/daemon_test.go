@@ -26,6 +26,7 @@ import (
 	"github.com/directord/directord/lvs"
 	"github.com/directord/directord/lvs/lvstest"
 	dsync "github.com/directord/directord/sync"
+	"github.com/directord/directord/vrrp"
 	"github.com/directord/directord/vrrp/vrrptest"
 )
 
@@ -778,5 +779,31 @@ func TestStatusDumps(t *testing.T) {
 		if !strings.Contains(h.log.String(), "status dumped") {
 			t.Fatal("the dump was not logged")
 		}
+	}
+}
+
+// notify_master_rx_lower_pri runs when the master hears a lower priority,
+// with keepalived's arguments (on main the key was refused).
+func TestNotifyMasterRxLowerPri(t *testing.T) {
+	hub := &vrrptest.Hub{}
+	text := strings.Replace(hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, nil), `advert_int = "20ms"`,
+		"advert_int = \"20ms\"\nnotify_master_rx_lower_pri = [\"/bin/true\"]", 1)
+	h := startHost(t, hub, "192.0.2.11", text)
+	h.eventually(t, "master", func(doc api.Document) error {
+		if !isMaster(doc) {
+			return fmt.Errorf("vrrp %+v", doc.VRRP)
+		}
+		return nil
+	})
+	low := netip.MustParseAddr("192.0.2.5")
+	adv := (&vrrp.Advert{Version: 3, VRID: 51, Priority: 50, Interval: 20 * time.Millisecond,
+		Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.100")}}).Marshal(low, vrrp.GroupIPv4, true)
+	hub.Inject(vrrptest.Packet{B: adv, Src: low, Dst: vrrp.GroupIPv4, TTL: 255}, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(h.log.String(), `msg="notify program ran" instance=VI_1 state=MASTER program=/bin/true`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the program did not run:\n%s", h.log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -3,6 +3,8 @@ package daemon
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +34,9 @@ type notice struct {
 	instance string
 	t        vrrp.Transition
 	cfg      config.Notify
+	// rxLower: a master heard a lower priority (t.Priority) from from.
+	rxLower bool
+	from    netip.Addr
 }
 
 const notifyQueue = 32
@@ -46,6 +51,21 @@ func (n *notifier) Notify(instance string, t vrrp.Transition) {
 	if !ok || cfg.Master == nil && cfg.Backup == nil && cfg.Fault == nil && cfg.Stop == nil && cfg.Any == nil {
 		return
 	}
+	n.queue(notice{instance: instance, t: t, cfg: cfg})
+}
+
+// LowerPriority queues notify_master_rx_lower_pri; it is
+// vrrp.Deps.LowerPriority and returns at once.
+func (n *notifier) LowerPriority(instance string, from netip.Addr, prio uint8) {
+	cfg, ok := n.lookup(instance)
+	if !ok || cfg.MasterRxLowerPri == nil {
+		return
+	}
+	n.queue(notice{instance: instance, cfg: cfg, rxLower: true, from: from, t: vrrp.Transition{To: vrrp.Master, Priority: prio}})
+}
+
+func (n *notifier) queue(nt notice) {
+	instance := nt.instance
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
@@ -58,9 +78,9 @@ func (n *notifier) Notify(instance string, t vrrp.Transition) {
 		n.wg.Go(func() { n.work(q) })
 	}
 	select {
-	case q <- notice{instance: instance, t: t, cfg: cfg}:
+	case q <- nt:
 	default:
-		n.log.Error("notify queue full: notice dropped", "instance", instance, "state", t.To)
+		n.log.Error("notify queue full: notice dropped", "instance", instance, "state", nt.t.To)
 	}
 }
 
@@ -88,6 +108,13 @@ func stateName(s vrrp.State) string {
 
 func (n *notifier) work(q chan notice) {
 	for nt := range q {
+		if nt.rxLower {
+			// keepalived's arguments: TYPE NAME STATE PRIORITY, the
+			// priority being the one heard; then its source.
+			n.run(nt, append(slices.Clone(nt.cfg.MasterRxLowerPri), "INSTANCE", nt.instance, "MASTER_RX_LOWER_PRI",
+				strconv.Itoa(int(nt.t.Priority)), nt.from.String()))
+			continue
+		}
 		var specific []string
 		switch nt.t.To {
 		case vrrp.Master:
