@@ -35,14 +35,16 @@ type Deps struct {
 	// MTU is an interface's MTU, which bounds the addresses an advert
 	// carries; nil (or 0): 1500.
 	MTU func(ifname string) int
+	// Acceptor enforces no_accept on a master; nil: not enforced.
+	Acceptor Acceptor
 	// Notify is told of every transition, in order. It is called from the
 	// instance's event loop and must return at once (queue, don't run).
 	Notify func(instance string, t Transition)
 	// LowerPriority is told when a master hears an advert of a lower
 	// priority (keepalived's notify_master_rx_lower_pri); the same rule.
 	LowerPriority func(instance string, from netip.Addr, priority uint8)
-	Now    func() time.Time
-	Log    *slog.Logger
+	Now           func() time.Time
+	Log           *slog.Logger
 }
 
 // KernelDeps uses the real kernel: raw sockets, rtnetlink and ARP.
@@ -59,6 +61,7 @@ func KernelDeps(log *slog.Logger) Deps {
 		Primary:    PrimaryAddress,
 		WatchLinks: WatchLinks,
 		WatchAddrs: WatchAddrs,
+		Acceptor:   &NFTAcceptor{},
 		Index: func(ifname string) (int, error) {
 			ifi, err := net.InterfaceByName(ifname)
 			if err != nil {
@@ -283,6 +286,9 @@ func (a *actor) reconfigure(c Config) {
 			}
 		}
 		a.send(a.m.Info().Priority)
+	}
+	if a.held {
+		a.acceptMode() // the addresses, or no_accept itself, may have changed
 	}
 	a.follow(now)
 	a.log.Info("VRRP instance reconfigured in place", "state", a.m.State())
@@ -927,6 +933,9 @@ type actor struct {
 	// added are the addresses this instance put on the interface (an
 	// owner's may have been there before).
 	added map[netip.Prefix]bool
+	// refusing: the Acceptor refuses packets to the VIPs for this
+	// instance (no_accept).
+	refusing bool
 	// garpDelay and garpRefresh fire the follow-up gratuitous ARP bursts.
 	garpDelay, garpRefresh <-chan time.Time
 }
@@ -1044,6 +1053,7 @@ func (a *actor) addVIPs() {
 		a.addVIP(p)
 	}
 	a.held = true
+	a.acceptMode()
 }
 
 func (a *actor) removeVIPs() {
@@ -1051,6 +1061,31 @@ func (a *actor) removeVIPs() {
 		a.removeVIP(p)
 	}
 	a.held = false
+	a.acceptMode()
+}
+
+// acceptMode makes a master of a no_accept instance refuse packets to its
+// addresses (an owner always accepts them, RFC 9568 §6.1), and lifts that
+// otherwise.
+func (a *actor) acceptMode() {
+	acc := a.g.deps.Acceptor
+	if acc == nil {
+		return
+	}
+	cfg := a.in.cfg
+	var err error
+	switch {
+	case a.held && cfg.NoAccept && cfg.Priority != PriorityOwner:
+		err = acc.Refuse(cfg.Name, addrsOf(cfg.held()))
+		a.refusing = true
+	case a.refusing || cfg.NoAccept:
+		// (no_accept at start: a run that died may have left a refusal.)
+		err = acc.Accept(cfg.Name)
+		a.refusing = false
+	}
+	if err != nil {
+		a.log.Error("VRRP: no_accept not enforced", "err", err)
+	}
 }
 
 func (a *actor) addVIP(p netip.Prefix) {

@@ -96,6 +96,10 @@ type Config struct {
 	// SkipCheckAdvAddr: adverts' address lists are not compared
 	// (keepalived's skip_check_adv_addr).
 	SkipCheckAdvAddr bool
+	// NoAccept: as master, refuse packets addressed to the virtual
+	// addresses (keepalived's no_accept, RFC 9568 Accept_Mode false);
+	// enforced by Deps.Acceptor.
+	NoAccept bool
 	// InitFail: tracked interfaces and scripts that have not reported yet
 	// count as down, so the instance starts in FAULT (keepalived's
 	// init_fail).

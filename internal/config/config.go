@@ -121,6 +121,9 @@ type VRRPInstance struct {
 	// master hears a lower priority (0: garp_master_repeat/_delay).
 	GARPLowerPrioRepeat int           `json:"garp_lower_prio_repeat,omitempty"`
 	GARPLowerPrioDelay  time.Duration `json:"garp_lower_prio_delay,omitempty"`
+	// NoAccept: as master, packets to the VIPs are refused (keepalived's
+	// no_accept; accept, the default, takes them).
+	NoAccept bool `json:"no_accept,omitempty"`
 	// InitFail: tracking not reported yet counts as down (start in FAULT).
 	InitFail bool `json:"init_fail,omitempty"`
 	// LowerPrioNoAdvert: a master hearing a lower priority sends no
@@ -182,15 +185,15 @@ type CheckScript struct {
 // Notify holds the programs run on transitions, as argument vectors
 // (no shell is involved).
 type Notify struct {
-	Master  []string      `json:"notify_master,omitempty"`
-	Backup  []string      `json:"notify_backup,omitempty"`
-	Fault   []string      `json:"notify_fault,omitempty"`
-	Stop    []string      `json:"notify_stop,omitempty"`
-	Any     []string      `json:"notify,omitempty"`
+	Master []string `json:"notify_master,omitempty"`
+	Backup []string `json:"notify_backup,omitempty"`
+	Fault  []string `json:"notify_fault,omitempty"`
+	Stop   []string `json:"notify_stop,omitempty"`
+	Any    []string `json:"notify,omitempty"`
 	// MasterRxLowerPri runs when the master hears a lower priority
 	// (keepalived's notify_master_rx_lower_pri).
-	MasterRxLowerPri []string `json:"notify_master_rx_lower_pri,omitempty"`
-	Timeout time.Duration `json:"notify_timeout"`
+	MasterRxLowerPri []string      `json:"notify_master_rx_lower_pri,omitempty"`
+	Timeout          time.Duration `json:"notify_timeout"`
 }
 
 // IPv6 reports whether the instance carries IPv6 addresses.

@@ -360,3 +360,28 @@ func TestRealServerChecks(t *testing.T) {
 		}
 	}
 }
+
+// accept / no_accept, keepalived's pair of keys for one setting.
+func TestAcceptKeys(t *testing.T) {
+	base := "[node]\nname = \"lb1\"\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nvirtual_ipaddress = [\"192.0.2.100/24\"]\n"
+	for _, tc := range []struct {
+		line     string
+		noAccept bool
+		want     string
+	}{
+		{"", false, ""},
+		{"no_accept = true", true, ""},
+		{"accept = false", true, ""},
+		{"accept = true\nno_accept = true", false, "accept and no_accept say opposite things"},
+	} {
+		cfg, err := config.Parse("f.toml", []byte(base+tc.line+"\n"))
+		switch {
+		case tc.want != "":
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%q: %v", tc.line, err)
+			}
+		case err != nil || cfg.VRRP[0].NoAccept != tc.noAccept:
+			t.Errorf("%q: %v", tc.line, err)
+		}
+	}
+}

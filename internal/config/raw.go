@@ -89,6 +89,8 @@ type rawVRRP struct {
 	SkipCheckAdvAddr  *bool            `toml:"skip_check_adv_addr"`
 	LowerPrioNoAdvert *bool            `toml:"lower_prio_no_advert"`
 	InitFail          *bool            `toml:"init_fail"`
+	Accept            *bool            `toml:"accept"`
+	NoAccept          *bool            `toml:"no_accept"`
 	GARPLowerRepeat   *int             `toml:"garp_lower_prio_repeat"`
 	GARPLowerDelay    string           `toml:"garp_lower_prio_delay"`
 }

@@ -601,6 +601,14 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 		in.SkipCheckAdvAddr = r.SkipCheckAdvAddr != nil && *r.SkipCheckAdvAddr
 		in.LowerPrioNoAdvert = r.LowerPrioNoAdvert != nil && *r.LowerPrioNoAdvert
 		in.InitFail = r.InitFail != nil && *r.InitFail
+		switch {
+		case r.Accept != nil && r.NoAccept != nil && *r.Accept == *r.NoAccept:
+			v.add(at(p, "no_accept"), "accept and no_accept say opposite things; give one")
+		case r.NoAccept != nil:
+			in.NoAccept = *r.NoAccept
+		case r.Accept != nil:
+			in.NoAccept = !*r.Accept
+		}
 		in.GARPLowerPrioRepeat = v.intIn(at(p, "garp_lower_prio_repeat"), r.GARPLowerRepeat, 0, 0, 100)
 		in.GARPLowerPrioDelay = v.duration(at(p, "garp_lower_prio_delay"), r.GARPLowerDelay, 0, 0, time.Hour)
 		srcKey, srcText := "unicast_src_ip", r.UnicastSrcIP
@@ -702,14 +710,14 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 			})
 		}
 		in.Notify = Notify{
-			Master:  v.argv(at(p, "notify_master"), r.NotifyMaster),
-			Backup:  v.argv(at(p, "notify_backup"), r.NotifyBackup),
-			Fault:   v.argv(at(p, "notify_fault"), r.NotifyFault),
-			Stop:    v.argv(at(p, "notify_stop"), r.NotifyStop),
-			Any:     v.argv(at(p, "notify"), r.Notify),
+			Master: v.argv(at(p, "notify_master"), r.NotifyMaster),
+			Backup: v.argv(at(p, "notify_backup"), r.NotifyBackup),
+			Fault:  v.argv(at(p, "notify_fault"), r.NotifyFault),
+			Stop:   v.argv(at(p, "notify_stop"), r.NotifyStop),
+			Any:    v.argv(at(p, "notify"), r.Notify),
 
 			MasterRxLowerPri: v.argv(at(p, "notify_master_rx_lower_pri"), r.NotifyRxLowerPri),
-			Timeout: v.duration(at(p, "notify_timeout"), r.NotifyTimeout, 10*time.Second, 100*time.Millisecond, time.Hour),
+			Timeout:          v.duration(at(p, "notify_timeout"), r.NotifyTimeout, 10*time.Second, 100*time.Millisecond, time.Hour),
 		}
 		if in.VRID != 0 && in.Interface != "" && family != "" {
 			// VRRP for IPv4 and IPv6 are separate protocols, so one VRID may

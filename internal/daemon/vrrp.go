@@ -52,6 +52,7 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 			SkipCheckAdvAddr:  in.SkipCheckAdvAddr,
 			LowerPrioNoAdvert: in.LowerPrioNoAdvert,
 			InitFail:          in.InitFail,
+			NoAccept:          in.NoAccept,
 
 			GARPLowerPrioRepeat: in.GARPLowerPrioRepeat,
 			GARPLowerPrioDelay:  in.GARPLowerPrioDelay,

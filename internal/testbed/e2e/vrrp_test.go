@@ -736,3 +736,30 @@ func TestVRRPManyIPv6VIPs(t *testing.T) {
 		t.Fatalf("the backup: %+v, %v", in, err)
 	}
 }
+
+// TestVRRPNoAccept: a master with no_accept does not answer for its VIP
+// (a ping to it gets no reply), as keepalived's no_accept; with accept
+// (the default) the new master answers. When the instance stops, the
+// refusal goes with it.
+func TestVRRPNoAccept(t *testing.T) {
+	lab.Require(t, "nft")
+	p := newPair(t)
+	p.elect("no_accept = true", "")
+	if out, err := p.Client.Run("ping", "-c", "1", "-W", "1", vip); err == nil {
+		t.Fatalf("the no_accept master answered a ping to its VIP:\n%s", out)
+	}
+	if out := p.LB1.MustRun("nft", "list", "table", "inet", "directord_vrrp"); !strings.Contains(out, "192.0.2.100") {
+		t.Fatalf("lb1's refusal table:\n%s", out)
+	}
+	if err := p.Procs[p.LB1].Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := p.Procs[p.LB1].Wait(10 * time.Second); err != nil || code != 0 {
+		t.Fatalf("lb1: exit %d, %v", code, err)
+	}
+	if out, err := p.LB1.Run("nft", "list", "table", "inet", "directord_vrrp"); err == nil {
+		t.Fatalf("the refusal outlived the instance:\n%s", out)
+	}
+	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB2: vrrp.Master})
+	p.Client.MustRun("ping", "-c", "1", "-W", "2", vip)
+}
