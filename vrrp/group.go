@@ -90,8 +90,9 @@ type Group struct {
 	instances map[string]*instance
 	links     map[string]bool
 	scripts   map[string]bool
-	pending   []Config // an Update that came before Run
-	fault     string   // SetFault's reason: every instance is FAULT
+	files     map[string]int // tracked files' values (SetFile)
+	pending   []Config       // an Update that came before Run
+	fault     string         // SetFault's reason: every instance is FAULT
 }
 
 type routerKey struct {
@@ -147,7 +148,8 @@ func NewGroup(deps Deps) *Group {
 	if deps.Log == nil {
 		deps.Log = slog.Default()
 	}
-	return &Group{deps: deps, routers: map[routerKey]*router{}, instances: map[string]*instance{}, links: map[string]bool{}, scripts: map[string]bool{}}
+	return &Group{deps: deps, routers: map[routerKey]*router{}, instances: map[string]*instance{}, links: map[string]bool{}, scripts: map[string]bool{},
+		files: map[string]int{}}
 }
 
 // Run starts the routers and runs until ctx ends; then every master
@@ -421,6 +423,30 @@ func (g *Group) SetFault(reason string) {
 	}
 }
 
+// SetFile reports a tracked file's value (keepalived's vrrp_track_file);
+// a file not reported yet counts as 0.
+func (g *Group) SetFile(name string, value int) {
+	g.mu.Lock()
+	prev, known := g.files[name]
+	g.files[name] = value
+	var ins []*instance
+	for _, in := range g.instances {
+		if slices.ContainsFunc(in.config().TrackFiles, func(t TrackFile) bool { return t.Name == name }) {
+			ins = append(ins, in)
+		}
+	}
+	g.mu.Unlock()
+	if known && prev == value {
+		return
+	}
+	for _, in := range ins {
+		select {
+		case in.inputs <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // changed records an input's new value and tells the instances that
 // depend on it.
 func (g *Group) changed(inputs map[string]bool, name string, up bool, dependsOn func(Config) bool) {
@@ -495,6 +521,19 @@ func (in *instance) health(g *Group) (fault string, prio uint8) {
 			return "tracked script " + t.Name + " failed", in.cfg.Priority
 		}
 		p += trackWeight(ok, t.Weight)
+	}
+	for _, t := range in.cfg.TrackFiles {
+		g.mu.Lock()
+		v := g.files[t.Name]
+		g.mu.Unlock()
+		switch {
+		case t.Weight == 0 && v != 0:
+			return fmt.Sprintf("tracked file %s holds %d", t.Name, v), in.cfg.Priority
+		case t.Reverse:
+			p -= v * t.Weight
+		default:
+			p += v * t.Weight
+		}
 	}
 	if in.cfg.Priority == PriorityOwner {
 		return "", PriorityOwner

@@ -74,6 +74,7 @@ type Config struct {
 	// checks whose verdicts Group.SetScript reports.
 	Track        []Track
 	TrackScripts []TrackScript
+	TrackFiles   []TrackFile
 	// SyncGroup names the vrrp_sync_group the router belongs to: its
 	// members go to FAULT, MASTER and BACKUP together.
 	SyncGroup string
@@ -118,6 +119,15 @@ type TrackScript struct {
 	Name    string
 	Weight  int
 	Reverse bool // success counts as failure (keepalived's reverse)
+}
+
+// TrackFile is a file holding a number (keepalived's track_file): with
+// Weight 0 a non-zero number means FAULT; otherwise the number times the
+// weight (negated with Reverse) is added to the priority.
+type TrackFile struct {
+	Name    string
+	Weight  int
+	Reverse bool
 }
 
 // Track is a link the router depends on: when it is down the router goes

@@ -265,3 +265,23 @@ func TestInitFail(t *testing.T) {
 		t.Fatalf("without init_fail: %q", fault)
 	}
 }
+
+// Tracked files, keepalived's track_file: the value times the weight moves
+// the priority (reverse negates it); with weight 0 a non-zero value is a
+// FAULT; a file not reported yet counts as 0.
+func TestTrackFiles(t *testing.T) {
+	g := NewGroup(Deps{})
+	in := &instance{cfg: Config{Interface: "eth0", Priority: 100,
+		TrackFiles: []TrackFile{{Name: "load", Weight: 5}, {Name: "drain", Weight: 2, Reverse: true}, {Name: "maint"}}}}
+	if fault, prio := in.health(g); fault != "" || prio != 100 {
+		t.Fatalf("nothing reported: %q %d", fault, prio)
+	}
+	g.files = map[string]int{"load": 3, "drain": 4}
+	if fault, prio := in.health(g); fault != "" || prio != 107 { // +15 -8
+		t.Fatalf("values: %q %d", fault, prio)
+	}
+	g.files["maint"] = 1
+	if fault, _ := in.health(g); fault != "tracked file maint holds 1" {
+		t.Fatalf("weight 0: %q", fault)
+	}
+}

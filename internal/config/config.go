@@ -27,7 +27,10 @@ type Config struct {
 	// CheckScripts are this director's own programs that exec health
 	// checks name (script = "name"): a replicated table names them and
 	// never carries a command.
-	CheckScripts   []CheckScript   `json:"check_script"`
+	CheckScripts []CheckScript `json:"check_script"`
+	// TrackFiles are files holding a number that instances track
+	// (keepalived's vrrp_track_file).
+	TrackFiles     []TrackFileDef  `json:"vrrp_track_file,omitempty"`
 	SyncGroups     []SyncGroup     `json:"vrrp_sync_group"`
 	VirtualServers []VirtualServer `json:"virtual_server"`
 	// Cluster is nil when the file has no [cluster] section: a single
@@ -108,6 +111,7 @@ type VRRPInstance struct {
 	GARPMasterRefresh time.Duration    `json:"garp_master_refresh"`
 	TrackInterfaces   []TrackInterface `json:"track_interface"`
 	TrackScripts      []TrackScript    `json:"track_script"`
+	TrackFiles        []TrackScript    `json:"track_file,omitempty"` // names of [[vrrp_track_file]]s, with weights
 	Notify            Notify           `json:"notify"`
 	// InitialMaster: keepalived's state MASTER, which takes over at start
 	// without waiting for Master_Down_Interval.
@@ -174,6 +178,13 @@ type VRRPScript struct {
 	UID    uint32   `json:"-"`
 	GID    uint32   `json:"-"`
 	Groups []uint32 `json:"-"`
+}
+
+// TrackFileDef is a [[vrrp_track_file]]: its file holds a number.
+type TrackFileDef struct {
+	Name   string `json:"name"`
+	File   string `json:"file"`
+	Weight int    `json:"weight"`
 }
 
 // CheckScript is a program an exec health check runs by name.

@@ -385,3 +385,34 @@ func TestAcceptKeys(t *testing.T) {
 		}
 	}
 }
+
+// [[vrrp_track_file]] and an instance's track_file, keepalived's spelling.
+func TestTrackFileKeys(t *testing.T) {
+	base := `[node]
+name = "lb1"
+[[vrrp_track_file]]
+name = "load"
+file = "/run/load"
+weight = -5
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24"]
+track_file = [%s]
+`
+	cfg, err := config.Parse("f.toml", []byte(fmt.Sprintf(base, `"load"`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tf := cfg.VRRP[0].TrackFiles; len(tf) != 1 || tf[0].Weight != -5 || cfg.TrackFiles[0].File != "/run/load" {
+		t.Fatalf("track files %+v %+v", tf, cfg.TrackFiles)
+	}
+	if _, err := config.Parse("f.toml", []byte(fmt.Sprintf(base, `"nope"`))); err == nil || !strings.Contains(err.Error(), `vrrp_instance[0].track_file[0]: no [[vrrp_track_file]] is named "nope"`) {
+		t.Fatalf("unknown file: %v", err)
+	}
+	cfg, err = config.Parse("f.toml", []byte(fmt.Sprintf(base, `{ name = "load", weight = 2, reverse = true }`)))
+	if err != nil || cfg.VRRP[0].TrackFiles[0].Weight != 2 || !cfg.VRRP[0].TrackFiles[0].Reverse {
+		t.Fatalf("weighted: %v %+v", err, cfg)
+	}
+}

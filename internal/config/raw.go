@@ -13,6 +13,7 @@ type rawConfig struct {
 	VRRPInstance  []rawVRRP        `toml:"vrrp_instance"`
 	VRRPScript    []rawScript      `toml:"vrrp_script"`
 	CheckScript   []rawCheckScript `toml:"check_script"`
+	TrackFile     []rawTrackFile   `toml:"vrrp_track_file"`
 	VRRPSyncGroup []rawSyncGroup   `toml:"vrrp_sync_group"`
 	VirtualServer []rawVS          `toml:"virtual_server"`
 	Cluster       *rawCluster      `toml:"cluster"`
@@ -76,6 +77,7 @@ type rawVRRP struct {
 	GARPMasterRefresh string           `toml:"garp_master_refresh"`
 	TrackInterface    []rawTrackIf     `toml:"track_interface"`
 	TrackScript       []rawTrackScript `toml:"track_script"`
+	TrackFileRef      []rawTrackScript `toml:"track_file"`
 	NotifyMaster      []string         `toml:"notify_master"`
 	NotifyBackup      []string         `toml:"notify_backup"`
 	NotifyFault       []string         `toml:"notify_fault"`
@@ -232,6 +234,12 @@ type rawHealthCheck struct {
 	Command          []string          `toml:"command"`
 	Script           string            `toml:"script"`
 	Dynamic          *bool             `toml:"dynamic"`
+}
+
+type rawTrackFile struct {
+	Name   string `toml:"name"`
+	File   string `toml:"file"`
+	Weight *int   `toml:"weight"`
 }
 
 type rawCheckScript struct {

@@ -176,6 +176,8 @@ func (v *validator) config(raw *rawConfig) *Config {
 	cfg.VRRP = v.vrrp(raw.VRRPInstance, cfg.VRRPScripts)
 	cfg.SyncGroups = v.syncGroups(raw.VRRPSyncGroup, cfg.VRRP)
 	cfg.CheckScripts = v.checkScriptList(raw.CheckScript)
+	cfg.TrackFiles = v.trackFiles(raw.TrackFile)
+	v.trackFileRefs(raw.VRRPInstance, cfg)
 	cfg.VirtualServers = v.virtualServers(raw.VirtualServer)
 	if raw.Cluster != nil {
 		// The file's virtual servers seed the replicated table.
@@ -473,6 +475,45 @@ func (v *validator) scriptName(path []any, name string) string {
 		v.add(path, "%q is not a [[check_script]] of this file", name)
 	}
 	return name
+}
+
+func (v *validator) trackFiles(raws []rawTrackFile) []TrackFileDef {
+	names := map[string][]any{}
+	out := make([]TrackFileDef, 0, len(raws))
+	for i, r := range raws {
+		p := []any{"vrrp_track_file", i}
+		v.uniqueName(at(p, "name"), r.Name, "vrrp_track_file", names)
+		if !filepath.IsAbs(r.File) {
+			v.add(at(p, "file"), "required: an absolute path (%q)", r.File)
+		}
+		out = append(out, TrackFileDef{Name: r.Name, File: r.File, Weight: v.intIn(at(p, "weight"), r.Weight, 1, -254, 254)})
+	}
+	return out
+}
+
+// trackFileRefs resolves the instances' track_file entries.
+func (v *validator) trackFileRefs(raws []rawVRRP, cfg *Config) {
+	for i, r := range raws {
+		if i >= len(cfg.VRRP) {
+			return
+		}
+		seen := map[string]bool{}
+		for j, tf := range r.TrackFileRef {
+			tp := []any{"vrrp_instance", i, "track_file", j}
+			k := slices.IndexFunc(cfg.TrackFiles, func(f TrackFileDef) bool { return f.Name == tf.Name })
+			switch {
+			case k < 0:
+				v.add(tp, "no [[vrrp_track_file]] is named %q", tf.Name)
+				continue
+			case seen[tf.Name]:
+				v.add(tp, "%s is tracked twice", tf.Name)
+				continue
+			}
+			seen[tf.Name] = true
+			cfg.VRRP[i].TrackFiles = append(cfg.VRRP[i].TrackFiles, TrackScript{Name: tf.Name,
+				Weight: v.intIn(tp, tf.Weight, cfg.TrackFiles[k].Weight, -254, 254), Reverse: tf.Reverse})
+		}
+	}
 }
 
 // noCommands refuses programs inside virtual servers that the cluster

@@ -235,6 +235,7 @@ func (d *Daemon) Run(ctx context.Context, ln net.Listener) error {
 		g.Go(func() error { return d.publishLoop(ctx) })
 	}
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
+	g.Go(func() error { return d.trackFiles(ctx, time.Second) })
 	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
 	g.Go(func() error { return d.health.runner.Run(ctx) })
 	if cts := d.ctsync; cts != nil {

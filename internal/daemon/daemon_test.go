@@ -807,3 +807,28 @@ func TestNotifyMasterRxLowerPri(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A vrrp_track_file's number moves the instance's priority within about
+// a second of the file changing (keepalived's track_file).
+func TestTrackFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "load")
+	text := strings.Replace(hostConfig(dir, 100, []string{"192.0.2.100/24"}, nil), `advert_int = "20ms"`, "advert_int = \"20ms\"\ntrack_file = [\"load\"]", 1) +
+		fmt.Sprintf("\n[[vrrp_track_file]]\nname = \"load\"\nfile = %q\nweight = -10\n", file)
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", text)
+	prio := func(want uint8) {
+		t.Helper()
+		h.eventually(t, fmt.Sprintf("priority %d", want), func(doc api.Document) error {
+			if p := doc.VRRP.Instances[0].Priority; p != want {
+				return fmt.Errorf("priority %d", p)
+			}
+			return nil
+		})
+	}
+	prio(100) // no file yet: 0
+	writeConfig(t, file, "3\n")
+	prio(70)
+	if !strings.Contains(h.log.String(), `vrrp_track_file counts as 0`) {
+		t.Fatal("the missing file was not logged")
+	}
+}

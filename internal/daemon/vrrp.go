@@ -42,6 +42,7 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 			ChecksumAsV2: in.V3ChecksumAsV2,
 			Track:        tracks(in.TrackInterfaces),
 			TrackScripts: trackScripts(in.TrackScripts),
+			TrackFiles:   trackFiles(in.TrackFiles),
 			SyncGroup:    groupOf[in.Name],
 			GARPRepeat:   in.GARPMasterRepeat,
 			GARPDelay:    in.GARPMasterDelay,
@@ -65,6 +66,14 @@ func tracks(ts []config.TrackInterface) []vrrp.Track {
 	var out []vrrp.Track
 	for _, t := range ts {
 		out = append(out, vrrp.Track{Interface: t.Interface, Weight: t.Weight, Reverse: t.Reverse})
+	}
+	return out
+}
+
+func trackFiles(ts []config.TrackScript) []vrrp.TrackFile {
+	var out []vrrp.TrackFile
+	for _, t := range ts {
+		out = append(out, vrrp.TrackFile{Name: t.Name, Weight: t.Weight, Reverse: t.Reverse})
 	}
 	return out
 }
