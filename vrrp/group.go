@@ -8,10 +8,13 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Deps are the group's ties to the kernel and the daemon, injected so the
@@ -37,6 +40,11 @@ type Deps struct {
 	MTU func(ifname string) int
 	// Acceptor enforces no_accept on a master; nil: not enforced.
 	Acceptor Acceptor
+	// Realtime, 1 to 99, runs each instance's event loop and each socket's
+	// reads on an OS thread of their own under SCHED_RR at that priority
+	// (keepalived's vrrp_rt_priority): adverts go out on time on a busy
+	// host. 0: ordinary scheduling.
+	Realtime int
 	// Notify is told of every transition, in order. It is called from the
 	// instance's event loop and must return at once (queue, don't run).
 	Notify func(instance string, t Transition)
@@ -366,7 +374,7 @@ func (g *Group) reopen(ifname string) {
 		old, oldDone := r.swap(conn, idx)
 		old.Close()
 		<-oldDone
-		go r.readLoop(conn, r.loopDone(), g.deps.Log)
+		go r.readLoop(conn, r.loopDone(), g.deps.Log, g.realtime)
 	}
 }
 
@@ -390,6 +398,21 @@ func (r *router) socket() Conn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.conn
+}
+
+// realtime puts the calling goroutine on an OS thread of its own under
+// SCHED_RR (Deps.Realtime). The thread is never given back: when the
+// goroutine ends, the runtime ends the thread, so no other goroutine
+// inherits the priority.
+func (g *Group) realtime() {
+	if g.deps.Realtime <= 0 {
+		return
+	}
+	runtime.LockOSThread()
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(g.deps.Realtime)}
+	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+		g.deps.Log.Warn("VRRP: realtime priority not set; running at ordinary priority", "priority", g.deps.Realtime, "err", err)
+	}
 }
 
 // SetScript reports a tracked script's verdict (a script not reported yet
@@ -606,7 +629,7 @@ func (g *Group) attach(in *instance) (*router, error) {
 			r.index, _ = g.deps.Index(key.ifname)
 		}
 		g.routers[key] = r
-		go r.readLoop(conn, r.done, g.deps.Log)
+		go r.readLoop(conn, r.done, g.deps.Log, g.realtime)
 	}
 	r.mu.Lock()
 	r.byVRID[in.cfg.VRID] = in
@@ -648,8 +671,9 @@ func (g *Group) stop(name string) {
 	}
 }
 
-func (r *router) readLoop(conn Conn, done chan struct{}, log *slog.Logger) {
+func (r *router) readLoop(conn Conn, done chan struct{}, log *slog.Logger, rt func()) {
 	defer close(done)
+	rt()
 	buf := make([]byte, 65536) // a peer on a jumbo-frame link may send long adverts
 	for {
 		n, src, dst, ttl, err := conn.ReadFrom(buf)
@@ -753,6 +777,7 @@ func (in *instance) fail(g *Group, err error) {
 
 // run is the instance's event loop; it alone touches its Machine.
 func (in *instance) run(ctx context.Context, g *Group, r *router) {
+	g.realtime()
 	log := g.deps.Log.With("instance", in.cfg.Name)
 	src := in.cfg.UnicastSrc
 	for logged := false; !src.IsValid(); {

@@ -65,6 +65,9 @@ type Node struct {
 	// VRRPStartupDelay holds VRRP back after the daemon starts
 	// (keepalived's vrrp_startup_delay).
 	VRRPStartupDelay time.Duration `json:"vrrp_startup_delay,omitempty"`
+	// RealtimePriority runs VRRP's threads under SCHED_RR at this
+	// priority (keepalived's vrrp_rt_priority); 0: off.
+	RealtimePriority int `json:"realtime_priority,omitempty"`
 }
 
 type Dataplane struct {

@@ -38,6 +38,7 @@ func Diff(old, cur *Config) Changes {
 		{"node.metrics_listen", old.Node.MetricsListen, cur.Node.MetricsListen},
 		{"node.log_format", old.Node.LogFormat, cur.Node.LogFormat},
 		{"node.script_user", old.Node.ScriptUser, cur.Node.ScriptUser},
+		{"node.realtime_priority", old.Node.RealtimePriority, cur.Node.RealtimePriority},
 		{"dataplane", old.Dataplane, cur.Dataplane},
 		{"cluster", withoutKeys(old.Cluster), withoutKeys(cur.Cluster)},
 	} {

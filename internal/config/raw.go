@@ -38,6 +38,7 @@ type rawNode struct {
 	ScriptUser    string `toml:"script_user"`
 	ScriptSecure  *bool  `toml:"enable_script_security"`
 	VRRPStartup   string `toml:"vrrp_startup_delay"`
+	Realtime      *int   `toml:"realtime_priority"`
 }
 
 type rawDataplane struct {

@@ -255,6 +255,7 @@ func (v *validator) node(r *rawNode) Node {
 	n.LogLevel = v.oneOf(at(p, "log_level"), r.LogLevel, "info", "debug", "info", "warn", "error")
 	n.ScriptSecurity = r.ScriptSecure == nil || *r.ScriptSecure
 	n.VRRPStartupDelay = v.duration(at(p, "vrrp_startup_delay"), r.VRRPStartup, 0, 0, time.Hour)
+	n.RealtimePriority = v.intIn(at(p, "realtime_priority"), r.Realtime, 0, 0, 99)
 	v.scriptSecurity = n.ScriptSecurity
 	if r.ScriptUser != "" {
 		u, err := lookupUser(r.ScriptUser)

@@ -269,6 +269,7 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 	d.programs = newPrograms(cfg.Node)
 	deps := kernel.VRRP
 	deps.Log = d.log
+	deps.Realtime = cfg.Node.RealtimePriority
 	d.notify = newNotifier(d.log, func(name string) (config.Notify, bool) {
 		for _, in := range d.config().VRRP {
 			if in.Name == name {

@@ -671,7 +671,7 @@ func TestLeaveHoldsVRRP(t *testing.T) {
 	}
 	lb2 := hosts["lb2"]
 	lb2.eventually(t, "a formed cluster, lb2 BACKUP", func(doc api.Document) error {
-		if c := doc.Cluster; c == nil || c.Leader == "" || doc.VRRP.Instances[0].State != api.StateBackup {
+		if c := doc.Cluster; c == nil || c.Leader == "" || len(doc.VRRP.Instances) != 1 || doc.VRRP.Instances[0].State != api.StateBackup {
 			return fmt.Errorf("cluster %+v, vrrp %+v", doc.Cluster, doc.VRRP.Instances)
 		}
 		return nil
@@ -819,6 +819,9 @@ func TestTrackFile(t *testing.T) {
 	prio := func(want uint8) {
 		t.Helper()
 		h.eventually(t, fmt.Sprintf("priority %d", want), func(doc api.Document) error {
+			if len(doc.VRRP.Instances) != 1 {
+				return fmt.Errorf("vrrp %+v", doc.VRRP)
+			}
 			if p := doc.VRRP.Instances[0].Priority; p != want {
 				return fmt.Errorf("priority %d", p)
 			}

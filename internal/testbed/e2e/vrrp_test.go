@@ -763,3 +763,40 @@ func TestVRRPNoAccept(t *testing.T) {
 	p.waitStates(5*time.Second, map[*lab.Host]vrrp.State{p.LB2: vrrp.Master})
 	p.Client.MustRun("ping", "-c", "1", "-W", "2", vip)
 }
+
+// TestVRRPRealtime: with [node] realtime_priority VRRP's threads run under
+// SCHED_RR at that priority (keepalived's vrrp_rt_priority), and the
+// election goes on as usual.
+func TestVRRPRealtime(t *testing.T) {
+	p := newPair(t)
+	p.WriteConfig(p.LB1, 150, "")
+	text, err := os.ReadFile(p.Files[p.LB1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, p.Files[p.LB1], strings.Replace(string(text), "[node]\n", "[node]\nrealtime_priority = 10\n", 1))
+	p.Start(p.LB1)
+	p.WriteConfig(p.LB2, 100, "")
+	p.Start(p.LB2)
+	p.waitStates(10*time.Second, map[*lab.Host]vrrp.State{p.LB1: vrrp.Master, p.LB2: vrrp.Backup})
+	// /proc/PID/task/TID/stat: field 40 is rt_priority, 41 the policy
+	// (2 is SCHED_RR).
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", p.Procs[p.LB1].Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr := 0
+	for _, task := range tasks {
+		b, err := os.ReadFile(task)
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		if len(f) > 38 && f[37] == "10" && f[38] == "2" { // fields 40 and 41, counted after the name
+			rr++
+		}
+	}
+	if rr < 2 { // the instance's loop and its socket's reads
+		t.Fatalf("%d SCHED_RR threads at priority 10 among %d", rr, len(tasks))
+	}
+}
