@@ -323,19 +323,9 @@ func (g *Group) linkChanged(ifname string, up bool) {
 // from an address it lost.
 func (g *Group) addrsChanged(ifname string) {
 	g.mu.Lock()
-	var ins []*instance
-	for _, in := range g.instances {
-		if in.config().Interface == ifname {
-			ins = append(ins, in)
-		}
-	}
+	ins := g.matching(func(c Config) bool { return c.Interface == ifname })
 	g.mu.Unlock()
-	for _, in := range ins {
-		select {
-		case in.inputs <- struct{}{}:
-		default:
-		}
-	}
+	wake(ins)
 }
 
 // reopen opens the sockets of ifname again when its index changed.
@@ -430,66 +420,57 @@ func (g *Group) SetFault(reason string) {
 	g.mu.Lock()
 	same := g.fault == reason
 	g.fault = reason
-	ins := make([]*instance, 0, len(g.instances))
-	for _, in := range g.instances {
-		ins = append(ins, in)
-	}
+	ins := g.matching(func(Config) bool { return true })
 	g.mu.Unlock()
-	if same {
-		return
-	}
-	for _, in := range ins {
-		select {
-		case in.inputs <- struct{}{}:
-		default:
-		}
+	if !same {
+		wake(ins)
 	}
 }
 
 // SetFile reports a tracked file's value (keepalived's vrrp_track_file);
 // a file not reported yet counts as 0.
 func (g *Group) SetFile(name string, value int) {
-	g.mu.Lock()
-	prev, known := g.files[name]
-	g.files[name] = value
-	var ins []*instance
-	for _, in := range g.instances {
-		if slices.ContainsFunc(in.config().TrackFiles, func(t TrackFile) bool { return t.Name == name }) {
-			ins = append(ins, in)
-		}
-	}
-	g.mu.Unlock()
-	if known && prev == value {
-		return
-	}
-	for _, in := range ins {
-		select {
-		case in.inputs <- struct{}{}:
-		default:
-		}
-	}
+	record(g, g.files, name, value, func(c Config) bool {
+		return slices.ContainsFunc(c.TrackFiles, func(t TrackFile) bool { return t.Name == name })
+	})
 }
 
 // changed records an input's new value and tells the instances that
 // depend on it.
 func (g *Group) changed(inputs map[string]bool, name string, up bool, dependsOn func(Config) bool) {
+	record(g, inputs, name, up, dependsOn)
+}
+
+// record sets inputs[name] and, when it changed, wakes the instances that
+// depend on it.
+func record[V comparable](g *Group, inputs map[string]V, name string, v V, dependsOn func(Config) bool) {
 	g.mu.Lock()
 	prev, known := inputs[name]
-	inputs[name] = up
+	inputs[name] = v
+	ins := g.matching(dependsOn)
+	g.mu.Unlock()
+	if !known || prev != v {
+		wake(ins)
+	}
+}
+
+// matching are the instances whose configuration f accepts; g.mu held.
+func (g *Group) matching(f func(Config) bool) []*instance {
 	var ins []*instance
 	for _, in := range g.instances {
-		if dependsOn(in.config()) {
+		if f(in.config()) {
 			ins = append(ins, in)
 		}
 	}
-	g.mu.Unlock()
-	if known && prev == up {
-		return
-	}
+	return ins
+}
+
+// wake tells the instances to look at their inputs again.
+func wake(ins []*instance) {
 	for _, in := range ins {
 		select {
 		case in.inputs <- struct{}{}:
-		default: // a notice is already queued; the instance reads all links
+		default: // a notice is already queued; the instance reads all inputs
 		}
 	}
 }

@@ -368,55 +368,42 @@ func PrimaryAddress(ifname string, ipv6 bool, vips []netip.Prefix) (netip.Addr, 
 // WatchAddrs reports each interface whose addresses change to fn until
 // ctx ends.
 func WatchAddrs(ctx context.Context, fn func(ifname string)) error {
-	updates := make(chan netlink.AddrUpdate, 64)
-	done := make(chan struct{})
-	errc := make(chan error, 1)
-	opts := netlink.AddrSubscribeOptions{
-		ErrorCallback: func(err error) {
-			select {
-			case errc <- err:
-			default:
-			}
-		},
-	}
-	if err := netlink.AddrSubscribeWithOptions(updates, done, opts); err != nil {
-		return fmt.Errorf("subscribe to address changes: %w", err)
-	}
-	defer close(done)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-errc:
-			return fmt.Errorf("address changes: %w", err)
-		case u, ok := <-updates:
-			if !ok {
-				return errors.New("address change subscription closed")
-			}
-			if ifi, err := net.InterfaceByIndex(u.LinkIndex); err == nil {
-				fn(ifi.Name)
-			}
+	return watch(ctx, "address", func(ch chan netlink.AddrUpdate, done chan struct{}, errf func(error)) error {
+		return netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{ErrorCallback: errf})
+	}, func(u netlink.AddrUpdate) {
+		if ifi, err := net.InterfaceByIndex(u.LinkIndex); err == nil {
+			fn(ifi.Name)
 		}
-	}
+	})
 }
 
 // WatchLinks reports the operational state of every link (and each change)
 // to fn until ctx ends.
 func WatchLinks(ctx context.Context, fn func(ifname string, up bool)) error {
-	updates := make(chan netlink.LinkUpdate, 64)
+	return watch(ctx, "link", func(ch chan netlink.LinkUpdate, done chan struct{}, errf func(error)) error {
+		return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{ListExisting: true, ErrorCallback: errf})
+	}, func(u netlink.LinkUpdate) {
+		attrs := u.Attrs()
+		up := u.Header.Type != unix.RTM_DELLINK && (attrs.OperState == netlink.OperUp ||
+			attrs.OperState == netlink.OperUnknown && attrs.Flags&net.FlagUp != 0)
+		fn(attrs.Name, up)
+	})
+}
+
+// watch subscribes to a kind of rtnetlink change and hands each to handle
+// until ctx ends or the subscription fails.
+func watch[U any](ctx context.Context, kind string, subscribe func(chan U, chan struct{}, func(error)) error, handle func(U)) error {
+	updates := make(chan U, 64)
 	done := make(chan struct{})
 	errc := make(chan error, 1)
-	opts := netlink.LinkSubscribeOptions{
-		ListExisting: true,
-		ErrorCallback: func(err error) {
-			select {
-			case errc <- err:
-			default:
-			}
-		},
+	errf := func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
 	}
-	if err := netlink.LinkSubscribeWithOptions(updates, done, opts); err != nil {
-		return fmt.Errorf("subscribe to link changes: %w", err)
+	if err := subscribe(updates, done, errf); err != nil {
+		return fmt.Errorf("subscribe to %s changes: %w", kind, err)
 	}
 	defer close(done)
 	for {
@@ -424,15 +411,12 @@ func WatchLinks(ctx context.Context, fn func(ifname string, up bool)) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-errc:
-			return fmt.Errorf("link changes: %w", err)
+			return fmt.Errorf("%s changes: %w", kind, err)
 		case u, ok := <-updates:
 			if !ok {
-				return errors.New("link change subscription closed")
+				return fmt.Errorf("%s change subscription closed", kind)
 			}
-			attrs := u.Attrs()
-			up := u.Header.Type != unix.RTM_DELLINK && (attrs.OperState == netlink.OperUp ||
-				attrs.OperState == netlink.OperUnknown && attrs.Flags&net.FlagUp != 0)
-			fn(attrs.Name, up)
+			handle(u)
 		}
 	}
 }

@@ -261,7 +261,7 @@ virtual_ipaddress_excluded = [%s]
 		t.Fatalf("excluded %v", ex)
 	}
 	for _, tc := range []struct{ list, want string }{
-		{`"192.0.2.100"`, "f.toml:9: vrrp_instance[0].virtual_ipaddress_excluded[0]: 192.0.2.100 is already a virtual address"},
+		{`"192.0.2.100"`, "f.toml:9: vrrp_instance[0].virtual_ipaddress_excluded[0]: 192.0.2.100 is listed twice in this instance"},
 		{`"2001:db8::1"`, "an instance carries one address family"},
 	} {
 		if _, err := config.Parse("f.toml", []byte(fmt.Sprintf(base, tc.list))); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -586,50 +586,40 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 			v.add(at(p, "virtual_ipaddress"), "required: at least one address")
 		}
 		family := "" // of the first address, even one rejected below
-		for j, s := range r.VirtualIPAddress {
-			vp := at(p, "virtual_ipaddress", j)
-			if family == "" {
-				// From the text, so that a duplicate VRID is still found
-				// when the address itself is malformed.
-				family = map[bool]string{true: "IPv6", false: "IPv4"}[strings.Contains(s, ":")]
-			}
-			pfx, err := parseVIP(s)
-			if err != nil {
-				v.add(vp, "%v", err)
-				continue
-			}
-			if len(in.VIPs) > 0 && pfx.Addr().Is4() != in.VIPs[0].Addr().Is4() {
-				v.add(vp, "%s: an instance carries one address family; put IPv4 and IPv6 in separate instances", s)
-				continue
-			}
-			if other, dup := vips[pfx.Addr()]; dup {
-				if other.name == in.Name {
-					v.add(vp, "%s is listed twice in this instance", pfx.Addr())
-				} else {
-					v.add(vp, "%s is already a virtual address of instance %q (line %d)", pfx.Addr(), other.name, v.pos.line(other.path...))
+		// The advertised addresses, then those held but not advertised:
+		// one family, and no address twice anywhere.
+		for _, list := range []struct {
+			key string
+			raw []string
+			dst *[]netip.Prefix
+		}{{"virtual_ipaddress", r.VirtualIPAddress, &in.VIPs}, {"virtual_ipaddress_excluded", r.VirtualIPExcluded, &in.Excluded}} {
+			for j, s := range list.raw {
+				vp := at(p, list.key, j)
+				if family == "" {
+					// From the text, so that a duplicate VRID is still found
+					// when the address itself is malformed.
+					family = map[bool]string{true: "IPv6", false: "IPv4"}[strings.Contains(s, ":")]
 				}
-				continue
+				pfx, err := parseVIP(s)
+				if err != nil {
+					v.add(vp, "%v", err)
+					continue
+				}
+				if len(in.VIPs) > 0 && pfx.Addr().Is4() != in.VIPs[0].Addr().Is4() {
+					v.add(vp, "%s: an instance carries one address family; put IPv4 and IPv6 in separate instances", s)
+					continue
+				}
+				if other, dup := vips[pfx.Addr()]; dup {
+					if other.name == in.Name {
+						v.add(vp, "%s is listed twice in this instance", pfx.Addr())
+					} else {
+						v.add(vp, "%s is already a virtual address of instance %q (line %d)", pfx.Addr(), other.name, v.pos.line(other.path...))
+					}
+					continue
+				}
+				vips[pfx.Addr()] = seen{name: in.Name, path: vp}
+				*list.dst = append(*list.dst, pfx)
 			}
-			vips[pfx.Addr()] = seen{name: in.Name, path: vp}
-			in.VIPs = append(in.VIPs, pfx)
-		}
-		for j, s := range r.VirtualIPExcluded {
-			vp := at(p, "virtual_ipaddress_excluded", j)
-			pfx, err := parseVIP(s)
-			if err != nil {
-				v.add(vp, "%v", err)
-				continue
-			}
-			if len(in.VIPs) > 0 && pfx.Addr().Is4() != in.VIPs[0].Addr().Is4() {
-				v.add(vp, "%s: an instance carries one address family; put IPv4 and IPv6 in separate instances", s)
-				continue
-			}
-			if other, dup := vips[pfx.Addr()]; dup {
-				v.add(vp, "%s is already a virtual address of instance %q (line %d)", pfx.Addr(), other.name, v.pos.line(other.path...))
-				continue
-			}
-			vips[pfx.Addr()] = seen{name: in.Name, path: vp}
-			in.Excluded = append(in.Excluded, pfx)
 		}
 		if in.IPv6() && in.Version == 2 {
 			v.add(at(p, "version"), "IPv6 virtual addresses need VRRP version 3")
