@@ -292,7 +292,7 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 	d.scripts = newScriptRunner(d.log, d.vrrp.SetScript, d.programs)
 	d.registerMetrics()
 	d.status.Handle("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
-		status.WriteJSON(w, http.StatusOK, redacted(d.config()))
+		status.WriteJSON(w, http.StatusOK, config.Shown(redacted(d.config())))
 	})
 	d.status.Handle("POST /v1/reload", d.handleReload)
 	d.status.Handle("POST /v1/vrrp/{instance}/failover", d.handleFailover)

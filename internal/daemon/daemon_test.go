@@ -835,3 +835,21 @@ func TestTrackFile(t *testing.T) {
 		t.Fatal("the missing file was not logged")
 	}
 }
+
+// /v1/config (directorctl config) writes durations as the file does and
+// empty lists as []; on main they were nanoseconds and null.
+func TestConfigShowsDurations(t *testing.T) {
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, nil))
+	var raw json.RawMessage
+	if err := h.client.Get(context.Background(), "/v1/config", &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"advert_int":"20ms"`, `"track_interface":[]`, `"virtual_ipaddress":["192.0.2.100/24"]`, `"reconcile_interval":"1s"`} {
+		if !strings.Contains(string(raw), want) {
+			t.Errorf("/v1/config lacks %s:\n%s", want, raw)
+		}
+	}
+	if strings.Contains(string(raw), "null") || strings.Contains(string(raw), "auth_pass") {
+		t.Errorf("/v1/config:\n%s", raw)
+	}
+}
