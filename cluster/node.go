@@ -97,7 +97,38 @@ type envelope struct {
 // answer is the leader's reply to an envelope.
 type answer struct {
 	Err string `json:"err,omitempty"`
+	// Kind names the sentinel Err wraps ("refused", "not_leader",
+	// "no_quorum", "quorum_lost"), so that the asking node's caller can
+	// tell them apart as if the leader were local.
+	Kind string `json:"kind,omitempty"`
 }
+
+// answerKinds are the sentinels an answer carries by name.
+var answerKinds = map[string]error{"refused": ErrCommand, "not_leader": errNotLeader, "no_quorum": ErrNoQuorum, "quorum_lost": ErrQuorumLost}
+
+// answerOf is the answer for err.
+func answerOf(err error) answer {
+	if err == nil {
+		return answer{}
+	}
+	a := answer{Err: err.Error()}
+	for kind, sentinel := range answerKinds {
+		if errors.Is(err, sentinel) {
+			a.Kind = kind
+		}
+	}
+	return a
+}
+
+// remoteError is the leader's error, as it said it, still matching its
+// sentinel with errors.Is.
+type remoteError struct {
+	msg  string
+	kind error
+}
+
+func (e remoteError) Error() string { return e.msg }
+func (e remoteError) Unwrap() error { return e.kind }
 
 type member struct {
 	name   string
@@ -627,8 +658,8 @@ func (n *Node) submit(c Command, timeout time.Duration) error {
 				switch {
 				case a.Err == "":
 					return nil
-				case !strings.HasPrefix(a.Err, errNotLeader.Error()):
-					return errors.New(a.Err)
+				case a.Kind != "not_leader":
+					return remoteError{msg: a.Err, kind: answerKinds[a.Kind]}
 				}
 				// Leadership moved while the command was on its way: it
 				// was not applied; find the new leader.
@@ -676,20 +707,18 @@ func (n *Node) serveRPC(peer string, c net.Conn) {
 		return
 	}
 	var e envelope
-	var a answer
+	var refused error
 	switch err := json.Unmarshal(b, &e); {
 	case err != nil || e.Cmd == nil:
-		a.Err = fmt.Sprintf("%v: not a command", ErrCommand)
+		refused = fmt.Errorf("%w: not a command", ErrCommand)
 	case e.Cmd.Op == OpInit:
-		a.Err = fmt.Sprintf("%v: %s is the leader's own", ErrCommand, OpInit)
+		refused = fmt.Errorf("%w: %s is the leader's own", ErrCommand, OpInit)
 	case (e.Cmd.Op == OpLeave || e.Cmd.Op == OpRejoin) && e.Cmd.Name != peer:
-		a.Err = fmt.Sprintf("%v: %s may take only itself out or back in, not %s", ErrCommand, peer, e.Cmd.Name)
+		refused = fmt.Errorf("%w: %s may take only itself out or back in, not %s", ErrCommand, peer, e.Cmd.Name)
 	default:
-		if err := n.Apply(*e.Cmd, 5*time.Second); err != nil {
-			a.Err = err.Error()
-		}
+		refused = n.Apply(*e.Cmd, 5*time.Second)
 	}
-	out, _ := json.Marshal(a)
+	out, _ := json.Marshal(answerOf(refused))
 	if err := writeFrame(c, out); err != nil {
 		n.log.Warn("cluster: answering a forwarded command failed", "peer", peer, "err", err)
 	}

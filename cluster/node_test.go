@@ -247,7 +247,7 @@ func TestClusterThreeVoters(t *testing.T) {
 			if err := n.Submit(put("mail"), 5*time.Second); err != nil {
 				t.Fatal(err)
 			}
-			if err := n.Submit(Command{Op: OpDrain, Name: "nope", Real: "203.0.113.11:80"}, 5*time.Second); err == nil || !strings.Contains(err.Error(), "no virtual server") {
+			if err := n.Submit(Command{Op: OpDrain, Name: "nope", Real: "203.0.113.11:80"}, 5*time.Second); !errors.Is(err, ErrCommand) || !strings.Contains(err.Error(), "no virtual server") {
 				t.Fatalf("a refused command forwarded: %v", err)
 			}
 			break

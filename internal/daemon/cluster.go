@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -422,8 +421,7 @@ func (c *clusterManager) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := c.node.Submit(cmd, 5*time.Second); err != nil {
 		code := http.StatusServiceUnavailable
-		// A refusal forwarded from the leader comes back as text.
-		if errors.Is(err, cluster.ErrCommand) || strings.Contains(err.Error(), cluster.ErrCommand.Error()) {
+		if errors.Is(err, cluster.ErrCommand) { // the leader's refusal, forwarded or not
 			code = http.StatusUnprocessableEntity
 		}
 		status.WriteError(w, code, err)
