@@ -32,16 +32,23 @@ type node struct {
 
 func startNode(t *testing.T, h *vrrptest.Hub, src netip.Addr, c vrrp.Config) *node {
 	wire := vrrptest.NewNode(h, src)
-	n := &node{addrs: wire.Addrs, ann: wire.Announcer, done: make(chan struct{})}
-	n.g = vrrp.NewGroup(wire.Deps(slog.New(slog.DiscardHandler)))
-	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
-	go func() {
-		n.g.Run(ctx, []vrrp.Config{c})
-		close(n.done)
-	}()
-	t.Cleanup(func() { cancel(); <-n.done })
+	n := &node{addrs: wire.Addrs, ann: wire.Announcer}
+	n.g, n.cancel, n.done = runGroup(t, wire.Deps(slog.New(slog.DiscardHandler)), c)
 	return n
+}
+
+// runGroup runs a group of one instance on deps until the test ends, or
+// until cancel; done closes when Run has returned.
+func runGroup(t *testing.T, deps vrrp.Deps, c vrrp.Config) (g *vrrp.Group, cancel context.CancelFunc, done chan struct{}) {
+	g = vrrp.NewGroup(deps)
+	ctx, cancel := context.WithCancel(context.Background())
+	done = make(chan struct{})
+	go func() {
+		g.Run(ctx, []vrrp.Config{c})
+		close(done)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return g, cancel, done
 }
 
 func (n *node) status(t *testing.T) vrrp.InstanceStatus {
@@ -161,15 +168,8 @@ func TestGroupFaultAtStartIsATransition(t *testing.T) {
 		notified = append(notified, tr)
 		mu.Unlock()
 	}
-	g := vrrp.NewGroup(deps)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		g.Run(ctx, []vrrp.Config{{Name: "VI_1", Interface: "eth9", VRID: 51, Priority: 100, Version: 3,
-			AdvertInt: time.Second, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}}})
-		close(done)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	g, _, _ := runGroup(t, deps, vrrp.Config{Name: "VI_1", Interface: "eth9", VRID: 51, Priority: 100, Version: 3,
+		AdvertInt: time.Second, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}})
 	waitFor(t, "FAULT", func() bool {
 		st := g.Status()
 		return len(st) == 1 && st[0].State == vrrp.Fault
@@ -236,14 +236,8 @@ func TestOwnerKeepsHostAddress(t *testing.T) {
 		vipsAsked = vips
 		return own.Addr(), nil
 	}
-	g := vrrp.NewGroup(deps)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		g.Run(ctx, []vrrp.Config{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: vrrp.PriorityOwner, Version: 3,
-			AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{own}}})
-		close(done)
-	}()
+	g, cancel, done := runGroup(t, deps, vrrp.Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: vrrp.PriorityOwner, Version: 3,
+		AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{own}})
 	waitFor(t, "MASTER", func() bool { s := g.Status(); return len(s) == 1 && s[0].State == vrrp.Master })
 	if len(vipsAsked) != 0 {
 		t.Fatalf("the owner's source excludes its owned addresses %v: with no other address it would wait in FAULT", vipsAsked)
@@ -278,15 +272,8 @@ func TestRenumberedMaster(t *testing.T) {
 		<-ctx.Done()
 		return nil
 	}
-	g := vrrp.NewGroup(deps)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		g.Run(ctx, []vrrp.Config{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 150, Version: 3,
-			AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{vipP}}})
-		close(done)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	g, _, _ := runGroup(t, deps, vrrp.Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 150, Version: 3,
+		AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{vipP}})
 	notify := <-changed
 	state := func() vrrp.InstanceStatus { return g.Status()[0] }
 	waitFor(t, "MASTER", func() bool { return len(g.Status()) == 1 && state().State == vrrp.Master })
@@ -336,15 +323,8 @@ func TestRecreatedInterface(t *testing.T) {
 		<-ctx.Done()
 		return nil
 	}
-	g := vrrp.NewGroup(deps)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		g.Run(ctx, []vrrp.Config{{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 100, Version: 3,
-			AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}}})
-		close(done)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	g, _, _ := runGroup(t, deps, vrrp.Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 100, Version: 3,
+		AdvertInt: 20 * time.Millisecond, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}})
 	link := <-links
 	waitFor(t, "running", func() bool { return len(g.Status()) == 1 && g.Status()[0].State != vrrp.Init })
 	link("eth0", false)
