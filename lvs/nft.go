@@ -1109,12 +1109,14 @@ func (n *NFT) AddPersist(es []PersistEntry) error {
 	defer n.mu.Unlock()
 	add := map[*nftables.Set][]nftables.SetElement{}
 	for _, e := range es {
+		// From the peer: only a client of the service's family, on one of
+		// its real servers, for no longer than its persistence.
 		s := n.svcs[e.Service]
-		if s == nil || s.pers[e.Real] == nil || e.Expires <= 0 {
+		if s == nil || s.pers[e.Real] == nil || e.Expires <= 0 || e.Client.Unmap().Is6() != s.svc.Key.Is6() {
 			continue
 		}
 		set := s.pers[e.Real]
-		add[set] = append(add[set], nftables.SetElement{Key: e.Client.AsSlice(), Timeout: e.Expires})
+		add[set] = append(add[set], nftables.SetElement{Key: e.Client.Unmap().AsSlice(), Timeout: min(e.Expires, s.svc.Persistence)})
 	}
 	if len(add) == 0 {
 		return nil

@@ -390,3 +390,27 @@ func TestNFTManyEndpoints(t *testing.T) {
 		t.Fatalf("first connection: %q, %v", name, err)
 	}
 }
+
+// Persistence entries from the sync peer are bounded: a client of the
+// other family is left out, and a timeout is cut to the service's
+// persistence (on main a peer could pin a client for as long as it said).
+func TestNFTPersistFromPeerBounded(t *testing.T) {
+	s := newNFTScene(t, 2)
+	vs := tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))
+	vs.Persistence = 30 * time.Second
+	s.set(t, vs)
+	real0 := vs.Reals[0].Addr
+	if err := s.nft.AddPersist([]lvs.PersistEntry{
+		{Service: vs.Key, Real: real0, Client: netip.MustParseAddr("192.0.2.77"), Expires: 48 * time.Hour},
+		{Service: vs.Key, Real: real0, Client: netip.MustParseAddr("2001:db8::77"), Expires: time.Minute},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := s.nft.PersistEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 1 || es[0].Client != netip.MustParseAddr("192.0.2.77") || es[0].Expires > 30*time.Second {
+		t.Fatalf("persistence entries %+v", es)
+	}
+}
