@@ -191,10 +191,17 @@ func (h *Host) KillAll() {
 		if err != nil || len(strings.TrimSpace(string(out))) == 0 {
 			return
 		}
+		killed := false
 		for _, f := range strings.Fields(string(out)) {
-			if pid, err := strconv.Atoi(f); err == nil {
+			// Never this test process: a goroutine of it may be inside
+			// the namespace (Host.Do) on the thread ip netns pids reads.
+			if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
+				killed = true
 			}
+		}
+		if !killed {
+			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
