@@ -51,8 +51,12 @@ type Deps struct {
 	// LowerPriority is told when a master hears an advert of a lower
 	// priority (keepalived's notify_master_rx_lower_pri); the same rule.
 	LowerPriority func(instance string, from netip.Addr, priority uint8)
-	Now           func() time.Time
-	Log           *slog.Logger
+	// NewTimer makes an instance loop's deadline timer; a timer that runs
+	// a goroutine of its own calls onThread first in it (the realtime
+	// priority). nil: the Go runtime's timers.
+	NewTimer func(onThread func()) Timer
+	Now      func() time.Time
+	Log      *slog.Logger
 }
 
 // KernelDeps uses the real kernel: raw sockets, rtnetlink and ARP.
@@ -82,6 +86,12 @@ func KernelDeps(log *slog.Logger) Deps {
 				return ifi.MTU
 			}
 			return 0
+		},
+		NewTimer: func(onThread func()) Timer {
+			if t, err := NewFDTimer(onThread); err == nil {
+				return t
+			}
+			return NewRuntimeTimer()
 		},
 		Now: time.Now,
 		Log: log,
@@ -802,7 +812,7 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 		a.apply(m.Start(g.deps.Now()))
 	}
 
-	timer := time.NewTimer(time.Hour)
+	timer := g.newTimer()
 	defer timer.Stop()
 	for {
 		wait := time.Hour
@@ -830,7 +840,7 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 				g.deps.LowerPriority(in.config().Name, p.src, p.adv.Priority)
 			}
 			a.apply(e)
-		case <-timer.C:
+		case <-timer.C():
 			a.apply(m.Tick(g.deps.Now()))
 		case <-in.inputs:
 			a.follow(g.deps.Now())
@@ -849,6 +859,13 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 			}
 		}
 	}
+}
+
+func (g *Group) newTimer() Timer {
+	if g.deps.NewTimer != nil {
+		return g.deps.NewTimer(g.realtime)
+	}
+	return NewRuntimeTimer()
 }
 
 // follow applies the links' verdict: FAULT, or back from it, and the

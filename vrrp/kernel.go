@@ -64,8 +64,19 @@ func bindToDevice(ifname string) func(string, string, syscall.RawConn) error {
 
 type rawConn4 struct {
 	pc  net.PacketConn
-	p   *ipv4.PacketConn
+	s   rawSock
+	oob []byte // the reader's (one goroutine)
 	ifi *net.Interface
+}
+
+// newRawSock finds pc's descriptor in the poller.
+func newRawSock(pc net.PacketConn) (rawSock, error) {
+	sc, ok := pc.(syscall.Conn)
+	if !ok {
+		return rawSock{}, errors.New("not a socket")
+	}
+	rc, err := sc.SyscallConn()
+	return rawSock{rc: rc}, err
 }
 
 // ListenIPv4 opens a raw IP protocol 112 socket on ifname, joined to
@@ -81,11 +92,12 @@ func ListenIPv4(ifname string) (Conn, error) {
 		return nil, fmt.Errorf("VRRP socket on %s: %w", ifname, err)
 	}
 	p := ipv4.NewPacketConn(pc)
-	c := &rawConn4{pc: pc, p: p, ifi: ifi}
+	rs, err := newRawSock(pc)
 	for _, step := range []struct {
 		what string
 		err  error
 	}{
+		{"descriptor", err},
 		{"join 224.0.0.18", p.JoinGroup(ifi, &net.IPAddr{IP: GroupIPv4.AsSlice()})},
 		{"control messages", p.SetControlMessage(ipv4.FlagTTL|ipv4.FlagDst|ipv4.FlagInterface, true)},
 		{"multicast interface", p.SetMulticastInterface(ifi)},
@@ -99,37 +111,23 @@ func ListenIPv4(ifname string) (Conn, error) {
 			return nil, fmt.Errorf("VRRP socket on %s: %s: %w", ifname, step.what, step.err)
 		}
 	}
-	return c, nil
+	return &rawConn4{pc: pc, s: rs, oob: make([]byte, oobSpace), ifi: ifi}, nil
 }
 
 func (c *rawConn4) ReadFrom(b []byte) (int, netip.Addr, netip.Addr, int, error) {
-	n, cm, src, err := c.p.ReadFrom(b)
-	if err != nil {
-		return 0, netip.Addr{}, netip.Addr{}, 0, err
-	}
-	var s, d netip.Addr
-	if ia, ok := src.(*net.IPAddr); ok {
-		s, _ = netip.AddrFromSlice(ia.IP.To4())
-	}
-	ttl := 0
-	if cm != nil {
-		d, _ = netip.AddrFromSlice(cm.Dst.To4())
-		ttl = cm.TTL
-	}
-	return n, s, d, ttl, nil
+	return readIPv4(c.s, b, c.oob)
 }
 
 func (c *rawConn4) WriteTo(b []byte, src, dst netip.Addr) error {
-	cm := &ipv4.ControlMessage{IfIndex: c.ifi.Index, Src: src.AsSlice()}
-	_, err := c.p.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice()})
-	return err
+	return writeIPv4(c.s, b, c.ifi.Index, src, dst)
 }
 
 func (c *rawConn4) Close() error { return c.pc.Close() }
 
 type rawConn6 struct {
 	pc  net.PacketConn
-	p   *ipv6.PacketConn
+	s   rawSock
+	oob []byte // the reader's (one goroutine)
 	ifi *net.Interface
 }
 
@@ -146,10 +144,12 @@ func ListenIPv6(ifname string) (Conn, error) {
 		return nil, fmt.Errorf("VRRP socket on %s: %w", ifname, err)
 	}
 	p := ipv6.NewPacketConn(pc)
+	rs, err := newRawSock(pc)
 	for _, step := range []struct {
 		what string
 		err  error
 	}{
+		{"descriptor", err},
 		{"join ff02::12", p.JoinGroup(ifi, &net.IPAddr{IP: GroupIPv6.AsSlice()})},
 		{"control messages", p.SetControlMessage(ipv6.FlagHopLimit|ipv6.FlagDst|ipv6.FlagInterface, true)},
 		{"multicast interface", p.SetMulticastInterface(ifi)},
@@ -163,30 +163,15 @@ func ListenIPv6(ifname string) (Conn, error) {
 			return nil, fmt.Errorf("VRRP socket on %s: %s: %w", ifname, step.what, step.err)
 		}
 	}
-	return &rawConn6{pc: pc, p: p, ifi: ifi}, nil
+	return &rawConn6{pc: pc, s: rs, oob: make([]byte, oobSpace), ifi: ifi}, nil
 }
 
 func (c *rawConn6) ReadFrom(b []byte) (int, netip.Addr, netip.Addr, int, error) {
-	n, cm, src, err := c.p.ReadFrom(b)
-	if err != nil {
-		return 0, netip.Addr{}, netip.Addr{}, 0, err
-	}
-	var s, d netip.Addr
-	if ia, ok := src.(*net.IPAddr); ok {
-		s, _ = netip.AddrFromSlice(ia.IP)
-	}
-	hop := 0
-	if cm != nil {
-		d, _ = netip.AddrFromSlice(cm.Dst)
-		hop = cm.HopLimit
-	}
-	return n, s.WithZone(""), d, hop, nil
+	return readIPv6(c.s, b, c.oob)
 }
 
 func (c *rawConn6) WriteTo(b []byte, src, dst netip.Addr) error {
-	cm := &ipv6.ControlMessage{IfIndex: c.ifi.Index, Src: src.AsSlice(), HopLimit: 255}
-	_, err := c.p.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice(), Zone: c.ifi.Name})
-	return err
+	return writeIPv6(c.s, b, c.ifi.Index, src, dst)
 }
 
 func (c *rawConn6) Close() error { return c.pc.Close() }

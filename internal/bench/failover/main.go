@@ -32,7 +32,10 @@ func main() {
 	bin := flag.String("bin", "bin", "directory holding directord and directorctl")
 	runs := flag.Int("runs", 10, "failovers of each kind per implementation at advert_int 1s")
 	runsFast := flag.Int("runs-fast", 40, "the same at the sub-second settings, where runs are cheap and the random phase needs more samples")
-	soak := flag.Duration("soak", 60*time.Second, "length of the busy-CPU false-takeover run (0: skip)")
+	soak := flag.Duration("soak", 60*time.Second, "length of the busy-CPU false-takeover run at advert_int 20ms (0: skip)")
+	soakFast := flag.Duration("soak-fast", 10*time.Minute, "length of the busy-CPU false-takeover run at advert_int 10ms (0: skip)")
+	cpu := flag.Duration("cpu", 10*time.Second, "window of the CPU measurement of a settled pair (five windows at 20ms and at 10ms; 0: skip)")
+	only := flag.String("only", "", "run only this phase (gaps, soak, cpu) and print it; the report is left alone")
 	out := flag.String("out", "docs/benchmarks.md", "report to update")
 	flag.Parse()
 	if *runs < report.MinRuns || *runsFast < report.MinRuns {
@@ -40,7 +43,14 @@ func main() {
 		os.Exit(2)
 	}
 	var targets report.Targets
-	if err := run(*bin, *runs, *runsFast, *soak, *out, &targets); err != nil {
+	var soaks []soakSpec
+	if *soak > 0 {
+		soaks = append(soaks, soakSpec{20 * time.Millisecond, *soak})
+	}
+	if *soakFast > 0 {
+		soaks = append(soaks, soakSpec{10 * time.Millisecond, *soakFast})
+	}
+	if err := run(*bin, *runs, *runsFast, soaks, *cpu, *only, *out, &targets); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-failover:", err)
 		os.Exit(1)
 	}
@@ -73,7 +83,17 @@ type result struct {
 	crash, graceful []time.Duration
 }
 
-func run(bin string, runs, runsFast int, soak time.Duration, out string, targets *report.Targets) (err error) {
+// soakSpec is one false-takeover run: a settled pair at interval while
+// both cores spin for d.
+type soakSpec struct {
+	interval, d time.Duration
+}
+
+// cpuSettings are the intervals at which the CPU of a settled pair is
+// measured: where the per-advert cost shows.
+var cpuSettings = []time.Duration{20 * time.Millisecond, 10 * time.Millisecond}
+
+func run(bin string, runs, runsFast int, soaks []soakSpec, cpuWindow time.Duration, only, out string, targets *report.Targets) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces)")
 	}
@@ -85,35 +105,59 @@ func run(bin string, runs, runsFast int, soak time.Duration, out string, targets
 		return err
 	}
 	defer lab.Recover(&err)
+	want := func(phase string) bool { return only == "" || only == phase }
 
-	settings := []time.Duration{time.Second, 100 * time.Millisecond, 20 * time.Millisecond}
+	settings := []time.Duration{time.Second, 100 * time.Millisecond, 20 * time.Millisecond, 10 * time.Millisecond}
 	results := map[string]map[time.Duration]*result{}
-	for _, im := range impls {
-		results[im.name] = map[time.Duration]*result{}
-		for _, s := range settings {
-			n := runs
-			if s < time.Second {
-				n = runsFast
+	if want("gaps") {
+		for _, im := range impls {
+			results[im.name] = map[time.Duration]*result{}
+			for _, s := range settings {
+				n := runs
+				if s < time.Second {
+					n = runsFast
+				}
+				r, err := measure(bins, im, s, n)
+				if err != nil {
+					return fmt.Errorf("%s at %s: %w", im.name, s, err)
+				}
+				results[im.name][s] = r
+				fmt.Printf("%-10s %-6s crash median %-8s max %-8s graceful median %-8s max %s\n", im.name, s,
+					median(r.crash), slices.Max(r.crash), median(r.graceful), slices.Max(r.graceful))
 			}
-			r, err := measure(bins, im, s, n)
-			if err != nil {
-				return fmt.Errorf("%s at %s: %w", im.name, s, err)
-			}
-			results[im.name][s] = r
-			fmt.Printf("%-10s %-6s crash median %-8s max %-8s graceful median %-8s max %s\n", im.name, s,
-				median(r.crash), slices.Max(r.crash), median(r.graceful), slices.Max(r.graceful))
 		}
 	}
-	soaks := map[string]int{}
-	if soak > 0 {
-		for _, im := range impls {
-			n, err := soakRun(bins, im, soak)
-			if err != nil {
-				return fmt.Errorf("%s soak: %w", im.name, err)
+	soaked := map[soakSpec]map[string]int{}
+	if want("soak") {
+		for _, sp := range soaks {
+			soaked[sp] = map[string]int{}
+			for _, im := range impls {
+				n, err := soakRun(bins, im, sp.interval, sp.d)
+				if err != nil {
+					return fmt.Errorf("%s soak at %s: %w", im.name, sp.interval, err)
+				}
+				soaked[sp][im.name] = n
+				fmt.Printf("%-10s %s at %s with both cores busy: %d false takeovers\n", im.name, sp.d, sp.interval, n)
 			}
-			soaks[im.name] = n
-			fmt.Printf("%-10s %s at 20ms with both cores busy: %d false takeovers\n", im.name, soak, n)
 		}
+	}
+	cpus := map[time.Duration]map[string]cpuResult{}
+	if want("cpu") && cpuWindow > 0 {
+		for _, s := range cpuSettings {
+			cpus[s] = map[string]cpuResult{}
+			for _, im := range impls {
+				c, err := cpuRun(bins, im, s, cpuWindow)
+				if err != nil {
+					return fmt.Errorf("%s CPU at %s: %w", im.name, s, err)
+				}
+				cpus[s][im.name] = c
+				fmt.Printf("%-10s %-6s CPU over %s: master %s (%.1f switches/advert), backup %s (%.1f)\n", im.name, s, cpuWindow,
+					c.master, float64(c.masterSwitch)/float64(c.adverts), c.backup, float64(c.backupSwitch)/float64(c.adverts))
+			}
+		}
+	}
+	if only != "" {
+		return nil
 	}
 	for _, st := range settings {
 		for _, ev := range events(results, st) {
@@ -122,12 +166,23 @@ func run(bin string, runs, runsFast int, soak time.Duration, out string, targets
 				"median %s against %s (%d runs each; slack %s)", ms(d), ms(k), len(ev.d), ms(slack(k)))
 		}
 	}
-	if soak > 0 {
-		targets.Check("no false takeover at advert_int 20ms with both cores busy", soaks["directord"] == 0,
-			"%d in %s (keepalived %d)", soaks["directord"], soak, soaks["keepalived"])
+	fast := settings[len(settings)-1]
+	if r := results["directord"][fast]; r != nil {
+		targets.Check(fmt.Sprintf("crash gap at advert_int %s under 50 ms", fast), median(r.crash) < 50*time.Millisecond,
+			"median %s (%d runs)", ms(median(r.crash)), len(r.crash))
 	}
-	return writeReport(out, settings, runs, runsFast, soak, results, soaks, *targets)
+	for _, sp := range soaks {
+		targets.Check(fmt.Sprintf("no false takeover at advert_int %s with both cores busy for %s", sp.interval, sp.d), soaked[sp]["directord"] == 0,
+			"%d (keepalived %d)", soaked[sp]["directord"], soaked[sp]["keepalived"])
+	}
+	for _, s := range cpuSettings {
+		d, k := cpus[s]["directord"], cpus[s]["keepalived"]
+		targets.Check(fmt.Sprintf("pair CPU at advert_int %s within 2x keepalived's", s), d.master+d.backup <= 2*(k.master+k.backup),
+			"directord %s, keepalived %s over %s", d.master+d.backup, k.master+k.backup, cpuWindow)
+	}
+	return writeReport(out, settings, runs, runsFast, soaks, soaked, cpuWindow, cpus, results, *targets)
 }
+
 
 // adverts records when the client last saw an advert from each source.
 type adverts struct {
@@ -278,10 +333,10 @@ func measure(bins scene.Binaries, im impl, interval time.Duration, runs int) (*r
 	return r, nil
 }
 
-// soakRun keeps a 20ms pair up while both cores spin and counts the times
-// the backup took the VIP.
-func soakRun(bins scene.Binaries, im impl, d time.Duration) (int, error) {
-	p, _, _, stop, err := startScene(bins, im, 20*time.Millisecond)
+// soakRun keeps a pair at interval up while both cores spin and counts
+// the times the backup took the VIP.
+func soakRun(bins scene.Binaries, im impl, interval, d time.Duration) (int, error) {
+	p, _, _, stop, err := startScene(bins, im, interval)
 	if err != nil {
 		return 0, err
 	}
@@ -313,7 +368,8 @@ func median(ds []time.Duration) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
 
-func writeReport(path string, settings []time.Duration, runs, runsFast int, soak time.Duration, res map[string]map[time.Duration]*result, soaks map[string]int, targets report.Targets) error {
+func writeReport(path string, settings []time.Duration, runs, runsFast int, soaks []soakSpec, soaked map[soakSpec]map[string]int,
+	cpuWindow time.Duration, cpus map[time.Duration]map[string]cpuResult, res map[string]map[time.Duration]*result, targets report.Targets) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## VRRP failover (`make bench-failover`)\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s. A client probes the VIP with ICMP echo every 5 ms; the gap is the\n", time.Now().UTC().Format("2006-01-02"), machine())
@@ -321,7 +377,7 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 	fmt.Fprintf(&b, "every process of it killed, as in a power loss; graceful = SIGTERM (priority-0 advert), each a random time within\n")
 	fmt.Fprintf(&b, "one interval after an advert the client saw, the same sequence for both implementations. VRRPv3, priorities\n")
 	fmt.Fprintf(&b, "150/100, %d runs of each at 1s and %d at the shorter intervals, directord and Debian's keepalived\n", runs, runsFast)
-	fmt.Fprintf(&b, "in the same run on the same lab. The crash gap is about 3 intervals + skew minus that random time.\n\n")
+	fmt.Fprintf(&b, "in the same run on the same lab, on idle cores. The crash gap is about 3 intervals + skew minus that random time.\n\n")
 	fmt.Fprintf(&b, "| advert_int | event | directord median | directord max | keepalived median | keepalived max | ratio of medians |\n")
 	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|\n")
 	for _, s := range settings {
@@ -331,8 +387,36 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 		}
 	}
 	if len(soaks) > 0 {
-		fmt.Fprintf(&b, "\nFalse takeovers during %s at advert_int 20ms with both cores spinning: directord %d, keepalived %d.\n",
-			soak, soaks["directord"], soaks["keepalived"])
+		fmt.Fprintf(&b, "\nFalse takeovers of a settled pair while a spinning goroutine per core keeps both cores saturated:\n\n")
+		fmt.Fprintf(&b, "| advert_int | duration | directord | keepalived |\n|---|---|---|---|\n")
+		for _, sp := range soaks {
+			fmt.Fprintf(&b, "| %s | %s | %d | %d |\n", sp.interval, sp.d, soaked[sp]["directord"], soaked[sp]["keepalived"])
+		}
+	}
+	if len(cpus) > 0 {
+		fmt.Fprintf(&b, "\nCPU of a settled pair, idle cores: time on CPU of every thread of each director's process tree\n")
+		fmt.Fprintf(&b, "(/proc/PID/task/*/schedstat; keepalived's VRRP child included) over %s, the median of %d windows by\n", cpuWindow, cpuWindows)
+		fmt.Fprintf(&b, "pair total; per advert = that time over the adverts sent in the window; switches = times a thread\n")
+		fmt.Fprintf(&b, "was switched in, per advert.\n\n")
+		fmt.Fprintf(&b, "| advert_int | implementation | master | backup | master per advert | backup per advert | switches master / backup | ratio of pair totals |\n|---|---|---|---|---|---|---|---|\n")
+		for _, s := range cpuSettings {
+			d, k := cpus[s]["directord"], cpus[s]["keepalived"]
+			for _, row := range []struct {
+				name string
+				c    cpuResult
+			}{{"directord", d}, {"keepalived", k}} {
+				c := row.c
+				ratio := ""
+				if row.name == "directord" && k.master+k.backup > 0 {
+					ratio = fmt.Sprintf("%.2f", float64(d.master+d.backup)/float64(k.master+k.backup))
+				}
+				per := func(t time.Duration) string {
+					return fmt.Sprintf("%.0f µs", float64(t)/float64(time.Microsecond)/float64(max(c.adverts, 1)))
+				}
+				fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.1f / %.1f | %s |\n", s, row.name, ms(c.master), ms(c.backup), per(c.master), per(c.backup),
+					float64(c.masterSwitch)/float64(max(c.adverts, 1)), float64(c.backupSwitch)/float64(max(c.adverts, 1)), ratio)
+			}
+		}
 	}
 	png := filepath.Join(filepath.Dir(path), plotFile)
 	if err := writePlot(png, settings, res); err != nil {
@@ -340,7 +424,7 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 	}
 	fmt.Fprintf(&b, "\nEvery run, in the order run (dots; dashed lines are the medians):\n\n![gap per run, directord and keepalived](%s)\n", plotFile)
 	b.WriteString("\n" + targets.Markdown())
-	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about twenty minutes).\n")
+	fmt.Fprintf(&b, "\nReproduce: `sudo make bench-failover` (needs keepalived; about fifty minutes, twenty of them the 10 ms soak).\n")
 	return report.WriteSection(path, "failover", b.String())
 }
 
