@@ -40,6 +40,11 @@ type Deps struct {
 	MTU func(ifname string) int
 	// Acceptor enforces no_accept on a master; nil: not enforced.
 	Acceptor Acceptor
+	// VMACs makes the interfaces of use_vmac; nil: instances with a VMAC
+	// use the names as given (tests).
+	VMACs VMACs
+	// Routing adds a master's virtual routes and rules; nil: not added.
+	Routing Routing
 	// Realtime, 1 to 99, runs each instance's event loop and each socket's
 	// reads on an OS thread of their own under SCHED_RR at that priority
 	// (keepalived's vrrp_rt_priority): adverts go out on time on a busy
@@ -74,6 +79,8 @@ func KernelDeps(log *slog.Logger) Deps {
 		WatchLinks: WatchLinks,
 		WatchAddrs: WatchAddrs,
 		Acceptor:   &NFTAcceptor{},
+		VMACs:      NetlinkVMACs{},
+		Routing:    NetlinkRouting{},
 		Index: func(ifname string) (int, error) {
 			ifi, err := net.InterfaceByName(ifname)
 			if err != nil {
@@ -271,7 +278,7 @@ func (g *Group) Update(cfgs []Config) (started, reconfigured []string) {
 // same owner role (an owner behaves differently from the start). The
 // virtual addresses may change: a master changes them in place.
 func sameIdentity(a, b Config) bool {
-	return a.Interface == b.Interface && a.VRID == b.VRID && a.Version == b.Version &&
+	return a.Interface == b.Interface && a.VMAC == b.VMAC && a.VMACXmitBase == b.VMACXmitBase && a.VRID == b.VRID && a.Version == b.Version &&
 		a.IPv6() == b.IPv6() && a.UnicastSrc == b.UnicastSrc &&
 		(a.Priority == PriorityOwner) == (b.Priority == PriorityOwner)
 }
@@ -301,7 +308,7 @@ func (a *actor) reconfigure(c Config) {
 			}
 		}
 		if len(added) > 0 {
-			if err := a.g.deps.Announcer.Announce(c.Interface, added, c.GARPRepeat); err != nil {
+			if err := a.g.deps.Announcer.Announce(c.addrIf(), added, c.GARPRepeat); err != nil {
 				a.log.Warn("VRRP: announcing the virtual addresses failed", "err", err)
 			}
 		}
@@ -309,12 +316,25 @@ func (a *actor) reconfigure(c Config) {
 	}
 	if a.held {
 		a.acceptMode() // the addresses, or no_accept itself, may have changed
+		a.routing(missing(old.Routes, c.Routes), missing(old.Rules, c.Rules), false)
+		a.routing(missing(c.Routes, old.Routes), missing(c.Rules, old.Rules), true)
 	}
 	a.follow(now)
 	a.log.Info("VRRP instance reconfigured in place", "state", a.m.State())
 	a.in.mu.Lock()
 	a.in.info = a.m.Info()
 	a.in.mu.Unlock()
+}
+
+// missing are the elements of a not in b.
+func missing[T comparable](a, b []T) []T {
+	var out []T
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 func (g *Group) linkChanged(ifname string, up bool) {
@@ -606,9 +626,14 @@ func (g *Group) start(cfg Config) {
 // attach registers in with its interface's router, opening the socket
 // when it is the first instance there.
 func (g *Group) attach(in *instance) (*router, error) {
+	if c := in.config(); c.VMAC != "" && g.deps.VMACs != nil {
+		if err := g.deps.VMACs.Ensure(c.Interface, c.VMAC, VirtualMAC(c.VRID, c.IPv6())); err != nil {
+			return nil, err
+		}
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	key := routerKey{in.cfg.Interface, in.cfg.IPv6()}
+	key := routerKey{in.cfg.sockIf(), in.cfg.IPv6()}
 	r := g.routers[key]
 	if r == nil {
 		conn, err := g.deps.Listen(key.ifname, key.ipv6)
@@ -641,10 +666,17 @@ func (g *Group) stop(name string) {
 		in.cancel()
 	}
 	<-in.done
+	if c := in.config(); c.VMAC != "" && g.deps.VMACs != nil {
+		defer func() {
+			if err := g.deps.VMACs.Remove(c.VMAC); err != nil {
+				g.deps.Log.Warn("VRRP: VMAC interface left behind", "instance", c.Name, "err", err)
+			}
+		}()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	delete(g.instances, name)
-	key := routerKey{in.cfg.Interface, in.cfg.IPv6()}
+	key := routerKey{in.cfg.sockIf(), in.cfg.IPv6()}
 	r := g.routers[key]
 	if r == nil {
 		return
@@ -1072,7 +1104,7 @@ func addrsOf(ps []netip.Prefix) []netip.Addr {
 func (g *Group) fitted(log *slog.Logger, c Config) Config {
 	mtu := 0
 	if g.deps.MTU != nil {
-		mtu = g.deps.MTU(c.Interface)
+		mtu = g.deps.MTU(c.sockIf())
 	}
 	if mtu <= 0 {
 		mtu = 1500
@@ -1116,14 +1148,44 @@ func (a *actor) addVIPs() {
 	}
 	a.held = true
 	a.acceptMode()
+	a.routing(a.in.cfg.Routes, a.in.cfg.Rules, true)
 }
 
 func (a *actor) removeVIPs() {
+	a.routing(a.in.cfg.Routes, a.in.cfg.Rules, false)
 	for _, p := range a.in.cfg.held() {
 		a.removeVIP(p)
 	}
 	a.held = false
 	a.acceptMode()
+}
+
+// routing adds (or removes) the virtual routes and rules: routes after
+// the addresses they may need (a src, a gateway on a VIP's subnet).
+func (a *actor) routing(routes []Route, rules []Rule, add bool) {
+	rt := a.g.deps.Routing
+	if rt == nil {
+		return
+	}
+	dev := a.in.cfg.addrIf()
+	for _, r := range routes {
+		f := rt.RemoveRoute
+		if add {
+			f = rt.AddRoute
+		}
+		if err := f(dev, r); err != nil {
+			a.log.Error("VRRP: virtual route", "err", err)
+		}
+	}
+	for _, r := range rules {
+		f := rt.RemoveRule
+		if add {
+			f = rt.AddRule
+		}
+		if err := f(r); err != nil {
+			a.log.Error("VRRP: virtual rule", "err", err)
+		}
+	}
 }
 
 // acceptMode makes a master of a no_accept instance refuse packets to its
@@ -1151,7 +1213,7 @@ func (a *actor) acceptMode() {
 }
 
 func (a *actor) addVIP(p netip.Prefix) {
-	added, err := a.g.deps.Addresses.Add(a.in.cfg.Interface, p)
+	added, err := a.g.deps.Addresses.Add(a.in.cfg.addrIf(), p)
 	if err != nil {
 		a.log.Error("VRRP: cannot add a virtual address", "err", err)
 	}
@@ -1166,7 +1228,7 @@ func (a *actor) removeVIP(p netip.Prefix) {
 	if a.in.cfg.Priority == PriorityOwner && !a.added[p] {
 		return
 	}
-	if err := a.g.deps.Addresses.Remove(a.in.cfg.Interface, p); err != nil {
+	if err := a.g.deps.Addresses.Remove(a.in.cfg.addrIf(), p); err != nil {
 		a.log.Error("VRRP: cannot remove a virtual address", "err", err)
 	}
 	delete(a.added, p)
@@ -1175,7 +1237,7 @@ func (a *actor) removeVIP(p netip.Prefix) {
 func (a *actor) announce() { a.announceN(a.in.cfg.GARPRepeat) }
 
 func (a *actor) announceN(repeat int) {
-	if err := a.g.deps.Announcer.Announce(a.in.cfg.Interface, addrsOf(a.in.cfg.held()), repeat); err != nil {
+	if err := a.g.deps.Announcer.Announce(a.in.cfg.addrIf(), addrsOf(a.in.cfg.held()), repeat); err != nil {
 		a.log.Warn("VRRP: announcing the virtual addresses failed", "err", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/directord/directord/vrrp"
+	"github.com/directord/directord/vrrp/route"
 	"github.com/directord/directord/vrrp/vrrptest"
 )
 
@@ -406,4 +407,51 @@ func TestGARPLowerPrio(t *testing.T) {
 	low := (&vrrp.Advert{Version: 3, VRID: 51, Priority: 50, Interval: 20 * time.Millisecond, Addrs: []netip.Addr{vip1}}).Marshal(lowIP, vrrp.GroupIPv4, true)
 	h.Inject(vrrptest.Packet{B: low, Src: lowIP, Dst: vrrp.GroupIPv4, TTL: 255}, nil)
 	waitFor(t, "the lower-priority burst", func() bool { return a.ann.LastRepeat() == 5 })
+}
+
+// A master holds its virtual routes and rules, and with use_vmac its
+// addresses on the VMAC; a backup holds none; a master that steps down
+// or stops takes them away, and the VMAC goes with the instance.
+func TestRoutesAndVMAC(t *testing.T) {
+	h := &vrrptest.Hub{}
+	rt, _ := route.Parse("198.51.100.0/24 via 192.0.2.1")
+	rule, _ := route.ParseRule("from 192.0.2.100 table 100")
+	c := func(prio uint8) vrrp.Config {
+		return vrrp.Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: prio, Version: 3,
+			AdvertInt: 20 * time.Millisecond, Preempt: true, VIPs: []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")}, GARPRepeat: 1,
+			VMAC: "vrrp.51", Routes: []vrrp.Route{rt}, Rules: []vrrp.Rule{rule}}
+	}
+	wa, wb := vrrptest.NewNode(h, me), vrrptest.NewNode(h, peer)
+	a := &node{addrs: wa.Addrs, ann: wa.Announcer}
+	a.g, a.cancel, a.done = runGroup(t, wa.Deps(slog.New(slog.DiscardHandler)), c(150))
+	b := &node{addrs: wb.Addrs, ann: wb.Announcer}
+	b.g, b.cancel, b.done = runGroup(t, wb.Deps(slog.New(slog.DiscardHandler)), c(100))
+	waitFor(t, "a MASTER, b BACKUP", func() bool {
+		return a.status(t).State == vrrp.Master && b.status(t).State == vrrp.Backup
+	})
+	want := []string{"from 192.0.2.100/32 table 100", "vrrp.51: 198.51.100.0/24 via 192.0.2.1"}
+	if got := wa.Routing.Held(); !slices.Equal(got, want) {
+		t.Fatalf("master holds %q, want %q", got, want)
+	}
+	if got := wb.Routing.Held(); len(got) != 0 {
+		t.Fatalf("backup holds %q", got)
+	}
+	if on := wa.Addrs.On(netip.MustParsePrefix("192.0.2.100/24")); on != "vrrp.51" {
+		t.Fatalf("the VIP is on %q, want the VMAC vrrp.51", on)
+	}
+	if l := wa.VMACs.Link("vrrp.51"); l != "eth0 00:00:5e:00:01:33" {
+		t.Fatalf("VMAC %q", l)
+	}
+	a.cancel()
+	<-a.done
+	waitFor(t, "b MASTER", func() bool { return b.status(t).State == vrrp.Master })
+	if got := wa.Routing.Held(); len(got) != 0 {
+		t.Fatalf("a stopped master still holds %q", got)
+	}
+	if l := wa.VMACs.Link("vrrp.51"); l != "" {
+		t.Fatalf("a stopped instance left its VMAC: %q", l)
+	}
+	if got := wb.Routing.Held(); !slices.Equal(got, want) {
+		t.Fatalf("the new master holds %q, want %q", got, want)
+	}
 }

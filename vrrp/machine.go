@@ -3,6 +3,7 @@ package vrrp
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -109,6 +110,46 @@ type Config struct {
 	// with an advert (keepalived's lower_prio_no_advert); it still
 	// re-announces the addresses.
 	LowerPrioNoAdvert bool
+	// HigherPrioNoAdvert: a master hearing a higher priority steps down
+	// without the one advert at its own priority it sends otherwise
+	// (keepalived's higher_prio_send_advert, which directord has on by
+	// default, turned off).
+	HigherPrioNoAdvert bool
+	// VMAC, when set, is the macvlan interface with the virtual router's
+	// MAC (RFC 9568 §7.3) the instance holds its addresses on and, unless
+	// VMACXmitBase, sends and hears its adverts on (keepalived's
+	// use_vmac, vmac_xmit_base).
+	VMAC         string
+	VMACXmitBase bool
+	// Routes and Rules are present while master (keepalived's
+	// virtual_routes and virtual_rules).
+	Routes []Route
+	Rules  []Rule
+}
+
+// sockIf is the interface the adverts go and come on.
+func (c Config) sockIf() string {
+	if c.VMAC != "" && !c.VMACXmitBase {
+		return c.VMAC
+	}
+	return c.Interface
+}
+
+// addrIf is the interface that holds the virtual addresses.
+func (c Config) addrIf() string {
+	if c.VMAC != "" {
+		return c.VMAC
+	}
+	return c.Interface
+}
+
+// VirtualMAC is the virtual router's MAC address (RFC 9568 §7.3):
+// 00-00-5E-00-01-{VRID} for IPv4, 00-00-5E-00-02-{VRID} for IPv6.
+func VirtualMAC(vrid uint8, ipv6 bool) net.HardwareAddr {
+	if ipv6 {
+		return net.HardwareAddr{0, 0, 0x5e, 0, 2, vrid}
+	}
+	return net.HardwareAddr{0, 0, 0x5e, 0, 1, vrid}
 }
 
 // TrackScript is a check the router depends on: when it fails the router
@@ -420,7 +461,9 @@ func (m *Machine) receive(now time.Time, src netip.Addr, a Advert) (Effects, Dro
 			// re-announces the addresses at once (below), instead of the
 			// hosts waiting for their neighbour entries to expire.
 			e := m.becomeBackup(now, fmt.Sprintf("master %s has priority %d (ours %d)", src, a.Priority, m.priority))
-			e.Send, e.SendPriority = true, m.priority
+			if !m.cfg.HigherPrioNoAdvert {
+				e.Send, e.SendPriority = true, m.priority
+			}
 			return e, ""
 		}
 		// Another master with lower priority: a partition has healed or a

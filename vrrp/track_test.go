@@ -215,6 +215,19 @@ func TestKeepalivedInstanceKeys(t *testing.T) {
 		t.Fatalf("lower_prio_no_advert: %+v", e)
 	}
 
+	// higher_prio_send_advert (on by default): one advert at our own
+	// priority when stepping down; off, none.
+	for _, on := range []bool{true, false} {
+		hm := NewMachine(cfg(150, func(c *Config) { c.HigherPrioNoAdvert = !on }), me)
+		hm.Start(t0)
+		hm.Tick(at(4 * time.Second))
+		mustState(t, hm, Master)
+		e, _ := hm.Receive(at(5*time.Second), peer, adv(200))
+		if e.Transition == nil || e.Transition.To != Backup || e.Send != on || on && e.SendPriority != 150 {
+			t.Fatalf("higher_prio_send_advert %v: %+v", on, e)
+		}
+	}
+
 	v2 := func(c *Config) { c.Version = 2 }
 	other := adv(150, func(a *Advert) { a.Version = 2; a.Addrs = []netip.Addr{netip.MustParseAddr("192.0.2.200")} })
 	if _, drop := NewMachine(cfg(100, v2), me).Receive(at(time.Second), peer, other); drop != DropAddrList {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/directord/directord/vrrp/route"
 )
 
 // Config is a validated configuration with every default filled in.
@@ -30,9 +31,12 @@ type Config struct {
 	CheckScripts []CheckScript `json:"check_script"`
 	// TrackFiles are files holding a number that instances track
 	// (keepalived's vrrp_track_file).
-	TrackFiles     []TrackFileDef  `json:"vrrp_track_file,omitempty"`
-	SyncGroups     []SyncGroup     `json:"vrrp_sync_group"`
-	VirtualServers []VirtualServer `json:"virtual_server"`
+	TrackFiles []TrackFileDef `json:"vrrp_track_file,omitempty"`
+	// TrackProcesses are processes that instances track
+	// ([[vrrp_track_process]]).
+	TrackProcesses []TrackProcessDef `json:"vrrp_track_process,omitempty"`
+	SyncGroups     []SyncGroup       `json:"vrrp_sync_group"`
+	VirtualServers []VirtualServer   `json:"virtual_server"`
 	// Cluster is nil when the file has no [cluster] section: a single
 	// director with no peer.
 	Cluster *Cluster `json:"cluster,omitempty"`
@@ -68,6 +72,12 @@ type Node struct {
 	// RealtimePriority runs VRRP's threads under SCHED_RR at this
 	// priority (keepalived's vrrp_rt_priority); 0: off.
 	RealtimePriority int `json:"realtime_priority,omitempty"`
+	// VRRPStrict is every instance's strict_mode default (keepalived's
+	// vrrp_strict).
+	VRRPStrict bool `json:"vrrp_strict,omitempty"`
+	// NotifyFIFO receives a line per transition (keepalived's
+	// notify_fifo / vrrp_notify_fifo).
+	NotifyFIFO string `json:"notify_fifo,omitempty"`
 }
 
 type Dataplane struct {
@@ -114,7 +124,8 @@ type VRRPInstance struct {
 	GARPMasterRefresh time.Duration    `json:"garp_master_refresh"`
 	TrackInterfaces   []TrackInterface `json:"track_interface"`
 	TrackScripts      []TrackScript    `json:"track_script"`
-	TrackFiles        []TrackScript    `json:"track_file,omitempty"` // names of [[vrrp_track_file]]s, with weights
+	TrackFiles        []TrackScript    `json:"track_file,omitempty"`    // names of [[vrrp_track_file]]s, with weights
+	TrackProcesses    []TrackScript    `json:"track_process,omitempty"` // names of [[vrrp_track_process]]es, with weights
 	Notify            Notify           `json:"notify"`
 	// InitialMaster: keepalived's state MASTER, which takes over at start
 	// without waiting for Master_Down_Interval.
@@ -136,6 +147,20 @@ type VRRPInstance struct {
 	// LowerPrioNoAdvert: a master hearing a lower priority sends no
 	// advert in answer (the RFC's behaviour).
 	LowerPrioNoAdvert bool `json:"lower_prio_no_advert,omitempty"`
+	// HigherPrioSendAdvert: a master hearing a higher priority sends one
+	// advert at its own before stepping down (on by default).
+	HigherPrioSendAdvert bool `json:"higher_prio_send_advert"`
+	// Strict: RFC compliance enforced (keepalived's strict_mode or
+	// vrrp_strict): no unicast, no authentication, no preempt_delay, and
+	// no_accept unless accept is given.
+	Strict bool `json:"strict_mode,omitempty"`
+	// VMAC is the macvlan interface of use_vmac; VMACXmitBase sends and
+	// hears adverts on the base interface instead.
+	VMAC         string `json:"use_vmac,omitempty"`
+	VMACXmitBase bool   `json:"vmac_xmit_base,omitempty"`
+	// Routes and Rules are present while master.
+	Routes []route.Route `json:"virtual_routes,omitempty"`
+	Rules  []route.Rule  `json:"virtual_rules,omitempty"`
 }
 
 // TrackInterface is another link the instance depends on: down means
@@ -181,6 +206,18 @@ type VRRPScript struct {
 	UID    uint32   `json:"-"`
 	GID    uint32   `json:"-"`
 	Groups []uint32 `json:"-"`
+}
+
+// TrackProcessDef is a [[vrrp_track_process]]: up while between Quorum
+// and QuorumMax processes of that name run.
+type TrackProcessDef struct {
+	Name      string        `json:"name"`
+	Process   string        `json:"process"`
+	Quorum    int           `json:"quorum"`
+	QuorumMax int           `json:"quorum_max,omitempty"` // 0: no maximum
+	Weight    int           `json:"weight"`
+	Delay     time.Duration `json:"delay"`    // a fall is reported after this long
+	Interval  time.Duration `json:"interval"` // how often /proc is read
 }
 
 // TrackFileDef is a [[vrrp_track_file]]: its file holds a number.

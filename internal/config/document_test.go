@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/directord/directord/internal/config"
 )
@@ -414,5 +415,84 @@ track_file = [%s]
 	cfg, err = config.Parse("f.toml", []byte(fmt.Sprintf(base, `{ name = "load", weight = 2, reverse = true }`)))
 	if err != nil || cfg.VRRP[0].TrackFiles[0].Weight != 2 || !cfg.VRRP[0].TrackFiles[0].Reverse {
 		t.Fatalf("weighted: %v %+v", err, cfg)
+	}
+}
+
+// The keys of the rest of keepalived's instance features: use_vmac,
+// vmac_xmit_base, virtual_routes/_rules, strict_mode and vrrp_strict,
+// higher_prio_send_advert, track_process and notify_fifo.
+func TestKeepalivedInstanceFeatures(t *testing.T) {
+	cfg, err := config.Parse("f.toml", []byte(`[node]
+name = "lb1"
+notify_fifo = "/run/directord/notify.fifo"
+[[vrrp_track_process]]
+name = "nginx"
+process = "nginx"
+quorum = 2
+weight = -30
+delay = "500ms"
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.100/24"]
+use_vmac = true
+higher_prio_send_advert = false
+virtual_routes = ["198.51.100.0/24 via 192.0.2.1", "blackhole 203.0.113.0/24"]
+virtual_rules = ["from 192.0.2.100 table 100"]
+track_process = ["nginx"]
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth0"
+virtual_router_id = 52
+virtual_ipaddress = ["192.0.2.101/24"]
+use_vmac = "vmac52"
+vmac_xmit_base = true
+strict_mode = true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := cfg.VRRP[0], cfg.VRRP[1]
+	switch {
+	case cfg.Node.NotifyFIFO != "/run/directord/notify.fifo":
+		t.Errorf("notify_fifo %q", cfg.Node.NotifyFIFO)
+	case a.VMAC != "vrrp.51" || a.VMACXmitBase || a.HigherPrioSendAdvert || len(a.Routes) != 2 || !a.Routes[1].Blackhole || len(a.Rules) != 1 || a.Strict || a.NoAccept:
+		t.Errorf("VI_1 %+v", a)
+	case len(a.TrackProcesses) != 1 || a.TrackProcesses[0].Weight != -30:
+		t.Errorf("VI_1 track_process %+v", a.TrackProcesses)
+	case len(cfg.TrackProcesses) != 1 || cfg.TrackProcesses[0].Quorum != 2 || cfg.TrackProcesses[0].Delay != 500*time.Millisecond:
+		t.Errorf("vrrp_track_process %+v", cfg.TrackProcesses)
+	case b.VMAC != "vmac52" || !b.VMACXmitBase || !b.HigherPrioSendAdvert || !b.Strict || !b.NoAccept:
+		t.Errorf("VI_2 %+v (strict_mode means no_accept by default)", b)
+	}
+
+	const base = "[node]\nname = \"lb1\"\n%s\n[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\nvirtual_ipaddress = [\"192.0.2.100/24\"]\n%s\n"
+	for _, tc := range []struct{ node, line, want string }{
+		{"", `strict_mode = true` + "\n" + `unicast_peer = ["192.0.2.12"]`, "f.toml:10: vrrp_instance[0].unicast_peer: strict_mode: VRRP is multicast"},
+		{"vrrp_strict = true", `auth_pass = "x"` + "\nversion = 2\nadvert_int = \"1s\"", "vrrp_instance[0].auth_pass: strict_mode: authentication is not allowed"},
+		{"vrrp_strict = true", `preempt_delay = "5s"`, "vrrp_instance[0].preempt_delay: strict_mode"},
+		{"vrrp_strict = true", `accept = true`, "vrrp_instance[0].accept: strict_mode"},
+		{"", `use_vmac = 5`, "vrrp_instance[0].use_vmac: want true or the VMAC interface's name"},
+		{"", `use_vmac = "eth0"`, "the VMAC needs a name other than the interface's"},
+		{"", `vmac_xmit_base = true`, "vrrp_instance[0].vmac_xmit_base: applies with use_vmac only"},
+		{"", `virtual_routes = ["198.51.100.0/24 via"]`, `vrrp_instance[0].virtual_routes[0]: "198.51.100.0/24 via": via needs a value`},
+		{"", `virtual_routes = ["2001:db8::/64"]`, "is not of the instance's address family"},
+		{"", `virtual_rules = ["from 192.0.2.100"]`, "vrrp_instance[0].virtual_rules[0]: \"from 192.0.2.100\": a rule needs a table"},
+		{"", `track_process = ["nginx"]`, `vrrp_instance[0].track_process[0]: no [[vrrp_track_process]] is named "nginx"`},
+		{"notify_fifo = \"fifo\"", ``, `node.notify_fifo: "fifo" is not an absolute path`},
+		{"[[vrrp_track_process]]\nname = \"p\"\nquorum = 3\nquorum_max = 2", ``, "vrrp_track_process[0].process: required"},
+		{"[[vrrp_track_process]]\nname = \"p\"\nprocess = \"p\"\nquorum = 3\nquorum_max = 2", ``, "vrrp_track_process[0].quorum_max: 2 is below quorum 3"},
+	} {
+		node := tc.node
+		if strings.HasPrefix(node, "[[") {
+			// A table after [node] would take the instance's keys: put it last.
+			_, err = config.Parse("f.toml", []byte(fmt.Sprintf(base, "", tc.line)+node+"\n"))
+		} else {
+			_, err = config.Parse("f.toml", []byte(fmt.Sprintf(base, node, tc.line)))
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s / %s: %v, want %q", tc.node, tc.line, err, tc.want)
+		}
 	}
 }

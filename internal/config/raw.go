@@ -14,6 +14,7 @@ type rawConfig struct {
 	VRRPScript    []rawScript      `toml:"vrrp_script"`
 	CheckScript   []rawCheckScript `toml:"check_script"`
 	TrackFile     []rawTrackFile   `toml:"vrrp_track_file"`
+	TrackProcess  []rawTrackProc   `toml:"vrrp_track_process"`
 	VRRPSyncGroup []rawSyncGroup   `toml:"vrrp_sync_group"`
 	VirtualServer []rawVS          `toml:"virtual_server"`
 	Cluster       *rawCluster      `toml:"cluster"`
@@ -39,6 +40,8 @@ type rawNode struct {
 	ScriptSecure  *bool  `toml:"enable_script_security"`
 	VRRPStartup   string `toml:"vrrp_startup_delay"`
 	Realtime      *int   `toml:"realtime_priority"`
+	VRRPStrict    *bool  `toml:"vrrp_strict"`
+	NotifyFIFO    string `toml:"notify_fifo"`
 }
 
 type rawDataplane struct {
@@ -96,6 +99,13 @@ type rawVRRP struct {
 	NoAccept          *bool            `toml:"no_accept"`
 	GARPLowerRepeat   *int             `toml:"garp_lower_prio_repeat"`
 	GARPLowerDelay    string           `toml:"garp_lower_prio_delay"`
+	HigherPrioAdvert  *bool            `toml:"higher_prio_send_advert"`
+	StrictMode        *bool            `toml:"strict_mode"`
+	UseVMAC           any              `toml:"use_vmac"`
+	VMACXmitBase      *bool            `toml:"vmac_xmit_base"`
+	VirtualRoutes     []string         `toml:"virtual_routes"`
+	VirtualRules      []string         `toml:"virtual_rules"`
+	TrackProcess      []rawTrackScript `toml:"track_process"`
 }
 
 // rawTrack is a tracked interface or script: "eth1" or
@@ -159,6 +169,17 @@ type rawSyncGroup struct {
 }
 
 // rawScript is keepalived's vrrp_script.
+type rawTrackProc struct {
+	Name      string `toml:"name"`
+	Process   string `toml:"process"`
+	Param     string `toml:"param_match"`
+	Quorum    *int   `toml:"quorum"`
+	QuorumMax *int   `toml:"quorum_max"`
+	Weight    *int   `toml:"weight"`
+	Delay     string `toml:"delay"`
+	Interval  string `toml:"interval"`
+}
+
 type rawScript struct {
 	Name     string   `toml:"name"`
 	Script   []string `toml:"script"`

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/directord/directord/healthcheck"
+	"github.com/directord/directord/vrrp/route"
 
 	"github.com/BurntSushi/toml"
 )
@@ -47,6 +48,8 @@ type validator struct {
 	checkScripts map[string]bool
 	// scriptSecurity: programs must not be changeable by non-root users.
 	scriptSecurity bool
+	// strict is [node] vrrp_strict: the instances' strict_mode default.
+	strict bool
 }
 
 // add records a problem at the line of path, a sequence of keys and array
@@ -178,6 +181,8 @@ func (v *validator) config(raw *rawConfig) *Config {
 	cfg.CheckScripts = v.checkScriptList(raw.CheckScript)
 	cfg.TrackFiles = v.trackFiles(raw.TrackFile)
 	v.trackFileRefs(raw.VRRPInstance, cfg)
+	cfg.TrackProcesses = v.trackProcesses(raw.TrackProcess)
+	v.trackProcessRefs(raw.VRRPInstance, cfg)
 	cfg.VirtualServers = v.virtualServers(raw.VirtualServer)
 	if raw.Cluster != nil {
 		// The file's virtual servers seed the replicated table.
@@ -256,6 +261,14 @@ func (v *validator) node(r *rawNode) Node {
 	n.ScriptSecurity = r.ScriptSecure == nil || *r.ScriptSecure
 	n.VRRPStartupDelay = v.duration(at(p, "vrrp_startup_delay"), r.VRRPStartup, 0, 0, time.Hour)
 	n.RealtimePriority = v.intIn(at(p, "realtime_priority"), r.Realtime, 0, 0, 99)
+	n.VRRPStrict = r.VRRPStrict != nil && *r.VRRPStrict
+	v.strict = n.VRRPStrict
+	if r.NotifyFIFO != "" {
+		if !filepath.IsAbs(r.NotifyFIFO) {
+			v.add(at(p, "notify_fifo"), "%q is not an absolute path", r.NotifyFIFO)
+		}
+		n.NotifyFIFO = r.NotifyFIFO
+	}
 	v.scriptSecurity = n.ScriptSecurity
 	if r.ScriptUser != "" {
 		u, err := lookupUser(r.ScriptUser)
@@ -492,29 +505,82 @@ func (v *validator) trackFiles(raws []rawTrackFile) []TrackFileDef {
 	return out
 }
 
-// trackFileRefs resolves the instances' track_file entries.
-func (v *validator) trackFileRefs(raws []rawVRRP, cfg *Config) {
+// trackProcesses checks the [[vrrp_track_process]] blocks.
+func (v *validator) trackProcesses(raws []rawTrackProc) []TrackProcessDef {
+	names := map[string][]any{}
+	out := make([]TrackProcessDef, 0, len(raws))
+	for i, r := range raws {
+		p := []any{"vrrp_track_process", i}
+		v.uniqueName(at(p, "name"), r.Name, "vrrp_track_process", names)
+		if r.Process == "" || strings.ContainsRune(r.Process, 0) {
+			v.add(at(p, "process"), "required: the process's name, as ps -o comm shows it, or its program's path")
+		}
+		d := TrackProcessDef{
+			Name: r.Name, Process: r.Process,
+			Quorum:    v.intIn(at(p, "quorum"), r.Quorum, 1, 1, 65535),
+			QuorumMax: v.intIn(at(p, "quorum_max"), r.QuorumMax, 0, 0, 65535),
+			Weight:    v.intIn(at(p, "weight"), r.Weight, 0, -254, 254),
+			Delay:     v.duration(at(p, "delay"), r.Delay, 0, 0, time.Hour),
+			Interval:  v.duration(at(p, "interval"), r.Interval, 200*time.Millisecond, 10*time.Millisecond, time.Minute),
+		}
+		if d.QuorumMax != 0 && d.QuorumMax < d.Quorum {
+			v.add(at(p, "quorum_max"), "%d is below quorum %d", d.QuorumMax, d.Quorum)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// trackRefs resolves the instances' references (under key) to blocks of
+// kind: weightOf is a block's weight by name (false: no such block); the
+// resolved ones go where dst points.
+func (v *validator) trackRefs(raws []rawVRRP, cfg *Config, key, kind string, refs func(rawVRRP) []rawTrackScript,
+	weightOf func(name string) (int, bool), dst func(*VRRPInstance) *[]TrackScript) {
 	for i, r := range raws {
 		if i >= len(cfg.VRRP) {
 			return
 		}
 		seen := map[string]bool{}
-		for j, tf := range r.TrackFileRef {
-			tp := []any{"vrrp_instance", i, "track_file", j}
-			k := slices.IndexFunc(cfg.TrackFiles, func(f TrackFileDef) bool { return f.Name == tf.Name })
+		for j, ref := range refs(r) {
+			path := []any{"vrrp_instance", i, key, j}
+			weight, ok := weightOf(ref.Name)
 			switch {
-			case k < 0:
-				v.add(tp, "no [[vrrp_track_file]] is named %q", tf.Name)
+			case !ok:
+				v.add(path, "no [[%s]] is named %q", kind, ref.Name)
 				continue
-			case seen[tf.Name]:
-				v.add(tp, "%s is tracked twice", tf.Name)
+			case seen[ref.Name]:
+				v.add(path, "%s is tracked twice", ref.Name)
 				continue
 			}
-			seen[tf.Name] = true
-			cfg.VRRP[i].TrackFiles = append(cfg.VRRP[i].TrackFiles, TrackScript{Name: tf.Name,
-				Weight: v.intIn(tp, tf.Weight, cfg.TrackFiles[k].Weight, -254, 254), Reverse: tf.Reverse})
+			seen[ref.Name] = true
+			list := dst(&cfg.VRRP[i])
+			*list = append(*list, TrackScript{Name: ref.Name, Weight: v.intIn(path, ref.Weight, weight, -254, 254), Reverse: ref.Reverse})
 		}
 	}
+}
+
+// trackProcessRefs resolves the instances' track_process entries.
+func (v *validator) trackProcessRefs(raws []rawVRRP, cfg *Config) {
+	v.trackRefs(raws, cfg, "track_process", "vrrp_track_process", func(r rawVRRP) []rawTrackScript { return r.TrackProcess },
+		func(name string) (int, bool) {
+			k := slices.IndexFunc(cfg.TrackProcesses, func(d TrackProcessDef) bool { return d.Name == name })
+			if k < 0 {
+				return 0, false
+			}
+			return cfg.TrackProcesses[k].Weight, true
+		}, func(in *VRRPInstance) *[]TrackScript { return &in.TrackProcesses })
+}
+
+// trackFileRefs resolves the instances' track_file entries.
+func (v *validator) trackFileRefs(raws []rawVRRP, cfg *Config) {
+	v.trackRefs(raws, cfg, "track_file", "vrrp_track_file", func(r rawVRRP) []rawTrackScript { return r.TrackFileRef },
+		func(name string) (int, bool) {
+			k := slices.IndexFunc(cfg.TrackFiles, func(f TrackFileDef) bool { return f.Name == name })
+			if k < 0 {
+				return 0, false
+			}
+			return cfg.TrackFiles[k].Weight, true
+		}, func(in *VRRPInstance) *[]TrackScript { return &in.TrackFiles })
 }
 
 // noCommands refuses programs inside virtual servers that the cluster
@@ -640,6 +706,72 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 			in.NoAccept = *r.NoAccept
 		case r.Accept != nil:
 			in.NoAccept = !*r.Accept
+		}
+		in.HigherPrioSendAdvert = r.HigherPrioAdvert == nil || *r.HigherPrioAdvert
+		in.Strict = v.strict
+		if r.StrictMode != nil {
+			in.Strict = *r.StrictMode
+		}
+		if in.Strict {
+			// keepalived's strict_mode: what the RFCs leave out is refused.
+			switch {
+			case len(r.UnicastPeer) > 0:
+				v.add(at(p, "unicast_peer"), "strict_mode: VRRP is multicast (RFC 9568); unicast peers are not allowed")
+			case r.AuthPass != "":
+				v.add(at(p, "auth_pass"), "strict_mode: authentication is not allowed (RFC 3768 §5.3.6 leaves it out)")
+			case in.PreemptDelay > 0:
+				v.add(at(p, "preempt_delay"), "strict_mode: preempt_delay is not allowed")
+			case r.Accept != nil && *r.Accept:
+				v.add(at(p, "accept"), "strict_mode: a master does not accept packets to addresses it does not own (RFC 9568 §6.4.3); drop accept")
+			}
+			if r.Accept == nil && r.NoAccept == nil {
+				in.NoAccept = true
+			}
+		}
+		switch x := r.UseVMAC.(type) {
+		case nil:
+		case bool:
+			if x {
+				in.VMAC = fmt.Sprintf("vrrp.%d", in.VRID) // keepalived's default name
+			}
+		case string:
+			if x == "" || len(x) > 15 || strings.ContainsAny(x, "/ \t") {
+				v.add(at(p, "use_vmac"), "%q is not a valid interface name", x)
+			}
+			in.VMAC = x
+		default:
+			v.add(at(p, "use_vmac"), "want true or the VMAC interface's name")
+		}
+		in.VMACXmitBase = r.VMACXmitBase != nil && *r.VMACXmitBase
+		switch {
+		case in.VMACXmitBase && in.VMAC == "":
+			v.add(at(p, "vmac_xmit_base"), "applies with use_vmac only")
+		case in.VMAC != "" && in.IPv6():
+			v.add(at(p, "use_vmac"), "directord makes VMACs for IPv4 instances only so far")
+		case in.VMAC != "" && in.VMAC == in.Interface:
+			v.add(at(p, "use_vmac"), "the VMAC needs a name other than the interface's")
+		}
+		for j, text := range r.VirtualRoutes {
+			rt, err := route.Parse(text)
+			switch {
+			case err != nil:
+				v.add(at(p, "virtual_routes", j), "%q: %v", text, err)
+			case len(in.VIPs) > 0 && rt.Dst.Addr().Is4() != in.VIPs[0].Addr().Is4():
+				v.add(at(p, "virtual_routes", j), "%q is not of the instance's address family", text)
+			default:
+				in.Routes = append(in.Routes, rt)
+			}
+		}
+		for j, text := range r.VirtualRules {
+			ru, err := route.ParseRule(text)
+			switch {
+			case err != nil:
+				v.add(at(p, "virtual_rules", j), "%q: %v", text, err)
+			case len(in.VIPs) > 0 && (ru.Family() == 4) != in.VIPs[0].Addr().Is4():
+				v.add(at(p, "virtual_rules", j), "%q is not of the instance's address family", text)
+			default:
+				in.Rules = append(in.Rules, ru)
+			}
 		}
 		in.GARPLowerPrioRepeat = v.intIn(at(p, "garp_lower_prio_repeat"), r.GARPLowerRepeat, 0, 0, 100)
 		in.GARPLowerPrioDelay = v.duration(at(p, "garp_lower_prio_delay"), r.GARPLowerDelay, 0, 0, time.Hour)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -56,6 +57,7 @@ type Daemon struct {
 	reloads    chan chan api.ReloadResult
 	vrrp       *vrrp.Group
 	notify     *notifier
+	fifo       *fifo
 	scripts    *scriptRunner
 	lvs        *lvsManager
 	health     *health
@@ -236,6 +238,7 @@ func (d *Daemon) Run(ctx context.Context, ln net.Listener) error {
 	}
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
 	g.Go(func() error { return d.trackFiles(ctx, time.Second) })
+	g.Go(func() error { return d.trackProcesses(ctx, "/proc") })
 	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
 	g.Go(func() error { return d.health.runner.Run(ctx) })
 	if cts := d.ctsync; cts != nil {
@@ -247,6 +250,7 @@ func (d *Daemon) Run(ctx context.Context, ln net.Listener) error {
 		"vrrp_instances", len(cfg.VRRP), "virtual_servers", len(cfg.VirtualServers))
 	err := g.Wait()
 	d.notify.Close() // runs the notify_stop programs of the shutdown
+	d.fifo.Close()
 	d.log.Info("directord stopped")
 	return err
 }
@@ -278,9 +282,14 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 		}
 		return config.Notify{}, false
 	}, d.programs)
-	deps.LowerPriority = d.notify.LowerPriority
+	d.fifo = newFIFO(d.log, func() string { return d.config().Node.NotifyFIFO })
+	deps.LowerPriority = func(instance string, from netip.Addr, prio uint8) {
+		d.notify.LowerPriority(instance, from, prio)
+		d.fifo.line("INSTANCE", instance, "MASTER_RX_LOWER_PRI", prio)
+	}
 	deps.Notify = func(instance string, t vrrp.Transition) {
 		d.notify.Notify(instance, t)
+		d.fifo.line("INSTANCE", instance, stateName(t.To), t.Priority)
 		if s := d.syncd; s != nil {
 			s.transition(instance, t)
 		}

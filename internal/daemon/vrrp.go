@@ -41,7 +41,7 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 			AuthPass:     in.AuthPass,
 			ChecksumAsV2: in.V3ChecksumAsV2,
 			Track:        tracks(in.TrackInterfaces),
-			TrackScripts: trackScripts(in.TrackScripts),
+			TrackScripts: append(trackScripts(in.TrackScripts), processTracks(in.TrackProcesses)...),
 			TrackFiles:   trackFiles(in.TrackFiles),
 			SyncGroup:    groupOf[in.Name],
 			GARPRepeat:   in.GARPMasterRepeat,
@@ -57,6 +57,12 @@ func vrrpConfigs(cfg *config.Config) []vrrp.Config {
 
 			GARPLowerPrioRepeat: in.GARPLowerPrioRepeat,
 			GARPLowerPrioDelay:  in.GARPLowerPrioDelay,
+
+			HigherPrioNoAdvert: !in.HigherPrioSendAdvert,
+			VMAC:               in.VMAC,
+			VMACXmitBase:       in.VMACXmitBase,
+			Routes:             in.Routes,
+			Rules:              in.Rules,
 		})
 	}
 	return out
@@ -82,6 +88,15 @@ func trackScripts(ts []config.TrackScript) []vrrp.TrackScript {
 	var out []vrrp.TrackScript
 	for _, t := range ts {
 		out = append(out, vrrp.TrackScript{Name: t.Name, Weight: t.Weight, Reverse: t.Reverse})
+	}
+	return out
+}
+
+// processTracks are the tracked processes, reported among the scripts.
+func processTracks(ts []config.TrackScript) []vrrp.TrackScript {
+	var out []vrrp.TrackScript
+	for _, t := range ts {
+		out = append(out, vrrp.TrackScript{Name: processTrack(t.Name), Weight: t.Weight, Reverse: t.Reverse})
 	}
 	return out
 }

@@ -83,21 +83,32 @@ func (c *Conn) Close() error {
 type Addrs struct {
 	mu   sync.Mutex
 	held map[netip.Prefix]bool
+	on   map[netip.Prefix]string // the interface each is on
 }
 
 var _ vrrp.Addresses = (*Addrs)(nil)
 
-func (f *Addrs) Add(_ string, p netip.Prefix) (bool, error) {
+func (f *Addrs) Add(ifname string, p netip.Prefix) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.held == nil {
-		f.held = map[netip.Prefix]bool{}
+		f.held, f.on = map[netip.Prefix]bool{}, map[netip.Prefix]string{}
 	}
 	if f.held[p] {
 		return false, nil
 	}
-	f.held[p] = true
+	f.held[p], f.on[p] = true, ifname
 	return true, nil
+}
+
+// On is the interface p was added on ("" when not held).
+func (f *Addrs) On(p netip.Prefix) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.held[p] {
+		return ""
+	}
+	return f.on[p]
 }
 
 func (f *Addrs) Remove(_ string, p netip.Prefix) error {
@@ -145,17 +156,93 @@ func (f *Announcer) Count() int {
 	return f.count
 }
 
+// Routing records the routes and rules a group holds, by their text
+// (routes with the device they went to).
+type Routing struct {
+	mu   sync.Mutex
+	held map[string]bool
+}
+
+var _ vrrp.Routing = (*Routing)(nil)
+
+func (f *Routing) set(key string, on bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.held == nil {
+		f.held = map[string]bool{}
+	}
+	if on {
+		f.held[key] = true
+	} else {
+		delete(f.held, key)
+	}
+	return nil
+}
+
+func (f *Routing) AddRoute(dev string, r vrrp.Route) error { return f.set(dev+": "+r.String(), true) }
+func (f *Routing) RemoveRoute(dev string, r vrrp.Route) error {
+	return f.set(dev+": "+r.String(), false)
+}
+func (f *Routing) AddRule(r vrrp.Rule) error    { return f.set(r.String(), true) }
+func (f *Routing) RemoveRule(r vrrp.Rule) error { return f.set(r.String(), false) }
+
+// Held lists what is held, sorted.
+func (f *Routing) Held() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]string, 0, len(f.held))
+	for k := range f.held {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// VMACs records the VMAC interfaces a group made.
+type VMACs struct {
+	mu    sync.Mutex
+	links map[string]string // name -> "base mac"
+}
+
+var _ vrrp.VMACs = (*VMACs)(nil)
+
+func (f *VMACs) Ensure(base, name string, mac net.HardwareAddr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.links == nil {
+		f.links = map[string]string{}
+	}
+	f.links[name] = base + " " + mac.String()
+	return nil
+}
+
+func (f *VMACs) Remove(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.links, name)
+	return nil
+}
+
+// Link is "base mac" of the VMAC name, "" when there is none.
+func (f *VMACs) Link(name string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.links[name]
+}
+
 // Node is one group's view of the hub: its sockets send from Src.
 type Node struct {
 	Hub       *Hub
 	Src       netip.Addr
 	Addrs     *Addrs
 	Announcer *Announcer
+	Routing   *Routing
+	VMACs     *VMACs
 }
 
 // NewNode returns a node on h sending from src.
 func NewNode(h *Hub, src netip.Addr) *Node {
-	return &Node{Hub: h, Src: src, Addrs: &Addrs{}, Announcer: &Announcer{}}
+	return &Node{Hub: h, Src: src, Addrs: &Addrs{}, Announcer: &Announcer{}, Routing: &Routing{}, VMACs: &VMACs{}}
 }
 
 // Deps are vrrp.Deps over the hub.
@@ -164,6 +251,8 @@ func (n *Node) Deps(log *slog.Logger) vrrp.Deps {
 		Listen:    func(string, bool) (vrrp.Conn, error) { return n.Hub.Listen(), nil },
 		Addresses: n.Addrs,
 		Announcer: n.Announcer,
+		Routing:   n.Routing,
+		VMACs:     n.VMACs,
 		Primary:   func(string, bool, []netip.Prefix) (netip.Addr, error) { return n.Src, nil },
 		Log:       log,
 	}

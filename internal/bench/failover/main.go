@@ -183,7 +183,6 @@ func run(bin string, runs, runsFast int, soaks []soakSpec, cpuWindow time.Durati
 	return writeReport(out, settings, runs, runsFast, soaks, soaked, cpuWindow, cpus, results, *targets)
 }
 
-
 // adverts records when the client last saw an advert from each source.
 type adverts struct {
 	mu   sync.Mutex

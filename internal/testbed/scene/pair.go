@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/directord/directord/internal/api"
@@ -101,6 +102,12 @@ func (p *Pair) Start(h *lab.Host) *lab.Process {
 // StartKeepalived runs Debian's keepalived (VRRP only) in h with the
 // instance WriteConfig describes: VI_1, VRID 51, the VIP.
 func (p *Pair) StartKeepalived(h *lab.Host, prio, version int, interval time.Duration) *lab.Process {
+	return p.StartKeepalivedWith(h, prio, version, interval, "", "")
+}
+
+// StartKeepalivedWith is StartKeepalived with extra lines in the instance
+// and extra blocks after it (vrrp_script ...).
+func (p *Pair) StartKeepalivedWith(h *lab.Host, prio, version int, interval time.Duration, instance, blocks string) *lab.Process {
 	dir := p.hostDir("keepalived-" + h.Name)
 	file := filepath.Join(dir, "keepalived.conf")
 	content := fmt.Sprintf(`global_defs {
@@ -116,8 +123,10 @@ vrrp_instance VI_1 {
   virtual_ipaddress {
     %s/24
   }
+%s
 }
-`, h.Name, prio, interval.Seconds(), version, VIP)
+%s
+`, h.Name, prio, interval.Seconds(), version, VIP, instance, blocks)
 	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
 		p.Lab.Fatalf("%v", err)
 	}
@@ -211,6 +220,17 @@ func (p *Pair) Neighbour(addr string) string {
 func (p *Pair) Crash(h *lab.Host) {
 	p.Switch.IP("link", "set", p.port(h), "down")
 	h.KillAll()
+}
+
+// Stop stops h's director cleanly (SIGTERM) and waits for it to exit.
+func (p *Pair) Stop(h *lab.Host) {
+	proc := p.Procs[h]
+	if err := proc.Signal(syscall.SIGTERM); err != nil {
+		p.Lab.Fatalf("stop %s: %v", proc.Name, err)
+	}
+	if _, err := proc.Wait(10 * time.Second); err != nil {
+		p.Lab.Fatalf("stop %s: %v", proc.Name, err)
+	}
 }
 
 // Revive reconnects h's cable.
