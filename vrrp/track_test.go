@@ -240,19 +240,22 @@ func TestKeepalivedInstanceKeys(t *testing.T) {
 	}
 }
 
-// Reverse inverts a tracked interface or script; dont_track_primary
-// ignores the instance's own interface.
+// Reverse negates a weight's effect, as keepalived does (measured side by
+// side in TestKeepalivedTrackWeights); dont_track_primary ignores the
+// instance's own interface.
 func TestTrackReverseAndPrimary(t *testing.T) {
 	g := NewGroup(Deps{})
-	g.links = map[string]bool{"eth0": false, "eth1": true}
-	g.scripts = map[string]bool{"chk": false}
+	g.links = map[string]bool{"eth0": false, "eth1": false, "eth2": true}
+	g.scripts = map[string]bool{"chk": true, "bad": false}
 	in := &instance{cfg: Config{Interface: "eth0", Priority: 100, DontTrackPrimary: true,
-		Track:        []Track{{Interface: "eth1", Weight: -20, Reverse: true}},
-		TrackScripts: []TrackScript{{Name: "chk", Weight: 30, Reverse: true}}}}
-	// eth0 down is ignored; eth1 up counts as down (-20); chk failing
-	// counts as passing (+30).
-	if fault, prio := in.health(g); fault != "" || prio != 110 {
-		t.Fatalf("fault %q, priority %d", fault, prio)
+		Track: []Track{{Interface: "eth1", Weight: -20, Reverse: true}, {Interface: "eth2", Weight: -7, Reverse: true}},
+		TrackScripts: []TrackScript{{Name: "chk", Weight: 30, Reverse: true}, {Name: "bad", Weight: 11, Reverse: true}}}}
+	// eth0 down is ignored; eth1 down with -20 reversed: +20; eth2 up with
+	// a negative weight: nothing; chk passing with +30 reversed: -30; bad
+	// failing with a positive weight: nothing. On main reverse inverted
+	// up and down instead: 100-20+0+0+11 = 91.
+	if fault, prio := in.health(g); fault != "" || prio != 90 {
+		t.Fatalf("fault %q, priority %d, want 90", fault, prio)
 	}
 	in.cfg.DontTrackPrimary = false
 	if fault, _ := in.health(g); fault != "eth0 is down" {

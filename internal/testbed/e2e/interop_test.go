@@ -144,3 +144,113 @@ func TestWiresharkAgrees(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepalivedTrackWeights runs one keepalived configuration's tracking
+// (scripts and interfaces that pass and fail, positive and negative
+// weights, reverse) in keepalived and its translation in directord, each
+// on its own lab, and compares directord's effective priority with the
+// one keepalived logs.
+func TestKeepalivedTrackWeights(t *testing.T) {
+	lab.Require(t, "keepalived")
+	type track struct {
+		name    string
+		up      bool
+		weight  int
+		reverse bool
+	}
+	scripts := []track{{"up_pos", true, 20, false}, {"down_neg", false, -30, false}, {"up_neg", true, -7, false},
+		{"down_pos", false, 11, false}, {"rev_down_pos", false, 5, true}, {"rev_up_neg", true, -3, true},
+		{"rev_up_pos", true, 6, true}, {"rev_down_neg", false, -8, true}}
+	links := []track{{"trk_up", true, 9, false}, {"trk_down", false, -13, false}, {"trk_rev", false, 4, true},
+		{"trk_rev_up", true, 2, true}, {"trk_rev_dn", false, -5, true}}
+	prog := map[bool]string{true: "/bin/true", false: "/bin/false"}
+
+	// links makes the tracked interfaces: veth pairs, up or down.
+	mkLinks := func(h *lab.Host) {
+		for _, l := range links {
+			h.MustRun("ip", "link", "add", l.name, "type", "veth", "peer", "name", l.name+"p")
+			if l.up {
+				h.MustRun("ip", "link", "set", l.name+"p", "up")
+				h.MustRun("ip", "link", "set", l.name, "up")
+			}
+		}
+	}
+
+	// keepalived
+	var kInst, kBlocks strings.Builder
+	kInst.WriteString("  track_script {\n")
+	for _, s := range scripts {
+		rev := ""
+		if s.reverse {
+			rev = " reverse"
+		}
+		fmt.Fprintf(&kInst, "    %s weight %d%s\n", s.name, s.weight, rev)
+		fmt.Fprintf(&kBlocks, "vrrp_script %s {\n  script %q\n  interval 1\n}\n", s.name, prog[s.up])
+	}
+	kInst.WriteString("  }\n  track_interface {\n")
+	for _, l := range links {
+		rev := ""
+		if l.reverse {
+			rev = " reverse"
+		}
+		fmt.Fprintf(&kInst, "    %s weight %d%s\n", l.name, l.weight, rev)
+	}
+	kInst.WriteString("  }\n")
+	kp := newPair(t)
+	mkLinks(kp.LB1)
+	k := kp.StartKeepalivedWith(kp.LB1, 100, 3, 100*time.Millisecond, kInst.String(), kBlocks.String())
+	waitOutput(t, k, "(VI_1) Entering MASTER STATE", 10*time.Second)
+	// keepalived logs each change of its effective priority.
+	kPrio := func() int {
+		prio := 0
+		for _, l := range strings.Split(k.Output(), "\n") {
+			var from, to int
+			if i := strings.Index(l, "Changing effective priority from "); i >= 0 {
+				if _, err := fmt.Sscanf(l[i:], "Changing effective priority from %d to %d", &from, &to); err == nil {
+					prio = to
+				}
+			}
+		}
+		return prio
+	}
+
+	// directord, the same tracking in its file
+	var dInst, dBlocks strings.Builder
+	dInst.WriteString("track_script = [")
+	for i, s := range scripts {
+		if i > 0 {
+			dInst.WriteString(", ")
+		}
+		fmt.Fprintf(&dInst, "{ name = %q, weight = %d, reverse = %v }", s.name, s.weight, s.reverse)
+		fmt.Fprintf(&dBlocks, "\n[[vrrp_script]]\nname = %q\nscript = [%q]\ninterval = \"1s\"\n", s.name, prog[s.up])
+	}
+	dInst.WriteString("]\ntrack_interface = [")
+	for i, l := range links {
+		if i > 0 {
+			dInst.WriteString(", ")
+		}
+		fmt.Fprintf(&dInst, "{ interface = %q, weight = %d, reverse = %v }", l.name, l.weight, l.reverse)
+	}
+	dInst.WriteString("]")
+	dp := newPair(t)
+	mkLinks(dp.LB1)
+	dp.WriteConfig(dp.LB1, 100, dInst.String())
+	appendFile(t, dp.Files[dp.LB1], dBlocks.String())
+	dp.Start(dp.LB1)
+	// Both settle once every script has run; then they agree, and go on
+	// agreeing.
+	same := func() error {
+		in, err := dp.Instance(dp.LB1)
+		if err == nil && int(in.Priority) != kPrio() {
+			err = fmt.Errorf("directord's effective priority %d, keepalived's %d", in.Priority, kPrio())
+		}
+		return err
+	}
+	if err := lab.Eventually(15*time.Second, same); err != nil {
+		t.Fatalf("%v\nkeepalived:\n%s", err, k.Output())
+	}
+	if err := lab.Throughout(3*time.Second, same); err != nil {
+		t.Fatalf("%v\nkeepalived:\n%s", err, k.Output())
+	}
+	t.Logf("effective priority %d in both (base 100)", kPrio())
+}

@@ -106,13 +106,15 @@ func (p *Pair) StartKeepalived(h *lab.Host, prio, version int, interval time.Dur
 }
 
 // StartKeepalivedWith is StartKeepalived with extra lines in the instance
-// and extra blocks after it (vrrp_script ...).
+// and extra blocks before it (vrrp_script ..., which keepalived needs
+// defined before an instance names them).
 func (p *Pair) StartKeepalivedWith(h *lab.Host, prio, version int, interval time.Duration, instance, blocks string) *lab.Process {
 	dir := p.hostDir("keepalived-" + h.Name)
 	file := filepath.Join(dir, "keepalived.conf")
 	content := fmt.Sprintf(`global_defs {
   router_id %s
 }
+%s
 vrrp_instance VI_1 {
   state BACKUP
   interface eth0
@@ -125,8 +127,7 @@ vrrp_instance VI_1 {
   }
 %s
 }
-%s
-`, h.Name, prio, interval.Seconds(), version, VIP, instance, blocks)
+`, h.Name, blocks, prio, interval.Seconds(), version, VIP, instance)
 	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
 		p.Lab.Fatalf("%v", err)
 	}
