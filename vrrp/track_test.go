@@ -248,7 +248,7 @@ func TestTrackReverseAndPrimary(t *testing.T) {
 	g.links = map[string]bool{"eth0": false, "eth1": false, "eth2": true}
 	g.scripts = map[string]bool{"chk": true, "bad": false}
 	in := &instance{cfg: Config{Interface: "eth0", Priority: 100, DontTrackPrimary: true,
-		Track: []Track{{Interface: "eth1", Weight: -20, Reverse: true}, {Interface: "eth2", Weight: -7, Reverse: true}},
+		Track:        []Track{{Interface: "eth1", Weight: -20, Reverse: true}, {Interface: "eth2", Weight: -7, Reverse: true}},
 		TrackScripts: []TrackScript{{Name: "chk", Weight: 30, Reverse: true}, {Name: "bad", Weight: 11, Reverse: true}}}}
 	// eth0 down is ignored; eth1 down with -20 reversed: +20; eth2 up with
 	// a negative weight: nothing; chk passing with +30 reversed: -30; bad
