@@ -406,6 +406,11 @@ func Parse(file string, data []byte) (*Config, error) {
 	var raw rawConfig
 	md, err := toml.Decode(string(data), &raw)
 	if err != nil {
+		// A keepalived.conf fails as TOML at its first line; say what it is.
+		if line, text := keepalivedLine(string(data)); line > 0 {
+			return nil, &Error{Problems: []Problem{{File: file, Line: line,
+				Msg: fmt.Sprintf("this looks like a keepalived.conf (%q), not directord's TOML; docs/configuration.md gives each keepalived keyword's directord key", text)}}}
+		}
 		return nil, &Error{Problems: []Problem{decodeProblem(file, err)}}
 	}
 	v := &validator{file: file, pos: newLazyPositions(string(data))}
@@ -430,6 +435,40 @@ func (c *Config) ProblemAt(msg string, path ...any) Problem {
 	return p
 }
 
+var (
+	mismatchTable = regexp.MustCompile(`^type mismatch for [\w.]+: expected table but found (\w+)`)
+	mismatchValue = regexp.MustCompile(`^incompatible types: TOML value has type (\w+); destination has type (\w+)`)
+)
+
+// plainTypes says the toml decoder's type mismatches in TOML's words, not
+// Go's ("type mismatch for config.rawNode").
+func plainTypes(msg string) string {
+	word := func(t string) string {
+		switch {
+		case strings.HasPrefix(t, "int"), strings.HasPrefix(t, "uint"), strings.HasPrefix(t, "float"):
+			return "a number"
+		case t == "string":
+			return "a string"
+		case t == "bool":
+			return "true or false"
+		case t == "slice", t == "array", strings.HasPrefix(t, "[]"):
+			return "an array"
+		case t == "map", t == "struct", strings.HasPrefix(t, "map"), strings.HasPrefix(t, "config."):
+			return "a table"
+		case t == "datetime", strings.HasPrefix(t, "time."):
+			return "a date"
+		}
+		return t
+	}
+	if m := mismatchTable.FindStringSubmatch(msg); m != nil {
+		return "want a table, not " + word(m[1])
+	}
+	if m := mismatchValue.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("want %s, not %s", word(m[2]), word(m[1]))
+	}
+	return msg
+}
+
 var lineInText = regexp.MustCompile(`^toml: line (\d+)(?: \(last key "([^"]*)"\))?: (.*)$`)
 
 // decodeProblem turns a toml error into a Problem. Syntax errors come as
@@ -441,7 +480,7 @@ func decodeProblem(file string, err error) Problem {
 	}
 	if m := lineInText.FindStringSubmatch(err.Error()); m != nil {
 		line, _ := strconv.Atoi(m[1])
-		return Problem{File: file, Line: line, Key: m[2], Msg: m[3]}
+		return Problem{File: file, Line: line, Key: m[2], Msg: plainTypes(m[3])}
 	}
 	return Problem{File: file, Msg: err.Error()}
 }

@@ -139,7 +139,13 @@ func TestProblems(t *testing.T) {
 		{"missing node", `[dataplane]
 kind = "auto"`, []string{"f.toml: node: missing [node] section"}},
 		{"syntax error", "[node]\nname = \"lb1\nx = 1\n", []string{"f.toml:2: "}},
-		{"type mismatch", "[node]\nname = \"lb1\"\n[[vrrp_instance]]\npriority = \"high\"\n", []string{"f.toml:4: vrrp_instance.priority: incompatible types"}},
+		{"type mismatch", "[node]\nname = \"lb1\"\n[[vrrp_instance]]\npriority = \"high\"\n", []string{"f.toml:4: vrrp_instance.priority: want a number, not a string"}},
+		{"table mismatch in TOML's words", "node = 5\n", []string{"f.toml:1: node: want a table, not a number"}},
+		{"keepalived.conf", "! Configuration File for keepalived\nglobal_defs {\n   router_id LVS_A\n}\nvrrp_instance VI_1 {\n  state MASTER\n}\n",
+			[]string{`f.toml:2: this looks like a keepalived.conf ("global_defs {"), not directord's TOML`}},
+		{"keepalived keyword in TOML", minimal + "[[virtual_server]]\nname = \"web\"\naddress = \"192.0.2.1:80\"\nlb_algo = \"rr\"\ndelay_loop = 5\n",
+			[]string{"f.toml:7: virtual_server.lb_algo: unknown key (keepalived's keyword; directord's is scheduler)",
+				"f.toml:8: virtual_server.delay_loop: unknown key (keepalived's keyword; directord's is health_check.interval)"}},
 		{"misspelt key with suggestion", minimal + `[[vrrp_instance]]
 name = "VI_1"
 interface = "eth0"

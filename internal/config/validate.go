@@ -98,7 +98,9 @@ func (v *validator) unknownKeys(keys []toml.Key) {
 			continue // reported with its unknown table
 		}
 		msg := "unknown key"
-		if s := suggest(name, known); s != "" {
+		if h := keepalivedHint(name); h != "" {
+			msg += fmt.Sprintf(" (keepalived's keyword; directord's is %s)", h)
+		} else if s := suggest(name, known); s != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", s)
 		}
 		lines := v.pos.get().plain[name]
