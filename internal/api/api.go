@@ -212,6 +212,9 @@ type FailoverRequest struct {
 	// Hold is how long this director stays backup (a Go duration); empty
 	// means the instance's preempt_delay.
 	Hold string `json:"hold,omitempty"`
+	// Force hands over even when no other director takes over (the
+	// addresses then go unserved for the hold).
+	Force bool `json:"force,omitempty"`
 }
 
 // FailoverResult answers it.

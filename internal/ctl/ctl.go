@@ -43,8 +43,11 @@ commands:
   rs weight VS RS N            set a real server's weight by hand, on every director
   vs add -f FILE VS            add or replace one virtual server of FILE in the cluster's table
   vs del VS                    remove a virtual server from the cluster's table
-  failover INSTANCE [--hold D] planned handover of a VRRP instance mastered here: send
-                               priority 0 and stay backup for D (default: its preempt_delay)
+  failover INSTANCE [--hold D] [--force]
+                               planned handover of a VRRP instance mastered here: send
+                               priority 0 and stay backup for D (default: its preempt_delay);
+                               when no other director takes over, take it back and fail
+                               (--force: hand over anyway)
   drill [--instance VI] [--probe ADDR|ADDR:PORT] [--back] [--hold D]
                                failover drill from this master: check that the peer is ready
                                (VRRP backup, Raft caught up, same table, sync connected), hand
@@ -80,6 +83,7 @@ type opts struct {
 	file   string
 	outDir string
 	hold   string
+	force  bool
 	drill  api.DrillRequest
 	args   []string
 	out    io.Writer
@@ -89,7 +93,7 @@ var commands = map[string]command{
 	"status":   {runStatus, []string{"json"}},
 	"reload":   {runReload, []string{"json"}},
 	"config":   {runConfig, nil},
-	"failover": {runFailover, []string{"hold", "json"}},
+	"failover": {runFailover, []string{"hold", "force", "json"}},
 	"lvs":      {runLVS, []string{"json"}},
 	"cluster":  {runCluster, []string{"json", "out"}},
 	"apply":    {runApply, []string{"f", "dry-run", "json"}},
@@ -144,6 +148,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	sub.StringVar(socket, "socket", *socket, "status socket `path`")
 	asJSON := sub.Bool("json", false, "print JSON")
 	hold := sub.String("hold", "", "failover: how long to stay backup (Go duration)")
+	force := sub.Bool("force", false, "failover: hand over even when no other director takes over")
 	file := sub.String("f", "", "apply: the configuration `file` whose virtual servers to apply")
 	dryRun := sub.Bool("dry-run", false, "apply: show what would change")
 	instance := sub.String("instance", "", "drill: the VRRP instance (default: the one mastered here)")
@@ -185,7 +190,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	o := opts{json: *asJSON, now: e.now, hold: *hold, file: *file, outDir: *outDir, dryRun: *dryRun, args: positional, out: stdout,
+	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, args: positional, out: stdout,
 		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)
@@ -251,10 +256,10 @@ func runConfig(ctx context.Context, c *status.Client, o opts) error {
 
 func runFailover(ctx context.Context, c *status.Client, o opts) error {
 	if len(o.args) != 1 {
-		return usageError("usage: directorctl failover INSTANCE [--hold DURATION]")
+		return usageError("usage: directorctl failover INSTANCE [--hold DURATION] [--force]")
 	}
 	var res api.FailoverResult
-	if err := c.Post(ctx, "/v1/vrrp/"+o.args[0]+"/failover", api.FailoverRequest{Hold: o.hold}, &res); err != nil {
+	if err := c.Post(ctx, "/v1/vrrp/"+o.args[0]+"/failover", api.FailoverRequest{Hold: o.hold, Force: o.force}, &res); err != nil {
 		return err
 	}
 	if o.json {

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -183,6 +184,26 @@ func (c *vrrpCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// awaitOtherMaster waits until the named instance, here a backup, hears
+// another director as master.
+func (d *Daemon) awaitOtherMaster(ctx context.Context, name string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		st := d.instanceStatus(name)
+		if st.State == vrrp.Backup && st.Master != "" && st.Master != st.Source {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no other master within %s", wait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 func (d *Daemon) handleFailover(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("instance")
 	var req api.FailoverRequest
@@ -210,7 +231,21 @@ func (d *Daemon) handleFailover(w http.ResponseWriter, r *http.Request) {
 		status.WriteError(w, http.StatusConflict, fmt.Errorf("failover of %s: %w", name, err))
 		return
 	}
-	d.log.Info("planned failover", "instance", name, "hold", hold)
+	// A backup hears the resignation and takes over within its skew
+	// time; one whose advert interval differs learns ours first. Nobody
+	// at all within that means nobody will: take the addresses back
+	// rather than leave them unserved for the hold.
+	if wait := 3*inst.AdvertInt + time.Second; !req.Force {
+		if err := d.awaitOtherMaster(r.Context(), name, wait); err != nil {
+			if err := d.vrrp.EndHold(context.WithoutCancel(r.Context()), name); err != nil {
+				d.log.Error("failover: taking the instance back failed", "instance", name, "err", err)
+			}
+			d.log.Warn("planned failover undone: no other director took over", "instance", name, "waited", wait)
+			status.WriteError(w, http.StatusConflict, fmt.Errorf("failover of %s: no other director took over within %s, so this one takes the addresses back (--force hands over anyway)", name, wait))
+			return
+		}
+	}
+	d.log.Info("planned failover", "instance", name, "hold", hold, "forced", req.Force)
 	res := api.FailoverResult{Instance: name, Hold: hold.String(), Now: apiInstance(d.instanceStatus(name))}
 	if inst.Preempt {
 		res.Warning = fmt.Sprintf("preempt is on: if this director still has the higher priority it takes %s back after %s", name, hold)
