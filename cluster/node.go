@@ -210,7 +210,7 @@ func (n *Node) startRaft() error {
 	rc.LeaderLeaseTimeout = 250 * time.Millisecond
 	rc.CommitTimeout = 5 * time.Millisecond // followers learn of a commit within this
 	rc.SnapshotThreshold = 1024
-	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: logWriter(n.log, "raft")})
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: logWriter(n.log, "raft"), JSONFormat: true, DisableTime: true})
 	store, err := raftboltdb.NewBoltStore(filepath.Join(n.cfg.DataDir, "raft.db"))
 	if err != nil {
 		return fmt.Errorf("raft store: %w", err)
@@ -905,24 +905,60 @@ func (e *events) NotifyJoin(node *memberlist.Node)   { e.set(node, "alive") }
 func (e *events) NotifyLeave(node *memberlist.Node)  { e.set(node, "left or failed") }
 func (e *events) NotifyUpdate(node *memberlist.Node) { e.set(node, "alive") }
 
-// logWriter turns a library's log lines into slog records.
+// logWriter turns a library's log lines into slog records with their
+// level, message and fields: hclog's JSON lines (Raft) and the standard
+// logger's "2006/01/02 15:04:05 [WARN] memberlist: ..." lines, so that
+// they read like directord's own, not nested in a message.
 func logWriter(log *slog.Logger, component string) io.Writer {
 	pr, pw := io.Pipe()
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
-			line := sc.Text()
-			level := slog.LevelInfo
-			switch {
-			case strings.Contains(line, "[ERR]") || strings.Contains(line, "[ERROR]"):
-				level = slog.LevelError
-			case strings.Contains(line, "[WARN]"):
-				level = slog.LevelWarn
-			case strings.Contains(line, "[DEBUG]"):
-				level = slog.LevelDebug
-			}
-			log.Log(context.Background(), level, line, "component", component)
+			level, msg, attrs := parseLibLine(sc.Text(), component)
+			log.Log(context.Background(), level, msg, append([]any{"component", component}, attrs...)...)
 		}
 	}()
 	return pw
+}
+
+// parseLibLine reads one library log line; see logWriter.
+func parseLibLine(line, component string) (slog.Level, string, []any) {
+	levelOf := func(s string) slog.Level {
+		switch strings.ToUpper(strings.Trim(s, "[] ")) {
+		case "ERR", "ERROR":
+			return slog.LevelError
+		case "WARN", "WARNING":
+			return slog.LevelWarn
+		case "DEBUG", "TRACE":
+			return slog.LevelDebug
+		}
+		return slog.LevelInfo
+	}
+	if strings.HasPrefix(line, "{") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil {
+			level, _ := m["@level"].(string)
+			msg, _ := m["@message"].(string)
+			var attrs []any
+			keys := make([]string, 0, len(m))
+			for k := range m {
+				if !strings.HasPrefix(k, "@") {
+					keys = append(keys, k)
+				}
+			}
+			slices.Sort(keys)
+			for _, k := range keys {
+				attrs = append(attrs, k, m[k])
+			}
+			return levelOf(level), msg, attrs
+		}
+	}
+	// The standard logger: a date and time, then "[LEVEL] component: msg".
+	i := strings.Index(line, "[")
+	j := strings.Index(line, "] ")
+	if i < 0 || j < i {
+		return slog.LevelInfo, line, nil
+	}
+	msg := strings.TrimPrefix(line[j+2:], component+": ")
+	return levelOf(line[i : j+1]), msg, nil
 }

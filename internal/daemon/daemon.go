@@ -310,7 +310,18 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 }
 
 func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: level}
+	// Durations read the same in both formats and in every line: Go
+	// duration strings ("1.5s"), where the JSON handler would write
+	// nanoseconds next to fields logged as strings.
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Value.Kind() == slog.KindDuration {
+			a.Value = slog.StringValue(a.Value.Duration().String())
+		}
+		return a
+	}}
+	if toJournal(w, os.Getenv("JOURNAL_STREAM")) {
+		return slog.New(newJournalHandler(w, format == "json", opts))
+	}
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
