@@ -1313,6 +1313,26 @@ func (g *Group) command(ctx context.Context, name string, fn func(*actor) error)
 	return <-errc
 }
 
+// Ping asks the event loop of every running instance to answer within ctx:
+// one that cannot is stalled (the systemd watchdog asks this).
+func (g *Group) Ping(ctx context.Context) error {
+	g.mu.Lock()
+	var names []string
+	for name, in := range g.instances {
+		if in.running.Load() {
+			names = append(names, name)
+		}
+	}
+	g.mu.Unlock()
+	for _, name := range names {
+		err := g.command(ctx, name, func(*actor) error { return nil })
+		if err != nil && ctx.Err() != nil {
+			return fmt.Errorf("VRRP instance %s did not answer: %w", name, err)
+		}
+	}
+	return nil
+}
+
 // InstanceStatus is one virtual router as status shows it.
 type InstanceStatus struct {
 	Name      string   `json:"name"`

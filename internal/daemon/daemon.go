@@ -58,6 +58,7 @@ type Daemon struct {
 	vrrp       *vrrp.Group
 	notify     *notifier
 	fifo       *fifo
+	sd         *systemd
 	scripts    *scriptRunner
 	lvs        *lvsManager
 	health     *health
@@ -215,6 +216,10 @@ func (d *Daemon) Run(ctx context.Context, ln net.Listener) error {
 		g.Go(func() error { return status.ServeHTTP(ctx, mln, mux, d.log) })
 	}
 	g.Go(func() error { return d.reloadLoop(ctx) })
+	g.Go(func() error { return d.ready(ctx) })
+	g.Go(func() error {
+		return d.sd.watch(ctx, d.vrrp.Ping, func(err error) { d.log.Error("systemd watchdog not fed", "err", err) })
+	})
 	// VRRP runs from the file's settings alone and never waits on any other
 	// subsystem: failover must work whatever else is doing.
 	if cfg.Node.Role != "witness" {
@@ -270,6 +275,7 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 		generation: 1,
 	}
 	d.status = status.NewServer(d.log, d.document)
+	d.sd = newSystemd(os.Getenv)
 	d.programs = newPrograms(cfg.Node)
 	deps := kernel.VRRP
 	deps.Log = d.log
@@ -419,13 +425,50 @@ func (d *Daemon) reloadLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-d.opts.Reload:
-			d.reload()
+			d.notifiedReload()
 		case kind := <-d.opts.Dump:
 			d.dump(kind)
 		case reply := <-d.reloads:
-			reply <- d.reload()
+			reply <- d.notifiedReload()
 		}
 	}
+}
+
+// notifiedReload is reload between systemd's RELOADING=1 and READY=1.
+func (d *Daemon) notifiedReload() api.ReloadResult {
+	if err := d.sd.reloading(); err != nil {
+		d.log.Warn("systemd notify", "err", err)
+	}
+	res := d.reload()
+	status := "STATUS=reload applied"
+	if len(res.Problems) > 0 {
+		status = "STATUS=reload refused; running the previous configuration"
+	}
+	if err := d.sd.notify("READY=1", status); err != nil {
+		d.log.Warn("systemd notify", "err", err)
+	}
+	return res
+}
+
+// ready tells systemd the daemon is up once its status socket answers
+// (it serves from the start of Run) and the first reconcile has run,
+// and that it is stopping when ctx ends.
+func (d *Daemon) ready(ctx context.Context) error {
+	for d.lvs.rec != nil && d.lvs.rec.Last().At.IsZero() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := d.sd.notify("READY=1", "STATUS=running"); err != nil {
+		d.log.Warn("systemd notify", "err", err)
+	}
+	<-ctx.Done()
+	if err := d.sd.notify("STOPPING=1"); err != nil {
+		d.log.Warn("systemd notify", "err", err)
+	}
+	return nil
 }
 
 // reload re-reads the file. A file with any problem changes nothing: the

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,6 +45,7 @@ type fakeHost struct {
 	client *status.Client
 	log    *lab.Buffer
 	dump   chan string // as SIGUSR1/SIGUSR2
+	stop   func()      // stops the daemon (the test's end does too)
 }
 
 // hostConfig is a director's file: one VRRP instance, one virtual server
@@ -102,10 +104,13 @@ func startHost(t *testing.T, hub *vrrptest.Hub, src string, text string) *fakeHo
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.d.Run(ctx, ln) }()
+	var once sync.Once
+	var runErr error
+	h.stop = func() { once.Do(func() { cancel(); runErr = <-done }) }
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
+		h.stop()
+		if runErr != nil {
+			t.Errorf("daemon: %v", runErr)
 		}
 		if t.Failed() {
 			t.Logf("log of %s:\n%s", src, h.log.String())

@@ -37,7 +37,7 @@ func checkPrivileges() error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("directord needs %s to manage addresses, VRRP sockets and the load balancer; run it as root (uid %d lacks them)",
+		return fmt.Errorf("directord needs %s to manage addresses, VRRP sockets and the load balancer (uid %d lacks them): run it as root or with those capabilities, as etc/directord.service does with AmbientCapabilities",
 			strings.Join(missing, " and "), os.Geteuid())
 	}
 	return nil

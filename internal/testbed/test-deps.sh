@@ -6,7 +6,8 @@ set -eu
 # command:package, for every tool the tests and the demo run.
 need="ip:iproute2 nft:nftables conntrack:conntrack ping:iputils-ping nsenter:util-linux
 keepalived:keepalived tshark:tshark tcpdump:tcpdump qemu-system-x86_64:qemu-system-x86
-busybox:busybox-static nginx:nginx-light ethtool:ethtool vtysh:frr"
+busybox:busybox-static nginx:nginx-light ethtool:ethtool vtysh:frr
+systemd-analyze:systemd"
 missing=""
 for pair in $need; do
 	cmd=${pair%%:*}
