@@ -17,7 +17,11 @@ type LVSStatus struct {
 	Services      []LVSService  `json:"services"`
 	// SyncDaemons are the kernel's IPVS sync daemons (lvs_sync_daemon).
 	SyncDaemons []SyncDaemon `json:"sync_daemons,omitempty"`
-	Error       string       `json:"error,omitempty"`
+	// Overrides are the real servers changed by hand (directorctl rs) on a
+	// director without [cluster]: virtual server, then real server, then
+	// "drain", "disabled" or "weight N".
+	Overrides map[string]map[string]string `json:"overrides,omitempty"`
+	Error     string                       `json:"error,omitempty"`
 }
 
 // Capabilities are what a data plane supports.

@@ -220,7 +220,18 @@ func virtualServers(s cluster.State) ([]config.VirtualServer, error) {
 			return nil, fmt.Errorf("virtual server %s: %w", name, err)
 		}
 		vs.Name = name
-		ov := s.Overrides[name]
+		out = append(out, vs)
+	}
+	return applyOverrides(out, s.Overrides), nil
+}
+
+// applyOverrides lays the operators' overrides over vss: a disabled real
+// server is left out, a drained one gets weight 0, a weight set by hand
+// replaces the configured one.
+func applyOverrides(vss []config.VirtualServer, overrides map[string]map[string]cluster.Override) []config.VirtualServer {
+	out := make([]config.VirtualServer, 0, len(vss))
+	for _, vs := range vss {
+		ov := overrides[vs.Name]
 		var reals []config.RealServer
 		for _, rs := range vs.RealServers {
 			o, ok := ov[rs.Address.String()]
@@ -238,7 +249,7 @@ func virtualServers(s cluster.State) ([]config.VirtualServer, error) {
 		vs.RealServers = reals
 		out = append(out, vs)
 	}
-	return out, nil
+	return out
 }
 
 // diffDocs names the virtual servers that differ between a and b.

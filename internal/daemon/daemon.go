@@ -58,6 +58,7 @@ type Daemon struct {
 	vrrp       *vrrp.Group
 	notify     *notifier
 	fifo       *fifo
+	local      *localOverrides // rs overrides without [cluster]
 	sd         *systemd
 	scripts    *scriptRunner
 	lvs        *lvsManager
@@ -158,6 +159,17 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 				}
 			}
 		}
+	}
+	if cfg.Cluster == nil {
+		// Without a cluster the operators' rs changes are this
+		// director's own, kept in data_dir.
+		if d.local, err = loadLocalOverrides(localOverridesFile(cfg.Node.DataDir)); err != nil {
+			d.log.Error("the real-server overrides kept from the last run cannot be read; starting without them", "err", err)
+		}
+		c := *cfg
+		c.VirtualServers = d.local.apply(cfg.VirtualServers)
+		lbCfg = &c
+		d.status.Handle("POST /v1/cluster", d.handleLocal)
 	}
 	if witness {
 		// A witness only votes: no data plane, no checks, no VRRP.
@@ -520,7 +532,7 @@ func (d *Daemon) reload() api.ReloadResult {
 			res.Problems = append(res.Problems, err.Error())
 		}
 	case d.clusterErr == nil:
-		d.applyVirtualServers(cfg, cfg.VirtualServers)
+		d.applyVirtualServers(cfg, d.local.apply(cfg.VirtualServers))
 	}
 	if changes.Empty() {
 		d.log.Info("reload: no change", "config", cfg.File)
@@ -605,6 +617,9 @@ func (d *Daemon) document(only string) api.Document {
 	}
 	if want(api.SectionLVS) && d.lvs != nil {
 		doc.LVS = d.lvs.status()
+		if doc.LVS != nil {
+			doc.LVS.Overrides = d.local.shown()
+		}
 	}
 	if want(api.SectionHealth) && d.health != nil {
 		doc.Health = d.health.status()

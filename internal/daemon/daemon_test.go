@@ -897,3 +897,75 @@ func TestFailoverWithoutBackup(t *testing.T) {
 		t.Fatalf("forced failover: %+v, %v", fo, err)
 	}
 }
+
+// Without [cluster], rs drain|disable|weight|enable work on this director
+// (on main: POST /v1/cluster 404), are shown in status, survive a restart
+// from data_dir, and vs add says it needs a cluster.
+func TestLocalOverrides(t *testing.T) {
+	dir := t.TempDir()
+	up, up2 := listener(t), listener(t)
+	text := hostConfig(dir, 150, []string{"192.0.2.100/24"}, []netip.AddrPort{up, up2})
+	weightOf := func(doc api.Document, addr netip.AddrPort) (int, bool) {
+		if doc.LVS == nil {
+			return 0, false
+		}
+		for _, s := range doc.LVS.Services {
+			for _, r := range s.Reals {
+				if r.Addr == addr {
+					return r.Weight, true
+				}
+			}
+		}
+		return 0, false
+	}
+	post := func(h *fakeHost, req api.ClusterRequest) error {
+		var res api.ClusterResult
+		return h.client.Post(context.Background(), "/v1/cluster", req, &res)
+	}
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", text)
+	if err := post(h, api.ClusterRequest{Op: api.OpRSDrain, Service: "web", Real: up2.String()}); err != nil {
+		t.Fatalf("drain without a cluster: %v", err)
+	}
+	h.eventually(t, "the drain programmed and shown", func(doc api.Document) error {
+		if w, ok := weightOf(doc, up2); !ok || w != 0 || doc.LVS.Overrides["web"][up2.String()] != "drain" {
+			return fmt.Errorf("weight %d (%v), overrides %v", w, ok, doc.LVS.Overrides)
+		}
+		return nil
+	})
+	if err := post(h, api.ClusterRequest{Op: api.OpRSWeight, Service: "web", Real: up.String(), Weight: 7}); err != nil {
+		t.Fatal(err)
+	}
+	var ae *status.APIError
+	for _, bad := range []api.ClusterRequest{
+		{Op: api.OpRSDrain, Service: "nope", Real: up2.String()},
+		{Op: api.OpRSDrain, Service: "web", Real: "192.0.2.99:80"},
+		{Op: api.OpVSDel, Service: "web"},
+	} {
+		if err := post(h, bad); !errors.As(err, &ae) || ae.Status != 422 {
+			t.Errorf("%+v: %v, want 422", bad, err)
+		}
+	}
+	h.stop()
+
+	// Another run on the same data_dir keeps them.
+	h2 := startHost(t, &vrrptest.Hub{}, "192.0.2.11", text)
+	h2.eventually(t, "the overrides after a restart", func(doc api.Document) error {
+		w2, ok2 := weightOf(doc, up2)
+		w1, ok1 := weightOf(doc, up)
+		if !ok1 || !ok2 || w2 != 0 || w1 != 7 {
+			return fmt.Errorf("weights %d %d", w1, w2)
+		}
+		return nil
+	})
+	for _, r := range []netip.AddrPort{up, up2} {
+		if err := post(h2, api.ClusterRequest{Op: api.OpRSEnable, Service: "web", Real: r.String()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h2.eventually(t, "enabled again", func(doc api.Document) error {
+		if w, _ := weightOf(doc, up2); w != 1 || len(doc.LVS.Overrides) != 0 {
+			return fmt.Errorf("weight %d, overrides %v", w, doc.LVS.Overrides)
+		}
+		return nil
+	})
+}
