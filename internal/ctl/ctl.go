@@ -53,6 +53,7 @@ commands:
                                (VRRP backup, Raft caught up, same table, sync connected), hand
                                over, measure the gap from here; --back hands back at once,
                                else this director stays backup for D (default 1h)
+  completion bash|zsh          print the shell's completion script (no daemon needed)
 `
 
 type command struct {
@@ -136,6 +137,15 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	name := global.Arg(0)
 	if name == "help" {
 		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	if name == "completion" {
+		script, err := completion(global.Arg(1))
+		if err != nil || global.NArg() != 2 {
+			fmt.Fprintln(stderr, "usage: directorctl completion bash|zsh")
+			return exitUsage
+		}
+		fmt.Fprint(stdout, script)
 		return 0
 	}
 	cmd, ok := commands[name]
