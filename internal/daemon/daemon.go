@@ -453,7 +453,7 @@ func (d *Daemon) notifiedReload() api.ReloadResult {
 	}
 	res := d.reload()
 	status := "STATUS=reload applied"
-	if len(res.Problems) > 0 {
+	if !res.OK {
 		status = "STATUS=reload refused; running the previous configuration"
 	}
 	if err := d.sd.notify("READY=1", status); err != nil {
