@@ -36,6 +36,7 @@ func main() {
 	soakFast := flag.Duration("soak-fast", 10*time.Minute, "length of the busy-CPU false-takeover run at advert_int 10ms (0: skip)")
 	cpu := flag.Duration("cpu", 10*time.Second, "window of the CPU measurement of a settled pair (five windows at 20ms and at 10ms; 0: skip)")
 	only := flag.String("only", "", "run only this phase (gaps, soak, cpu) and print it; the report is left alone")
+	onlyImpl := flag.String("impl", "", "with -only: run only this implementation (directord, keepalived)")
 	out := flag.String("out", "docs/benchmarks.md", "report to update")
 	flag.Parse()
 	if *runs < report.MinRuns || *runsFast < report.MinRuns {
@@ -49,6 +50,13 @@ func main() {
 	}
 	if *soakFast > 0 {
 		soaks = append(soaks, soakSpec{10 * time.Millisecond, *soakFast})
+	}
+	if *onlyImpl != "" {
+		if *only == "" {
+			fmt.Fprintln(os.Stderr, "bench-failover: -impl needs -only (the report compares both)")
+			os.Exit(2)
+		}
+		impls = slices.DeleteFunc(impls, func(im impl) bool { return im.name != *onlyImpl })
 	}
 	if err := run(*bin, *runs, *runsFast, soaks, *cpu, *only, *out, &targets); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-failover:", err)
@@ -178,7 +186,7 @@ func run(bin string, runs, runsFast int, soaks []soakSpec, cpuWindow time.Durati
 	for _, s := range cpuSettings {
 		d, k := cpus[s]["directord"], cpus[s]["keepalived"]
 		targets.Check(fmt.Sprintf("pair CPU at advert_int %s within 2x keepalived's", s), d.master+d.backup <= 2*(k.master+k.backup),
-			"directord %s, keepalived %s over %s", d.master+d.backup, k.master+k.backup, cpuWindow)
+			"directord %s, keepalived %s over %s (median of %d windows)", ms(d.master+d.backup), ms(k.master+k.backup), cpuWindow, cpuWindows)
 	}
 	return writeReport(out, settings, runs, runsFast, soaks, soaked, cpuWindow, cpus, results, *targets)
 }
