@@ -77,3 +77,18 @@ func ListWithStats(dp Dataplane) ([]Entry, error) {
 	}
 	return dp.List()
 }
+
+// Repair is drift a data plane found and undid: the kernel's table had
+// been changed outside directord.
+type Repair struct {
+	Kind  string // "table" (nftables), "service", "real_server"
+	Found string // what was found
+}
+
+// Repairer is a Dataplane that finds drift the reconciler cannot see in
+// List (nftables reads its own table back); the reconciler reports it.
+type Repairer interface {
+	TakeRepairs() []Repair
+}
+
+var _ Repairer = (*NFT)(nil)

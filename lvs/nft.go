@@ -78,6 +78,13 @@ type NFT struct {
 	// dispatchAdd holds the services' dispatch elements of this Apply.
 	dispatchAdd map[*nftables.Set][]nftables.SetElement
 	rates       rates
+	// gen reads the ruleset generation and the rules (nftdrift.go); nil:
+	// drift goes unseen. baseline is the table as read after directord's
+	// last commit, at generation seenGen; repairs wait for TakeRepairs.
+	gen      *netlink.Conn
+	baseline fingerprint
+	seenGen  uint32
+	repairs  []Repair
 }
 
 type nsvc struct {
@@ -153,6 +160,10 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 	}
 	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}, rates: rates{now: time.Now}}
 	n.reset()
+	if n.gen, err = netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: o.NetNS}); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
 	if _, err := c.ListTableOfFamily(NFTTable, nftables.TableFamilyINet); err == nil {
 		c.DelTable(n.table)
 		if err := c.Flush(); err != nil {
@@ -170,6 +181,7 @@ func (n *NFT) reset() {
 	n.dispatchAdd = map[*nftables.Set][]nftables.SetElement{}
 	n.base = false
 	n.maps = map[string]*nftables.Set{}
+	n.baseline, n.seenGen = nil, 0
 }
 
 func (n *NFT) Name() string { return "nftables" }
@@ -181,6 +193,7 @@ func (n *NFT) Close() error {
 	err := n.conn.Flush()
 	n.reset()
 	n.nl.Close()
+	n.gen.Close()
 	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("nftables: remove table: %w", err)
 	}
@@ -207,6 +220,21 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 	if _, err := n.conn.ListTableOfFamily(NFTTable, nftables.TableFamilyINet); err != nil {
 		// The table is gone (nft flush ruleset, or never made):
 		// everything must be added again.
+		if n.base {
+			n.repairs = append(n.repairs, Repair{Kind: "table", Found: "table inet " + NFTTable + " deleted"})
+		}
+		n.reset()
+		return nil, nil
+	}
+	if d := n.drifted(); d != "" {
+		// Edited behind directord's back: the model no longer says what
+		// the kernel does. Start again from an empty table, which this
+		// same reconcile fills again.
+		n.repairs = append(n.repairs, Repair{Kind: "table", Found: d})
+		n.conn.DelTable(n.table)
+		if err := n.conn.Flush(); err != nil {
+			return nil, fmt.Errorf("nftables: remove the edited table: %w", err)
+		}
 		n.reset()
 		return nil, nil
 	}
@@ -486,7 +514,17 @@ func (n *NFT) Apply(ops []Op) error {
 	if err := n.conn.Flush(); err != nil {
 		return n.abandon(fmt.Errorf("nftables transaction: %w", err))
 	}
+	n.settle()
 	return nil
+}
+
+// TakeRepairs returns the drift undone since the last call.
+func (n *NFT) TakeRepairs() []Repair {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	r := n.repairs
+	n.repairs = nil
+	return r
 }
 
 // abandon is the way out of an Apply that failed: the model may no longer

@@ -67,6 +67,11 @@ type Reconciler struct {
 	flush    bool // lvs_flush: remove foreign services at the next reconcile
 	last     Result
 	kick     chan struct{}
+	// programmed are the services and real servers a reconcile of this
+	// run found in the kernel as wanted: one of them missing later was
+	// removed behind directord's back (drift), which is reported.
+	programmed map[realKey]bool
+	onRepair   func(Repair)
 }
 
 // Options configure a Reconciler.
@@ -80,6 +85,8 @@ type Options struct {
 	// Flush removes every virtual service not configured at the first
 	// reconcile, ours or not (keepalived's lvs_flush).
 	Flush bool
+	// OnRepair is told of each drift repaired (after it is logged).
+	OnRepair func(Repair)
 }
 
 // Result is what one reconcile did.
@@ -95,7 +102,7 @@ func NewReconciler(dp Dataplane, o Options) (*Reconciler, error) {
 	r := &Reconciler{
 		dp: dp, log: o.Logger, now: o.Now, ownedFile: o.OwnedFile, flush: o.Flush,
 		health: map[realKey]Health{}, owned: map[Key]bool{}, draining: map[realKey]time.Time{},
-		quorumUp: map[Key]bool{}, kick: make(chan struct{}, 1),
+		quorumUp: map[Key]bool{}, kick: make(chan struct{}, 1), programmed: map[realKey]bool{}, onRepair: o.OnRepair,
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -198,6 +205,24 @@ func (r *Reconciler) Run(ctx context.Context, interval time.Duration) error {
 	}
 }
 
+// forget drops what was seen programmed of service k (removed on purpose,
+// or found gone).
+func (r *Reconciler) forget(k Key) {
+	for rk := range r.programmed {
+		if rk.svc == k {
+			delete(r.programmed, rk)
+		}
+	}
+}
+
+// repaired logs drift undone and tells OnRepair.
+func (r *Reconciler) repaired(x Repair) {
+	r.log.Warn("lvs: the kernel's table was changed outside directord; repairing it", "dataplane", r.dp.Name(), "kind", x.Kind, "found", x.Found)
+	if r.onRepair != nil {
+		r.onRepair(x)
+	}
+}
+
 // Shutdown removes every service the reconciler owns.
 func (r *Reconciler) Shutdown() error {
 	r.mu.Lock()
@@ -247,6 +272,14 @@ func (r *Reconciler) reconcile() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list %s: %w", r.dp.Name(), err)
 	}
+	if rp, ok := r.dp.(Repairer); ok {
+		for _, x := range rp.TakeRepairs() {
+			r.repaired(x)
+			// The data plane emptied its table to rebuild it: what is
+			// missing now is that, not more drift.
+			clear(r.programmed)
+		}
+	}
 	byKey := make(map[Key]*Entry, len(have))
 	for i := range have {
 		byKey[have[i].Key] = &have[i]
@@ -261,10 +294,17 @@ func (r *Reconciler) reconcile() (int, error) {
 		cur, exists := byKey[svc.Key]
 		switch {
 		case !exists:
+			if r.programmed[realKey{svc: svc.Key}] {
+				r.forget(svc.Key)
+				r.repaired(Repair{Kind: "service", Found: svc.Key.String() + " missing from the kernel"})
+			}
 			ops = append(ops, Op{Kind: AddService, Service: svc})
 			cur = &Entry{Service: svc}
 		case cur.Service.normal() != svc:
 			ops = append(ops, Op{Kind: UpdateService, Service: svc})
+		}
+		if exists {
+			r.programmed[realKey{svc: svc.Key}] = true
 		}
 		r.owned[svc.Key] = true
 		ops = append(ops, r.realOps(vs, svc, cur, now)...)
@@ -274,6 +314,7 @@ func (r *Reconciler) reconcile() (int, error) {
 			continue
 		}
 		ops = append(ops, Op{Kind: DelService, Service: e.Service})
+		r.forget(e.Key)
 		delete(r.owned, e.Key)
 		for k := range r.draining {
 			if k.svc == e.Key {
@@ -317,9 +358,15 @@ func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, now time
 		c, ok := cur.Real(w.Addr)
 		switch {
 		case !ok:
+			if r.programmed[rk] && len(cur.Reals) > 0 {
+				r.repaired(Repair{Kind: "real_server", Found: fmt.Sprintf("%s of %s missing from the kernel", w.Addr, svc.Key)})
+			}
 			ops = append(ops, Op{Kind: AddReal, Service: svc, Real: w})
 		case c.Real != w:
+			r.programmed[rk] = true
 			ops = append(ops, Op{Kind: UpdateReal, Service: svc, Real: w})
+		default:
+			r.programmed[rk] = true
 		}
 	}
 	for _, c := range cur.Reals {
@@ -327,6 +374,7 @@ func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, now time
 			continue
 		}
 		rk := realKey{svc.Key, c.Addr}
+		delete(r.programmed, rk) // leaving on purpose
 		if failed[c.Addr] {
 			ops = append(ops, Op{Kind: DelReal, Service: svc, Real: c.Real})
 			delete(r.draining, rk)

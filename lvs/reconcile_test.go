@@ -412,3 +412,55 @@ func TestPersistenceSysctl(t *testing.T) {
 		t.Fatal("asked of nftables")
 	}
 }
+
+// Drift the reconciler can see in List (a real server or a service
+// deleted behind its back, as ipvsadm -d / -C do) is repaired and
+// reported; its own removals and first programming are not reported.
+func TestDriftReported(t *testing.T) {
+	f := lvstest.NewFake()
+	var repairs []string
+	r, _ := newRec(t, f, lvs.Options{OnRepair: func(x lvs.Repair) { repairs = append(repairs, x.Kind+": "+x.Found) }})
+	if err := r.Set([]lvs.VirtualServer{webVS(real(rs1, 1), real(rs2, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	step(t, r, f, "add-service tcp 192.0.2.100:80 wrr", "add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat", "add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat")
+	step(t, r, f)
+	if len(repairs) != 0 {
+		t.Fatalf("programming reported as repairs: %q", repairs)
+	}
+
+	// ipvsadm -d of one real server
+	svc := lvs.Service{Key: web, Scheduler: "wrr"}
+	if err := f.Apply([]lvs.Op{{Kind: lvs.DelReal, Service: svc, Real: real(rs2, 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	step(t, r, f, "add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat")
+	// ipvsadm -C
+	if err := f.Apply([]lvs.Op{{Kind: lvs.DelService, Service: svc}}); err != nil {
+		t.Fatal(err)
+	}
+	step(t, r, f, "add-service tcp 192.0.2.100:80 wrr", "add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat", "add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat")
+	want := []string{"real_server: 203.0.113.12:8080 of tcp 192.0.2.100:80 missing from the kernel", "service: tcp 192.0.2.100:80 missing from the kernel"}
+	if !slices.Equal(repairs, want) {
+		t.Fatalf("repairs %q, want %q", repairs, want)
+	}
+
+	// Its own removal of a server, then of the service, and adding them
+	// back: no repair.
+	repairs = nil
+	r.SetHealth(web, rs2, lvs.Health{Up: false, Weight: -1}) // a failed server goes at once
+	step(t, r, f, "del-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat")
+	r.SetHealth(web, rs2, lvs.Health{Up: true, Weight: -1})
+	step(t, r, f, "add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 1 nat")
+	if err := r.Set(nil); err != nil {
+		t.Fatal(err)
+	}
+	step(t, r, f, "del-service tcp 192.0.2.100:80 wrr")
+	if err := r.Set([]lvs.VirtualServer{webVS(real(rs1, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	step(t, r, f, "add-service tcp 192.0.2.100:80 wrr", "add-real tcp 192.0.2.100:80 -> 203.0.113.11:8080 weight 1 nat")
+	if len(repairs) != 0 {
+		t.Fatalf("directord's own changes reported as repairs: %q", repairs)
+	}
+}

@@ -28,6 +28,7 @@ type lvsManager struct {
 	sysctl func([]lvs.Sysctl) []lvs.Sysctl
 
 	mu         sync.Mutex
+	repairs    map[string]uint64 // drift repaired, by kind
 	sysctls    []lvs.Sysctl
 	names      map[lvs.Key]string
 	lastDigest string    // digest of the kernel's table...
@@ -83,6 +84,14 @@ func openLVS(cfg *config.Config, log *slog.Logger, deps Deps) (*lvsManager, erro
 		Logger:    log.With("subsystem", "lvs"),
 		OwnedFile: filepath.Join(cfg.Node.DataDir, "lvs-owned.json"),
 		Flush:     cfg.Dataplane.LVSFlush,
+		OnRepair: func(x lvs.Repair) {
+			m.mu.Lock()
+			if m.repairs == nil {
+				m.repairs = map[string]uint64{}
+			}
+			m.repairs[x.Kind]++
+			m.mu.Unlock()
+		},
 	})
 	if err != nil {
 		m.dp.Close()
@@ -349,7 +358,7 @@ func (m *lvsManager) digest() string {
 type lvsCollector struct {
 	m                                         *lvsManager
 	conns, pktsIn, pktsOut, bytesIn, bytesOut *prometheus.Desc
-	active, inactive, weight, ops             *prometheus.Desc
+	active, inactive, weight, ops, repairs    *prometheus.Desc
 }
 
 func newLVSCollector(m *lvsManager) *lvsCollector {
@@ -367,11 +376,13 @@ func newLVSCollector(m *lvsManager) *lvsCollector {
 		inactive: d("inactive_connections", "Other connections of a real server (IPVS only)."),
 		weight:   d("weight", "A real server's weight as programmed."),
 		ops:      prometheus.NewDesc("directord_lvs_reconcile_operations", "Kernel operations the last reconcile issued.", nil, nil),
+		repairs: prometheus.NewDesc("directord_lvs_repairs_total",
+			"Changes made to the kernel's table outside directord, found and undone, by kind (table, service, real_server).", []string{"dataplane", "kind"}, nil),
 	}
 }
 
 func (c *lvsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.conns, c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.active, c.inactive, c.weight, c.ops} {
+	for _, d := range []*prometheus.Desc{c.conns, c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.active, c.inactive, c.weight, c.ops, c.repairs} {
 		ch <- d
 	}
 }
@@ -381,6 +392,11 @@ func (c *lvsCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.GaugeValue, float64(c.m.rec.Last().Ops))
+	c.m.mu.Lock()
+	for _, kind := range []string{"table", "service", "real_server"} {
+		ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(c.m.repairs[kind]), c.m.dp.Name(), kind)
+	}
+	c.m.mu.Unlock()
 	es, err := lvs.ListWithStats(c.m.dp)
 	if err != nil {
 		return

@@ -289,6 +289,54 @@ func TestNFTRebuildsWhenFlushed(t *testing.T) {
 	}
 }
 
+// Edits inside directord's own table (its rules flushed, a dispatch map
+// emptied) are found and repaired at the next reconcile, and reported; on
+// main three reconciles did nothing and the VIP refused connections for
+// good. A change elsewhere in nftables is not taken for drift.
+func TestNFTDriftRepaired(t *testing.T) {
+	s := newNFTScene(t, 2)
+	var repairs []lvs.Repair
+	rec, err := lvs.NewReconciler(s.nft, lvs.Options{OnRepair: func(x lvs.Repair) { repairs = append(repairs, x) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.rec = rec
+	vs := tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))
+	s.set(t, vs)
+	answers := func(when string) {
+		t.Helper()
+		if name, err := s.Ask("", vipTCP.String()); err != nil || !strings.HasPrefix(name, "rs") {
+			t.Fatalf("%s: %q, %v", when, name, err)
+		}
+	}
+	answers("programmed")
+
+	// Another table committed: the generation moves, directord's table
+	// is the same: no repair.
+	s.Director.MustRun("nft", "add", "table", "inet", "other")
+	if n := s.set(t, vs); n != 0 || len(repairs) != 0 {
+		t.Fatalf("a foreign table: %d operations, repairs %+v", n, repairs)
+	}
+
+	for _, edit := range []struct {
+		name string
+		args []string
+	}{
+		{"rules flushed", []string{"flush", "table", "inet", lvs.NFTTable}},
+		{"the service map emptied", []string{"flush", "map", "inet", lvs.NFTTable, "svc4"}},
+	} {
+		repairs = nil
+		s.Director.MustRun("nft", edit.args...)
+		if n := s.set(t, vs); n == 0 || len(repairs) == 0 || repairs[0].Kind != "table" {
+			t.Fatalf("%s: the next reconcile did %d operations, repairs %+v", edit.name, n, repairs)
+		}
+		answers("after repairing " + edit.name)
+		if n := s.set(t, vs); n != 0 {
+			t.Fatalf("%s: the reconcile after the repair did %d operations", edit.name, n)
+		}
+	}
+}
+
 // TestNFTMasquerade: real servers that do not route back through the
 // director (no default route) answer only when the service masquerades.
 func TestNFTMasquerade(t *testing.T) {

@@ -1,0 +1,181 @@
+package lvs
+
+import (
+	"encoding/binary"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Drift on nftables: nothing tells directord when someone edits its table
+// (nft flush table inet directord, nft delete element ...), and its model
+// would go on saying all is well. So the kernel is asked. Each commit to
+// nftables in the namespace raises its generation; while it stays where
+// directord's own last commit left it, nothing can have changed. When it
+// moved, the table is read back (rules per chain, the sets, the elements
+// of the dispatch maps) and compared with what was read right after
+// directord's own last commit: any difference is drift, and the table is
+// rebuilt from the model.
+
+// fingerprint is what is compared: "chain NAME" -> rules, "set NAME" -> 1,
+// "map NAME" -> elements.
+type fingerprint map[string]int
+
+// diff describes how got differs from f, "" when it does not.
+func (f fingerprint) diff(got fingerprint) string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(f)) {
+		if g, ok := got[k]; !ok {
+			out = append(out, k+" missing")
+		} else if g != f[k] {
+			out = append(out, fmt.Sprintf("%s: %d, want %d", k, g, f[k]))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(got)) {
+		if _, ok := f[k]; !ok {
+			out = append(out, k+" added")
+		}
+	}
+	if len(out) > 5 {
+		out = append(out[:5], fmt.Sprintf("and %d more", len(out)-5))
+	}
+	return strings.Join(out, "; ")
+}
+
+// generation is the namespace's nftables ruleset generation.
+func generation(c *netlink.Conn) (uint32, error) {
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("nftables generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("nftables generation: no id in the answer")
+}
+
+// rulesPerChain counts the rules of each chain of the table in one dump.
+func rulesPerChain(c *netlink.Conn, table string) (map[string]int, error) {
+	ae := netlink.NewAttributeEncoder()
+	ae.String(unix.NFTA_RULE_TABLE, table)
+	attrs, err := ae.Encode()
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
+		Data:   append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nftables rules: %w", err)
+	}
+	out := map[string]int{}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_RULE_CHAIN {
+				out[ad.String()]++
+			}
+		}
+	}
+	return out, nil
+}
+
+// readFingerprint reads the table's fingerprint back from the kernel.
+// Dynamic sets (persistence, filled by packets) count by name only.
+func (n *NFT) readFingerprint() (fingerprint, error) {
+	f := fingerprint{}
+	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("nftables chains: %w", err)
+	}
+	rules, err := rulesPerChain(n.gen, NFTTable)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range chains {
+		if c.Table != nil && c.Table.Name == NFTTable {
+			f["chain "+c.Name] = rules[c.Name]
+		}
+	}
+	sets, err := n.conn.GetSets(n.table)
+	if err != nil {
+		return nil, fmt.Errorf("nftables sets: %w", err)
+	}
+	for _, s := range sets {
+		f["set "+s.Name] = 1
+	}
+	for _, name := range slices.Sorted(maps.Keys(n.maps)) {
+		els, err := n.conn.GetSetElements(n.maps[name])
+		if err != nil {
+			return nil, fmt.Errorf("nftables map %s: %w", name, err)
+		}
+		f["map "+name] = len(els)
+	}
+	return f, nil
+}
+
+// settle records, after a commit of directord's own, the generation and
+// the table as they are now: what later readings are compared with.
+func (n *NFT) settle() {
+	n.baseline, n.seenGen = nil, 0
+	gen, err := generation(n.gen)
+	if err != nil {
+		return // unverified: the next list reads it
+	}
+	f, err := n.readFingerprint()
+	if err != nil {
+		return
+	}
+	n.baseline, n.seenGen = f, gen
+}
+
+// drifted compares the kernel's table with the baseline when the
+// generation moved; it returns what differs ("" when nothing does, or
+// when it cannot tell).
+func (n *NFT) drifted() string {
+	if n.gen == nil || !n.base {
+		return ""
+	}
+	gen, err := generation(n.gen)
+	if err != nil || (gen == n.seenGen && n.baseline != nil) {
+		return ""
+	}
+	f, err := n.readFingerprint()
+	if err != nil {
+		return ""
+	}
+	if n.baseline == nil { // the settle after the last commit failed
+		n.baseline, n.seenGen = f, gen
+		return ""
+	}
+	d := n.baseline.diff(f)
+	n.seenGen = gen
+	return d
+}
