@@ -200,10 +200,11 @@ virtual_ipaddress = ["192.0.2.100/24"]
 		t.Fatalf("lvs status without the sync daemons: %v %s", err, raw)
 	}
 
-	// A planned handover: BACKUP for a second, the master daemon goes;
-	// MASTER again, it comes back. The backup daemon stays throughout.
+	// A planned handover (forced: no other director is here to take
+	// over): BACKUP for a while, the master daemon goes; MASTER again, it
+	// comes back. The backup daemon stays throughout.
 	var fr api.FailoverResult
-	if err := status.NewClient(filepath.Join(dir, "s.sock")).Post(ctx, "/v1/vrrp/VI_1/failover", api.FailoverRequest{Hold: "1s"}, &fr); err != nil {
+	if err := status.NewClient(filepath.Join(dir, "s.sock")).Post(ctx, "/v1/vrrp/VI_1/failover", api.FailoverRequest{Hold: "1s", Force: true}, &fr); err != nil {
 		t.Fatal(err)
 	}
 	states := func() string {
