@@ -59,6 +59,7 @@ type Daemon struct {
 	notify     *notifier
 	fifo       *fifo
 	local      *localOverrides // rs overrides without [cluster]
+	localMu    sync.Mutex      // orders rs changes with reloads
 	sd         *systemd
 	scripts    *scriptRunner
 	lvs        *lvsManager
@@ -532,6 +533,10 @@ func (d *Daemon) reload() api.ReloadResult {
 			res.Problems = append(res.Problems, err.Error())
 		}
 	case d.clusterErr == nil:
+		// Held until the new file is the running one: an rs change made
+		// meanwhile applies against it, not the old one.
+		d.localMu.Lock()
+		defer d.localMu.Unlock()
 		d.applyVirtualServers(cfg, d.local.apply(cfg.VirtualServers))
 	}
 	if changes.Empty() {

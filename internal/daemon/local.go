@@ -159,6 +159,8 @@ func (d *Daemon) handleLocal(w http.ResponseWriter, r *http.Request) {
 		status.WriteJSON(w, http.StatusOK, res)
 		return
 	}
+	d.localMu.Lock()
+	defer d.localMu.Unlock()
 	cfg := d.config()
 	if err := d.local.change(req, cfg.VirtualServers); err != nil {
 		status.WriteError(w, http.StatusUnprocessableEntity, fmt.Errorf("%w: %v", cluster.ErrCommand, err))
