@@ -833,12 +833,18 @@ func TestTrackFile(t *testing.T) {
 			return nil
 		})
 	}
-	prio(100) // no file yet: 0
+	prio(100) // no file yet: 0, and logged (wait for it: the file must
+	// not appear before the first reading)
+	if err := lab.Eventually(5*time.Second, func() error {
+		if !strings.Contains(h.log.String(), `vrrp_track_file counts as 0`) {
+			return errors.New("the missing file was not logged")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	writeConfig(t, file, "3\n")
 	prio(70)
-	if !strings.Contains(h.log.String(), `vrrp_track_file counts as 0`) {
-		t.Fatal("the missing file was not logged")
-	}
 }
 
 // /v1/config (directorctl config) writes durations as the file does and
