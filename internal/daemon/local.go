@@ -130,17 +130,10 @@ func (o *localOverrides) change(req api.ClusterRequest, vss []config.VirtualServ
 	return o.save()
 }
 
-// save writes the overrides atomically (a crash leaves the old or the new).
+// save keeps the overrides on disk (writeAtomic: a crash leaves the old
+// file or the new one).
 func (o *localOverrides) save() error {
-	b, err := json.MarshalIndent(o.by, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := o.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("overrides: %w", err)
-	}
-	if err := os.Rename(tmp, o.path); err != nil {
+	if err := writeAtomic(o.path, o.by); err != nil {
 		return fmt.Errorf("overrides: %w", err)
 	}
 	return nil
