@@ -872,33 +872,19 @@ func TestConfigShowsDurations(t *testing.T) {
 func TestFailoverWithoutBackup(t *testing.T) {
 	hub := &vrrptest.Hub{}
 	lb1 := startHost(t, hub, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, nil))
-	state := func() string {
-		if in := lb1.status(t).VRRP.Instances; len(in) == 1 {
-			return in[0].State
-		}
-		return ""
-	}
-	if err := lab.Eventually(5*time.Second, func() error {
-		if s := state(); s != api.StateMaster {
-			return fmt.Errorf("lb1 %s", s)
+	master := func(doc api.Document) error {
+		if in := doc.VRRP.Instances; len(in) != 1 || in[0].State != api.StateMaster {
+			return fmt.Errorf("lb1 %+v", in)
 		}
 		return nil
-	}); err != nil {
-		t.Fatal(err)
 	}
+	lb1.eventually(t, "lb1 master", master)
 	var fo api.FailoverResult
 	err := lb1.client.Post(context.Background(), "/v1/vrrp/VI_1/failover", api.FailoverRequest{Hold: "1h"}, &fo)
 	if err == nil || !strings.Contains(err.Error(), "no other director took over") {
 		t.Fatalf("failover with nobody to take over: %+v, %v", fo, err)
 	}
-	if err := lab.Eventually(5*time.Second, func() error {
-		if s := state(); s != api.StateMaster {
-			return fmt.Errorf("lb1 %s after the undone failover", s)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	lb1.eventually(t, "lb1 master again after the undone failover", master)
 	if err := lb1.client.Post(context.Background(), "/v1/vrrp/VI_1/failover", api.FailoverRequest{Hold: "1h", Force: true}, &fo); err != nil || fo.Instance != "VI_1" {
 		t.Fatalf("forced failover: %+v, %v", fo, err)
 	}

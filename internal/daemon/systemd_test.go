@@ -17,12 +17,7 @@ import (
 // and READY=1 around a reload, WATCHDOG=1 while the VRRP loops answer,
 // STOPPING=1 at the end.
 func TestSystemdNotify(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	sock, conn := notifySocket(t)
 	t.Setenv("NOTIFY_SOCKET", sock)
 	t.Setenv("WATCHDOG_USEC", "100000")
 	t.Setenv("WATCHDOG_PID", "")
@@ -86,12 +81,7 @@ func TestSystemdNotify(t *testing.T) {
 // A stalled VRRP loop stops the watchdog pings (systemd then restarts the
 // daemon); they resume when it answers again.
 func TestWatchdogStopsWhenVRRPStalls(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	sock, conn := notifySocket(t)
 	s := &systemd{addr: sock, watchdog: 40 * time.Millisecond}
 	stalled := make(chan bool, 1)
 	stalled <- true
@@ -119,4 +109,16 @@ func TestWatchdogStopsWhenVRRPStalls(t *testing.T) {
 	if err != nil || string(buf[:n]) != "WATCHDOG=1" {
 		t.Fatalf("no ping once VRRP answers: %q %v", buf[:n], err)
 	}
+}
+
+// notifySocket is a notify socket the test owns, as systemd's.
+func notifySocket(t *testing.T) (string, *net.UnixConn) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return sock, conn
 }
