@@ -164,6 +164,22 @@ func TestKeepalivedTrackWeights(t *testing.T) {
 	links := []track{{"trk_up", true, 9, false}, {"trk_down", false, -13, false}, {"trk_rev", false, 4, true},
 		{"trk_rev_up", true, 2, true}, {"trk_rev_dn", false, -5, true}}
 	prog := map[bool]string{true: "/bin/true", false: "/bin/false"}
+	// kLine is a track in keepalived's syntax; tomlList the tracks as
+	// directord's list under key, each named by field.
+	kLine := func(tr track) string {
+		rev := ""
+		if tr.reverse {
+			rev = " reverse"
+		}
+		return fmt.Sprintf("    %s weight %d%s\n", tr.name, tr.weight, rev)
+	}
+	tomlList := func(key, field string, ts []track) string {
+		var items []string
+		for _, tr := range ts {
+			items = append(items, fmt.Sprintf("{ %s = %q, weight = %d, reverse = %v }", field, tr.name, tr.weight, tr.reverse))
+		}
+		return key + " = [" + strings.Join(items, ", ") + "]"
+	}
 
 	// links makes the tracked interfaces: veth pairs, up or down.
 	mkLinks := func(h *lab.Host) {
@@ -180,20 +196,12 @@ func TestKeepalivedTrackWeights(t *testing.T) {
 	var kInst, kBlocks strings.Builder
 	kInst.WriteString("  track_script {\n")
 	for _, s := range scripts {
-		rev := ""
-		if s.reverse {
-			rev = " reverse"
-		}
-		fmt.Fprintf(&kInst, "    %s weight %d%s\n", s.name, s.weight, rev)
+		kInst.WriteString(kLine(s))
 		fmt.Fprintf(&kBlocks, "vrrp_script %s {\n  script %q\n  interval 1\n}\n", s.name, prog[s.up])
 	}
 	kInst.WriteString("  }\n  track_interface {\n")
 	for _, l := range links {
-		rev := ""
-		if l.reverse {
-			rev = " reverse"
-		}
-		fmt.Fprintf(&kInst, "    %s weight %d%s\n", l.name, l.weight, rev)
+		kInst.WriteString(kLine(l))
 	}
 	kInst.WriteString("  }\n")
 	kp := newPair(t)
@@ -215,26 +223,13 @@ func TestKeepalivedTrackWeights(t *testing.T) {
 	}
 
 	// directord, the same tracking in its file
-	var dInst, dBlocks strings.Builder
-	dInst.WriteString("track_script = [")
-	for i, s := range scripts {
-		if i > 0 {
-			dInst.WriteString(", ")
-		}
-		fmt.Fprintf(&dInst, "{ name = %q, weight = %d, reverse = %v }", s.name, s.weight, s.reverse)
+	var dBlocks strings.Builder
+	for _, s := range scripts {
 		fmt.Fprintf(&dBlocks, "\n[[vrrp_script]]\nname = %q\nscript = [%q]\ninterval = \"1s\"\n", s.name, prog[s.up])
 	}
-	dInst.WriteString("]\ntrack_interface = [")
-	for i, l := range links {
-		if i > 0 {
-			dInst.WriteString(", ")
-		}
-		fmt.Fprintf(&dInst, "{ interface = %q, weight = %d, reverse = %v }", l.name, l.weight, l.reverse)
-	}
-	dInst.WriteString("]")
 	dp := newPair(t)
 	mkLinks(dp.LB1)
-	dp.WriteConfig(dp.LB1, 100, dInst.String())
+	dp.WriteConfig(dp.LB1, 100, tomlList("track_script", "name", scripts)+"\n"+tomlList("track_interface", "interface", links))
 	appendFile(t, dp.Files[dp.LB1], dBlocks.String())
 	dp.Start(dp.LB1)
 	// Both settle once every script has run; then they agree, and go on
