@@ -78,9 +78,9 @@ type NFT struct {
 	// dispatchAdd holds the services' dispatch elements of this Apply.
 	dispatchAdd map[*nftables.Set][]nftables.SetElement
 	rates       rates
-	// gen reads the ruleset generation and the rules (nftdrift.go); nil:
-	// drift goes unseen. baseline is the table as read after directord's
-	// last commit, at generation seenGen; repairs wait for TakeRepairs.
+	// gen reads the ruleset generation and the rules (nftdrift.go).
+	// baseline is the table as read after directord's last commit, at
+	// generation seenGen; repairs wait for TakeRepairs.
 	gen      *netlink.Conn
 	baseline fingerprint
 	seenGen  uint32

@@ -160,7 +160,7 @@ func (n *NFT) settle() {
 // generation moved; it returns what differs ("" when nothing does, or
 // when it cannot tell).
 func (n *NFT) drifted() string {
-	if n.gen == nil || !n.base {
+	if !n.base {
 		return ""
 	}
 	gen, err := generation(n.gen)
