@@ -8,13 +8,10 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Deps are the group's ties to the kernel and the daemon, injected so the
@@ -45,21 +42,15 @@ type Deps struct {
 	VMACs VMACs
 	// Routing adds a master's virtual routes and rules; nil: not added.
 	Routing Routing
-	// Realtime, 1 to 99, runs each instance's event loop and each socket's
-	// reads on an OS thread of their own under SCHED_RR at that priority
-	// (keepalived's vrrp_rt_priority): adverts go out on time on a busy
-	// host. 0: ordinary scheduling.
-	Realtime int
 	// Notify is told of every transition, in order. It is called from the
 	// instance's event loop and must return at once (queue, don't run).
 	Notify func(instance string, t Transition)
 	// LowerPriority is told when a master hears an advert of a lower
 	// priority (keepalived's notify_master_rx_lower_pri); the same rule.
 	LowerPriority func(instance string, from netip.Addr, priority uint8)
-	// NewTimer makes an instance loop's deadline timer; a timer that runs
-	// a goroutine of its own calls onThread first in it (the realtime
-	// priority). nil: the Go runtime's timers.
-	NewTimer func(onThread func()) Timer
+	// NewTimer makes an instance loop's deadline timer. nil: the Go
+	// runtime's timers.
+	NewTimer func() Timer
 	Now      func() time.Time
 	Log      *slog.Logger
 }
@@ -94,8 +85,8 @@ func KernelDeps(log *slog.Logger) Deps {
 			}
 			return 0
 		},
-		NewTimer: func(onThread func()) Timer {
-			if t, err := NewFDTimer(onThread); err == nil {
+		NewTimer: func() Timer {
+			if t, err := NewFDTimer(); err == nil {
 				return t
 			}
 			return NewRuntimeTimer()
@@ -394,7 +385,7 @@ func (g *Group) reopen(ifname string) {
 		old, oldDone := r.swap(conn, idx)
 		old.Close()
 		<-oldDone
-		go r.readLoop(conn, r.loopDone(), g.deps.Log, g.realtime)
+		go r.readLoop(conn, r.loopDone(), g.deps.Log)
 	}
 }
 
@@ -418,21 +409,6 @@ func (r *router) socket() Conn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.conn
-}
-
-// realtime puts the calling goroutine on an OS thread of its own under
-// SCHED_RR (Deps.Realtime). The thread is never given back: when the
-// goroutine ends, the runtime ends the thread, so no other goroutine
-// inherits the priority.
-func (g *Group) realtime() {
-	if g.deps.Realtime <= 0 {
-		return
-	}
-	runtime.LockOSThread()
-	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(g.deps.Realtime)}
-	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
-		g.deps.Log.Warn("VRRP: realtime priority not set; running at ordinary priority", "priority", g.deps.Realtime, "err", err)
-	}
 }
 
 // SetScript reports a tracked script's verdict (a script not reported yet
@@ -651,7 +627,7 @@ func (g *Group) attach(in *instance) (*router, error) {
 			r.index, _ = g.deps.Index(key.ifname)
 		}
 		g.routers[key] = r
-		go r.readLoop(conn, r.done, g.deps.Log, g.realtime)
+		go r.readLoop(conn, r.done, g.deps.Log)
 	}
 	r.mu.Lock()
 	r.byVRID[in.cfg.VRID] = in
@@ -700,9 +676,8 @@ func (g *Group) stop(name string) {
 	}
 }
 
-func (r *router) readLoop(conn Conn, done chan struct{}, log *slog.Logger, rt func()) {
+func (r *router) readLoop(conn Conn, done chan struct{}, log *slog.Logger) {
 	defer close(done)
-	rt()
 	buf := make([]byte, 65536) // a peer on a jumbo-frame link may send long adverts
 	for {
 		n, src, dst, ttl, err := conn.ReadFrom(buf)
@@ -714,36 +689,59 @@ func (r *router) readLoop(conn Conn, done chan struct{}, log *slog.Logger, rt fu
 			time.Sleep(10 * time.Millisecond) // don't spin on a persistent error
 			continue
 		}
-		a, _, reason := Parse(buf[:n], src, dst)
-		var in *instance
-		if n >= 2 {
-			r.mu.Lock()
-			in = r.byVRID[buf[1]]
-			r.mu.Unlock()
+		r.dispatch(buf[:n], src, dst, ttl, log)
+	}
+}
+
+// dispatch hands one received message to its instance, or counts it
+// dropped.
+func (r *router) dispatch(b []byte, src, dst netip.Addr, ttl int, log *slog.Logger) {
+	a, _, reason := Parse(b, src, dst)
+	var in *instance
+	if len(b) >= 2 {
+		r.mu.Lock()
+		in = r.byVRID[b[1]]
+		r.mu.Unlock()
+	}
+	// RFC 5798 §7.1: TTL must be 255. Unicast adverts may cross a
+	// router, so keepalived (and we) skip the check there.
+	if reason == "" && ttl != 255 && (in == nil || len(in.config().UnicastPeers) == 0) {
+		reason = DropTTL
+	}
+	if in == nil {
+		if reason == "" {
+			reason = DropVRID
 		}
-		// RFC 5798 §7.1: TTL must be 255. Unicast adverts may cross a
-		// router, so keepalived (and we) skip the check there.
-		if reason == "" && ttl != 255 && (in == nil || len(in.config().UnicastPeers) == 0) {
-			reason = DropTTL
+		r.mu.Lock()
+		r.drops[reason]++
+		r.mu.Unlock()
+		return
+	}
+	if reason != "" {
+		in.drop(log, reason, src)
+		return
+	}
+	select {
+	case in.rx <- received{src: src, adv: a}:
+	default:
+		in.drop(log, "queue_full", src)
+	}
+}
+
+// catchUp dispatches what the socket holds already, without waiting for
+// the read loop to be run (see PendingReader).
+func (r *router) catchUp(log *slog.Logger) {
+	pr, ok := r.socket().(PendingReader)
+	if !ok {
+		return
+	}
+	buf := make([]byte, 65536)
+	for range 64 { // a bound: a flood must not hold the instance here
+		n, src, dst, ttl, ok, err := pr.ReadPending(buf)
+		if err != nil || !ok {
+			return
 		}
-		if in == nil {
-			if reason == "" {
-				reason = DropVRID
-			}
-			r.mu.Lock()
-			r.drops[reason]++
-			r.mu.Unlock()
-			continue
-		}
-		if reason != "" {
-			in.drop(log, reason, src)
-			continue
-		}
-		select {
-		case in.rx <- received{src: src, adv: a}:
-		default:
-			in.drop(log, "queue_full", src)
-		}
+		r.dispatch(buf[:n], src, dst, ttl, log)
 	}
 }
 
@@ -806,7 +804,6 @@ func (in *instance) fail(g *Group, err error) {
 
 // run is the instance's event loop; it alone touches its Machine.
 func (in *instance) run(ctx context.Context, g *Group, r *router) {
-	g.realtime()
 	log := g.deps.Log.With("instance", in.cfg.Name)
 	src := in.cfg.UnicastSrc
 	for logged := false; !src.IsValid(); {
@@ -850,6 +847,23 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 		a.apply(m.Start(g.deps.Now()))
 	}
 
+	hear := func(p received) {
+		e, reason := m.Receive(g.deps.Now(), p.src, p.adv)
+		if reason != "" {
+			in.drop(log, reason, p.src)
+			return
+		}
+		in.mu.Lock()
+		in.received++
+		in.mu.Unlock()
+		if e.AddrListMismatch {
+			in.mismatch(log, p.src, p.adv.Addrs)
+		}
+		if e.LowerPrio && g.deps.LowerPriority != nil {
+			g.deps.LowerPriority(in.config().Name, p.src, p.adv.Priority)
+		}
+		a.apply(e)
+	}
 	timer := g.newTimer()
 	defer timer.Stop()
 	for {
@@ -863,22 +877,22 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 			a.apply(m.Stop(g.deps.Now()))
 			return
 		case p := <-in.rx:
-			e, reason := m.Receive(g.deps.Now(), p.src, p.adv)
-			if reason != "" {
-				in.drop(log, reason, p.src)
-				continue
-			}
-			in.mu.Lock()
-			in.received++
-			in.mu.Unlock()
-			if e.AddrListMismatch {
-				in.mismatch(log, p.src, p.adv.Addrs)
-			}
-			if e.LowerPrio && g.deps.LowerPriority != nil {
-				g.deps.LowerPriority(in.config().Name, p.src, p.adv.Priority)
-			}
-			a.apply(e)
+			hear(p)
 		case <-timer.C():
+			if m.State() == Backup && !g.deps.Now().Before(m.Deadline()) {
+				// The master is due to be declared dead. If this process
+				// was not run for a while, its adverts may wait in the
+				// socket or in rx behind this expiry: hear them first.
+				r.catchUp(log)
+				for heard := true; heard; {
+					select {
+					case p := <-in.rx:
+						hear(p)
+					default:
+						heard = false
+					}
+				}
+			}
 			a.apply(m.Tick(g.deps.Now()))
 		case <-in.inputs:
 			a.follow(g.deps.Now())
@@ -901,7 +915,7 @@ func (in *instance) run(ctx context.Context, g *Group, r *router) {
 
 func (g *Group) newTimer() Timer {
 	if g.deps.NewTimer != nil {
-		return g.deps.NewTimer(g.realtime)
+		return g.deps.NewTimer()
 	}
 	return NewRuntimeTimer()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -453,5 +454,65 @@ func TestRoutesAndVMAC(t *testing.T) {
 	}
 	if got := wb.Routing.Held(); !slices.Equal(got, want) {
 		t.Fatalf("the new master holds %q, want %q", got, want)
+	}
+}
+
+// stalledConn is a socket whose read loop never gets to run (a process
+// the host did not schedule) while adverts wait in it: only ReadPending
+// hands them over.
+type stalledConn struct {
+	closed chan struct{}
+	once   sync.Once
+	advert []byte
+	from   netip.Addr
+	mu     sync.Mutex
+	reads  int
+}
+
+func (c *stalledConn) ReadFrom([]byte) (int, netip.Addr, netip.Addr, int, error) {
+	<-c.closed
+	return 0, netip.Addr{}, netip.Addr{}, 0, net.ErrClosed
+}
+
+// ReadPending has one advert from the master each time it is asked: the
+// master sent while this process was not running.
+func (c *stalledConn) ReadPending(b []byte) (int, netip.Addr, netip.Addr, int, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reads++
+	if c.reads%2 == 0 {
+		return 0, netip.Addr{}, netip.Addr{}, 0, false, nil
+	}
+	return copy(b, c.advert), c.from, vrrp.GroupIPv4, 255, true, nil
+}
+
+func (c *stalledConn) WriteTo([]byte, netip.Addr, netip.Addr) error { return nil }
+func (c *stalledConn) Close() error                                 { c.once.Do(func() { close(c.closed) }); return nil }
+
+// TestBackupHearsWaitingAdverts: a backup whose master-down deadline passed
+// while the master's adverts waited unread in its socket (the process was
+// not run) hears them before it judges, and stays backup.
+func TestBackupHearsWaitingAdverts(t *testing.T) {
+	adv := (&vrrp.Advert{Version: 3, VRID: 51, Priority: 200, Interval: 10 * time.Millisecond, Addrs: []netip.Addr{vip1}}).Marshal(peer, vrrp.GroupIPv4, true)
+	conn := &stalledConn{closed: make(chan struct{}), advert: adv, from: peer}
+	deps := vrrptest.NewNode(&vrrptest.Hub{}, me).Deps(slog.New(slog.DiscardHandler))
+	deps.Listen = func(string, bool) (vrrp.Conn, error) { return conn, nil }
+	c := vrrp.Config{Name: "VI_1", Interface: "eth0", VRID: 51, Priority: 100, Version: 3,
+		AdvertInt: 10 * time.Millisecond, Preempt: true, VIPs: []netip.Prefix{netip.PrefixFrom(vip1, 24)}, GARPRepeat: 1}
+	g, _, _ := runGroup(t, deps, c)
+	state := func() vrrp.InstanceStatus {
+		for _, s := range g.Status() {
+			return s
+		}
+		return vrrp.InstanceStatus{}
+	}
+	// Twenty master-down intervals (3 × 10 ms and the skew each).
+	for end := time.Now().Add(20 * 40 * time.Millisecond); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		if s := state(); s.State == vrrp.Master {
+			t.Fatalf("took over from a master whose adverts were waiting: %s", s.LastTransition.Reason)
+		}
+	}
+	if s := state(); s.State != vrrp.Backup || s.Master != peer.String() {
+		t.Fatalf("want BACKUP following %s, have %s following %q", peer, s.State, s.Master)
 	}
 }

@@ -28,6 +28,15 @@ type Conn interface {
 	Close() error
 }
 
+// PendingReader is a Conn that hands over at once what it holds already,
+// as ReadFrom would, with ok false when it holds nothing. A backup asks
+// it before it declares its master dead: a process the host did not run
+// for a while finds its deadline passed and the master's adverts still
+// waiting in the socket, and must hear them first.
+type PendingReader interface {
+	ReadPending(b []byte) (n int, src, dst netip.Addr, ttl int, ok bool, err error)
+}
+
 // Addresses adds and removes the virtual addresses.
 type Addresses interface {
 	// Add adds p; added is false when it was there already.
@@ -44,6 +53,9 @@ type Announcer interface {
 var (
 	_ Conn      = (*rawConn4)(nil)
 	_ Conn      = (*rawConn6)(nil)
+
+	_ PendingReader = (*rawConn4)(nil)
+	_ PendingReader = (*rawConn6)(nil)
 	_ Addresses = NetlinkAddresses{}
 	_ Announcer = LinkAnnouncer{}
 )
@@ -115,7 +127,12 @@ func ListenIPv4(ifname string) (Conn, error) {
 }
 
 func (c *rawConn4) ReadFrom(b []byte) (int, netip.Addr, netip.Addr, int, error) {
-	return readIPv4(c.s, b, c.oob)
+	return readIPv4(c.s, b, c.oob, true)
+}
+
+func (c *rawConn4) ReadPending(b []byte) (int, netip.Addr, netip.Addr, int, bool, error) {
+	n, src, dst, ttl, err := readIPv4(c.s, b, make([]byte, oobSpace), false)
+	return pending(n, src, dst, ttl, err)
 }
 
 func (c *rawConn4) WriteTo(b []byte, src, dst netip.Addr) error {
@@ -167,7 +184,20 @@ func ListenIPv6(ifname string) (Conn, error) {
 }
 
 func (c *rawConn6) ReadFrom(b []byte) (int, netip.Addr, netip.Addr, int, error) {
-	return readIPv6(c.s, b, c.oob)
+	return readIPv6(c.s, b, c.oob, true)
+}
+
+func (c *rawConn6) ReadPending(b []byte) (int, netip.Addr, netip.Addr, int, bool, error) {
+	n, src, dst, hops, err := readIPv6(c.s, b, make([]byte, oobSpace), false)
+	return pending(n, src, dst, hops, err)
+}
+
+// pending turns a read without wait into ReadPending's answer.
+func pending(n int, src, dst netip.Addr, ttl int, err error) (int, netip.Addr, netip.Addr, int, bool, error) {
+	if errors.Is(err, errNonePending) {
+		return 0, src, dst, 0, false, nil
+	}
+	return n, src, dst, ttl, err == nil, err
 }
 
 func (c *rawConn6) WriteTo(b []byte, src, dst netip.Addr) error {

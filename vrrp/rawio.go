@@ -52,9 +52,14 @@ func (s rawSock) sendmsg(b, oob []byte, name unsafe.Pointer, namelen uint32) err
 	return nil
 }
 
+// errNonePending is recvmsg's answer without wait when the socket holds
+// nothing.
+var errNonePending = errors.New("no datagram pending")
+
 // recvmsg reads one datagram into b and its control messages into oob,
-// the sender into from.
-func (s rawSock) recvmsg(b, oob []byte, from *unix.RawSockaddrAny) (n, oobn int, err error) {
+// the sender into from; without wait, it answers errNonePending at once
+// when none is there.
+func (s rawSock) recvmsg(b, oob []byte, from *unix.RawSockaddrAny, wait bool) (n, oobn int, err error) {
 	iov := unix.Iovec{Base: &b[0]}
 	iov.SetLen(len(b))
 	msg := unix.Msghdr{Name: (*byte)(unsafe.Pointer(from)), Namelen: uint32(unsafe.Sizeof(*from)), Iov: &iov}
@@ -65,9 +70,12 @@ func (s rawSock) recvmsg(b, oob []byte, from *unix.RawSockaddrAny) (n, oobn int,
 	var errno syscall.Errno
 	if err := s.rc.Read(func(fd uintptr) bool {
 		r, _, errno = unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), 0)
-		return errno != unix.EAGAIN
+		return !wait || errno != unix.EAGAIN
 	}); err != nil {
 		return 0, 0, err
+	}
+	if errno == unix.EAGAIN {
+		return 0, 0, errNonePending
 	}
 	if errno != 0 {
 		return 0, 0, fmt.Errorf("recvmsg: %w", errno)
@@ -98,10 +106,11 @@ func cmsgs(oob []byte, fn func(level, typ int32, data []byte)) {
 var oobSpace = unix.CmsgSpace(unix.SizeofInet6Pktinfo) + unix.CmsgSpace(4)
 
 // readIPv4 reads one datagram's payload and its source, destination and
-// TTL. An IPv4 raw socket hands over the IP header too: it is dropped.
-func readIPv4(s rawSock, b, oob []byte) (n int, src, dst netip.Addr, ttl int, err error) {
+// TTL (without wait: errNonePending when none is there). An IPv4 raw
+// socket hands over the IP header too: it is dropped.
+func readIPv4(s rawSock, b, oob []byte, wait bool) (n int, src, dst netip.Addr, ttl int, err error) {
 	var from unix.RawSockaddrAny
-	n, oobn, err := s.recvmsg(b, oob, &from)
+	n, oobn, err := s.recvmsg(b, oob, &from, wait)
 	if err != nil {
 		return 0, src, dst, 0, err
 	}
@@ -123,10 +132,11 @@ func readIPv4(s rawSock, b, oob []byte) (n int, src, dst netip.Addr, ttl int, er
 	return n, src, dst, ttl, nil
 }
 
-// readIPv6 reads one datagram and its source, destination and hop limit.
-func readIPv6(s rawSock, b, oob []byte) (n int, src, dst netip.Addr, hops int, err error) {
+// readIPv6 reads one datagram and its source, destination and hop limit
+// (without wait: errNonePending when none is there).
+func readIPv6(s rawSock, b, oob []byte, wait bool) (n int, src, dst netip.Addr, hops int, err error) {
 	var from unix.RawSockaddrAny
-	n, oobn, err := s.recvmsg(b, oob, &from)
+	n, oobn, err := s.recvmsg(b, oob, &from, wait)
 	if err != nil {
 		return 0, src, dst, 0, err
 	}

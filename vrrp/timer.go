@@ -74,9 +74,8 @@ type fdTimer struct {
 }
 
 // NewFDTimer returns a Timer on a timerfd, or an error where there is
-// none (the caller falls back to NewRuntimeTimer). Its reader goroutine
-// calls onThread (if not nil) first.
-func NewFDTimer(onThread func()) (Timer, error) {
+// none (the caller falls back to NewRuntimeTimer).
+func NewFDTimer() (Timer, error) {
 	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("timerfd: %w", err)
@@ -88,16 +87,13 @@ func NewFDTimer(onThread func()) (Timer, error) {
 		return nil, fmt.Errorf("timerfd: %w", err)
 	}
 	t := &fdTimer{f: f, rc: rc, c: make(chan struct{}, 1), gen: make(chan struct{}), done: make(chan struct{})}
-	go t.read(onThread)
+	go t.read()
 	return t, nil
 }
 
 // read turns the timerfd's expiries into sends on c.
-func (t *fdTimer) read(onThread func()) {
+func (t *fdTimer) read() {
 	defer close(t.done)
-	if onThread != nil {
-		onThread()
-	}
 	var buf [8]byte
 	for {
 		var errno syscall.Errno

@@ -10,7 +10,7 @@ import (
 func TestTimers(t *testing.T) {
 	for name, mk := range map[string]func(t *testing.T) Timer{
 		"timerfd": func(t *testing.T) Timer {
-			tm, err := NewFDTimer(nil)
+			tm, err := NewFDTimer()
 			if err != nil {
 				t.Fatal(err)
 			}

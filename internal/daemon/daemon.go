@@ -127,6 +127,13 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 		opts.Log = os.Stderr
 	}
 	d := newDaemon(opts, cfg, deps)
+	if p := cfg.Node.RealtimePriority; p > 0 && deps.Realtime != nil {
+		if err := deps.Realtime(p); err != nil {
+			d.log.Warn("realtime priority not set; running at ordinary priority", "priority", p, "err", err)
+		} else {
+			d.log.Info("running under SCHED_RR", "priority", p)
+		}
+	}
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
@@ -292,7 +299,6 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 	d.programs = newPrograms(cfg.Node)
 	deps := kernel.VRRP
 	deps.Log = d.log
-	deps.Realtime = cfg.Node.RealtimePriority
 	d.notify = newNotifier(d.log, func(name string) (config.Notify, bool) {
 		for _, in := range d.config().VRRP {
 			if in.Name == name {

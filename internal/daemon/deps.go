@@ -30,6 +30,9 @@ type Deps struct {
 	Cluster func(cluster.Config) (ClusterNode, error)
 	// Privileges says what the process lacks to run, or nil.
 	Privileges func() error
+	// Realtime puts the process under SCHED_RR at a priority ([node]
+	// realtime_priority); nil: left as it is.
+	Realtime func(prio int) error
 }
 
 // ConnSync is the conntrack sync as the daemon drives it.
@@ -86,6 +89,7 @@ func KernelDeps() Deps {
 			return n, nil
 		},
 		Privileges: checkPrivileges,
+		Realtime:   vrrp.SetProcessRealtime,
 	}
 }
 

@@ -30,7 +30,7 @@ const cpuWindows = 5
 // spends over cpuWindows windows of d (user + system time of the process
 // tree, every thread), returning the median window by pair total.
 func cpuRun(bins scene.Binaries, im impl, interval, d time.Duration) (cpuResult, error) {
-	p, _, _, stop, err := startScene(bins, im, interval)
+	p, _, _, stop, err := startScene(bins, im, interval, 0)
 	if err != nil {
 		return cpuResult{}, err
 	}

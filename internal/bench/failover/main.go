@@ -34,6 +34,7 @@ func main() {
 	runsFast := flag.Int("runs-fast", 40, "the same at the sub-second settings, where runs are cheap and the random phase needs more samples")
 	soak := flag.Duration("soak", 60*time.Second, "length of the busy-CPU false-takeover run at advert_int 20ms (0: skip)")
 	soakFast := flag.Duration("soak-fast", 10*time.Minute, "length of the busy-CPU false-takeover run at advert_int 10ms (0: skip)")
+	soakFastRT := flag.Int("soak-fast-rt", 10, "realtime priority of both implementations in the 10ms run (realtime_priority, vrrp_rt_priority; 0: none)")
 	cpu := flag.Duration("cpu", 10*time.Second, "window of the CPU measurement of a settled pair (five windows at 20ms and at 10ms; 0: skip)")
 	only := flag.String("only", "", "run only this phase (gaps, soak, cpu) and print it; the report is left alone")
 	onlyImpl := flag.String("impl", "", "with -only: run only this implementation (directord, keepalived)")
@@ -46,10 +47,10 @@ func main() {
 	var targets report.Targets
 	var soaks []soakSpec
 	if *soak > 0 {
-		soaks = append(soaks, soakSpec{20 * time.Millisecond, *soak})
+		soaks = append(soaks, soakSpec{20 * time.Millisecond, *soak, 0})
 	}
 	if *soakFast > 0 {
-		soaks = append(soaks, soakSpec{10 * time.Millisecond, *soakFast})
+		soaks = append(soaks, soakSpec{10 * time.Millisecond, *soakFast, *soakFastRT})
 	}
 	if *onlyImpl != "" {
 		if *only == "" {
@@ -92,9 +93,10 @@ type result struct {
 }
 
 // soakSpec is one false-takeover run: a settled pair at interval while
-// both cores spin for d.
+// both cores spin for d, both directors at realtime priority rt (0: none).
 type soakSpec struct {
 	interval, d time.Duration
+	rt          int
 }
 
 // cpuSettings are the intervals at which the CPU of a settled pair is
@@ -140,12 +142,12 @@ func run(bin string, runs, runsFast int, soaks []soakSpec, cpuWindow time.Durati
 		for _, sp := range soaks {
 			soaked[sp] = map[string]int{}
 			for _, im := range impls {
-				n, err := soakRun(bins, im, sp.interval, sp.d)
+				n, err := soakRun(bins, im, sp)
 				if err != nil {
 					return fmt.Errorf("%s soak at %s: %w", im.name, sp.interval, err)
 				}
 				soaked[sp][im.name] = n
-				fmt.Printf("%-10s %s at %s with both cores busy: %d false takeovers\n", im.name, sp.d, sp.interval, n)
+				fmt.Printf("%-10s %s at %s with both cores busy (realtime priority %d): %d false takeovers\n", im.name, sp.d, sp.interval, sp.rt, n)
 			}
 		}
 	}
@@ -180,7 +182,7 @@ func run(bin string, runs, runsFast int, soaks []soakSpec, cpuWindow time.Durati
 			"median %s (%d runs)", ms(median(r.crash)), len(r.crash))
 	}
 	for _, sp := range soaks {
-		targets.Check(fmt.Sprintf("no false takeover at advert_int %s with both cores busy for %s", sp.interval, sp.d), soaked[sp]["directord"] == 0,
+		targets.Check(fmt.Sprintf("no false takeover at advert_int %s with both cores busy for %s%s", sp.interval, sp.d, sp.rtNote()), soaked[sp]["directord"] == 0,
 			"%d (keepalived %d)", soaked[sp]["directord"], soaked[sp]["keepalived"])
 	}
 	for _, s := range cpuSettings {
@@ -231,7 +233,9 @@ func (a *adverts) next(src netip.Addr, timeout time.Duration) (time.Time, error)
 
 // startScene starts a pair of im at interval with lb1 master, a prober, and a
 // watcher of the adverts on the client's link.
-func startScene(bins scene.Binaries, im impl, interval time.Duration) (*scene.Pair, *probe.Prober, *adverts, func(), error) {
+// startScene starts a settled pair of im at interval, at realtime
+// priority rt (0: none).
+func startScene(bins scene.Binaries, im impl, interval time.Duration, rt int) (*scene.Pair, *probe.Prober, *adverts, func(), error) {
 	tmp, err := os.MkdirTemp("", "directord-bench")
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -239,6 +243,7 @@ func startScene(bins scene.Binaries, im impl, interval time.Duration) (*scene.Pa
 	l := lab.Open(func(string, ...any) {})
 	cleanup := func() { l.Close(); os.RemoveAll(tmp) }
 	p := scene.NewPair(l, tmp, bins)
+	p.Realtime = rt
 	im.start(p, p.LB1, 150, interval)
 	if err := p.WaitOwner(p.LB1, scene.VIP, 10*time.Second+5*interval); err != nil {
 		cleanup()
@@ -269,7 +274,7 @@ func startScene(bins scene.Binaries, im impl, interval time.Duration) (*scene.Pa
 }
 
 func measure(bins scene.Binaries, im impl, interval time.Duration, runs int) (*result, error) {
-	p, pr, adv, stop, err := startScene(bins, im, interval)
+	p, pr, adv, stop, err := startScene(bins, im, interval, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -340,15 +345,23 @@ func measure(bins scene.Binaries, im impl, interval time.Duration, runs int) (*r
 	return r, nil
 }
 
+// rtNote names the realtime priority of a run that has one.
+func (sp soakSpec) rtNote() string {
+	if sp.rt == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (realtime priority %d)", sp.rt)
+}
+
 // soakRun keeps a pair at interval up while both cores spin and counts
 // the times the backup took the VIP.
-func soakRun(bins scene.Binaries, im impl, interval, d time.Duration) (int, error) {
-	p, _, _, stop, err := startScene(bins, im, interval)
+func soakRun(bins scene.Binaries, im impl, sp soakSpec) (int, error) {
+	p, _, _, stop, err := startScene(bins, im, sp.interval, sp.rt)
 	if err != nil {
 		return 0, err
 	}
 	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
+	ctx, cancel := context.WithTimeout(context.Background(), sp.d)
 	defer cancel()
 	for range runtime.NumCPU() {
 		go func() {
@@ -395,9 +408,13 @@ func writeReport(path string, settings []time.Duration, runs, runsFast int, soak
 	}
 	if len(soaks) > 0 {
 		fmt.Fprintf(&b, "\nFalse takeovers of a settled pair while a spinning goroutine per core keeps both cores saturated:\n\n")
-		fmt.Fprintf(&b, "| advert_int | duration | directord | keepalived |\n|---|---|---|---|\n")
+		fmt.Fprintf(&b, "| advert_int | duration | realtime priority (both) | directord | keepalived |\n|---|---|---|---|---|\n")
 		for _, sp := range soaks {
-			fmt.Fprintf(&b, "| %s | %s | %d | %d |\n", sp.interval, sp.d, soaked[sp]["directord"], soaked[sp]["keepalived"])
+			rt := "none"
+			if sp.rt != 0 {
+				rt = fmt.Sprintf("%d (`realtime_priority`, `vrrp_rt_priority`)", sp.rt)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %d |\n", sp.interval, sp.d, rt, soaked[sp]["directord"], soaked[sp]["keepalived"])
 		}
 	}
 	if len(cpus) > 0 {

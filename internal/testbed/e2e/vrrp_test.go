@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -764,17 +766,14 @@ func TestVRRPNoAccept(t *testing.T) {
 	p.Client.MustRun("ping", "-c", "1", "-W", "2", vip)
 }
 
-// TestVRRPRealtime: with [node] realtime_priority VRRP's threads run under
-// SCHED_RR at that priority (keepalived's vrrp_rt_priority), and the
+// TestVRRPRealtime: with [node] realtime_priority every thread of the
+// process runs under SCHED_RR at that priority (keepalived's
+// vrrp_rt_priority, which covers its whole VRRP process), and the
 // election goes on as usual.
 func TestVRRPRealtime(t *testing.T) {
 	p := newPair(t)
+	p.Realtime = 10
 	p.WriteConfig(p.LB1, 150, "")
-	text, err := os.ReadFile(p.Files[p.LB1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, p.Files[p.LB1], strings.Replace(string(text), "[node]\n", "[node]\nrealtime_priority = 10\n", 1))
 	p.Start(p.LB1)
 	p.WriteConfig(p.LB2, 100, "")
 	p.Start(p.LB2)
@@ -796,7 +795,56 @@ func TestVRRPRealtime(t *testing.T) {
 			rr++
 		}
 	}
-	if rr < 2 { // the instance's loop and its socket's reads
+	// Every thread: the one that takes an advert from the poller may be
+	// any of them.
+	if len(tasks) < 2 || rr != len(tasks) {
 		t.Fatalf("%d SCHED_RR threads at priority 10 among %d", rr, len(tasks))
+	}
+}
+
+// TestVRRPReadPending: the raw socket hands over an advert already in it
+// without waiting, and says so when it holds none (what a backup reads
+// before it declares its master dead).
+func TestVRRPReadPending(t *testing.T) {
+	p := newPair(t)
+	var rx, tx vrrp.Conn
+	if err := p.LB2.Do(func() (err error) { rx, err = vrrp.ListenIPv4("eth0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rx.Close() })
+	if err := p.LB1.Do(func() (err error) { tx, err = vrrp.ListenIPv4("eth0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Close() })
+	pr, ok := rx.(vrrp.PendingReader)
+	if !ok {
+		t.Fatalf("%T reads no pending adverts", rx)
+	}
+	buf := make([]byte, 1500)
+	if _, _, _, _, ok, err := pr.ReadPending(buf); ok || err != nil {
+		t.Fatalf("an empty socket: ok %v, err %v", ok, err)
+	}
+	src := netip.MustParseAddr("192.0.2.11")
+	adv := (&vrrp.Advert{Version: 3, VRID: 51, Priority: 150, Interval: time.Second, Addrs: []netip.Addr{netip.MustParseAddr(scene.VIP)}}).Marshal(src, vrrp.GroupIPv4, true)
+	if err := tx.WriteTo(adv, src, vrrp.GroupIPv4); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		n, from, dst, ttl, ok, err := pr.ReadPending(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			if from != src || dst != vrrp.GroupIPv4 || ttl != 255 || !bytes.Equal(buf[:n], adv) {
+				t.Fatalf("read %d bytes from %s to %s TTL %d", n, from, dst, ttl)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the advert sent never showed as pending")
+		}
+	}
+	if _, _, _, _, ok, _ := pr.ReadPending(buf); ok {
+		t.Fatal("the one advert was read twice")
 	}
 }

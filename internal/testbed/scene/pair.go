@@ -45,6 +45,9 @@ type Pair struct {
 	// and configuration file.
 	Procs          map[*lab.Host]*lab.Process
 	Sockets, Files map[*lab.Host]string
+	// Realtime, when not 0, is the SCHED_RR priority of the files written
+	// next: directord's realtime_priority, keepalived's vrrp_rt_priority.
+	Realtime int
 }
 
 // NewPair builds the scene in l; files go under dir.
@@ -88,6 +91,9 @@ func (p *Pair) WriteConfig(h *lab.Host, prio int, extra string) {
 		in.VIPs = []string{VIP + "/24"}
 	}
 	f := conf.File{Node: conf.Node{Name: h.Name, DataDir: filepath.Join(dir, "data"), StatusSocket: p.Sockets[h]}, VRRP: []conf.Instance{in}}
+	if p.Realtime != 0 {
+		f.Node.Extra = append(f.Node.Extra, fmt.Sprintf("realtime_priority = %d", p.Realtime))
+	}
 	if err := f.Write(p.Files[h]); err != nil {
 		p.Lab.Fatalf("%v", err)
 	}
@@ -111,9 +117,13 @@ func (p *Pair) StartKeepalived(h *lab.Host, prio, version int, interval time.Dur
 func (p *Pair) StartKeepalivedWith(h *lab.Host, prio, version int, interval time.Duration, instance, blocks string) *lab.Process {
 	dir := p.hostDir("keepalived-" + h.Name)
 	file := filepath.Join(dir, "keepalived.conf")
+	global := ""
+	if p.Realtime != 0 {
+		global = fmt.Sprintf("  vrrp_rt_priority %d\n", p.Realtime)
+	}
 	content := fmt.Sprintf(`global_defs {
   router_id %s
-}
+%s}
 %s
 vrrp_instance VI_1 {
   state BACKUP
@@ -127,7 +137,7 @@ vrrp_instance VI_1 {
   }
 %s
 }
-`, h.Name, blocks, prio, interval.Seconds(), version, VIP, instance)
+`, h.Name, global, blocks, prio, interval.Seconds(), version, VIP, instance)
 	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
 		p.Lab.Fatalf("%v", err)
 	}
