@@ -51,13 +51,13 @@ type Announcer interface {
 }
 
 var (
-	_ Conn      = (*rawConn4)(nil)
-	_ Conn      = (*rawConn6)(nil)
+	_ Conn = (*rawConn4)(nil)
+	_ Conn = (*rawConn6)(nil)
 
 	_ PendingReader = (*rawConn4)(nil)
 	_ PendingReader = (*rawConn6)(nil)
-	_ Addresses = NetlinkAddresses{}
-	_ Announcer = LinkAnnouncer{}
+	_ Addresses     = NetlinkAddresses{}
+	_ Announcer     = LinkAnnouncer{}
 )
 
 // bindToDevice keeps a raw socket to one interface, so that each router
