@@ -68,10 +68,17 @@ func (s rawSock) recvmsg(b, oob []byte, from *unix.RawSockaddrAny, wait bool) (n
 	msg.SetControllen(len(oob))
 	var r uintptr
 	var errno syscall.Errno
-	if err := s.rc.Read(func(fd uintptr) bool {
+	call := func(fd uintptr) {
 		r, _, errno = unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), 0)
-		return !wait || errno != unix.EAGAIN
-	}); err != nil {
+	}
+	if wait {
+		err = s.rc.Read(func(fd uintptr) bool { call(fd); return errno != unix.EAGAIN })
+	} else {
+		// Not Read: it holds the descriptor's read lock, which the read
+		// loop keeps while it waits for a datagram.
+		err = s.rc.Control(call)
+	}
+	if err != nil {
 		return 0, 0, err
 	}
 	if errno == unix.EAGAIN {

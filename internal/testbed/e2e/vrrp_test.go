@@ -847,4 +847,18 @@ func TestVRRPReadPending(t *testing.T) {
 	if _, _, _, _, ok, _ := pr.ReadPending(buf); ok {
 		t.Fatal("the one advert was read twice")
 	}
+	// Beside a reader waiting in ReadFrom (the group's read loop), it
+	// still answers at once.
+	go rx.ReadFrom(make([]byte, 1500))
+	time.Sleep(50 * time.Millisecond) // let the reader wait first: what this checks
+	answered := make(chan struct{})
+	go func() {
+		pr.ReadPending(make([]byte, 1500))
+		close(answered)
+	}()
+	select {
+	case <-answered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReadPending waits behind a reader in ReadFrom")
+	}
 }
