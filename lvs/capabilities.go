@@ -15,7 +15,10 @@ import (
 // plane, read through Dataplane.Capabilities by directord -t, the daemon
 // before it applies a table, the reconciler and directorctl lvs.
 type Capabilities struct {
-	Name       string
+	Name string
+	// Atomic: Apply carries out all of its operations or none (a refused
+	// batch leaves the kernel and the data plane as they were).
+	Atomic     bool
 	Schedulers []string
 	Protocols  []Protocol
 	Methods    []Method
@@ -64,6 +67,7 @@ var IPVSCapabilities = Capabilities{
 // NFTCapabilities is the nftables data plane's table.
 var NFTCapabilities = Capabilities{
 	Name:           "nftables",
+	Atomic:         true,
 	Schedulers:     NFTSchedulers,
 	Protocols:      []Protocol{TCP, UDP},
 	Methods:        []Method{NAT},
@@ -98,7 +102,11 @@ func (c Capabilities) Unsupported(svc Service, reals []Real) []Unsupported {
 	add := func(real int, field, format string, args ...any) {
 		out = append(out, Unsupported{real, field, fmt.Sprintf(format, args...)})
 	}
-	if !slices.Contains(c.Schedulers, svc.Scheduler) {
+	switch {
+	case slices.Contains(c.Schedulers, svc.Scheduler):
+	case c.Name == IPVSCapabilities.Name && slices.Contains(IPVSSchedulers, svc.Scheduler):
+		add(-1, "scheduler", "this kernel has no IPVS scheduler %s (no module ip_vs_%s); it has %s", svc.Scheduler, svc.Scheduler, strings.Join(c.Schedulers, ", "))
+	default:
 		add(-1, "scheduler", "the %s data plane schedules with %s only; %s needs IPVS", c.Name, strings.Join(c.Schedulers, ", "), svc.Scheduler)
 	}
 	if svc.Protocol != "" && !slices.Contains(c.Protocols, svc.Protocol) {
@@ -199,12 +207,48 @@ func IPVSAvailable() (bool, string) {
 	return false, "no IPVS in this kernel"
 }
 
-// moduleListed reports whether a modules.dep or modules.builtin lists name.
+// IPVSKernelCapabilities is IPVS's table with the schedulers this kernel
+// has: each one's module (ip_vs_NAME) built in, loaded, or in
+// modules.dep. Debian's 6.1 kernel has no ip_vs_twos, for one. When the
+// kernel's module lists cannot be read, every scheduler is assumed.
+func IPVSKernelCapabilities() (Capabilities, string) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return IPVSCapabilities, "schedulers not checked: " + err.Error()
+	}
+	dir := filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:]))
+	var lists [][]byte
+	for _, f := range []string{filepath.Join(dir, "modules.builtin"), filepath.Join(dir, "modules.dep"), "/proc/modules"} {
+		if b, err := os.ReadFile(f); err == nil {
+			lists = append(lists, b)
+		}
+	}
+	return ipvsWithSchedulers(lists...)
+}
+
+// ipvsWithSchedulers narrows IPVS's table to the schedulers whose modules
+// the lists (modules.builtin, modules.dep, /proc/modules) name.
+func ipvsWithSchedulers(lists ...[]byte) (Capabilities, string) {
+	c := IPVSCapabilities
+	if !slices.ContainsFunc(lists, func(b []byte) bool { return moduleListed(b, "ip_vs") }) {
+		return c, "schedulers not checked: the kernel's module lists do not name ip_vs"
+	}
+	c.Schedulers = slices.DeleteFunc(slices.Clone(IPVSSchedulers), func(s string) bool {
+		return !slices.ContainsFunc(lists, func(b []byte) bool { return moduleListed(b, "ip_vs_"+s) })
+	})
+	c.FlagSchedulers = c.Schedulers
+	return c, "schedulers: " + strings.Join(c.Schedulers, ", ")
+}
+
+// moduleListed reports whether a modules.dep, modules.builtin or
+// /proc/modules lists name.
 func moduleListed(list []byte, name string) bool {
 	for line := range strings.Lines(string(list)) {
 		path, _, _ := strings.Cut(line, ":")
-		base := filepath.Base(strings.TrimSpace(path))
-		if mod, _, ok := strings.Cut(base, ".ko"); ok && mod == name {
+		// /proc/modules: "ip_vs_wrr 12288 1 - Live ...".
+		first, _, _ := strings.Cut(strings.TrimSpace(path), " ")
+		base := filepath.Base(first)
+		if mod, _, _ := strings.Cut(base, ".ko"); mod == name {
 			return true
 		}
 	}

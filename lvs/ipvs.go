@@ -44,8 +44,9 @@ var _ ipvsHandle = (*ipvs.Handle)(nil)
 // github.com/moby/ipvs. Calls are serialised: one netlink socket, one
 // request at a time.
 type IPVS struct {
-	mu sync.Mutex
-	h  ipvsHandle
+	mu   sync.Mutex
+	h    ipvsHandle
+	caps Capabilities // IPVSCapabilities with this kernel's schedulers
 }
 
 var _ Dataplane = (*IPVS)(nil)
@@ -76,11 +77,12 @@ func NewIPVS() (*IPVS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipvs: %w", err)
 	}
-	return &IPVS{h: h}, nil
+	caps, _ := IPVSKernelCapabilities()
+	return &IPVS{h: h, caps: caps}, nil
 }
 
 func (d *IPVS) Name() string               { return "ipvs" }
-func (d *IPVS) Capabilities() Capabilities { return IPVSCapabilities }
+func (d *IPVS) Capabilities() Capabilities { return d.caps }
 
 func (d *IPVS) Close() error {
 	d.mu.Lock()

@@ -259,3 +259,52 @@ func TestGuestIPVSSyncDaemons(t *testing.T) {
 		t.Fatalf("stopping a stopped daemon: %v", err)
 	}
 }
+
+// TestGuestIPVSRefusedServiceIsolated: the kernel refuses a twos service
+// (Debian's 6.1 has no ip_vs_twos) with ENOENT; the schedulers the data
+// plane reports are exactly those the kernel accepts, and a reconciler
+// that is given the refused service anyway (as with every scheduler
+// assumed) programs the other services and names it.
+func TestGuestIPVSRefusedServiceIsolated(t *testing.T) {
+	d := guestIPVS(t)
+	for _, s := range IPVSSchedulers {
+		svc := Service{Key: web, Scheduler: s}
+		err := d.Apply([]Op{{Kind: AddService, Service: svc}})
+		if (err == nil) != slices.Contains(d.Capabilities().Schedulers, s) {
+			t.Errorf("scheduler %s: the kernel says %v, the data plane's table %v", s, err, d.Capabilities().Schedulers)
+		}
+		if err == nil {
+			if err := d.Apply([]Op{{Kind: DelService, Service: svc}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if slices.Contains(d.Capabilities().Schedulers, "twos") {
+		t.Skip("this kernel has twos: nothing it refuses to test with") // Debian's 6.1 has none
+	}
+	d.caps = IPVSCapabilities // as if the kernel's list could not be read
+	r := guestRec(t, d)
+	twos := Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.100:81")}
+	other := Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.100:82")}
+	vss := []VirtualServer{
+		{Service: Service{Key: web, Scheduler: "rr"}, Reals: []Real{natReal(rs1, 1)}},
+		{Service: Service{Key: twos, Scheduler: "twos"}, Reals: []Real{natReal(rs1, 1)}},
+		{Service: Service{Key: other, Scheduler: "wrr"}, Reals: []Real{natReal(rs2, 1)}},
+	}
+	r.Set(vss)
+	if _, err := r.Reconcile(); err == nil || !strings.Contains(err.Error(), "192.0.2.100:81") {
+		t.Fatalf("reconcile: %v; want the twos service named", err)
+	}
+	if e := r.Last().Refused[twos.String()]; e == "" {
+		t.Fatalf("refused: %v", r.Last().Refused)
+	}
+	sameAsKernel(t, d, []VirtualServer{vss[0], vss[2]})
+	if have, err := d.List(); err != nil || len(have) != 2 {
+		t.Fatalf("the kernel holds %d services (%v); want the 2 not refused", len(have), err)
+	}
+	// The retry changes nothing else.
+	if n, err := r.Reconcile(); err == nil || n != 2 {
+		t.Fatalf("retry: %d operations, %v; want the twos service's 2 again", n, err)
+	}
+	sameAsKernel(t, d, []VirtualServer{vss[0], vss[2]})
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -81,10 +82,11 @@ type NFT struct {
 	// gen reads the ruleset generation and the rules (nftdrift.go).
 	// baseline is the table as read after directord's last commit, at
 	// generation seenGen; repairs wait for TakeRepairs.
-	gen      *netlink.Conn
-	baseline fingerprint
-	seenGen  uint32
-	repairs  []Repair
+	gen       *netlink.Conn
+	baseline  fingerprint
+	seenGen   uint32
+	repairs   []Repair
+	refuseFor func(Key) bool // NFTOptions.Refuse
 }
 
 type nsvc struct {
@@ -112,6 +114,10 @@ type NFTOptions struct {
 	// NetNS is an open network-namespace file to work in (tests); 0 is
 	// the daemon's own namespace.
 	NetNS int
+	// Refuse, for tests, makes the kernel refuse every transaction that
+	// builds a service it names (its chain jumps to a chain that does not
+	// exist): a refusal by the kernel itself, on demand.
+	Refuse func(Key) bool
 }
 
 // NewNFT opens the nftables data plane and removes any table a previous
@@ -158,7 +164,7 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}, rates: rates{now: time.Now}}
+	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}, rates: rates{now: time.Now}, refuseFor: o.Refuse}
 	n.reset()
 	if n.gen, err = netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: o.NetNS}); err != nil {
 		h.Close()
@@ -403,7 +409,10 @@ func (r *rates) done() {
 	r.cur = nil
 }
 
-// Apply carries out ops in one nftables transaction.
+// Apply carries out ops in one nftables transaction. A refused one (by
+// the model's checks or by the kernel) changes nothing: the kernel's
+// table and the model stay as they were, so that the reconciler can
+// program the other services without this one.
 func (n *NFT) Apply(ops []Op) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -417,6 +426,7 @@ func (n *NFT) Apply(ops []Op) error {
 			return fmt.Errorf("nftables: create table %s: %w", NFTTable, err)
 		}
 	}
+	saved := &undo{svcs: map[Key]*nsvc{}, nextID: n.nextID}
 	type change struct {
 		old   *nsvc // the kernel's objects to remove, if any
 		new   bool  // create from scratch
@@ -435,24 +445,25 @@ func (n *NFT) Apply(ops []Op) error {
 	}
 	for _, op := range ops {
 		k := op.Service.Key
+		saved.keep(n, k)
 		s, ok := n.svcs[k]
 		c := ch(k)
 		switch op.Kind {
 		case AddService:
 			if ok {
-				return n.abandon(fmt.Errorf("%s: service exists", op))
+				return n.refuse(saved, fmt.Errorf("%s: service exists", op))
 			}
 			if err := NFTCapabilities.Check(op.Service, nil); err != nil {
-				return n.abandon(fmt.Errorf("%s: %w", op, err))
+				return n.refuse(saved, fmt.Errorf("%s: %w", op, err))
 			}
 			n.svcs[k] = &nsvc{svc: op.Service, idx: map[netip.AddrPort]int{}}
 			c.new = true
 		case UpdateService:
 			if !ok {
-				return n.abandon(fmt.Errorf("%s: no such service", op))
+				return n.refuse(saved, fmt.Errorf("%s: no such service", op))
 			}
 			if err := NFTCapabilities.Check(op.Service, nil); err != nil {
-				return n.abandon(fmt.Errorf("%s: %w", op, err))
+				return n.refuse(saved, fmt.Errorf("%s: %w", op, err))
 			}
 			// A changed scheduler or persistence rebuilds the service
 			// under a new number, in the same transaction.
@@ -464,7 +475,7 @@ func (n *NFT) Apply(ops []Op) error {
 			c.new = true
 		case DelService:
 			if !ok {
-				return n.abandon(fmt.Errorf("%s: no such service", op))
+				return n.refuse(saved, fmt.Errorf("%s: no such service", op))
 			}
 			if !c.new && c.old == nil {
 				c.old = s
@@ -473,17 +484,17 @@ func (n *NFT) Apply(ops []Op) error {
 			delete(n.svcs, k)
 		case AddReal, UpdateReal, DelReal:
 			if !ok {
-				return n.abandon(fmt.Errorf("%s: no such service", op))
+				return n.refuse(saved, fmt.Errorf("%s: no such service", op))
 			}
 			i := slices.IndexFunc(s.reals, func(r Real) bool { return r.Addr == op.Real.Addr })
 			switch {
 			case op.Kind == AddReal && i >= 0:
-				return n.abandon(fmt.Errorf("%s: real server exists", op))
+				return n.refuse(saved, fmt.Errorf("%s: real server exists", op))
 			case op.Kind != AddReal && i < 0:
-				return n.abandon(fmt.Errorf("%s: no such real server", op))
+				return n.refuse(saved, fmt.Errorf("%s: no such real server", op))
 			}
 			if err := NFTCapabilities.Check(s.svc, []Real{op.Real}); err != nil && op.Kind != DelReal {
-				return n.abandon(fmt.Errorf("%s: %w", op, err))
+				return n.refuse(saved, fmt.Errorf("%s: %w", op, err))
 			}
 			switch op.Kind {
 			case AddReal:
@@ -511,9 +522,18 @@ func (n *NFT) Apply(ops []Op) error {
 		}
 	}
 	n.flushRefs()
+	gen, genErr := generation(n.gen)
 	if err := n.conn.Flush(); err != nil {
-		return n.abandon(fmt.Errorf("nftables transaction: %w", err))
+		err = fmt.Errorf("nftables transaction: %w", err)
+		// The kernel carries out a batch whole or not at all; an
+		// unchanged generation says it did not. Otherwise (or unknown)
+		// the model may be wrong: start again from an empty table.
+		if now, err2 := generation(n.gen); genErr == nil && err2 == nil && now == gen {
+			return n.refuse(saved, err)
+		}
+		return n.abandon(err)
 	}
+	n.committed()
 	n.settle()
 	return nil
 }
@@ -527,8 +547,58 @@ func (n *NFT) TakeRepairs() []Repair {
 	return r
 }
 
-// abandon is the way out of an Apply that failed: the model may no longer
-// match the kernel, so both start again from an empty table, which the
+// undo is what an Apply changed of the data plane's picture of the
+// kernel, to put back when the transaction is refused: each service it
+// touched as it was (nil: absent), and the next service number. The
+// endpoint counts' earlier values are in touched.
+type undo struct {
+	svcs   map[Key]*nsvc
+	nextID int
+}
+
+// keep records service k as it is, before its first change of the Apply.
+func (u *undo) keep(n *NFT, k Key) {
+	if _, ok := u.svcs[k]; ok {
+		return
+	}
+	s, ok := n.svcs[k]
+	if !ok {
+		u.svcs[k] = nil
+		return
+	}
+	c := *s
+	c.reals, c.order = slices.Clone(s.reals), slices.Clone(s.order)
+	c.idx, c.pers = maps.Clone(s.idx), maps.Clone(s.pers)
+	u.svcs[k] = &c
+}
+
+// refuse is the way out of an Apply the kernel did not carry out: the
+// model goes back to what it was before, as the kernel's table is.
+func (n *NFT) refuse(u *undo, err error) error {
+	for k, s := range u.svcs {
+		if s == nil {
+			delete(n.svcs, k)
+		} else {
+			n.svcs[k] = s
+		}
+	}
+	n.nextID = u.nextID
+	for kind, ks := range n.touched {
+		for k, before := range ks {
+			if before == 0 {
+				delete(n.refs[kind], k)
+			} else {
+				n.refs[kind][k] = before
+			}
+		}
+		n.touched[kind] = map[Key]int{}
+	}
+	n.dispatchAdd = map[*nftables.Set][]nftables.SetElement{}
+	return err
+}
+
+// abandon is the way out of an Apply that failed in a way that leaves the
+// kernel's table unknown: the model may no longer match the kernel, so both start again from an empty table, which the
 // next reconcile fills.
 func (n *NFT) abandon(err error) error {
 	n.conn.DelTable(n.table)
@@ -738,6 +808,9 @@ func (n *NFT) addService(s *nsvc) {
 	n.fillSlots(s)
 	sc := c.AddChain(n.chain(fmt.Sprintf("s%d", s.id)))
 	n.serviceRules(s, sc)
+	if n.refuseFor != nil && n.refuseFor(s.svc.Key) {
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "refused"}}})
+	}
 	// With the other services' at the end of the transaction: one
 	// message for many.
 	m := n.dispatchMap(s.svc.Key)
@@ -885,7 +958,7 @@ func (n *NFT) ref(kind string, p Protocol, a netip.AddrPort, delta int) {
 }
 
 // flushRefs puts the element changes of this Apply into the transaction,
-// in few messages.
+// in few messages. touched keeps the earlier counts until committed.
 func (n *NFT) flushRefs() {
 	for m, els := range n.dispatchAdd {
 		n.elements(m, els, true)
@@ -913,6 +986,13 @@ func (n *NFT) flushRefs() {
 		for name, els := range add {
 			n.elements(n.maps[name], els, true)
 		}
+	}
+}
+
+// committed forgets the endpoint counts' earlier values once the
+// transaction is in: they were kept to undo a refused one.
+func (n *NFT) committed() {
+	for kind := range n.touched {
 		n.touched[kind] = map[Key]int{}
 	}
 }

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -72,6 +74,9 @@ type Reconciler struct {
 	// removed behind directord's back (drift), which is reported.
 	programmed map[realKey]bool
 	onRepair   func(Repair)
+	// refused are the services the kernel refused at the last reconcile,
+	// with its error: logged when one appears or its error changes.
+	refused map[Key]string
 }
 
 // Options configure a Reconciler.
@@ -95,6 +100,9 @@ type Result struct {
 	At       time.Time `json:"at"`
 	Duration string    `json:"duration"`
 	Err      string    `json:"error,omitempty"`
+	// Refused are the services the kernel refused, by key, with its
+	// error; the others were programmed.
+	Refused map[string]string `json:"refused,omitempty"`
 }
 
 // NewReconciler returns a reconciler for dp with an empty desired table.
@@ -103,6 +111,7 @@ func NewReconciler(dp Dataplane, o Options) (*Reconciler, error) {
 		dp: dp, log: o.Logger, now: o.Now, ownedFile: o.OwnedFile, flush: o.Flush,
 		health: map[realKey]Health{}, owned: map[Key]bool{}, draining: map[realKey]time.Time{},
 		quorumUp: map[Key]bool{}, kick: make(chan struct{}, 1), programmed: map[realKey]bool{}, onRepair: o.OnRepair,
+		refused: map[Key]string{},
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -264,6 +273,12 @@ func (r *Reconciler) Reconcile() (int, error) {
 	if err != nil {
 		r.last.Err = err.Error()
 	}
+	if len(r.refused) > 0 {
+		r.last.Refused = map[string]string{}
+		for k, e := range r.refused {
+			r.last.Refused[k.String()] = e
+		}
+	}
 	return n, err
 }
 
@@ -334,16 +349,88 @@ func (r *Reconciler) reconcile() (int, error) {
 		r.saveOwned()
 	}
 	if len(ops) == 0 {
+		r.settleRefused(nil, wanted)
 		return 0, nil
 	}
 	for _, op := range ops {
 		r.log.Debug("lvs", "op", op.String())
 	}
-	if err := r.dp.Apply(ops); err != nil {
-		return len(ops), fmt.Errorf("apply to %s: %w", r.dp.Name(), err)
+	refused := r.apply(ops)
+	r.settleRefused(refused, wanted)
+	if len(refused) > 0 {
+		keys := slices.SortedFunc(maps.Keys(refused), func(a, b Key) int { return strings.Compare(a.String(), b.String()) })
+		return len(ops), fmt.Errorf("apply to %s: %d of the services refused, the rest programmed; %s: %w", r.dp.Name(), len(refused), keys[0], refused[keys[0]])
 	}
 	r.log.Info("lvs reconciled", "dataplane", r.dp.Name(), "ops", len(ops))
 	return len(ops), nil
+}
+
+// apply carries out ops so that a service the kernel refuses keeps no
+// other from being programmed, and returns the refused ones with the
+// kernel's error. A data plane that applies all or nothing (nftables) is
+// given the whole batch first, then, on a refusal, halves of it until
+// each refused service stands alone; one that stops at its first failure
+// (IPVS) is given one service at a time.
+func (r *Reconciler) apply(ops []Op) map[Key]error {
+	var groups [][]Op
+	at := map[Key]int{}
+	for _, op := range ops {
+		i, ok := at[op.Service.Key]
+		if !ok {
+			i = len(groups)
+			at[op.Service.Key] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], op)
+	}
+	refused := map[Key]error{}
+	if !r.dp.Capabilities().Atomic {
+		for _, g := range groups {
+			if err := r.dp.Apply(g); err != nil {
+				refused[g[0].Service.Key] = err
+			}
+		}
+		return refused
+	}
+	var halve func(gs [][]Op)
+	halve = func(gs [][]Op) {
+		if len(gs) == 0 {
+			return
+		}
+		err := r.dp.Apply(slices.Concat(gs...))
+		switch {
+		case err == nil:
+		case len(gs) == 1:
+			refused[gs[0][0].Service.Key] = err
+		default:
+			halve(gs[:len(gs)/2])
+			halve(gs[len(gs)/2:])
+		}
+	}
+	halve(groups)
+	return refused
+}
+
+// settleRefused records the services refused at this reconcile: each one
+// newly refused, or refused for another reason, is logged with the
+// kernel's error. Every other service is in the kernel as wanted now (or
+// no longer wanted): one refused before is logged as programmed.
+func (r *Reconciler) settleRefused(refused map[Key]error, wanted map[Key]bool) {
+	for k, err := range refused {
+		if r.refused[k] != err.Error() {
+			r.log.Warn("lvs: the kernel refused a virtual service; the others are programmed", "dataplane", r.dp.Name(), "service", k.String(), "err", err)
+		}
+		r.refused[k] = err.Error()
+	}
+	for k := range r.refused {
+		if _, still := refused[k]; still {
+			continue
+		}
+		delete(r.refused, k)
+		if wanted[k] {
+			r.log.Info("lvs: a virtual service the kernel refused is programmed now", "dataplane", r.dp.Name(), "service", k.String())
+		}
+	}
 }
 
 // realOps diffs one service's real servers. Removed servers drain at

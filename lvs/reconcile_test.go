@@ -2,6 +2,7 @@ package lvs_test
 
 import (
 	"errors"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -311,6 +312,62 @@ func TestReconcileRetriesAfterFailure(t *testing.T) {
 	fail = false
 	step(t, r, f, "add-real tcp 192.0.2.100:80 -> 203.0.113.12:8080 weight 2 nat")
 	step(t, r, f)
+}
+
+// TestReconcileIsolatesRefusedService: a service the kernel refuses is
+// named with the kernel's error and the others are programmed, on a data
+// plane that stops at its first failure (IPVS) and on one that applies
+// all or nothing (nftables); it is logged once, not at every retry.
+func TestReconcileIsolatesRefusedService(t *testing.T) {
+	bad := lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort("192.0.2.100:81")}
+	other := lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort("192.0.2.100:82")}
+	vss := []lvs.VirtualServer{
+		webVS(real(rs1, 1)),
+		{Name: "bad", Service: lvs.Service{Key: bad, Scheduler: "twos"}, Reals: []lvs.Real{real(rs2, 1)}},
+		{Name: "other", Service: lvs.Service{Key: other, Scheduler: "rr"}, Reals: []lvs.Real{real(rs3, 1)}},
+	}
+	for _, atomic := range []bool{false, true} {
+		t.Run(map[bool]string{false: "stops at first failure", true: "all or nothing"}[atomic], func(t *testing.T) {
+			f := lvstest.NewFake()
+			caps := lvs.IPVSCapabilities
+			caps.Atomic = atomic
+			f.Caps = &caps
+			var logged strings.Builder
+			r, _ := newRec(t, f, lvs.Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+			refuse := true
+			f.SetFail(func(op lvs.Op) error {
+				if refuse && op.Service.Key == bad {
+					return errors.New("no such file or directory")
+				}
+				return nil
+			})
+			r.Set(vss)
+			for range 3 {
+				if _, err := r.Reconcile(); err == nil || !strings.Contains(err.Error(), "1 of the services refused") {
+					t.Fatalf("reconcile: %v", err)
+				}
+			}
+			have, _ := f.List()
+			var keys []lvs.Key
+			for _, e := range have {
+				keys = append(keys, e.Key)
+			}
+			if !slices.Contains(keys, web) || !slices.Contains(keys, other) || slices.Contains(keys, bad) {
+				t.Fatalf("the kernel holds %v; want web and other, not the refused one", keys)
+			}
+			if e := r.Last().Refused[bad.String()]; !strings.Contains(e, "no such file or directory") || len(r.Last().Refused) != 1 {
+				t.Fatalf("refused: %v", r.Last().Refused)
+			}
+			if n := strings.Count(logged.String(), "the kernel refused a virtual service"); n != 1 {
+				t.Fatalf("logged %d times in 3 reconciles:\n%s", n, logged.String())
+			}
+			refuse = false
+			step(t, r, f, "add-service tcp 192.0.2.100:81 twos", "add-real tcp 192.0.2.100:81 -> 203.0.113.12:8080 weight 1 nat")
+			if len(r.Last().Refused) != 0 || !strings.Contains(logged.String(), "is programmed now") {
+				t.Fatalf("after the kernel took it: refused %v, log:\n%s", r.Last().Refused, logged.String())
+			}
+		})
+	}
 }
 
 // TestDigest: the digest ignores order and counters and changes with

@@ -49,6 +49,9 @@ type Reconcile struct {
 	At       time.Time `json:"at"`
 	Duration string    `json:"duration"`
 	Err      string    `json:"error,omitempty"`
+	// Refused are the services the kernel refused, by key, with its
+	// error; the others were programmed.
+	Refused map[string]string `json:"refused,omitempty"`
 }
 
 // Forwarding methods as the documents spell them.

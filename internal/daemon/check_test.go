@@ -10,6 +10,7 @@ import (
 
 	"github.com/directord/directord/healthcheck"
 	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/lvs"
 )
 
 // directord -t checks the table against the capability table of the data
@@ -31,17 +32,23 @@ forwarding = "dr"
   address = "203.0.113.11:80"
 `
 	for _, tc := range []struct {
-		kind string
-		ipvs bool
-		want []string // problems; none: valid
+		kind   string
+		ipvs   bool
+		scheds []string // the kernel's IPVS schedulers; nil: all
+		want   []string // problems; none: valid
 	}{
-		{"auto", true, nil},
-		{"ipvs", false, nil}, // what the file says; the daemon reports a kernel without IPVS at start
-		{"auto", false, []string{
+		{"auto", true, nil, nil},
+		// A kernel without the scheduler's module: named at -t, not left
+		// to fail at every reconcile.
+		{"ipvs", true, []string{"rr", "wrr"}, []string{
+			":10: virtual_server[0].scheduler: this kernel has no IPVS scheduler lc (no module ip_vs_lc); it has rr, wrr (data plane ipvs, configured: dataplane.kind = ipvs; schedulers: rr, wrr)"}},
+		{"auto", true, []string{"rr", "wrr"}, []string{"this kernel has no IPVS scheduler lc", "auto: IPVS here; schedulers: rr, wrr"}},
+		{"ipvs", false, nil, nil}, // what the file says; the daemon reports a kernel without IPVS at start
+		{"auto", false, nil, []string{
 			":10: virtual_server[0].scheduler: the nftables data plane schedules with rr, wrr, sh only; lc needs IPVS (data plane nftables, auto: no IPVS here)",
 			":11: virtual_server[0].forwarding: the nftables data plane forwards by nat only; dr needs IPVS (data plane nftables, auto: no IPVS here)",
 		}},
-		{"nftables", true, []string{":10: virtual_server[0].scheduler:", ":11: virtual_server[0].forwarding:", "configured: dataplane.kind = nftables"}},
+		{"nftables", true, nil, []string{":10: virtual_server[0].scheduler:", ":11: virtual_server[0].forwarding:", "configured: dataplane.kind = nftables"}},
 	} {
 		file := filepath.Join(t.TempDir(), "d.toml")
 		if err := os.WriteFile(file, []byte(strings.Replace(table, "%q", `"`+tc.kind+`"`, 1)), 0o600); err != nil {
@@ -53,7 +60,14 @@ forwarding = "dr"
 			}
 			return false, "no IPVS here"
 		}
-		_, err := checkConfig(file, detect)
+		ipvsCaps := func() (lvs.Capabilities, string) {
+			c := lvs.IPVSCapabilities
+			if tc.scheds != nil {
+				c.Schedulers = tc.scheds
+			}
+			return c, "schedulers: " + strings.Join(c.Schedulers, ", ")
+		}
+		_, err := checkConfig(file, detect, ipvsCaps)
 		if len(tc.want) == 0 {
 			if err != nil {
 				t.Errorf("%s (ipvs %v): %v", tc.kind, tc.ipvs, err)

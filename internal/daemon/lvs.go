@@ -152,10 +152,12 @@ func dedupe(ps []config.Problem) []config.Problem {
 // machine would use: what directord -t does. It touches no kernel state:
 // "auto" is resolved from files (lvs.IPVSAvailable).
 func CheckConfig(file string) (*config.Config, error) {
-	return checkConfig(file, lvs.IPVSAvailable)
+	return checkConfig(file, lvs.IPVSAvailable, lvs.IPVSKernelCapabilities)
 }
 
-func checkConfig(file string, ipvsAvailable func() (bool, string)) (*config.Config, error) {
+// checkConfig is CheckConfig with the kernel's answers injected: whether
+// it has IPVS, and IPVS's table with the schedulers it has.
+func checkConfig(file string, ipvsAvailable func() (bool, string), ipvsCaps func() (lvs.Capabilities, string)) (*config.Config, error) {
 	cfg, err := config.Load(file)
 	if err != nil {
 		return nil, err
@@ -166,13 +168,15 @@ func checkConfig(file string, ipvsAvailable func() (bool, string)) (*config.Conf
 	caps, reason := lvs.NFTCapabilities, "configured: dataplane.kind = nftables"
 	switch cfg.Dataplane.Kind {
 	case "ipvs":
-		caps, reason = lvs.IPVSCapabilities, "configured: dataplane.kind = ipvs"
+		c, scheds := ipvsCaps()
+		caps, reason = c, "configured: dataplane.kind = ipvs; "+scheds
 	case "auto":
 		ok, why := ipvsAvailable()
-		if ok {
-			caps = lvs.IPVSCapabilities
-		}
 		reason = "auto: " + why
+		if ok {
+			c, scheds := ipvsCaps()
+			caps, reason = c, reason+"; "+scheds
+		}
 	}
 	if err := checkDataplane(cfg, caps); err != nil {
 		var ce *config.Error

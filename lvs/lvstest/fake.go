@@ -19,7 +19,8 @@ type Fake struct {
 	entries map[lvs.Key]*lvs.Entry
 	// Ops lists every operation applied, in order.
 	Ops []lvs.Op
-	// Fail, if set, is asked before each operation; an error stops Apply.
+	// Fail, if set, is asked before each operation; an error stops Apply
+	// (and undoes the batch when Caps says Atomic).
 	Fail func(lvs.Op) error
 	// Caps, if set, is the capability table to report.
 	Caps *lvs.Capabilities
@@ -63,16 +64,34 @@ func (f *Fake) SetFail(fail func(lvs.Op) error) {
 	f.mu.Unlock()
 }
 
+// Apply stops at the first operation that fails, like IPVS; with Caps
+// Atomic it then undoes the ones before, like nftables.
 func (f *Fake) Apply(ops []lvs.Op) error {
+	atomic := f.Capabilities().Atomic
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, op := range ops {
-		if f.Fail != nil {
-			if err := f.Fail(op); err != nil {
-				return fmt.Errorf("%s: %w", op, err)
-			}
+	var before map[lvs.Key]*lvs.Entry
+	if atomic {
+		before = make(map[lvs.Key]*lvs.Entry, len(f.entries))
+		for k, e := range f.entries {
+			c := *e
+			c.Reals = slices.Clone(e.Reals)
+			before[k] = &c
 		}
-		if err := f.apply(op); err != nil {
+	}
+	done := len(f.Ops)
+	for _, op := range ops {
+		err := error(nil)
+		if f.Fail != nil {
+			err = f.Fail(op)
+		}
+		if err == nil {
+			err = f.apply(op)
+		}
+		if err != nil {
+			if atomic {
+				f.entries, f.Ops = before, f.Ops[:done]
+			}
 			return fmt.Errorf("%s: %w", op, err)
 		}
 		f.Ops = append(f.Ops, op)

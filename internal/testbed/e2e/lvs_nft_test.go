@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +24,13 @@ type nftScene struct {
 
 func newNFTScene(t *testing.T, reals int) *nftScene {
 	t.Helper()
+	return newNFTSceneWith(t, reals, lvs.NFTOptions{})
+}
+
+// newNFTSceneWith is newNFTScene with the data plane's options (its NetNS
+// is the director's).
+func newNFTSceneWith(t *testing.T, reals int, o lvs.NFTOptions) *nftScene {
+	t.Helper()
 	lab.Require(t, "nft")
 	l := lab.New(t)
 	s := scene.NewLVS(l, reals)
@@ -31,7 +39,8 @@ func newNFTScene(t *testing.T, reals int) *nftScene {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Close() })
-	nft, err := lvs.NewNFT(lvs.NFTOptions{NetNS: int(ns.Fd())})
+	o.NetNS = int(ns.Fd())
+	nft, err := lvs.NewNFT(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,9 +372,11 @@ func TestNFTMasquerade(t *testing.T) {
 	}
 }
 
-// TestNFTRecoversFromRefusedApply: a batch the data plane refuses half-way
-// leaves no half-applied model; the next reconcile rebuilds the table.
-func TestNFTRecoversFromRefusedApply(t *testing.T) {
+// TestNFTRefusedApplyChangesNothing: a batch the data plane refuses
+// half-way (an lc service after a weight change) changes neither the
+// kernel's table nor the model: the other service keeps answering, with
+// its old weight.
+func TestNFTRefusedApplyChangesNothing(t *testing.T) {
 	s := newNFTScene(t, 1)
 	vs := tcpVS("rr", backend(0, scene.TCPPort, 1))
 	s.set(t, vs)
@@ -377,14 +388,58 @@ func TestNFTRecoversFromRefusedApply(t *testing.T) {
 	if err == nil {
 		t.Fatal("an lc service was accepted by nftables")
 	}
-	if es, err := s.nft.List(); err != nil || len(es) != 0 {
-		t.Fatalf("after a refused apply the data plane lists %v, %v; want an empty table to rebuild", es, err)
-	}
-	if n := s.set(t, vs); n != 2 {
-		t.Fatalf("rebuild took %d operations", n)
+	es, err := s.nft.List()
+	if err != nil || len(es) != 1 || len(es[0].Reals) != 1 || es[0].Reals[0].Weight != 1 {
+		t.Fatalf("after a refused apply the data plane lists %+v, %v; want the service as it was", es, err)
 	}
 	if name, err := s.Ask("", vipTCP.String()); err != nil || name != "rs1" {
-		t.Fatalf("after the rebuild: %q, %v", name, err)
+		t.Fatalf("after the refused apply: %q, %v", name, err)
+	}
+	if n := s.set(t, vs); n != 0 {
+		t.Fatalf("nothing to do took %d operations", n)
+	}
+}
+
+// TestNFTRefusedServiceIsolated: a service the kernel refuses is named,
+// with the kernel's error, and every other service is programmed and
+// answers; once the kernel takes it, it is programmed too.
+func TestNFTRefusedServiceIsolated(t *testing.T) {
+	var mu sync.Mutex
+	badPort := uint16(81)
+	s := newNFTSceneWith(t, 1, lvs.NFTOptions{Refuse: func(k lvs.Key) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return k.Addr.Port() == badPort
+	}})
+	sc, rec := s.LVS, s.rec
+	var vss []lvs.VirtualServer
+	for port := 80; port <= 83; port++ {
+		k := lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", scene.VIP, port))}
+		vss = append(vss, lvs.VirtualServer{Name: fmt.Sprint(port), Service: lvs.Service{Key: k, Scheduler: "rr"}, Reals: []lvs.Real{backend(0, scene.TCPPort, 1)}})
+	}
+	rec.Set(vss)
+	if _, err := rec.Reconcile(); err == nil || !strings.Contains(err.Error(), ":81") {
+		t.Fatalf("reconcile: %v; want the refused service named", err)
+	}
+	if e := rec.Last().Refused["tcp "+scene.VIP+":81"]; !strings.Contains(e, "no such file or directory") {
+		t.Fatalf("refused: %v; want the kernel's ENOENT for the service", rec.Last().Refused)
+	}
+	for _, port := range []int{80, 82, 83} {
+		if name, err := sc.Ask("", fmt.Sprintf("%s:%d", scene.VIP, port)); err != nil || name != "rs1" {
+			t.Fatalf("port %d beside the refused service: %q, %v", port, name, err)
+		}
+	}
+	if _, err := sc.Ask("", scene.VIP+":81"); err == nil {
+		t.Fatal("the refused service answers")
+	}
+	mu.Lock()
+	badPort = 0
+	mu.Unlock()
+	if _, err := rec.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := sc.Ask("", scene.VIP+":81"); err != nil || name != "rs1" || len(rec.Last().Refused) != 0 {
+		t.Fatalf("once the kernel takes it: %q, %v, refused %v", name, err, rec.Last().Refused)
 	}
 }
 
