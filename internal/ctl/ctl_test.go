@@ -38,9 +38,10 @@ var (
 func fixture() (api.Document, api.DrillResult) {
 	lvsStatus := &api.LVSStatus{
 		Dataplane: "nftables", Reason: "auto: no IPVS in this kernel",
-		Capabilities:  &api.Capabilities{Schedulers: []string{"rr", "wrr", "sh"}, Forwarding: []string{"nat"}, Features: []string{"masquerade", "conntrack_sync"}},
-		Sysctls:       []api.Sysctl{{Key: "net.ipv4.ip_forward", Want: "1", Was: "0", Why: "nat"}},
-		LastReconcile: api.Reconcile{Ops: 3, At: t0, Duration: "1.2ms"},
+		Capabilities: &api.Capabilities{Schedulers: []string{"rr", "wrr", "sh"}, Forwarding: []string{"nat"}, Features: []string{"masquerade", "conntrack_sync"}},
+		Sysctls:      []api.Sysctl{{Key: "net.ipv4.ip_forward", Want: "1", Was: "0", Why: "nat"}},
+		LastReconcile: api.Reconcile{Ops: 3, At: t0, Duration: "1.2ms", Err: "apply to nftables: 1 of the services refused, the rest programmed; tcp 192.0.2.100:81: nftables transaction: no such file or directory",
+			Refused: map[string]string{"tcp 192.0.2.100:81": "nftables transaction: no such file or directory"}},
 		Services: []api.LVSService{{Name: "web", LVSKey: web, Scheduler: "sh", Flags: api.FlagSched1 | api.FlagSched2,
 			Persistence: 300 * time.Second, PersistenceBits: 24, QuorumUp: true, Draining: []netip.AddrPort{rs2},
 			Stats: api.LVSStats{Connections: 10, PacketsIn: 100, PacketsOut: 90, BytesIn: 5000, BytesOut: 9000},

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -56,6 +57,9 @@ func renderLVS(w io.Writer, st *api.LVSStatus) {
 			fmt.Fprintf(w, ", FAILED: %s", lr.Err)
 		}
 		fmt.Fprintln(w)
+		for _, k := range slices.Sorted(maps.Keys(lr.Refused)) {
+			fmt.Fprintf(w, "REFUSED by the kernel, not programmed: %s: %s\n", k, lr.Refused[k])
+		}
 	}
 	for _, d := range st.SyncDaemons {
 		fmt.Fprintf(w, "sync daemon %s on %s, sync id %d\n", d.State, d.Interface, d.SyncID)

@@ -961,3 +961,55 @@ func TestLocalOverrides(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDaemonReportsRefusedService: a service the kernel refuses shows in
+// status with the kernel's error and in directord_lvs_service_refused;
+// the rest of the table is programmed.
+func TestDaemonReportsRefusedService(t *testing.T) {
+	up := listener(t)
+	dir := t.TempDir()
+	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", hostConfig(dir, 150, []string{"192.0.2.100/24"}, []netip.AddrPort{up}))
+	h.eventually(t, "web programmed", func(doc api.Document) error {
+		if len(doc.LVS.Services) != 1 || len(doc.LVS.Services[0].Reals) != 1 {
+			return fmt.Errorf("%+v", doc.LVS.Services)
+		}
+		return nil
+	})
+	h.dp.SetFail(func(op lvs.Op) error {
+		if op.Service.Scheduler == "rr" {
+			return errors.New("no such file or directory")
+		}
+		return nil
+	})
+	text := strings.Replace(hostConfig(dir, 150, []string{"192.0.2.100/24"}, []netip.AddrPort{up}), `scheduler = "wrr"`, `scheduler = "rr"`, 1)
+	text += "\n[[virtual_server]]\nname = \"other\"\naddress = \"192.0.2.100:81\"\nscheduler = \"wrr\"\n  [[virtual_server.real_server]]\n  address = \"" + up.String() + "\"\n"
+	writeConfig(t, h.file, text)
+	if err := h.client.Post(context.Background(), "/v1/reload", nil, &api.ReloadResult{}); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually(t, "web refused, other programmed", func(doc api.Document) error {
+		lr := doc.LVS.LastReconcile
+		if !strings.Contains(lr.Refused["tcp 192.0.2.100:80"], "no such file or directory") || len(lr.Refused) != 1 || len(doc.LVS.Services) != 2 {
+			return fmt.Errorf("refused %v, services %+v", lr.Refused, doc.LVS.Services)
+		}
+		return nil
+	})
+	mfs, err := h.d.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() == "directord_lvs_service_refused" {
+			for _, m := range mf.GetMetric() {
+				found = found || (m.GetLabel()[0].GetValue() == "tcp 192.0.2.100:80" && m.GetGauge().GetValue() == 1)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no directord_lvs_service_refused{service=\"tcp 192.0.2.100:80\"} 1")
+	}
+	if !strings.Contains(h.log.String(), "the kernel refused a virtual service") {
+		t.Fatalf("not logged:\n%s", h.log.String())
+	}
+}

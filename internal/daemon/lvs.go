@@ -360,9 +360,9 @@ func (m *lvsManager) digest() string {
 
 // lvsCollector exports the kernel's counters per service and real server.
 type lvsCollector struct {
-	m                                         *lvsManager
-	conns, pktsIn, pktsOut, bytesIn, bytesOut *prometheus.Desc
-	active, inactive, weight, ops, repairs    *prometheus.Desc
+	m                                               *lvsManager
+	conns, pktsIn, pktsOut, bytesIn, bytesOut       *prometheus.Desc
+	active, inactive, weight, ops, refused, repairs *prometheus.Desc
 }
 
 func newLVSCollector(m *lvsManager) *lvsCollector {
@@ -380,13 +380,15 @@ func newLVSCollector(m *lvsManager) *lvsCollector {
 		inactive: d("inactive_connections", "Other connections of a real server (IPVS only)."),
 		weight:   d("weight", "A real server's weight as programmed."),
 		ops:      prometheus.NewDesc("directord_lvs_reconcile_operations", "Kernel operations the last reconcile issued.", nil, nil),
+		refused: prometheus.NewDesc("directord_lvs_service_refused",
+			"1 for each virtual service the kernel refused at the last reconcile (the others are programmed); its error is in directorctl lvs.", []string{"service"}, nil),
 		repairs: prometheus.NewDesc("directord_lvs_repairs_total",
 			"Changes made to the kernel's table outside directord, found and undone, by kind (table, service, real_server).", []string{"dataplane", "kind"}, nil),
 	}
 }
 
 func (c *lvsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.conns, c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.active, c.inactive, c.weight, c.ops, c.repairs} {
+	for _, d := range []*prometheus.Desc{c.conns, c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.active, c.inactive, c.weight, c.ops, c.refused, c.repairs} {
 		ch <- d
 	}
 }
@@ -395,7 +397,11 @@ func (c *lvsCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.m.dp == nil {
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.GaugeValue, float64(c.m.rec.Last().Ops))
+	last := c.m.rec.Last()
+	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.GaugeValue, float64(last.Ops))
+	for svc := range last.Refused {
+		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.GaugeValue, 1, svc)
+	}
 	c.m.mu.Lock()
 	for _, kind := range []string{"table", "service", "real_server"} {
 		ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(c.m.repairs[kind]), c.m.dp.Name(), kind)
