@@ -9,6 +9,7 @@ import (
 
 // words are the second words of the commands that take one.
 var words = map[string][]string{
+	"lvs":     {"save"},
 	"cluster": {"leave", "rejoin", "certs"},
 	"rs":      {"drain", "enable", "disable", "weight"},
 	"vs":      {"add", "del"},

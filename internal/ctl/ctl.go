@@ -30,7 +30,10 @@ commands:
   status                       what the daemon is doing (--json: the raw status document)
   reload                       re-read the configuration file, like SIGHUP, and show the result
   config                       print the running configuration as JSON
-  lvs                          the load balancer's table with counters, like ipvsadm -Ln --stats
+  lvs [--rate]                 the load balancer's table with counters, like ipvsadm -Ln --stats
+                               (--rate: per second, like ipvsadm -Ln --rate)
+  lvs save                     the table as ipvsadm -S -n prints it (to compare with, or to
+                               load with ipvsadm -R)
   cluster                      members, Raft role, leader, term, indexes
   cluster leave                retire this node: the leader takes it out of Raft for good (its
                                VRRP instances are held in FAULT until it rejoins)
@@ -83,6 +86,7 @@ type opts struct {
 	dryRun bool
 	file   string
 	outDir string
+	rate   bool
 	hold   string
 	force  bool
 	drill  api.DrillRequest
@@ -95,7 +99,7 @@ var commands = map[string]command{
 	"reload":   {runReload, []string{"json"}},
 	"config":   {runConfig, nil},
 	"failover": {runFailover, []string{"hold", "force", "json"}},
-	"lvs":      {runLVS, []string{"json"}},
+	"lvs":      {runLVS, []string{"json", "rate"}},
 	"cluster":  {runCluster, []string{"json", "out"}},
 	"apply":    {runApply, []string{"f", "dry-run", "json"}},
 	"rs":       {runRS, nil},
@@ -165,6 +169,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	probeAt := sub.String("probe", "", "drill: ADDR to ping or ADDR:PORT to connect to (default: the instance's first IPv4 address)")
 	back := sub.Bool("back", false, "drill: hand back once the peer has taken over")
 	outDir := sub.String("out", "", "cluster certs: the `dir`ectory to write the CA and the key pairs into")
+	rate := sub.Bool("rate", false, "lvs: rates per second (connections, packets, bytes) instead of totals, as ipvsadm -Ln --rate")
 	// Flags may come before or after the positional arguments.
 	var positional []string
 	rest := global.Args()[1:]
@@ -200,7 +205,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, args: positional, out: stdout,
+	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, rate: *rate, args: positional, out: stdout,
 		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)

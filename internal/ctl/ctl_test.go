@@ -47,7 +47,11 @@ func fixture() (api.Document, api.DrillResult) {
 			Stats: api.LVSStats{Connections: 10, PacketsIn: 100, PacketsOut: 90, BytesIn: 5000, BytesOut: 9000},
 			Reals: []api.LVSReal{{Addr: rs1, Weight: 2, Method: "nat", Active: 3, Inactive: 1, Stats: api.LVSStats{Connections: 7}},
 				{Addr: rs2, Weight: 0, Method: "nat", Stats: api.LVSStats{Connections: 3}}}},
-			{LVSKey: api.LVSKey{FWMark: 7, IPv6: true}, Scheduler: "rr", QuorumUp: false, Reals: []api.LVSReal{}}},
+			{LVSKey: api.LVSKey{FWMark: 7, IPv6: true}, Scheduler: "rr", QuorumUp: false, Reals: []api.LVSReal{}},
+			{Name: "v6", LVSKey: api.LVSKey{Protocol: "tcp", Addr: netip.MustParseAddrPort("[2001:db8::100]:443")}, Scheduler: "wlc", OnePacket: true,
+				Persistence: 60 * time.Second, PersistenceBits: 64, QuorumUp: true, Stats: api.LVSStats{CPS: 12, PPSIn: 340, PPSOut: 300, BPSIn: 56000, BPSOut: 780000},
+				Reals: []api.LVSReal{{Addr: netip.MustParseAddrPort("[2001:db8::11]:443"), Weight: 5, Method: "dr", Upper: 100, Lower: 50, Stats: api.LVSStats{CPS: 12}},
+					{Addr: netip.MustParseAddrPort("[2001:db8::12]:443"), Weight: 1, Method: "tun"}}}},
 	}
 	drill := api.DrillResult{Number: 2, Instance: "VI_1", Node: "lb1", Peer: "lb2", Started: t0, Duration: "1.4s", OK: true,
 		Checks: []api.DrillCheck{{Name: "peer", OK: true, Detail: "lb2 is alive"}, {Name: "raft", OK: true, Detail: "caught up"}},
@@ -121,6 +125,9 @@ func TestRender(t *testing.T) {
 	}{
 		{"status", []string{"status"}, 0},
 		{"lvs", []string{"lvs"}, 0},
+		{"lvs-rate", []string{"lvs", "--rate"}, 0},
+		{"lvs-save", []string{"lvs", "save"}, 0},
+		{"lvs-bad", []string{"lvs", "list"}, 2},
 		{"cluster", []string{"cluster"}, 0},
 		{"drill", []string{"drill", "--back"}, 0},
 		{"reload-refused", []string{"reload"}, 1},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -26,15 +27,22 @@ func runLVS(ctx context.Context, c *status.Client, o opts) error {
 	if err := json.Unmarshal(raw, &st); err != nil {
 		return fmt.Errorf("decode lvs status: %w", err)
 	}
-	renderLVS(o.out, &st)
+	switch {
+	case len(o.args) == 1 && o.args[0] == "save":
+		renderSave(o.out, &st)
+	case len(o.args) == 0:
+		renderLVS(o.out, &st, o.rate)
+	default:
+		return usageErr(fmt.Sprintf("lvs: unknown argument %q (lvs [--rate] | lvs save)", strings.Join(o.args, " ")))
+	}
 	return nil
 }
 
 var forwardNames = map[string]string{api.ForwardNAT: "Masq", api.ForwardDR: "Route", api.ForwardTunnel: "Tunnel"}
 
-// renderLVS prints the table in the spirit of ipvsadm -Ln --stats, with
-// ipvsadm's forwarding names.
-func renderLVS(w io.Writer, st *api.LVSStatus) {
+// renderLVS prints the table in the spirit of ipvsadm -Ln --stats (with
+// rates, -Ln --rate), with ipvsadm's forwarding names.
+func renderLVS(w io.Writer, st *api.LVSStatus, rates bool) {
 	fmt.Fprintf(w, "dataplane %s (%s)\n", st.Dataplane, st.Reason)
 	if c := st.Capabilities; c != nil {
 		fmt.Fprintf(w, "capabilities: schedulers %s; forwarding %s; features %s\n", strings.Join(c.Schedulers, ","),
@@ -79,8 +87,11 @@ func renderLVS(w io.Writer, st *api.LVSStatus) {
 		counts = append(counts, s.Stats)
 		for _, r := range s.Reals {
 			mark := ""
+			if r.Upper != 0 || r.Lower != 0 {
+				mark = fmt.Sprintf(" (thresholds %d/%d)", r.Upper, r.Lower) // ipvsadm -Ln --thresholds: upper, lower
+			}
 			if slices.Contains(s.Draining, r.Addr) {
-				mark = " (draining)"
+				mark += " (draining)"
 			}
 			rows = append(rows, row{"  -> " + r.Addr.String() + mark, forwardNames[r.Method], fmt.Sprint(r.Weight), fmt.Sprint(r.Active), fmt.Sprint(r.Inactive)})
 			counts = append(counts, r.Stats)
@@ -92,13 +103,17 @@ func renderLVS(w io.Writer, st *api.LVSStatus) {
 	}
 	for i, r := range rows {
 		fmt.Fprintf(w, "%-*s %-7s %6s %10s %9s", width, r.name, r.fwd, r.weight, r.active, r.inactive)
-		switch i {
-		case 0:
+		c := counts[i]
+		switch {
+		case i == 0 && rates:
+			fmt.Fprintf(w, " %10s %10s %10s %12s %12s\n", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS")
+		case i == 0:
 			fmt.Fprintf(w, " %10s %10s %10s %12s %12s\n", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes")
-		case 1:
+		case i == 1:
 			fmt.Fprintln(w)
+		case rates:
+			fmt.Fprintf(w, " %10d %10d %10d %12d %12d\n", c.CPS, c.PPSIn, c.PPSOut, c.BPSIn, c.BPSOut)
 		default:
-			c := counts[i]
 			fmt.Fprintf(w, " %10d %10d %10d %12d %12d\n", c.Connections, c.PacketsIn, c.PacketsOut, c.BytesIn, c.BytesOut)
 		}
 	}
@@ -153,4 +168,63 @@ func schedFlagName(sched, flag string) string {
 		}
 	}
 	return flag
+}
+
+// renderSave prints the table as ipvsadm -S -n does (ipvsadm -R reads
+// it back), so that it can be compared with a keepalived director's.
+func renderSave(w io.Writer, st *api.LVSStatus) {
+	for _, s := range st.Services {
+		svc := saveService(s.LVSKey)
+		fmt.Fprintf(w, "-A %s -s %s", svc, s.Scheduler)
+		if s.Persistence > 0 {
+			fmt.Fprintf(w, " -p %d", int(s.Persistence.Seconds()))
+			switch bits := s.PersistenceBits; {
+			case bits == 0:
+			case !saveIPv6(s.LVSKey) && bits < 32:
+				fmt.Fprintf(w, " -M %s", net.IP(net.CIDRMask(bits, 32)))
+			case saveIPv6(s.LVSKey) && bits < 128:
+				fmt.Fprintf(w, " -M %d", bits)
+			}
+		}
+		if s.OnePacket {
+			fmt.Fprint(w, " -o")
+		}
+		var flags []string
+		for i, bit := range []uint32{api.FlagSched1, api.FlagSched2, api.FlagSched3} {
+			if s.Flags&bit != 0 {
+				flags = append(flags, schedFlagName(s.Scheduler, fmt.Sprintf("flag-%d", i+1)))
+			}
+		}
+		if len(flags) > 0 {
+			fmt.Fprintf(w, " -b %s", strings.Join(flags, ","))
+		}
+		fmt.Fprintln(w)
+		// Thresholds are not in ipvsadm's rules (ipvsadm -Ln --thresholds
+		// shows them, as does directorctl lvs).
+		for _, r := range s.Reals {
+			fmt.Fprintf(w, "-a %s -r %s %s -w %d", svc, r.Addr, saveForward[r.Method], r.Weight)
+			if r.Method == api.ForwardTunnel {
+				fmt.Fprint(w, " --tun-type ipip")
+			}
+			fmt.Fprintln(w)
+		}
+	}
+}
+
+// saveForward are ipvsadm's switches for the forwarding methods.
+var saveForward = map[string]string{api.ForwardNAT: "-m", api.ForwardDR: "-g", api.ForwardTunnel: "-i"}
+
+func saveIPv6(k api.LVSKey) bool { return k.IPv6 || k.Addr.Addr().Is6() }
+
+// saveService is a service as ipvsadm's rules name it: -t, -u, --sctp-service
+// or -f with the address in ipvsadm's spelling.
+func saveService(k api.LVSKey) string {
+	if k.FWMark != 0 {
+		if k.IPv6 {
+			return fmt.Sprintf("-f %d -6", k.FWMark)
+		}
+		return fmt.Sprintf("-f %d", k.FWMark)
+	}
+	sw := map[string]string{"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}[k.Protocol]
+	return sw + " " + k.Addr.String()
 }

@@ -9,11 +9,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/directord/directord/internal/api"
+	"github.com/directord/directord/internal/ctl"
 	"github.com/directord/directord/internal/testbed/lab"
 
 	"github.com/directord/directord/internal/status"
@@ -25,18 +29,7 @@ import (
 // file says (wlc and dr, which nftables cannot do), the sysctls are set,
 // and stopping removes the services.
 func TestGuestDaemonIPVS(t *testing.T) {
-	if os.Getenv("DIRECTORD_IPVS_GUEST") != "1" {
-		t.Skip("runs inside the qemu guest with Debian's kernel: make test-ipvs (part of make test)")
-	}
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "directord.sock")
-	conf := filepath.Join(dir, "directord.toml")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, `[node]
-name = "guest"
-data_dir = %q
-status_socket = %q
-
-[[virtual_server]]
+	sock, log, stop := guestDaemon(t, `[[virtual_server]]
 name = "web"
 address = "192.0.2.100:80"
 scheduler = "wlc"
@@ -56,30 +49,10 @@ scheduler = "rr"
 one_packet = true
   [[virtual_server.real_server]]
   address = "203.0.113.11:53"
-`, filepath.Join(dir, "data"), sock), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var log lab.Buffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, Options{ConfigFile: conf, Version: "guest", Log: &log}) }()
-
-	var st api.LVSStatus
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		raw, err := status.NewClient(sock).Raw(ctx, "/v1/status/lvs")
-		if err == nil {
-			st = api.LVSStatus{}
-			if err = json.Unmarshal(raw, &st); err == nil && len(st.Services) == 2 && len(st.Services[0].Reals)+len(st.Services[1].Reals) == 3 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no table: %v %+v\n%s", err, st, log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+`)
+	st := guestLVS(t, sock, log, func(st api.LVSStatus) bool {
+		return len(st.Services) == 2 && len(st.Services[0].Reals)+len(st.Services[1].Reals) == 3
+	})
 	if st.Dataplane != "ipvs" || st.Reason != "auto: the kernel has IPVS" {
 		t.Fatalf("data plane %q (%s)", st.Dataplane, st.Reason)
 	}
@@ -105,10 +78,7 @@ one_packet = true
 		t.Errorf("sysctls not set: %v (have %+v)", want, st.Sysctls)
 	}
 
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v\n%s", err, log.String())
-	}
+	stop()
 	d, err := lvs.NewIPVS()
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +86,57 @@ one_packet = true
 	defer d.Close()
 	if es, err := d.List(); err != nil || len(es) != 0 {
 		t.Fatalf("after stop the kernel has %+v, %v", es, err)
+	}
+}
+
+// guestDaemon runs the daemon in the guest with the file's [node] and
+// then body; stop ends it and checks Run's error.
+func guestDaemon(t *testing.T, body string) (sock string, log *lab.Buffer, stop func()) {
+	t.Helper()
+	if os.Getenv("DIRECTORD_IPVS_GUEST") != "1" {
+		t.Skip("runs inside the qemu guest with Debian's kernel: make test-ipvs (part of make test)")
+	}
+	dir := t.TempDir()
+	sock = filepath.Join(dir, "directord.sock")
+	conf := filepath.Join(dir, "directord.toml")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, "[node]\nname = \"guest\"\ndata_dir = %q\nstatus_socket = %q\n\n%s", filepath.Join(dir, "data"), sock, body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log = &lab.Buffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{ConfigFile: conf, Version: "guest", Log: log}) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v\n%s", err, log.String())
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return sock, log, stop
+}
+
+// guestLVS polls the daemon's lvs status until ok says it is what the
+// test waits for.
+func guestLVS(t *testing.T, sock string, log *lab.Buffer, ok func(api.LVSStatus) bool) api.LVSStatus {
+	t.Helper()
+	var st api.LVSStatus
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		raw, err := status.NewClient(sock).Raw(context.Background(), "/v1/status/lvs")
+		if err == nil {
+			st = api.LVSStatus{}
+			if err = json.Unmarshal(raw, &st); err == nil && ok(st) {
+				return st
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lvs status: %v %+v\n%s", err, st, log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -147,14 +168,7 @@ func TestGuestDaemonSyncDaemons(t *testing.T) {
 			t.Fatalf("ip %v: %v: %s", args, err, out)
 		}
 	}
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "directord.toml")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, `[node]
-name = "guest"
-data_dir = %q
-status_socket = %q
-
-[dataplane]
+	sock, log, stop := guestDaemon(t, `[dataplane]
 lvs_sync_daemon = { interface = "sync0", instance = "VI_1" }
 
 [[vrrp_instance]]
@@ -163,14 +177,8 @@ interface = "sync0"
 virtual_router_id = 51
 advert_int = "100ms"
 virtual_ipaddress = ["192.0.2.100/24"]
-`, filepath.Join(dir, "data"), filepath.Join(dir, "s.sock")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var log lab.Buffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, Options{ConfigFile: conf, Version: "guest", Log: &log}) }()
+`)
+	ctx := context.Background()
 	want := []lvs.SyncDaemon{
 		{State: lvs.SyncMaster, Interface: "sync0", SyncID: 51},
 		{State: lvs.SyncBackup, Interface: "sync0", SyncID: 51},
@@ -194,7 +202,7 @@ virtual_ipaddress = ["192.0.2.100/24"]
 		time.Sleep(50 * time.Millisecond)
 	}
 	// Status shows them.
-	raw, err := status.NewClient(filepath.Join(dir, "s.sock")).Raw(ctx, "/v1/status/lvs")
+	raw, err := status.NewClient(sock).Raw(ctx, "/v1/status/lvs")
 	var st api.LVSStatus
 	if err != nil || json.Unmarshal(raw, &st) != nil || len(st.SyncDaemons) != 2 {
 		t.Fatalf("lvs status without the sync daemons: %v %s", err, raw)
@@ -204,7 +212,7 @@ virtual_ipaddress = ["192.0.2.100/24"]
 	// over): BACKUP for a while, the master daemon goes; MASTER again, it
 	// comes back. The backup daemon stays throughout.
 	var fr api.FailoverResult
-	if err := status.NewClient(filepath.Join(dir, "s.sock")).Post(ctx, "/v1/vrrp/VI_1/failover", api.FailoverRequest{Hold: "1s", Force: true}, &fr); err != nil {
+	if err := status.NewClient(sock).Post(ctx, "/v1/vrrp/VI_1/failover", api.FailoverRequest{Hold: "1s", Force: true}, &fr); err != nil {
 		t.Fatal(err)
 	}
 	states := func() string {
@@ -225,11 +233,109 @@ virtual_ipaddress = ["192.0.2.100/24"]
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v\n%s", err, log.String())
-	}
+	stop()
 	if ds, err := lvs.SyncDaemons(); err != nil || len(ds) != 0 {
 		t.Fatalf("after stop: %+v, %v", ds, err)
+	}
+}
+
+// TestGuestDaemonSave: directorctl lvs save prints what ipvsadm -S -n
+// prints of the same kernel table (Debian's ipvsadm, run in the guest as
+// the independent reader), line for line: every forwarding method,
+// persistence with a netmask in both families, scheduler flags, one-packet
+// scheduling, thresholds, UDP, firewall marks of both families.
+func TestGuestDaemonSave(t *testing.T) {
+	sock, log, _ := guestDaemon(t, `[[virtual_server]]
+name = "web"
+address = "192.0.2.100:80"
+scheduler = "wrr"
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:8080"
+  [[virtual_server.real_server]]
+  address = "203.0.113.12:8080"
+  weight = 3
+  upper_threshold = 100
+  lower_threshold = 50
+
+[[virtual_server]]
+name = "tls"
+address = "192.0.2.100:443"
+scheduler = "sh"
+scheduler_flags = ["sh-fallback", "sh-port"]
+forwarding = "dr"
+persistence_timeout = "300s"
+persistence_granularity = 24
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:443"
+
+[[virtual_server]]
+name = "dns"
+address = "192.0.2.100:53"
+protocol = "udp"
+scheduler = "rr"
+one_packet = true
+forwarding = "tun"
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:53"
+
+[[virtual_server]]
+name = "marked"
+fwmark = 7
+scheduler = "rr"
+  [[virtual_server.real_server]]
+  address = "203.0.113.13"
+
+[[virtual_server]]
+name = "v6"
+address = "[2001:db8::100]:80"
+scheduler = "lc"
+forwarding = "dr"
+persistence_timeout = "60s"
+persistence_granularity = 64
+  [[virtual_server.real_server]]
+  address = "[2001:db8::11]:80"
+
+[[virtual_server]]
+name = "marked6"
+fwmark = 8
+family = "ipv6"
+scheduler = "wlc"
+  [[virtual_server.real_server]]
+  address = "2001:db8::12"
+`)
+	guestLVS(t, sock, log, func(st api.LVSStatus) bool {
+		n := 0
+		for _, s := range st.Services {
+			n += len(s.Reals)
+		}
+		return len(st.Services) == 6 && n == 7
+	})
+	ipvsadm, err := exec.LookPath("ipvsadm")
+	if err != nil {
+		t.Fatalf("no ipvsadm in the guest (make test installs it on the host; the guest takes it from there): %v", err)
+	}
+	want, err := exec.Command(ipvsadm, "-S", "-n").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ipvsadm -S -n: %v\n%s", err, want)
+	}
+	var got, stderr bytes.Buffer
+	if code := ctl.Main("guest", []string{"--socket", sock, "lvs", "save"}, &got, &stderr); code != 0 {
+		t.Fatalf("directorctl lvs save: exit %d: %s", code, stderr.String())
+	}
+	// The kernel lists services in its hash order; compare the lines.
+	lines := func(b []byte) []string {
+		l := strings.Split(strings.TrimSpace(string(b)), "\n")
+		slices.Sort(l)
+		return l
+	}
+	if g, w := lines(got.Bytes()), lines(want); !slices.Equal(g, w) {
+		t.Fatalf("directorctl lvs save:\n%s\nipvsadm -S -n:\n%s", strings.Join(g, "\n"), strings.Join(w, "\n"))
+	}
+	t.Logf("ipvsadm -S -n and directorctl lvs save agree:\n%s", want)
+	// The thresholds, which ipvsadm's rules leave out, as ipvsadm reads
+	// them from the kernel.
+	th, err := exec.Command(ipvsadm, "-Ln", "--thresholds", "-t", "192.0.2.100:80").CombinedOutput()
+	if err != nil || !regexp.MustCompile(`203\.0\.113\.12:8080\s+100\s+50\s`).Match(th) {
+		t.Fatalf("ipvsadm -Ln --thresholds: %v\n%s", err, th)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +35,10 @@ type Config struct {
 	// Modules are loaded in this order, each after its dependencies.
 	// A name may end in * to load every module of that prefix.
 	Modules []string
+	// Binaries are host programs copied into the guest at the same path,
+	// with the shared objects they load (ipvsadm, as an independent
+	// reader of the kernel's table).
+	Binaries []string
 	// Program is copied to /prog and run with Args and Env.
 	Program string
 	Args    []string
@@ -211,6 +216,9 @@ echo "GUEST-EXIT $?"
 poweroff -f
 `
 
+// baseDirs are the initramfs's own directories.
+var baseDirs = []string{"bin", "lib", "lib/modules", "proc", "sys", "dev", "tmp"}
+
 func buildInitrd(path string, c Config, modDir string) error {
 	mods, err := moduleOrder(modDir, c.Modules)
 	if err != nil {
@@ -222,13 +230,16 @@ func buildInitrd(path string, c Config, modDir string) error {
 	}
 	defer f.Close()
 	w := &cpioWriter{w: bufio.NewWriter(f)}
-	for _, d := range []string{"bin", "lib", "lib/modules", "proc", "sys", "dev", "tmp"} {
+	for _, d := range baseDirs {
 		w.dir(d)
 	}
 	if err := w.fileFrom("bin/busybox", c.Busybox, 0o755); err != nil {
 		return err
 	}
 	if err := w.fileFrom("prog", c.Program, 0o755); err != nil {
+		return err
+	}
+	if err := w.programs(c.Binaries); err != nil {
 		return err
 	}
 	var list []string
@@ -249,6 +260,90 @@ func buildInitrd(path string, c Config, modDir string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// programs copies host programs, and every shared object each loads, to
+// the same paths in the guest, their directories first.
+func (w *cpioWriter) programs(bins []string) error {
+	var files []string
+	for _, b := range bins {
+		fs, err := elfClosure(b)
+		if err != nil {
+			return err
+		}
+		files = append(files, fs...)
+	}
+	dirs := map[string]bool{}
+	for _, f := range files {
+		for d := filepath.Dir(strings.TrimPrefix(f, "/")); d != "."; d = filepath.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	// Parents before children; the base directories exist already.
+	for _, d := range slices.Sorted(maps.Keys(dirs)) {
+		if !slices.Contains(baseDirs, d) {
+			w.dir(d)
+		}
+	}
+	for _, f := range files {
+		if err := w.fileFrom(strings.TrimPrefix(f, "/"), f, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// libDirs are where the host's shared objects are looked for.
+var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+
+// elfClosure is path, its program interpreter and the shared objects it
+// needs, recursively, each once.
+func elfClosure(path string) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	var visit func(p string) error
+	visit = func(p string) error {
+		p = filepath.Clean(p)
+		if seen[p] {
+			return nil
+		}
+		seen[p] = true
+		out = append(out, p)
+		f, err := elf.Open(p)
+		if err != nil {
+			return fmt.Errorf("guest program: %w", err)
+		}
+		defer f.Close()
+		for _, prog := range f.Progs {
+			if prog.Type == elf.PT_INTERP {
+				b := make([]byte, prog.Filesz)
+				if _, err := prog.ReadAt(b, 0); err != nil {
+					return fmt.Errorf("guest program %s: interpreter: %w", p, err)
+				}
+				if err := visit(strings.TrimRight(string(b), "\x00")); err != nil {
+					return err
+				}
+			}
+		}
+		libs, err := f.ImportedLibraries()
+		if err != nil {
+			return fmt.Errorf("guest program %s: %w", p, err)
+		}
+		for _, l := range libs {
+			i := slices.IndexFunc(libDirs, func(d string) bool {
+				_, err := os.Stat(filepath.Join(d, l))
+				return err == nil
+			})
+			if i < 0 {
+				return fmt.Errorf("guest program %s needs %s: not in %v", p, l, libDirs)
+			}
+			if err := visit(filepath.Join(libDirs[i], l)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return out, visit(path)
 }
 
 // shellWords quotes words for the init script.
@@ -344,11 +439,22 @@ func RunTests(ctx context.Context, root, pkg, pattern string, timeout time.Durat
 		KernelDir: KernelDir(root),
 		Busybox:   busybox,
 		Modules:   []string{"crc32c_generic", "ip_vs", "ip_vs_*", "dummy"},
+		Binaries:  guestBinaries(),
 		Program:   prog,
 		Args:      []string{"-test.v", "-test.count=1", "-test.run", pattern},
 		Env:       []string{"DIRECTORD_IPVS_GUEST=1"},
 		Timeout:   timeout,
 	})
+}
+
+// guestBinaries are the host's programs the IPVS tests run in the guest:
+// ipvsadm, when it is installed (make test installs it; a test that needs
+// it fails without it).
+func guestBinaries() []string {
+	if p, err := exec.LookPath("ipvsadm"); err == nil {
+		return []string{p}
+	}
+	return nil
 }
 
 // ModuleRoot finds the directory holding go.mod, from the working

@@ -52,7 +52,8 @@ func TestIPVSInGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Exit != 0 || !strings.Contains(res.Output, "--- PASS: TestGuestDaemonIPVS") || !strings.Contains(res.Output, "--- PASS: TestGuestDaemonSyncDaemons") {
+	if res.Exit != 0 || !strings.Contains(res.Output, "--- PASS: TestGuestDaemonIPVS") || !strings.Contains(res.Output, "--- PASS: TestGuestDaemonSyncDaemons") ||
+		!strings.Contains(res.Output, "--- PASS: TestGuestDaemonSave") || strings.Contains(res.Output, "--- SKIP") {
 		t.Fatalf("the daemon's IPVS test failed in the guest (exit %d)", res.Exit)
 	}
 }
