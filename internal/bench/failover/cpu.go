@@ -60,6 +60,49 @@ func cpuRun(bins scene.Binaries, im impl, interval, d time.Duration) (cpuResult,
 // process and every live descendant, and the times their threads were
 // switched out.
 func treeCPU(p *lab.Process) (time.Duration, int64) {
+	var total time.Duration
+	var switches int64
+	for _, t := range treeTasks(p) {
+		b, err := os.ReadFile(filepath.Join(t, "schedstat"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b))
+		if len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			total += time.Duration(ns)
+		}
+		// The third field: timeslices run, one per switch in.
+		if len(f) > 2 {
+			n, _ := strconv.ParseInt(f[2], 10, 64)
+			switches += n
+		}
+	}
+	return total, switches
+}
+
+// treeRealtime counts the threads of p's process tree running SCHED_RR
+// at prio, of all its threads.
+func treeRealtime(p *lab.Process, prio int) (rr, all int) {
+	for _, t := range treeTasks(p) {
+		b, err := os.ReadFile(filepath.Join(t, "stat"))
+		if err != nil {
+			continue
+		}
+		all++
+		s := string(b)
+		// Fields 40 and 41 (rt_priority, policy; 2 is SCHED_RR), counted
+		// after the name.
+		if f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]); len(f) > 38 && f[37] == strconv.Itoa(prio) && f[38] == "2" {
+			rr++
+		}
+	}
+	return rr, all
+}
+
+// treeTasks are the /proc task directories of every thread of p and of
+// its live descendants.
+func treeTasks(p *lab.Process) []string {
 	children := map[int][]int{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -80,30 +123,15 @@ func treeCPU(p *lab.Process) (time.Duration, int64) {
 		ppid, _ := strconv.Atoi(f[1])
 		children[ppid] = append(children[ppid], pid)
 	}
-	var total time.Duration
-	var switches int64
+	var tasks []string
 	var walk func(int)
 	walk = func(pid int) {
-		threads, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
-		for _, t := range threads {
-			b, err := os.ReadFile(t)
-			if err != nil {
-				continue
-			}
-			if f := strings.Fields(string(b)); len(f) > 0 {
-				ns, _ := strconv.ParseInt(f[0], 10, 64)
-				total += time.Duration(ns)
-			}
-			// The third field: timeslices run, one per switch in.
-			if f := strings.Fields(string(b)); len(f) > 2 {
-				n, _ := strconv.ParseInt(f[2], 10, 64)
-				switches += n
-			}
-		}
+		ts, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+		tasks = append(tasks, ts...)
 		for _, c := range children[pid] {
 			walk(c)
 		}
 	}
 	walk(p.Pid())
-	return total, switches
+	return tasks
 }

@@ -361,6 +361,17 @@ func soakRun(bins scene.Binaries, im impl, sp soakSpec) (int, error) {
 		return 0, err
 	}
 	defer stop()
+	if sp.rt != 0 {
+		// Say what is in force: keepalived gives the priority to its VRRP
+		// process, not to its parent.
+		for _, h := range p.Directors() {
+			rr, all := treeRealtime(p.Procs[h], sp.rt)
+			fmt.Printf("%-10s %s: %d of %d threads SCHED_RR at %d\n", im.name, h.Name, rr, all, sp.rt)
+			if rr == 0 {
+				return 0, fmt.Errorf("%s on %s: no thread at realtime priority %d", im.name, h.Name, sp.rt)
+			}
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), sp.d)
 	defer cancel()
 	for range runtime.NumCPU() {
