@@ -32,6 +32,9 @@ type Capabilities struct {
 	PortZero       bool // a real server without a port on a port service
 	SyncDaemon     bool // the kernel's connection sync daemons
 	ConntrackSync  bool // directord's conntrack sync ([sync])
+	// SlotWeights: wrr's weights become slots, at most MaxSlots per
+	// service; larger ratios are scaled (see SlotsScaled).
+	SlotWeights bool
 	// TableSysctls are the kernel settings it needs while it holds a
 	// table, NATSysctls those it needs for NAT on top of the forwarding,
 	// PersistSysctls those for persistent services.
@@ -75,6 +78,7 @@ var NFTCapabilities = Capabilities{
 	FlagBits:       FlagSched1 | FlagSched2,
 	Masquerade:     true,
 	ConntrackSync:  true,
+	SlotWeights:    true,
 }
 
 // CapabilitiesOf is the table of the data plane called name.

@@ -3,6 +3,7 @@ package lvs
 import (
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // Dataplane is the kernel side: IPVS, nftables, or lvstest.Fake.
@@ -77,6 +78,17 @@ func ListWithStats(dp Dataplane) ([]Entry, error) {
 	}
 	return dp.List()
 }
+
+// PersistenceKeeper is a data plane whose persistence entries age from a
+// client's last new connection (nftables), not from its last connection
+// as IPVS's templates do: Run asks it at every reconcile to renew those
+// that would expire before the next while the client still has a
+// connection to that server.
+type PersistenceKeeper interface {
+	KeepPersistence(soon time.Duration) (renewed int, err error)
+}
+
+var _ PersistenceKeeper = (*NFT)(nil)
 
 // Repair is drift a data plane found and undid: the kernel's table had
 // been changed outside directord.

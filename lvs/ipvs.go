@@ -35,6 +35,8 @@ type ipvsHandle interface {
 	NewDestination(*ipvs.Service, *ipvs.Destination) error
 	UpdateDestination(*ipvs.Service, *ipvs.Destination) error
 	DelDestination(*ipvs.Service, *ipvs.Destination) error
+	SetConfig(*ipvs.Config) error
+	GetConfig() (*ipvs.Config, error)
 	Close()
 }
 

@@ -308,3 +308,90 @@ func TestGuestIPVSRefusedServiceIsolated(t *testing.T) {
 	}
 	sameAsKernel(t, d, []VirtualServer{vss[0], vss[2]})
 }
+
+// TestGuestIPVSFlows: a connection through IPVS (from the guest itself to
+// a VIP whose real server is a local address) and its persistence
+// template show in Flows as ipvsadm -Lnc lists them.
+func TestGuestIPVSFlows(t *testing.T) {
+	d := guestIPVS(t)
+	for _, args := range [][]string{
+		{"link", "add", "flows0", "type", "dummy"},
+		{"link", "set", "flows0", "up"},
+		{"addr", "add", "192.0.2.100/32", "dev", "flows0"},
+		{"addr", "add", "203.0.113.11/32", "dev", "flows0"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", "flows0").Run() })
+	ln, err := net.Listen("tcp4", "203.0.113.11:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	r := guestRec(t, d)
+	svc := Service{Key: web, Scheduler: "rr", Persistence: 300 * time.Second}
+	r.Set([]VirtualServer{{Service: svc, Reals: []Real{natReal(netip.MustParseAddrPort("203.0.113.11:8080"), 1)}}})
+	reconcileN(t, r, 2)
+	c, err := net.DialTimeout("tcp4", "192.0.2.100:80", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	local := netip.MustParseAddrPort(c.LocalAddr().String())
+	fs, err := d.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile("/proc/net/ip_vs_conn")
+	t.Logf("/proc/net/ip_vs_conn:\n%s", b)
+	var conn, tmpl bool
+	for _, f := range fs {
+		if f.Service != web || f.Real != netip.MustParseAddrPort("203.0.113.11:8080") {
+			t.Errorf("flow %+v", f)
+			continue
+		}
+		switch {
+		case f.Template && f.Client == netip.AddrPortFrom(local.Addr(), 0) && f.Expires > 200*time.Second:
+			tmpl = true
+		case !f.Template && f.Client == local && f.Protocol == TCP && f.Expires > 0:
+			conn = true
+		}
+	}
+	if !conn || !tmpl {
+		t.Fatalf("flows %+v; want the connection from %s and its template", fs, local)
+	}
+}
+
+// TestGuestIPVSTimeouts: SetTimeouts is ipvsadm --set: the kernel reports
+// the three timeouts back (and ipvsadm -L --timeout shows them).
+func TestGuestIPVSTimeouts(t *testing.T) {
+	d := guestIPVS(t)
+	// Not the kernel's 900 120 300: a setting that did nothing would show.
+	want := Timeouts{TCP: 20 * time.Minute, TCPFin: 90 * time.Second, UDP: 4 * time.Minute}
+	if err := d.SetTimeouts(want); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.SetTimeouts(Timeouts{TCP: 900 * time.Second, TCPFin: 120 * time.Second, UDP: 300 * time.Second})
+	})
+	if got, err := d.Timeouts(); err != nil || got != want {
+		t.Fatalf("timeouts %+v, %v; want %+v", got, err, want)
+	}
+	if p, err := exec.LookPath("ipvsadm"); err == nil {
+		out, err := exec.Command(p, "-L", "--timeout").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "1200 90 240") {
+			t.Fatalf("ipvsadm -L --timeout: %v\n%s", err, out)
+		}
+	}
+}

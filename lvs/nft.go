@@ -28,6 +28,66 @@ const NFTTable = "directord"
 // reduced sum is larger are scaled down to it.
 const MaxSlots = 1024
 
+// SlotsScaled says whether a wrr service's weights, divided by their
+// greatest common divisor, add up to more than MaxSlots, so that the
+// nftables data plane schedules by scaled weights, not the exact ratio.
+func SlotsScaled(sched string, reals []Real) bool {
+	if sched != "wrr" {
+		return false
+	}
+	g, sum := 0, 0
+	for _, r := range reals {
+		if r.Weight > 0 {
+			g = gcd(g, r.Weight)
+		}
+	}
+	for _, r := range reals {
+		if r.Weight > 0 {
+			sum += r.Weight / g
+		}
+	}
+	return sum > MaxSlots
+}
+
+// SHBuckets is the slot count of an sh service: IPVS's source-hash table
+// size, constant so that a change to one server moves only its clients.
+const SHBuckets = 256
+
+// shBuckets lays the servers over SHBuckets slots as IPVS's sh does: in
+// address order, each taking as many consecutive buckets as its weight
+// (at least one), round and round. A server at weight 0 keeps its place
+// in the layout, so that draining it moves only its own clients; its
+// buckets go, as with IPVS's sh-fallback, to the next bucket's server
+// that has a weight. Both directors lay out the same table.
+func shBuckets(reals []Real) []netip.AddrPort {
+	rs := slices.Clone(reals)
+	slices.SortFunc(rs, func(a, b Real) int { return a.Addr.Compare(b.Addr) })
+	if !slices.ContainsFunc(rs, func(r Real) bool { return r.Weight > 0 }) {
+		return nil
+	}
+	out := make([]netip.AddrPort, SHBuckets)
+	live := make([]bool, SHBuckets)
+	i, n := 0, 0
+	for b := range out {
+		out[b], live[b] = rs[i].Addr, rs[i].Weight > 0
+		if n++; n >= max(rs[i].Weight, 1) {
+			i, n = (i+1)%len(rs), 0
+		}
+	}
+	if !slices.Contains(live, true) {
+		return nil // every server with a weight is beyond the table
+	}
+	for b := range out {
+		for k := 1; !live[b]; k++ {
+			if next := (b + k) % SHBuckets; live[next] {
+				out[b] = out[next]
+				break
+			}
+		}
+	}
+	return out
+}
+
 // sockBuffer is the nftables socket's send and receive buffer.
 const sockBuffer = 64 << 20
 
@@ -86,7 +146,9 @@ type NFT struct {
 	baseline  fingerprint
 	seenGen   uint32
 	repairs   []Repair
-	refuseFor func(Key) bool // NFTOptions.Refuse
+	refuseFor func(Key) bool         // NFTOptions.Refuse
+	timeouts  Timeouts               // SetTimeouts
+	dumps     map[bool]conntrackDump // Conns's, by family (true: IPv6)
 }
 
 type nsvc struct {
@@ -164,7 +226,7 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}, rates: rates{now: time.Now}, refuseFor: o.Refuse}
+	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}, rates: rates{now: time.Now}, refuseFor: o.Refuse, dumps: map[bool]conntrackDump{}}
 	n.reset()
 	if n.gen, err = netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: o.NetNS}); err != nil {
 		h.Close()
@@ -688,6 +750,7 @@ func (n *NFT) addBase() {
 		c.AddRule(&nftables.Rule{Table: n.table, Chain: stats, Exprs: append(dnatted(six, false), &expr.Lookup{SourceRegister: reg8, SetName: "in" + fam})})
 		c.AddRule(&nftables.Rule{Table: n.table, Chain: stats, Exprs: append(dnatted(six, true), &expr.Lookup{SourceRegister: reg8, SetName: "out" + fam})})
 	}
+	n.addTimeouts()
 	n.base = true
 }
 
@@ -843,6 +906,14 @@ func (n *NFT) updateReals(s *nsvc) {
 	sc := n.chain(fmt.Sprintf("s%d", s.id))
 	c.FlushChain(sc)
 	n.serviceRules(s, sc)
+	// A server at weight 0 lets its persistent clients go: their next
+	// connection is scheduled afresh, and if it comes back, it starts
+	// with none.
+	for _, r := range s.reals {
+		if ps := s.pers[r.Addr]; ps != nil && r.Weight <= 0 {
+			c.FlushSet(ps)
+		}
+	}
 	for a := range s.idx {
 		if !slices.ContainsFunc(s.reals, func(r Real) bool { return r.Addr == a }) {
 			// Its persistent clients go with it and are scheduled afresh.
@@ -1004,6 +1075,9 @@ func (n *NFT) committed() {
 // hash a client to the same server.
 // rr gives every server with a weight one slot.
 func slotOrder(sched string, reals []Real) []netip.AddrPort {
+	if sched == "sh" {
+		return shBuckets(reals)
+	}
 	rs := slices.Clone(reals)
 	rs = slices.DeleteFunc(rs, func(r Real) bool { return r.Weight <= 0 })
 	if sched == "rr" {
@@ -1122,10 +1196,14 @@ func prefixMask(size, bits int) []byte {
 func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
 	c := n.conn
 	six := s.svc.Is6()
+	n.timeoutRule(s, sc)
 	// Persistent clients first, to the server they had (in address
 	// order, so a client in two sets after a weight change is stable).
+	// A server at weight 0 (drained, or failed with inhibit_on_failure)
+	// takes none: its clients were let go (updateReals) and are
+	// scheduled afresh, as IPVS does with expire_quiescent_template.
 	for _, r := range sortedReals(s.reals) {
-		if ps := s.pers[r.Addr]; ps != nil {
+		if ps := s.pers[r.Addr]; ps != nil && r.Weight > 0 {
 			e := append(saddr(s.svc, reg1),
 				&expr.Lookup{SourceRegister: reg1, SetName: ps.Name, SetID: ps.ID},
 				&expr.Verdict{Kind: expr.VerdictGoto, Chain: realChain(s.id, s.idx[r.Addr])})
@@ -1186,7 +1264,89 @@ func seed(k Key) uint32 {
 // Conns counts conntrack entries of a real server of a service, for
 // draining: established TCP ones are active, the rest inactive.
 func (n *NFT) Conns(k Key, addr netip.AddrPort) (active, inactive int, err error) {
-	return conntrackConns(n.nl, k, addr)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	flows, err := conntrack(n.nl, n.dumps, addr.Addr().Is6(), n.rates.now())
+	if err != nil {
+		return 0, 0, err
+	}
+	a, i := countConns(flows, k, addr)
+	return a, i, nil
+}
+
+// KeepPersistence renews the persistence entries that would expire within
+// soon while their client still has a connection to that server: IPVS
+// keeps a template while connections use it, and an nftables entry is
+// renewed only by the client's new connections. It returns how many it
+// renewed. An entry renewed lasts its service's persistence timeout
+// again, from now.
+func (n *NFT) KeepPersistence(soon time.Duration) (int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	type due struct {
+		s      *nsvc
+		real   netip.AddrPort
+		set    *nftables.Set
+		client netip.Addr
+	}
+	var dues []due
+	fams := map[bool]bool{}
+	for _, s := range n.svcs {
+		for real, set := range s.pers {
+			els, err := n.conn.GetSetElements(set)
+			if err != nil {
+				return 0, fmt.Errorf("nftables: read %s: %w", set.Name, err)
+			}
+			for _, el := range els {
+				if a, ok := netip.AddrFromSlice(el.Key); ok && el.Expires <= soon {
+					dues = append(dues, due{s, real, set, a})
+					fams[a.Is6()] = true
+				}
+			}
+		}
+	}
+	if len(dues) == 0 {
+		return 0, nil
+	}
+	live := map[due]bool{}
+	for six := range fams {
+		flows, err := conntrack(n.nl, n.dumps, six, n.rates.now())
+		if err != nil {
+			return 0, err
+		}
+		for _, d := range dues {
+			if d.client.Is6() != six || live[d] {
+				continue
+			}
+			bits := d.s.svc.persistenceBits()
+			for _, f := range flows {
+				if !flowTo(f, d.s.svc.Key, d.real) || !openFlow(f) {
+					continue
+				}
+				if c, ok := netip.AddrFromSlice(f.Forward.SrcIP); ok {
+					if p, err := c.Unmap().Prefix(bits); err == nil && p.Addr() == d.client {
+						live[d] = true
+						break
+					}
+				}
+			}
+		}
+	}
+	// Deleted and added again in one transaction: adding an element that
+	// exists does not renew its timeout on every kernel.
+	for d := range live {
+		el := []nftables.SetElement{{Key: d.client.AsSlice()}}
+		_ = n.conn.SetDeleteElements(d.set, el)
+		_ = n.conn.SetAddElements(d.set, []nftables.SetElement{{Key: d.client.AsSlice(), Timeout: d.s.svc.Persistence}})
+	}
+	if len(live) == 0 {
+		return 0, nil
+	}
+	if err := n.conn.Flush(); err != nil {
+		return 0, fmt.Errorf("nftables: renew persistence: %w", err)
+	}
+	n.settle()
+	return len(live), nil
 }
 
 // PersistEntry is one client held on a real server by persistence.
@@ -1201,6 +1361,10 @@ type PersistEntry struct {
 func (n *NFT) PersistEntries() ([]PersistEntry, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	return n.persistEntries()
+}
+
+func (n *NFT) persistEntries() ([]PersistEntry, error) {
 	var out []PersistEntry
 	for _, s := range n.svcs {
 		for real, set := range s.pers {

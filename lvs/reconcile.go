@@ -201,9 +201,15 @@ func (r *Reconciler) Kick() {
 func (r *Reconciler) Run(ctx context.Context, interval time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	keeper, _ := r.dp.(PersistenceKeeper)
 	for {
 		if _, err := r.Reconcile(); err != nil {
 			r.log.Error("lvs reconcile failed; retrying", "err", err)
+		}
+		if keeper != nil {
+			if _, err := keeper.KeepPersistence(2 * interval); err != nil {
+				r.log.Warn("lvs: persistence entries of open connections not renewed", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

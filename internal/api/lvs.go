@@ -14,7 +14,10 @@ type LVSStatus struct {
 	Capabilities  *Capabilities `json:"capabilities,omitempty"`
 	Sysctls       []Sysctl      `json:"sysctls"`
 	LastReconcile Reconcile     `json:"last_reconcile"`
-	Services      []LVSService  `json:"services"`
+	// Timeouts are the connections' idle timeouts in force (IPVS: the
+	// kernel's; nftables: those set, "0s" for the kernel's own).
+	Timeouts *Timeouts    `json:"timeouts,omitempty"`
+	Services []LVSService `json:"services"`
 	// SyncDaemons are the kernel's IPVS sync daemons (lvs_sync_daemon).
 	SyncDaemons []SyncDaemon `json:"sync_daemons,omitempty"`
 	// Overrides are the real servers changed by hand (directorctl rs) on a
@@ -41,6 +44,13 @@ type Sysctl struct {
 	Was  string `json:"was,omitempty"`
 	Err  string `json:"error,omitempty"`
 	Why  string `json:"why"`
+}
+
+// Timeouts are idle timeouts as Go durations, like ipvsadm -L --timeout.
+type Timeouts struct {
+	TCP    string `json:"tcp"`
+	TCPFin string `json:"tcpfin"`
+	UDP    string `json:"udp"`
 }
 
 // Reconcile is the outcome of the last reconcile.
@@ -145,4 +155,23 @@ func (s SyncDaemonState) String() string {
 		return "backup"
 	}
 	return fmt.Sprintf("state(%d)", uint32(s))
+}
+
+// LVSFlows are the connections and persistence templates of the virtual
+// services (GET /v1/lvs/flows), as ipvsadm -Lnc lists them.
+type LVSFlows struct {
+	Dataplane string    `json:"dataplane"`
+	Flows     []LVSFlow `json:"flows"`
+}
+
+// LVSFlow is one connection, or one template (a client pinned to a real
+// server by persistence).
+type LVSFlow struct {
+	Protocol string         `json:"protocol,omitempty"` // "" for a firewall mark's template
+	Client   netip.AddrPort `json:"client"`             // a template's: port 0
+	Service  LVSKey         `json:"service"`
+	Real     netip.AddrPort `json:"real_server"`
+	State    string         `json:"state"`
+	Expires  string         `json:"expires"` // time left, as a Go duration
+	Template bool           `json:"template,omitempty"`
 }

@@ -86,6 +86,17 @@ type Dataplane struct {
 	ReconcileInterval time.Duration `json:"reconcile_interval"`
 	// LVSSyncDaemon runs the kernel's IPVS sync daemons (IPVS only).
 	LVSSyncDaemon *SyncDaemon `json:"lvs_sync_daemon,omitempty"`
+	// Timeouts are the load-balanced connections' idle timeouts (ipvsadm
+	// --set tcp tcpfin udp); zero: the kernel's.
+	Timeouts Timeouts `json:"timeouts,omitzero"`
+}
+
+// Timeouts are idle timeouts of load-balanced connections: established
+// TCP, TCP after the first FIN, UDP.
+type Timeouts struct {
+	TCP    time.Duration `json:"tcp,omitempty"`
+	TCPFin time.Duration `json:"tcpfin,omitempty"`
+	UDP    time.Duration `json:"udp,omitempty"`
 }
 
 // SyncDaemon is keepalived's lvs_sync_daemon: a backup daemon always

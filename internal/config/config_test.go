@@ -154,6 +154,10 @@ priorty = 100
 virtual_ipaddress = ["192.0.2.1"]
 `, []string{`f.toml:8: vrrp_instance.priorty: unknown key (did you mean "priority"?)`}},
 		{"unknown table reported once", minimal + "[global]\nfoo = 1\nbar = 2\n", []string{"f.toml:4: global: unknown key"}},
+		{"timeouts", minimal + "[dataplane]\ntimeouts = { tcp = \"1.5s\", udp = \"60d\", tcpfin = \"0s\" }\n", []string{
+			"f.toml:5: dataplane.timeouts.tcp: 1.5s: the kernel keeps timeouts in whole seconds",
+			"f.toml:5: dataplane.timeouts.tcpfin: 0s is out of range [1s, 720h0m0s]",
+			"f.toml:5: dataplane.timeouts.udp: \"60d\" is not a duration"}},
 		{"misspelt key in second real server", minimal + `[[virtual_server]]
 name = "a"
 address = "192.0.2.1:80"

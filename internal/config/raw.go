@@ -49,6 +49,13 @@ type rawDataplane struct {
 	LVSFlush          *bool          `toml:"lvs_flush"`
 	ReconcileInterval string         `toml:"reconcile_interval"`
 	LVSSyncDaemon     *rawSyncDaemon `toml:"lvs_sync_daemon"`
+	Timeouts          *rawTimeouts   `toml:"timeouts"`
+}
+
+type rawTimeouts struct {
+	TCP    string `toml:"tcp"`
+	TCPFin string `toml:"tcpfin"`
+	UDP    string `toml:"udp"`
 }
 
 type rawSyncDaemon struct {

@@ -190,6 +190,19 @@ func (v *validator) config(raw *rawConfig) *Config {
 		// The file's virtual servers seed the replicated table.
 		v.noCommands(raw.VirtualServer)
 	}
+	if r := raw.Dataplane.Timeouts; r != nil {
+		for _, t := range []struct {
+			key string
+			raw string
+			to  *time.Duration
+		}{{"tcp", r.TCP, &cfg.Dataplane.Timeouts.TCP}, {"tcpfin", r.TCPFin, &cfg.Dataplane.Timeouts.TCPFin}, {"udp", r.UDP, &cfg.Dataplane.Timeouts.UDP}} {
+			path := []any{"dataplane", "timeouts", t.key}
+			*t.to = v.duration(path, t.raw, 0, time.Second, 30*24*time.Hour)
+			if *t.to%time.Second != 0 {
+				v.add(path, "%s: the kernel keeps timeouts in whole seconds", *t.to)
+			}
+		}
+	}
 	if r := raw.Dataplane.LVSSyncDaemon; r != nil {
 		cfg.Dataplane.LVSSyncDaemon = v.syncDaemon(r, cfg.VRRP)
 	}

@@ -34,6 +34,9 @@ commands:
                                (--rate: per second, like ipvsadm -Ln --rate)
   lvs save                     the table as ipvsadm -S -n prints it (to compare with, or to
                                load with ipvsadm -R)
+  lvs --conns [VIP:PORT|MARK]  the connections, as ipvsadm -Lnc (conntrack on nftables)
+  lvs --persistence [VIP:PORT|MARK]
+                               the persistence templates: clients pinned to real servers
   cluster                      members, Raft role, leader, term, indexes
   cluster leave                retire this node: the leader takes it out of Raft for good (its
                                VRRP instances are held in FAULT until it rejoins)
@@ -81,17 +84,19 @@ func (e usageErr) Error() string { return string(e) }
 func usageError(msg string) error { return usageErr(msg) }
 
 type opts struct {
-	json   bool
-	now    func() time.Time // the clock for ages in what is printed
-	dryRun bool
-	file   string
-	outDir string
-	rate   bool
-	hold   string
-	force  bool
-	drill  api.DrillRequest
-	args   []string
-	out    io.Writer
+	json        bool
+	now         func() time.Time // the clock for ages in what is printed
+	dryRun      bool
+	file        string
+	outDir      string
+	rate        bool
+	conns       bool
+	persistence bool
+	hold        string
+	force       bool
+	drill       api.DrillRequest
+	args        []string
+	out         io.Writer
 }
 
 var commands = map[string]command{
@@ -99,7 +104,7 @@ var commands = map[string]command{
 	"reload":   {runReload, []string{"json"}},
 	"config":   {runConfig, nil},
 	"failover": {runFailover, []string{"hold", "force", "json"}},
-	"lvs":      {runLVS, []string{"json", "rate"}},
+	"lvs":      {runLVS, []string{"json", "rate", "conns", "persistence"}},
 	"cluster":  {runCluster, []string{"json", "out"}},
 	"apply":    {runApply, []string{"f", "dry-run", "json"}},
 	"rs":       {runRS, nil},
@@ -170,6 +175,8 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	back := sub.Bool("back", false, "drill: hand back once the peer has taken over")
 	outDir := sub.String("out", "", "cluster certs: the `dir`ectory to write the CA and the key pairs into")
 	rate := sub.Bool("rate", false, "lvs: rates per second (connections, packets, bytes) instead of totals, as ipvsadm -Ln --rate")
+	conns := sub.Bool("conns", false, "lvs: the connections, as ipvsadm -Lnc (IPVS's table, or conntrack on nftables)")
+	persistence := sub.Bool("persistence", false, "lvs: the persistence templates: which client is pinned to which real server")
 	// Flags may come before or after the positional arguments.
 	var positional []string
 	rest := global.Args()[1:]
@@ -205,7 +212,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, rate: *rate, args: positional, out: stdout,
+	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, rate: *rate, conns: *conns, persistence: *persistence, args: positional, out: stdout,
 		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)

@@ -40,6 +40,7 @@ func fixture() (api.Document, api.DrillResult) {
 		Dataplane: "nftables", Reason: "auto: no IPVS in this kernel",
 		Capabilities: &api.Capabilities{Schedulers: []string{"rr", "wrr", "sh"}, Forwarding: []string{"nat"}, Features: []string{"masquerade", "conntrack_sync"}},
 		Sysctls:      []api.Sysctl{{Key: "net.ipv4.ip_forward", Want: "1", Was: "0", Why: "nat"}},
+		Timeouts:     &api.Timeouts{TCP: "15m0s", TCPFin: "2m0s", UDP: "0s"},
 		LastReconcile: api.Reconcile{Ops: 3, At: t0, Duration: "1.2ms", Err: "apply to nftables: 1 of the services refused, the rest programmed; tcp 192.0.2.100:81: nftables transaction: no such file or directory",
 			Refused: map[string]string{"tcp 192.0.2.100:81": "nftables transaction: no such file or directory"}},
 		Services: []api.LVSService{{Name: "web", LVSKey: web, Scheduler: "sh", Flags: api.FlagSched1 | api.FlagSched2,
@@ -98,6 +99,13 @@ func fakeDaemon(t *testing.T) string {
 	mux.Handle("GET /v1/status/lvs", reply(doc.LVS))
 	mux.Handle("GET /v1/status/cluster", reply(doc.Cluster))
 	mux.Handle("POST /v1/drill", reply(drill))
+	mux.Handle("GET /v1/lvs/flows", reply(api.LVSFlows{Dataplane: "nftables", Flows: []api.LVSFlow{
+		{Protocol: "tcp", Client: netip.MustParseAddrPort("192.0.2.50:40000"), Service: web, Real: rs1, State: "ESTABLISHED", Expires: "7m59s"},
+		{Protocol: "tcp", Client: netip.MustParseAddrPort("192.0.2.51:40001"), Service: web, Real: rs2, State: "TIME_WAIT", Expires: "1m0s"},
+		{Protocol: "udp", Client: netip.MustParseAddrPort("192.0.2.50:5353"), Service: api.LVSKey{Protocol: "udp", Addr: netip.MustParseAddrPort("192.0.2.100:53")},
+			Real: netip.MustParseAddrPort("203.0.113.11:53"), State: "UDP", Expires: "29s"},
+		{Protocol: "tcp", Client: netip.MustParseAddrPort("192.0.2.50:0"), Service: web, Real: rs1, State: "NONE", Expires: "4m59s", Template: true},
+	}}))
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnprocessableEntity)
 		json.NewEncoder(w).Encode(api.ErrorBody{Error: "configuration rejected; the running configuration is unchanged",
@@ -128,6 +136,9 @@ func TestRender(t *testing.T) {
 		{"lvs-rate", []string{"lvs", "--rate"}, 0},
 		{"lvs-save", []string{"lvs", "save"}, 0},
 		{"lvs-bad", []string{"lvs", "list"}, 2},
+		{"lvs-conns", []string{"lvs", "--conns"}, 0},
+		{"lvs-conns-service", []string{"lvs", "--conns", "192.0.2.100:53"}, 0},
+		{"lvs-persistence", []string{"lvs", "--persistence"}, 0},
 		{"cluster", []string{"cluster"}, 0},
 		{"drill", []string{"drill", "--back"}, 0},
 		{"reload-refused", []string{"reload"}, 1},

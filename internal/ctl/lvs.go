@@ -16,6 +16,9 @@ import (
 )
 
 func runLVS(ctx context.Context, c *status.Client, o opts) error {
+	if o.conns || o.persistence {
+		return runFlows(ctx, c, o)
+	}
 	raw, err := c.Raw(ctx, "/v1/status/lvs")
 	if err != nil {
 		return err
@@ -57,6 +60,9 @@ func renderLVS(w io.Writer, st *api.LVSStatus, rates bool) {
 			note = fmt.Sprintf("  (was %s)", s.Was)
 		}
 		fmt.Fprintf(w, "sysctl %s = %s%s\n", s.Key, s.Want, note)
+	}
+	if t := st.Timeouts; t != nil {
+		fmt.Fprintf(w, "timeouts tcp %s tcpfin %s udp %s\n", t.TCP, t.TCPFin, t.UDP)
 	}
 	lr := st.LastReconcile
 	if !lr.At.IsZero() {
@@ -227,4 +233,71 @@ func saveService(k api.LVSKey) string {
 	}
 	sw := map[string]string{"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}[k.Protocol]
 	return sw + " " + k.Addr.String()
+}
+
+// runFlows lists the connections (--conns) or the persistence templates
+// (--persistence) as ipvsadm -Lnc does, of one service when an argument
+// (VIP:PORT, or a firewall mark's number) names it.
+func runFlows(ctx context.Context, c *status.Client, o opts) error {
+	if len(o.args) > 1 {
+		return usageErr("lvs --conns|--persistence [VIP:PORT|FWMARK]")
+	}
+	raw, err := c.Raw(ctx, "/v1/lvs/flows")
+	if err != nil {
+		return err
+	}
+	var fl api.LVSFlows
+	if err := json.Unmarshal(raw, &fl); err != nil {
+		return fmt.Errorf("decode flows: %w", err)
+	}
+	keep := func(f api.LVSFlow) bool {
+		if f.Template != o.persistence {
+			return false
+		}
+		if len(o.args) == 0 {
+			return true
+		}
+		return o.args[0] == f.Service.Addr.String() || o.args[0] == fmt.Sprint(f.Service.FWMark)
+	}
+	fl.Flows = slices.DeleteFunc(fl.Flows, func(f api.LVSFlow) bool { return !keep(f) })
+	if o.json {
+		return json.NewEncoder(o.out).Encode(fl)
+	}
+	from := "the kernel's IPVS table"
+	switch {
+	case fl.Dataplane == "nftables" && o.persistence:
+		from = "the persistence sets"
+	case fl.Dataplane == "nftables":
+		from = "conntrack"
+	}
+	what := "connection entries"
+	if o.persistence {
+		what = "persistence templates"
+	}
+	fmt.Fprintf(o.out, "%s %s (%s)\n", fl.Dataplane, what, from)
+	rows := [][6]string{{"pro", "expire", "state", "source", "virtual", "destination"}}
+	for _, f := range fl.Flows {
+		pro, virt := strings.ToUpper(f.Protocol), f.Service.Addr.String()
+		if f.Service.FWMark != 0 {
+			pro, virt = "IP", fmt.Sprintf("fwmark %d", f.Service.FWMark)
+		}
+		left := "?"
+		if d, err := time.ParseDuration(f.Expires); err == nil {
+			left = fmt.Sprintf("%02d:%02d", int(d.Minutes()), int(d.Seconds())%60)
+		}
+		rows = append(rows, [6]string{pro, left, f.State, f.Client.String(), virt, f.Real.String()})
+	}
+	var width [6]int
+	for _, r := range rows {
+		for i, c := range r {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	for _, r := range rows {
+		for i, c := range r[:5] {
+			fmt.Fprintf(o.out, "%-*s ", width[i], c)
+		}
+		fmt.Fprintln(o.out, r[5])
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/directord/directord/internal/api"
 	"github.com/directord/directord/internal/config"
+	"github.com/directord/directord/internal/status"
 	"github.com/directord/directord/lvs"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -221,6 +223,19 @@ func (m *lvsManager) apply(cfg *config.Config) error {
 	}
 	m.sysctls, m.names = sys, names
 	m.mu.Unlock()
+	if m.dp.Capabilities().SlotWeights {
+		for _, vs := range vss {
+			if lvs.SlotsScaled(vs.Scheduler, vs.Reals) {
+				m.log.Warn("wrr weights scaled: their ratio needs more slots than the data plane gives a service, so traffic follows it only roughly",
+					"virtual_server", vs.Name, "dataplane", m.dp.Name(), "max_slots", lvs.MaxSlots)
+			}
+		}
+	}
+	if ts, ok := m.dp.(lvs.TimeoutSetter); ok {
+		if err := ts.SetTimeouts(lvs.Timeouts(cfg.Dataplane.Timeouts)); err != nil {
+			m.log.Error("cannot set the connections' timeouts", "err", err)
+		}
+	}
 	if err := m.rec.Set(vss); err != nil {
 		m.log.Error("the data plane cannot carry out part of the table", "err", err)
 		return err
@@ -295,6 +310,11 @@ func (m *lvsManager) status() *api.LVSStatus {
 	names := m.names
 	m.mu.Unlock()
 	st.LastReconcile = api.Reconcile(m.rec.Last())
+	if ts, ok := m.dp.(lvs.TimeoutSetter); ok {
+		if t, err := ts.Timeouts(); err == nil && t != (lvs.Timeouts{}) {
+			st.Timeouts = &api.Timeouts{TCP: t.TCP.String(), TCPFin: t.TCPFin.String(), UDP: t.UDP.String()}
+		}
+	}
 	es, err := lvs.ListWithStats(m.dp)
 	if err != nil {
 		st.Error = err.Error()
@@ -430,4 +450,30 @@ func (c *lvsCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.weight, prometheus.GaugeValue, float64(r.Weight), svc, rs)
 		}
 	}
+}
+
+// handleFlows answers GET /v1/lvs/flows: the data plane's connections and
+// persistence templates.
+func (m *lvsManager) handleFlows(w http.ResponseWriter, r *http.Request) {
+	fl, ok := m.dp.(lvs.FlowLister)
+	if !ok {
+		status.WriteError(w, http.StatusNotFound, fmt.Errorf("the %s data plane lists no connections", planeName(m.dp)))
+		return
+	}
+	flows, err := fl.Flows()
+	if err != nil {
+		status.WriteError(w, http.StatusInternalServerError, err)
+		return
+	}
+	lvs.SortFlows(flows)
+	out := api.LVSFlows{Dataplane: m.dp.Name(), Flows: []api.LVSFlow{}}
+	for _, f := range flows {
+		k := api.LVSKey{Protocol: string(f.Service.Protocol), Addr: f.Service.Addr, FWMark: f.Service.FWMark}
+		if k.FWMark != 0 {
+			k.Protocol, k.Addr, k.IPv6 = "", netip.AddrPort{}, f.Service.Is6()
+		}
+		out.Flows = append(out.Flows, api.LVSFlow{Protocol: string(f.Protocol), Client: f.Client, Service: k, Real: f.Real,
+			State: f.State, Expires: f.Expires.String(), Template: f.Template})
+	}
+	status.WriteJSON(w, http.StatusOK, out)
 }

@@ -24,9 +24,14 @@ type Fake struct {
 	Fail func(lvs.Op) error
 	// Caps, if set, is the capability table to report.
 	Caps *lvs.Capabilities
+	// FlowList is what Flows returns.
+	FlowList []lvs.Flow
 }
 
-var _ lvs.Dataplane = (*Fake)(nil)
+var (
+	_ lvs.Dataplane  = (*Fake)(nil)
+	_ lvs.FlowLister = (*Fake)(nil)
+)
 
 // NewFake returns an empty fake data plane.
 func NewFake() *Fake { return &Fake{entries: map[lvs.Key]*lvs.Entry{}} }
@@ -55,6 +60,13 @@ func (f *Fake) List() ([]lvs.Entry, error) {
 	}
 	lvs.Sort(out)
 	return out, nil
+}
+
+// Flows returns FlowList.
+func (f *Fake) Flows() ([]lvs.Flow, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.FlowList), nil
 }
 
 // SetFail sets Fail while the data plane is in use.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -179,6 +180,46 @@ func TestNFTSourceHash(t *testing.T) {
 		out, _ := s.Director.Run("nft", "list", "table", "inet", lvs.NFTTable)
 		t.Fatalf("%d clients all went to %v\n%s", scene.Clients, seen, out)
 	}
+}
+
+// TestNFTSourceHashDrainMovesOnlyItsClients: draining one sh server (weight
+// 0) moves its clients and no other (the buckets stay 256, as IPVS's).
+// The finding 10: 2 of 6 other clients moved.
+func TestNFTSourceHashDrainMovesOnlyItsClients(t *testing.T) {
+	s := newNFTScene(t, 3)
+	// rs1 drains: the first in the layout. (nftables's jhash scales the
+	// hash to the slots, so removing the last slot alone would move no
+	// other client even with the slots laid out anew.)
+	reals := func(w0 int) []lvs.Real {
+		return []lvs.Real{backend(0, scene.TCPPort, w0), backend(1, scene.TCPPort, 1), backend(2, scene.TCPPort, 1)}
+	}
+	s.set(t, tcpVS("sh", reals(1)...))
+	// 32 clients: with fewer, the clients of the other servers can stay
+	// by chance even when the table is laid out anew.
+	for i := scene.Clients; i < 32; i++ {
+		s.Client.AddAddr("eth0", scene.ClientAddr(i)+"/24")
+	}
+	before := map[string]string{}
+	for i := range 32 {
+		name, err := s.Ask(scene.ClientAddr(i), vipTCP.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[scene.ClientAddr(i)] = name
+	}
+	s.set(t, tcpVS("sh", reals(0)...)) // rs1 at weight 0
+	for src, was := range before {
+		now, err := s.Ask(src, vipTCP.String())
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case was == "rs1" && now == "rs1":
+			t.Errorf("client %s stayed on the drained rs1", src)
+		case was != "rs1" && now != was:
+			t.Errorf("client %s moved from %s to %s though %s did not change", src, was, now, was)
+		}
+	}
+	t.Logf("clients before the drain: %v", before)
 }
 
 func TestNFTPersistence(t *testing.T) {
@@ -515,5 +556,155 @@ func TestNFTPersistFromPeerBounded(t *testing.T) {
 	}
 	if len(es) != 1 || es[0].Client != netip.MustParseAddr("192.0.2.77") || es[0].Expires > 30*time.Second {
 		t.Fatalf("persistence entries %+v", es)
+	}
+}
+
+// TestNFTPersistentClientLeavesQuiescentServer: a persistent client of a
+// server at weight 0 (drained, or failed with inhibit_on_failure) is
+// scheduled afresh on its next connection, and stays where it went when
+// the server comes back (IPVS with expire_quiescent_template).
+func TestNFTPersistentClientLeavesQuiescentServer(t *testing.T) {
+	s := newNFTScene(t, 2)
+	vs := func(w0, w1 int) lvs.VirtualServer {
+		v := tcpVS("rr", backend(0, scene.TCPPort, w0), backend(1, scene.TCPPort, w1))
+		v.Persistence = time.Minute
+		return v
+	}
+	s.set(t, vs(1, 1))
+	first, err := s.Ask("", vipTCP.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := map[string]string{"rs1": "rs2", "rs2": "rs1"}[first]
+	w := map[string]int{first: 0, other: 1}
+	s.set(t, vs(w["rs1"], w["rs2"]))
+	if got := s.spread(t, "", 5); got[other] != 5 {
+		t.Fatalf("the persistent client of %s at weight 0 went to %v; want %s", first, got, other)
+	}
+	s.set(t, vs(1, 1))
+	if got := s.spread(t, "", 5); got[other] != 5 {
+		t.Fatalf("after %s came back the client went to %v; want it to stay on %s", first, got, other)
+	}
+}
+
+// TestNFTPersistenceLivesWhileConnected: a persistent client with an open
+// connection keeps its entry past the persistence timeout (IPVS keeps a
+// template while connections use it), and goes back to the same server.
+func TestNFTPersistenceLivesWhileConnected(t *testing.T) {
+	s := newNFTScene(t, 2)
+	vs := tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))
+	vs.Persistence = time.Second
+	s.set(t, vs)
+	c, err := s.Open("", vipTCP.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.rec.Run(ctx, 200*time.Millisecond) }()
+	t.Cleanup(func() { cancel(); <-done })
+	// Three timeouts with the connection open and idle.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		es, err := s.nft.PersistEntries()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(es) != 1 || es[0].Client.String() != scene.ClientIP {
+			t.Fatalf("persistence entries with the connection open: %+v", es)
+		}
+	}
+	for range 3 {
+		if name, err := s.Ask("", vipTCP.String()); err != nil || name != c.Server {
+			t.Fatalf("new connection went to %q (%v); the open one is on %s", name, err, c.Server)
+		}
+	}
+	// Closed, the entry ages out as before.
+	c.Close()
+	if err := lab.Eventually(10*time.Second, func() error {
+		if es, _ := s.nft.PersistEntries(); len(es) != 0 {
+			return fmt.Errorf("entries %+v", es)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNFTFlows: the nftables plane lists its connections from conntrack
+// and its persistence entries as templates (directorctl lvs --conns,
+// --persistence), and nothing of traffic that is not its services'.
+func TestNFTFlows(t *testing.T) {
+	s := newNFTScene(t, 1)
+	vs := tcpVS("rr", backend(0, scene.TCPPort, 1))
+	vs.Persistence = time.Minute
+	s.set(t, vs)
+	c, err := s.Open("", vipTCP.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	client := netip.MustParseAddrPort(c.LocalAddr().String())
+	real := backend(0, scene.TCPPort, 1).Addr
+	fs, err := s.nft.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conn, tmpl int
+	for _, f := range fs {
+		switch {
+		case f.Service != vs.Key || f.Real != real:
+			t.Errorf("flow %+v", f)
+		case f.Template && f.Client == netip.AddrPortFrom(client.Addr(), 0) && f.State == "NONE" && f.Expires > 50*time.Second:
+			tmpl++
+		case !f.Template && f.Client == client && f.State == "ESTABLISHED" && f.Expires > time.Minute:
+			conn++
+		default:
+			t.Errorf("flow %+v", f)
+		}
+	}
+	if conn != 1 || tmpl != 1 {
+		t.Fatalf("flows %+v; want the connection from %s and one template", fs, client)
+	}
+}
+
+// TestNFTTimeouts: [dataplane] timeouts give the services' new
+// connections their own conntrack timeouts (ipvsadm --set tcp tcpfin udp):
+// an established TCP connection expires after tcp, not conntrack's five
+// days, and a UDP flow after udp.
+func TestNFTTimeouts(t *testing.T) {
+	s := newNFTScene(t, 1)
+	if err := s.nft.SetTimeouts(lvs.Timeouts{TCP: 15 * time.Minute, TCPFin: 2 * time.Minute, UDP: 5 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	udp := lvs.VirtualServer{Name: "dns", Service: lvs.Service{Key: lvs.Key{Protocol: lvs.UDP, Addr: vipUDP}, Scheduler: "rr"},
+		Reals: []lvs.Real{{Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", scene.RealAddr(0), scene.UDPPort)), Weight: 1, Method: lvs.NAT}}}
+	s.set(t, tcpVS("rr", backend(0, scene.TCPPort, 1)), udp)
+	c, err := s.Open("", vipTCP.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := s.AskUDP(vipUDP.String()); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := s.nft.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tcp, udpOK bool
+	for _, f := range fs {
+		switch f.Protocol {
+		case lvs.TCP:
+			tcp = f.State == "ESTABLISHED" && f.Expires > 14*time.Minute && f.Expires <= 15*time.Minute
+		case lvs.UDP:
+			udpOK = f.Expires > 4*time.Minute && f.Expires <= 5*time.Minute
+		}
+	}
+	if !tcp || !udpOK {
+		t.Fatalf("flows %+v; want TCP expiring within 15m, UDP within 5m", fs)
+	}
+	if got, _ := s.nft.Timeouts(); got.TCP != 15*time.Minute {
+		t.Fatalf("timeouts %+v", got)
 	}
 }
