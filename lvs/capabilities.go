@@ -45,7 +45,7 @@ type Capabilities struct {
 var IPVSSchedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos"}
 
 // NFTSchedulers are the schedulers the nftables data plane implements.
-var NFTSchedulers = []string{"rr", "wrr", "sh"}
+var NFTSchedulers = []string{"rr", "wrr", "sh", "mh"}
 
 // IPVSCapabilities is the IPVS data plane's table.
 var IPVSCapabilities = Capabilities{
@@ -74,7 +74,7 @@ var NFTCapabilities = Capabilities{
 	Schedulers:     NFTSchedulers,
 	Protocols:      []Protocol{TCP, UDP},
 	Methods:        []Method{NAT},
-	FlagSchedulers: []string{"sh"},
+	FlagSchedulers: []string{"sh", "mh"},
 	FlagBits:       FlagSched1 | FlagSched2,
 	Masquerade:     true,
 	ConntrackSync:  true,

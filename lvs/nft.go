@@ -1075,8 +1075,11 @@ func (n *NFT) committed() {
 // hash a client to the same server.
 // rr gives every server with a weight one slot.
 func slotOrder(sched string, reals []Real) []netip.AddrPort {
-	if sched == "sh" {
+	switch sched {
+	case "sh":
 		return shBuckets(reals)
+	case "mh":
+		return mhBuckets(reals)
 	}
 	rs := slices.Clone(reals)
 	rs = slices.DeleteFunc(rs, func(r Real) bool { return r.Weight <= 0 })
@@ -1213,7 +1216,7 @@ func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
 	slots := uint32(len(s.order)) // fillSlots ran first
 	if slots > 0 {
 		var e []expr.Any
-		if s.svc.Scheduler == "sh" {
+		if s.svc.Scheduler == "sh" || s.svc.Scheduler == "mh" {
 			e = saddr(Service{Key: s.svc.Key}, reg8)
 			l := uint32(4)
 			if six {

@@ -207,7 +207,7 @@ forwarding = "dr"
 		t.Fatalf("exit %d, want 1; stderr:\n%s", code, stderr)
 	}
 	for _, want := range []string{
-		file + ":10: virtual_server[0].scheduler: the nftables data plane schedules with rr, wrr, sh only; lc needs IPVS",
+		file + ":10: virtual_server[0].scheduler: the nftables data plane schedules with rr, wrr, sh, mh only; lc needs IPVS",
 		file + ":11: virtual_server[0].forwarding: the nftables data plane forwards by nat only; dr needs IPVS",
 	} {
 		if !strings.Contains(stderr, want) {

@@ -182,6 +182,45 @@ func TestNFTSourceHash(t *testing.T) {
 	}
 }
 
+// TestNFTMaglev: mh on nftables keeps a client on one server, spreads
+// clients, and when a server leaves only its clients move (the table is
+// Maglev's: the same on every director without any sync).
+func TestNFTMaglev(t *testing.T) {
+	s := newNFTScene(t, 3)
+	reals := []lvs.Real{backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1), backend(2, scene.TCPPort, 1)}
+	s.set(t, tcpVS("mh", reals...))
+	for i := scene.Clients; i < 32; i++ {
+		s.Client.AddAddr("eth0", scene.ClientAddr(i)+"/24")
+	}
+	before := map[string]string{}
+	servers := map[string]int{}
+	for i := range 32 {
+		got := s.spread(t, scene.ClientAddr(i), 3)
+		if len(got) != 1 {
+			t.Fatalf("mh sent client %s to %v", scene.ClientAddr(i), got)
+		}
+		for name := range got {
+			before[scene.ClientAddr(i)] = name
+			servers[name]++
+		}
+	}
+	if len(servers) != 3 {
+		t.Fatalf("32 clients over %v", servers)
+	}
+	s.set(t, tcpVS("mh", reals[1:]...)) // rs1 leaves (weight 0, draining)
+	for src, was := range before {
+		now, err := s.Ask(src, vipTCP.String())
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case was == "rs1" && now == "rs1":
+			t.Errorf("client %s stayed on rs1, which left", src)
+		case was != "rs1" && now != was:
+			t.Errorf("client %s moved from %s to %s", src, was, now)
+		}
+	}
+}
+
 // TestNFTSourceHashDrainMovesOnlyItsClients: draining one sh server (weight
 // 0) moves its clients and no other (the buckets stay 256, as IPVS's).
 // The finding 10: 2 of 6 other clients moved.
