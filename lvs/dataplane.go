@@ -79,6 +79,13 @@ func ListWithStats(dp Dataplane) ([]Entry, error) {
 	return dp.List()
 }
 
+// Zeroer is a data plane whose counters can be set to zero (ipvsadm -Z).
+type Zeroer interface {
+	Zero() error
+}
+
+var _ Zeroer = (*IPVS)(nil)
+
 // PersistenceKeeper is a data plane whose persistence entries age from a
 // client's last new connection (nftables), not from its last connection
 // as IPVS's templates do: Run asks it at every reconcile to renew those

@@ -49,9 +49,13 @@ type IPVS struct {
 	mu   sync.Mutex
 	h    ipvsHandle
 	caps Capabilities // IPVSCapabilities with this kernel's schedulers
+	genl *ipvsGenl    // 64-bit counters and zeroing (ipvsstats.go); opened when first needed
 }
 
-var _ Dataplane = (*IPVS)(nil)
+var (
+	_ Dataplane   = (*IPVS)(nil)
+	_ StatsLister = (*IPVS)(nil)
+)
 
 // DetectIPVS reports why the kernel cannot do IPVS, or nil. It loads
 // ip_vs if it is a module. moby/ipvs cannot be asked: without IPVS it
@@ -90,7 +94,55 @@ func (d *IPVS) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.h.Close()
+	if d.genl != nil {
+		d.genl.Close()
+	}
 	return nil
+}
+
+// ListStats is List with the kernel's 64-bit counters in place of the
+// 32-bit ones moby/ipvs reads (which wrap after 4 G packets).
+func (d *IPVS) ListStats() ([]Entry, error) {
+	es, err := d.List()
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.genl == nil {
+		if d.genl, err = dialIPVSGenl(); err != nil {
+			return nil, err
+		}
+	}
+	st, err := d.genl.stats()
+	if err != nil {
+		return nil, err
+	}
+	for i := range es {
+		if s, ok := st.svc[es[i].Key]; ok {
+			es[i].Stats = s
+		}
+		for j := range es[i].Reals {
+			if s, ok := st.dest[realKey{es[i].Key, es[i].Reals[j].Addr}]; ok {
+				es[i].Reals[j].Stats = s
+			}
+		}
+	}
+	return es, nil
+}
+
+// Zero sets every service's and real server's counters to zero, as
+// ipvsadm -Z.
+func (d *IPVS) Zero() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.genl == nil {
+		var err error
+		if d.genl, err = dialIPVSGenl(); err != nil {
+			return err
+		}
+	}
+	return d.genl.zero()
 }
 
 func (d *IPVS) List() ([]Entry, error) {

@@ -314,31 +314,7 @@ func TestGuestIPVSRefusedServiceIsolated(t *testing.T) {
 // template show in Flows as ipvsadm -Lnc lists them.
 func TestGuestIPVSFlows(t *testing.T) {
 	d := guestIPVS(t)
-	for _, args := range [][]string{
-		{"link", "add", "flows0", "type", "dummy"},
-		{"link", "set", "flows0", "up"},
-		{"addr", "add", "192.0.2.100/32", "dev", "flows0"},
-		{"addr", "add", "203.0.113.11/32", "dev", "flows0"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
-	t.Cleanup(func() { exec.Command("ip", "link", "del", "flows0").Run() })
-	ln, err := net.Listen("tcp4", "203.0.113.11:8080")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	localRealServer(t, "flows0")
 	r := guestRec(t, d)
 	svc := Service{Key: web, Scheduler: "rr", Persistence: 300 * time.Second}
 	r.Set([]VirtualServer{{Service: svc, Reals: []Real{natReal(netip.MustParseAddrPort("203.0.113.11:8080"), 1)}}})
@@ -394,4 +370,76 @@ func TestGuestIPVSTimeouts(t *testing.T) {
 			t.Fatalf("ipvsadm -L --timeout: %v\n%s", err, out)
 		}
 	}
+}
+
+// TestGuestIPVSStats64: the 64-bit counters read with our own dump agree
+// with moby/ipvs's 32-bit ones (traffic through IPVS, from the guest to a
+// local real server), and Zero sets them to zero, as ipvsadm -Z.
+func TestGuestIPVSStats64(t *testing.T) {
+	d := guestIPVS(t)
+	localRealServer(t, "stats0")
+	r := guestRec(t, d)
+	r.Set([]VirtualServer{{Service: Service{Key: web, Scheduler: "rr"}, Reals: []Real{natReal(netip.MustParseAddrPort("203.0.113.11:8080"), 1)}}})
+	reconcileN(t, r, 2)
+	for range 3 {
+		c, err := net.DialTimeout("tcp4", "192.0.2.100:80", 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	narrow, err := d.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wide, err := d.ListStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Packets may still trickle (the closing handshakes) between the two
+	// reads: the later read has at least as many.
+	if len(wide) != 1 || len(wide[0].Reals) != 1 || wide[0].Stats.Connections != 3 || narrow[0].Stats.Connections != 3 ||
+		wide[0].Reals[0].Stats.Connections != 3 || narrow[0].Reals[0].Stats.PacketsIn == 0 ||
+		wide[0].Reals[0].Stats.PacketsIn < narrow[0].Reals[0].Stats.PacketsIn || wide[0].Stats.BytesIn < narrow[0].Stats.BytesIn {
+		t.Fatalf("64-bit %+v\n32-bit %+v", wide, narrow)
+	}
+	if err := d.Zero(); err != nil {
+		t.Fatal(err)
+	}
+	if z, err := d.ListStats(); err != nil || z[0].Stats.Connections != 0 || z[0].Reals[0].Stats.PacketsIn != 0 {
+		t.Fatalf("after Zero: %+v, %v", z, err)
+	}
+}
+
+// localRealServer puts the VIP 192.0.2.100 and a real server's address
+// 203.0.113.11 on a dummy link of the guest, with a TCP server on
+// 203.0.113.11:8080 that holds each connection open: IPVS then balances
+// the guest's own connections to the VIP (its local real server).
+func localRealServer(t *testing.T, link string) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"link", "add", link, "type", "dummy"},
+		{"link", "set", link, "up"},
+		{"addr", "add", "192.0.2.100/32", "dev", link},
+		{"addr", "add", "203.0.113.11/32", "dev", link},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", link).Run() })
+	ln, err := net.Listen("tcp4", "203.0.113.11:8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
 }

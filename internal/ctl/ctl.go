@@ -37,6 +37,7 @@ commands:
   lvs --conns [VIP:PORT|MARK]  the connections, as ipvsadm -Lnc (conntrack on nftables)
   lvs --persistence [VIP:PORT|MARK]
                                the persistence templates: clients pinned to real servers
+  lvs --zero                   set the counters to zero, as ipvsadm -Z (IPVS only)
   cluster                      members, Raft role, leader, term, indexes
   cluster leave                retire this node: the leader takes it out of Raft for good (its
                                VRRP instances are held in FAULT until it rejoins)
@@ -92,6 +93,7 @@ type opts struct {
 	rate        bool
 	conns       bool
 	persistence bool
+	zero        bool
 	hold        string
 	force       bool
 	drill       api.DrillRequest
@@ -104,7 +106,7 @@ var commands = map[string]command{
 	"reload":   {runReload, []string{"json"}},
 	"config":   {runConfig, nil},
 	"failover": {runFailover, []string{"hold", "force", "json"}},
-	"lvs":      {runLVS, []string{"json", "rate", "conns", "persistence"}},
+	"lvs":      {runLVS, []string{"json", "rate", "conns", "persistence", "zero"}},
 	"cluster":  {runCluster, []string{"json", "out"}},
 	"apply":    {runApply, []string{"f", "dry-run", "json"}},
 	"rs":       {runRS, nil},
@@ -177,6 +179,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	rate := sub.Bool("rate", false, "lvs: rates per second (connections, packets, bytes) instead of totals, as ipvsadm -Ln --rate")
 	conns := sub.Bool("conns", false, "lvs: the connections, as ipvsadm -Lnc (IPVS's table, or conntrack on nftables)")
 	persistence := sub.Bool("persistence", false, "lvs: the persistence templates: which client is pinned to which real server")
+	zero := sub.Bool("zero", false, "lvs: set the counters to zero, as ipvsadm -Z (IPVS)")
 	// Flags may come before or after the positional arguments.
 	var positional []string
 	rest := global.Args()[1:]
@@ -212,7 +215,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, rate: *rate, conns: *conns, persistence: *persistence, args: positional, out: stdout,
+	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, rate: *rate, conns: *conns, persistence: *persistence, zero: *zero, args: positional, out: stdout,
 		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)

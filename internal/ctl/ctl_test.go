@@ -99,6 +99,7 @@ func fakeDaemon(t *testing.T) string {
 	mux.Handle("GET /v1/status/lvs", reply(doc.LVS))
 	mux.Handle("GET /v1/status/cluster", reply(doc.Cluster))
 	mux.Handle("POST /v1/drill", reply(drill))
+	mux.Handle("POST /v1/lvs/zero", reply(struct{}{}))
 	mux.Handle("GET /v1/lvs/flows", reply(api.LVSFlows{Dataplane: "nftables", Flows: []api.LVSFlow{
 		{Protocol: "tcp", Client: netip.MustParseAddrPort("192.0.2.50:40000"), Service: web, Real: rs1, State: "ESTABLISHED", Expires: "7m59s"},
 		{Protocol: "tcp", Client: netip.MustParseAddrPort("192.0.2.51:40001"), Service: web, Real: rs2, State: "TIME_WAIT", Expires: "1m0s"},
@@ -139,6 +140,7 @@ func TestRender(t *testing.T) {
 		{"lvs-conns", []string{"lvs", "--conns"}, 0},
 		{"lvs-conns-service", []string{"lvs", "--conns", "192.0.2.100:53"}, 0},
 		{"lvs-persistence", []string{"lvs", "--persistence"}, 0},
+		{"lvs-zero", []string{"lvs", "--zero"}, 0},
 		{"cluster", []string{"cluster"}, 0},
 		{"drill", []string{"drill", "--back"}, 0},
 		{"reload-refused", []string{"reload"}, 1},

@@ -19,6 +19,13 @@ func runLVS(ctx context.Context, c *status.Client, o opts) error {
 	if o.conns || o.persistence {
 		return runFlows(ctx, c, o)
 	}
+	if o.zero {
+		if err := c.Post(ctx, "/v1/lvs/zero", nil, &struct{}{}); err != nil {
+			return err
+		}
+		fmt.Fprintln(o.out, "counters zeroed")
+		return nil
+	}
 	raw, err := c.Raw(ctx, "/v1/status/lvs")
 	if err != nil {
 		return err

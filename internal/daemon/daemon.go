@@ -332,6 +332,7 @@ func newDaemon(opts Options, cfg *config.Config, kernel Deps) *Daemon {
 	d.status.Handle("POST /v1/vrrp/{instance}/failover", d.handleFailover)
 	d.status.Handle("POST /v1/drill", d.handleDrill)
 	d.status.Handle("GET /v1/lvs/flows", func(w http.ResponseWriter, r *http.Request) { d.lvs.handleFlows(w, r) })
+	d.status.Handle("POST /v1/lvs/zero", func(w http.ResponseWriter, r *http.Request) { d.lvs.handleZero(w, r) })
 	return d
 }
 

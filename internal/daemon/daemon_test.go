@@ -1015,16 +1015,17 @@ func TestDaemonReportsRefusedService(t *testing.T) {
 }
 
 // TestDaemonFlows: GET /v1/lvs/flows gives the data plane's connections
-// and templates, sorted, with the service in the status's terms.
+// and templates, sorted, with the service in the status's terms; POST
+// /v1/lvs/zero zeroes the counters.
 func TestDaemonFlows(t *testing.T) {
 	h := startHost(t, &vrrptest.Hub{}, "192.0.2.11", hostConfig(t.TempDir(), 150, []string{"192.0.2.100/24"}, nil))
 	ap := netip.MustParseAddrPort
 	web := lvs.Key{Protocol: lvs.TCP, Addr: ap("192.0.2.100:80")}
-	h.dp.FlowList = []lvs.Flow{
+	h.dp.SetFlows([]lvs.Flow{
 		{Protocol: lvs.TCP, Client: ap("192.0.2.51:1000"), Service: web, Real: ap("203.0.113.11:80"), State: "ESTABLISHED", Expires: time.Minute},
 		{Client: ap("192.0.2.50:0"), Service: lvs.Key{FWMark: 7}, Real: ap("203.0.113.12:0"), State: "NONE", Expires: time.Second, Template: true},
 		{Protocol: lvs.TCP, Client: ap("192.0.2.50:1000"), Service: web, Real: ap("203.0.113.11:80"), State: "TIME_WAIT", Expires: time.Second},
-	}
+	})
 	var fl api.LVSFlows
 	if err := h.client.Get(context.Background(), "/v1/lvs/flows", &fl); err != nil {
 		t.Fatal(err)
@@ -1038,5 +1039,9 @@ func TestDaemonFlows(t *testing.T) {
 	}
 	if mark.Service.FWMark != 7 || mark.Service.Addr.IsValid() || !mark.Template {
 		t.Fatalf("the mark's template %+v", mark)
+	}
+	// directorctl lvs --zero.
+	if err := h.client.Post(context.Background(), "/v1/lvs/zero", nil, &struct{}{}); err != nil || h.dp.Zeroes() != 1 {
+		t.Fatalf("zero: %v, %d calls", err, h.dp.Zeroes())
 	}
 }

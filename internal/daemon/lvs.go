@@ -477,3 +477,19 @@ func (m *lvsManager) handleFlows(w http.ResponseWriter, r *http.Request) {
 	}
 	status.WriteJSON(w, http.StatusOK, out)
 }
+
+// handleZero answers POST /v1/lvs/zero: the counters set to zero, as
+// ipvsadm -Z.
+func (m *lvsManager) handleZero(w http.ResponseWriter, r *http.Request) {
+	z, ok := m.dp.(lvs.Zeroer)
+	if !ok {
+		status.WriteError(w, http.StatusConflict, fmt.Errorf("the %s data plane cannot zero its counters", planeName(m.dp)))
+		return
+	}
+	if err := z.Zero(); err != nil {
+		status.WriteError(w, http.StatusInternalServerError, err)
+		return
+	}
+	m.log.Info("load balancer counters zeroed", "dataplane", m.dp.Name())
+	status.WriteJSON(w, http.StatusOK, struct{}{})
+}

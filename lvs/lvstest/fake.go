@@ -23,14 +23,15 @@ type Fake struct {
 	// (and undoes the batch when Caps says Atomic).
 	Fail func(lvs.Op) error
 	// Caps, if set, is the capability table to report.
-	Caps *lvs.Capabilities
-	// FlowList is what Flows returns.
-	FlowList []lvs.Flow
+	Caps   *lvs.Capabilities
+	flows  []lvs.Flow // what Flows returns (SetFlows)
+	zeroed int        // calls of Zero
 }
 
 var (
 	_ lvs.Dataplane  = (*Fake)(nil)
 	_ lvs.FlowLister = (*Fake)(nil)
+	_ lvs.Zeroer     = (*Fake)(nil)
 )
 
 // NewFake returns an empty fake data plane.
@@ -62,11 +63,33 @@ func (f *Fake) List() ([]lvs.Entry, error) {
 	return out, nil
 }
 
-// Flows returns FlowList.
+// Zero counts the calls (ipvsadm -Z's double).
+func (f *Fake) Zero() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.zeroed++
+	return nil
+}
+
+// Zeroes is how many times Zero was called.
+func (f *Fake) Zeroes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.zeroed
+}
+
+// Flows returns what SetFlows set.
 func (f *Fake) Flows() ([]lvs.Flow, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.Clone(f.FlowList), nil
+	return slices.Clone(f.flows), nil
+}
+
+// SetFlows sets what Flows returns.
+func (f *Fake) SetFlows(fs []lvs.Flow) {
+	f.mu.Lock()
+	f.flows = slices.Clone(fs)
+	f.mu.Unlock()
 }
 
 // SetFail sets Fail while the data plane is in use.
