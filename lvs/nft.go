@@ -660,8 +660,8 @@ func (n *NFT) refuse(u *undo, err error) error {
 }
 
 // abandon is the way out of an Apply that failed in a way that leaves the
-// kernel's table unknown: the model may no longer match the kernel, so both start again from an empty table, which the
-// next reconcile fills.
+// kernel's table unknown: the model may no longer match the kernel, so
+// both start again from an empty table, which the next reconcile fills.
 func (n *NFT) abandon(err error) error {
 	n.conn.DelTable(n.table)
 	_ = n.conn.Flush()
@@ -731,10 +731,13 @@ func (n *NFT) addBase() {
 		hook("prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest),
 		hook("output", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest),
 	} {
+		// Marks first: IPVS looks a packet's firewall mark up before its
+		// address, so a marked packet to an address service goes to the
+		// mark's service.
 		for _, fam := range []string{"4", "6"} {
 			six := fam == "6"
-			c.AddRule(&nftables.Rule{Table: n.table, Chain: ch, Exprs: dispatchExprs(six, n.maps["svc"+fam])})
 			c.AddRule(&nftables.Rule{Table: n.table, Chain: ch, Exprs: markExprs(six, n.maps["fwm"+fam])})
+			c.AddRule(&nftables.Rule{Table: n.table, Chain: ch, Exprs: dispatchExprs(six, n.maps["svc"+fam])})
 		}
 	}
 	post := hook("postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)

@@ -547,6 +547,23 @@ func TestNFTFirewallMark(t *testing.T) {
 	}
 }
 
+// TestNFTFirewallMarkFirst: a marked packet that also matches an address
+// service goes to the firewall-mark service, as IPVS checks marks first.
+func TestNFTFirewallMarkFirst(t *testing.T) {
+	s := newNFTScene(t, 2)
+	vip := fmt.Sprintf("%s:%d", scene.VIP, scene.TCPPort)
+	s.Director.MustRun("nft", "add table ip marker; add chain ip marker pre { type filter hook prerouting priority mangle; }; "+
+		"add rule ip marker pre ip daddr "+scene.VIP+" tcp dport "+fmt.Sprint(scene.TCPPort)+" meta mark set 7")
+	byAddr := lvs.VirtualServer{Name: "addr", Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP, Addr: netip.MustParseAddrPort(vip)}, Scheduler: "rr"},
+		Reals: []lvs.Real{backend(0, scene.TCPPort, 1)}}
+	byMark := lvs.VirtualServer{Name: "marked", Service: lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "rr"},
+		Reals: []lvs.Real{backend(1, scene.TCPPort, 1)}}
+	s.set(t, byAddr, byMark)
+	if got := tally(t, 4, func() (string, error) { return s.Ask("", vip) }); got["rs2"] != 4 {
+		t.Fatalf("marked connections went %v; want all to the mark's rs2", got)
+	}
+}
+
 // TestNFTManyEndpoints: 5,000 real-server endpoints (the health-check
 // benchmark's table) go in as one transaction, though their elements do
 // not fit one netlink attribute; after it nothing is left to do.

@@ -435,26 +435,33 @@ func RunTests(ctx context.Context, root, pkg, pattern string, timeout time.Durat
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build the tests of %s: %v\n%s", pkg, err, out)
 	}
+	bins, env := guestPrograms()
+	env = append(env, "DIRECTORD_IPVS_GUEST=1")
 	return Run(ctx, Config{
 		KernelDir: KernelDir(root),
 		Busybox:   busybox,
-		Modules:   []string{"crc32c_generic", "ip_vs", "ip_vs_*", "dummy"},
-		Binaries:  guestBinaries(),
+		Modules:   []string{"crc32c_generic", "ip_vs", "ip_vs_*", "dummy", "veth", "ipip"},
+		Binaries:  bins,
 		Program:   prog,
 		Args:      []string{"-test.v", "-test.count=1", "-test.run", pattern},
-		Env:       []string{"DIRECTORD_IPVS_GUEST=1"},
+		Env:       env,
 		Timeout:   timeout,
 	})
 }
 
-// guestBinaries are the host's programs the IPVS tests run in the guest:
-// ipvsadm, when it is installed (make test installs it; a test that needs
-// it fails without it).
-func guestBinaries() []string {
+// guestPrograms are the host's programs the IPVS tests run in the guest,
+// when installed (make test installs them; a test that needs one fails
+// without it): ipvsadm, and iproute2's ip (busybox's has no veth or
+// netns), whose path the tests find in DIRECTORD_GUEST_IP.
+func guestPrograms() (bins, env []string) {
 	if p, err := exec.LookPath("ipvsadm"); err == nil {
-		return []string{p}
+		bins = append(bins, p)
 	}
-	return nil
+	if p, err := exec.LookPath("ip"); err == nil {
+		bins = append(bins, p)
+		env = append(env, "DIRECTORD_GUEST_IP="+p)
+	}
+	return bins, env
 }
 
 // ModuleRoot finds the directory holding go.mod, from the working

@@ -35,7 +35,7 @@ func TestIPVSInGuest(t *testing.T) {
 	if res.Exit != 0 {
 		t.Fatalf("the IPVS tests failed in the guest (exit %d)", res.Exit)
 	}
-	for _, name := range []string{"TestGuestIPVSSchedulers", "TestGuestIPVSFeatures", "TestGuestIPVSOwnership", "TestGuestIPVSSyncDaemons", "TestGuestIPVSRefusedServiceIsolated", "TestGuestIPVSFlows", "TestGuestIPVSTimeouts", "TestGuestIPVSStats64"} {
+	for _, name := range []string{"TestGuestIPVSSchedulers", "TestGuestIPVSFeatures", "TestGuestIPVSOwnership", "TestGuestIPVSSyncDaemons", "TestGuestIPVSRefusedServiceIsolated", "TestGuestIPVSFlows", "TestGuestIPVSTimeouts", "TestGuestIPVSStats64", "TestGuestIPVSPackets"} {
 		if !strings.Contains(res.Output, "--- PASS: "+name) {
 			t.Errorf("%s did not pass in the guest", name)
 		}
