@@ -189,36 +189,16 @@ func TestNFTMaglev(t *testing.T) {
 	s := newNFTScene(t, 3)
 	reals := []lvs.Real{backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1), backend(2, scene.TCPPort, 1)}
 	s.set(t, tcpVS("mh", reals...))
-	for i := scene.Clients; i < 32; i++ {
-		s.Client.AddAddr("eth0", scene.ClientAddr(i)+"/24")
-	}
-	before := map[string]string{}
+	before := s.manyClients(t, 3)
 	servers := map[string]int{}
-	for i := range 32 {
-		got := s.spread(t, scene.ClientAddr(i), 3)
-		if len(got) != 1 {
-			t.Fatalf("mh sent client %s to %v", scene.ClientAddr(i), got)
-		}
-		for name := range got {
-			before[scene.ClientAddr(i)] = name
-			servers[name]++
-		}
+	for _, name := range before {
+		servers[name]++
 	}
 	if len(servers) != 3 {
 		t.Fatalf("32 clients over %v", servers)
 	}
 	s.set(t, tcpVS("mh", reals[1:]...)) // rs1 leaves (weight 0, draining)
-	for src, was := range before {
-		now, err := s.Ask(src, vipTCP.String())
-		switch {
-		case err != nil:
-			t.Fatal(err)
-		case was == "rs1" && now == "rs1":
-			t.Errorf("client %s stayed on rs1, which left", src)
-		case was != "rs1" && now != was:
-			t.Errorf("client %s moved from %s to %s", src, was, now)
-		}
-	}
+	s.onlyTheirsMoved(t, before, "rs1")
 }
 
 // TestNFTSourceHashDrainMovesOnlyItsClients: draining one sh server (weight
@@ -233,32 +213,49 @@ func TestNFTSourceHashDrainMovesOnlyItsClients(t *testing.T) {
 		return []lvs.Real{backend(0, scene.TCPPort, w0), backend(1, scene.TCPPort, 1), backend(2, scene.TCPPort, 1)}
 	}
 	s.set(t, tcpVS("sh", reals(1)...))
-	// 32 clients: with fewer, the clients of the other servers can stay
-	// by chance even when the table is laid out anew.
+	before := s.manyClients(t, 1)
+	s.set(t, tcpVS("sh", reals(0)...)) // rs1 at weight 0
+	s.onlyTheirsMoved(t, before, "rs1")
+	t.Logf("clients before the drain: %v", before)
+}
+
+// manyClients gives the client 32 addresses (with fewer, the clients of
+// the servers that stay can keep their server by chance even when a
+// table is laid out anew) and returns the server each reaches through
+// the VIP, checking that each of its tries lands on one.
+func (s *nftScene) manyClients(t *testing.T, tries int) map[string]string {
+	t.Helper()
 	for i := scene.Clients; i < 32; i++ {
 		s.Client.AddAddr("eth0", scene.ClientAddr(i)+"/24")
 	}
-	before := map[string]string{}
+	on := map[string]string{}
 	for i := range 32 {
-		name, err := s.Ask(scene.ClientAddr(i), vipTCP.String())
-		if err != nil {
-			t.Fatal(err)
+		got := s.spread(t, scene.ClientAddr(i), tries)
+		if len(got) != 1 {
+			t.Fatalf("client %s went to %v", scene.ClientAddr(i), got)
 		}
-		before[scene.ClientAddr(i)] = name
+		for name := range got {
+			on[scene.ClientAddr(i)] = name
+		}
 	}
-	s.set(t, tcpVS("sh", reals(0)...)) // rs1 at weight 0
+	return on
+}
+
+// onlyTheirsMoved checks, after server gone left or drained, that its
+// clients went elsewhere and every other client stayed on its server.
+func (s *nftScene) onlyTheirsMoved(t *testing.T, before map[string]string, gone string) {
+	t.Helper()
 	for src, was := range before {
 		now, err := s.Ask(src, vipTCP.String())
 		switch {
 		case err != nil:
 			t.Fatal(err)
-		case was == "rs1" && now == "rs1":
-			t.Errorf("client %s stayed on the drained rs1", src)
-		case was != "rs1" && now != was:
+		case was == gone && now == gone:
+			t.Errorf("client %s stayed on %s, which left", src, gone)
+		case was != gone && now != was:
 			t.Errorf("client %s moved from %s to %s though %s did not change", src, was, now, was)
 		}
 	}
-	t.Logf("clients before the drain: %v", before)
 }
 
 func TestNFTPersistence(t *testing.T) {
