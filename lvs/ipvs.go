@@ -109,12 +109,11 @@ func (d *IPVS) ListStats() ([]Entry, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.genl == nil {
-		if d.genl, err = dialIPVSGenl(); err != nil {
-			return nil, err
-		}
+	g, err := d.genlConn()
+	if err != nil {
+		return nil, err
 	}
-	st, err := d.genl.stats()
+	st, err := g.stats()
 	if err != nil {
 		return nil, err
 	}
@@ -136,13 +135,24 @@ func (d *IPVS) ListStats() ([]Entry, error) {
 func (d *IPVS) Zero() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.genl == nil {
-		var err error
-		if d.genl, err = dialIPVSGenl(); err != nil {
-			return err
-		}
+	g, err := d.genlConn()
+	if err != nil {
+		return err
 	}
-	return d.genl.zero()
+	return g.zero()
+}
+
+// genlConn is the generic netlink socket, opened at its first use; d.mu
+// is held.
+func (d *IPVS) genlConn() (*ipvsGenl, error) {
+	if d.genl == nil {
+		g, err := dialIPVSGenl()
+		if err != nil {
+			return nil, err
+		}
+		d.genl = g
+	}
+	return d.genl, nil
 }
 
 func (d *IPVS) List() ([]Entry, error) {

@@ -27,10 +27,7 @@ func mhBuckets(reals []Real) []netip.AddrPort {
 		return nil
 	}
 	slices.SortFunc(rs, func(a, b Real) int { return a.Addr.Compare(b.Addr) })
-	g := 0
-	for _, r := range rs {
-		g = gcd(g, r.Weight)
-	}
+	w, _ := reducedWeights(rs)
 	offset := make([]uint64, len(rs))
 	skip := make([]uint64, len(rs))
 	next := make([]uint64, len(rs))
@@ -42,7 +39,7 @@ func mhBuckets(reals []Real) []netip.AddrPort {
 	taken := make([]bool, MHBuckets)
 	for filled := 0; filled < MHBuckets; {
 		for i, r := range rs {
-			for turn := 0; turn < r.Weight/g && filled < MHBuckets; turn++ {
+			for turn := 0; turn < w[i] && filled < MHBuckets; turn++ {
 				c := (offset[i] + next[i]*skip[i]) % MHBuckets
 				for taken[c] {
 					next[i]++

@@ -35,18 +35,23 @@ func SlotsScaled(sched string, reals []Real) bool {
 	if sched != "wrr" {
 		return false
 	}
-	g, sum := 0, 0
-	for _, r := range reals {
-		if r.Weight > 0 {
-			g = gcd(g, r.Weight)
-		}
-	}
-	for _, r := range reals {
-		if r.Weight > 0 {
-			sum += r.Weight / g
-		}
-	}
+	_, sum := reducedWeights(slices.DeleteFunc(slices.Clone(reals), func(r Real) bool { return r.Weight <= 0 }))
 	return sum > MaxSlots
+}
+
+// reducedWeights are the weights of rs (each positive) divided by their
+// greatest common divisor, and their sum.
+func reducedWeights(rs []Real) (w []int, sum int) {
+	g := 0
+	for _, r := range rs {
+		g = gcd(g, r.Weight)
+	}
+	w = make([]int, len(rs))
+	for i, r := range rs {
+		w[i] = r.Weight / g
+		sum += w[i]
+	}
+	return w, sum
 }
 
 // SHBuckets is the slot count of an sh service: IPVS's source-hash table
@@ -1095,15 +1100,7 @@ func slotOrder(sched string, reals []Real) []netip.AddrPort {
 	if len(rs) == 0 {
 		return nil
 	}
-	g, sum := 0, 0
-	for _, r := range rs {
-		g = gcd(g, r.Weight)
-	}
-	w := make([]int, len(rs))
-	for i, r := range rs {
-		w[i] = r.Weight / g
-		sum += w[i]
-	}
+	w, sum := reducedWeights(rs)
 	if sum > MaxSlots {
 		total := sum
 		sum = 0
@@ -1289,48 +1286,35 @@ func (n *NFT) Conns(k Key, addr netip.AddrPort) (active, inactive int, err error
 func (n *NFT) KeepPersistence(soon time.Duration) (int, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	type due struct {
-		s      *nsvc
-		real   netip.AddrPort
-		set    *nftables.Set
-		client netip.Addr
+	entries, err := n.persistEntries()
+	if err != nil {
+		return 0, err
 	}
-	var dues []due
+	var dues []PersistEntry
 	fams := map[bool]bool{}
-	for _, s := range n.svcs {
-		for real, set := range s.pers {
-			els, err := n.conn.GetSetElements(set)
-			if err != nil {
-				return 0, fmt.Errorf("nftables: read %s: %w", set.Name, err)
-			}
-			for _, el := range els {
-				if a, ok := netip.AddrFromSlice(el.Key); ok && el.Expires <= soon {
-					dues = append(dues, due{s, real, set, a})
-					fams[a.Is6()] = true
-				}
-			}
+	for _, e := range entries {
+		if e.Expires <= soon {
+			dues = append(dues, e)
+			fams[e.Client.Is6()] = true
 		}
 	}
-	if len(dues) == 0 {
-		return 0, nil
-	}
-	live := map[due]bool{}
+	live := map[PersistEntry]bool{}
 	for six := range fams {
 		flows, err := conntrack(n.nl, n.dumps, six, n.rates.now())
 		if err != nil {
 			return 0, err
 		}
 		for _, d := range dues {
-			if d.client.Is6() != six || live[d] {
+			if d.Client.Is6() != six || live[d] {
 				continue
 			}
-			bits := d.s.svc.persistenceBits()
+			bits := n.svcs[d.Service].svc.persistenceBits()
 			for _, f := range flows {
-				if !flowTo(f, d.s.svc.Key, d.real) || !openFlow(f) {
+				if !flowTo(f, d.Service, d.Real) || !openFlow(f) {
 					continue
 				}
 				if c, ok := netip.AddrFromSlice(f.Forward.SrcIP); ok {
-					if p, err := c.Unmap().Prefix(bits); err == nil && p.Addr() == d.client {
+					if p, err := c.Unmap().Prefix(bits); err == nil && p.Addr() == d.Client {
 						live[d] = true
 						break
 					}
@@ -1338,15 +1322,16 @@ func (n *NFT) KeepPersistence(soon time.Duration) (int, error) {
 			}
 		}
 	}
+	if len(live) == 0 {
+		return 0, nil
+	}
 	// Deleted and added again in one transaction: adding an element that
 	// exists does not renew its timeout on every kernel.
 	for d := range live {
-		el := []nftables.SetElement{{Key: d.client.AsSlice()}}
-		_ = n.conn.SetDeleteElements(d.set, el)
-		_ = n.conn.SetAddElements(d.set, []nftables.SetElement{{Key: d.client.AsSlice(), Timeout: d.s.svc.Persistence}})
-	}
-	if len(live) == 0 {
-		return 0, nil
+		s := n.svcs[d.Service]
+		set := s.pers[d.Real]
+		_ = n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: d.Client.AsSlice()}})
+		_ = n.conn.SetAddElements(set, []nftables.SetElement{{Key: d.Client.AsSlice(), Timeout: s.svc.Persistence}})
 	}
 	if err := n.conn.Flush(); err != nil {
 		return 0, fmt.Errorf("nftables: renew persistence: %w", err)

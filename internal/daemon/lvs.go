@@ -334,10 +334,15 @@ func (m *lvsManager) status() *api.LVSStatus {
 }
 
 // apiService is a kernel's service entry as the API has it.
+// apiKey is a service's key in the status's terms.
+func apiKey(k lvs.Key) api.LVSKey {
+	return api.LVSKey{Protocol: string(k.Protocol), Addr: k.Addr, FWMark: k.FWMark, IPv6: k.IPv6}
+}
+
 func apiService(e lvs.Entry, name string, quorum bool, draining []netip.AddrPort) api.LVSService {
 	s := api.LVSService{
 		Name:      name,
-		LVSKey:    api.LVSKey{Protocol: string(e.Protocol), Addr: e.Addr, FWMark: e.FWMark, IPv6: e.IPv6},
+		LVSKey:    apiKey(e.Key),
 		Scheduler: e.Scheduler, Flags: e.Flags, OnePacket: e.OnePacket, Persistence: e.Persistence,
 		PersistenceBits: e.PersistenceBits, Masquerade: e.Masquerade,
 		Reals: make([]api.LVSReal, 0, len(e.Reals)), Stats: api.LVSStats(e.Stats), QuorumUp: quorum, Draining: draining,
@@ -468,11 +473,7 @@ func (m *lvsManager) handleFlows(w http.ResponseWriter, r *http.Request) {
 	lvs.SortFlows(flows)
 	out := api.LVSFlows{Dataplane: m.dp.Name(), Flows: []api.LVSFlow{}}
 	for _, f := range flows {
-		k := api.LVSKey{Protocol: string(f.Service.Protocol), Addr: f.Service.Addr, FWMark: f.Service.FWMark}
-		if k.FWMark != 0 {
-			k.Protocol, k.Addr, k.IPv6 = "", netip.AddrPort{}, f.Service.Is6()
-		}
-		out.Flows = append(out.Flows, api.LVSFlow{Protocol: string(f.Protocol), Client: f.Client, Service: k, Real: f.Real,
+		out.Flows = append(out.Flows, api.LVSFlow{Protocol: string(f.Protocol), Client: f.Client, Service: apiKey(f.Service), Real: f.Real,
 			State: f.State, Expires: f.Expires.String(), Template: f.Template})
 	}
 	status.WriteJSON(w, http.StatusOK, out)
