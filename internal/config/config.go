@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -414,19 +415,24 @@ func Load(path string) (*Config, error) {
 // Parse validates data as if read from file. On failure the error is an
 // *Error listing every problem.
 func Parse(file string, data []byte) (*Config, error) {
-	var raw rawConfig
-	md, err := toml.Decode(string(data), &raw)
+	raw, md, mismatched, err := decodeAll(file, string(data))
 	if err != nil {
 		// A keepalived.conf fails as TOML at its first line; say what it is.
 		if line, text := keepalivedLine(string(data)); line > 0 {
 			return nil, &Error{Problems: []Problem{{File: file, Line: line,
-				Msg: fmt.Sprintf("this looks like a keepalived.conf (%q), not directord's TOML; docs/configuration.md gives each keepalived keyword's directord key", text)}}}
+				Msg: fmt.Sprintf("this looks like a keepalived.conf (%q), not directord's TOML: `directorctl convert %s` writes the equivalent", text, file)}}}
+		}
+		if e, ok := err.(*Error); ok {
+			return nil, e
 		}
 		return nil, &Error{Problems: []Problem{decodeProblem(file, err)}}
 	}
 	v := &validator{file: file, pos: newLazyPositions(string(data))}
 	v.unknownKeys(md.Undecoded())
-	cfg := v.config(&raw)
+	cfg := v.config(raw)
+	if len(mismatched) > 0 {
+		v.problems = withTypeProblems(mismatched, v.problems)
+	}
 	if len(v.problems) > 0 {
 		return nil, &Error{Problems: v.problems}
 	}
@@ -460,7 +466,7 @@ func plainTypes(msg string) string {
 			return "a number"
 		case t == "string":
 			return "a string"
-		case t == "bool":
+		case t == "bool", t == "boolean":
 			return "true or false"
 		case t == "slice", t == "array", strings.HasPrefix(t, "[]"):
 			return "an array"
@@ -479,6 +485,58 @@ func plainTypes(msg string) string {
 	}
 	return msg
 }
+
+// decodeAll decodes data, reporting every value of the wrong type rather
+// than only the first: the decoder stops at the first, so its line is
+// blanked (line numbers stay) and the rest decoded again. err is a syntax
+// error, or a mismatch whose line cannot be blanked.
+func decodeAll(file, data string) (*rawConfig, toml.MetaData, []Problem, error) {
+	var mismatched []Problem
+	for {
+		var raw rawConfig
+		md, err := toml.Decode(data, &raw)
+		if err == nil {
+			return &raw, md, mismatched, nil
+		}
+		p := decodeProblem(file, err)
+		var pe toml.ParseError
+		lines := strings.SplitAfter(data, "\n")
+		if errors.As(err, &pe) || p.Line < 1 || p.Line > len(lines) || len(mismatched) >= 100 {
+			if len(mismatched) == 0 {
+				return nil, md, nil, err
+			}
+			// Blanking a line of a value written over several lines
+			// breaks the syntax: say the mismatches found so far.
+			if !errors.As(err, &pe) {
+				mismatched = append(mismatched, p)
+			}
+			return nil, md, nil, &Error{Problems: mismatched}
+		}
+		mismatched = append(mismatched, p)
+		lines[p.Line-1] = "\n"
+		data = strings.Join(lines, "")
+	}
+}
+
+// withTypeProblems puts the type mismatches among the validator's
+// problems, minus what the validator says of those keys because their
+// values were taken away ("name is required").
+func withTypeProblems(mismatched, problems []Problem) []Problem {
+	gone := map[string]bool{}
+	for _, p := range mismatched {
+		gone[p.Key] = true
+	}
+	out := slices.Clone(mismatched)
+	for _, p := range problems {
+		if !gone[indexes.ReplaceAllString(p.Key, "")] {
+			out = append(out, p)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Problem) int { return a.Line - b.Line })
+	return out
+}
+
+var indexes = regexp.MustCompile(`\[[^\]]*\]`)
 
 var lineInText = regexp.MustCompile(`^toml: line (\d+)(?: \(last key "([^"]*)"\))?: (.*)$`)
 
