@@ -68,6 +68,10 @@ func newChecker(s Spec, tcp *tcpProber) (Checker, error) {
 			return nil, err
 		}
 		return CheckFunc(s.checkDNS), nil
+	case "icmp":
+		return CheckFunc(s.checkICMP), nil
+	case "smtp":
+		return CheckFunc(s.checkSMTP), nil
 	case "exec":
 		if m := s.Exec.Missing; m != "" {
 			return CheckFunc(func(context.Context) Result {

@@ -10,10 +10,12 @@ import (
 	"time"
 )
 
-// ID names one check: the virtual server and the real server it checks.
+// ID names one check: the virtual server, the real server it checks and,
+// as a server may have several checks, which one.
 type ID struct {
 	Service string         `json:"service"`
 	Real    netip.AddrPort `json:"real_server"`
+	Check   string         `json:"check,omitempty"`
 }
 
 // Transition is a change of a real server's state.
@@ -55,7 +57,8 @@ type Runner struct {
 	newCheck func(Spec) (Checker, error)
 	tcp      *tcpProber // shared by the tcp checks
 
-	update sync.Mutex // one Update at a time
+	update  sync.Mutex // one Update at a time
+	observe func(id ID, latency time.Duration, ok bool)
 
 	// mu guards the checks, the queue and every check's schedule.
 	mu     sync.Mutex
@@ -98,6 +101,10 @@ func NewRunner(log *slog.Logger, onChange func(Transition)) *Runner {
 	r.newCheck = func(s Spec) (Checker, error) { return newChecker(s, r.tcp) }
 	return r
 }
+
+// Observe has f called with every check's result, from the goroutine
+// that ended it (for a latency histogram). Call it before Run.
+func (r *Runner) Observe(f func(id ID, latency time.Duration, ok bool)) { r.observe = f }
 
 // slack is how early a check may start to share a wakeup with the one
 // due before it: thousands of checks a second then cost hundreds of
@@ -393,6 +400,9 @@ func (r *Runner) record(c *check, res Result, at time.Time, latency time.Duratio
 		st.LastError = res.Err.Error()
 	}
 	changed := c.d.observe(res.Err == nil)
+	if r.observe != nil {
+		r.observe(c.id, latency, res.Err == nil)
+	}
 	weightChanged := res.Err == nil && res.Weight != st.Weight && c.d.up
 	var tr *Transition
 	if changed || weightChanged {

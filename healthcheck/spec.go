@@ -1,5 +1,5 @@
 // Package healthcheck checks the real servers' ports (TCP, HTTP, HTTPS,
-// TLS, UDP, DNS, or a program) and reports each server's transitions
+// TLS, UDP, DNS, ICMP echo, SMTP, or a program) and reports each server's transitions
 // between up and down, damped by rise and fall counts, so that the load
 // balancer stops sending traffic to a dead server within a bounded time
 // and takes it back only when it is healthy again.
@@ -14,7 +14,7 @@ import (
 
 // Spec says how to check one real server.
 type Spec struct {
-	Type string // tcp, http, https, tls, udp, dns, exec
+	Type string // tcp, http, https, tls, udp, dns, icmp, smtp, exec
 	// Addr is what is checked: the real server's address and port, or
 	// connect_ip / connect_port when set.
 	Addr netip.AddrPort
@@ -34,7 +34,13 @@ type Spec struct {
 	TLS  TLSSpec
 	UDP  UDPSpec
 	DNS  DNSSpec
+	SMTP SMTPSpec
 	Exec ExecSpec
+}
+
+// SMTPSpec is for smtp checks.
+type SMTPSpec struct {
+	Helo string // the name said in HELO; "" = directord
 }
 
 // HTTPSpec is for http and https checks.
@@ -92,11 +98,14 @@ type ExecSpec struct {
 }
 
 // Types lists the check types.
-var Types = []string{"tcp", "http", "https", "tls", "udp", "dns", "exec"}
+var Types = []string{"tcp", "http", "https", "tls", "udp", "dns", "icmp", "smtp", "exec"}
 
 func (s Spec) String() string {
-	if s.Type == "exec" {
+	switch s.Type {
+	case "exec":
 		return fmt.Sprintf("exec %v", s.Exec.Argv)
+	case "icmp":
+		return "icmp " + s.Addr.Addr().String()
 	}
 	return fmt.Sprintf("%s %s", s.Type, s.Addr)
 }

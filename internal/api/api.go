@@ -231,10 +231,11 @@ type HealthStatus struct {
 	Checks []CheckStatus `json:"checks"`
 }
 
-// CheckID names a real server of a virtual server.
+// CheckID names a check of a real server of a virtual server.
 type CheckID struct {
 	Service string         `json:"service"`
 	Real    netip.AddrPort `json:"real_server"`
+	Check   string         `json:"check,omitempty"` // tcp, http, http#2...
 }
 
 // CheckStatus is one real server's health.

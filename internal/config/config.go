@@ -295,6 +295,9 @@ type RealServer struct {
 	Forwarding     string         `json:"forwarding"`
 	UpperThreshold int            `json:"upper_threshold,omitempty"`
 	LowerThreshold int            `json:"lower_threshold,omitempty"`
+	// Checks, when any, replace the virtual server's health_check for
+	// this server: it is up while every one of them passes.
+	Checks []HealthCheck `json:"check,omitempty"`
 }
 
 type HealthCheck struct {
@@ -334,6 +337,7 @@ type HealthCheck struct {
 	QueryName        string            `json:"query_name,omitempty"`
 	QueryType        string            `json:"query_type,omitempty"`
 	Rcode            string            `json:"rcode,omitempty"`
+	HeloName         string            `json:"helo_name,omitempty"`
 	Command          []string          `json:"command,omitempty"`
 	// Script names a [[check_script]] of the director running the check.
 	Script  string `json:"script,omitempty"`

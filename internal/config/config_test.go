@@ -373,6 +373,24 @@ protocol = "udp"
 			`f.toml:24: virtual_server[1].real_server[1].address: "203.0.113.2"`,
 			"f.toml:29: virtual_server[2].protocol: a fwmark service balances every protocol the mark is set on; leave protocol out",
 		}},
+		{"checks of a real server", minimal + `[[virtual_server]]
+name = "a"
+address = "192.0.2.1:80"
+  [[virtual_server.real_server]]
+  address = "203.0.113.1:80"
+    [[virtual_server.real_server.check]]
+    type = "icmp"
+    connect_port = 80
+    [[virtual_server.real_server.check]]
+    type = "smtp"
+    helo_name = "two words"
+    [[virtual_server.real_server.check]]
+    type = "ping"
+`, []string{
+			"f.toml:11: virtual_server[0].real_server[0].check[0].connect_port: only tcp, http, https, tls, udp, dns and smtp checks take connect_port",
+			`f.toml:14: virtual_server[0].real_server[0].check[1].helo_name: "two words": a HELO name has no spaces`,
+			`f.toml:16: virtual_server[0].real_server[0].check[2].type: "ping" is not one of tcp`,
+		}},
 		{"health checks", minimal + `[[virtual_server]]
 name = "a"
 address = "192.0.2.1:80"
@@ -410,7 +428,7 @@ address = "192.0.2.1:83"
 			"f.toml:17: virtual_server[1].health_check.body_regex: error parsing regexp",
 			`f.toml:18: virtual_server[1].health_check.digest: "abc" is not an MD5 digest`,
 			`f.toml:25: virtual_server[2].health_check.query_type: "AXFR" is not one of A, AAAA`,
-			"f.toml:31: virtual_server[3].health_check.connect_port: only tcp, http, https, tls, udp and dns checks take connect_port",
+			"f.toml:31: virtual_server[3].health_check.connect_port: only tcp, http, https, tls, udp, dns and smtp checks take connect_port",
 			"f.toml:29: virtual_server[3].health_check.command: an exec check needs a command",
 		}},
 		{"node and cluster", `[node]

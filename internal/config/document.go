@@ -90,45 +90,61 @@ func rawOf(vs VirtualServer) rawVS {
 	for _, rs := range vs.RealServers {
 		r.RealServer = append(r.RealServer, rawRS{Address: addrOrIP(rs.Address),
 			Weight: num(rs.Weight), Forwarding: rs.Forwarding,
-			UpperThreshold: num(rs.UpperThreshold), LowerThreshold: num(rs.LowerThreshold)})
+			UpperThreshold: num(rs.UpperThreshold), LowerThreshold: num(rs.LowerThreshold), Check: rawChecksOf(rs.Checks)})
 	}
-	if hc := vs.HealthCheck; hc != nil {
-		h := &rawHealthCheck{Type: hc.Type, Interval: dur(hc.Interval), Timeout: dur(hc.Timeout), Retry: num(hc.Retry),
-			DelayBeforeRetry: dur(hc.DelayBeforeRetry), Warmup: dur(hc.Warmup), Rise: num(hc.Rise), Fall: num(hc.Fall),
-			Alpha: flag(hc.Alpha), LogAllFailures: flag(hc.LogAllFailures), NotifyUp: hc.NotifyUp, NotifyDown: hc.NotifyDown,
-			NotifyUpScript: hc.NotifyUpScript, NotifyDownScript: hc.NotifyDownScript,
-			Method: hc.Method, Path: hc.Path, Host: hc.Host, Headers: hc.Headers, StatusCodes: hc.StatusCodes,
-			BodyRegex: hc.BodyRegex, Digest: hc.Digest, SNI: hc.SNI, Payload: hc.Payload, Expect: hc.Expect,
-			QueryName: hc.QueryName, QueryType: hc.QueryType, Rcode: hc.Rcode, Command: hc.Command, Script: hc.Script}
-		// Keys only some check types take are written only when set, as
-		// in a file.
-		if hc.ConnectIP.IsValid() {
-			h.ConnectIP = hc.ConnectIP.String()
-		}
-		if hc.ConnectPort != 0 {
-			h.ConnectPort = num(int(hc.ConnectPort))
-		}
-		if hc.BindTo.IsValid() {
-			h.BindTo = hc.BindTo.String()
-		}
-		if hc.VerifyCert {
-			h.VerifyCert = flag(true)
-		}
-		if hc.WarnDays != 0 {
-			h.WarnDays = num(hc.WarnDays)
-		}
-		if hc.Dynamic {
-			h.Dynamic = flag(true)
-		}
-		if hc.Type != "dns" {
-			h.QueryName, h.QueryType, h.Rcode = "", "", ""
-		}
-		if hc.Type != "http" && hc.Type != "https" {
-			h.Method, h.Path = "", ""
-		}
-		r.HealthCheck = h
+	if vs.HealthCheck != nil {
+		r.HealthCheck = rawCheckOf(vs.HealthCheck)
 	}
 	return r
+}
+
+func rawChecksOf(cs []HealthCheck) []rawHealthCheck {
+	var out []rawHealthCheck
+	for i := range cs {
+		out = append(out, *rawCheckOf(&cs[i]))
+	}
+	return out
+}
+
+// rawCheckOf writes a check back in the file's raw form.
+func rawCheckOf(hc *HealthCheck) *rawHealthCheck {
+	dur := func(d time.Duration) string { return d.String() }
+	num := func(n int) *int { return &n }
+	flag := func(b bool) *bool { return &b }
+	h := &rawHealthCheck{Type: hc.Type, Interval: dur(hc.Interval), Timeout: dur(hc.Timeout), Retry: num(hc.Retry),
+		DelayBeforeRetry: dur(hc.DelayBeforeRetry), Warmup: dur(hc.Warmup), Rise: num(hc.Rise), Fall: num(hc.Fall),
+		Alpha: flag(hc.Alpha), LogAllFailures: flag(hc.LogAllFailures), NotifyUp: hc.NotifyUp, NotifyDown: hc.NotifyDown,
+		NotifyUpScript: hc.NotifyUpScript, NotifyDownScript: hc.NotifyDownScript,
+		Method: hc.Method, Path: hc.Path, Host: hc.Host, Headers: hc.Headers, StatusCodes: hc.StatusCodes,
+		BodyRegex: hc.BodyRegex, Digest: hc.Digest, SNI: hc.SNI, Payload: hc.Payload, Expect: hc.Expect,
+		QueryName: hc.QueryName, QueryType: hc.QueryType, Rcode: hc.Rcode, HeloName: hc.HeloName, Command: hc.Command, Script: hc.Script}
+	// Keys only some check types take are written only when set, as
+	// in a file.
+	if hc.ConnectIP.IsValid() {
+		h.ConnectIP = hc.ConnectIP.String()
+	}
+	if hc.ConnectPort != 0 {
+		h.ConnectPort = num(int(hc.ConnectPort))
+	}
+	if hc.BindTo.IsValid() {
+		h.BindTo = hc.BindTo.String()
+	}
+	if hc.VerifyCert {
+		h.VerifyCert = flag(true)
+	}
+	if hc.WarnDays != 0 {
+		h.WarnDays = num(hc.WarnDays)
+	}
+	if hc.Dynamic {
+		h.Dynamic = flag(true)
+	}
+	if hc.Type != "dns" {
+		h.QueryName, h.QueryType, h.Rcode = "", "", ""
+	}
+	if hc.Type != "http" && hc.Type != "https" {
+		h.Method, h.Path = "", ""
+	}
+	return h
 }
 
 // addrOrIP writes a fwmark service's real server without a port as its

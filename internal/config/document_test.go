@@ -148,6 +148,13 @@ func TestValidateDocumentRefuses(t *testing.T) {
 		}), "virtual_server.web.health_check.command: commands never travel through the cluster"},
 		{"notify", "web", edit(func(m map[string]any) { check(m)["notify_up"] = []string{"/usr/bin/touch", "/tmp/x"} }),
 			"virtual_server.web.health_check.notify_up: commands never travel through the cluster"},
+		{"command in a real server's check", "web", edit(func(m map[string]any) {
+			m["real_server"].([]any)[0].(map[string]any)["check"] = []any{map[string]any{"type": "tcp"},
+				map[string]any{"type": "exec", "command": []string{"/bin/sh", "-c", "id"}}}
+		}), "virtual_server.web.real_server[0].check[1].command: commands never travel through the cluster"},
+		{"notify in a real server's check", "web", edit(func(m map[string]any) {
+			m["real_server"].([]any)[0].(map[string]any)["check"] = []any{map[string]any{"type": "tcp", "notify_down": []string{"/bin/true"}}}
+		}), "virtual_server.web.real_server[0].check[0].notify_down: commands never travel through the cluster"},
 		{"unknown field", "web", edit(func(m map[string]any) { m["exec"] = "x" }), `unknown field "exec"`},
 		{"bad weight", "web", edit(func(m map[string]any) { m["real_server"].([]any)[0].(map[string]any)["weight"] = 70000 }),
 			"virtual_server.web.real_server[0].weight: 70000 is out of range"},

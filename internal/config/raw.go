@@ -225,6 +225,9 @@ type rawRS struct {
 	Forwarding     string `toml:"forwarding"`
 	UpperThreshold *int   `toml:"upper_threshold"`
 	LowerThreshold *int   `toml:"lower_threshold"`
+	// Check lists the server's own checks, in place of the virtual
+	// server's health_check.
+	Check []rawHealthCheck `toml:"check"`
 }
 
 type rawHealthCheck struct {
@@ -260,6 +263,7 @@ type rawHealthCheck struct {
 	QueryName        string            `toml:"query_name"`
 	QueryType        string            `toml:"query_type"`
 	Rcode            string            `toml:"rcode"`
+	HeloName         string            `toml:"helo_name"`
 	Command          []string          `toml:"command"`
 	Script           string            `toml:"script"`
 	Dynamic          *bool             `toml:"dynamic"`

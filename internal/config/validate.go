@@ -603,21 +603,27 @@ func (v *validator) trackFileRefs(raws []rawVRRP, cfg *Config) {
 // writes it run anything as root on every director.
 func (v *validator) noCommands(raws []rawVS) {
 	for i, r := range raws {
-		hc := r.HealthCheck
-		if hc == nil {
-			continue
+		if r.HealthCheck != nil {
+			v.noCommandsIn([]any{"virtual_server", i, "health_check"}, r.HealthCheck)
 		}
-		p := []any{"virtual_server", i, "health_check"}
-		if hc.Command != nil {
-			v.add(at(p, "command"), "commands never travel through the cluster: define the program in this director's [[check_script]] and name it here with script = \"NAME\"")
-		}
-		for _, k := range []struct {
-			key  string
-			argv []string
-		}{{"notify_up", hc.NotifyUp}, {"notify_down", hc.NotifyDown}} {
-			if k.argv != nil {
-				v.add(at(p, k.key), "commands never travel through the cluster: name a [[check_script]] of each director with %s_script = \"NAME\" instead", k.key)
+		for j, rs := range r.RealServer {
+			for k := range rs.Check {
+				v.noCommandsIn([]any{"virtual_server", i, "real_server", j, "check", k}, &rs.Check[k])
 			}
+		}
+	}
+}
+
+func (v *validator) noCommandsIn(p []any, hc *rawHealthCheck) {
+	if hc.Command != nil {
+		v.add(at(p, "command"), "commands never travel through the cluster: define the program in this director's [[check_script]] and name it here with script = \"NAME\"")
+	}
+	for _, k := range []struct {
+		key  string
+		argv []string
+	}{{"notify_up", hc.NotifyUp}, {"notify_down", hc.NotifyDown}} {
+		if k.argv != nil {
+			v.add(at(p, k.key), "commands never travel through the cluster: name a [[check_script]] of each director with %s_script = \"NAME\" instead", k.key)
 		}
 	}
 }
@@ -1103,6 +1109,9 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 			if rsv.UpperThreshold > 0 && rsv.LowerThreshold > rsv.UpperThreshold {
 				v.add(at(rp, "lower_threshold"), "%d is above upper_threshold %d", rsv.LowerThreshold, rsv.UpperThreshold)
 			}
+			for k := range rr.Check {
+				rsv.Checks = append(rsv.Checks, *v.healthCheck(at(rp, "check", k), &rr.Check[k]))
+			}
 			vs.RealServers = append(vs.RealServers, rsv)
 		}
 		if r.HealthCheck != nil {
@@ -1120,8 +1129,9 @@ var healthKeys = map[string][]string{
 	"digest": {"http", "https"}, "sni": {"https", "tls"}, "verify_cert": {"https", "tls"},
 	"warn_days": {"https", "tls"}, "payload": {"udp"}, "expect": {"udp", "dns"},
 	"query_name": {"dns"}, "query_type": {"dns"}, "rcode": {"dns"}, "command": {"exec"}, "script": {"exec"}, "dynamic": {"exec"},
-	"connect_ip": {"tcp", "http", "https", "tls", "udp", "dns"}, "connect_port": {"tcp", "http", "https", "tls", "udp", "dns"},
-	"bindto": {"tcp", "http", "https", "tls", "udp", "dns"},
+	"helo_name":  {"smtp"},
+	"connect_ip": {"tcp", "http", "https", "tls", "udp", "dns", "icmp", "smtp"}, "connect_port": {"tcp", "http", "https", "tls", "udp", "dns", "smtp"},
+	"bindto": {"tcp", "http", "https", "tls", "udp", "dns", "icmp", "smtp"},
 }
 
 func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
@@ -1138,7 +1148,7 @@ func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
 		"payload": r.Payload != "", "expect": r.Expect != "", "query_name": r.QueryName != "",
 		"query_type": r.QueryType != "", "rcode": r.Rcode != "", "command": r.Command != nil,
 		"script": r.Script != "", "dynamic": r.Dynamic != nil, "connect_ip": r.ConnectIP != "", "connect_port": r.ConnectPort != nil,
-		"bindto": r.BindTo != "",
+		"bindto": r.BindTo != "", "helo_name": r.HeloName != "",
 	}
 	keys := make([]string, 0, len(set))
 	for k := range set {
@@ -1241,6 +1251,10 @@ func (v *validator) healthCheck(p []any, r *rawHealthCheck) *HealthCheck {
 		if hc.QueryName == "" {
 			hc.QueryName = "."
 		}
+	}
+	hc.HeloName = r.HeloName
+	if strings.ContainsAny(hc.HeloName, " \t\r\n") {
+		v.add(at(p, "helo_name"), "%q: a HELO name has no spaces or line breaks", hc.HeloName)
 	}
 	hc.Dynamic = r.Dynamic != nil && *r.Dynamic
 	if hc.Type == "exec" {

@@ -107,13 +107,15 @@ address = "192.0.2.100:3306"
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range healthSpecs(cfg, nil) {
+	specs, _ := healthSpecs(cfg, nil)
+	for _, s := range specs {
 		if !slices.Equal(s.Exec.Argv, []string{"/usr/local/bin/check-mysql", "-q"}) || s.Exec.Missing != "" {
 			t.Fatalf("resolved %+v", s.Exec)
 		}
 	}
 	cfg.CheckScripts = nil // the table names a script this director lacks
-	for _, s := range healthSpecs(cfg, nil) {
+	specs, _ = healthSpecs(cfg, nil)
+	for _, s := range specs {
 		if s.Exec.Missing != "mysql" {
 			t.Fatalf("unresolved %+v", s.Exec)
 		}

@@ -88,6 +88,7 @@ type Daemon struct {
 	mGeneration prometheus.Gauge
 	mLastOK     prometheus.Gauge
 	mDrills     *prometheus.CounterVec
+	mDrillGap   *prometheus.HistogramVec
 }
 
 // Run loads the configuration and runs the daemon on the real kernel until
@@ -381,6 +382,11 @@ func (d *Daemon) registerMetrics() {
 	for _, o := range []string{"ok", "refused", "failed"} {
 		d.mDrills.WithLabelValues(o)
 	}
+	d.mDrillGap = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "directord_drill_gap_seconds",
+		Help:    "Longest gap between answered probes during a drill's handover (and its hand back), by instance.",
+		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2, 3, 5, 10, 30},
+	}, []string{"instance"})
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "directord_build_info",
 		Help: "Always 1; labels give the version of directord and Go.",
@@ -390,7 +396,7 @@ func (d *Daemon) registerMetrics() {
 	d.mReloads.WithLabelValues("failed")
 	d.mGeneration.Set(1)
 	d.mLastOK.Set(float64(d.loadedAt.UnixNano()) / 1e9)
-	d.reg.MustRegister(d.mReloads, d.mGeneration, d.mLastOK, d.mDrills, info,
+	d.reg.MustRegister(d.mReloads, d.mGeneration, d.mLastOK, d.mDrills, d.mDrillGap, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newVRRPCollector(d.vrrp))
 }

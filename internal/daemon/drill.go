@@ -144,8 +144,10 @@ func (d *Daemon) handleDrill(w http.ResponseWriter, r *http.Request) {
 	default:
 		args := []any{"number", res.Number, "instance", res.Instance, "peer", res.Peer, "gap", res.Handover.Gap,
 			"new_master", res.Handover.Master, "moved", res.Moved}
+		d.mDrillGap.WithLabelValues(res.Instance).Observe(res.Handover.GapMS / 1000)
 		if res.Back != nil {
 			args = append(args, "back_gap", res.Back.Gap)
+			d.mDrillGap.WithLabelValues(res.Instance).Observe(res.Back.GapMS / 1000)
 		}
 		d.log.Info("drill done", args...)
 	}

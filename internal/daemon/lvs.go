@@ -33,6 +33,7 @@ type lvsManager struct {
 	repairs    map[string]uint64 // drift repaired, by kind
 	sysctls    []lvs.Sysctl
 	names      map[lvs.Key]string
+	reals      map[lvs.Key][]netip.AddrPort // as configured, sorry server included
 	lastDigest string    // digest of the kernel's table...
 	digestAt   time.Time // ...after the reconcile of this time
 }
@@ -200,9 +201,15 @@ func (m *lvsManager) apply(cfg *config.Config) error {
 		return nil
 	}
 	vss := lvsConfigs(cfg)
-	names := map[lvs.Key]string{}
+	names, reals := map[lvs.Key]string{}, map[lvs.Key][]netip.AddrPort{}
 	for _, vs := range vss {
 		names[vs.Key] = vs.Name
+		for _, r := range vs.Reals {
+			reals[vs.Key] = append(reals[vs.Key], r.Addr)
+		}
+		if vs.Sorry != nil {
+			reals[vs.Key] = append(reals[vs.Key], vs.Sorry.Addr)
+		}
 	}
 	sys := m.sysctl(lvs.NeededSysctls(m.dp.Capabilities(), vss))
 	for _, s := range sys {
@@ -221,7 +228,7 @@ func (m *lvsManager) apply(cfg *config.Config) error {
 			}
 		}
 	}
-	m.sysctls, m.names = sys, names
+	m.sysctls, m.names, m.reals = sys, names, reals
 	m.mu.Unlock()
 	if m.dp.Capabilities().SlotWeights {
 		for _, vs := range vss {
@@ -383,37 +390,51 @@ func (m *lvsManager) digest() string {
 	return d
 }
 
-// lvsCollector exports the kernel's counters per service and real server.
+// lvsCollector exports the kernel's counters per virtual server and real
+// server. The service label is the virtual server's name, as in every
+// other family; a configured real server the kernel does not hold (down,
+// or drained away) keeps its series, at 0.
 type lvsCollector struct {
 	m                                               *lvsManager
 	conns, pktsIn, pktsOut, bytesIn, bytesOut       *prometheus.Desc
 	active, inactive, weight, ops, refused, repairs *prometheus.Desc
+	inKernel, info                                  *prometheus.Desc
+	// The service's own totals, in families of their own.
+	svcConns, svcPktsIn, svcPktsOut, svcBytesIn, svcBytesOut *prometheus.Desc
 }
 
 func newLVSCollector(m *lvsManager) *lvsCollector {
-	labels := []string{"service", "real_server"}
-	d := func(name, help string) *prometheus.Desc {
+	rs, svc := []string{"service", "real_server"}, []string{"service"}
+	d := func(name, help string, labels []string) *prometheus.Desc {
 		return prometheus.NewDesc("directord_lvs_"+name, help, labels, nil)
 	}
 	return &lvsCollector{m: m,
-		conns:    d("connections_total", "Connections scheduled (real_server \"\" = the service as a whole)."),
-		pktsIn:   d("packets_in_total", "Packets from clients."),
-		pktsOut:  d("packets_out_total", "Packets to clients."),
-		bytesIn:  d("bytes_in_total", "Bytes from clients."),
-		bytesOut: d("bytes_out_total", "Bytes to clients."),
-		active:   d("active_connections", "Established connections of a real server (IPVS only)."),
-		inactive: d("inactive_connections", "Other connections of a real server (IPVS only)."),
-		weight:   d("weight", "A real server's weight as programmed."),
-		ops:      prometheus.NewDesc("directord_lvs_reconcile_operations", "Kernel operations the last reconcile issued.", nil, nil),
-		refused: prometheus.NewDesc("directord_lvs_service_refused",
-			"1 for each virtual service the kernel refused at the last reconcile (the others are programmed); its error is in directorctl lvs.", []string{"service"}, nil),
+		conns:       d("connections_total", "Connections scheduled to the real server.", rs),
+		pktsIn:      d("packets_in_total", "Packets from clients to the real server.", rs),
+		pktsOut:     d("packets_out_total", "Packets from the real server to clients.", rs),
+		bytesIn:     d("bytes_in_total", "Bytes from clients to the real server.", rs),
+		bytesOut:    d("bytes_out_total", "Bytes from the real server to clients.", rs),
+		active:      d("active_connections", "Established connections of a real server (IPVS only).", rs),
+		inactive:    d("inactive_connections", "Other connections of a real server (IPVS only).", rs),
+		weight:      d("weight", "A real server's weight as programmed; 0 when it is not in the kernel's table.", rs),
+		inKernel:    d("real_server_programmed", "1 while the real server is in the kernel's table (0: down and removed, or drained away).", rs),
+		svcConns:    d("service_connections_total", "Connections scheduled by the virtual server.", svc),
+		svcPktsIn:   d("service_packets_in_total", "Packets from clients to the virtual server.", svc),
+		svcPktsOut:  d("service_packets_out_total", "Packets from the virtual server to clients.", svc),
+		svcBytesIn:  d("service_bytes_in_total", "Bytes from clients to the virtual server.", svc),
+		svcBytesOut: d("service_bytes_out_total", "Bytes from the virtual server to clients.", svc),
+		info:        d("service_info", "Always 1: the virtual server's address (or fwmark) and protocol.", []string{"service", "address", "protocol"}),
+		ops:         prometheus.NewDesc("directord_lvs_reconcile_operations", "Kernel operations the last reconcile issued.", nil, nil),
+		refused: d("service_refused",
+			"1 for each virtual server the kernel refused at the last reconcile (the others are programmed); its error is in directorctl lvs.", svc),
 		repairs: prometheus.NewDesc("directord_lvs_repairs_total",
 			"Changes made to the kernel's table outside directord, found and undone, by kind (table, service, real_server).", []string{"dataplane", "kind"}, nil),
 	}
 }
 
 func (c *lvsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.conns, c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.active, c.inactive, c.weight, c.ops, c.refused, c.repairs} {
+	for _, d := range []*prometheus.Desc{c.conns, c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.active, c.inactive, c.weight,
+		c.inKernel, c.svcConns, c.svcPktsIn, c.svcPktsOut, c.svcBytesIn, c.svcBytesOut, c.info, c.ops, c.refused, c.repairs} {
 		ch <- d
 	}
 }
@@ -424,35 +445,59 @@ func (c *lvsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	last := c.m.rec.Last()
 	ch <- prometheus.MustNewConstMetric(c.ops, prometheus.GaugeValue, float64(last.Ops))
-	for svc := range last.Refused {
-		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.GaugeValue, 1, svc)
-	}
 	c.m.mu.Lock()
+	names, reals := c.m.names, c.m.reals
 	for _, kind := range []string{"table", "service", "real_server"} {
 		ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(c.m.repairs[kind]), c.m.dp.Name(), kind)
 	}
 	c.m.mu.Unlock()
+	for k, name := range names {
+		_, refused := last.Refused[k.String()]
+		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.GaugeValue, one(refused), name)
+		addr, proto := k.Addr.String(), string(k.Protocol)
+		if k.FWMark != 0 {
+			addr, proto = fmt.Sprintf("fwmark %d", k.FWMark), "any"
+		}
+		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, name, addr, proto)
+	}
 	es, err := lvs.ListWithStats(c.m.dp)
 	if err != nil {
 		return
 	}
-	counters := func(s lvs.Stats, svc, rs string) {
-		for _, x := range []struct {
-			d *prometheus.Desc
-			v uint64
-		}{{c.conns, s.Connections}, {c.pktsIn, s.PacketsIn}, {c.pktsOut, s.PacketsOut}, {c.bytesIn, s.BytesIn}, {c.bytesOut, s.BytesOut}} {
-			ch <- prometheus.MustNewConstMetric(x.d, prometheus.CounterValue, float64(x.v), svc, rs)
+	stats := func(s lvs.Stats, ds [5]*prometheus.Desc, labels ...string) {
+		for i, v := range []uint64{s.Connections, s.PacketsIn, s.PacketsOut, s.BytesIn, s.BytesOut} {
+			ch <- prometheus.MustNewConstMetric(ds[i], prometheus.CounterValue, float64(v), labels...)
 		}
 	}
+	perReal := [5]*prometheus.Desc{c.conns, c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut}
+	perService := [5]*prometheus.Desc{c.svcConns, c.svcPktsIn, c.svcPktsOut, c.svcBytesIn, c.svcBytesOut}
 	for _, e := range es {
-		svc := e.Key.String()
-		counters(e.Stats, svc, "")
+		svc, ours := names[e.Key]
+		if !ours {
+			continue // not directord's: another tool's service
+		}
+		stats(e.Stats, perService, svc)
+		seen := map[netip.AddrPort]bool{}
 		for _, r := range e.Reals {
 			rs := r.Addr.String()
-			counters(r.Stats, svc, rs)
+			seen[r.Addr] = true
+			stats(r.Stats, perReal, svc, rs)
 			ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(r.Active), svc, rs)
 			ch <- prometheus.MustNewConstMetric(c.inactive, prometheus.GaugeValue, float64(r.Inactive), svc, rs)
 			ch <- prometheus.MustNewConstMetric(c.weight, prometheus.GaugeValue, float64(r.Weight), svc, rs)
+			ch <- prometheus.MustNewConstMetric(c.inKernel, prometheus.GaugeValue, 1, svc, rs)
+		}
+		for _, a := range reals[e.Key] {
+			if seen[a] {
+				continue
+			}
+			// Down or drained: its series stay, so that a graph shows
+			// the server at 0 rather than a gap.
+			rs := a.String()
+			stats(lvs.Stats{}, perReal, svc, rs)
+			for _, d := range []*prometheus.Desc{c.active, c.inactive, c.weight, c.inKernel} {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, 0, svc, rs)
+			}
 		}
 	}
 }

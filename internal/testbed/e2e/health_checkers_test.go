@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -44,6 +45,7 @@ type helperSpec struct {
 	QName, QType, Rcode string
 	Argv                []string
 	Dynamic             bool
+	Helo                string
 }
 
 type helperResult struct {
@@ -71,6 +73,7 @@ func TestHelperCheck(t *testing.T) {
 		TLS:  healthcheck.TLSSpec{SNI: h.SNI, Verify: h.Verify, WarnDays: h.WarnDays},
 		UDP:  healthcheck.UDPSpec{Payload: []byte(h.Payload)},
 		DNS:  healthcheck.DNSSpec{Name: h.QName, QType: h.QType, Rcode: h.Rcode},
+		SMTP: healthcheck.SMTPSpec{Helo: h.Helo},
 		Exec: healthcheck.ExecSpec{Argv: h.Argv, Dynamic: h.Dynamic},
 	}
 	if h.Addr != "" {
@@ -274,6 +277,12 @@ func TestHealthCheckers(t *testing.T) {
 		return func() { pc.Close() }, err
 	})
 	serveIn(t, rs, func() (func(), error) { return serveDNS() })
+	// SMTP: a server that greets and answers HELO, one that refuses
+	// service in its banner, one that rejects the HELO name.
+	for port, answers := range map[int][2]string{2525: {"220 rs1 ESMTP", "250 rs1"}, 2526: {"554 no service here", ""},
+		2527: {"220-rs1 ESMTP\r\n220 ready", "501 bad HELO name"}} {
+		serveIn(t, rs, func() (func(), error) { return serveSMTP(port, answers[0], answers[1]) })
+	}
 
 	// Programs for exec checks.
 	bin := t.TempDir()
@@ -318,6 +327,12 @@ func TestHealthCheckers(t *testing.T) {
 		{"dns answer", helperSpec{Type: "dns", Addr: at(53), QName: "web.test", QType: "A", Expect: "^203\\.0\\.113\\.11$"}, true, ""},
 		{"dns nxdomain", helperSpec{Type: "dns", Addr: at(53), QName: "nope.test", QType: "A"}, false, "NXDOMAIN"},
 		{"dns nxdomain expected", helperSpec{Type: "dns", Addr: at(53), QName: "nope.test", QType: "A", Rcode: "NXDOMAIN"}, true, ""},
+		{"icmp echo", helperSpec{Type: "icmp", Addr: at(0)}, true, ""},
+		{"icmp nobody there", helperSpec{Type: "icmp", Addr: "203.0.113.99:0", Timeout: "500ms"}, false, "no echo reply"},
+		{"smtp banner and HELO", helperSpec{Type: "smtp", Addr: at(2525), Helo: "lb1.test"}, true, ""},
+		{"smtp refusing banner", helperSpec{Type: "smtp", Addr: at(2526)}, false, "smtp banner: answered 554 no service here"},
+		{"smtp multi-line banner, HELO refused", helperSpec{Type: "smtp", Addr: at(2527)}, false, "smtp HELO: answered 501 bad HELO name"},
+		{"smtp closed port", helperSpec{Type: "smtp", Addr: at(2599)}, false, "connection refused"},
 		{"exec 0", helperSpec{Type: "exec", Argv: []string{filepath.Join(bin, "ok")}}, true, ""},
 		{"exec 1", helperSpec{Type: "exec", Argv: []string{filepath.Join(bin, "down")}}, false, "exit 1: disk full"},
 		{"exec dynamic weight", helperSpec{Type: "exec", Argv: []string{filepath.Join(bin, "weight5")}, Dynamic: true}, true, ""},
@@ -340,10 +355,44 @@ func TestHealthCheckers(t *testing.T) {
 	if r := runCheck(t, s.Director, helperSpec{Type: "tcp", Addr: at(8081), Timeout: "300ms"}); r.OK || !strings.Contains(r.Err, "timeout") {
 		t.Fatalf("tcp to a dropping port: %+v", r)
 	}
+	// An echo through a ping socket rather than a raw one, where the
+	// namespace lets root's group have them.
+	s.Director.MustRun("sysctl", "-qw", "net.ipv4.ping_group_range=0 0")
+	if r := runCheck(t, s.Director, helperSpec{Type: "icmp", Addr: at(0)}); !r.OK {
+		t.Fatalf("icmp through a ping socket: %+v", r)
+	}
 	// The certificate warning: nginx's expires in 10 days.
 	if r := runCheck(t, s.Director, helperSpec{Type: "tls", Addr: at(8443), WarnDays: 30}); !r.OK || !strings.Contains(r.Warn, "expires in") {
 		t.Fatalf("tls expiry warning: %+v", r)
 	}
+}
+
+// serveSMTP greets every connection with banner and answers a HELO
+// naming lb1.test with helo (keepalived's SMTP_CHECK dialogue).
+func serveSMTP(port int, banner, helo string) (func(), error) {
+	ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", port))
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				fmt.Fprintf(c, "%s\r\n", banner)
+				line, err := bufio.NewReader(c).ReadString('\n')
+				if err != nil || !strings.HasPrefix(line, "HELO ") {
+					return
+				}
+				fmt.Fprintf(c, "%s\r\n", helo)
+			}()
+		}
+	}()
+	return func() { ln.Close() }, nil
 }
 
 // serveDNS answers A queries for web.test with 203.0.113.11 and
