@@ -384,9 +384,9 @@ func (d *Daemon) registerMetrics() {
 	}
 	d.mDrillGap = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "directord_drill_gap_seconds",
-		Help:    "Longest gap between answered probes during a drill's handover (and its hand back), by instance.",
+		Help:    "Longest gap between answered probes during a drill's handover (and its hand back), by VRRP instance.",
 		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2, 3, 5, 10, 30},
-	}, []string{"instance"})
+	}, []string{"vrrp_instance"})
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "directord_build_info",
 		Help: "Always 1; labels give the version of directord and Go.",

@@ -34,8 +34,8 @@ type lvsManager struct {
 	sysctls    []lvs.Sysctl
 	names      map[lvs.Key]string
 	reals      map[lvs.Key][]netip.AddrPort // as configured, sorry server included
-	lastDigest string    // digest of the kernel's table...
-	digestAt   time.Time // ...after the reconcile of this time
+	lastDigest string                       // digest of the kernel's table...
+	digestAt   time.Time                    // ...after the reconcile of this time
 }
 
 // planeName is dp's name, or "none".
@@ -398,7 +398,7 @@ type lvsCollector struct {
 	m                                               *lvsManager
 	conns, pktsIn, pktsOut, bytesIn, bytesOut       *prometheus.Desc
 	active, inactive, weight, ops, refused, repairs *prometheus.Desc
-	inKernel, info                                  *prometheus.Desc
+	inKernel, info, quorum                          *prometheus.Desc
 	// The service's own totals, in families of their own.
 	svcConns, svcPktsIn, svcPktsOut, svcBytesIn, svcBytesOut *prometheus.Desc
 }
@@ -424,6 +424,7 @@ func newLVSCollector(m *lvsManager) *lvsCollector {
 		svcBytesIn:  d("service_bytes_in_total", "Bytes from clients to the virtual server.", svc),
 		svcBytesOut: d("service_bytes_out_total", "Bytes from the virtual server to clients.", svc),
 		info:        d("service_info", "Always 1: the virtual server's address (or fwmark) and protocol.", []string{"service", "address", "protocol"}),
+		quorum:      d("service_quorum_up", "1 while the virtual server's live real servers reach its quorum (0: the sorry server, or nothing, takes its traffic).", svc),
 		ops:         prometheus.NewDesc("directord_lvs_reconcile_operations", "Kernel operations the last reconcile issued.", nil, nil),
 		refused: d("service_refused",
 			"1 for each virtual server the kernel refused at the last reconcile (the others are programmed); its error is in directorctl lvs.", svc),
@@ -434,7 +435,7 @@ func newLVSCollector(m *lvsManager) *lvsCollector {
 
 func (c *lvsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.conns, c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.active, c.inactive, c.weight,
-		c.inKernel, c.svcConns, c.svcPktsIn, c.svcPktsOut, c.svcBytesIn, c.svcBytesOut, c.info, c.ops, c.refused, c.repairs} {
+		c.inKernel, c.quorum, c.svcConns, c.svcPktsIn, c.svcPktsOut, c.svcBytesIn, c.svcBytesOut, c.info, c.ops, c.refused, c.repairs} {
 		ch <- d
 	}
 }
@@ -451,7 +452,11 @@ func (c *lvsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(c.m.repairs[kind]), c.m.dp.Name(), kind)
 	}
 	c.m.mu.Unlock()
+	quorum := c.m.rec.QuorumUp()
 	for k, name := range names {
+		if q, ok := quorum[k]; ok {
+			ch <- prometheus.MustNewConstMetric(c.quorum, prometheus.GaugeValue, one(q), name)
+		}
 		_, refused := last.Refused[k.String()]
 		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.GaugeValue, one(refused), name)
 		addr, proto := k.Addr.String(), string(k.Protocol)

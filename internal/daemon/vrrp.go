@@ -150,14 +150,14 @@ type vrrpCollector struct {
 }
 
 func newVRRPCollector(g *vrrp.Group) *vrrpCollector {
-	l := []string{"instance"}
+	l := []string{"vrrp_instance"}
 	return &vrrpCollector{
 		g:     g,
 		state: prometheus.NewDesc("directord_vrrp_state", "VRRP state: 0 init, 1 backup, 2 master, 3 fault.", l, nil),
 		prio:  prometheus.NewDesc("directord_vrrp_priority", "Effective VRRP priority.", l, nil),
 		sent:  prometheus.NewDesc("directord_vrrp_adverts_sent_total", "VRRP advertisements sent.", l, nil),
 		recv:  prometheus.NewDesc("directord_vrrp_adverts_received_total", "VRRP advertisements received and accepted.", l, nil),
-		drop:  prometheus.NewDesc("directord_vrrp_drops_total", "VRRP packets dropped, by reason.", []string{"instance", "reason"}, nil),
+		drop:  prometheus.NewDesc("directord_vrrp_drops_total", "VRRP packets dropped, by reason.", []string{"vrrp_instance", "reason"}, nil),
 		trans: prometheus.NewDesc("directord_vrrp_transitions_total", "VRRP state transitions.", l, nil),
 		mismatch: prometheus.NewDesc("directord_vrrp_addr_list_mismatches_total",
 			"VRRPv3 advertisements accepted although they list other virtual addresses than this instance.", l, nil),
