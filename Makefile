@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # -s -w: no symbol table or DWARF (pprof still reads the pclntab).
 LDFLAGS = -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test test-deps test-race test-race-unit test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync clean clean-lab
+.PHONY: all build man test test-deps test-race test-race-unit test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync clean clean-lab
 
 all: build
 
@@ -40,6 +40,11 @@ test-race: test-deps guest-kernel
 # namespace or guest: quick enough for every CI run.
 test-race-unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /internal/testbed/e2e -e /internal/testbed/guest)
+
+# The manual pages, from directord's flags, directorctl's usage and
+# docs/configuration.md (make test fails when they are out of date).
+man:
+	$(GO) test -count=1 -run TestPagesUpToDate ./internal/manpage -args -update
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \

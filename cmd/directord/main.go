@@ -27,11 +27,18 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("directord", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	file := fs.String("c", "/etc/directord/directord.toml", "configuration `file`")
-	check := fs.Bool("t", false, "check the configuration file and exit: 0 valid, 1 not")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
+	fs.SetOutput(io.Discard) // said below, on the right stream
+	f := daemon.Flags(fs)
+	file, check, showVersion := &f.ConfigFile, &f.Check, &f.Version
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		// Asked for: on stdout, and no error.
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return 0
+	} else if err != nil {
+		fmt.Fprintln(stderr, "directord:", err)
+		fs.SetOutput(stderr)
+		fs.Usage()
 		return 2
 	}
 	if fs.NArg() > 0 {

@@ -63,6 +63,9 @@ commands:
   completion bash|zsh          print the shell's completion script (no daemon needed)
 `
 
+// Usage is directorctl's usage text (its manual page is made of it).
+func Usage() string { return usage }
+
 type command struct {
 	run func(ctx context.Context, c *status.Client, o opts) error
 	// flags are the command's own flags (besides --socket).

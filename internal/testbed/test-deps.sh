@@ -7,7 +7,8 @@ set -eu
 need="ip:iproute2 nft:nftables conntrack:conntrack ping:iputils-ping nsenter:util-linux
 keepalived:keepalived tshark:tshark tcpdump:tcpdump qemu-system-x86_64:qemu-system-x86
 busybox:busybox-static nginx:nginx-light ethtool:ethtool vtysh:frr
-systemd-analyze:systemd ipvsadm:ipvsadm promtool:prometheus"
+systemd-analyze:systemd ipvsadm:ipvsadm promtool:prometheus
+groff:groff-base"
 missing=""
 for pair in $need; do
 	cmd=${pair%%:*}

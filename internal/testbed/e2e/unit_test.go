@@ -27,7 +27,23 @@ func TestSystemdUnit(t *testing.T) {
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
+	// Documentation= names the manual pages: verify runs man on them,
+	// here from docs/man as a package installs them.
+	manpath := t.TempDir()
+	for _, page := range []string{"directord.8", "directorctl.8", "directord.toml.5"} {
+		dir := filepath.Join(manpath, "man"+page[len(page)-1:])
+		os.MkdirAll(dir, 0o755)
+		b, err := os.ReadFile(repoFile("docs", "man", page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, page), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	verify := exec.Command("systemd-analyze", "verify", path)
+	verify.Env = append(os.Environ(), "MANPATH="+manpath)
+	if out, err := verify.CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 	out, err := exec.Command("systemd-analyze", "security", "--offline=yes", path).CombinedOutput()
