@@ -60,6 +60,12 @@ commands:
                                (VRRP backup, Raft caught up, same table, sync connected), hand
                                over, measure the gap from here; --back hands back at once,
                                else this director stays backup for D (default 1h)
+  convert [--config-id ID] FILE
+                               print a keepalived.conf (with its includes) as directord's
+                               TOML; what has no equivalent, or only an approximate one, goes
+                               to stderr as FILE:LINE: keyword: what happened. Exit 0 when the
+                               printed file passes directord -t, 1 when it needs work (no
+                               daemon needed; --config-id: keepalived's -i for @ID lines)
   completion bash|zsh          print the shell's completion script (no daemon needed)
 `
 
@@ -100,8 +106,10 @@ type opts struct {
 	hold        string
 	force       bool
 	drill       api.DrillRequest
+	configID    string
 	args        []string
 	out         io.Writer
+	errOut      io.Writer
 }
 
 var commands = map[string]command{
@@ -115,6 +123,7 @@ var commands = map[string]command{
 	"rs":       {runRS, nil},
 	"vs":       {runVS, []string{"f"}},
 	"drill":    {runDrill, []string{"instance", "probe", "back", "hold", "json"}},
+	"convert":  {runConvert, []string{"config-id"}},
 }
 
 // Main runs directorctl with args and returns its exit code.
@@ -183,6 +192,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	conns := sub.Bool("conns", false, "lvs: the connections, as ipvsadm -Lnc (IPVS's table, or conntrack on nftables)")
 	persistence := sub.Bool("persistence", false, "lvs: the persistence templates: which client is pinned to which real server")
 	zero := sub.Bool("zero", false, "lvs: set the counters to zero, as ipvsadm -Z (IPVS)")
+	configID := sub.String("config-id", "", "convert: the `id` @ID lines are for (keepalived's -i; default: the host's short name)")
 	// Flags may come before or after the positional arguments.
 	var positional []string
 	rest := global.Args()[1:]
@@ -218,7 +228,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, rate: *rate, conns: *conns, persistence: *persistence, zero: *zero, args: positional, out: stdout,
+	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, rate: *rate, conns: *conns, persistence: *persistence, zero: *zero, configID: *configID, args: positional, out: stdout, errOut: stderr,
 		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)
