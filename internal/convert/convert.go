@@ -44,7 +44,7 @@ func File(path string, o Options) (*Result, error) {
 
 type converter struct {
 	*reader
-	root *table
+	root            *table
 	node, dataplane *table
 	// Instance defaults from global_defs (vrrp_version, vrrp_garp_*...).
 	defaults map[string]string
