@@ -56,4 +56,18 @@ func TestIPVSInGuest(t *testing.T) {
 		!strings.Contains(res.Output, "--- PASS: TestGuestDaemonSave") || strings.Contains(res.Output, "--- SKIP") {
 		t.Fatalf("the daemon's IPVS test failed in the guest (exit %d)", res.Exit)
 	}
+
+	// Every keepalived.conf of directorctl convert's tests, converted and
+	// run on IPVS.
+	res, err = RunTests(context.Background(), root, "./internal/convert", "^TestGuestConvertedRun", 5*time.Minute)
+	if res != nil {
+		t.Logf("guest console:\n%s", res.Output)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Exit != 0 || !strings.Contains(res.Output, "--- PASS: TestGuestConvertedRun") || strings.Contains(res.Output, "--- SKIP") ||
+		strings.Count(res.Output, "    --- PASS: TestGuestConvertedRun/") < 9 {
+		t.Fatalf("the converted files did not all run in the guest (exit %d)", res.Exit)
+	}
 }
