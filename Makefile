@@ -4,8 +4,10 @@ STATICCHECK_VERSION ?= v0.8.2
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # -s -w: no symbol table or DWARF (pprof still reads the pclntab).
 LDFLAGS = -s -w -X main.version=$(VERSION)
+# A package's version must start with a digit: the release, then the commit.
+PKG_VERSION ?= 0.2.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
 
-.PHONY: all build man test test-deps test-race test-race-unit test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync clean clean-lab
+.PHONY: all build man package test test-deps test-race test-race-unit test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync clean clean-lab
 
 all: build
 
@@ -80,8 +82,21 @@ bench-cluster: test-deps build
 bench-sync: test-deps build
 	$(GO) run ./internal/bench/sync -bin bin
 
+# dist/directord_*.deb and dist/directord-*.rpm: the static binaries, the
+# unit, the example configuration (a conffile under /etc/directord), the
+# manual pages, the completions, the docs, the alert rules and the
+# dashboard. nfpm is a Go module tool pinned in go.mod.
+package:
+	rm -rf dist
+	mkdir -p dist/stage
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/stage/ ./cmd/directord ./cmd/directorctl
+	dist/stage/directorctl completion bash > dist/stage/directorctl.bash
+	dist/stage/directorctl completion zsh > dist/stage/_directorctl
+	for p in deb rpm; do GOARCH=$$($(GO) env GOARCH) PKG_VERSION=$(PKG_VERSION) \
+	  $(GO) tool nfpm package -f etc/nfpm.yaml -p $$p -t dist/ || exit 1; done
+
 clean:
-	rm -rf bin .cache
+	rm -rf bin .cache dist
 
 # Removes lab namespaces left behind by a test run that was killed (-9).
 # Do not run it while tests run: it cannot tell theirs from leftovers.

@@ -8,7 +8,7 @@ need="ip:iproute2 nft:nftables conntrack:conntrack ping:iputils-ping nsenter:uti
 keepalived:keepalived tshark:tshark tcpdump:tcpdump qemu-system-x86_64:qemu-system-x86
 busybox:busybox-static nginx:nginx-light ethtool:ethtool vtysh:frr
 systemd-analyze:systemd ipvsadm:ipvsadm promtool:prometheus
-groff:groff-base"
+groff:groff-base modprobe:kmod"
 missing=""
 for pair in $need; do
 	cmd=${pair%%:*}
