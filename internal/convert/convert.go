@@ -118,6 +118,14 @@ func (c *converter) convert(top []*node) {
 	}
 }
 
+// named starts a top-level array table with its name key.
+func (c *converter) named(header, name string) *table {
+	t := c.root.sub(header)
+	t.indent = ""
+	t.set("name", str(name))
+	return t
+}
+
 func (c *converter) plane() *table {
 	if c.dataplane == nil {
 		c.dataplane = &table{header: "[dataplane]"}
@@ -144,6 +152,20 @@ func (c *converter) integer(n *node, i int) (int, bool) {
 		return 0, false
 	}
 	return v, true
+}
+
+// setInt sets key to n's number, when it is one.
+func (c *converter) setInt(t *table, key string, n *node) {
+	if v, ok := c.integer(n, 0); ok {
+		t.set(key, num(v))
+	}
+}
+
+// setSeconds sets key to n's seconds as a duration, when they are.
+func (c *converter) setSeconds(t *table, key string, n *node) {
+	if d, ok := c.seconds(n, 0); ok {
+		t.set(key, dur(d))
+	}
 }
 
 // flag is a keyword that is on when present, or followed by true/false
@@ -275,22 +297,16 @@ func (c *converter) syncDaemon(n *node) {
 }
 
 func (c *converter) vrrpScript(s *node) {
-	t := c.root.sub("[[vrrp_script]]")
-	t.indent = ""
-	t.set("name", str(s.arg(0)))
+	t := c.named("[[vrrp_script]]", s.arg(0))
 	c.scripts[s.arg(0)] = true
 	for _, n := range s.Children {
 		switch n.Key {
 		case "script":
 			t.set("script", strs(c.argv(n, strings.Join(n.Args, " "))))
 		case "interval", "timeout":
-			if d, ok := c.seconds(n, 0); ok {
-				t.set(n.Key, dur(d))
-			}
+			c.setSeconds(t, n.Key, n)
 		case "rise", "fall", "weight":
-			if v, ok := c.integer(n, 0); ok {
-				t.set(n.Key, num(v))
-			}
+			c.setInt(t, n.Key, n)
 			if n.Key == "weight" && n.arg(1) == "reverse" {
 				c.warn(n, "reverse belongs on the instances' track_script in directord: add reverse = true there")
 			}
@@ -311,17 +327,13 @@ func (c *converter) vrrpScript(s *node) {
 }
 
 func (c *converter) trackFile(s *node) {
-	t := c.root.sub("[[vrrp_track_file]]")
-	t.indent = ""
-	t.set("name", str(s.arg(0)))
+	t := c.named("[[vrrp_track_file]]", s.arg(0))
 	for _, n := range s.Children {
 		switch n.Key {
 		case "file":
 			t.set("file", str(n.arg(0)))
 		case "weight":
-			if v, ok := c.integer(n, 0); ok {
-				t.set("weight", num(v))
-			}
+			c.setInt(t, "weight", n)
 		case "init_file":
 			c.none(n, "directord reads a missing file as 0 and does not create it")
 		default:
@@ -331,9 +343,7 @@ func (c *converter) trackFile(s *node) {
 }
 
 func (c *converter) trackProcess(s *node) {
-	t := c.root.sub("[[vrrp_track_process]]")
-	t.indent = ""
-	t.set("name", str(s.arg(0)))
+	t := c.named("[[vrrp_track_process]]", s.arg(0))
 	for _, n := range s.Children {
 		switch n.Key {
 		case "process":
@@ -342,13 +352,9 @@ func (c *converter) trackProcess(s *node) {
 				c.warn(n, "directord matches the process's name only, not its arguments")
 			}
 		case "quorum", "quorum_max", "weight":
-			if v, ok := c.integer(n, 0); ok {
-				t.set(n.Key, num(v))
-			}
+			c.setInt(t, n.Key, n)
 		case "delay":
-			if d, ok := c.seconds(n, 0); ok {
-				t.set("delay", dur(d))
-			}
+			c.setSeconds(t, "delay", n)
 		default:
 			c.none(n, "")
 		}
@@ -356,9 +362,7 @@ func (c *converter) trackProcess(s *node) {
 }
 
 func (c *converter) syncGroup(g *node) {
-	t := c.root.sub("[[vrrp_sync_group]]")
-	t.indent = ""
-	t.set("name", str(g.arg(0)))
+	t := c.named("[[vrrp_sync_group]]", g.arg(0))
 	for _, n := range g.Children {
 		switch n.Key {
 		case "group":

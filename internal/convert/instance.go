@@ -8,9 +8,7 @@ import (
 
 // instance converts a vrrp_instance.
 func (c *converter) instance(in *node) {
-	t := c.root.sub("[[vrrp_instance]]")
-	t.indent = ""
-	t.set("name", str(in.arg(0)))
+	t := c.named("[[vrrp_instance]]", in.arg(0))
 	// keepalived's default version is 2, directord's 3: say it always.
 	version, versionAt := "2", (*node)(nil)
 	if v := c.defaults["version"]; v != "" {
@@ -29,17 +27,11 @@ func (c *converter) instance(in *node) {
 			}
 			t.set("state", str(st))
 		case "virtual_router_id", "priority":
-			if v, ok := c.integer(n, 0); ok {
-				t.set(n.Key, num(v))
-			}
+			c.setInt(t, n.Key, n)
 		case "advert_int", "preempt_delay", "garp_master_delay", "garp_master_refresh", "garp_lower_prio_delay":
-			if d, ok := c.seconds(n, 0); ok {
-				t.set(n.Key, dur(d))
-			}
+			c.setSeconds(t, n.Key, n)
 		case "garp_master_repeat", "garp_lower_prio_repeat":
-			if v, ok := c.integer(n, 0); ok {
-				t.set(n.Key, num(v))
-			}
+			c.setInt(t, n.Key, n)
 		case "version":
 			version, versionAt = n.arg(0), n
 		case "nopreempt":

@@ -22,6 +22,32 @@ type checkDefaults struct {
 	notifyUp, notifyDown                        []string
 }
 
+// timing reads a keyword a virtual server, a real server and a checker
+// may all give, each for those under it; false when n is another.
+func (c *converter) timing(n *node, d *checkDefaults) bool {
+	durations := map[string]*time.Duration{"delay_loop": &d.interval, "connect_timeout": &d.timeout,
+		"misc_timeout": &d.timeout, "delay_before_retry": &d.delayBeforeRetry, "warmup": &d.warmup}
+	if p, ok := durations[n.Key]; ok {
+		if v, ok := c.seconds(n, 0); ok {
+			*p = v
+		}
+		return true
+	}
+	switch n.Key {
+	case "retry", "nb_get_retry":
+		if v, ok := c.integer(n, 0); ok {
+			d.retry = v
+		}
+	case "alpha":
+		d.alpha = true
+	case "virtualhost":
+		d.virtualhost = n.arg(0)
+	default:
+		return false
+	}
+	return true
+}
+
 // virtualServer converts a virtual_server: by address, by fwmark, or a
 // virtual_server_group, which directord writes as one virtual server per
 // member.
@@ -63,9 +89,7 @@ func (c *converter) virtualServer(vs *node) {
 		default:
 			name = "vs-" + strings.NewReplacer("[", "", "]", "", ":", "-").Replace(m.address)
 		}
-		t := c.root.sub("[[virtual_server]]")
-		t.indent = ""
-		t.set("name", str(name))
+		t := c.named("[[virtual_server]]", name)
 		if m.fwmark != "" {
 			t.set("fwmark", m.fwmark)
 		} else {
@@ -124,31 +148,10 @@ func (c *converter) virtualServerBody(t *table, vs *node, fwmark, quiet bool) {
 	var flags []string
 	inhibit := false
 	for _, n := range vs.Children {
+		if c.timing(n, &d) {
+			continue
+		}
 		switch n.Key {
-		case "delay_loop":
-			if v, ok := c.seconds(n, 0); ok {
-				d.interval = v
-			}
-		case "connect_timeout":
-			if v, ok := c.seconds(n, 0); ok {
-				d.timeout = v
-			}
-		case "delay_before_retry":
-			if v, ok := c.seconds(n, 0); ok {
-				d.delayBeforeRetry = v
-			}
-		case "warmup":
-			if v, ok := c.seconds(n, 0); ok {
-				d.warmup = v
-			}
-		case "retry", "nb_get_retry":
-			if v, ok := c.integer(n, 0); ok {
-				d.retry = v
-			}
-		case "alpha":
-			d.alpha = true
-		case "virtualhost":
-			d.virtualhost = n.arg(0)
 		case "lb_algo", "lvs_sched":
 			t.set("scheduler", str(strings.ToLower(n.arg(0))))
 		case "lb_kind", "lvs_method":
@@ -175,9 +178,7 @@ func (c *converter) virtualServerBody(t *table, vs *node, fwmark, quiet bool) {
 		case "ops":
 			t.set("one_packet", "true")
 		case "quorum", "hysteresis":
-			if v, ok := c.integer(n, 0); ok {
-				t.set(n.Key, num(v))
-			}
+			c.setInt(t, n.Key, n)
 		case "inhibit_on_failure":
 			inhibit = true
 		case "sorry_server":
@@ -248,9 +249,7 @@ func render(t *table) string {
 func (c *converter) granularity(t *table, n *node) {
 	a, err := netip.ParseAddr(n.arg(0))
 	if err != nil {
-		if v, ok := c.integer(n, 0); ok {
-			t.set("persistence_granularity", num(v))
-		}
+		c.setInt(t, "persistence_granularity", n)
 		return
 	}
 	b := a.As4()
@@ -274,11 +273,12 @@ func (c *converter) realServer(vs *table, rs *node, d checkDefaults, quiet bool,
 	rsPort := rs.arg(1)
 	var checkers []*node
 	for _, n := range rs.Children {
+		if c.timing(n, &d) {
+			continue
+		}
 		switch n.Key {
 		case "weight":
-			if v, ok := c.integer(n, 0); ok {
-				t.set("weight", num(v))
-			}
+			c.setInt(t, "weight", n)
 		case "uthreshold", "lthreshold":
 			if v, ok := c.integer(n, 0); ok {
 				t.set(map[string]string{"uthreshold": "upper_threshold", "lthreshold": "lower_threshold"}[n.Key], num(v))
@@ -294,30 +294,6 @@ func (c *converter) realServer(vs *table, rs *node, d checkDefaults, quiet bool,
 			d.notifyUp = c.argv(n, strings.Join(n.Args, " "))
 		case "notify_down":
 			d.notifyDown = c.argv(n, strings.Join(n.Args, " "))
-		case "delay_loop":
-			if v, ok := c.seconds(n, 0); ok {
-				d.interval = v
-			}
-		case "connect_timeout":
-			if v, ok := c.seconds(n, 0); ok {
-				d.timeout = v
-			}
-		case "delay_before_retry":
-			if v, ok := c.seconds(n, 0); ok {
-				d.delayBeforeRetry = v
-			}
-		case "warmup":
-			if v, ok := c.seconds(n, 0); ok {
-				d.warmup = v
-			}
-		case "retry", "nb_get_retry":
-			if v, ok := c.integer(n, 0); ok {
-				d.retry = v
-			}
-		case "alpha":
-			d.alpha = true
-		case "virtualhost":
-			d.virtualhost = n.arg(0)
 		case "TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "DNS_CHECK", "UDP_CHECK", "PING_CHECK", "SMTP_CHECK":
 			checkers = append(checkers, n)
 		case "BFD_CHECK", "FILE_CHECK":
@@ -343,6 +319,9 @@ func (c *converter) checker(ck *node, d checkDefaults, rsPort string, warn func(
 	extra := &table{} // type-specific keys, after the timings
 	var urls, hosts []*node
 	for _, n := range ck.Children {
+		if c.timing(n, &d) {
+			continue
+		}
 		switch n.Key {
 		case "connect_ip", "bindto":
 			extra.set(n.Key, str(n.arg(0)))
@@ -350,32 +329,8 @@ func (c *converter) checker(ck *node, d checkDefaults, rsPort string, warn func(
 			if v, ok := c.integer(n, 0); ok {
 				extra.set("connect_port", num(v))
 			}
-		case "connect_timeout", "misc_timeout":
-			if v, ok := c.seconds(n, 0); ok {
-				d.timeout = v
-			}
-		case "delay_loop":
-			if v, ok := c.seconds(n, 0); ok {
-				d.interval = v
-			}
-		case "retry", "nb_get_retry":
-			if v, ok := c.integer(n, 0); ok {
-				d.retry = v
-			}
-		case "delay_before_retry":
-			if v, ok := c.seconds(n, 0); ok {
-				d.delayBeforeRetry = v
-			}
-		case "warmup":
-			if v, ok := c.seconds(n, 0); ok {
-				d.warmup = v
-			}
-		case "alpha":
-			d.alpha = true
 		case "log_all_failures":
 			extra.set("log_all_failures", "true")
-		case "virtualhost":
-			d.virtualhost = n.arg(0)
 		case "url":
 			urls = append(urls, n)
 		case "host":

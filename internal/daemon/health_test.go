@@ -32,15 +32,18 @@ address = "192.0.2.100:80"
     path = "/health"
 %s`
 
+// dynamicCheck is an exec check that may set the server's weight.
+const dynamicCheck = `    [[virtual_server.real_server.check]]
+    type = "exec"
+    command = ["/bin/true"]
+    dynamic = true
+`
+
 // A real server with checks of its own is up while every one passes, as
 // keepalived's checkers of one real_server; the load balancer hears only
 // the changes of that whole.
 func TestRealServerChecksAllMustPass(t *testing.T) {
-	cfg, err := config.Parse("f.toml", fmt.Appendf(nil, checksTable, `    [[virtual_server.real_server.check]]
-    type = "exec"
-    command = ["/bin/true"]
-    dynamic = true
-`))
+	cfg, err := config.Parse("f.toml", fmt.Appendf(nil, checksTable, dynamicCheck))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +89,7 @@ func TestRealServerChecksAllMustPass(t *testing.T) {
 	}
 	// The failing check is taken out of the file: the others pass, so
 	// the server is back, at the weight its exec check asked for.
-	cfg, err = config.Parse("f.toml", fmt.Appendf(nil, strings.Replace(checksTable, "    [[virtual_server.real_server.check]]\n    type = \"http\"\n    path = \"/health\"\n", "", 1), `    [[virtual_server.real_server.check]]
-    type = "exec"
-    command = ["/bin/true"]
-    dynamic = true
-`))
+	cfg, err = config.Parse("f.toml", fmt.Appendf(nil, strings.Replace(checksTable, "    [[virtual_server.real_server.check]]\n    type = \"http\"\n    path = \"/health\"\n", "", 1), dynamicCheck))
 	if err != nil {
 		t.Fatal(err)
 	}

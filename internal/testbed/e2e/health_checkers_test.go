@@ -260,15 +260,7 @@ func TestHealthCheckers(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					go func() { c.(*tls.Conn).Handshake(); c.Close() }()
-				}
-			}()
+			lab.AcceptEach(ln, func(c net.Conn) { c.(*tls.Conn).Handshake(); c.Close() })
 			return func() { ln.Close() }, nil
 		})
 	}
@@ -374,24 +366,16 @@ func serveSMTP(port int, banner, helo string) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				fmt.Fprintf(c, "%s\r\n", banner)
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err != nil || !strings.HasPrefix(line, "HELO ") {
-					return
-				}
-				fmt.Fprintf(c, "%s\r\n", helo)
-			}()
+	lab.AcceptEach(ln, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "%s\r\n", banner)
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "HELO ") {
+			return
 		}
-	}()
+		fmt.Fprintf(c, "%s\r\n", helo)
+	})
 	return func() { ln.Close() }, nil
 }
 

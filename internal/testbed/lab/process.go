@@ -145,13 +145,19 @@ func Throughout(d time.Duration, cond func() error) error {
 // AcceptAndClose accepts connections on ln and closes each at once, until
 // ln is closed: a target for tcp checks and connection probes.
 func AcceptAndClose(ln net.Listener) {
+	AcceptEach(ln, func(c net.Conn) { c.Close() })
+}
+
+// AcceptEach hands every connection ln accepts to handle, in a goroutine
+// of its own, until ln is closed.
+func AcceptEach(ln net.Listener, handle func(net.Conn)) {
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			c.Close()
+			go handle(c)
 		}
 	}()
 }
