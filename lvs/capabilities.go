@@ -73,7 +73,7 @@ var NFTCapabilities = Capabilities{
 	Atomic:         true,
 	Schedulers:     NFTSchedulers,
 	Protocols:      []Protocol{TCP, UDP},
-	Methods:        []Method{NAT},
+	Methods:        []Method{NAT, DR},
 	FlagSchedulers: []string{"sh", "mh"},
 	FlagBits:       FlagSched1 | FlagSched2,
 	Masquerade:     true,
@@ -127,6 +127,9 @@ func (c Capabilities) Unsupported(svc Service, reals []Real) []Unsupported {
 	}
 	if svc.Flags&^c.FlagBits != 0 || (svc.Flags != 0 && !slices.Contains(c.FlagSchedulers, svc.Scheduler)) {
 		add(-1, "scheduler_flags", "the %s data plane takes the scheduler flags %s only", c.Name, c.flagNames())
+	}
+	if c.Name == NFTCapabilities.Name && slices.ContainsFunc(reals, func(r Real) bool { return r.Method == DR }) {
+		drUnsupported(svc, add)
 	}
 	for i, r := range reals {
 		if !slices.Contains(c.Methods, r.Method) {

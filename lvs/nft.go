@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
@@ -154,6 +155,14 @@ type NFT struct {
 	refuseFor func(Key) bool         // NFTOptions.Refuse
 	timeouts  Timeouts               // SetTimeouts
 	dumps     map[bool]conntrackDump // Conns's, by family (true: IPv6)
+	// Direct routing (nftdr.go): the interface facing the router, the
+	// netdev table once made, and the real servers' hops.
+	drIface string
+	dr      *drObjects
+	nb      neighbours
+	hops    map[netip.Addr]Hop
+	hopErrs map[netip.Addr]error
+	log     *slog.Logger
 }
 
 type nsvc struct {
@@ -168,6 +177,10 @@ type nsvc struct {
 	slots *nftables.Set
 	// pers holds each real server's persistent clients (persistence on).
 	pers map[netip.AddrPort]*nftables.Set
+	// dr: a direct-routing service, in the netdev table; hops are its
+	// slots' servers' hops as programmed.
+	dr   bool
+	hops map[netip.AddrPort]Hop
 }
 
 // chains says whether the service has a chain per real server
@@ -185,6 +198,12 @@ type NFTOptions struct {
 	// builds a service it names (its chain jumps to a chain that does not
 	// exist): a refusal by the kernel itself, on demand.
 	Refuse func(Key) bool
+	// DRInterface is the interface facing the router, whose ingress
+	// takes the packets of direct-routing services.
+	DRInterface string
+	// Log is for what the data plane finds on its own (real servers it
+	// cannot reach by direct routing); nil: discarded.
+	Log *slog.Logger
 }
 
 // NewNFT opens the nftables data plane and removes any table a previous
@@ -231,18 +250,24 @@ func NewNFT(o NFTOptions) (*NFT, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}, rates: rates{now: time.Now}, refuseFor: o.Refuse, dumps: map[bool]conntrackDump{}}
+	n := &NFT{conn: c, nl: h, table: &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}, rates: rates{now: time.Now}, refuseFor: o.Refuse, dumps: map[bool]conntrackDump{},
+		drIface: o.DRInterface, nb: neighbours{h: h, wait: time.Second}, hops: map[netip.Addr]Hop{}, hopErrs: map[netip.Addr]error{}, log: o.Log}
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
 	n.reset()
 	if n.gen, err = netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: o.NetNS}); err != nil {
 		h.Close()
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
+	// What a previous run left.
+	n.delDRTable()
 	if _, err := c.ListTableOfFamily(NFTTable, nftables.TableFamilyINet); err == nil {
 		c.DelTable(n.table)
-		if err := c.Flush(); err != nil {
-			h.Close()
-			return nil, fmt.Errorf("nftables: remove old table %s: %w", NFTTable, err)
-		}
+	}
+	if err := c.Flush(); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("nftables: remove old tables %s: %w", NFTTable, err)
 	}
 	return n, nil
 }
@@ -255,6 +280,7 @@ func (n *NFT) reset() {
 	n.base = false
 	n.maps = map[string]*nftables.Set{}
 	n.baseline, n.seenGen = nil, 0
+	n.dr = nil
 }
 
 func (n *NFT) Name() string { return "nftables" }
@@ -263,6 +289,7 @@ func (n *NFT) Close() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.conn.DelTable(n.table)
+	n.delDRTable()
 	err := n.conn.Flush()
 	n.reset()
 	n.nl.Close()
@@ -305,11 +332,21 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 		// same reconcile fills again.
 		n.repairs = append(n.repairs, Repair{Kind: "table", Found: d})
 		n.conn.DelTable(n.table)
+		n.delDRTable()
 		if err := n.conn.Flush(); err != nil {
 			return nil, fmt.Errorf("nftables: remove the edited table: %w", err)
 		}
 		n.reset()
 		return nil, nil
+	}
+	if n.dr != nil {
+		if _, err := n.conn.ListTableOfFamily(NFTDRTable, nftables.TableFamilyNetdev); err != nil {
+			n.repairs = append(n.repairs, Repair{Kind: "table", Found: "table netdev " + NFTDRTable + " deleted"})
+			return nil, n.abandon(nil)
+		}
+		if err := n.refreshDR(); err != nil {
+			return nil, err
+		}
 	}
 	var c *counts
 	if stats && len(n.svcs) > 0 {
@@ -327,6 +364,12 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 		e := Entry{Service: s.svc}
 		if c != nil {
 			e.Stats.Connections = c.service[string(dispatchKey(s.svc.Key))]
+		}
+		if dr := traffic["dr"+string(dispatchKey(s.svc.Key))]; s.dr && dr != nil {
+			// Stateless: packets towards the servers, counted per
+			// service only (no connections, no replies: they do not
+			// cross the director).
+			e.Stats.PacketsIn, e.Stats.BytesIn = dr.Packets, dr.Bytes
 		}
 		for _, r := range s.reals {
 			var st Stats
@@ -416,6 +459,19 @@ func (n *NFT) readCounts() (*counts, error) {
 			}
 		}
 	}
+	if n.dr != nil {
+		for _, m := range n.dr.svc {
+			els, err := n.conn.GetSetElements(m)
+			if err != nil {
+				return nil, fmt.Errorf("nftables: read %s: %w", m.Name, err)
+			}
+			for _, el := range els {
+				if el.Counter != nil {
+					c.traffic["dr"+string(el.Key)] = el.Counter
+				}
+			}
+		}
+	}
 	return c, nil
 }
 
@@ -493,7 +549,7 @@ func (n *NFT) Apply(ops []Op) error {
 			return fmt.Errorf("nftables: create table %s: %w", NFTTable, err)
 		}
 	}
-	saved := &undo{svcs: map[Key]*nsvc{}, nextID: n.nextID}
+	saved := &undo{svcs: map[Key]*nsvc{}, nextID: n.nextID, dr: n.dr}
 	type change struct {
 		old   *nsvc // the kernel's objects to remove, if any
 		new   bool  // create from scratch
@@ -574,6 +630,24 @@ func (n *NFT) Apply(ops []Op) error {
 			c.reals = true
 		}
 	}
+	drNow := false
+	for _, k := range order {
+		if s, ok := n.svcs[k]; ok && len(s.reals) > 0 {
+			if i := slices.IndexFunc(s.reals, func(r Real) bool { return (r.Method == DR) != (s.reals[0].Method == DR) }); i > 0 {
+				return n.refuse(saved, fmt.Errorf("%s: real servers %s (%s) and %s (%s): the nftables data plane does not mix direct routing with NAT in one service",
+					k, s.reals[0].Addr, s.reals[0].Method, s.reals[i].Addr, s.reals[i].Method))
+			}
+			drNow = drNow || isDR(s)
+		}
+	}
+	if drNow {
+		if n.dr == nil {
+			if err := n.addDRBase(); err != nil {
+				return n.refuse(saved, err)
+			}
+		}
+		n.resolveDR()
+	}
 	for _, k := range order {
 		c := changes[k]
 		if c.old != nil {
@@ -621,6 +695,7 @@ func (n *NFT) TakeRepairs() []Repair {
 type undo struct {
 	svcs   map[Key]*nsvc
 	nextID int
+	dr     *drObjects // nil: the netdev table is not there (yet)
 }
 
 // keep records service k as it is, before its first change of the Apply.
@@ -635,7 +710,7 @@ func (u *undo) keep(n *NFT, k Key) {
 	}
 	c := *s
 	c.reals, c.order = slices.Clone(s.reals), slices.Clone(s.order)
-	c.idx, c.pers = maps.Clone(s.idx), maps.Clone(s.pers)
+	c.idx, c.pers, c.hops = maps.Clone(s.idx), maps.Clone(s.pers), maps.Clone(s.hops)
 	u.svcs[k] = &c
 }
 
@@ -650,6 +725,7 @@ func (n *NFT) refuse(u *undo, err error) error {
 		}
 	}
 	n.nextID = u.nextID
+	n.dr = u.dr
 	for kind, ks := range n.touched {
 		for k, before := range ks {
 			if before == 0 {
@@ -669,6 +745,7 @@ func (n *NFT) refuse(u *undo, err error) error {
 // both start again from an empty table, which the next reconcile fills.
 func (n *NFT) abandon(err error) error {
 	n.conn.DelTable(n.table)
+	n.delDRTable()
 	_ = n.conn.Flush()
 	n.reset()
 	return err
@@ -863,6 +940,11 @@ func (n *NFT) addService(s *nsvc) {
 	s.nextRS = 0
 	s.order = nil
 	s.pers = map[netip.AddrPort]*nftables.Set{}
+	s.hops = nil
+	if s.dr = isDR(s); s.dr {
+		n.addDRService(s)
+		return
+	}
 	// Slots go to real servers' chains, or to their address and port.
 	s.slots = &nftables.Set{Table: n.table, Name: fmt.Sprintf("sl%d", s.id), IsMap: true,
 		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
@@ -890,6 +972,10 @@ func (n *NFT) addService(s *nsvc) {
 }
 
 func (n *NFT) delService(s *nsvc) {
+	if s.dr {
+		n.delDRService(s)
+		return
+	}
 	c := n.conn
 	_ = c.SetDeleteElements(n.dispatchMap(s.svc.Key), []nftables.SetElement{{Key: dispatchKey(s.svc.Key)}})
 	sc := n.chain(fmt.Sprintf("s%d", s.id))
@@ -904,6 +990,17 @@ func (n *NFT) delService(s *nsvc) {
 // updateReals adds and removes real servers and rewrites the slots and the
 // scheduling rule, whose modulus follows the weights.
 func (n *NFT) updateReals(s *nsvc) {
+	if s.dr != isDR(s) && len(s.reals) > 0 {
+		// From NAT to direct routing or back: another table.
+		old := *s
+		n.delService(&old)
+		n.addService(s)
+		return
+	}
+	if s.dr {
+		n.updateDRReals(s)
+		return
+	}
 	c := n.conn
 	for _, r := range s.reals {
 		if _, ok := s.idx[r.Addr]; !ok {

@@ -75,7 +75,7 @@ func generation(c *netlink.Conn) (uint32, error) {
 }
 
 // rulesPerChain counts the rules of each chain of the table in one dump.
-func rulesPerChain(c *netlink.Conn, table string) (map[string]int, error) {
+func rulesPerChain(c *netlink.Conn, family byte, table string) (map[string]int, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.NFTA_RULE_TABLE, table)
 	attrs, err := ae.Encode()
@@ -84,7 +84,7 @@ func rulesPerChain(c *netlink.Conn, table string) (map[string]int, error) {
 	}
 	msgs, err := c.Execute(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
-		Data:   append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+		Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("nftables rules: %w", err)
@@ -115,7 +115,7 @@ func (n *NFT) readFingerprint() (fingerprint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables chains: %w", err)
 	}
-	rules, err := rulesPerChain(n.gen, NFTTable)
+	rules, err := rulesPerChain(n.gen, unix.NFPROTO_INET, NFTTable)
 	if err != nil {
 		return nil, err
 	}
@@ -137,6 +137,11 @@ func (n *NFT) readFingerprint() (fingerprint, error) {
 			return nil, fmt.Errorf("nftables map %s: %w", name, err)
 		}
 		f["map "+name] = len(els)
+	}
+	if n.dr != nil {
+		if err := n.drFingerprint(f); err != nil {
+			return nil, err
+		}
 	}
 	return f, nil
 }
@@ -178,4 +183,34 @@ func (n *NFT) drifted() string {
 	d := n.baseline.diff(f)
 	n.seenGen = gen
 	return d
+}
+
+// drFingerprint adds the netdev table of direct routing: its chains'
+// rules, its sets and the elements of its maps, under "dr ".
+func (n *NFT) drFingerprint(f fingerprint) error {
+	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyNetdev)
+	if err != nil {
+		return fmt.Errorf("nftables chains: %w", err)
+	}
+	rules, err := rulesPerChain(n.gen, unix.NFPROTO_NETDEV, NFTDRTable)
+	if err != nil {
+		return err
+	}
+	for _, c := range chains {
+		if c.Table != nil && c.Table.Name == NFTDRTable {
+			f["dr chain "+c.Name] = rules[c.Name]
+		}
+	}
+	sets, err := n.conn.GetSets(n.dr.table)
+	if err != nil {
+		return fmt.Errorf("nftables sets: %w", err)
+	}
+	for _, s := range sets {
+		els, err := n.conn.GetSetElements(s)
+		if err != nil {
+			return fmt.Errorf("nftables map %s: %w", s.Name, err)
+		}
+		f["dr map "+s.Name] = len(els)
+	}
+	return nil
 }

@@ -403,10 +403,10 @@ func TestReconcileLeavesOutUnsupported(t *testing.T) {
 	f.Caps = &caps
 	r, _ := newRec(t, f, lvs.Options{})
 	dr := webVS(real(rs1, 1))
-	dr.Reals[0].Method = lvs.DR
+	dr.Reals[0].Method = lvs.Tunnel
 	ok := lvs.VirtualServer{Name: "dns", Service: lvs.Service{Key: dns, Scheduler: "rr"}, Reals: []lvs.Real{real(rs2, 1)}}
 	err := r.Set([]lvs.VirtualServer{dr, ok})
-	if err == nil || !strings.Contains(err.Error(), "virtual server web (tcp 192.0.2.100:80) left out: the nftables data plane forwards by nat only; dr needs IPVS") {
+	if err == nil || !strings.Contains(err.Error(), "virtual server web (tcp 192.0.2.100:80) left out: the nftables data plane forwards by nat, dr only; tun needs IPVS") {
 		t.Fatalf("Set: %v", err)
 	}
 	step(t, r, f, "add-service udp 192.0.2.100:53 rr", "add-real udp 192.0.2.100:53 -> 203.0.113.12:8080 weight 1 nat")
@@ -429,8 +429,13 @@ func TestCapabilities(t *testing.T) {
 		{lvs.NFTCapabilities, lvs.Service{Key: lvs.Key{Protocol: lvs.SCTP, Addr: rs1}, Scheduler: "lc", OnePacket: true}, nil,
 			[]string{"scheduler", "protocol", "one_packet"}},
 		{lvs.NFTCapabilities, lvs.Service{Key: web, Scheduler: "rr"},
-			[]lvs.Real{{Addr: netip.MustParseAddrPort("203.0.113.11:0"), Method: lvs.DR, Lower: 1}},
+			[]lvs.Real{{Addr: netip.MustParseAddrPort("203.0.113.11:0"), Method: lvs.Tunnel, Lower: 1}},
 			[]string{"forwarding", "upper_threshold", "address"}},
+		// Direct routing on nftables is stateless: hashing schedulers,
+		// no persistence.
+		{lvs.NFTCapabilities, lvs.Service{Key: web, Scheduler: "mh", Flags: lvs.FlagSched2}, []lvs.Real{{Addr: rs1, Method: lvs.DR, Weight: 1}}, nil},
+		{lvs.NFTCapabilities, lvs.Service{Key: web, Scheduler: "rr", Persistence: time.Minute}, []lvs.Real{{Addr: rs1, Method: lvs.DR, Weight: 1}},
+			[]string{"scheduler", "persistence_timeout"}},
 		{lvs.NFTCapabilities, lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "rr", Masquerade: true}, nil, []string{"masquerade"}},
 	} {
 		var got []string

@@ -27,11 +27,12 @@ const (
 	SectionCluster = "cluster"
 	SectionSync    = "sync"
 	SectionDrills  = "drills"
+	SectionBGP     = "bgp"
 )
 
 // Sections lists every section name, in the document's order.
 var Sections = []string{SectionNode, SectionConfig, SectionVRRP, SectionLVS, SectionHealth,
-	SectionCluster, SectionSync, SectionDrills}
+	SectionCluster, SectionSync, SectionDrills, SectionBGP}
 
 // Document is the status document (GET /v1/status). A section a daemon
 // does not have (no [cluster], no connection sync) is absent.
@@ -45,6 +46,42 @@ type Document struct {
 	Cluster    *ClusterStatus `json:"cluster,omitempty"`
 	Sync       *SyncStatus    `json:"sync,omitempty"`
 	Drills     *DrillsStatus  `json:"drills,omitempty"`
+	BGP        *BGPStatus     `json:"bgp,omitempty"`
+}
+
+// BGPStatus is the "bgp" section: the sessions with the routers and the
+// addresses announced to them.
+type BGPStatus struct {
+	LocalAS  uint32      `json:"local_as"`
+	RouterID string      `json:"router_id"`
+	Peers    []BGPPeer   `json:"peers"`
+	Prefixes []BGPPrefix `json:"prefixes"`
+	// ShuttingDown: routes carry GRACEFUL_SHUTDOWN, the withdrawal follows.
+	ShuttingDown bool   `json:"shutting_down,omitempty"`
+	Error        string `json:"error,omitempty"`
+}
+
+// BGPPeer is one session.
+type BGPPeer struct {
+	Address string    `json:"address"`
+	PeerAS  uint32    `json:"peer_as"`
+	State   string    `json:"state"` // idle, connect, active, opensent, openconfirm, established
+	Since   time.Time `json:"since,omitzero"`
+}
+
+// BGPPrefix is an address of virtual servers with announce = "bgp".
+type BGPPrefix struct {
+	Prefix    string   `json:"prefix"`
+	Services  []string `json:"services"`
+	Announced bool     `json:"announced"`
+	// Reason says why it is not announced.
+	Reason string `json:"reason,omitempty"`
+}
+
+// BGPHold is POST /v1/bgp/withdraw and /v1/bgp/announce: an operator's
+// withdrawal of a virtual server's address, or its end.
+type BGPHold struct {
+	Service string `json:"service"`
 }
 
 // Section returns the section called name, and false when the document
@@ -69,6 +106,8 @@ func (d *Document) Section(name string) (any, bool) {
 		v, ok = d.Sync, d.Sync != nil
 	case SectionDrills:
 		v, ok = d.Drills, d.Drills != nil
+	case SectionBGP:
+		v, ok = d.BGP, d.BGP != nil
 	}
 	return v, ok
 }

@@ -43,6 +43,8 @@ type Config struct {
 	Cluster *Cluster `json:"cluster,omitempty"`
 	// Sync is nil without a [sync] section.
 	Sync *Sync `json:"sync,omitempty"`
+	// BGP is nil without a [bgp] section.
+	BGP *BGP `json:"bgp,omitempty"`
 
 	pos *lazyPositions
 }
@@ -85,6 +87,9 @@ type Dataplane struct {
 	Kind              string        `json:"kind"`
 	LVSFlush          bool          `json:"lvs_flush"`
 	ReconcileInterval time.Duration `json:"reconcile_interval"`
+	// DRInterface is the interface facing the router, where packets of
+	// direct-routing services arrive (nftables).
+	DRInterface string `json:"dr_interface,omitempty"`
 	// LVSSyncDaemon runs the kernel's IPVS sync daemons (IPVS only).
 	LVSSyncDaemon *SyncDaemon `json:"lvs_sync_daemon,omitempty"`
 	// Timeouts are the load-balanced connections' idle timeouts (ipvsadm
@@ -284,8 +289,11 @@ type VirtualServer struct {
 	InhibitOnFailure bool            `json:"inhibit_on_failure,omitempty"`
 	DrainTimeout     time.Duration   `json:"drain_timeout"`
 	SorryServer      *netip.AddrPort `json:"sorry_server,omitempty"`
-	RealServers      []RealServer    `json:"real_server"`
-	HealthCheck      *HealthCheck    `json:"health_check,omitempty"`
+	// Announce says how the address reaches the clients: "vrrp" (a
+	// VRRP instance holds it) or "bgp" (every director announces it).
+	Announce    string       `json:"announce"`
+	RealServers []RealServer `json:"real_server"`
+	HealthCheck *HealthCheck `json:"health_check,omitempty"`
 }
 
 type RealServer struct {
@@ -343,6 +351,34 @@ type HealthCheck struct {
 	Script  string `json:"script,omitempty"`
 	Dynamic bool   `json:"dynamic,omitempty"`
 }
+
+// BGP announces the addresses of the virtual servers with announce =
+// "bgp" to the routers in front of several active directors.
+type BGP struct {
+	LocalAS  uint32     `json:"local_as"`
+	RouterID netip.Addr `json:"router_id"`
+	// Communities go with every announcement, as "ASN:VALUE".
+	Communities []string `json:"communities,omitempty"`
+	// ShutdownDelay is how long a stopping director announces with the
+	// GRACEFUL_SHUTDOWN community before it withdraws (RFC 8326).
+	ShutdownDelay time.Duration `json:"shutdown_delay"`
+	Neighbors     []BGPNeighbor `json:"neighbor"`
+}
+
+// BGPNeighbor is a router the director peers with.
+type BGPNeighbor struct {
+	Address  netip.Addr    `json:"address"`
+	PeerAS   uint32        `json:"peer_as"`
+	Port     uint16        `json:"port"`
+	Password string        `json:"-"` // TCP MD5 (RFC 2385)
+	HoldTime time.Duration `json:"hold_time"`
+}
+
+// Announce values of a virtual server.
+const (
+	AnnounceVRRP = "vrrp"
+	AnnounceBGP  = "bgp"
+)
 
 // Sync copies the conntrack entries of the flows to the VIPs to the peer
 // while Instance is MASTER (nftables data plane).

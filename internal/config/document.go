@@ -68,6 +68,7 @@ func rawOf(vs VirtualServer) rawVS {
 		Forwarding: vs.Forwarding, PersistenceTimeout: dur(vs.PersistenceTimeout),
 		OnePacket: flag(vs.OnePacket), Masquerade: flag(vs.Masquerade), Quorum: num(vs.Quorum),
 		Hysteresis: num(vs.Hysteresis), InhibitOnFailure: flag(vs.InhibitOnFailure), DrainTimeout: dur(vs.DrainTimeout),
+		Announce: vs.Announce,
 	}
 	if vs.Hysteresis == 0 {
 		r.Hysteresis = nil // the file's default; "0 >= quorum" is not a mistake anyone made

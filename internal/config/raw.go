@@ -19,6 +19,23 @@ type rawConfig struct {
 	VirtualServer []rawVS          `toml:"virtual_server"`
 	Cluster       *rawCluster      `toml:"cluster"`
 	Sync          *rawSync         `toml:"sync"`
+	BGP           *rawBGP          `toml:"bgp"`
+}
+
+type rawBGP struct {
+	LocalAS       *int64           `toml:"local_as"`
+	RouterID      string           `toml:"router_id"`
+	Communities   []string         `toml:"communities"`
+	ShutdownDelay string           `toml:"shutdown_delay"`
+	Neighbor      []rawBGPNeighbor `toml:"neighbor"`
+}
+
+type rawBGPNeighbor struct {
+	Address  string `toml:"address"`
+	PeerAS   *int64 `toml:"peer_as"`
+	Port     *int   `toml:"port"`
+	Password string `toml:"password"`
+	HoldTime string `toml:"hold_time"`
 }
 
 type rawSync struct {
@@ -48,6 +65,7 @@ type rawDataplane struct {
 	Kind              string         `toml:"kind"`
 	LVSFlush          *bool          `toml:"lvs_flush"`
 	ReconcileInterval string         `toml:"reconcile_interval"`
+	DRInterface       string         `toml:"dr_interface"`
 	LVSSyncDaemon     *rawSyncDaemon `toml:"lvs_sync_daemon"`
 	Timeouts          *rawTimeouts   `toml:"timeouts"`
 }
@@ -215,6 +233,7 @@ type rawVS struct {
 	InhibitOnFailure       *bool           `toml:"inhibit_on_failure"`
 	DrainTimeout           string          `toml:"drain_timeout"`
 	SorryServer            string          `toml:"sorry_server"`
+	Announce               string          `toml:"announce"`
 	RealServer             []rawRS         `toml:"real_server"`
 	HealthCheck            *rawHealthCheck `toml:"health_check"`
 }

@@ -167,6 +167,14 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
+// ifname checks an interface name ("" is left to the caller).
+func (v *validator) ifname(path []any, name string) string {
+	if len(name) > 15 || strings.ContainsAny(name, "/ \t") {
+		v.add(path, "%q is not a valid interface name", name)
+	}
+	return name
+}
+
 func (v *validator) config(raw *rawConfig) *Config {
 	cfg := &Config{}
 	if raw.Node == nil {
@@ -177,6 +185,7 @@ func (v *validator) config(raw *rawConfig) *Config {
 	cfg.Dataplane.Kind = v.oneOf([]any{"dataplane", "kind"}, raw.Dataplane.Kind, "auto", "auto", "ipvs", "nftables")
 	cfg.Dataplane.LVSFlush = raw.Dataplane.LVSFlush != nil && *raw.Dataplane.LVSFlush
 	cfg.Dataplane.ReconcileInterval = v.duration([]any{"dataplane", "reconcile_interval"}, raw.Dataplane.ReconcileInterval, time.Second, 100*time.Millisecond, time.Hour)
+	cfg.Dataplane.DRInterface = v.ifname([]any{"dataplane", "dr_interface"}, raw.Dataplane.DRInterface)
 	cfg.VRRPScripts = v.scripts(raw.VRRPScript)
 	cfg.VRRP = v.vrrp(raw.VRRPInstance, cfg.VRRPScripts)
 	cfg.SyncGroups = v.syncGroups(raw.VRRPSyncGroup, cfg.VRRP)
@@ -215,7 +224,82 @@ func (v *validator) config(raw *rawConfig) *Config {
 	if raw.Sync != nil {
 		cfg.Sync = v.sync(raw.Sync, cfg.VRRP)
 	}
+	if raw.BGP != nil {
+		cfg.BGP = v.bgp(raw.BGP)
+	}
+	for i, vs := range cfg.VirtualServers {
+		if vs.Announce == AnnounceBGP && cfg.BGP == nil {
+			v.add([]any{"virtual_server", i, "announce"}, "announce = \"bgp\" needs a [bgp] section with the routers to announce to")
+		}
+	}
 	return cfg
+}
+
+// communityRe is a standard community, ASN:VALUE.
+var communityRe = regexp.MustCompile(`^(\d+):(\d+)$`)
+
+func (v *validator) bgp(r *rawBGP) *BGP {
+	p := []any{"bgp"}
+	b := &BGP{}
+	asn := func(path []any, n *int64) uint32 {
+		if n == nil {
+			v.add(path, "required: an AS number (1-4294967295)")
+			return 0
+		}
+		if *n < 1 || *n > 1<<32-1 {
+			v.add(path, "%d is out of range [1, 4294967295]", *n)
+			return 0
+		}
+		return uint32(*n)
+	}
+	b.LocalAS = asn(at(p, "local_as"), r.LocalAS)
+	if a, err := netip.ParseAddr(r.RouterID); err != nil || !a.Is4() {
+		v.add(at(p, "router_id"), "%q is not an IPv4 address (BGP's router id is written as one)", r.RouterID)
+	} else {
+		b.RouterID = a
+	}
+	for i, c := range r.Communities {
+		m := communityRe.FindStringSubmatch(c)
+		ok := m != nil
+		if ok {
+			hi, err1 := strconv.ParseUint(m[1], 10, 16)
+			lo, err2 := strconv.ParseUint(m[2], 10, 16)
+			ok = err1 == nil && err2 == nil && hi <= 65535 && lo <= 65535
+		}
+		if !ok {
+			v.add(at(p, "communities", i), "%q is not a community ASN:VALUE (each 0-65535)", c)
+			continue
+		}
+		b.Communities = append(b.Communities, c)
+	}
+	b.ShutdownDelay = v.duration(at(p, "shutdown_delay"), r.ShutdownDelay, 5*time.Second, 0, 10*time.Minute)
+	if len(r.Neighbor) == 0 {
+		v.add(at(p, "neighbor"), "required: at least one [[bgp.neighbor]]")
+	}
+	seen := map[netip.Addr][]any{}
+	for i, rn := range r.Neighbor {
+		np := at(p, "neighbor", i)
+		n := BGPNeighbor{Password: rn.Password}
+		a, err := netip.ParseAddr(rn.Address)
+		if err != nil {
+			v.add(at(np, "address"), "%q is not an IP address", rn.Address)
+		} else if l, dup := seen[a]; dup {
+			v.add(at(np, "address"), "%s is already a neighbor (line %d)", a, v.pos.line(l...))
+		}
+		seen[a] = at(np, "address")
+		n.Address = a
+		n.PeerAS = asn(at(np, "peer_as"), rn.PeerAS)
+		n.Port = uint16(v.intIn(at(np, "port"), rn.Port, 179, 1, 65535))
+		if len(n.Password) > 80 {
+			v.add(at(np, "password"), "at most 80 bytes (the kernel's TCP MD5 key limit)")
+		}
+		n.HoldTime = v.duration(at(np, "hold_time"), rn.HoldTime, 90*time.Second, 3*time.Second, 65535*time.Second)
+		if n.HoldTime%time.Second != 0 {
+			v.add(at(np, "hold_time"), "%s: BGP keeps the hold time in whole seconds", n.HoldTime)
+		}
+		b.Neighbors = append(b.Neighbors, n)
+	}
+	return b
 }
 
 func (v *validator) sync(r *rawSync, instances []VRRPInstance) *Sync {
@@ -643,8 +727,8 @@ func (v *validator) vrrp(raws []rawVRRP, scripts []VRRPScript) []VRRPInstance {
 		v.uniqueName(at(p, "name"), r.Name, "instance", names)
 		if r.Interface == "" {
 			v.add(at(p, "interface"), "required")
-		} else if len(r.Interface) > 15 || strings.ContainsAny(r.Interface, "/ \t") {
-			v.add(at(p, "interface"), "%q is not a valid interface name", r.Interface)
+		} else {
+			v.ifname(at(p, "interface"), r.Interface)
 		}
 		if r.VirtualRouterID == nil {
 			v.add(at(p, "virtual_router_id"), "required (1-255)")
@@ -1049,6 +1133,10 @@ func (v *validator) virtualServers(raws []rawVS) []VirtualServer {
 		}
 		vs.InhibitOnFailure = r.InhibitOnFailure != nil && *r.InhibitOnFailure
 		vs.DrainTimeout = v.duration(at(p, "drain_timeout"), r.DrainTimeout, 5*time.Minute, 0, 24*time.Hour)
+		vs.Announce = v.oneOf(at(p, "announce"), r.Announce, AnnounceVRRP, AnnounceVRRP, AnnounceBGP)
+		if vs.Announce == AnnounceBGP && vs.FWMark != 0 {
+			v.add(at(p, "announce"), "a fwmark service has no address to announce: announce the addresses its mark is set on")
+		}
 		if addrOK {
 			if l, dup := services[key]; dup {
 				v.add(at(p, "address"), "%s is already a virtual server (line %d)", strings.TrimPrefix(key, "/"), v.pos.line(l...))

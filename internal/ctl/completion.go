@@ -13,6 +13,7 @@ var words = map[string][]string{
 	"cluster": {"leave", "rejoin", "certs"},
 	"rs":      {"drain", "enable", "disable", "weight"},
 	"vs":      {"add", "del"},
+	"bgp":     {"withdraw", "announce"},
 }
 
 // completion is the completion script for shell, generated from the

@@ -60,6 +60,10 @@ commands:
                                (VRRP backup, Raft caught up, same table, sync connected), hand
                                over, measure the gap from here; --back hands back at once,
                                else this director stays backup for D (default 1h)
+  bgp                          the BGP sessions with the routers, and each address announced
+                               (or why not)
+  bgp withdraw|announce VS     take a virtual server's address back from the routers for
+                               maintenance, or announce it again
   convert [--config-id ID] FILE
                                print a keepalived.conf (with its includes) as directord's
                                TOML; what has no equivalent, or only an approximate one, goes
@@ -124,6 +128,7 @@ var commands = map[string]command{
 	"vs":       {runVS, []string{"f"}},
 	"drill":    {runDrill, []string{"instance", "probe", "back", "hold", "json"}},
 	"convert":  {runConvert, []string{"config-id"}},
+	"bgp":      {runBGP, []string{"json"}},
 }
 
 // Main runs directorctl with args and returns its exit code.

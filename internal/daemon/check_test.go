@@ -46,7 +46,7 @@ forwarding = "dr"
 		{"ipvs", false, nil, nil}, // what the file says; the daemon reports a kernel without IPVS at start
 		{"auto", false, nil, []string{
 			":10: virtual_server[0].scheduler: the nftables data plane schedules with rr, wrr, sh, mh only; lc needs IPVS (data plane nftables, auto: no IPVS here)",
-			":11: virtual_server[0].forwarding: the nftables data plane forwards by nat only; dr needs IPVS (data plane nftables, auto: no IPVS here)",
+			":11: virtual_server[0].forwarding: direct routing on the nftables data plane needs dataplane.dr_interface, the interface facing the router, whose ingress takes the service's packets (data plane nftables, auto: no IPVS here)",
 		}},
 		{"nftables", true, nil, []string{":10: virtual_server[0].scheduler:", ":11: virtual_server[0].forwarding:", "configured: dataplane.kind = nftables"}},
 	} {

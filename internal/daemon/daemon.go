@@ -65,6 +65,7 @@ type Daemon struct {
 	lvs        *lvsManager
 	health     *health
 	cluster    *clusterManager // nil without [cluster]
+	bgp        *bgpManager     // nil without [bgp]
 	clusterErr error           // why the cluster could not start, if it could not
 	// programs runs every external program: as the script user, bounded.
 	programs *healthcheck.Programs
@@ -212,6 +213,16 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 		}
 	}
 	d.reg.MustRegister(newHealthCollector(d.health))
+	if !witness {
+		if d.bgp, err = newBGPManager(d.log, lbCfg, deps, d.lvs); err != nil {
+			return nil, err
+		}
+	}
+	if d.bgp != nil {
+		d.reg.MustRegister(newBGPCollector(d.bgp))
+		d.status.Handle("POST /v1/bgp/withdraw", d.bgp.handleHold(true))
+		d.status.Handle("POST /v1/bgp/announce", d.bgp.handleHold(false))
+	}
 	return d, nil
 }
 
@@ -265,7 +276,21 @@ func (d *Daemon) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return d.scripts.Run(ctx, cfg.VRRPScripts) })
 	g.Go(func() error { return d.trackFiles(ctx, time.Second) })
 	g.Go(func() error { return d.trackProcesses(ctx, "/proc") })
-	g.Go(func() error { return d.lvs.Run(ctx, cfg.Dataplane.ReconcileInterval) })
+	// With BGP the data plane outlives the rest at a stop: it serves
+	// until the routes are withdrawn, after shutdown_delay.
+	lvsCtx := ctx
+	if b := d.bgp; b != nil {
+		var stopLVS context.CancelFunc
+		lvsCtx, stopLVS = context.WithCancel(context.WithoutCancel(ctx))
+		g.Go(func() error { return b.Run(ctx) })
+		g.Go(func() error {
+			<-ctx.Done()
+			<-b.done
+			stopLVS()
+			return nil
+		})
+	}
+	g.Go(func() error { return d.lvs.Run(lvsCtx, cfg.Dataplane.ReconcileInterval) })
 	g.Go(func() error { return d.health.runner.Run(ctx) })
 	if cts := d.ctsync; cts != nil {
 		g.Go(func() error { return cts.Run(ctx) })
@@ -598,6 +623,9 @@ func (d *Daemon) applyVirtualServers(base *config.Config, vss []config.VirtualSe
 	}
 	err := d.lvs.apply(&c)
 	d.ctsync.setServices(vss)
+	if d.bgp != nil {
+		d.bgp.apply(&c)
+	}
 	if herr := d.health.apply(&c); herr != nil {
 		d.log.Error("health checks not updated", "err", herr)
 	}
@@ -653,6 +681,11 @@ func (d *Daemon) document(only string) api.Document {
 	}
 	if want(api.SectionDrills) {
 		doc.Drills = d.drillsStatus()
+	}
+	if want(api.SectionBGP) && d.bgp != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		doc.BGP = d.bgp.status(ctx)
+		cancel()
 	}
 	return doc
 }

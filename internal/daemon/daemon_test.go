@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -46,6 +47,7 @@ type fakeHost struct {
 	log    *lab.Buffer
 	dump   chan string // as SIGUSR1/SIGUSR2
 	stop   func()      // stops the daemon (the test's end does too)
+	bgp    *fakeAnnouncer
 }
 
 // hostConfig is a director's file: one VRRP instance, one virtual server
@@ -66,8 +68,10 @@ func hostConfig(dir string, prio int, vips []string, reals []netip.AddrPort, nod
 // fakeDeps are Deps on fakes; sysctls are recorded, not written.
 func fakeDeps(wire *vrrptest.Node, dp *lvstest.Fake) Deps {
 	return Deps{
-		VRRP:      wire.Deps(nil),
-		Dataplane: func(kind string) (lvs.Dataplane, string, error) { return dp, "fake for kind " + kind, nil },
+		VRRP: wire.Deps(nil),
+		Dataplane: func(c config.Dataplane, _ *slog.Logger) (lvs.Dataplane, string, error) {
+			return dp, "fake for kind " + c.Kind, nil
+		},
 		Sysctls: func(ss []lvs.Sysctl) []lvs.Sysctl {
 			out := slices.Clone(ss)
 			for i := range out {
@@ -83,6 +87,13 @@ func fakeDeps(wire *vrrptest.Node, dp *lvstest.Fake) Deps {
 
 func startHost(t *testing.T, hub *vrrptest.Hub, src string, text string) *fakeHost {
 	t.Helper()
+	return startHostWith(t, hub, src, text, nil)
+}
+
+// startHostWith is startHost with the deps changed by with (nil: none);
+// a BGP speaker it returns is the host's.
+func startHostWith(t *testing.T, hub *vrrptest.Hub, src string, text string, with func(*Deps, *lvstest.Fake) *fakeAnnouncer) *fakeHost {
+	t.Helper()
 	dir := t.TempDir()
 	h := &fakeHost{file: filepath.Join(dir, "d.toml"), dp: lvstest.NewFake(),
 		wire: vrrptest.NewNode(hub, netip.MustParseAddr(src)), log: &lab.Buffer{}}
@@ -92,7 +103,11 @@ func startHost(t *testing.T, hub *vrrptest.Hub, src string, text string) *fakeHo
 		t.Fatal(err)
 	}
 	h.dump = make(chan string)
-	h.d, err = New(cfg, Options{ConfigFile: h.file, Version: "test", Log: h.log, Dump: h.dump}, fakeDeps(h.wire, h.dp))
+	deps := fakeDeps(h.wire, h.dp)
+	if with != nil {
+		h.bgp = with(&deps, h.dp)
+	}
+	h.d, err = New(cfg, Options{ConfigFile: h.file, Version: "test", Log: h.log, Dump: h.dump}, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,13 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/directord/directord/cluster"
+	"github.com/directord/directord/internal/bgp"
+	"github.com/directord/directord/internal/config"
 	"github.com/directord/directord/lvs"
 	dsync "github.com/directord/directord/sync"
 	"github.com/directord/directord/vrrp"
@@ -21,7 +25,7 @@ type Deps struct {
 	VRRP vrrp.Deps
 	// Dataplane opens the load-balancer data plane of a kind ("auto",
 	// "ipvs" or "nftables") and says why it chose it.
-	Dataplane func(kind string) (dp lvs.Dataplane, reason string, err error)
+	Dataplane func(c config.Dataplane, log *slog.Logger) (dp lvs.Dataplane, reason string, err error)
 	// Sysctls sets kernel settings and reports what each was and is.
 	Sysctls func([]lvs.Sysctl) []lvs.Sysctl
 	// ConnSync opens the conntrack sync of [sync].
@@ -33,7 +37,24 @@ type Deps struct {
 	// Realtime puts the process under SCHED_RR at a priority ([node]
 	// realtime_priority); nil: left as it is.
 	Realtime func(prio int) error
+	// BGP makes the speaker of [bgp].
+	BGP func(log *slog.Logger, c bgp.Config) Announcer
+	// Loopback puts an address announced with BGP on lo (add), or takes
+	// it off; it reports whether it was there before.
+	Loopback func(p netip.Prefix, add bool) (was bool, err error)
 }
+
+// Announcer is the BGP speaker as the daemon drives it.
+type Announcer interface {
+	Start(ctx context.Context) error
+	Stop() error
+	Announce(ctx context.Context, p netip.Prefix) error
+	Withdraw(ctx context.Context, p netip.Prefix) error
+	GracefulShutdown(ctx context.Context) error
+	Peers(ctx context.Context) ([]bgp.Peer, error)
+}
+
+var _ Announcer = (*bgp.Speaker)(nil)
 
 // ConnSync is the conntrack sync as the daemon drives it.
 type ConnSync interface {
@@ -90,12 +111,14 @@ func KernelDeps() Deps {
 		},
 		Privileges: checkPrivileges,
 		Realtime:   vrrp.SetProcessRealtime,
+		BGP:        func(log *slog.Logger, c bgp.Config) Announcer { return bgp.New(log, c) },
+		Loopback:   loopbackAddr,
 	}
 }
 
 // openDataplane opens the kernel's data plane of kind.
-func openDataplane(kind string) (lvs.Dataplane, string, error) {
-	name, reason, err := chooseDataplane(kind)
+func openDataplane(c config.Dataplane, log *slog.Logger) (lvs.Dataplane, string, error) {
+	name, reason, err := chooseDataplane(c.Kind)
 	if err != nil {
 		return nil, "", err
 	}
@@ -103,6 +126,6 @@ func openDataplane(kind string) (lvs.Dataplane, string, error) {
 		dp, err := lvs.NewIPVS()
 		return dp, reason, err
 	}
-	dp, err := lvs.NewNFT(lvs.NFTOptions{})
+	dp, err := lvs.NewNFT(lvs.NFTOptions{DRInterface: c.DRInterface, Log: log})
 	return dp, reason, err
 }

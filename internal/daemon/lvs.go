@@ -68,7 +68,7 @@ func openLVS(cfg *config.Config, log *slog.Logger, deps Deps) (*lvsManager, erro
 	m := &lvsManager{log: log, sysctl: deps.Sysctls}
 	var reason string
 	var err error
-	m.dp, reason, err = deps.Dataplane(cfg.Dataplane.Kind)
+	m.dp, reason, err = deps.Dataplane(cfg.Dataplane, log.With("subsystem", "lvs"))
 	if err != nil {
 		if len(cfg.VirtualServers) > 0 || cfg.Dataplane.Kind != "auto" {
 			return nil, fmt.Errorf("dataplane %s: %w", cfg.Dataplane.Kind, err)
@@ -131,6 +131,10 @@ func checkDataplane(cfg *config.Config, caps lvs.Capabilities) error {
 				}
 			}
 			ps = append(ps, cfg.ProblemAt(u.Msg, path...))
+		}
+		if caps.Name == lvs.NFTCapabilities.Name && cfg.Dataplane.DRInterface == "" &&
+			slices.ContainsFunc(vs.Reals, func(r lvs.Real) bool { return r.Method == lvs.DR }) {
+			ps = append(ps, cfg.ProblemAt("direct routing on the nftables data plane needs dataplane.dr_interface, the interface facing the router, whose ingress takes the service's packets", "virtual_server", i, "forwarding"))
 		}
 	}
 	if len(ps) == 0 {

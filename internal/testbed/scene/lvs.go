@@ -201,8 +201,12 @@ type Conn struct {
 }
 
 // Echo sends a line and returns the server's answer.
-func (c *Conn) Echo(line string) (string, error) {
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+func (c *Conn) Echo(line string) (string, error) { return c.EchoWithin(line, 5*time.Second) }
+
+// EchoWithin is Echo with a deadline of its own, for a path that is being
+// repaired (TCP retransmits until the router has moved).
+func (c *Conn) EchoWithin(line string, d time.Duration) (string, error) {
+	c.SetDeadline(time.Now().Add(d))
 	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
 		return "", err
 	}

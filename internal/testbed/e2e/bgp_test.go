@@ -1,0 +1,287 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/directord/directord/internal/testbed/conf"
+	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
+)
+
+// scaleOutConfig is director i's file: the VIP announced with BGP to the
+// router and balanced by stateless direct routing with mh: the packets of
+// the service are taken at eth0 (facing the router) and sent to the real
+// servers on eth1, which answer the clients through the router.
+func scaleOutConfig(t *testing.T, dir string, i, reals int, delay string) (file, sock string) {
+	t.Helper()
+	d := filepath.Join(dir, fmt.Sprintf("d%d", i+1))
+	sock = filepath.Join(d, "directord.sock")
+	web := conf.VirtualServer{Name: "web", Address: fmt.Sprintf("%s:%d", scene.ScaleOutVIP, scene.TCPPort), Scheduler: "mh",
+		Extra: []string{`announce = "bgp"`, `forwarding = "dr"`},
+		// HTTP on its own port: a TCP check closes with a reset, which
+		// the reset count of the data connections would take for theirs.
+		// A timeout this busy machine meets: a check that flaps on one
+		// director moves that director's flows of the server elsewhere.
+		Check: &conf.Check{Type: "http", Interval: "500ms", Timeout: "500ms",
+			Extra: []string{fmt.Sprintf("connect_port = %d", scene.HTTPPort), "rise = 1", "fall = 2", `warmup = "0s"`}}}
+	for r := range reals {
+		web.Reals = append(web.Reals, conf.Real{Address: fmt.Sprintf("%s:%d", scene.RealAddr(r), scene.TCPPort)})
+	}
+	text := conf.File{
+		Node:           conf.Node{Name: fmt.Sprintf("d%d", i+1), DataDir: filepath.Join(d, "data"), StatusSocket: sock},
+		Dataplane:      []string{`kind = "nftables"`, `dr_interface = "eth0"`},
+		VirtualServers: []conf.VirtualServer{web},
+	}.String() + fmt.Sprintf(`
+[bgp]
+local_as = %d
+router_id = %q
+shutdown_delay = %q
+communities = ["65001:100"]
+  [[bgp.neighbor]]
+  address = %q
+  peer_as = %d
+  hold_time = "%ds"
+`, scene.DirectorAS, scene.DirectorAddr(i), delay, scene.RouterFront, scene.RouterAS, scene.ScaleOutHoldSec)
+	file = filepath.Join(dir, fmt.Sprintf("d%d.toml", i+1))
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, file, text)
+	return file, sock
+}
+
+// drPackets is how many packets director h sent to real servers by
+// direct routing: the counter of the service's element in its netdev
+// table's dispatch map.
+func drPackets(t *testing.T, h *lab.Host) int {
+	t.Helper()
+	out, err := h.Run("nft", "-j", "list", "map", "netdev", "directord-dr", "svc4")
+	if err != nil {
+		t.Fatalf("%s: nft list map: %v\n%s", h.Name, err, out)
+	}
+	m := regexp.MustCompile(`"packets":\s*(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("%s: no counter in\n%s", h.Name, out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// Three directors announce the VIP to FRR, which installs one route with a
+// next hop per director and spreads connections over them; the directors
+// send them to the real servers by stateless direct routing with mh, and
+// the real servers answer through the router. A real server that fails
+// leaves the table; all withdraw when the service loses its quorum. A
+// director stopped with SIGTERM is dropped by the router
+// (GRACEFUL_SHUTDOWN) before it stops forwarding, and one killed with its
+// cable cut is dropped after the hold time: in both cases every long-lived
+// connection carries on, with the same real server, those that went
+// through the lost director included.
+func TestBGPScaleOutRouter(t *testing.T) {
+	lab.Require(t, "vtysh", "nft")
+	l := lab.New(t)
+	s := scene.NewScaleOut(l, 3, 2)
+	dir := t.TempDir()
+	procs := make([]*lab.Process, 3)
+	socks := make([]string, 3)
+	for i, d := range s.Directors {
+		var file string
+		file, socks[i] = scaleOutConfig(t, dir, i, 2, "3s")
+		if out, err := exec.Command(directord, "-t", "-c", file).CombinedOutput(); err != nil {
+			t.Fatalf("directord -t: %v\n%s", err, out)
+		}
+		procs[i] = d.Start(directord, "-c", file)
+	}
+	vip := scene.ScaleOutVIP + "/32"
+	addr := fmt.Sprintf("%s:%d", scene.ScaleOutVIP, scene.TCPPort)
+	all := []string{scene.DirectorAddr(0), scene.DirectorAddr(1), scene.DirectorAddr(2)}
+	hops := func(want []string, within time.Duration) {
+		t.Helper()
+		if err := lab.Eventually(within, func() error {
+			got, err := s.NextHops(vip)
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(got, want) {
+				return fmt.Errorf("the router's next hops for %s: %v, want %v", vip, got, want)
+			}
+			return nil
+		}); err != nil {
+			sum, _ := s.Vtysh("show bgp ipv4 unicast " + vip)
+			t.Fatalf("%v\n%s\n%s\nd1:\n%s", err, sum, s.RouterLog(), procs[0].Output())
+		}
+	}
+	hops(all, 30*time.Second)
+	if out, err := s.Vtysh("show bgp ipv4 unicast " + vip); err != nil || !strings.Contains(out, "65001:100") {
+		t.Fatalf("the route lacks the configured community: %v\n%s", err, out)
+	}
+	out, err := exec.Command(directorctl, "--socket", socks[0], "bgp").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "established") || !regexp.MustCompile(`192\.0\.2\.200/32\s+yes\s+web`).Match(out) {
+		t.Fatalf("directorctl bgp: %v\n%s", err, out)
+	}
+	t.Logf("directorctl bgp:\n%s", out)
+
+	// A real server failing on every director leaves the table: new
+	// flows all go to the other; with both down the service has no
+	// quorum and every director withdraws the VIP.
+	s.Stop(s.Reals[0])
+	if err := lab.Eventually(10*time.Second, func() error {
+		got := map[string]int{}
+		for range 20 {
+			name, err := s.Ask("", addr)
+			if err != nil {
+				return err
+			}
+			got[name]++
+		}
+		if got["rs2"] != 20 {
+			return fmt.Errorf("with rs1 down: %v", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Stop(s.Reals[1])
+	hops(nil, 5*time.Second)
+	for _, h := range s.Reals {
+		s.Serve(h)
+		s.ServeHTTP(h)
+	}
+	hops(all, 10*time.Second)
+
+	// 300 long-lived connections from as many source ports: the router
+	// spreads them over the directors (it hashes on ports), mh over the
+	// real servers.
+	before := make([]int, 3)
+	for i, d := range s.Directors {
+		before[i] = drPackets(t, d)
+	}
+	var conns []*scene.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	servers := map[string]int{}
+	for range 300 {
+		var c *scene.Conn
+		if err := lab.Eventually(5*time.Second, func() (err error) { c, err = s.Open("", addr); return err }); err != nil {
+			t.Fatalf("connection %d: %v", len(conns)+1, err)
+		}
+		conns = append(conns, c)
+		servers[c.Server]++
+	}
+	for i, d := range s.Directors {
+		if n := drPackets(t, d) - before[i]; n == 0 {
+			t.Fatalf("d%d forwarded none of the 300 connections", i+1)
+		} else {
+			t.Logf("d%d forwarded %d packets of the 300 connections", i+1, n)
+		}
+	}
+	if servers["rs1"] < 60 || servers["rs2"] < 60 {
+		t.Fatalf("mh spread the 300 connections %v", servers)
+	}
+	t.Logf("real servers: %v", servers)
+	// echo checks every connection still reaches the server it started
+	// with: within d, or (d == 0) within a minute.
+	echo := func(stage string, d time.Duration) (fast int) {
+		t.Helper()
+		type result struct {
+			i    int
+			took time.Duration
+			err  error
+		}
+		res := make(chan result, len(conns))
+		for i, c := range conns {
+			go func() {
+				start := time.Now()
+				got, err := c.EchoWithin(stage, time.Minute)
+				if err == nil && got != c.Server+" "+stage {
+					err = fmt.Errorf("answered %q, want %q", got, c.Server+" "+stage)
+				}
+				res <- result{i, time.Since(start), err}
+			}()
+		}
+		for range conns {
+			r := <-res
+			if r.err != nil {
+				t.Fatalf("%s: connection %d (to %s): %v", stage, r.i, conns[r.i].Server, r.err)
+			}
+			if r.took < d {
+				fast++
+			}
+		}
+		return fast
+	}
+	resets := s.Resets() // of the connections asked and closed above
+	echo("before", 0)
+
+	// SIGTERM d1: the router moves its flows away while d1 still
+	// forwards and keeps its session (shutdown_delay), then d1 withdraws
+	// and stops. Its connections carry on through the others, to the same
+	// servers.
+	if err := procs[0].Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	hops(all[1:], 3*time.Second)
+	if procs[0].Exited() {
+		t.Fatal("d1 stopped before the router moved its flows away")
+	}
+	if _, err := procs[0].Wait(10 * time.Second); err != nil {
+		t.Fatalf("d1 did not stop: %v\n%s", err, procs[0].Output())
+	}
+	if o := procs[0].Output(); !strings.Contains(o, "GRACEFUL_SHUTDOWN") || !strings.Contains(o, "withdrawn and stopped") {
+		t.Fatalf("d1's log:\n%s", o)
+	}
+	if fast := echo("after-sigterm", time.Second); fast != len(conns) {
+		t.Fatalf("after d1's graceful stop %d of %d connections answered within a second", fast, len(conns))
+	}
+
+	// kill -9 d2 and cut its cable: the router drops it after the hold
+	// time. The connections through d3 never notice; those through d2
+	// carry on once the router has moved them (TCP retransmits).
+	// The cable first: a killed process's sockets are closed by the
+	// kernel, whose FIN would end the session at once.
+	cut := time.Now()
+	s.RouterSwitch.IP("link", "set", s.Ports[1], "down")
+	procs[1].Kill()
+	dropped := make(chan time.Duration, 1)
+	go func() {
+		// When the router's route loses d2, while the echoes wait.
+		err := lab.Eventually(time.Duration(scene.ScaleOutHoldSec+5)*time.Second, func() error {
+			if got, err := s.NextHops(vip); err != nil || !slices.Equal(got, all[2:]) {
+				return fmt.Errorf("next hops %v (%v)", got, err)
+			}
+			return nil
+		})
+		if err != nil {
+			dropped <- -1
+			return
+		}
+		dropped <- time.Since(cut)
+	}()
+	fast := echo("after-kill", time.Second)
+	took := <-dropped
+	if took < 0 {
+		t.Fatalf("the router still has d2 as a next hop %ds after its cable was cut", scene.ScaleOutHoldSec+5)
+	}
+	t.Logf("the router dropped the dead director after %s (hold time %ds); %d of %d connections answered within a second, the others after",
+		took.Round(100*time.Millisecond), scene.ScaleOutHoldSec, fast, len(conns))
+	if fast == 0 || fast == len(conns) {
+		t.Fatalf("%d of %d connections answered within a second of the crash: want those through d3 only", fast, len(conns))
+	}
+	echo("after-hold", time.Second)
+	if n := s.Resets() - resets; n != 0 {
+		t.Fatalf("the real servers saw %d connections end in a reset", n)
+	}
+}

@@ -1,0 +1,178 @@
+package scene
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/directord/directord/internal/testbed/lab"
+)
+
+// Scale-out addresses: the router between the clients and N directors
+// that all serve the VIP, announced with BGP; the real servers reply to
+// the clients through the router directly.
+const (
+	RouterAS        = 65000
+	DirectorAS      = 65001
+	RouterFront     = "192.0.2.1"     // the router on the directors' segment
+	RouterClients   = "198.51.100.1"  // and on the clients'
+	RouterBack      = "203.0.113.254" // and on the real servers': their gateway
+	ScaleOutClient  = "198.51.100.50"
+	ScaleOutVIP     = "192.0.2.200"
+	ScaleOutHoldSec = 9
+)
+
+// DirectorAddr is the i-th director's address towards the router (from
+// 0), and DirectorBack its address on the real servers' segment.
+func DirectorAddr(i int) string { return fmt.Sprintf("192.0.2.%d", 11+i) }
+func DirectorBack(i int) string { return fmt.Sprintf("203.0.113.%d", 1+i) }
+
+// ScaleOut is the lab: FRR's bgpd and zebra on the router, with ECMP
+// hashing on ports; clients behind it; N directors; real servers that
+// hold the VIP on lo for direct replies.
+type ScaleOut struct {
+	*LVS      // the client and the real servers, for Serve, Open and Ask
+	Router    *lab.Host
+	Directors []*lab.Host
+	// Ports are the directors' switch ports on the router's segment:
+	// down = a cut cable.
+	Ports                 []string
+	RouterSwitch, Clients *lab.Switch
+	routerDir             string
+	zebra, bgpd           *lab.Process
+	routerBin             string
+}
+
+// NewScaleOut builds the lab with n directors and r real servers and
+// starts the router.
+func NewScaleOut(l *lab.Lab, n, r int) *ScaleOut {
+	s := &ScaleOut{LVS: &LVS{Lab: l, listeners: map[*lab.Host][]func(){}}, routerBin: "/usr/lib/frr"}
+	s.RouterSwitch, s.Clients, s.Back = l.AddSwitch("front"), l.AddSwitch("clients"), l.AddSwitch("back")
+	s.Front = s.RouterSwitch
+	s.Router, s.Client = l.AddHost("router"), l.AddHost("client")
+	s.RouterSwitch.Plug(s.Router, "eth0", RouterFront+"/24")
+	s.Clients.Plug(s.Router, "eth1", RouterClients+"/24")
+	s.Back.Plug(s.Router, "eth2", RouterBack+"/24")
+	for k, v := range map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/fib_multipath_hash_policy": "1",
+		"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/default/rp_filter": "0"} {
+		s.Sysctl(s.Router, k, v)
+	}
+	s.Clients.Plug(s.Client, "eth0", ScaleOutClient+"/24")
+	s.Client.AddRoute("default", "via", RouterClients)
+	for i := range n {
+		d := l.AddHost(fmt.Sprintf("d%d", i+1))
+		s.Ports = append(s.Ports, s.RouterSwitch.Plug(d, "eth0", DirectorAddr(i)+"/24"))
+		s.Back.Plug(d, "eth1", DirectorBack(i)+"/24")
+		s.Sysctl(d, "net/ipv4/ip_forward", "1")
+		d.AddRoute("default", "via", RouterFront)
+		s.Directors = append(s.Directors, d)
+	}
+	for i := range r {
+		h := l.AddHost(fmt.Sprintf("rs%d", i+1))
+		s.Back.Plug(h, "eth0", RealAddr(i)+"/24")
+		h.AddRoute("default", "via", RouterBack)
+		// Direct routing: the VIP on lo, never answered for in ARP.
+		h.AddAddr("lo", ScaleOutVIP+"/32")
+		for k, v := range map[string]string{"net/ipv4/conf/all/arp_ignore": "1", "net/ipv4/conf/all/arp_announce": "2",
+			"net/ipv4/conf/eth0/arp_ignore": "1", "net/ipv4/conf/eth0/arp_announce": "2"} {
+			s.Sysctl(h, k, v)
+		}
+		s.Reals = append(s.Reals, h)
+		s.Serve(h)
+		s.ServeHTTP(h)
+	}
+	l.OnClose(s.stopAll)
+	s.startRouter(n)
+	return s
+}
+
+// startRouter runs zebra and bgpd on the router: eBGP with every
+// director, up to 8 paths per prefix, and the GRACEFUL_SHUTDOWN community
+// honoured as RFC 8326 asks (local preference 0).
+func (s *ScaleOut) startRouter(n int) {
+	dir, err := os.MkdirTemp("", "directord-frr")
+	if err != nil {
+		s.Lab.Fatalf("%v", err)
+	}
+	s.Lab.OnClose(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil { // bgpd runs as frr
+		s.Lab.Fatalf("%v", err)
+	}
+	s.routerDir = dir
+	var b strings.Builder
+	fmt.Fprintf(&b, "hostname router\nbgp community-list standard gshut permit graceful-shutdown\n")
+	fmt.Fprintf(&b, "route-map FROM-DIRECTORS permit 10\n match community gshut\n set local-preference 0\nroute-map FROM-DIRECTORS permit 20\n")
+	fmt.Fprintf(&b, "router bgp %d\n bgp router-id %s\n no bgp ebgp-requires-policy\n no bgp network import-check\n", RouterAS, RouterFront)
+	for i := range n {
+		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s timers 3 %d\n neighbor %s timers connect 1\n",
+			DirectorAddr(i), DirectorAS, DirectorAddr(i), ScaleOutHoldSec, DirectorAddr(i))
+	}
+	fmt.Fprintf(&b, " address-family ipv4 unicast\n  maximum-paths 8\n")
+	for i := range n {
+		fmt.Fprintf(&b, "  neighbor %s route-map FROM-DIRECTORS in\n", DirectorAddr(i))
+	}
+	fmt.Fprintf(&b, " exit-address-family\n")
+	for name, body := range map[string]string{"zebra.conf": "hostname router\n", "bgpd.conf": b.String()} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			s.Lab.Fatalf("%v", err)
+		}
+	}
+	daemon := func(name string, extra ...string) *lab.Process {
+		args := append([]string{"-f", filepath.Join(dir, name+".conf"), "-i", filepath.Join(dir, name+".pid"),
+			"-z", filepath.Join(dir, "zserv.api"), "--vty_socket", dir, "-u", "frr", "-g", "frr", "--log", "stdout"}, extra...)
+		return s.Router.Start(filepath.Join(s.routerBin, name), args...)
+	}
+	s.zebra = daemon("zebra")
+	if err := lab.Eventually(10*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(dir, "zserv.api"))
+		return err
+	}); err != nil {
+		s.Lab.Fatalf("zebra: %v\n%s", err, s.zebra.Output())
+	}
+	s.bgpd = daemon("bgpd", "-p", "179")
+}
+
+// RouterLog is what zebra and bgpd said.
+func (s *ScaleOut) RouterLog() string {
+	return "zebra:\n" + s.zebra.Output() + "\nbgpd:\n" + s.bgpd.Output()
+}
+
+// Vtysh runs a command on the router's FRR.
+func (s *ScaleOut) Vtysh(cmd string) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", s.Router.NS, "vtysh", "--vty_socket", s.routerDir, "-c", cmd).CombinedOutput()
+	return string(out), err
+}
+
+// NextHops are the next hops of the router's route to prefix in its
+// kernel (what zebra installed), sorted; none without a route.
+func (s *ScaleOut) NextHops(prefix string) ([]string, error) {
+	out, err := s.Router.Run("ip", "-j", "route", "show", prefix)
+	if err != nil {
+		return nil, err
+	}
+	var routes []struct {
+		Gateway  string `json:"gateway"`
+		Nexthops []struct {
+			Gateway string `json:"gateway"`
+		} `json:"nexthops"`
+	}
+	if err := json.Unmarshal([]byte(out), &routes); err != nil {
+		return nil, fmt.Errorf("ip -j route: %w: %s", err, out)
+	}
+	var hops []string
+	for _, r := range routes {
+		if r.Gateway != "" {
+			hops = append(hops, r.Gateway)
+		}
+		for _, n := range r.Nexthops {
+			hops = append(hops, n.Gateway)
+		}
+	}
+	slices.Sort(hops)
+	return hops, nil
+}
