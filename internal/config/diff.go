@@ -24,6 +24,9 @@ func Diff(old, cur *Config) Changes {
 	if old.Node.LogLevel != cur.Node.LogLevel {
 		c.Live = append(c.Live, "node.log_level")
 	}
+	if old.BGP != nil && cur.BGP != nil && old.BGP.ShutdownDelay != cur.BGP.ShutdownDelay {
+		c.Live = append(c.Live, "bgp.shutdown_delay")
+	}
 	if old.Cluster != nil && cur.Cluster != nil && (!reflect.DeepEqual(old.Cluster.EncryptKey, cur.Cluster.EncryptKey) ||
 		!reflect.DeepEqual(old.Cluster.EncryptKeysOld, cur.Cluster.EncryptKeysOld)) {
 		c.Live = append(c.Live, "cluster.encrypt_key") // rotated without a restart
@@ -41,6 +44,7 @@ func Diff(old, cur *Config) Changes {
 		{"node.realtime_priority", old.Node.RealtimePriority, cur.Node.RealtimePriority},
 		{"dataplane", old.Dataplane, cur.Dataplane},
 		{"cluster", withoutKeys(old.Cluster), withoutKeys(cur.Cluster)},
+		{"bgp", withoutDelay(old.BGP), withoutDelay(cur.BGP)},
 	} {
 		if !reflect.DeepEqual(f.old, f.cur) {
 			c.Restart = append(c.Restart, f.key)
@@ -93,4 +97,15 @@ func Documents(vss []VirtualServer) map[string]json.RawMessage {
 		out[vs.Name] = b
 	}
 	return out
+}
+
+// withoutDelay is b without its shutdown delay, which changes live (the
+// speaker's sessions and communities are set when it starts).
+func withoutDelay(b *BGP) *BGP {
+	if b == nil {
+		return nil
+	}
+	c := *b
+	c.ShutdownDelay = 0
+	return &c
 }

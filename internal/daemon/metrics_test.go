@@ -127,6 +127,7 @@ func families(t *testing.T) map[string]string {
 	newClusterCollector(nil).Describe(ch)
 	newCTSyncCollector(nil).Describe(ch)
 	newVRRPCollector(nil).Describe(ch)
+	newBGPCollector(nil).Describe(ch)
 	h.d.mDrillGap.Describe(ch)
 	close(ch)
 	re := regexp.MustCompile(`fqName: "([^"]+)", help: "([^"]*)"`)
