@@ -7,7 +7,7 @@ LDFLAGS = -s -w -X main.version=$(VERSION)
 # A package's version must start with a digit: the release, then the commit.
 PKG_VERSION ?= 0.2.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
 
-.PHONY: all build man package test test-deps test-race test-race-unit test-ipvs guest-kernel lint demo bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync clean clean-lab
+.PHONY: all build man package test test-deps test-race test-race-unit test-ipvs guest-kernel lint demo demo-scaleout bench bench-failover bench-lvs bench-healthcheck bench-cluster bench-sync bench-scaleout clean clean-lab
 
 all: build
 
@@ -59,12 +59,17 @@ lint:
 demo: test-deps build
 	$(GO) run ./internal/demo -bin bin
 
+# The scale-out part: three directors behind a BGP router (FRR), losing
+# one gracefully and one in a crash.
+demo-scaleout: test-deps build
+	$(GO) run ./internal/demo -bin bin -scaleout
+
 # Benchmarks (root; not part of make test): each rewrites its section of
 # docs/benchmarks.md.
 # Each bench ends with "N of M targets met" and fails when it missed one;
 # make bench runs them all and fails at the end if any did.
 bench: test-deps build guest-kernel
-	@status=0; for b in failover lvs healthcheck cluster sync; do \
+	@status=0; for b in failover lvs healthcheck cluster sync scaleout; do \
 	  $(MAKE) --no-print-directory bench-$$b || status=1; done; exit $$status
 
 bench-failover: test-deps build
@@ -81,6 +86,9 @@ bench-cluster: test-deps build
 
 bench-sync: test-deps build
 	$(GO) run ./internal/bench/sync -bin bin
+
+bench-scaleout: test-deps build
+	$(GO) run ./internal/bench/scaleout -bin bin
 
 # dist/directord_*.deb and dist/directord-*.rpm: the static binaries, the
 # unit, the example configuration (a conffile under /etc/directord), the

@@ -4,7 +4,8 @@
 // failover drill, then kills the master outright, and shows what the
 // client saw: the gap, the HTTP requests, and that long-lived connections
 // survived. Everything is removed afterwards, also on Ctrl-C. Run it with
-// sudo make demo.
+// sudo make demo. With -scaleout (sudo make demo-scaleout) it shows three
+// directors behind a BGP router instead (scaleout.go).
 package main
 
 import (
@@ -33,8 +34,9 @@ import (
 
 func main() {
 	bin := flag.String("bin", "bin", "directory holding directord and directorctl")
+	scale := flag.Bool("scaleout", false, "the scale-out part: three directors behind a BGP router (make demo-scaleout)")
 	flag.Parse()
-	if err := run(*bin); err != nil {
+	if err := run(*bin, *scale); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -42,7 +44,7 @@ func main() {
 
 func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
 
-func run(bin string) (err error) {
+func run(bin string, scale bool) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo builds network namespaces: run it as root (sudo make demo)")
 	}
@@ -72,6 +74,13 @@ func run(bin string) (err error) {
 		os.Exit(130)
 	}()
 	started := time.Now()
+	if scale {
+		if err := scaleOut(l, bins, tmp); err != nil {
+			return err
+		}
+		fmt.Printf("\nthe demo took %s\n", time.Since(started).Round(100*time.Millisecond))
+		return nil
+	}
 
 	step("building a lab of network namespaces (%s%s-*):\n"+
 		"    client 192.0.2.50 ── front ── lb1 192.0.2.11 / lb2 192.0.2.12 ── back 203.0.113.0/24 ── rs1, rs2, rs3 (.11-.13)\n"+

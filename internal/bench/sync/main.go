@@ -9,19 +9,16 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	stdsync "sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/directord/directord/internal/bench/load"
 	"github.com/directord/directord/internal/bench/report"
 	"github.com/directord/directord/internal/testbed/lab"
 	"github.com/directord/directord/internal/testbed/scene"
@@ -35,12 +32,12 @@ func main() {
 	rate := flag.Int("rate", 5000, "new connections per second for the lag run")
 	dur := flag.Duration("duration", 10*time.Second, "lag run")
 	out := flag.String("out", "docs/benchmarks.md", "report to update")
-	load := flag.String("load", "", "internal: open -rate connections a second to this address for -duration and print how many were answered")
+	loadAddr := flag.String("load", "", "internal: open -rate connections a second to this address for -duration and print how many were answered")
 	srcs := flag.String("src", "", "internal: the load's source addresses, comma-separated")
 	lagOnly := flag.Bool("lag-only", false, "measure the lag only and print it; the report is left alone")
 	flag.Parse()
-	if *load != "" {
-		fmt.Println(generate(*load, strings.Split(*srcs, ","), *rate, *dur))
+	if *loadAddr != "" {
+		fmt.Println(load.Generate(*loadAddr, strings.Split(*srcs, ","), *rate, *dur))
 		return
 	}
 	if *lagOnly {
@@ -194,26 +191,7 @@ func connections(s *scene.Sync, rate int, d time.Duration) (wait func() (float64
 		srcs = append(srcs, scene.ClientAddr(i))
 	}
 	s.Sysctl(s.Client, "net/ipv4/ip_local_port_range", "1024 65535")
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	gen := s.Client.Command(self, "-load", "192.0.2.100:80", "-src", strings.Join(srcs, ","), "-rate", strconv.Itoa(rate), "-duration", d.String())
-	var out strings.Builder
-	gen.Stdout, gen.Stderr = &out, &out
-	if err := gen.Start(); err != nil {
-		return nil, err
-	}
-	return func() (float64, error) {
-		if err := gen.Wait(); err != nil {
-			return 0, fmt.Errorf("load generator: %v: %s", err, out.String())
-		}
-		var achieved float64
-		if _, err := fmt.Sscanf(strings.TrimSpace(out.String()), "%f", &achieved); err != nil {
-			return 0, fmt.Errorf("load generator said %q", out.String())
-		}
-		return achieved, nil
-	}, nil
+	return load.Start(s.Client, "192.0.2.100:80", srcs, rate, d)
 }
 
 // entries writes rate established, DNAT'd flows a second into the
@@ -237,7 +215,7 @@ func entries(s *scene.Sync, rate int, d time.Duration) (wait func() (float64, er
 		defer close(done)
 		defer ns.Close()
 		defer t.Close()
-		paced(rate, d, func(from, to int) bool {
+		load.Paced(rate, d, func(from, to int) bool {
 			var fs []dsync.Flow
 			for i := from; i < to; i++ {
 				// Clients from 198.51.100.0/24 up, 60,000 ports each.
@@ -256,74 +234,6 @@ func entries(s *scene.Sync, rate int, d time.Duration) (wait func() (float64, er
 		<-done
 		return float64(written.Load()) / time.Since(start).Seconds(), werr
 	}, nil
-}
-
-// generate opens rate connections a second to addr for d, each reading
-// the server's greeting, from the source addresses in turn, and returns
-// the rate answered.
-func generate(addr string, srcs []string, rate int, d time.Duration) float64 {
-	tokens := make(chan struct{}, rate)
-	var done atomic.Int64
-	var wg stdsync.WaitGroup
-	for i := range 256 {
-		// The port is chosen at connect, for the whole 4-tuple, not at
-		// bind for the address alone.
-		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(srcs[i%len(srcs)])},
-			Control: func(_, _ string, c syscall.RawConn) error {
-				var serr error
-				err := c.Control(func(fd uintptr) {
-					serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-				})
-				return errors.Join(err, serr)
-			}}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 64)
-			for range tokens {
-				c, err := d.Dial("tcp4", addr)
-				if err != nil {
-					continue
-				}
-				c.SetDeadline(time.Now().Add(2 * time.Second))
-				if _, err := c.Read(buf); err == nil {
-					done.Add(1)
-				}
-				c.Close()
-			}
-		}()
-	}
-	start := time.Now()
-	paced(rate, d, func(from, to int) bool {
-		for range to - from {
-			select {
-			case tokens <- struct{}{}:
-			default:
-			}
-		}
-		return true
-	})
-	close(tokens)
-	wg.Wait()
-	return float64(done.Load()) / time.Since(start).Seconds()
-}
-
-// paced calls each every millisecond for d with the numbers of the items
-// due since the previous call, rate a second, until it returns false. The
-// count follows the clock, not the ticks: a busy machine drops ticks,
-// which would lower the rate asked.
-func paced(rate int, d time.Duration, each func(from, to int) bool) {
-	t := time.NewTicker(time.Millisecond)
-	defer t.Stop()
-	begin, issued := time.Now(), 0
-	for time.Since(begin) < d {
-		<-t.C
-		due := int(time.Since(begin).Seconds() * float64(rate))
-		if due > issued && !each(issued, due) {
-			return
-		}
-		issued = max(issued, due)
-	}
 }
 
 func run(bin string, rounds, flows, rate int, d time.Duration, out string, targets *report.Targets) (err error) {

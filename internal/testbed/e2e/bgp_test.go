@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -13,52 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/directord/directord/internal/testbed/conf"
 	"github.com/directord/directord/internal/testbed/lab"
 	"github.com/directord/directord/internal/testbed/scene"
 )
-
-// scaleOutConfig is director i's file: the VIP announced with BGP to the
-// router and balanced by stateless direct routing with mh: the packets of
-// the service are taken at eth0 (facing the router) and sent to the real
-// servers on eth1, which answer the clients through the router.
-func scaleOutConfig(t *testing.T, dir string, i, reals int, delay string) (file, sock string) {
-	t.Helper()
-	d := filepath.Join(dir, fmt.Sprintf("d%d", i+1))
-	sock = filepath.Join(d, "directord.sock")
-	web := conf.VirtualServer{Name: "web", Address: fmt.Sprintf("%s:%d", scene.ScaleOutVIP, scene.TCPPort), Scheduler: "mh",
-		Extra: []string{`announce = "bgp"`, `forwarding = "dr"`},
-		// HTTP on its own port: a TCP check closes with a reset, which
-		// the reset count of the data connections would take for theirs.
-		// A timeout this busy machine meets: a check that flaps on one
-		// director moves that director's flows of the server elsewhere.
-		Check: &conf.Check{Type: "http", Interval: "500ms", Timeout: "500ms",
-			Extra: []string{fmt.Sprintf("connect_port = %d", scene.HTTPPort), "rise = 1", "fall = 2", `warmup = "0s"`}}}
-	for r := range reals {
-		web.Reals = append(web.Reals, conf.Real{Address: fmt.Sprintf("%s:%d", scene.RealAddr(r), scene.TCPPort)})
-	}
-	text := conf.File{
-		Node:           conf.Node{Name: fmt.Sprintf("d%d", i+1), DataDir: filepath.Join(d, "data"), StatusSocket: sock},
-		Dataplane:      []string{`kind = "nftables"`, `dr_interface = "eth0"`},
-		VirtualServers: []conf.VirtualServer{web},
-	}.String() + fmt.Sprintf(`
-[bgp]
-local_as = %d
-router_id = %q
-shutdown_delay = %q
-communities = ["65001:100"]
-  [[bgp.neighbor]]
-  address = %q
-  peer_as = %d
-  hold_time = "%ds"
-`, scene.DirectorAS, scene.DirectorAddr(i), delay, scene.RouterFront, scene.RouterAS, scene.ScaleOutHoldSec)
-	file = filepath.Join(dir, fmt.Sprintf("d%d.toml", i+1))
-	if err := os.MkdirAll(d, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, file, text)
-	return file, sock
-}
 
 // drPackets is how many packets director h sent to real servers by
 // direct routing: the counter of the service's element in its netdev
@@ -96,7 +51,10 @@ func TestBGPScaleOutRouter(t *testing.T) {
 	socks := make([]string, 3)
 	for i, d := range s.Directors {
 		var file string
-		file, socks[i] = scaleOutConfig(t, dir, i, 2, "3s")
+		var err error
+		if file, socks[i], err = s.DirectorConfig(dir, i, scene.DirectorOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		if out, err := exec.Command(directord, "-t", "-c", file).CombinedOutput(); err != nil {
 			t.Fatalf("directord -t: %v\n%s", err, out)
 		}

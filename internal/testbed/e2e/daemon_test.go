@@ -409,6 +409,29 @@ func TestDemo(t *testing.T) {
 		}
 		t.Logf("the demo took %s", time.Since(start).Round(100*time.Millisecond))
 	})
+	t.Run("scale-out", func(t *testing.T) {
+		lab.Require(t, "vtysh")
+		out, err := exec.Command(demo, "-bin", bin, "-scaleout").CombinedOutput()
+		if err != nil {
+			t.Fatalf("demo -scaleout: %v\n%s", err, out)
+		}
+		text := string(out)
+		for _, want := range []string{
+			"one next hop per director", "nexthop via 192.0.2.11", "nexthop via 192.0.2.12", "nexthop via 192.0.2.13",
+			"192.0.2.200/32  yes        web", "the router dropped d1 after", "the router dropped d2 after",
+			"60 of 60 long-lived connections survived both", "the real servers saw 0 connections end in an error", "removing the lab",
+		} {
+			if !strings.Contains(text, want) {
+				t.Errorf("demo -scaleout output lacks %q", want)
+			}
+		}
+		for _, d := range []string{"d1", "d2", "d3"} {
+			if regexp.MustCompile(d + ` forwarded: (nothing|packets 0 )`).MatchString(text) {
+				t.Errorf("%s forwarded none of the connections:\n%s", d, text)
+			}
+		}
+		noneLeft(t, text)
+	})
 	t.Run("interrupted", func(t *testing.T) {
 		cmd := exec.Command(demo, "-bin", bin)
 		var out lab.Buffer

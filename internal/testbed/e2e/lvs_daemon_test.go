@@ -198,6 +198,14 @@ kind = "nftables"
 name = "web"
 address = "192.0.2.100:80"
 scheduler = "lc"
+forwarding = "tun"
+  [[virtual_server.real_server]]
+  address = "203.0.113.11:80"
+
+[[virtual_server]]
+name = "dr"
+address = "192.0.2.101:80"
+scheduler = "mh"
 forwarding = "dr"
   [[virtual_server.real_server]]
   address = "203.0.113.11:80"
@@ -208,7 +216,8 @@ forwarding = "dr"
 	}
 	for _, want := range []string{
 		file + ":10: virtual_server[0].scheduler: the nftables data plane schedules with rr, wrr, sh, mh only; lc needs IPVS",
-		file + ":11: virtual_server[0].forwarding: the nftables data plane forwards by nat only; dr needs IPVS",
+		file + ":11: virtual_server[0].forwarding: the nftables data plane forwards by nat, dr only; tun needs IPVS",
+		file + ":19: virtual_server[1].forwarding: direct routing on the nftables data plane needs dataplane.dr_interface",
 	} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)

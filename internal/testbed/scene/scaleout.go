@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/directord/directord/internal/testbed/conf"
 	"github.com/directord/directord/internal/testbed/lab"
 )
 
@@ -46,6 +47,10 @@ type ScaleOut struct {
 	routerDir             string
 	zebra, bgpd           *lab.Process
 	routerBin             string
+	// Procs and Socks are the directors' processes and status sockets,
+	// once StartDirectors ran.
+	Procs        []*lab.Process
+	Socks, Files []string
 }
 
 // NewScaleOut builds the lab with n directors and r real servers and
@@ -175,4 +180,105 @@ func (s *ScaleOut) NextHops(prefix string) ([]string, error) {
 	}
 	slices.Sort(hops)
 	return hops, nil
+}
+
+// DirectorOptions shape a scale-out director's file.
+type DirectorOptions struct {
+	Scheduler     string // "mh" when empty
+	ShutdownDelay string // "3s" when empty
+	// NAT: stateful NAT with masquerade instead of stateless direct
+	// routing, the comparison for what a director's loss costs.
+	NAT bool
+}
+
+// DirectorConfig writes director i's file in dir: the VIP announced with
+// BGP to the router and balanced over every real server, by stateless
+// direct routing (packets taken at eth0, facing the router, sent out of
+// eth1 to the servers, which answer through the router) unless o.NAT.
+func (s *ScaleOut) DirectorConfig(dir string, i int, o DirectorOptions) (file, sock string, err error) {
+	d := filepath.Join(dir, fmt.Sprintf("d%d", i+1))
+	sock = filepath.Join(d, "directord.sock")
+	if o.Scheduler == "" {
+		o.Scheduler = "mh"
+	}
+	if o.ShutdownDelay == "" {
+		o.ShutdownDelay = "3s"
+	}
+	web := conf.VirtualServer{Name: "web", Address: fmt.Sprintf("%s:%d", ScaleOutVIP, TCPPort), Scheduler: o.Scheduler,
+		Extra: []string{`announce = "bgp"`, `forwarding = "dr"`},
+		// HTTP on its own port: a TCP check closes with a reset, which
+		// the reset count of the data connections would take for theirs.
+		// A timeout this busy machine meets: a check that flaps on one
+		// director moves that director's flows of the server elsewhere.
+		Check: &conf.Check{Type: "http", Interval: "500ms", Timeout: "500ms",
+			Extra: []string{fmt.Sprintf("connect_port = %d", HTTPPort), "rise = 1", "fall = 2", `warmup = "0s"`}}}
+	dataplane := []string{`kind = "nftables"`, `dr_interface = "eth0"`}
+	if o.NAT {
+		web.Extra = []string{`announce = "bgp"`, `forwarding = "nat"`, "masquerade = true"}
+		dataplane = []string{`kind = "nftables"`}
+	}
+	for r := range s.Reals {
+		web.Reals = append(web.Reals, conf.Real{Address: fmt.Sprintf("%s:%d", RealAddr(r), TCPPort)})
+	}
+	text := conf.File{
+		Node:           conf.Node{Name: fmt.Sprintf("d%d", i+1), DataDir: filepath.Join(d, "data"), StatusSocket: sock},
+		Dataplane:      dataplane,
+		VirtualServers: []conf.VirtualServer{web},
+	}.String() + fmt.Sprintf(`
+[bgp]
+local_as = %d
+router_id = %q
+shutdown_delay = %q
+communities = ["65001:100"]
+  [[bgp.neighbor]]
+  address = %q
+  peer_as = %d
+  hold_time = "%ds"
+`, DirectorAS, DirectorAddr(i), o.ShutdownDelay, RouterFront, RouterAS, ScaleOutHoldSec)
+	file = filepath.Join(dir, fmt.Sprintf("d%d.toml", i+1))
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return "", "", err
+	}
+	return file, sock, os.WriteFile(file, []byte(text), 0o644)
+}
+
+// StartDirectors writes every director's file in dir, starts directord
+// on each and waits until the router has a next hop for every one.
+func (s *ScaleOut) StartDirectors(directord, dir string, o DirectorOptions) error {
+	for i, d := range s.Directors {
+		file, sock, err := s.DirectorConfig(dir, i, o)
+		if err != nil {
+			return err
+		}
+		s.Procs = append(s.Procs, d.Start(directord, "-c", file))
+		s.Socks, s.Files = append(s.Socks, sock), append(s.Files, file)
+	}
+	return s.WaitHops(len(s.Directors), 30*time.Second)
+}
+
+// WaitHops waits until the router's route to the VIP has n next hops.
+func (s *ScaleOut) WaitHops(n int, within time.Duration) error {
+	return lab.Eventually(within, func() error {
+		got, err := s.NextHops(ScaleOutVIP + "/32")
+		if err != nil {
+			return err
+		}
+		if len(got) != n {
+			return fmt.Errorf("the router's next hops for %s: %v, want %d", ScaleOutVIP, got, n)
+		}
+		return nil
+	})
+}
+
+// Crash cuts director i's cable, then kills it (the cable first: the
+// killed process's sockets would send the router a FIN), and waits for
+// the router to drop it after the hold time.
+func (s *ScaleOut) Crash(i int) error {
+	got, err := s.NextHops(ScaleOutVIP + "/32")
+	if err != nil {
+		return err
+	}
+	s.RouterSwitch.IP("link", "set", s.Ports[i], "down")
+	s.Procs[i].Kill()
+	return s.WaitHops(len(got)-1, time.Duration(ScaleOutHoldSec+10)*time.Second)
 }
