@@ -88,6 +88,17 @@ func TestBGPScaleOutRouter(t *testing.T) {
 		t.Fatalf("directorctl bgp: %v\n%s", err, out)
 	}
 	t.Logf("directorctl bgp:\n%s", out)
+	// The sessions are signed (TCP MD5): a keepalive on the wire carries
+	// the option; the password is in no log.
+	dump, err := s.Router.Run("timeout", "10", "tcpdump", "-c", "2", "-vni", "eth0", "tcp", "port", "179")
+	if err != nil || !strings.Contains(dump, "md5") {
+		t.Fatalf("BGP packets without a TCP MD5 option: %v\n%s", err, dump)
+	}
+	for _, p := range procs {
+		if strings.Contains(p.Output(), scene.ScaleOutPassword) {
+			t.Fatalf("a director logged the BGP password:\n%s", p.Output())
+		}
+	}
 
 	// A real server failing on every director leaves the table: new
 	// flows all go to the other; with both down the service has no

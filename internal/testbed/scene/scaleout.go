@@ -26,6 +26,9 @@ const (
 	ScaleOutClient  = "198.51.100.50"
 	ScaleOutVIP     = "192.0.2.200"
 	ScaleOutHoldSec = 9
+	// ScaleOutPassword signs the BGP sessions (TCP MD5, RFC 2385) on both
+	// sides: the lab runs the set-up docs/scale-out.md recommends.
+	ScaleOutPassword = "lab-md5-secret"
 )
 
 // DirectorAddr is the i-th director's address towards the router (from
@@ -114,8 +117,8 @@ func (s *ScaleOut) startRouter(n int) {
 	fmt.Fprintf(&b, "route-map FROM-DIRECTORS permit 10\n match community gshut\n set local-preference 0\nroute-map FROM-DIRECTORS permit 20\n")
 	fmt.Fprintf(&b, "router bgp %d\n bgp router-id %s\n no bgp ebgp-requires-policy\n no bgp network import-check\n", RouterAS, RouterFront)
 	for i := range n {
-		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s timers 3 %d\n neighbor %s timers connect 1\n",
-			DirectorAddr(i), DirectorAS, DirectorAddr(i), ScaleOutHoldSec, DirectorAddr(i))
+		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s timers 3 %d\n neighbor %s timers connect 1\n neighbor %s password %s\n",
+			DirectorAddr(i), DirectorAS, DirectorAddr(i), ScaleOutHoldSec, DirectorAddr(i), DirectorAddr(i), ScaleOutPassword)
 	}
 	fmt.Fprintf(&b, " address-family ipv4 unicast\n  maximum-paths 8\n")
 	for i := range n {
@@ -234,7 +237,8 @@ communities = ["65001:100"]
   address = %q
   peer_as = %d
   hold_time = "%ds"
-`, DirectorAS, DirectorAddr(i), o.ShutdownDelay, RouterFront, RouterAS, ScaleOutHoldSec)
+  password = %q
+`, DirectorAS, DirectorAddr(i), o.ShutdownDelay, RouterFront, RouterAS, ScaleOutHoldSec, ScaleOutPassword)
 	file = filepath.Join(dir, fmt.Sprintf("d%d.toml", i+1))
 	if err := os.MkdirAll(d, 0o700); err != nil {
 		return "", "", err
