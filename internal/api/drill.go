@@ -72,3 +72,36 @@ type DrillResult struct {
 type DrillsStatus struct {
 	Drills []DrillResult `json:"drills"`
 }
+
+// BGPDrillRequest is POST /v1/bgp/drill: withdraw a virtual server's
+// address from the routers here, measure how long the routers take to
+// move its traffic to the other directors, and announce it again.
+type BGPDrillRequest struct {
+	Service string `json:"service"`
+	// Force drills without seeing another director announce the
+	// address (no [cluster] to see it through).
+	Force bool `json:"force,omitempty"`
+}
+
+// BGPDrillResult is a BGP drill's outcome. The director keeps forwarding
+// what still reaches it while the routers move the traffic, so clients
+// see no gap unless no other director takes it.
+type BGPDrillResult struct {
+	Service string       `json:"service"`
+	Prefix  string       `json:"prefix"`
+	Checks  []DrillCheck `json:"checks"`
+	Refused string       `json:"refused,omitempty"`
+	// PacketsPerSecond reached this director for the service before the
+	// withdrawal.
+	PacketsPerSecond uint64 `json:"packets_per_second"`
+	// MovedAfter: the last packet arrived this long after the withdrawal
+	// (the routers' convergence, seen from here); Moved is false when
+	// packets still arrived at the time limit.
+	MovedAfter   string `json:"moved_after,omitempty"`
+	Moved        bool   `json:"moved"`
+	PacketsAfter uint64 `json:"packets_after_withdrawal"`
+	BackAfter    string `json:"back_after,omitempty"`
+	Back         bool   `json:"back"`
+	OK           bool   `json:"ok"`
+	Error        string `json:"error,omitempty"`
+}

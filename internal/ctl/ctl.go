@@ -55,6 +55,10 @@ commands:
                                priority 0 and stay backup for D (default: its preempt_delay);
                                when no other director takes over, take it back and fail
                                (--force: hand over anyway)
+  drill --bgp VS [--force]     withdraw VS's address here (BGP), measure how long the routers take
+                               to move its traffic to the other directors (this one forwards
+                               meanwhile), announce it again; refused unless another director
+                               announces it (cluster gossip) or --force
   drill [--instance VI] [--probe ADDR|ADDR:PORT] [--back] [--hold D]
                                failover drill from this master: check that the peer is ready
                                (VRRP backup, Raft caught up, same table, sync connected), hand
@@ -110,6 +114,7 @@ type opts struct {
 	hold        string
 	force       bool
 	drill       api.DrillRequest
+	bgpDrill    string // drill --bgp VS
 	configID    string
 	args        []string
 	out         io.Writer
@@ -126,7 +131,7 @@ var commands = map[string]command{
 	"apply":    {runApply, []string{"f", "dry-run", "json"}},
 	"rs":       {runRS, nil},
 	"vs":       {runVS, []string{"f"}},
-	"drill":    {runDrill, []string{"instance", "probe", "back", "hold", "json"}},
+	"drill":    {runDrill, []string{"instance", "probe", "back", "hold", "bgp", "force", "json"}},
 	"convert":  {runConvert, []string{"config-id"}},
 	"bgp":      {runBGP, []string{"json"}},
 }
@@ -186,7 +191,8 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	sub.StringVar(socket, "socket", *socket, "status socket `path`")
 	asJSON := sub.Bool("json", false, "print JSON")
 	hold := sub.String("hold", "", "failover: how long to stay backup (Go duration)")
-	force := sub.Bool("force", false, "failover: hand over even when no other director takes over")
+	force := sub.Bool("force", false, "failover: hand over even when no other director takes over; drill --bgp: withdraw without seeing another director announce the address")
+	bgpVS := sub.String("bgp", "", "drill: the virtual server (announce = \"bgp\") whose address to withdraw here, measure and announce again")
 	file := sub.String("f", "", "apply: the configuration `file` whose virtual servers to apply")
 	dryRun := sub.Bool("dry-run", false, "apply: show what would change")
 	instance := sub.String("instance", "", "drill: the VRRP instance (default: the one mastered here)")
@@ -234,7 +240,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	o := opts{json: *asJSON, now: e.now, hold: *hold, force: *force, file: *file, outDir: *outDir, dryRun: *dryRun, rate: *rate, conns: *conns, persistence: *persistence, zero: *zero, configID: *configID, args: positional, out: stdout, errOut: stderr,
-		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}}
+		drill: api.DrillRequest{Instance: *instance, Probe: *probeAt, Back: *back, Hold: *hold}, bgpDrill: *bgpVS}
 	if err := cmd.run(ctx, status.NewClient(*socket), o); err != nil {
 		fmt.Fprintln(stderr, "directorctl:", err)
 		var ue usageErr

@@ -18,7 +18,16 @@ var errDrill = errors.New("the drill did not complete")
 
 func runDrill(ctx context.Context, c *status.Client, o opts) error {
 	if len(o.args) != 0 {
-		return usageError("usage: directorctl drill [--instance VI] [--probe ADDR|ADDR:PORT] [--back] [--hold D] [--json]")
+		return usageError("usage: directorctl drill [--instance VI] [--probe ADDR|ADDR:PORT] [--back] [--hold D] [--json] | drill --bgp VS [--force] [--json]")
+	}
+	if o.bgpDrill != "" {
+		if o.drill != (api.DrillRequest{}) {
+			return usageError("usage: directorctl drill --bgp VS [--force] [--json]: --instance, --probe, --back and --hold are VRRP drills' flags")
+		}
+		return runBGPDrill(ctx, c, o)
+	}
+	if o.force {
+		return usageError("usage: --force goes with drill --bgp VS")
 	}
 	var res api.DrillResult
 	if err := c.Post(ctx, "/v1/drill", o.drill, &res); err != nil {
@@ -106,4 +115,51 @@ func orAddr(l *api.DrillLeg) string {
 		return l.MasterNode
 	}
 	return l.Master
+}
+
+func runBGPDrill(ctx context.Context, c *status.Client, o opts) error {
+	var res api.BGPDrillResult
+	if err := c.Post(ctx, "/v1/bgp/drill", api.BGPDrillRequest{Service: o.bgpDrill, Force: o.force}, &res); err != nil {
+		return err
+	}
+	if o.json {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		if err := printJSON(o.out, append(b, '\n')); err != nil {
+			return err
+		}
+	} else {
+		renderBGPDrill(o.out, &res)
+	}
+	if !res.OK {
+		return errDrill
+	}
+	return nil
+}
+
+func renderBGPDrill(w io.Writer, r *api.BGPDrillResult) {
+	fmt.Fprintf(w, "BGP drill of %s (%s)\n", r.Service, r.Prefix)
+	if len(r.Checks) > 0 {
+		fmt.Fprintln(w, "checks:")
+		for _, c := range r.Checks {
+			mark := "ok  "
+			if !c.OK {
+				mark = "FAIL"
+			}
+			fmt.Fprintf(w, "  %s %-9s %s\n", mark, c.Name, c.Detail)
+		}
+	}
+	if r.Refused != "" {
+		fmt.Fprintf(w, "refused, nothing withdrawn: %s\n", r.Refused)
+		return
+	}
+	fmt.Fprintf(w, "before: %d packets a second reached this director\n", r.PacketsPerSecond)
+	if r.MovedAfter != "" {
+		fmt.Fprintf(w, "withdrawn: the routers moved the traffic away after %s (%d packets arrived meanwhile, all forwarded)\n", r.MovedAfter, r.PacketsAfter)
+	}
+	if r.BackAfter != "" {
+		fmt.Fprintf(w, "announced again: traffic back after %s\n", r.BackAfter)
+	}
+	if r.Error != "" {
+		fmt.Fprintf(w, "FAILED: %s\n", r.Error)
+	}
 }

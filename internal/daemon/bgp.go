@@ -328,27 +328,52 @@ func (b *bgpManager) handleHold(hold bool) http.HandlerFunc {
 			status.WriteError(w, http.StatusBadRequest, err)
 			return
 		}
-		b.mu.Lock()
-		ok := slices.ContainsFunc(b.cfg.VirtualServers, func(vs config.VirtualServer) bool {
-			return vs.Name == req.Service && vs.Announce == config.AnnounceBGP
-		})
-		if ok {
-			if hold {
-				b.held[req.Service] = true
-			} else {
-				delete(b.held, req.Service)
-			}
-		}
-		b.mu.Unlock()
-		if !ok {
+		if !b.setHold(r.Context(), req.Service, hold, "an operator") {
 			status.WriteError(w, http.StatusNotFound, fmt.Errorf("no virtual server %q with announce = \"bgp\"", req.Service))
 			return
 		}
-		verb := map[bool]string{true: "withdrawn", false: "announced again"}[hold]
-		b.log.Info("BGP: virtual server "+verb+" by an operator", "virtual_server", req.Service)
-		b.sync(r.Context())
 		status.WriteJSON(w, http.StatusOK, b.status(r.Context()))
 	}
+}
+
+// setHold withdraws (hold) or announces again a virtual server's address
+// at once; false when there is no such virtual server with announce =
+// "bgp".
+func (b *bgpManager) setHold(ctx context.Context, name string, hold bool, by string) bool {
+	b.mu.Lock()
+	ok := slices.ContainsFunc(b.cfg.VirtualServers, func(vs config.VirtualServer) bool {
+		return vs.Name == name && vs.Announce == config.AnnounceBGP
+	})
+	if ok {
+		if hold {
+			b.held[name] = true
+		} else {
+			delete(b.held, name)
+		}
+	}
+	b.mu.Unlock()
+	if !ok {
+		return false
+	}
+	verb := map[bool]string{true: "withdrawn", false: "announced again"}[hold]
+	b.log.Info("BGP: virtual server "+verb+" by "+by, "virtual_server", name)
+	b.sync(ctx)
+	return true
+}
+
+// announced are the prefixes announced here, for the other directors'
+// drill gates.
+func (b *bgpManager) announced() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for p, why := range b.state {
+		if why == "" {
+			out = append(out, p.String())
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // bgpCollector exports the sessions and the announcements.

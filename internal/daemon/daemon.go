@@ -222,6 +222,7 @@ func New(cfg *config.Config, opts Options, deps Deps) (*Daemon, error) {
 		d.reg.MustRegister(newBGPCollector(d.bgp))
 		d.status.Handle("POST /v1/bgp/withdraw", d.bgp.handleHold(true))
 		d.status.Handle("POST /v1/bgp/announce", d.bgp.handleHold(false))
+		d.status.Handle("POST /v1/bgp/drill", http.HandlerFunc(d.handleBGPDrill))
 	}
 	return d, nil
 }
@@ -402,7 +403,7 @@ func (d *Daemon) registerMetrics() {
 	})
 	d.mDrills = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "directord_drills_total",
-		Help: "Failover drills run here, by outcome (ok, refused, failed).",
+		Help: "Drills run here (failover and BGP), by outcome (ok, refused, failed).",
 	}, []string{"outcome"})
 	for _, o := range []string{"ok", "refused", "failed"} {
 		d.mDrills.WithLabelValues(o)

@@ -48,6 +48,8 @@ type peerInfo struct {
 	// Sync is the connection sync's state: "conntrack master connected",
 	// "conntrack backup", "ipvs backup", "ipvs master+backup".
 	Sync string `json:"sync,omitempty"`
+	// BGP are the prefixes this director announces.
+	BGP []string `json:"bgp,omitempty"`
 }
 
 func (d *Daemon) peerInfo() peerInfo {
@@ -61,6 +63,9 @@ func (d *Daemon) peerInfo() peerInfo {
 	_, terr := d.cluster.programmed()
 	info.TableError = terr != ""
 	info.Sync = d.syncState()
+	if d.bgp != nil {
+		info.BGP = d.bgp.announced()
+	}
 	return info
 }
 

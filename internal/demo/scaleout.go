@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -53,7 +52,7 @@ func scaleOut(l *lab.Lab, bins scene.Binaries, tmp string) error {
 		out, _ := d.Run("nft", "list", "map", "netdev", "directord-dr", "svc4")
 		fmt.Printf("d%d forwarded: %s\n", i+1, strings.TrimSpace(counterOf(out)))
 	}
-	talk := startTalking(conns)
+	talk := scene.Talk(conns, 100*time.Millisecond)
 
 	step("d1 stops with SIGTERM: it tells the router (GRACEFUL_SHUTDOWN), keeps forwarding for shutdown_delay, then withdraws")
 	start := time.Now()
@@ -69,7 +68,7 @@ func scaleOut(l *lab.Lab, bins scene.Binaries, tmp string) error {
 	}
 	fmt.Printf("d1's directord exited after %s\n", time.Since(start).Round(10*time.Millisecond))
 	time.Sleep(time.Second)
-	fmt.Printf("the connections: %s\n", talk.report())
+	fmt.Printf("the connections: %s\n", talkReport(talk))
 
 	step("d2 crashes: its cable is cut and directord killed; the router notices after the BGP hold time (%ds)", scene.ScaleOutHoldSec)
 	start = time.Now()
@@ -79,16 +78,20 @@ func scaleOut(l *lab.Lab, bins scene.Binaries, tmp string) error {
 	fmt.Printf("the router dropped d2 after %s\n", time.Since(start).Round(10*time.Millisecond))
 	show("the router's route to the VIP", s.Router.Command("ip", "route", "show", scene.ScaleOutVIP))
 	// The stalled connections retransmit with TCP's back-off.
-	if err := lab.Eventually(30*time.Second, talk.allAnswered); err != nil {
+	if err := lab.Eventually(30*time.Second, func() error {
+		if n := talk.Waiting(time.Second); n > 0 {
+			return fmt.Errorf("%d connections waiting", n)
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
-	talk.stop()
-	fmt.Printf("the connections: %s\n", talk.report())
-	if talk.failed > 0 {
-		return fmt.Errorf("%d of %d connections broke", talk.failed, len(conns))
+	fmt.Printf("the connections: %s\n", talkReport(talk))
+	if _, broken := talk.Stop(); broken > 0 {
+		return fmt.Errorf("%d of %d connections broke", broken, len(conns))
 	}
 	fmt.Printf("%d of %d long-lived connections survived both, each still on its real server; the real servers saw %d connections end in an error\n",
-		len(conns)-talk.failed, len(conns), s.Resets())
+		len(conns), len(conns), s.Resets())
 	fmt.Println("(to go below the hold time on a crash, run BFD on the router: docs/scale-out.md)")
 	return nil
 }
@@ -104,72 +107,7 @@ func counterOf(listing string) string {
 	return "nothing"
 }
 
-// talking has every connection exchange a line every 100 ms and keeps the
-// longest silence each saw.
-type talking struct {
-	mu      sync.Mutex
-	last    []time.Time
-	longest time.Duration
-	failed  int
-	done    chan struct{}
-	wg      sync.WaitGroup
-	started time.Time
-}
-
-func startTalking(conns []*scene.Conn) *talking {
-	t := &talking{last: make([]time.Time, len(conns)), done: make(chan struct{}), started: time.Now()}
-	for i, c := range conns {
-		t.last[i] = time.Now()
-		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			for n := 0; ; n++ {
-				select {
-				case <-t.done:
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-				line := fmt.Sprintf("hello %d", n)
-				ans, err := c.EchoWithin(line, time.Minute)
-				t.mu.Lock()
-				if err != nil || ans != c.Server+" "+line {
-					t.failed++
-					t.mu.Unlock()
-					return
-				}
-				now := time.Now()
-				t.longest = max(t.longest, now.Sub(t.last[i]))
-				t.last[i] = now
-				t.mu.Unlock()
-			}
-		}()
-	}
-	return t
-}
-
-// allAnswered says whether every connection answered in the last second.
-func (t *talking) allAnswered() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	n := 0
-	for _, l := range t.last {
-		if time.Since(l) > time.Second {
-			n++
-		}
-	}
-	if n > 0 {
-		return fmt.Errorf("%d connections waiting", n)
-	}
-	return nil
-}
-
-func (t *talking) report() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return fmt.Sprintf("%d broken; the longest silence any saw so far: %s", t.failed, t.longest.Round(10*time.Millisecond))
-}
-
-func (t *talking) stop() {
-	close(t.done)
-	t.wg.Wait()
+func talkReport(t *scene.Talker) string {
+	longest, broken := t.Longest()
+	return fmt.Sprintf("%d broken; the longest silence any saw so far: %s", broken, longest.Round(10*time.Millisecond))
 }

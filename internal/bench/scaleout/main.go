@@ -134,97 +134,51 @@ func survival(bins scene.Binaries, o scene.DirectorOptions, n int) (int, error) 
 	return int(ok.Load()), nil
 }
 
-// pinger exchanges a line on each connection every 20 ms and keeps each
-// connection's longest time between two answers.
-type pinger struct {
-	stop chan struct{}
-	wg   stdsync.WaitGroup
-	mu   stdsync.Mutex
-	gaps []time.Duration
-	errs int
-}
-
-func ping(conns []*scene.Conn) *pinger {
-	p := &pinger{stop: make(chan struct{}), gaps: make([]time.Duration, len(conns))}
-	for i, c := range conns {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			last, worst := time.Now(), time.Duration(0)
-			for n := 0; ; n++ {
-				select {
-				case <-p.stop:
-					p.mu.Lock()
-					p.gaps[i] = worst
-					p.mu.Unlock()
-					return
-				case <-time.After(20 * time.Millisecond):
-				}
-				line := fmt.Sprintf("p%d", n)
-				if ans, err := c.EchoWithin(line, time.Minute); err != nil || ans != c.Server+" "+line {
-					p.mu.Lock()
-					p.errs++
-					p.gaps[i] = time.Hour
-					p.mu.Unlock()
-					<-p.stop
-					return
-				}
-				now := time.Now()
-				worst = max(worst, now.Sub(last))
-				last = now
-			}
-		}()
-	}
-	return p
-}
-
-// done stops the pinger and returns the longest gaps, longest first.
-func (p *pinger) done() ([]time.Duration, int) {
-	close(p.stop)
-	p.wg.Wait()
-	g := slices.Clone(p.gaps)
-	slices.SortFunc(g, func(a, b time.Duration) int { return int(b - a) })
-	return g, p.errs
-}
-
 // gaps measures, in one lab, the longest gap of 60 connections while
 // director 1 leaves with SIGTERM, then while director 2 crashes.
-func gaps(bins scene.Binaries) (graceful, crash []time.Duration, err error) {
+func gaps(bins scene.Binaries) (graceful, crash time.Duration, err error) {
 	st, err := start(bins, scene.DirectorOptions{ShutdownDelay: "2s"})
 	if err != nil {
-		return nil, nil, err
+		return 0, 0, err
 	}
 	defer st.close()
 	conns, err := st.open(60)
 	if err != nil {
-		return nil, nil, err
+		return 0, 0, err
 	}
 	defer closeAll(conns)
 
-	p := ping(conns)
+	p := scene.Talk(conns, 20*time.Millisecond)
 	time.Sleep(time.Second) // the gaps of the steady state, for reference
 	if err := st.Procs[0].Signal(syscall.SIGTERM); err != nil {
-		return nil, nil, err
+		return 0, 0, err
 	}
 	if _, err := st.Procs[0].Wait(20 * time.Second); err != nil {
-		return nil, nil, fmt.Errorf("d1 did not stop: %w", err)
+		return 0, 0, fmt.Errorf("d1 did not stop: %w", err)
 	}
 	time.Sleep(time.Second)
-	graceful, errs := p.done()
-	if errs > 0 {
-		return nil, nil, fmt.Errorf("%d connections failed while d1 stopped", errs)
+	graceful, broken := p.Stop()
+	if broken > 0 {
+		return 0, 0, fmt.Errorf("%d connections broke while d1 stopped", broken)
 	}
 
-	p = ping(conns)
+	p = scene.Talk(conns, 20*time.Millisecond)
 	time.Sleep(time.Second)
 	if err := st.Crash(1); err != nil {
-		return nil, nil, err
+		return 0, 0, err
 	}
 	// Until every stalled connection has retransmitted through d3.
-	time.Sleep(15 * time.Second)
-	crash, errs = p.done()
-	if errs > 0 {
-		return nil, nil, fmt.Errorf("%d connections failed after d2 crashed", errs)
+	if err := lab.Eventually(30*time.Second, func() error {
+		if n := p.Waiting(time.Second); n > 0 {
+			return fmt.Errorf("%d connections still waiting after d2's crash", n)
+		}
+		return nil
+	}); err != nil {
+		return 0, 0, err
+	}
+	crash, broken = p.Stop()
+	if broken > 0 {
+		return 0, 0, fmt.Errorf("%d connections broke after d2 crashed", broken)
 	}
 	return graceful, crash, nil
 }
@@ -341,8 +295,8 @@ func run(bin string, rounds, n, rate int, d time.Duration, out string, targets *
 		if err != nil {
 			return fmt.Errorf("gaps, run %d: %w", r+1, err)
 		}
-		fmt.Printf("run %d: longest gap %s on SIGTERM, %s on a crash\n", r+1, ms(g[0]), ms(c[0]))
-		worstG, worstC = append(worstG, g[0]), append(worstC, c[0])
+		fmt.Printf("run %d: longest gap %s on SIGTERM, %s on a crash\n", r+1, ms(g), ms(c))
+		worstG, worstC = append(worstG, g), append(worstC, c)
 	}
 	slices.Sort(worstG)
 	slices.Sort(worstC)

@@ -280,3 +280,80 @@ func (s *LVS) AskUDP(addr string) (string, error) {
 func NetNS(h *lab.Host) (*os.File, error) {
 	return os.Open("/run/netns/" + h.NS)
 }
+
+// Talker has connections exchange a line every period, each waiting up
+// to a minute for its answer (TCP retransmits through a repair), and
+// keeps each one's longest silence and whether it broke.
+type Talker struct {
+	mu     sync.Mutex
+	last   []time.Time
+	gaps   []time.Duration
+	broken int
+	done   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// Talk starts the exchanges on conns.
+func Talk(conns []*Conn, period time.Duration) *Talker {
+	t := &Talker{last: make([]time.Time, len(conns)), gaps: make([]time.Duration, len(conns)), done: make(chan struct{})}
+	for i, c := range conns {
+		t.last[i] = time.Now()
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-t.done:
+					return
+				case <-time.After(period):
+				}
+				line := fmt.Sprintf("talk %d", n)
+				ans, err := c.EchoWithin(line, time.Minute)
+				t.mu.Lock()
+				if err != nil || ans != c.Server+" "+line {
+					t.broken++
+					t.gaps[i] = time.Hour
+					t.mu.Unlock()
+					return
+				}
+				now := time.Now()
+				t.gaps[i] = max(t.gaps[i], now.Sub(t.last[i]))
+				t.last[i] = now
+				t.mu.Unlock()
+			}
+		}()
+	}
+	return t
+}
+
+// Waiting is how many connections have had no answer for longer than d.
+func (t *Talker) Waiting(d time.Duration) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, l := range t.last {
+		if time.Since(l) > d {
+			n++
+		}
+	}
+	return n
+}
+
+// Longest is the longest silence any connection saw so far, and how many
+// broke (a wrong answer or an error: a reset, another server).
+func (t *Talker) Longest() (time.Duration, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var worst time.Duration
+	for _, g := range t.gaps {
+		worst = max(worst, g)
+	}
+	return worst, t.broken
+}
+
+// Stop ends the exchanges and returns what Longest returns.
+func (t *Talker) Stop() (time.Duration, int) {
+	close(t.done)
+	t.wg.Wait()
+	return t.Longest()
+}
