@@ -30,7 +30,13 @@ func runDrill(ctx context.Context, c *status.Client, o opts) error {
 		return usageError("usage: --force goes with drill --bgp VS")
 	}
 	var res api.DrillResult
-	if err := c.Post(ctx, "/v1/drill", o.drill, &res); err != nil {
+	return postDrill(ctx, c, o, "/v1/drill", o.drill, &res, renderDrill, func(r *api.DrillResult) bool { return r.OK })
+}
+
+// postDrill asks the daemon for a drill and prints its result (as JSON,
+// or with render); a refused or failed drill is errDrill.
+func postDrill[T any](ctx context.Context, c *status.Client, o opts, path string, req any, res *T, render func(io.Writer, *T), ok func(*T) bool) error {
+	if err := c.Post(ctx, path, req, res); err != nil {
 		return err
 	}
 	if o.json {
@@ -39,9 +45,9 @@ func runDrill(ctx context.Context, c *status.Client, o opts) error {
 			return err
 		}
 	} else {
-		renderDrill(o.out, &res)
+		render(o.out, res)
 	}
-	if !res.OK {
+	if !ok(res) {
 		return errDrill
 	}
 	return nil
@@ -119,21 +125,8 @@ func orAddr(l *api.DrillLeg) string {
 
 func runBGPDrill(ctx context.Context, c *status.Client, o opts) error {
 	var res api.BGPDrillResult
-	if err := c.Post(ctx, "/v1/bgp/drill", api.BGPDrillRequest{Service: o.bgpDrill, Force: o.force}, &res); err != nil {
-		return err
-	}
-	if o.json {
-		b, _ := json.MarshalIndent(res, "", "  ")
-		if err := printJSON(o.out, append(b, '\n')); err != nil {
-			return err
-		}
-	} else {
-		renderBGPDrill(o.out, &res)
-	}
-	if !res.OK {
-		return errDrill
-	}
-	return nil
+	return postDrill(ctx, c, o, "/v1/bgp/drill", api.BGPDrillRequest{Service: o.bgpDrill, Force: o.force}, &res, renderBGPDrill,
+		func(r *api.BGPDrillResult) bool { return r.OK })
 }
 
 func renderBGPDrill(w io.Writer, r *api.BGPDrillResult) {

@@ -162,6 +162,19 @@ shutdown_delay = "200ms"
 	t.Cleanup(func() { ln2.Close() })
 	want("announced again with the server back", true, "")
 
+	// Draining the last real server (directorctl rs drain, kept locally
+	// without [cluster]) withdraws too; enabling it announces again.
+	for _, op := range []struct {
+		op, what  string
+		announced bool
+		reason    string
+	}{{"rs.drain", "withdrawn with its last server drained", false, "quorum lost"}, {"rs.enable", "announced with the server enabled", true, ""}} {
+		if err := h.client.Post(context.Background(), "/v1/cluster", api.ClusterRequest{Op: op.op, Service: "web", Real: rs}, &api.ClusterResult{}); err != nil {
+			t.Fatalf("%s: %v", op.op, err)
+		}
+		want(op.what, op.announced, op.reason)
+	}
+
 	var st api.BGPStatus
 	if err := h.client.Post(context.Background(), "/v1/bgp/withdraw", api.BGPHold{Service: "web"}, &st); err != nil {
 		t.Fatal(err)

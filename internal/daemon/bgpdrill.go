@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -82,12 +81,7 @@ func bgpDrillGate(f bgpDrillFacts) ([]api.DrillCheck, string) {
 
 func (d *Daemon) handleBGPDrill(w http.ResponseWriter, r *http.Request) {
 	var req api.BGPDrillRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		status.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad request: %w", err))
-		return
-	}
-	if !d.drillMu.TryLock() {
-		status.WriteError(w, http.StatusConflict, errors.New("a drill is running already"))
+	if !d.startDrill(w, r, &req) {
 		return
 	}
 	defer d.drillMu.Unlock()

@@ -112,14 +112,7 @@ func (d *Daemon) publishLoop(ctx context.Context) error {
 
 func (d *Daemon) handleDrill(w http.ResponseWriter, r *http.Request) {
 	var req api.DrillRequest
-	if r.ContentLength != 0 {
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			status.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad request: %w", err))
-			return
-		}
-	}
-	if !d.drillMu.TryLock() {
-		status.WriteError(w, http.StatusConflict, errors.New("a drill is running already"))
+	if !d.startDrill(w, r, &req) {
 		return
 	}
 	defer d.drillMu.Unlock()
@@ -158,6 +151,23 @@ func (d *Daemon) handleDrill(w http.ResponseWriter, r *http.Request) {
 	}
 	d.mDrills.WithLabelValues(outcome).Inc()
 	status.WriteJSON(w, http.StatusOK, res)
+}
+
+// startDrill decodes a drill request into req (an empty body is the
+// defaults) and takes the drill lock; false: it answered the error (a bad
+// request, or a drill running already).
+func (d *Daemon) startDrill(w http.ResponseWriter, r *http.Request, req any) bool {
+	if r.ContentLength != 0 {
+		if err := json.NewDecoder(r.Body).Decode(req); err != nil {
+			status.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad request: %w", err))
+			return false
+		}
+	}
+	if !d.drillMu.TryLock() {
+		status.WriteError(w, http.StatusConflict, errors.New("a drill is running already"))
+		return false
+	}
+	return true
 }
 
 func (d *Daemon) drillsStatus() *api.DrillsStatus {
