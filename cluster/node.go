@@ -83,7 +83,12 @@ type Node struct {
 	ignored   map[string]bool // gossip members that are not voters, logged once
 	conflicts map[string]string
 	sent      []byte // the metadata last published
-	waiting   bool   // logged that peers hold state and this node waits
+	// savedID is the cluster ID as last written under data_dir: a
+	// restarted node tells it from its first gossip, before its log is
+	// replayed, so a leader of another cluster never takes it for a
+	// node without state.
+	savedID string
+	waiting bool // logged that peers hold state and this node waits
 }
 
 // envelope carries a command forwarded to the leader over mutual TLS.
@@ -189,6 +194,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if _, err := os.Stat(n.leftFile()); err == nil {
 		n.left.Store(true)
+	}
+	if b, err := os.ReadFile(n.idFile()); err == nil {
+		n.savedID = strings.TrimSpace(string(b))
 	}
 	if err := n.startRaft(); err != nil {
 		return nil, err
@@ -440,6 +448,7 @@ func (n *Node) maybeInit() {
 // logs each once: two clusters that meet never merge.
 func (n *Node) checkMembers() {
 	own := n.fsm.State().ClusterID
+	n.saveID(own)
 	n.publish()
 	n.mu.Lock()
 	var news []member
@@ -627,6 +636,25 @@ func (n *Node) SetGossipKeys(primary []byte, old [][]byte) error {
 func (n *Node) Left() bool { return n.left.Load() }
 
 func (n *Node) leftFile() string { return filepath.Join(n.cfg.DataDir, "left") }
+
+func (n *Node) idFile() string { return filepath.Join(n.cfg.DataDir, "cluster-id") }
+
+// saveID writes the cluster's ID under data_dir once the state names it.
+func (n *Node) saveID(id string) {
+	n.mu.Lock()
+	same := id == "" || id == n.savedID
+	n.mu.Unlock()
+	if same {
+		return
+	}
+	if err := os.WriteFile(n.idFile(), []byte(id+"\n"), 0o600); err != nil {
+		n.log.Error("cluster: recording the cluster ID on disk failed", "err", err)
+		return
+	}
+	n.mu.Lock()
+	n.savedID = id
+	n.mu.Unlock()
+}
 
 func (n *Node) submit(c Command, timeout time.Duration) error {
 	// Right after a leader is lost an election takes a moment: look for
@@ -842,7 +870,11 @@ func (d *delegate) NodeMeta(limit int) []byte {
 func (n *Node) meta() meta {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return meta{Raft: n.cfg.Raft.String(), Witness: n.cfg.Witness, App: n.app, Cluster: n.fsm.State().ClusterID,
+	id := n.fsm.State().ClusterID
+	if id == "" {
+		id = n.savedID // restarted, the log not replayed yet
+	}
+	return meta{Raft: n.cfg.Raft.String(), Witness: n.cfg.Witness, App: n.app, Cluster: id,
 		Holds: n.bootstrap || (n.raft != nil && n.raft.LastIndex() > 0), Leader: n.raft != nil && n.raft.State() == raft.Leader}
 }
 

@@ -12,6 +12,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -508,6 +510,42 @@ func TestClusterNoSilentMerge(t *testing.T) {
 	converged(t, []*testNode{nb}, "b-table")
 	if !strings.Contains(na.log.String()+nb.log.String(), "a member of another cluster; refusing to merge") {
 		t.Fatal("the conflict was not logged")
+	}
+}
+
+// A restarted node tells its cluster's ID from its first gossip, before
+// its log is replayed: a leader of another cluster that it meets then
+// refuses it at once instead of taking it for a node without state and
+// adding it as a voter.
+func TestClusterIDKnownAtRestart(t *testing.T) {
+	ca := newCA(t)
+	cfg := nodeConfig(t, ca, "n0", []string{"n0", "n1"})
+	cfg.BootstrapExpect = 1
+	n := startNode(t, cfg)
+	leader(t, []*testNode{n})
+	var id string
+	waitFor(t, 5*time.Second, func() error {
+		if id = n.State().ClusterID; id == "" {
+			return errors.New("no cluster ID yet")
+		}
+		// Recorded under data_dir by the node's periodic member check.
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, "cluster-id")); err != nil {
+			return err
+		}
+		return nil
+	})
+	n.stop()
+	again, err := New(cfg) // not running yet: nothing replayed
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := again.meta()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- again.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if m.Cluster != id || !m.Holds {
+		t.Fatalf("restarted, it tells cluster %q (holds %v), want %q", m.Cluster, m.Holds, id)
 	}
 }
 
