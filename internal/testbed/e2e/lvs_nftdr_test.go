@@ -109,4 +109,17 @@ func TestNFTDirectRouting(t *testing.T) {
 	if after["rs3"] != 0 || len(after) != 2 {
 		t.Fatalf("after rs3 left: %v", after)
 	}
+
+	// Drift: a map of the netdev table emptied by hand is found at the
+	// next reconcile, which rebuilds the table.
+	s.Director.MustRun("nft", "flush", "map", "netdev", lvs.NFTDRTable, "svc4")
+	if _, err := s.rec.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if out := s.Director.MustRun("nft", "list", "map", "netdev", lvs.NFTDRTable, "svc4"); !strings.Contains(out, "192.0.2.100 . tcp . 8080") {
+		t.Fatalf("the flushed dispatch map was not rebuilt:\n%s", out)
+	}
+	if again := tally(t, 30, func() (string, error) { return s.Ask("", vip) }); again["rs3"] != 0 || len(again) != 2 {
+		t.Fatalf("after the repair: %v", again)
+	}
 }
