@@ -184,6 +184,21 @@ shutdown_delay = "200ms"
 		t.Fatal(err)
 	}
 	want("announced after the operator's announce", true, "")
+	// A BGP drill: refused without a cluster to see the others, then
+	// (forced) for want of traffic to measure; either way nothing moves.
+	for _, c := range []struct {
+		force bool
+		want  string
+	}{{false, "without [cluster]"}, {true, "no packet for web reached this director"}} {
+		var res api.BGPDrillResult
+		if err := h.client.Post(context.Background(), "/v1/bgp/drill", api.BGPDrillRequest{Service: "web", Force: c.force}, &res); err != nil {
+			t.Fatal(err)
+		}
+		if res.OK || !strings.Contains(res.Refused, c.want) {
+			t.Fatalf("drill (force %v): %+v", c.force, res)
+		}
+	}
+	want("announced after the refused drills", true, "")
 	if err := h.client.Post(context.Background(), "/v1/bgp/withdraw", api.BGPHold{Service: "nope"}, &st); err == nil {
 		t.Fatal("withdrew an unknown virtual server")
 	}

@@ -149,6 +149,10 @@ func (d *Daemon) bgpDrill(ctx context.Context, req api.BGPDrillRequest) (api.BGP
 	if res.Checks, res.Refused = bgpDrillGate(f); res.Refused != "" {
 		return res, nil
 	}
+	if d.lvs == nil || d.lvs.dp == nil {
+		res.Refused = "no data plane here: nothing to measure"
+		return res, nil
+	}
 	key := lvsKey(vs)
 	counter := func() (uint64, error) {
 		es, err := lvs.ListWithStats(d.lvs.dp)
@@ -186,11 +190,16 @@ func (b *bgpManager) drill(ctx context.Context, res api.BGPDrillResult, counter 
 		res.Refused = "no packet for " + res.Service + " reached this director in a second: nothing to measure"
 		return res
 	}
-	// Whatever happens from here, the address is announced again.
-	defer b.setHold(ctx, res.Service, false, "the drill's end")
 	if !b.setHold(ctx, res.Service, true, "a drill") {
 		return fail(errors.New("the virtual server is gone"))
 	}
+	// Whatever happens from here, the address is announced again.
+	held := true
+	defer func() {
+		if held {
+			b.setHold(ctx, res.Service, false, "the drill's end")
+		}
+	}()
 	// Quiet for a second, or for ten packets' time of light traffic.
 	quiet := max(bgpDrillQuiet, 10*time.Second/time.Duration(res.PacketsPerSecond))
 	t0 := time.Now()
@@ -212,6 +221,7 @@ func (b *bgpManager) drill(ctx context.Context, res api.BGPDrillResult, counter 
 		return fail(fmt.Errorf("packets still arrive %s after the withdrawal: the routers did not move the traffic", bgpDrillLimit))
 	}
 	b.setHold(ctx, res.Service, false, "the drill")
+	held = false
 	t1 := time.Now()
 	for time.Since(t1) < bgpDrillLimit {
 		time.Sleep(20 * time.Millisecond)
