@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -68,17 +67,6 @@ func New(log *slog.Logger, cfg Config) *Speaker {
 	sp := &Speaker{log: log, cfg: cfg, announced: map[netip.Prefix]bool{}}
 	sp.s = server.NewBgpServer(server.LoggerOption(&logger{log: log}))
 	return sp
-}
-
-// ParseCommunity reads "ASN:VALUE".
-func ParseCommunity(s string) (uint32, error) {
-	a, b, ok := strings.Cut(s, ":")
-	hi, err1 := strconv.ParseUint(a, 10, 16)
-	lo, err2 := strconv.ParseUint(b, 10, 16)
-	if !ok || err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("%q is not a community ASN:VALUE", s)
-	}
-	return uint32(hi)<<16 | uint32(lo), nil
 }
 
 // Start runs the BGP server and opens the sessions; they come up in the

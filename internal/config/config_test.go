@@ -148,6 +148,25 @@ kind = "auto"`, []string{"f.toml: node: missing [node] section"}},
 				"f.toml:8: vrrp_instance[0].priority: 300 is out of range",
 				"f.toml:10: vrrp_instance.preempt: want true or false, not a string"}},
 		{"table mismatch in TOML's words", "node = 5\n", []string{"f.toml:1: node: want a table, not a number"}},
+		{"bgp", minimal + `[bgp]
+local_as = 0
+router_id = "2001:db8::1"
+communities = ["65001:100", "70000:1", "1:2:3", "+1:2"]
+  [[bgp.neighbor]]
+  address = "192.0.2.1"
+  peer_as = 65000
+  hold_time = "3500ms"
+  [[bgp.neighbor]]
+  address = "192.0.2.1"
+  hold_time = "1m"
+`, []string{"f.toml:5: bgp.local_as: 0 is out of range [1, 4294967295]",
+			`f.toml:6: bgp.router_id: "2001:db8::1" is not an IPv4 address`,
+			`f.toml:7: bgp.communities[1]: "70000:1" is not a community ASN:VALUE (each 0-65535)`,
+			`f.toml:7: bgp.communities[2]: "1:2:3" is not a community ASN:VALUE`,
+			`f.toml:7: bgp.communities[3]: "+1:2" is not a community ASN:VALUE`,
+			"f.toml:11: bgp.neighbor[0].hold_time: 3.5s: BGP keeps the hold time in whole seconds",
+			"f.toml:13: bgp.neighbor[1].address: 192.0.2.1 is already a neighbor (line 9)",
+			"bgp.neighbor[1].peer_as: required"}},
 		{"keepalived.conf", "! Configuration File for keepalived\nglobal_defs {\n   router_id LVS_A\n}\nvrrp_instance VI_1 {\n  state MASTER\n}\n",
 			[]string{`f.toml:2: this looks like a keepalived.conf ("global_defs {"), not directord's TOML`}},
 		{"keepalived keyword in TOML", minimal + "[[virtual_server]]\nname = \"web\"\naddress = \"192.0.2.1:80\"\nlb_algo = \"rr\"\ndelay_loop = 5\n",

@@ -235,8 +235,17 @@ func (v *validator) config(raw *rawConfig) *Config {
 	return cfg
 }
 
-// communityRe is a standard community, ASN:VALUE.
-var communityRe = regexp.MustCompile(`^(\d+):(\d+)$`)
+// ParseCommunity reads a standard community, "ASN:VALUE" (each 0-65535),
+// as the 32-bit value BGP carries.
+func ParseCommunity(s string) (uint32, error) {
+	a, b, ok := strings.Cut(s, ":")
+	hi, err1 := strconv.ParseUint(a, 10, 16)
+	lo, err2 := strconv.ParseUint(b, 10, 16)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("%q is not a community ASN:VALUE (each 0-65535)", s)
+	}
+	return uint32(hi)<<16 | uint32(lo), nil
+}
 
 func (v *validator) bgp(r *rawBGP) *BGP {
 	p := []any{"bgp"}
@@ -259,15 +268,8 @@ func (v *validator) bgp(r *rawBGP) *BGP {
 		b.RouterID = a
 	}
 	for i, c := range r.Communities {
-		m := communityRe.FindStringSubmatch(c)
-		ok := m != nil
-		if ok {
-			hi, err1 := strconv.ParseUint(m[1], 10, 16)
-			lo, err2 := strconv.ParseUint(m[2], 10, 16)
-			ok = err1 == nil && err2 == nil && hi <= 65535 && lo <= 65535
-		}
-		if !ok {
-			v.add(at(p, "communities", i), "%q is not a community ASN:VALUE (each 0-65535)", c)
+		if _, err := ParseCommunity(c); err != nil {
+			v.add(at(p, "communities", i), "%v", err)
 			continue
 		}
 		b.Communities = append(b.Communities, c)

@@ -55,16 +55,7 @@ func postDrill[T any](ctx context.Context, c *status.Client, o opts, path string
 
 func renderDrill(w io.Writer, r *api.DrillResult) {
 	fmt.Fprintf(w, "drill %d of %s on %s (advert_int %s)\n", r.Number, r.Instance, r.Node, r.AdvertInt)
-	if len(r.Checks) > 0 {
-		fmt.Fprintln(w, "checks:")
-		for _, c := range r.Checks {
-			mark := "ok  "
-			if !c.OK {
-				mark = "FAIL"
-			}
-			fmt.Fprintf(w, "  %s %-6s %s\n", mark, c.Name, c.Detail)
-		}
-	}
+	renderChecks(w, r.Checks, 6)
 	if r.Refused != "" {
 		fmt.Fprintf(w, "refused, nothing moved: %s\n", r.Refused)
 		return
@@ -94,6 +85,21 @@ func renderDrill(w io.Writer, r *api.DrillResult) {
 		fmt.Fprintf(w, "FAILED: %s\n", r.Error)
 	}
 	fmt.Fprintf(w, "took %s\n", r.Duration)
+}
+
+// renderChecks lists a drill's gate, the names padded to width.
+func renderChecks(w io.Writer, checks []api.DrillCheck, width int) {
+	if len(checks) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "checks:")
+	for _, c := range checks {
+		mark := "ok  "
+		if !c.OK {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(w, "  %s %-*s %s\n", mark, width, c.Name, c.Detail)
+	}
 }
 
 // renderDrills lists the drills run here, newest last.
@@ -131,16 +137,7 @@ func runBGPDrill(ctx context.Context, c *status.Client, o opts) error {
 
 func renderBGPDrill(w io.Writer, r *api.BGPDrillResult) {
 	fmt.Fprintf(w, "BGP drill of %s (%s)\n", r.Service, r.Prefix)
-	if len(r.Checks) > 0 {
-		fmt.Fprintln(w, "checks:")
-		for _, c := range r.Checks {
-			mark := "ok  "
-			if !c.OK {
-				mark = "FAIL"
-			}
-			fmt.Fprintf(w, "  %s %-9s %s\n", mark, c.Name, c.Detail)
-		}
-	}
+	renderChecks(w, r.Checks, 9)
 	if r.Refused != "" {
 		fmt.Fprintf(w, "refused, nothing withdrawn: %s\n", r.Refused)
 		return

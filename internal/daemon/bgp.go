@@ -59,7 +59,7 @@ func newBGPManager(log *slog.Logger, cfg *config.Config, deps Deps, m *lvsManage
 	}
 	c := bgp.Config{LocalAS: cfg.BGP.LocalAS, RouterID: cfg.BGP.RouterID}
 	for _, s := range cfg.BGP.Communities {
-		v, err := bgp.ParseCommunity(s)
+		v, err := config.ParseCommunity(s)
 		if err != nil {
 			return nil, err
 		}
@@ -83,11 +83,16 @@ func bgpPrefixes(cfg *config.Config) map[netip.Prefix][]config.VirtualServer {
 		if vs.Announce != config.AnnounceBGP {
 			continue
 		}
-		a := vs.Address.Addr()
-		p := netip.PrefixFrom(a, a.BitLen())
+		p := hostPrefix(vs)
 		out[p] = append(out[p], vs)
 	}
 	return out
+}
+
+// hostPrefix is the route announced for vs: its address as a /32 or /128.
+func hostPrefix(vs config.VirtualServer) netip.Prefix {
+	a := vs.Address.Addr()
+	return netip.PrefixFrom(a, a.BitLen())
 }
 
 // lvsServable is the data plane's answer: the service is programmed (not
@@ -254,13 +259,8 @@ func (b *bgpManager) shutdown() {
 	b.mu.Lock()
 	b.stopping = true
 	delay := b.cfg.BGP.ShutdownDelay
-	var announced []netip.Prefix
-	for p, why := range b.state {
-		if why == "" {
-			announced = append(announced, p)
-		}
-	}
 	b.mu.Unlock()
+	announced := b.announcedPrefixes()
 	if len(announced) > 0 && delay > 0 {
 		if err := b.sp.GracefulShutdown(ctx); err != nil {
 			b.log.Error("BGP: GRACEFUL_SHUTDOWN not sent", "err", err)
@@ -361,18 +361,27 @@ func (b *bgpManager) setHold(ctx context.Context, name string, hold bool, by str
 	return true
 }
 
-// announced are the prefixes announced here, for the other directors'
-// drill gates.
-func (b *bgpManager) announced() []string {
+// announcedPrefixes are the prefixes announced here.
+func (b *bgpManager) announcedPrefixes() []netip.Prefix {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var out []string
+	var out []netip.Prefix
 	for p, why := range b.state {
 		if why == "" {
-			out = append(out, p.String())
+			out = append(out, p)
 		}
 	}
-	slices.Sort(out)
+	slices.SortFunc(out, netip.Prefix.Compare)
+	return out
+}
+
+// announced is announcedPrefixes as text, for the other directors' drill
+// gates.
+func (b *bgpManager) announced() []string {
+	var out []string
+	for _, p := range b.announcedPrefixes() {
+		out = append(out, p.String())
+	}
 	return out
 }
 

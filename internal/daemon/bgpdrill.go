@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -118,9 +117,7 @@ func (d *Daemon) bgpDrill(ctx context.Context, req api.BGPDrillRequest) (api.BGP
 		return res, fmt.Errorf("no virtual server %q with announce = \"bgp\"", req.Service)
 	}
 	vs := cfg.VirtualServers[i]
-	a := vs.Address.Addr()
-	p := netip.PrefixFrom(a, a.BitLen())
-	res.Prefix = p.String()
+	res.Prefix = hostPrefix(vs).String()
 
 	f := bgpDrillFacts{Prefix: res.Prefix, Announced: "not decided yet", Force: req.Force}
 	st := d.bgp.status(ctx)
@@ -138,13 +135,8 @@ func (d *Daemon) bgpDrill(ctx context.Context, req api.BGPDrillRequest) (api.BGP
 		}
 	}
 	if d.cluster != nil {
-		cs := d.cluster.node.Status()
-		f.Clustered, f.Self = true, cs.ID
-		for _, m := range cs.Members {
-			gm := gateMember{Name: m.Name, State: m.State, Role: m.Role}
-			gm.Info, gm.Told = decodePeerInfo(m)
-			f.Members = append(f.Members, gm)
-		}
+		f.Clustered = true
+		f.Self, _, f.Members = d.gateMembers()
 	}
 	if res.Checks, res.Refused = bgpDrillGate(f); res.Refused != "" {
 		return res, nil

@@ -383,19 +383,26 @@ func decodePeerInfo(m cluster.MemberStatus) (peerInfo, bool) {
 	return info, true
 }
 
+// gateMembers is the cluster as the gossip shows it here: this node, the
+// leader and every member with what it published.
+func (d *Daemon) gateMembers() (self, leader string, members []gateMember) {
+	cs := d.cluster.node.Status()
+	for _, m := range cs.Members {
+		gm := gateMember{Name: m.Name, State: m.State, Role: m.Role}
+		gm.Info, gm.Told = decodePeerInfo(m)
+		members = append(members, gm)
+	}
+	return cs.ID, cs.Leader, members
+}
+
 // drillChecks says whether a peer is ready to take inst (and the
 // instances moving with it) over. It returns the checks and the peer.
 func (d *Daemon) drillChecks(inst config.VRRPInstance, moving []string, back bool) ([]api.DrillCheck, string) {
 	f := gateFacts{Instance: inst.Name, Moving: moving, Back: back, Preempt: inst.Preempt,
 		Priority: int(d.instanceStatus(inst.Name).Priority)}
 	if d.cluster != nil {
-		cs := d.cluster.node.Status()
-		f.Clustered, f.Self, f.Leader = true, cs.ID, cs.Leader
-		for _, m := range cs.Members {
-			gm := gateMember{Name: m.Name, State: m.State, Role: m.Role}
-			gm.Info, gm.Told = decodePeerInfo(m)
-			f.Members = append(f.Members, gm)
-		}
+		f.Clustered = true
+		f.Self, f.Leader, f.Members = d.gateMembers()
 		f.Ping = func(name string) error { _, err := d.cluster.node.Ping(name); return err }
 		f.Here = d.peerInfo()
 	}

@@ -15,8 +15,6 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
-	stdsync "sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -117,21 +115,9 @@ func survival(bins scene.Binaries, o scene.DirectorOptions, n int) (int, error) 
 	if err := st.Crash(1); err != nil {
 		return 0, err
 	}
-	var ok atomic.Int64
-	var wg stdsync.WaitGroup
-	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// TCP retransmits with back-off: a connection stalled for the
-			// hold time may wait as long again for its next try.
-			if ans, err := c.EchoWithin("after", time.Minute); err == nil && ans == c.Server+" after" {
-				ok.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	return int(ok.Load()), nil
+	// TCP retransmits with back-off: a connection stalled for the hold
+	// time may wait as long again for its next try.
+	return scene.Answering(conns, "after", time.Minute), nil
 }
 
 // gaps measures, in one lab, the longest gap of 60 connections while

@@ -13,7 +13,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	stdsync "sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -102,19 +101,7 @@ func survival(bins scene.Binaries, n int, syncOn bool) (int, error) {
 	if err := lab.Eventually(10*time.Second, func() error { return s.Owns(s.LB[1], true) }); err != nil {
 		return 0, err
 	}
-	var ok atomic.Int64
-	var wg stdsync.WaitGroup
-	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if ans, err := c.Echo("after"); err == nil && ans == c.Server+" after" {
-				ok.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	return int(ok.Load()), nil
+	return scene.Answering(conns, "after", 5*time.Second), nil
 }
 
 // lagRun is one lag measurement.

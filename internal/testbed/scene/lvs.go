@@ -357,3 +357,21 @@ func (t *Talker) Stop() (time.Duration, int) {
 	t.wg.Wait()
 	return t.Longest()
 }
+
+// Answering counts the connections that still exchange a line with the
+// server they started with, each within d: all at once.
+func Answering(conns []*Conn, line string, d time.Duration) int {
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ans, err := c.EchoWithin(line, d); err == nil && ans == c.Server+" "+line {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return int(ok.Load())
+}
