@@ -50,6 +50,14 @@ func TestNFTDirectRouting(t *testing.T) {
 	if out, err := s.Director.Run("nft", "list", "table", "netdev", lvs.NFTDRTable); err == nil {
 		t.Fatalf("a refused transaction left the netdev table:\n%s", out)
 	}
+	// Nor does the data plane believe it made it: reading the kernel
+	// finds no drift to repair.
+	if _, err := s.nft.List(); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.nft.TakeRepairs(); len(r) != 0 {
+		t.Fatalf("the refused netdev table was taken for drift: %+v", r)
+	}
 	s.set(t, drVS("mh", reals...))
 
 	var conns []*scene.Conn
