@@ -834,6 +834,11 @@ func (n *NFT) addBase() {
 		c.AddRule(&nftables.Rule{Table: n.table, Chain: post, Exprs: append(dnatted(six, false), &expr.Lookup{SourceRegister: reg8, SetName: "masq" + fam}, &expr.Masq{})})
 		c.AddRule(&nftables.Rule{Table: n.table, Chain: stats, Exprs: append(dnatted(six, false), &expr.Lookup{SourceRegister: reg8, SetName: "in" + fam})})
 		c.AddRule(&nftables.Rule{Table: n.table, Chain: stats, Exprs: append(dnatted(six, true), &expr.Lookup{SourceRegister: reg8, SetName: "out" + fam})})
+		// A real server without a port (firewall-mark services) keeps
+		// the connection's port: its element has port 0, looked up
+		// with the packet's port left out.
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: stats, Exprs: append(anyPort(dnatted(six, false)), &expr.Lookup{SourceRegister: reg8, SetName: "in" + fam})})
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: stats, Exprs: append(anyPort(dnatted(six, true)), &expr.Lookup{SourceRegister: reg8, SetName: "out" + fam})})
 	}
 	n.addTimeouts()
 	n.base = true
@@ -886,6 +891,14 @@ func dnatted(six, reply bool) []expr.Any {
 		k[2].(*expr.Payload).Offset = 0
 	}
 	return append(e, k...)
+}
+
+// anyPort turns dnatted's key into the one of a real server without a
+// port: the port's register (loaded last) is zero instead.
+func anyPort(e []expr.Any) []expr.Any {
+	p := e[len(e)-1].(*expr.Payload)
+	e[len(e)-1] = &expr.Immediate{Register: p.DestRegister, Data: make([]byte, 4)}
+	return e
 }
 
 // ipsDstNAT is conntrack's IPS_DST_NAT status bit.
@@ -1297,6 +1310,15 @@ func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
 	c := n.conn
 	six := s.svc.Is6()
 	n.timeoutRule(s, sc)
+	if s.svc.FWMark != 0 {
+		// The packet's mark is gone by the time the drain counts the
+		// service's connections in conntrack: the connection keeps it
+		// (as the CONNMARK save idiom does), once, on its first packet.
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: []expr.Any{
+			&expr.Immediate{Register: reg1, Data: binaryutil.NativeEndian.PutUint32(s.svc.FWMark)},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: reg1, SourceRegister: true},
+		}})
+	}
 	// Persistent clients first, to the server they had (in address
 	// order, so a client in two sets after a weight change is stable).
 	// A server at weight 0 (drained, or failed with inhibit_on_failure)

@@ -761,3 +761,67 @@ func TestNFTTimeouts(t *testing.T) {
 		t.Fatalf("timeouts %+v", got)
 	}
 }
+
+// TestNFTFirewallMarkDrainAndTraffic: a firewall-mark service's real
+// servers without a port count their packets and bytes, and a server
+// drained with a connection open is kept until it closes, as on IPVS.
+func TestNFTFirewallMarkDrainAndTraffic(t *testing.T) {
+	s := newNFTScene(t, 2)
+	vip := fmt.Sprintf("%s:%d", scene.VIP, scene.TCPPort)
+	s.Director.MustRun("nft", "add table ip marker; add chain ip marker pre { type filter hook prerouting priority mangle; }; "+
+		"add rule ip marker pre ip daddr "+scene.VIP+" tcp dport "+fmt.Sprint(scene.TCPPort)+" meta mark set 7")
+	keep := func(i int) lvs.Real {
+		return lvs.Real{Addr: netip.AddrPortFrom(netip.MustParseAddr(scene.RealAddr(i)), 0), Weight: 1, Method: lvs.NAT}
+	}
+	marked := func(reals ...lvs.Real) lvs.VirtualServer {
+		return lvs.VirtualServer{Name: "marked", Service: lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "rr"}, Reals: reals}
+	}
+	s.set(t, marked(keep(0), keep(1)))
+	held := map[string]*scene.Conn{}
+	for len(held) < 2 {
+		c, err := s.Open("", vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if held[c.Server] != nil {
+			c.Close()
+			continue
+		}
+		held[c.Server] = c
+		t.Cleanup(func() { c.Close() })
+	}
+	es, err := s.nft.ListStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range es[0].Reals {
+		if r.Stats.PacketsIn == 0 || r.Stats.BytesIn == 0 || r.Stats.PacketsOut == 0 || r.Stats.BytesOut == 0 {
+			t.Errorf("fwmark real server %s without a port counted %+v", r.Addr, r.Stats)
+		}
+	}
+	// rs2 drains: weight 0 while its connection is open.
+	s.set(t, marked(keep(0)))
+	for range 3 {
+		if _, err := s.rec.Reconcile(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if es, _ := s.nft.List(); len(es[0].Reals) != 2 {
+		t.Fatalf("a draining fwmark server with an open connection was deleted: %+v", es[0].Reals)
+	}
+	if ans, err := held["rs2"].Echo("still there?"); err != nil || ans != "rs2 still there?" {
+		t.Fatalf("open connection to the draining server: %q, %v", ans, err)
+	}
+	held["rs2"].Close()
+	if err := lab.Eventually(10*time.Second, func() error {
+		if _, err := s.rec.Reconcile(); err != nil {
+			return err
+		}
+		if es, _ := s.nft.List(); len(es[0].Reals) != 1 {
+			return fmt.Errorf("still %d real servers", len(es[0].Reals))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
