@@ -84,7 +84,10 @@ type Zeroer interface {
 	Zero() error
 }
 
-var _ Zeroer = (*IPVS)(nil)
+var (
+	_ Zeroer = (*IPVS)(nil)
+	_ Zeroer = (*NFT)(nil)
+)
 
 // PersistenceKeeper is a data plane whose persistence entries age from a
 // client's last new connection (nftables), not from its last connection

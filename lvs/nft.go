@@ -154,6 +154,11 @@ type NFT struct {
 	repairs   []Repair
 	refuseFor func(Key) bool         // NFTOptions.Refuse
 	timeouts  Timeouts               // SetTimeouts
+	// zeroed is the counters as read at the last Zero: Linux before
+	// 6.5 cannot reset a set element's counter, so readings are shown
+	// less these. An element deleted forgets its part: back, it counts
+	// from zero.
+	zeroed *counts
 	dumps     map[bool]conntrackDump // Conns's, by family (true: IPv6)
 	// Direct routing (nftdr.go): the interface facing the router, the
 	// netdev table once made, and the real servers' hops.
@@ -281,6 +286,7 @@ func (n *NFT) reset() {
 	n.maps = map[string]*nftables.Set{}
 	n.baseline, n.seenGen = nil, 0
 	n.dr = nil
+	n.zeroed = nil
 }
 
 func (n *NFT) Name() string { return "nftables" }
@@ -354,6 +360,7 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 		if c, err = n.readCounts(); err != nil {
 			return nil, err
 		}
+		c.less(n.zeroed)
 	}
 	traffic := map[string]*expr.Counter{} // "in"/"out" + endpoint key
 	if c != nil {
@@ -419,6 +426,60 @@ func (c *counts) real(s *nsvc, a netip.AddrPort) uint64 {
 		return c.objects[realCounter(s.id, s.idx[a])]
 	}
 	return c.conns[string(dispatchKey(Key{Protocol: s.svc.Protocol, Addr: a}))]
+}
+
+// less takes the counters of base (the reading at Zero) from c's.
+func (c *counts) less(base *counts) {
+	if base == nil {
+		return
+	}
+	for _, m := range []struct{ cur, base map[string]uint64 }{{c.service, base.service}, {c.conns, base.conns}, {c.objects, base.objects}} {
+		for k, v := range m.cur {
+			if b := m.base[k]; b <= v {
+				m.cur[k] = v - b
+			}
+		}
+	}
+	for k, v := range c.traffic {
+		if b := base.traffic[k]; b != nil && b.Packets <= v.Packets && b.Bytes <= v.Bytes {
+			c.traffic[k] = &expr.Counter{Packets: v.Packets - b.Packets, Bytes: v.Bytes - b.Bytes}
+		}
+	}
+}
+
+// forget drops the base of an element deleted: "service" (a dispatch
+// element, and a direct-routing service's counter), "conns", "in" or
+// "out" (an endpoint's).
+func (c *counts) forget(kind, key string) {
+	if c == nil {
+		return
+	}
+	switch kind {
+	case "service":
+		delete(c.service, key)
+		delete(c.traffic, "dr"+key)
+	case "conns":
+		delete(c.conns, key)
+	case "in", "out":
+		delete(c.traffic, kind+key)
+	}
+}
+
+// Zero sets the counters to zero, as ipvsadm -Z, as directord reads them
+// (the kernel's own go on: nft list shows them whole).
+func (n *NFT) Zero() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.svcs) == 0 {
+		n.zeroed = nil
+		return nil
+	}
+	c, err := n.readCounts()
+	if err != nil {
+		return err
+	}
+	n.zeroed = c
+	return nil
 }
 
 func realCounter(id, k int) string { return fmt.Sprintf("c%d_%d", id, k) }
@@ -985,6 +1046,7 @@ func (n *NFT) addService(s *nsvc) {
 }
 
 func (n *NFT) delService(s *nsvc) {
+	n.zeroed.forget("service", string(dispatchKey(s.svc.Key)))
 	if s.dr {
 		n.delDRService(s)
 		return
@@ -1167,6 +1229,7 @@ func (n *NFT) flushRefs() {
 				add[name] = append(add[name], el)
 			case before > 0 && now == 0:
 				del[name] = append(del[name], el)
+				n.zeroed.forget(kind, string(el.Key))
 			}
 		}
 		for name, els := range del {

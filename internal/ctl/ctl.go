@@ -37,7 +37,7 @@ commands:
   lvs --conns [VIP:PORT|MARK]  the connections, as ipvsadm -Lnc (conntrack on nftables)
   lvs --persistence [VIP:PORT|MARK]
                                the persistence templates: clients pinned to real servers
-  lvs --zero                   set the counters to zero, as ipvsadm -Z (IPVS only)
+  lvs --zero                   set the counters to zero, as ipvsadm -Z
   cluster                      members, Raft role, leader, term, indexes
   cluster leave                retire this node: the leader takes it out of Raft for good (its
                                VRRP instances are held in FAULT until it rejoins)
@@ -202,7 +202,7 @@ func run(args []string, stdout, stderr io.Writer, e env) int {
 	rate := sub.Bool("rate", false, "lvs: rates per second (connections, packets, bytes) instead of totals, as ipvsadm -Ln --rate")
 	conns := sub.Bool("conns", false, "lvs: the connections, as ipvsadm -Lnc (IPVS's table, or conntrack on nftables)")
 	persistence := sub.Bool("persistence", false, "lvs: the persistence templates: which client is pinned to which real server")
-	zero := sub.Bool("zero", false, "lvs: set the counters to zero, as ipvsadm -Z (IPVS)")
+	zero := sub.Bool("zero", false, "lvs: set the counters to zero, as ipvsadm -Z")
 	configID := sub.String("config-id", "", "convert: the `id` @ID lines are for (keepalived's -i; default: the host's short name)")
 	// Flags may come before or after the positional arguments.
 	var positional []string

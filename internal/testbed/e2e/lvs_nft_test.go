@@ -825,3 +825,70 @@ func TestNFTFirewallMarkDrainAndTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNFTZero: Zero sets the counters directord shows to zero, as
+// ipvsadm -Z, and they count on from there; a server deleted and added
+// again counts from zero.
+func TestNFTZero(t *testing.T) {
+	s := newNFTScene(t, 2)
+	vs := tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))
+	s.set(t, vs)
+	stats := func() lvs.Entry {
+		t.Helper()
+		es, err := s.nft.ListStats()
+		if err != nil || len(es) != 1 {
+			t.Fatalf("ListStats: %+v, %v", es, err)
+		}
+		return es[0]
+	}
+	s.spread(t, "", 4)
+	if e := stats(); e.Stats.Connections != 4 || e.Stats.PacketsIn == 0 {
+		t.Fatalf("before zeroing: %+v", e.Stats)
+	}
+	// The connections' last packets (their FINs) settle first.
+	last := stats().Stats
+	if err := lab.Eventually(5*time.Second, func() error {
+		now := stats().Stats
+		if now.PacketsIn != last.PacketsIn || now.PacketsOut != last.PacketsOut {
+			last = now
+			return fmt.Errorf("packets still counted")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.nft.Zero(); err != nil {
+		t.Fatal(err)
+	}
+	e := stats()
+	if e.Stats.Connections != 0 || e.Stats.PacketsIn != 0 || e.Stats.BytesOut != 0 {
+		t.Fatalf("after zeroing, the service: %+v", e.Stats)
+	}
+	for _, r := range e.Reals {
+		if r.Stats.Connections != 0 || r.Stats.PacketsIn != 0 || r.Stats.PacketsOut != 0 {
+			t.Fatalf("after zeroing, %s: %+v", r.Addr, r.Stats)
+		}
+	}
+	s.spread(t, "", 2)
+	if e := stats(); e.Stats.Connections != 2 || e.Reals[0].Stats.Connections != 1 || e.Reals[1].Stats.Connections != 1 || e.Stats.PacketsIn == 0 {
+		t.Fatalf("two connections after zeroing: %+v", e)
+	}
+	// rs2 leaves and comes back: its endpoint's elements are new.
+	s.set(t, tcpVS("rr", backend(0, scene.TCPPort, 1)))
+	if err := lab.Eventually(10*time.Second, func() error {
+		if _, err := s.rec.Reconcile(); err != nil {
+			return err
+		}
+		if es, _ := s.nft.List(); len(es[0].Reals) != 1 {
+			return fmt.Errorf("rs2 not gone")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.set(t, vs)
+	s.spread(t, "", 2)
+	if e := stats(); e.Reals[1].Stats.Connections != 1 {
+		t.Fatalf("rs2 back after zeroing: %+v", e.Reals[1].Stats)
+	}
+}
