@@ -29,7 +29,16 @@ type ipvsLab struct {
 const (
 	labVIP    = "192.0.2.100"
 	labClient = "192.0.2.50"
+	// labClients is how many client addresses there are, from
+	// labClient up (the source-hashing tests need several).
+	labClients = 8
+	// labSorryPort is the port of the sorry server in rs2's namespace;
+	// it answers "sorry".
+	labSorryPort = 8081
 )
+
+// labClientAddr is the client's i-th address.
+func labClientAddr(i int) string { return fmt.Sprintf("192.0.2.%d", 50+i) }
 
 func labReal(i int) string { return fmt.Sprintf("203.0.113.%d", 11+i) }
 
@@ -73,7 +82,9 @@ func newIPVSLab(t *testing.T) *ipvsLab {
 	l.run("addr", "add", labVIP+"/32", "dev", "lo")
 	t.Cleanup(func() { exec.Command(ip, "addr", "del", labVIP+"/32", "dev", "lo").Run() })
 	l.in("client", "link", "set", "lo", "up")
-	l.in("client", "addr", "add", labClient+"/24", "dev", "eth0")
+	for i := range labClients {
+		l.in("client", "addr", "add", labClientAddr(i)+"/24", "dev", "eth0")
+	}
 	l.in("client", "link", "set", "eth0", "up")
 	l.in("client", "route", "add", "default", "via", "192.0.2.1")
 	for i := range 2 {
@@ -98,9 +109,11 @@ func newIPVSLab(t *testing.T) *ipvsLab {
 		l.in(ns, "link", "set", "tunl0", "up")
 		l.sysctl(ns, "net/ipv4/conf/all/rp_filter", "0")
 		l.sysctl(ns, "net/ipv4/conf/tunl0/rp_filter", "0")
-		l.serve(ns, 8080) // NAT maps the port
-		l.serve(ns, 80)   // DR and TUN keep it
+		l.serve(ns, ns, 8080) // NAT maps the port
+		l.serve(ns, ns, 80)   // DR and TUN keep it
+		l.serveUDP(ns, 5353)
 	}
+	l.serve("rs2", "sorry", labSorryPort)
 	return l
 }
 
@@ -152,8 +165,8 @@ func (l *ipvsLab) do(ns string, fn func() error) {
 }
 
 // serve starts a TCP server in ns on port: it answers a connection with
-// ns's name, then echoes lines prefixed with it.
-func (l *ipvsLab) serve(ns string, port int) {
+// name, then echoes lines prefixed with it.
+func (l *ipvsLab) serve(ns, name string, port int) {
 	var ln net.Listener
 	l.do(ns, func() (err error) { ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); return err })
 	l.t.Cleanup(func() { ln.Close() })
@@ -165,18 +178,62 @@ func (l *ipvsLab) serve(ns string, port int) {
 			}
 			go func() {
 				defer c.Close()
-				fmt.Fprintf(c, "%s\n", ns)
+				fmt.Fprintf(c, "%s\n", name)
 				r := bufio.NewReader(c)
 				for {
 					line, err := r.ReadString('\n')
 					if err != nil {
 						return
 					}
-					fmt.Fprintf(c, "%s %s", ns, line)
+					fmt.Fprintf(c, "%s %s", name, line)
 				}
 			}()
 		}
 	}()
+}
+
+// serveUDP starts a UDP server in ns on port: it answers each datagram
+// with ns's name.
+func (l *ipvsLab) serveUDP(ns string, port int) {
+	var pc net.PacketConn
+	l.do(ns, func() (err error) { pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port)); return err })
+	l.t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(ns), from)
+		}
+	}()
+}
+
+// askUDP sends one datagram from a socket of its own (a new connection
+// for IPVS) from the client to the VIP's port 53 and returns the name
+// in the answer.
+func (l *ipvsLab) askUDP() (string, error) {
+	var c net.Conn
+	var err error
+	l.do("client", func() error {
+		c, err = net.Dial("udp4", labVIP+":53")
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte("who?")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		return "", fmt.Errorf("udp answer: %w", err)
+	}
+	return string(buf[:n]), nil
 }
 
 // labConn is a client connection through the VIP.
@@ -188,11 +245,15 @@ type labConn struct {
 
 // open connects from the client to the VIP's port 80 and reads the
 // server's name.
-func (l *ipvsLab) open() (*labConn, error) {
+func (l *ipvsLab) open() (*labConn, error) { return l.openFrom(labClient) }
+
+// openFrom is open from one of the client's addresses.
+func (l *ipvsLab) openFrom(src string) (*labConn, error) {
 	var c net.Conn
 	var err error
 	l.do("client", func() error {
-		c, err = net.DialTimeout("tcp4", labVIP+":80", 3*time.Second)
+		d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err = d.Dial("tcp4", labVIP+":80")
 		return nil
 	})
 	if err != nil {
@@ -208,6 +269,25 @@ func (l *ipvsLab) open() (*labConn, error) {
 	return &labConn{Conn: c, server: strings.TrimSpace(name), r: r}, nil
 }
 
+// openTo opens connections until one reaches server (rr alternates:
+// a few suffice) and closes the others.
+func (l *ipvsLab) openTo(t *testing.T, server string) *labConn {
+	t.Helper()
+	for range 10 {
+		c, err := l.open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.server == server {
+			t.Cleanup(func() { c.Close() })
+			return c
+		}
+		c.Close()
+	}
+	t.Fatalf("10 connections and none to %s", server)
+	return nil
+}
+
 func (c *labConn) echo(line string) (string, error) {
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
@@ -221,9 +301,15 @@ func (c *labConn) echo(line string) (string, error) {
 // server.
 func (l *ipvsLab) tally(n int) map[string]int {
 	l.t.Helper()
+	return l.tallyFrom(labClient, n)
+}
+
+// tallyFrom is tally from one of the client's addresses.
+func (l *ipvsLab) tallyFrom(src string, n int) map[string]int {
+	l.t.Helper()
 	got := map[string]int{}
 	for range n {
-		c, err := l.open()
+		c, err := l.openFrom(src)
 		if err != nil {
 			l.t.Fatal(err)
 		}
@@ -245,9 +331,11 @@ func labService(sched string, m Method, weights ...int) VirtualServer {
 	return vs
 }
 
-// TestGuestIPVSPackets: real TCP through IPVS for each forwarding method,
-// wrr's proportions, persistence, a drain with a live connection, and
-// the repair of a service deleted behind directord's back.
+// TestGuestIPVSPackets: real TCP (and UDP) through IPVS for each
+// forwarding method, an upper threshold, wrr's proportions, persistence,
+// a drain with a live connection, the repair of a service deleted behind
+// directord's back, sh's and mh's stickiness, and a sorry server below
+// quorum.
 func TestGuestIPVSPackets(t *testing.T) {
 	d := guestIPVS(t)
 	l := newIPVSLab(t)
@@ -260,6 +348,27 @@ func TestGuestIPVSPackets(t *testing.T) {
 		}
 	}
 
+	// IPVS counts a server's closed connections (until they expire)
+	// towards its threshold, and keeps them with a deleted server it
+	// reuses: the servers here are endpoints no earlier test used, and
+	// this runs first.
+	t.Run("upper threshold", func(t *testing.T) {
+		vs := labService("rr", NAT, 1, 1)
+		for i := range vs.Reals {
+			vs.Reals[i].Addr = netip.AddrPortFrom(vs.Reals[i].Addr.Addr(), 80)
+		}
+		vs.Reals[0].Upper = 1
+		set(vs)
+		held := l.openTo(t, "rs1")
+		defer held.Close()
+		// rs1 has its one connection: IPVS takes it out of the rotation.
+		if got := l.tally(4); got["rs2"] != 4 {
+			t.Fatalf("with rs1 at its upper threshold, 4 connections went %v", got)
+		}
+		if ans, err := held.echo("over?"); err != nil || ans != "rs1 over?" {
+			t.Fatalf("the connection at the threshold: %q, %v", ans, err)
+		}
+	})
 	t.Run("nat wrr 3:1", func(t *testing.T) {
 		set(labService("wrr", NAT, 3, 1))
 		if got := l.tally(40); got["rs1"] != 30 || got["rs2"] != 10 {
@@ -276,16 +385,7 @@ func TestGuestIPVSPackets(t *testing.T) {
 	})
 	t.Run("drain with a live connection", func(t *testing.T) {
 		set(labService("rr", NAT, 1, 1))
-		var held *labConn
-		for held == nil || held.server != "rs1" {
-			if held != nil {
-				held.Close()
-			}
-			var err error
-			if held, err = l.open(); err != nil {
-				t.Fatal(err)
-			}
-		}
+		held := l.openTo(t, "rs1")
 		defer held.Close()
 		vs := labService("rr", NAT, 1, 1)
 		vs.Reals = vs.Reals[1:] // rs1 leaves: weight 0 while its connection lasts
@@ -311,6 +411,69 @@ func TestGuestIPVSPackets(t *testing.T) {
 		}
 		if got := l.tally(2); got["rs1"] != 1 || got["rs2"] != 1 {
 			t.Fatalf("after ipvsadm -C and a reconcile: %v", got)
+		}
+	})
+	t.Run("udp rr", func(t *testing.T) {
+		vs := VirtualServer{Service: Service{Key: Key{Protocol: UDP, Addr: netip.MustParseAddrPort(labVIP + ":53")}, Scheduler: "rr"}}
+		for i := range 2 {
+			vs.Reals = append(vs.Reals, Real{Addr: netip.MustParseAddrPort(labReal(i) + ":5353"), Weight: 1, Method: NAT})
+		}
+		set(vs)
+		got := map[string]int{}
+		for range 4 {
+			name, err := l.askUDP()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[name]++
+		}
+		if got["rs1"] != 2 || got["rs2"] != 2 {
+			t.Fatalf("4 UDP exchanges from 4 sockets went %v; want 2 and 2", got)
+		}
+	})
+	// sh and mh: each client address stays on one server, and the
+	// clients are spread over both (the hashes are fixed, so this holds
+	// or fails every time).
+	for _, sched := range []string{"sh", "mh"} {
+		t.Run(sched+" sticks", func(t *testing.T) {
+			set(labService(sched, NAT, 1, 1))
+			servers := map[string]int{}
+			for i := range labClients {
+				got := l.tallyFrom(labClientAddr(i), 4)
+				if len(got) != 1 {
+					t.Fatalf("client %s went to %v", labClientAddr(i), got)
+				}
+				for s := range got {
+					servers[s]++
+				}
+			}
+			if servers["rs1"] == 0 || servers["rs2"] == 0 {
+				t.Fatalf("%d clients by %s: %v", labClients, sched, servers)
+			}
+		})
+	}
+	t.Run("quorum and sorry server", func(t *testing.T) {
+		vs := labService("rr", NAT, 1, 1)
+		vs.Quorum = 2
+		vs.Sorry = &Real{Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", labReal(1), labSorryPort)), Weight: 1, Method: NAT}
+		set(vs)
+		if got := l.tally(2); got["rs1"] != 1 || got["rs2"] != 1 {
+			t.Fatalf("with quorum: %v", got)
+		}
+		rs1 := vs.Reals[0].Addr
+		r.SetHealth(vs.Key, rs1, Health{Up: false, Weight: -1})
+		if _, err := r.Reconcile(); err != nil {
+			t.Fatal(err)
+		}
+		if got := l.tally(3); got["sorry"] != 3 {
+			t.Fatalf("below quorum (live weight 1 of 2): %v; want all to the sorry server", got)
+		}
+		r.SetHealth(vs.Key, rs1, Health{Up: true, Weight: -1})
+		if _, err := r.Reconcile(); err != nil {
+			t.Fatal(err)
+		}
+		if got := l.tally(2); got["rs1"] != 1 || got["rs2"] != 1 {
+			t.Fatalf("quorum regained: %v", got)
 		}
 	})
 	for _, m := range []Method{DR, Tunnel} {

@@ -8,6 +8,7 @@ package guest
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"debug/elf"
 	"errors"
@@ -23,6 +24,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
 // Config says what to boot and run.
@@ -115,7 +119,7 @@ func findKernel(dir string) (vmlinuz, modDir string, err error) {
 func moduleOrder(modDir string, names []string) ([]string, error) {
 	files := map[string]string{} // module name -> path
 	err := filepath.WalkDir(modDir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && strings.HasSuffix(p, ".ko") {
+		if err == nil && moduleFile(p) {
 			files[modName(filepath.Base(p))] = p
 		}
 		return err
@@ -174,26 +178,76 @@ func moduleOrder(modDir string, names []string) ([]string, error) {
 	return order, nil
 }
 
+// moduleSuffixes are a module file's: plain, or compressed as Debian
+// (xz, from trixie on) and other distributions (zstd, gzip) ship them.
+var moduleSuffixes = []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"}
+
+func moduleFile(p string) bool {
+	return slices.ContainsFunc(moduleSuffixes, func(s string) bool { return strings.HasSuffix(p, s) })
+}
+
 func modName(file string) string {
-	return strings.ReplaceAll(strings.TrimSuffix(file, ".ko"), "-", "_")
+	for _, s := range moduleSuffixes {
+		if n, ok := strings.CutSuffix(file, s); ok {
+			file = n
+			break
+		}
+	}
+	return strings.ReplaceAll(file, "-", "_")
+}
+
+// readModule reads a module file, decompressed: busybox's insmod in the
+// guest takes only plain ELF.
+func readModule(path string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r io.Reader
+	switch {
+	case strings.HasSuffix(path, ".ko.xz"):
+		r, err = xz.NewReader(bytes.NewReader(raw))
+	case strings.HasSuffix(path, ".ko.zst"):
+		var d *zstd.Decoder
+		if d, err = zstd.NewReader(bytes.NewReader(raw)); err == nil {
+			defer d.Close()
+			r = d
+		}
+	case strings.HasSuffix(path, ".ko.gz"):
+		r, err = gzip.NewReader(bytes.NewReader(raw))
+	default:
+		return raw, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", path, err)
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", path, err)
+	}
+	return b, nil
 }
 
 // moduleDeps reads the depends= entry of a module's .modinfo section.
 func moduleDeps(path string) ([]string, error) {
-	f, err := elf.Open(path)
+	b, err := readModule(path)
 	if err != nil {
 		return nil, err
+	}
+	f, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", path, err)
 	}
 	defer f.Close()
 	s := f.Section(".modinfo")
 	if s == nil {
 		return nil, nil
 	}
-	b, err := s.Data()
+	info, err := s.Data()
 	if err != nil {
 		return nil, err
 	}
-	for _, kv := range bytes.Split(b, []byte{0}) {
+	for _, kv := range bytes.Split(info, []byte{0}) {
 		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok && len(v) > 0 {
 			return strings.Split(string(v), ","), nil
 		}
@@ -244,10 +298,12 @@ func buildInitrd(path string, c Config, modDir string) error {
 	}
 	var list []string
 	for i, m := range mods {
-		name := fmt.Sprintf("lib/modules/%02d-%s", i, filepath.Base(m))
-		if err := w.fileFrom(name, m, 0o644); err != nil {
+		b, err := readModule(m)
+		if err != nil {
 			return err
 		}
+		name := fmt.Sprintf("lib/modules/%02d-%s.ko", i, modName(filepath.Base(m)))
+		w.file(name, b, 0o644)
 		list = append(list, "/"+name)
 	}
 	w.file("modules.list", []byte(strings.Join(list, "\n")+"\n"), 0o644)
