@@ -154,12 +154,12 @@ type NFT struct {
 	repairs   []Repair
 	refuseFor func(Key) bool         // NFTOptions.Refuse
 	timeouts  Timeouts               // SetTimeouts
+	dumps     map[bool]conntrackDump // Conns's, by family (true: IPv6)
 	// zeroed is the counters as read at the last Zero: Linux before
 	// 6.5 cannot reset a set element's counter, so readings are shown
 	// less these. An element deleted forgets its part: back, it counts
 	// from zero.
 	zeroed *counts
-	dumps     map[bool]conntrackDump // Conns's, by family (true: IPv6)
 	// Direct routing (nftdr.go): the interface facing the router, the
 	// netdev table once made, and the real servers' hops.
 	drIface string
