@@ -258,6 +258,23 @@ func TestGuestIPVSSyncDaemons(t *testing.T) {
 	if err := StopSyncDaemon(SyncMaster); err != nil {
 		t.Fatalf("stopping a stopped daemon: %v", err)
 	}
+	// An IPv6 group goes in the kernel's attribute for one.
+	if err := StopSyncDaemon(SyncBackup); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []SyncDaemon{backup, master} {
+		d.Group = netip.MustParseAddr("ff02::8848")
+		if err := StartSyncDaemon(d); err != nil {
+			t.Fatalf("%s daemon with an IPv6 group: %v", d.State, err)
+		}
+		ds, err := SyncDaemons()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := slices.IndexFunc(ds, func(x SyncDaemon) bool { return x.State == d.State }); i < 0 || ds[i] != d {
+			t.Fatalf("the kernel runs %+v, want %+v", ds, d)
+		}
+	}
 }
 
 // TestGuestIPVSRefusedServiceIsolated: the kernel refuses a twos service

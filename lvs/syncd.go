@@ -19,13 +19,14 @@ const (
 	ipvsCmdGetDaemon  = 11
 	ipvsCmdAttrDaemon = 3
 
-	daemonAttrState      = 1
-	daemonAttrMcastIfn   = 2
-	daemonAttrSyncID     = 3
-	daemonAttrSyncMaxlen = 4
-	daemonAttrMcastGroup = 5
-	daemonAttrMcastPort  = 7
-	daemonAttrMcastTTL   = 8
+	daemonAttrState       = 1
+	daemonAttrMcastIfn    = 2
+	daemonAttrSyncID      = 3
+	daemonAttrSyncMaxlen  = 4
+	daemonAttrMcastGroup  = 5
+	daemonAttrMcastGroup6 = 6
+	daemonAttrMcastPort   = 7
+	daemonAttrMcastTTL    = 8
 )
 
 // SyncState is the role of an IPVS sync daemon.
@@ -53,7 +54,7 @@ type SyncDaemon struct {
 	Interface string     `json:"interface"`
 	SyncID    uint32     `json:"sync_id"`
 	MaxLen    uint16     `json:"maxlen,omitempty"` // 0: the kernel's default
-	Group     netip.Addr `json:"group,omitzero"`   // zero: 224.0.0.81
+	Group     netip.Addr `json:"group,omitzero"`   // zero: 224.0.0.81; IPv4 or IPv6
 	Port      uint16     `json:"port,omitempty"`   // 0: 8848
 	TTL       uint8      `json:"ttl,omitempty"`    // 0: 1
 }
@@ -81,9 +82,13 @@ func StartSyncDaemon(d SyncDaemon) error {
 	if d.MaxLen != 0 {
 		attr.AddRtAttr(daemonAttrSyncMaxlen, nl.Uint16Attr(d.MaxLen))
 	}
-	if d.Group.Is4() {
+	switch {
+	case d.Group.Is4():
 		a := d.Group.As4()
 		attr.AddRtAttr(daemonAttrMcastGroup, a[:])
+	case d.Group.Is6():
+		a := d.Group.As16()
+		attr.AddRtAttr(daemonAttrMcastGroup6, a[:])
 	}
 	if d.Port != 0 {
 		attr.AddRtAttr(daemonAttrMcastPort, binary.BigEndian.AppendUint16(nil, d.Port))
@@ -156,8 +161,17 @@ func SyncDaemons() ([]SyncDaemon, error) {
 				case daemonAttrSyncMaxlen:
 					d.MaxLen = native.Uint16(x.Value)
 				case daemonAttrMcastGroup:
+					// The kernel sends both groups, the unused one zero.
 					if len(x.Value) == 4 {
-						d.Group = netip.AddrFrom4([4]byte(x.Value))
+						if a := netip.AddrFrom4([4]byte(x.Value)); !a.IsUnspecified() {
+							d.Group = a
+						}
+					}
+				case daemonAttrMcastGroup6:
+					if len(x.Value) == 16 {
+						if a := netip.AddrFrom16([16]byte(x.Value)); !a.IsUnspecified() {
+							d.Group = a
+						}
 					}
 				case daemonAttrMcastPort:
 					d.Port = binary.BigEndian.Uint16(x.Value)

@@ -612,3 +612,34 @@ func TestScriptSecurity(t *testing.T) {
 		t.Fatalf("unknown user: %v", err)
 	}
 }
+
+// TestSyncDaemonGroup: the IPVS sync daemon's group may be an IPv4 or an
+// IPv6 multicast address (the kernel has an attribute for each); not a
+// unicast one.
+func TestSyncDaemonGroup(t *testing.T) {
+	src := func(group string) []byte {
+		return []byte(minimal + `[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["192.0.2.1"]
+[dataplane]
+kind = "ipvs"
+lvs_sync_daemon = { interface = "eth1", instance = "VI_1", group = "` + group + `" }
+`)
+	}
+	for _, g := range []string{"224.0.0.81", "ff02::8848"} {
+		cfg, err := Parse("f.toml", src(g))
+		if err != nil {
+			t.Fatalf("group %s: %v", g, err)
+		}
+		if got := cfg.Dataplane.LVSSyncDaemon.Group.String(); got != g {
+			t.Fatalf("group %s read as %s", g, got)
+		}
+	}
+	for _, g := range []string{"192.0.2.9", "2001:db8::1", "ff02::1%eth1"} {
+		if _, err := Parse("f.toml", src(g)); err == nil || !strings.Contains(err.Error(), "dataplane.lvs_sync_daemon.group: ") {
+			t.Fatalf("group %s: %v", g, err)
+		}
+	}
+}

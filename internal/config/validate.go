@@ -1394,8 +1394,8 @@ func (v *validator) syncDaemon(r *rawSyncDaemon, instances []VRRPInstance) *Sync
 	d.TTL = uint8(v.intIn(at(p, "ttl"), r.TTL, 0, 0, 255))
 	if r.Group != "" {
 		a, err := netip.ParseAddr(r.Group)
-		if err != nil || !a.Is4() || !a.IsMulticast() {
-			v.add(at(p, "group"), "%q is not an IPv4 multicast address", r.Group)
+		if err != nil || !a.IsMulticast() || a.Zone() != "" {
+			v.add(at(p, "group"), "%q is not a multicast address (IPv4 or IPv6, without a zone: the interface is interface)", r.Group)
 		}
 		d.Group = a
 	}
