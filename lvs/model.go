@@ -161,7 +161,20 @@ func (e *Entry) Real(addr netip.AddrPort) (RealState, bool) {
 
 // Sort puts entries and their real servers in a stable order.
 func Sort(es []Entry) {
-	slices.SortFunc(es, func(a, b Entry) int { return strings.Compare(a.Key.sortKey(), b.Key.sortKey()) })
+	// Each key once: formatting it in the comparison cost a tenth of a
+	// second a reconcile with 10,000 services.
+	type keyed struct {
+		key string
+		e   Entry
+	}
+	ks := make([]keyed, len(es))
+	for i, e := range es {
+		ks[i] = keyed{e.Key.sortKey(), e}
+	}
+	slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
+	for i := range ks {
+		es[i] = ks[i].e
+	}
 	for _, e := range es {
 		slices.SortFunc(e.Reals, func(a, b RealState) int { return a.Addr.Compare(b.Addr) })
 	}

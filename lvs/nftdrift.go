@@ -74,10 +74,14 @@ func generation(c *netlink.Conn) (uint32, error) {
 	return 0, fmt.Errorf("nftables generation: no id in the answer")
 }
 
-// rulesPerChain counts the rules of each chain of the table in one dump.
-func rulesPerChain(c *netlink.Conn, family byte, table string) (map[string]int, error) {
+// rulesPerChain counts the rules of each chain of the table in one dump;
+// of chain alone if it is not "".
+func rulesPerChain(c *netlink.Conn, family byte, table, chain string) (map[string]int, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.NFTA_RULE_TABLE, table)
+	if chain != "" {
+		ae.String(unix.NFTA_RULE_CHAIN, chain)
+	}
 	attrs, err := ae.Encode()
 	if err != nil {
 		return nil, err
@@ -115,7 +119,7 @@ func (n *NFT) readFingerprint() (fingerprint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables chains: %w", err)
 	}
-	rules, err := rulesPerChain(n.gen, unix.NFPROTO_INET, NFTTable)
+	rules, err := rulesPerChain(n.gen, unix.NFPROTO_INET, NFTTable, "")
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +165,74 @@ func (n *NFT) settle() {
 	n.baseline, n.seenGen = f, gen
 }
 
+// settleChanged is settle after a commit of directord's own that changed
+// only the services in old (their objects before it; nil: new) and no
+// element of the shared maps: when the generation moved by exactly that
+// commit from the one the baseline was read at, the baseline is mended
+// for those services' chains and sets alone. Reading the whole table
+// back took a quarter of a second with 10,000 services.
+func (n *NFT) settleChanged(before uint32, old map[Key]*nsvc) error {
+	gen, err := generation(n.gen)
+	if err != nil || n.baseline == nil || before != n.seenGen || gen != before+1 {
+		n.settle()
+		return nil
+	}
+	f := n.baseline
+	for k, o := range old {
+		if o != nil {
+			for _, name := range objectNames(o) {
+				delete(f, name)
+			}
+		}
+		s := n.svcs[k]
+		if s == nil {
+			continue
+		}
+		for _, name := range objectNames(s) {
+			chain, ok := strings.CutPrefix(name, "chain ")
+			if !ok {
+				f[name] = 1 // a set: by name
+				continue
+			}
+			rules, err := rulesPerChain(n.gen, unix.NFPROTO_INET, NFTTable, chain)
+			if err != nil {
+				n.settle()
+				return nil
+			}
+			f[name] = rules[chain]
+		}
+	}
+	n.seenGen = gen
+	if n.checkBaseline {
+		whole, err := n.readFingerprint()
+		if err != nil {
+			return err
+		}
+		if d := f.diff(whole); d != "" {
+			return fmt.Errorf("nftables: the baseline mended after a commit differs from the table read whole: %s", d)
+		}
+	}
+	return nil
+}
+
+// objectNames are the fingerprint's names of a service's own chains and
+// sets (not a direct-routing one's: those are in the netdev table).
+func objectNames(s *nsvc) []string {
+	names := []string{fmt.Sprintf("chain s%d", s.id)}
+	if s.slots != nil {
+		names = append(names, "set "+s.slots.Name)
+	}
+	if s.chains() {
+		for _, k := range s.idx {
+			names = append(names, "chain "+realChain(s.id, k))
+		}
+	}
+	for _, ps := range s.pers {
+		names = append(names, "set "+ps.Name)
+	}
+	return names
+}
+
 // drifted compares the kernel's table with the baseline when the
 // generation moved; it returns what differs ("" when nothing does, or
 // when it cannot tell).
@@ -192,7 +264,7 @@ func (n *NFT) drFingerprint(f fingerprint) error {
 	if err != nil {
 		return fmt.Errorf("nftables chains: %w", err)
 	}
-	rules, err := rulesPerChain(n.gen, unix.NFPROTO_NETDEV, NFTDRTable)
+	rules, err := rulesPerChain(n.gen, unix.NFPROTO_NETDEV, NFTDRTable, "")
 	if err != nil {
 		return err
 	}

@@ -71,8 +71,10 @@ type Reconciler struct {
 	kick     chan struct{}
 	// programmed are the services and real servers a reconcile of this
 	// run found in the kernel as wanted: one of them missing later was
-	// removed behind directord's back (drift), which is reported.
-	programmed map[realKey]bool
+	// removed behind directord's back (drift), which is reported. A
+	// service is in the map once seen; its real servers in its set (one
+	// lookup of the service per reconcile, then of addresses alone).
+	programmed map[Key]map[netip.AddrPort]bool
 	onRepair   func(Repair)
 	// refused are the services the kernel refused at the last reconcile,
 	// with its error: logged when one appears or its error changes.
@@ -110,7 +112,7 @@ func NewReconciler(dp Dataplane, o Options) (*Reconciler, error) {
 	r := &Reconciler{
 		dp: dp, log: o.Logger, now: o.Now, ownedFile: o.OwnedFile, flush: o.Flush,
 		health: map[realKey]Health{}, owned: map[Key]bool{}, draining: map[realKey]time.Time{},
-		quorumUp: map[Key]bool{}, kick: make(chan struct{}, 1), programmed: map[realKey]bool{}, onRepair: o.OnRepair,
+		quorumUp: map[Key]bool{}, kick: make(chan struct{}, 1), programmed: map[Key]map[netip.AddrPort]bool{}, onRepair: o.OnRepair,
 		refused: map[Key]string{},
 	}
 	if r.log == nil {
@@ -169,8 +171,12 @@ func (r *Reconciler) Set(vss []VirtualServer) error {
 			delete(r.health, k)
 		}
 	}
+	named := make(map[Key]bool, len(vss))
+	for _, vs := range vss {
+		named[vs.Key] = true
+	}
 	for k := range r.quorumUp {
-		if !slices.ContainsFunc(vss, func(vs VirtualServer) bool { return vs.Key == k }) {
+		if !named[k] {
 			delete(r.quorumUp, k)
 		}
 	}
@@ -223,11 +229,7 @@ func (r *Reconciler) Run(ctx context.Context, interval time.Duration) error {
 // forget drops what was seen programmed of service k (removed on purpose,
 // or found gone).
 func (r *Reconciler) forget(k Key) {
-	for rk := range r.programmed {
-		if rk.svc == k {
-			delete(r.programmed, rk)
-		}
-	}
+	delete(r.programmed, k)
 }
 
 // repaired logs drift undone and tells OnRepair.
@@ -307,7 +309,7 @@ func (r *Reconciler) reconcile() (int, error) {
 	}
 	now := r.now()
 	var ops []Op
-	wanted := map[Key]bool{}
+	wanted := make(map[Key]bool, len(r.desired))
 	ownedBefore := len(r.owned)
 	for _, vs := range r.desired {
 		svc := vs.Service.normal()
@@ -315,7 +317,7 @@ func (r *Reconciler) reconcile() (int, error) {
 		cur, exists := byKey[svc.Key]
 		switch {
 		case !exists:
-			if r.programmed[realKey{svc: svc.Key}] {
+			if _, seen := r.programmed[svc.Key]; seen {
 				r.forget(svc.Key)
 				r.repaired(Repair{Kind: "service", Found: svc.Key.String() + " missing from the kernel"})
 			}
@@ -324,10 +326,12 @@ func (r *Reconciler) reconcile() (int, error) {
 		case cur.Service.normal() != svc:
 			ops = append(ops, Op{Kind: UpdateService, Service: svc})
 		}
-		if exists {
-			r.programmed[realKey{svc: svc.Key}] = true
+		if _, seen := r.programmed[svc.Key]; exists && !seen {
+			r.programmed[svc.Key] = map[netip.AddrPort]bool{}
 		}
-		r.owned[svc.Key] = true
+		if !r.owned[svc.Key] {
+			r.owned[svc.Key] = true
+		}
 		ops = append(ops, r.realOps(vs, svc, cur, now)...)
 	}
 	for _, e := range have {
@@ -445,21 +449,25 @@ func (r *Reconciler) settleRefused(refused map[Key]error, wanted map[Key]bool) {
 func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, now time.Time) []Op {
 	want, failed := r.effective(vs)
 	var ops []Op
+	seen := r.programmed[svc.Key] // nil for a service not seen yet: nothing to mark
 	for _, w := range want {
-		rk := realKey{svc.Key, w.Addr}
-		delete(r.draining, rk)
+		if len(r.draining) > 0 {
+			delete(r.draining, realKey{svc.Key, w.Addr})
+		}
 		c, ok := cur.Real(w.Addr)
 		switch {
 		case !ok:
-			if r.programmed[rk] && len(cur.Reals) > 0 {
+			if seen[w.Addr] && len(cur.Reals) > 0 {
 				r.repaired(Repair{Kind: "real_server", Found: fmt.Sprintf("%s of %s missing from the kernel", w.Addr, svc.Key)})
 			}
 			ops = append(ops, Op{Kind: AddReal, Service: svc, Real: w})
 		case c.Real != w:
-			r.programmed[rk] = true
+			if seen != nil {
+				seen[w.Addr] = true
+			}
 			ops = append(ops, Op{Kind: UpdateReal, Service: svc, Real: w})
-		default:
-			r.programmed[rk] = true
+		case seen != nil && !seen[w.Addr]: // a lookup costs less than a store: 100,000 a reconcile
+			seen[w.Addr] = true
 		}
 	}
 	for _, c := range cur.Reals {
@@ -467,7 +475,7 @@ func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, now time
 			continue
 		}
 		rk := realKey{svc.Key, c.Addr}
-		delete(r.programmed, rk) // leaving on purpose
+		delete(seen, c.Addr) // leaving on purpose
 		if failed[c.Addr] {
 			ops = append(ops, Op{Kind: DelReal, Service: svc, Real: c.Real})
 			delete(r.draining, rk)
@@ -507,11 +515,22 @@ func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, now time
 // effective is the set of real servers vs should have now, given health
 // and quorum, and the ones to delete without draining.
 func (r *Reconciler) effective(vs VirtualServer) (want []Real, failed map[netip.AddrPort]bool) {
-	failed = map[netip.AddrPort]bool{}
+	// failed is made when there is one: 10,000 services have none.
+	fail := func(a netip.AddrPort) {
+		if failed == nil {
+			failed = map[netip.AddrPort]bool{}
+		}
+		failed[a] = true
+	}
 	live := 0
-	var up, down []Real
+	var down []Real
+	up := make([]Real, 0, len(vs.Reals))
 	for _, rl := range vs.Reals {
-		h, ok := r.health[realKey{vs.Key, rl.Addr}]
+		var h Health
+		ok := false
+		if len(r.health) > 0 {
+			h, ok = r.health[realKey{vs.Key, rl.Addr}]
+		}
 		if ok && !h.Up {
 			down = append(down, rl)
 			continue
@@ -540,25 +559,27 @@ func (r *Reconciler) effective(vs VirtualServer) (want []Real, failed map[netip.
 				"sorry_server", vs.Sorry != nil)
 		}
 	}
-	r.quorumUp[vs.Key] = qUp
+	if !known || qUp != r.quorumUp[vs.Key] {
+		r.quorumUp[vs.Key] = qUp
+	}
 	for _, rl := range down {
 		if vs.InhibitOnFailure {
 			rl.Weight = 0
 			up = append(up, rl)
 		} else {
-			failed[rl.Addr] = true
+			fail(rl.Addr)
 		}
 	}
 	if vs.Sorry == nil {
 		return up, failed
 	}
 	if qUp {
-		failed[vs.Sorry.Addr] = true
+		fail(vs.Sorry.Addr)
 		return up, failed
 	}
 	// Below quorum the sorry server takes everything, as in keepalived.
 	for _, rl := range up {
-		failed[rl.Addr] = true
+		fail(rl.Addr)
 	}
 	return []Real{*vs.Sorry}, failed
 }

@@ -41,6 +41,7 @@ func newNFTSceneWith(t *testing.T, reals int, o lvs.NFTOptions) *nftScene {
 	}
 	t.Cleanup(func() { ns.Close() })
 	o.NetNS = int(ns.Fd())
+	o.CheckBaseline = true // every commit's piecewise drift baseline checked against the whole table
 	nft, err := lvs.NewNFT(o)
 	if err != nil {
 		t.Fatal(err)
