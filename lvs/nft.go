@@ -161,8 +161,11 @@ type NFT struct {
 	// less these. An element deleted forgets its part: back, it counts
 	// from zero.
 	zeroed *counts
-	// listed is the services in List's order, nil after a change.
+	// listed is the services in List's order, plain List's answer
+	// (without counters; its real servers shared with every answer,
+	// which no caller changes): both nil after a change.
 	listed []*nsvc
+	plain  []Entry
 	// Direct routing (nftdr.go): the interface facing the router, the
 	// netdev table once made, and the real servers' hops.
 	drIface string
@@ -294,7 +297,7 @@ func (n *NFT) reset() {
 	n.baseline, n.seenGen = nil, 0
 	n.dr = nil
 	n.zeroed = nil
-	n.listed = nil
+	n.listed, n.plain = nil, nil
 }
 
 func (n *NFT) Name() string { return "nftables" }
@@ -362,6 +365,9 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 			return nil, err
 		}
 	}
+	if !stats && n.plain != nil {
+		return slices.Clone(n.plain), nil
+	}
 	var c *counts
 	if stats && len(n.svcs) > 0 {
 		var err error
@@ -419,6 +425,9 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 	}
 	if stats {
 		n.rates.done()
+	} else {
+		n.plain = out
+		out = slices.Clone(out)
 	}
 	return out, nil
 }
@@ -631,7 +640,7 @@ func (r *rates) done() {
 func (n *NFT) Apply(ops []Op) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.listed = nil // services come and go
+	n.listed, n.plain = nil, nil // services come and go
 	if len(ops) == 0 {
 		return nil
 	}

@@ -3,6 +3,7 @@ package lvstest
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/directord/directord/lvs"
@@ -65,4 +66,24 @@ func MeasureReconcile(r *lvs.Reconciler, vss []lvs.VirtualServer) ([]Step, error
 		return nil, err
 	}
 	return steps, nil
+}
+
+// Bench sizes: make bench-lvs's table, on nftables on the host and on
+// IPVS in the guest.
+const (
+	BenchServices = 10000
+	BenchReals    = 10
+)
+
+// IPVSADMRestore is a SyntheticTable as ipvsadm -R reads it (TCP wrr
+// services with NAT real servers), the anchor of make bench-lvs on IPVS.
+func IPVSADMRestore(vss []lvs.VirtualServer) string {
+	var b strings.Builder
+	for _, vs := range vss {
+		fmt.Fprintf(&b, "-A -t %s -s %s\n", vs.Key.Addr, vs.Scheduler)
+		for _, r := range vs.Reals {
+			fmt.Fprintf(&b, "-a -t %s -r %s -m -w %d\n", vs.Key.Addr, r.Addr, r.Weight)
+		}
+	}
+	return b.String()
 }

@@ -77,6 +77,29 @@ func tcpVS(sched string, reals ...lvs.Real) lvs.VirtualServer {
 	return lvs.VirtualServer{Name: "web", Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP, Addr: vipTCP}, Scheduler: sched}, Reals: reals}
 }
 
+// holdEach opens connections to addr until it holds one to each of n
+// servers, by server name; they close at the test's end.
+func (s *nftScene) holdEach(t *testing.T, addr string, n int) map[string]*scene.Conn {
+	t.Helper()
+	held := map[string]*scene.Conn{}
+	for tries := 0; len(held) < n; tries++ {
+		if tries == 10*n {
+			t.Fatalf("%d connections reached only %d servers", tries, len(held))
+		}
+		c, err := s.Open("", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if held[c.Server] != nil {
+			c.Close()
+			continue
+		}
+		held[c.Server] = c
+		t.Cleanup(func() { c.Close() })
+	}
+	return held
+}
+
 // spread opens n connections and counts them by server.
 func (s *nftScene) spread(t *testing.T, src string, n int) map[string]int {
 	t.Helper()
@@ -312,20 +335,7 @@ func TestNFTPersistence(t *testing.T) {
 func TestNFTDrain(t *testing.T) {
 	s := newNFTScene(t, 2)
 	s.set(t, tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1)))
-	// Hold a connection to each server.
-	held := map[string]*scene.Conn{}
-	for len(held) < 2 {
-		c, err := s.Open("", vipTCP.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if held[c.Server] != nil {
-			c.Close()
-			continue
-		}
-		held[c.Server] = c
-		t.Cleanup(func() { c.Close() })
-	}
+	held := s.holdEach(t, vipTCP.String(), 2)
 	// rs2 leaves the configuration: weight 0, no new connections, the
 	// open one goes on.
 	if n := s.set(t, tcpVS("rr", backend(0, scene.TCPPort, 1))); n != 1 {
@@ -778,19 +788,7 @@ func TestNFTFirewallMarkDrainAndTraffic(t *testing.T) {
 		return lvs.VirtualServer{Name: "marked", Service: lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "rr"}, Reals: reals}
 	}
 	s.set(t, marked(keep(0), keep(1)))
-	held := map[string]*scene.Conn{}
-	for len(held) < 2 {
-		c, err := s.Open("", vip)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if held[c.Server] != nil {
-			c.Close()
-			continue
-		}
-		held[c.Server] = c
-		t.Cleanup(func() { c.Close() })
-	}
+	held := s.holdEach(t, vip, 2)
 	es, err := s.nft.ListStats()
 	if err != nil {
 		t.Fatal(err)
