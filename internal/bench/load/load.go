@@ -5,6 +5,7 @@ package load
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -44,6 +45,28 @@ func Start(h *lab.Host, addr string, srcs []string, rate int, d time.Duration) (
 		}
 		return achieved, nil
 	}, nil
+}
+
+// Flags are the generator's own flags, -load and -src, which Start passes
+// to the bench's binary (-rate and -duration are the bench's own).
+type Flags struct{ addr, srcs *string }
+
+// RegisterFlags registers -load and -src; call it before flag.Parse.
+func RegisterFlags() Flags {
+	return Flags{
+		addr: flag.String("load", "", "internal: open -rate connections a second to this address for -duration and print how many were answered"),
+		srcs: flag.String("src", "", "internal: the load's source addresses, comma-separated"),
+	}
+}
+
+// Run generates the load and prints the rate answered when the process
+// is a generator Start began; it reports whether it was.
+func (f Flags) Run(rate int, d time.Duration) bool {
+	if *f.addr == "" {
+		return false
+	}
+	fmt.Println(Generate(*f.addr, strings.Split(*f.srcs, ","), rate, d))
+	return true
 }
 
 // Generate opens rate connections a second to addr for d, each reading

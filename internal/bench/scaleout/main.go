@@ -29,13 +29,11 @@ func main() {
 	rounds := flag.Int("rounds", 3, "runs of each measurement")
 	conns := flag.Int("conns", 300, "long-lived connections for the survival runs")
 	out := flag.String("out", "docs/benchmarks.md", "report to update")
-	loadAddr := flag.String("load", "", "internal: open -rate connections a second to this address for -duration and print how many were answered")
-	srcs := flag.String("src", "", "internal: the load's source addresses, comma-separated")
+	gen := load.RegisterFlags()
 	rate := flag.Int("rate", 20000, "connections a second asked of the load generator (more than the lab carries: the rate reached is the measure)")
 	dur := flag.Duration("duration", 5*time.Second, "each rate run")
 	flag.Parse()
-	if *loadAddr != "" {
-		fmt.Println(load.Generate(*loadAddr, strings.Split(*srcs, ","), *rate, *dur))
+	if gen.Run(*rate, *dur) {
 		return
 	}
 	var targets report.Targets

@@ -31,12 +31,10 @@ func main() {
 	rate := flag.Int("rate", 5000, "new connections per second for the lag run")
 	dur := flag.Duration("duration", 10*time.Second, "lag run")
 	out := flag.String("out", "docs/benchmarks.md", "report to update")
-	loadAddr := flag.String("load", "", "internal: open -rate connections a second to this address for -duration and print how many were answered")
-	srcs := flag.String("src", "", "internal: the load's source addresses, comma-separated")
+	gen := load.RegisterFlags()
 	lagOnly := flag.Bool("lag-only", false, "measure the lag only and print it; the report is left alone")
 	flag.Parse()
-	if *loadAddr != "" {
-		fmt.Println(load.Generate(*loadAddr, strings.Split(*srcs, ","), *rate, *dur))
+	if gen.Run(*rate, *dur) {
 		return
 	}
 	if *lagOnly {
