@@ -161,23 +161,33 @@ func (e *Entry) Real(addr netip.AddrPort) (RealState, bool) {
 
 // Sort puts entries and their real servers in a stable order.
 func Sort(es []Entry) {
-	// Each key once: formatting it in the comparison cost a tenth of a
-	// second a reconcile with 10,000 services.
+	sortByKey(es, func(e Entry) Key { return e.Key })
+	for _, e := range es {
+		sortReals(e.Reals)
+	}
+}
+
+// sortByKey sorts xs in Sort's order of their services' keys, each key
+// formatted once: formatting it in the comparison cost a tenth of a
+// second a reconcile with 10,000 services.
+func sortByKey[T any](xs []T, key func(T) Key) {
 	type keyed struct {
 		key string
-		e   Entry
+		x   T
 	}
-	ks := make([]keyed, len(es))
-	for i, e := range es {
-		ks[i] = keyed{e.Key.sortKey(), e}
+	ks := make([]keyed, len(xs))
+	for i, x := range xs {
+		ks[i] = keyed{key(x).sortKey(), x}
 	}
 	slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
 	for i := range ks {
-		es[i] = ks[i].e
+		xs[i] = ks[i].x
 	}
-	for _, e := range es {
-		slices.SortFunc(e.Reals, func(a, b RealState) int { return a.Addr.Compare(b.Addr) })
-	}
+}
+
+// sortReals sorts real servers by address, as Sort does.
+func sortReals(rs []RealState) {
+	slices.SortFunc(rs, func(a, b RealState) int { return a.Addr.Compare(b.Addr) })
 }
 
 func (k Key) sortKey() string {

@@ -417,7 +417,7 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 			}
 			e.Reals = append(e.Reals, RealState{Real: r, Stats: st})
 		}
-		slices.SortFunc(e.Reals, func(a, b RealState) int { return a.Addr.Compare(b.Addr) })
+		sortReals(e.Reals)
 		if stats {
 			n.rates.fill(s.svc.Key.String(), &e.Stats)
 		}
@@ -435,19 +435,8 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 // sortedServices is svcs in Sort's order: kept between changes, as
 // sorting 10,000 services was a fifth of a reconcile with nothing to do.
 func sortedServices(svcs map[Key]*nsvc) []*nsvc {
-	type keyed struct {
-		key string
-		s   *nsvc
-	}
-	ks := make([]keyed, 0, len(svcs))
-	for k, s := range svcs {
-		ks = append(ks, keyed{k.sortKey(), s})
-	}
-	slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
-	out := make([]*nsvc, len(ks))
-	for i := range ks {
-		out[i] = ks[i].s
-	}
+	out := slices.Collect(maps.Values(svcs))
+	sortByKey(out, func(s *nsvc) Key { return s.svc.Key })
 	return out
 }
 
