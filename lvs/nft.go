@@ -161,11 +161,14 @@ type NFT struct {
 	// less these. An element deleted forgets its part: back, it counts
 	// from zero.
 	zeroed *counts
-	// listed is the services in List's order, plain List's answer
-	// (without counters; its real servers shared with every answer,
-	// which no caller changes): both nil after a change.
+	// listed is the services in List's order, pos their places in it,
+	// plain List's answer (without counters; its real servers shared
+	// with every answer, which no caller changes): nil once services come
+	// or go. dirty are the services changed since plain was made.
 	listed []*nsvc
+	pos    map[Key]int
 	plain  []Entry
+	dirty  map[Key]bool
 	// Direct routing (nftdr.go): the interface facing the router, the
 	// netdev table once made, and the real servers' hops.
 	drIface string
@@ -192,6 +195,23 @@ type nsvc struct {
 	// slots' servers' hops as programmed.
 	dr   bool
 	hops map[netip.AddrPort]Hop
+	// shape is what of the real servers the service's rules show, as
+	// programmed (ruleShape).
+	shape string
+}
+
+// ruleShape is what serviceRules takes from the real servers: the slot
+// count and the persistent servers taking clients. Rules of the same
+// shape are the same rules.
+func (s *nsvc) ruleShape() string {
+	var b strings.Builder
+	fmt.Fprint(&b, len(s.order))
+	for _, r := range sortedReals(s.reals) {
+		if s.pers[r.Addr] != nil && r.Weight > 0 {
+			fmt.Fprintf(&b, " %d", s.idx[r.Addr])
+		}
+	}
+	return b.String()
 }
 
 // chains says whether the service has a chain per real server
@@ -298,6 +318,7 @@ func (n *NFT) reset() {
 	n.dr = nil
 	n.zeroed = nil
 	n.listed, n.plain = nil, nil
+	clear(n.dirty)
 }
 
 func (n *NFT) Name() string { return "nftables" }
@@ -365,7 +386,20 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 			return nil, err
 		}
 	}
+	if n.listed == nil {
+		n.listed, n.plain = sortedServices(n.svcs), nil
+		n.pos = make(map[Key]int, len(n.listed))
+		for i, s := range n.listed {
+			n.pos[s.svc.Key] = i
+		}
+	}
 	if !stats && n.plain != nil {
+		for k := range n.dirty {
+			if i, ok := n.pos[k]; ok {
+				n.plain[i] = n.entry(n.listed[i], nil, nil, false)
+			}
+		}
+		clear(n.dirty)
 		return slices.Clone(n.plain), nil
 	}
 	var c *counts
@@ -380,56 +414,60 @@ func (n *NFT) list(stats bool) ([]Entry, error) {
 	if c != nil {
 		traffic = c.traffic
 	}
-	if n.listed == nil {
-		n.listed = sortedServices(n.svcs)
-	}
 	out := make([]Entry, 0, len(n.svcs))
 	for _, s := range n.listed {
-		e := Entry{Service: s.svc}
-		if c != nil {
-			e.Stats.Connections = c.service[string(dispatchKey(s.svc.Key))]
-		}
-		if dr := traffic["dr"+string(dispatchKey(s.svc.Key))]; s.dr && dr != nil {
-			// Stateless: packets towards the servers, counted per
-			// service only (no connections, no replies: they do not
-			// cross the director).
-			e.Stats.PacketsIn, e.Stats.BytesIn = dr.Packets, dr.Bytes
-		}
-		e.Reals = make([]RealState, 0, len(s.reals))
-		for _, r := range s.reals {
-			var st Stats
-			if c != nil {
-				st.Connections = c.real(s, r.Addr)
-				k := string(dispatchKey(Key{Protocol: s.svc.Protocol, Addr: r.Addr}))
-				if c := traffic["in"+k]; c != nil {
-					st.PacketsIn, st.BytesIn = c.Packets, c.Bytes
-				}
-				if c := traffic["out"+k]; c != nil {
-					st.PacketsOut, st.BytesOut = c.Packets, c.Bytes
-				}
-			}
-			e.Stats.PacketsIn += st.PacketsIn
-			e.Stats.BytesIn += st.BytesIn
-			e.Stats.PacketsOut += st.PacketsOut
-			e.Stats.BytesOut += st.BytesOut
-			if stats {
-				n.rates.fill(s.svc.Key.String()+" "+r.Addr.String(), &st)
-			}
-			e.Reals = append(e.Reals, RealState{Real: r, Stats: st})
-		}
-		sortReals(e.Reals)
-		if stats {
-			n.rates.fill(s.svc.Key.String(), &e.Stats)
-		}
-		out = append(out, e)
+		out = append(out, n.entry(s, c, traffic, stats))
 	}
 	if stats {
 		n.rates.done()
 	} else {
 		n.plain = out
+		clear(n.dirty)
 		out = slices.Clone(out)
 	}
 	return out, nil
+}
+
+// entry is service s as List answers, with counters c (nil: none) and
+// rates when stats.
+func (n *NFT) entry(s *nsvc, c *counts, traffic map[string]*expr.Counter, stats bool) Entry {
+	e := Entry{Service: s.svc}
+	if c != nil {
+		e.Stats.Connections = c.service[string(dispatchKey(s.svc.Key))]
+	}
+	if dr := traffic["dr"+string(dispatchKey(s.svc.Key))]; s.dr && dr != nil {
+		// Stateless: packets towards the servers, counted per
+		// service only (no connections, no replies: they do not
+		// cross the director).
+		e.Stats.PacketsIn, e.Stats.BytesIn = dr.Packets, dr.Bytes
+	}
+	e.Reals = make([]RealState, 0, len(s.reals))
+	for _, r := range s.reals {
+		var st Stats
+		if c != nil {
+			st.Connections = c.real(s, r.Addr)
+			k := string(dispatchKey(Key{Protocol: s.svc.Protocol, Addr: r.Addr}))
+			if c := traffic["in"+k]; c != nil {
+				st.PacketsIn, st.BytesIn = c.Packets, c.Bytes
+			}
+			if c := traffic["out"+k]; c != nil {
+				st.PacketsOut, st.BytesOut = c.Packets, c.Bytes
+			}
+		}
+		e.Stats.PacketsIn += st.PacketsIn
+		e.Stats.BytesIn += st.BytesIn
+		e.Stats.PacketsOut += st.PacketsOut
+		e.Stats.BytesOut += st.BytesOut
+		if stats {
+			n.rates.fill(s.svc.Key.String()+" "+r.Addr.String(), &st)
+		}
+		e.Reals = append(e.Reals, RealState{Real: r, Stats: st})
+	}
+	sortReals(e.Reals)
+	if stats {
+		n.rates.fill(s.svc.Key.String(), &e.Stats)
+	}
+	return e
 }
 
 // sortedServices is svcs in Sort's order: kept between changes, as
@@ -629,9 +667,18 @@ func (r *rates) done() {
 func (n *NFT) Apply(ops []Op) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.listed, n.plain = nil, nil // services come and go
 	if len(ops) == 0 {
 		return nil
+	}
+	for _, op := range ops {
+		if op.Kind == AddService || op.Kind == DelService {
+			n.listed = nil
+			break
+		}
+		if n.dirty == nil {
+			n.dirty = map[Key]bool{}
+		}
+		n.dirty[op.Service.Key] = true
 	}
 	if !n.base {
 		n.addBase()
@@ -834,6 +881,7 @@ func (n *NFT) refuse(u *undo, err error) error {
 		n.touched[kind] = map[Key]int{}
 	}
 	n.dispatchAdd = map[*nftables.Set][]nftables.SetElement{}
+	n.listed = nil // the services are the undo's copies
 	return err
 }
 
@@ -1119,9 +1167,14 @@ func (n *NFT) updateReals(s *nsvc) {
 		}
 	}
 	n.fillSlots(s)
-	sc := n.chain(fmt.Sprintf("s%d", s.id))
-	c.FlushChain(sc)
-	n.serviceRules(s, sc)
+	if shape := s.ruleShape(); shape != s.shape {
+		// Rules that DNAT or jump make the kernel check every chain of
+		// the table at commit (10 ms with 10,000 services): a change the
+		// rules do not show (slots of the same count, say) leaves them.
+		sc := n.chain(fmt.Sprintf("s%d", s.id))
+		c.FlushChain(sc)
+		n.serviceRules(s, sc)
+	}
 	// A server at weight 0 lets its persistent clients go: their next
 	// connection is scheduled afresh, and if it comes back, it starts
 	// with none.
@@ -1406,6 +1459,7 @@ func prefixMask(size, bits int) []byte {
 }
 
 func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
+	s.shape = s.ruleShape()
 	c := n.conn
 	six := s.svc.Is6()
 	n.timeoutRule(s, sc)

@@ -49,6 +49,20 @@ type realKey struct {
 	addr netip.AddrPort
 }
 
+// svcState is what the reconciler keeps of one configured service from one
+// reconcile to the next: one lookup a service a reconcile, which is most
+// of a reconcile's cost with 10,000 services and nothing to do.
+type svcState struct {
+	// seen: a reconcile of this run found the service in the kernel, and
+	// reals its wanted real servers that were there, in configured order.
+	// One of them missing later was removed behind directord's back
+	// (drift), which is reported.
+	seen  bool
+	reals []netip.AddrPort
+	// quorumUp is the quorum state, once known.
+	quorumKnown, quorumUp bool
+}
+
 // Reconciler keeps a Dataplane equal to the configured table: it lists
 // what the kernel has, diffs, and applies only the difference. It owns
 // only the services it created or that the configuration names, so a
@@ -65,17 +79,18 @@ type Reconciler struct {
 	health   map[realKey]Health
 	owned    map[Key]bool
 	draining map[realKey]time.Time
-	quorumUp map[Key]bool
-	flush    bool // lvs_flush: remove foreign services at the next reconcile
-	last     Result
-	kick     chan struct{}
-	// programmed are the services and real servers a reconcile of this
-	// run found in the kernel as wanted: one of them missing later was
-	// removed behind directord's back (drift), which is reported. A
-	// service is in the map once seen; its real servers in its set (one
-	// lookup of the service per reconcile, then of addresses alone).
-	programmed map[Key]map[netip.AddrPort]bool
-	onRepair   func(Repair)
+	// state holds each configured service's svcState.
+	state map[Key]*svcState
+	// ownsDesired: every configured service is owned (so since the last
+	// reconcile, until Set or Shutdown).
+	ownsDesired bool
+	flush       bool // lvs_flush: remove foreign services at the next reconcile
+	last        Result
+	kick        chan struct{}
+	// byKey is reconcile's index of the kernel's services, kept to be
+	// refilled rather than grown again for 10,000 services each second.
+	byKey    map[Key]int
+	onRepair func(Repair)
 	// refused are the services the kernel refused at the last reconcile,
 	// with its error: logged when one appears or its error changes.
 	refused map[Key]string
@@ -112,7 +127,7 @@ func NewReconciler(dp Dataplane, o Options) (*Reconciler, error) {
 	r := &Reconciler{
 		dp: dp, log: o.Logger, now: o.Now, ownedFile: o.OwnedFile, flush: o.Flush,
 		health: map[realKey]Health{}, owned: map[Key]bool{}, draining: map[realKey]time.Time{},
-		quorumUp: map[Key]bool{}, kick: make(chan struct{}, 1), programmed: map[Key]map[netip.AddrPort]bool{}, onRepair: o.OnRepair,
+		state: map[Key]*svcState{}, kick: make(chan struct{}, 1), byKey: map[Key]int{}, onRepair: o.OnRepair,
 		refused: map[Key]string{},
 	}
 	if r.log == nil {
@@ -160,26 +175,29 @@ func (r *Reconciler) Set(vss []VirtualServer) error {
 	})
 	r.mu.Lock()
 	r.desired = vss
-	keep := map[realKey]bool{}
-	for _, vs := range vss {
-		for _, rl := range vs.Reals {
-			keep[realKey{vs.Key, rl.Addr}] = true
+	if len(r.health) > 0 {
+		keep := map[realKey]bool{}
+		for _, vs := range vss {
+			for _, rl := range vs.Reals {
+				keep[realKey{vs.Key, rl.Addr}] = true
+			}
 		}
-	}
-	for k := range r.health {
-		if !keep[k] {
-			delete(r.health, k)
+		for k := range r.health {
+			if !keep[k] {
+				delete(r.health, k)
+			}
 		}
 	}
 	named := make(map[Key]bool, len(vss))
 	for _, vs := range vss {
 		named[vs.Key] = true
 	}
-	for k := range r.quorumUp {
+	for k := range r.state {
 		if !named[k] {
-			delete(r.quorumUp, k)
+			delete(r.state, k)
 		}
 	}
+	r.ownsDesired = false
 	r.mu.Unlock()
 	r.Kick()
 	return errors.Join(refused...)
@@ -229,7 +247,9 @@ func (r *Reconciler) Run(ctx context.Context, interval time.Duration) error {
 // forget drops what was seen programmed of service k (removed on purpose,
 // or found gone).
 func (r *Reconciler) forget(k Key) {
-	delete(r.programmed, k)
+	if st := r.state[k]; st != nil {
+		st.seen, st.reals = false, nil
+	}
 }
 
 // repaired logs drift undone and tells OnRepair.
@@ -258,6 +278,7 @@ func (r *Reconciler) Shutdown() error {
 		return fmt.Errorf("remove virtual services: %w", err)
 	}
 	r.owned = map[Key]bool{}
+	r.ownsDesired = false
 	r.saveOwned()
 	r.log.Info("virtual services removed", "count", len(ops))
 	return nil
@@ -300,42 +321,70 @@ func (r *Reconciler) reconcile() (int, error) {
 			r.repaired(x)
 			// The data plane emptied its table to rebuild it: what is
 			// missing now is that, not more drift.
-			clear(r.programmed)
+			for k := range r.state {
+				r.forget(k)
+			}
 		}
 	}
-	byKey := make(map[Key]*Entry, len(have))
+	byKey := r.byKey
+	clear(byKey)
 	for i := range have {
-		byKey[have[i].Key] = &have[i]
+		byKey[have[i].Key] = i
+	}
+	// wanted says whether a service is configured: made only when the
+	// kernel has services that are not, or owned ones are gone.
+	var wantedSet map[Key]bool
+	wanted := func(k Key) bool {
+		if wantedSet == nil {
+			wantedSet = make(map[Key]bool, len(r.desired))
+			for _, vs := range r.desired {
+				wantedSet[vs.Key] = true
+			}
+		}
+		return wantedSet[k]
 	}
 	now := r.now()
 	var ops []Op
-	wanted := make(map[Key]bool, len(r.desired))
 	ownedBefore := len(r.owned)
+	// matched counts the kernel's services found configured.
+	matched := 0
+	hit := make([]bool, len(have))
 	for _, vs := range r.desired {
 		svc := vs.Service.normal()
-		wanted[svc.Key] = true
-		cur, exists := byKey[svc.Key]
+		st := r.state[svc.Key]
+		if st == nil {
+			st = &svcState{}
+			r.state[svc.Key] = st
+		}
+		i, exists := byKey[svc.Key]
+		var cur *Entry
 		switch {
 		case !exists:
-			if _, seen := r.programmed[svc.Key]; seen {
+			if st.seen {
 				r.forget(svc.Key)
 				r.repaired(Repair{Kind: "service", Found: svc.Key.String() + " missing from the kernel"})
 			}
 			ops = append(ops, Op{Kind: AddService, Service: svc})
 			cur = &Entry{Service: svc}
-		case cur.Service.normal() != svc:
-			ops = append(ops, Op{Kind: UpdateService, Service: svc})
+		default:
+			cur = &have[i]
+			if !hit[i] {
+				hit[i] = true
+				matched++
+			}
+			if cur.Service.normal() != svc {
+				ops = append(ops, Op{Kind: UpdateService, Service: svc})
+			}
+			st.seen = true
 		}
-		if _, seen := r.programmed[svc.Key]; exists && !seen {
-			r.programmed[svc.Key] = map[netip.AddrPort]bool{}
-		}
-		if !r.owned[svc.Key] {
+		if !r.ownsDesired && !r.owned[svc.Key] {
 			r.owned[svc.Key] = true
 		}
-		ops = append(ops, r.realOps(vs, svc, cur, now)...)
+		ops = append(ops, r.realOps(vs, svc, cur, st, now)...)
 	}
-	for _, e := range have {
-		if wanted[e.Key] || !(r.owned[e.Key] || r.flush) {
+	r.ownsDesired = true
+	for i, e := range have {
+		if hit[i] || matched == len(have) || wanted(e.Key) || !(r.owned[e.Key] || r.flush) {
 			continue
 		}
 		ops = append(ops, Op{Kind: DelService, Service: e.Service})
@@ -348,10 +397,13 @@ func (r *Reconciler) reconcile() (int, error) {
 		}
 	}
 	// Owned services that vanished from the kernel are no longer ours
-	// to track unless configured.
-	for k := range r.owned {
-		if _, ok := byKey[k]; !ok && !wanted[k] {
-			delete(r.owned, k)
+	// to track unless configured (every one owned is configured when
+	// there are as many as configured services).
+	if len(r.owned) != len(r.state) {
+		for k := range r.owned {
+			if _, ok := byKey[k]; !ok && !wanted(k) {
+				delete(r.owned, k)
+			}
 		}
 	}
 	r.flush = false
@@ -425,7 +477,7 @@ func (r *Reconciler) apply(ops []Op) map[Key]error {
 // newly refused, or refused for another reason, is logged with the
 // kernel's error. Every other service is in the kernel as wanted now (or
 // no longer wanted): one refused before is logged as programmed.
-func (r *Reconciler) settleRefused(refused map[Key]error, wanted map[Key]bool) {
+func (r *Reconciler) settleRefused(refused map[Key]error, wanted func(Key) bool) {
 	for k, err := range refused {
 		if r.refused[k] != err.Error() {
 			r.log.Warn("lvs: the kernel refused a virtual service; the others are programmed", "dataplane", r.dp.Name(), "service", k.String(), "err", err)
@@ -437,7 +489,7 @@ func (r *Reconciler) settleRefused(refused map[Key]error, wanted map[Key]bool) {
 			continue
 		}
 		delete(r.refused, k)
-		if wanted[k] {
+		if wanted(k) {
 			r.log.Info("lvs: a virtual service the kernel refused is programmed now", "dataplane", r.dp.Name(), "service", k.String())
 		}
 	}
@@ -445,11 +497,14 @@ func (r *Reconciler) settleRefused(refused map[Key]error, wanted map[Key]bool) {
 
 // realOps diffs one service's real servers. Removed servers drain at
 // weight 0 and are deleted once idle or after DrainTimeout; failed ones
-// go at once (or stay at weight 0 with InhibitOnFailure).
-func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, now time.Time) []Op {
-	want, failed := r.effective(vs)
+// go at once (or stay at weight 0 with InhibitOnFailure). p is what was
+// seen of the service.
+func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, p *svcState, now time.Time) []Op {
+	want, failed := r.effective(vs, p)
 	var ops []Op
-	seen := r.programmed[svc.Key] // nil for a service not seen yet: nothing to mark
+	// found counts the wanted servers in the kernel; p.reals[:same] are
+	// the first of them, as seen at the last reconcile.
+	found, same := 0, 0
 	for _, w := range want {
 		if len(r.draining) > 0 {
 			delete(r.draining, realKey{svc.Key, w.Addr})
@@ -457,25 +512,35 @@ func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, now time
 		c, ok := cur.Real(w.Addr)
 		switch {
 		case !ok:
-			if seen[w.Addr] && len(cur.Reals) > 0 {
+			if len(cur.Reals) > 0 && slices.Contains(p.reals, w.Addr) {
 				r.repaired(Repair{Kind: "real_server", Found: fmt.Sprintf("%s of %s missing from the kernel", w.Addr, svc.Key)})
 			}
 			ops = append(ops, Op{Kind: AddReal, Service: svc, Real: w})
+			continue
 		case c.Real != w:
-			if seen != nil {
-				seen[w.Addr] = true
-			}
 			ops = append(ops, Op{Kind: UpdateReal, Service: svc, Real: w})
-		case seen != nil && !seen[w.Addr]: // a lookup costs less than a store: 100,000 a reconcile
-			seen[w.Addr] = true
 		}
+		if same == found && same < len(p.reals) && p.reals[same] == w.Addr {
+			same++
+		}
+		found++
+	}
+	if same != found || found != len(p.reals) {
+		p.reals = make([]netip.AddrPort, 0, found)
+		for _, w := range want {
+			if _, ok := cur.Real(w.Addr); ok {
+				p.reals = append(p.reals, w.Addr)
+			}
+		}
+	}
+	if found == len(cur.Reals) {
+		return ops // the kernel has no server that is not wanted
 	}
 	for _, c := range cur.Reals {
 		if slices.ContainsFunc(want, func(w Real) bool { return w.Addr == c.Addr }) {
 			continue
 		}
 		rk := realKey{svc.Key, c.Addr}
-		delete(seen, c.Addr) // leaving on purpose
 		if failed[c.Addr] {
 			ops = append(ops, Op{Kind: DelReal, Service: svc, Real: c.Real})
 			delete(r.draining, rk)
@@ -514,7 +579,7 @@ func (r *Reconciler) realOps(vs VirtualServer, svc Service, cur *Entry, now time
 
 // effective is the set of real servers vs should have now, given health
 // and quorum, and the ones to delete without draining.
-func (r *Reconciler) effective(vs VirtualServer) (want []Real, failed map[netip.AddrPort]bool) {
+func (r *Reconciler) effective(vs VirtualServer, st *svcState) (want []Real, failed map[netip.AddrPort]bool) {
 	// failed is made when there is one: 10,000 services have none.
 	fail := func(a netip.AddrPort) {
 		if failed == nil {
@@ -524,12 +589,18 @@ func (r *Reconciler) effective(vs VirtualServer) (want []Real, failed map[netip.
 	}
 	live := 0
 	var down []Real
-	up := make([]Real, 0, len(vs.Reals))
-	for _, rl := range vs.Reals {
+	// up is the configured servers themselves until a health verdict
+	// changes one (most reconciles of 10,000 services change none), then
+	// a copy; no caller changes it.
+	up, copied := vs.Reals, false
+	for i, rl := range vs.Reals {
 		var h Health
 		ok := false
 		if len(r.health) > 0 {
 			h, ok = r.health[realKey{vs.Key, rl.Addr}]
+		}
+		if ok && !copied && (!h.Up || (h.Weight >= 0 && h.Weight != rl.Weight)) {
+			up, copied = append(make([]Real, 0, len(vs.Reals)), vs.Reals[:i]...), true
 		}
 		if ok && !h.Up {
 			down = append(down, rl)
@@ -539,10 +610,12 @@ func (r *Reconciler) effective(vs VirtualServer) (want []Real, failed map[netip.
 			rl.Weight = h.Weight
 		}
 		live += rl.Weight
-		up = append(up, rl)
+		if copied {
+			up = append(up, rl)
+		}
 	}
 	quorum := max(vs.Quorum, 1)
-	qUp, known := r.quorumUp[vs.Key]
+	qUp, known := st.quorumUp, st.quorumKnown
 	switch {
 	case !known:
 		qUp = live >= quorum
@@ -551,7 +624,7 @@ func (r *Reconciler) effective(vs VirtualServer) (want []Real, failed map[netip.
 	case !qUp && live >= quorum+vs.Hysteresis:
 		qUp = true
 	}
-	if known && qUp != r.quorumUp[vs.Key] {
+	if known && qUp != st.quorumUp {
 		if qUp {
 			r.log.Info("quorum regained", "service", vs.Key.String(), "live_weight", live, "quorum", quorum)
 		} else {
@@ -559,9 +632,7 @@ func (r *Reconciler) effective(vs VirtualServer) (want []Real, failed map[netip.
 				"sorry_server", vs.Sorry != nil)
 		}
 	}
-	if !known || qUp != r.quorumUp[vs.Key] {
-		r.quorumUp[vs.Key] = qUp
-	}
+	st.quorumUp, st.quorumKnown = qUp, true
 	for _, rl := range down {
 		if vs.InhibitOnFailure {
 			rl.Weight = 0
@@ -628,9 +699,11 @@ func (r *Reconciler) saveOwned() {
 func (r *Reconciler) QuorumUp() map[Key]bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make(map[Key]bool, len(r.quorumUp))
-	for k, v := range r.quorumUp {
-		out[k] = v
+	out := make(map[Key]bool, len(r.state))
+	for k, st := range r.state {
+		if st.quorumKnown {
+			out[k] = st.quorumUp
+		}
 	}
 	return out
 }
