@@ -1,6 +1,7 @@
 package lvs
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -102,19 +103,20 @@ const sockBuffer = 64 << 20
 // counts the service's connections. The chain picks a slot with numgen
 // (rr, wrr) or jhash of the source (sh); weights are the number of slots.
 //
-// Without persistence the service's slot map takes a slot to a real
-// server's address and port, which the same rule DNATs to: two rules, a
-// map and one element per slot for a service. Every kernel object costs
-// time in the nftables commit, counters most (per-CPU memory), and a full
-// table of thousands of services must load in well under a second. So
-// connections are counted once per real-server endpoint, not per slot: the
-// postrouting chain, which sees the first packet of each connection,
-// looks the DNAT'd destination up in conns4/conns6, whose elements count
-// (like in and out, an endpoint shared by two services counts for both).
-// (One slot map shared by all services would be fewer objects still, but
-// the kernel walks a map's elements whenever a rule of another chain binds
-// it, and dumps of a big map resume by walking it again from the start:
-// both grow with the square of the table.)
+// Without persistence a slot map takes the service's daddr . l4proto .
+// dport and a slot to a real server's address and port, which the same
+// rule DNATs to: two rules and one element per slot for a service. The
+// map is shared by up to 64 services (slots4_0, slots4_1, ...): the kernel
+// finds a table's sets by walking a list of them, so 10,000 maps of the
+// services' own made a full table's load grow with the square of the
+// table; one map for all would instead be walked whole each time a rule of
+// another chain binds it (so its elements are added after every rule of
+// the transaction). Every kernel object costs time in the nftables
+// commit, counters most (per-CPU memory). So connections are counted once
+// per real-server endpoint, not per slot: the postrouting chain, which
+// sees the first packet of each connection, looks the DNAT'd destination
+// up in conns4/conns6, whose elements count (like in and out, an endpoint
+// shared by two services counts for both).
 //
 // With persistence the slot map is a verdict map to a chain per real
 // server, which DNATs and refreshes the client in the server's timed set
@@ -142,9 +144,17 @@ type NFT struct {
 	// the counts at the start of the Apply, for the elements to change.
 	refs    map[string]map[Key]int
 	touched map[string]map[Key]int
-	// dispatchAdd holds the services' dispatch elements of this Apply.
-	dispatchAdd map[*nftables.Set][]nftables.SetElement
-	rates       rates
+	// sharedAdd holds the elements this Apply adds to maps many services
+	// share (dispatch, slots): sent after every rule, since the kernel
+	// walks a map's elements each time a rule binds it.
+	// Kept in the services' pieces, put together once: a slot map's
+	// elements grown one service at a time were copied over and over.
+	sharedAdd map[*nftables.Set][][]nftables.SetElement
+	// shards are the slot maps services without chains share, by name;
+	// those of a family numbered below roomy[IPv6] are full.
+	shards map[string]*shard
+	roomy  map[bool]int
+	rates  rates
 	// gen reads the ruleset generation and the rules (nftdrift.go).
 	// baseline is the table as read after directord's last commit, at
 	// generation seenGen; repairs wait for TakeRepairs.
@@ -311,9 +321,10 @@ func (n *NFT) reset() {
 	n.svcs = map[Key]*nsvc{}
 	n.refs = map[string]map[Key]int{"masq": {}, "in": {}, "out": {}, "conns": {}}
 	n.touched = map[string]map[Key]int{"masq": {}, "in": {}, "out": {}, "conns": {}}
-	n.dispatchAdd = map[*nftables.Set][]nftables.SetElement{}
+	n.sharedAdd = map[*nftables.Set][][]nftables.SetElement{}
 	n.base = false
 	n.maps = map[string]*nftables.Set{}
+	n.shards, n.roomy = map[string]*shard{}, map[bool]int{}
 	n.baseline, n.seenGen = nil, 0
 	n.dr = nil
 	n.zeroed = nil
@@ -687,7 +698,10 @@ func (n *NFT) Apply(ops []Op) error {
 			return fmt.Errorf("nftables: create table %s: %w", NFTTable, err)
 		}
 	}
-	saved := &undo{svcs: map[Key]*nsvc{}, nextID: n.nextID, dr: n.dr}
+	saved := &undo{svcs: map[Key]*nsvc{}, nextID: n.nextID, dr: n.dr, shards: make(map[string]shard, len(n.shards))}
+	for name, sh := range n.shards {
+		saved.shards[name] = *sh
+	}
 	type change struct {
 		old   *nsvc // the kernel's objects to remove, if any
 		new   bool  // create from scratch
@@ -803,6 +817,7 @@ func (n *NFT) Apply(ops []Op) error {
 			n.updateReals(s)
 		}
 	}
+	n.dropEmptyShards()
 	n.flushRefs()
 	gen, genErr := generation(n.gen)
 	if err := n.conn.Flush(); err != nil {
@@ -840,6 +855,7 @@ type undo struct {
 	svcs   map[Key]*nsvc
 	nextID int
 	dr     *drObjects // nil: the netdev table is not there (yet)
+	shards map[string]shard
 }
 
 // keep records service k as it is, before its first change of the Apply.
@@ -870,6 +886,10 @@ func (n *NFT) refuse(u *undo, err error) error {
 	}
 	n.nextID = u.nextID
 	n.dr = u.dr
+	n.shards, n.roomy = make(map[string]*shard, len(u.shards)), map[bool]int{}
+	for name, sh := range u.shards {
+		n.shards[name] = &sh
+	}
 	for kind, ks := range n.touched {
 		for k, before := range ks {
 			if before == 0 {
@@ -880,7 +900,7 @@ func (n *NFT) refuse(u *undo, err error) error {
 		}
 		n.touched[kind] = map[Key]int{}
 	}
-	n.dispatchAdd = map[*nftables.Set][]nftables.SetElement{}
+	n.sharedAdd = map[*nftables.Set][][]nftables.SetElement{}
 	n.listed = nil // the services are the undo's copies
 	return err
 }
@@ -912,13 +932,95 @@ var (
 	dispatch6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 	endpoint4 = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
 	endpoint6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)
+	slots4    = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
+	slots6    = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
 )
 
 // slotElement is slot k holding the server a (address and port).
-func slotElement(k int, a netip.AddrPort) nftables.SetElement {
-	v := a.Addr().AsSlice()
+// slotElement is slot i of a service, to real server a, in a shared slot
+// map: keyed by the service's dispatch key dk and the slot.
+func slotElement(dk []byte, i int, a netip.AddrPort) nftables.SetElement {
+	// One allocation for the key and the value: half a million a table.
+	kl := len(dk) + 4
+	b := make([]byte, kl, kl+a.Addr().BitLen()/8+4)
+	copy(b, dk)
+	binary.NativeEndian.PutUint32(b[len(dk):], uint32(i))
+	v := b[kl:kl]
+	if a.Addr().Is4() {
+		x := a.Addr().As4()
+		v = append(v, x[:]...)
+	} else {
+		x := a.Addr().As16()
+		v = append(v, x[:]...)
+	}
 	v = append(v, byte(a.Port()>>8), byte(a.Port()), 0, 0)
-	return nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(k)), Val: v}
+	return nftables.SetElement{Key: b[:kl:kl], Val: v}
+}
+
+// shardServices is how many services share one slot map: the kernel
+// looks each map up by name in a list of the table's sets (so 10,000 maps
+// of their own cost 10,000 walks of 10,000 sets), and walks a map's
+// elements each time a rule of another chain binds it.
+const shardServices = 64
+
+// shard is a slot map shared by services without chains, keyed by the
+// service's daddr . l4proto . dport and the slot.
+type shard struct {
+	set                *nftables.Set
+	n                  int // in the name
+	services, elements int
+}
+
+// joinShard returns the slot map of the family with room for one more
+// service, made if need be.
+func (n *NFT) joinShard(six bool) *nftables.Set {
+	fam, key, data := "4", slots4, endpoint4
+	if six {
+		fam, key, data = "6", slots6, endpoint6
+	}
+	// The lowest-numbered with room: the ones below roomy are full.
+	for i := n.roomy[six]; ; i++ {
+		name := fmt.Sprintf("slots%s_%d", fam, i)
+		sh := n.shards[name]
+		if sh == nil {
+			sh = &shard{set: &nftables.Set{Table: n.table, Name: name, IsMap: true, Concatenation: true, KeyType: key, DataType: data}, n: i}
+			_ = n.conn.AddSet(sh.set, nil)
+			n.shards[name] = sh
+		}
+		if sh.services < shardServices {
+			sh.services++
+			n.roomy[six] = i
+			return sh.set
+		}
+	}
+}
+
+// leaveShard deletes service s's slots from its shared map, and the map
+// once no service uses it (at the end of the Apply: after the rules that
+// bind it are gone).
+func (n *NFT) leaveShard(s *nsvc) {
+	els := make([]nftables.SetElement, len(s.order))
+	dk := dispatchKey(s.svc.Key)
+	for i, a := range s.order {
+		els[i] = slotElement(dk, i, a)
+	}
+	if len(els) > 0 {
+		n.elements(s.slots, els, false)
+	}
+	sh := n.shards[s.slots.Name]
+	sh.services--
+	sh.elements -= len(s.order)
+	n.roomy[s.svc.Is6()] = min(n.roomy[s.svc.Is6()], sh.n)
+}
+
+// dropEmptyShards deletes the shared slot maps no service uses.
+func (n *NFT) dropEmptyShards() {
+	for name, sh := range n.shards {
+		if sh.services == 0 {
+			n.conn.DelSet(sh.set)
+			delete(n.shards, name)
+		}
+	}
 }
 
 // addBase creates the table, the dispatch maps and the hooked chains.
@@ -1103,16 +1205,15 @@ func (n *NFT) addService(s *nsvc) {
 		n.addDRService(s)
 		return
 	}
-	// Slots go to real servers' chains, or to their address and port.
-	s.slots = &nftables.Set{Table: n.table, Name: fmt.Sprintf("sl%d", s.id), IsMap: true,
-		KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
-	if !s.chains() {
-		s.slots.DataType = endpoint4
-		if s.svc.Is6() {
-			s.slots.DataType = endpoint6
-		}
+	// Slots go to real servers' chains, in a map of the service's own,
+	// or to their address and port, in a map shared with other services.
+	if s.chains() {
+		s.slots = &nftables.Set{Table: n.table, Name: fmt.Sprintf("sl%d", s.id), IsMap: true,
+			KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
+		_ = c.AddSet(s.slots, nil)
+	} else {
+		s.slots = n.joinShard(s.svc.Is6())
 	}
-	_ = c.AddSet(s.slots, nil)
 	for _, r := range s.reals {
 		n.addReal(s, r)
 	}
@@ -1125,8 +1226,8 @@ func (n *NFT) addService(s *nsvc) {
 	// With the other services' at the end of the transaction: one
 	// message for many.
 	m := n.dispatchMap(s.svc.Key)
-	n.dispatchAdd[m] = append(n.dispatchAdd[m], nftables.SetElement{
-		Key: dispatchKey(s.svc.Key), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: sc.Name}})
+	n.sharedAdd[m] = append(n.sharedAdd[m], []nftables.SetElement{{
+		Key: dispatchKey(s.svc.Key), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: sc.Name}}})
 }
 
 func (n *NFT) delService(s *nsvc) {
@@ -1140,7 +1241,11 @@ func (n *NFT) delService(s *nsvc) {
 	sc := n.chain(fmt.Sprintf("s%d", s.id))
 	c.FlushChain(sc)
 	c.DelChain(sc)
-	c.DelSet(s.slots)
+	if s.chains() {
+		c.DelSet(s.slots)
+	} else {
+		n.leaveShard(s)
+	}
 	for a := range s.idx {
 		n.delReal(s, a)
 	}
@@ -1300,10 +1405,10 @@ func (n *NFT) ref(kind string, p Protocol, a netip.AddrPort, delta int) {
 // flushRefs puts the element changes of this Apply into the transaction,
 // in few messages. touched keeps the earlier counts until committed.
 func (n *NFT) flushRefs() {
-	for m, els := range n.dispatchAdd {
-		n.elements(m, els, true)
+	for m, pieces := range n.sharedAdd {
+		n.elements(m, slices.Concat(pieces...), true)
 	}
-	n.dispatchAdd = map[*nftables.Set][]nftables.SetElement{}
+	n.sharedAdd = map[*nftables.Set][][]nftables.SetElement{}
 	for kind, ks := range n.touched {
 		add := map[string][]nftables.SetElement{}
 		del := map[string][]nftables.SetElement{}
@@ -1414,24 +1519,27 @@ func (n *NFT) fillSlots(s *nsvc) {
 		}
 		return
 	}
-	var add, del []nftables.SetElement
+	var del []nftables.SetElement
+	add := make([]nftables.SetElement, 0, len(order))
+	dk := dispatchKey(s.svc.Key)
 	for i := range max(len(order), len(s.order)) {
 		if i < len(s.order) && i < len(order) && s.order[i] == order[i] {
 			continue
 		}
 		if i < len(s.order) {
-			del = append(del, slotElement(i, s.order[i]))
+			del = append(del, slotElement(dk, i, s.order[i]))
 		}
 		if i < len(order) {
-			add = append(add, slotElement(i, order[i]))
+			add = append(add, slotElement(dk, i, order[i]))
 		}
 	}
 	if len(del) > 0 {
 		n.elements(s.slots, del, false)
 	}
 	if len(add) > 0 {
-		n.elements(s.slots, add, true)
+		n.sharedAdd[s.slots] = append(n.sharedAdd[s.slots], add)
 	}
+	n.shards[s.slots.Name].elements += len(order) - len(s.order)
 }
 
 // saddr loads the (masked) client address into reg.
@@ -1487,21 +1595,37 @@ func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
 	}
 	slots := uint32(len(s.order)) // fillSlots ran first
 	if slots > 0 {
+		// The slot: a service with chains looks it up alone, in
+		// register 1; one in a shared map after its daddr . l4proto .
+		// dport, loaded from reg8 (the hash's input goes from reg16).
 		var e []expr.Any
+		slot, in := uint32(reg1), uint32(reg8)
+		if !s.chains() {
+			slot, in = reg8+3, reg16
+			if six {
+				slot = reg8 + 6
+			}
+		}
 		if s.svc.Scheduler == "sh" || s.svc.Scheduler == "mh" {
-			e = saddr(Service{Key: s.svc.Key}, reg8)
+			e = saddr(Service{Key: s.svc.Key}, in)
 			l := uint32(4)
 			if six {
 				l = 16
 			}
 			if s.svc.Flags&FlagSched2 != 0 {
-				e = append(e, &expr.Payload{DestRegister: reg8 + l/4, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2})
+				e = append(e, &expr.Payload{DestRegister: in + l/4, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2})
 				l += 4
 			}
-			e = append(e, &expr.Hash{SourceRegister: reg8, DestRegister: reg1, Length: l, Modulus: slots,
+			e = append(e, &expr.Hash{SourceRegister: in, DestRegister: slot, Length: l, Modulus: slots,
 				Seed: seed(s.svc.Key), Type: expr.HashTypeJenkins})
 		} else {
-			e = []expr.Any{&expr.Numgen{Register: reg1, Modulus: slots, Type: unix.NFT_NG_INCREMENTAL}}
+			if !s.chains() {
+				e = nfproto(six) // for nft list to show "ip daddr"
+			}
+			e = append(e, &expr.Numgen{Register: slot, Modulus: slots, Type: unix.NFT_NG_INCREMENTAL})
+		}
+		if !s.chains() {
+			e = append(e, destKey(six)...) // below the slot's register
 		}
 		if s.chains() {
 			e = append(e, &expr.Lookup{SourceRegister: reg1, SetName: s.slots.Name, SetID: s.slots.ID, DestRegister: 0, IsDestRegSet: true})
@@ -1513,7 +1637,7 @@ func (n *NFT) serviceRules(s *nsvc, sc *nftables.Chain) {
 			if six {
 				port, fam = unix.NFT_REG32_04, unix.NFPROTO_IPV6
 			}
-			e = append(e, &expr.Lookup{SourceRegister: reg1, SetName: s.slots.Name, SetID: s.slots.ID, DestRegister: reg1, IsDestRegSet: true},
+			e = append(e, &expr.Lookup{SourceRegister: reg8, SetName: s.slots.Name, SetID: s.slots.ID, DestRegister: reg1, IsDestRegSet: true},
 				&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg1, RegProtoMin: port, Specified: true})
 		}
 		c.AddRule(&nftables.Rule{Table: n.table, Chain: sc, Exprs: e})

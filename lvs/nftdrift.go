@@ -111,9 +111,56 @@ func rulesPerChain(c *netlink.Conn, family byte, table, chain string) (map[strin
 	return out, nil
 }
 
+// elementCount counts the elements of set in one dump, without decoding
+// them: the shared slot maps hold hundreds of thousands.
+func elementCount(c *netlink.Conn, family byte, table, set string) (int, error) {
+	ae := netlink.NewAttributeEncoder()
+	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, table)
+	ae.String(unix.NFTA_SET_ELEM_LIST_SET, set)
+	attrs, err := ae.Encode()
+	if err != nil {
+		return 0, err
+	}
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM), Flags: netlink.Request | netlink.Dump},
+		Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		return 0, fmt.Errorf("nftables map %s: %w", set, err)
+	}
+	n := 0
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		for ad.Next() {
+			if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				continue
+			}
+			ad.Nested(func(nad *netlink.AttributeDecoder) error {
+				for nad.Next() {
+					n++
+				}
+				return nil
+			})
+		}
+		if err := ad.Err(); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
 // readFingerprint reads the table's fingerprint back from the kernel.
-// Dynamic sets (persistence, filled by packets) count by name only.
-func (n *NFT) readFingerprint() (fingerprint, error) {
+// Dynamic sets (persistence, filled by packets) count by name only. The
+// shared slot maps' elements are counted in the kernel when slots, else
+// taken from the model (reading half a million back took a third of a
+// second after a full table).
+func (n *NFT) readFingerprint(slots bool) (fingerprint, error) {
 	f := fingerprint{}
 	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -135,12 +182,31 @@ func (n *NFT) readFingerprint() (fingerprint, error) {
 	for _, s := range sets {
 		f["set "+s.Name] = 1
 	}
-	for _, name := range slices.Sorted(maps.Keys(n.maps)) {
-		els, err := n.conn.GetSetElements(n.maps[name])
-		if err != nil {
-			return nil, fmt.Errorf("nftables map %s: %w", name, err)
+	var model map[string]int // slot maps' elements, by name
+	if !slots {
+		model = map[string]int{}
+		for name, sh := range n.shards {
+			model[name] = sh.elements
 		}
-		f["map "+name] = len(els)
+		for _, s := range n.svcs {
+			if s.chains() && !s.dr {
+				model[s.slots.Name] = len(s.order)
+			}
+		}
+	}
+	for _, s := range sets {
+		if _, ok := n.maps[s.Name]; !ok && !slotMap(s.Name) {
+			continue // dynamic (persistence)
+		}
+		if c, ok := model[s.Name]; ok {
+			f["map "+s.Name] = c
+			continue
+		}
+		els, err := elementCount(n.gen, unix.NFPROTO_INET, NFTTable, s.Name)
+		if err != nil {
+			return nil, err
+		}
+		f["map "+s.Name] = els
 	}
 	if n.dr != nil {
 		if err := n.drFingerprint(f); err != nil {
@@ -158,7 +224,7 @@ func (n *NFT) settle() {
 	if err != nil {
 		return // unverified: the next list reads it
 	}
-	f, err := n.readFingerprint()
+	f, err := n.readFingerprint(false)
 	if err != nil {
 		return
 	}
@@ -189,6 +255,10 @@ func (n *NFT) settleChanged(before uint32, old map[Key]*nsvc) error {
 			continue
 		}
 		for _, name := range objectNames(s) {
+			if strings.HasPrefix(name, "map ") {
+				f[name] = len(s.order) // its own slot map's elements
+				continue
+			}
 			chain, ok := strings.CutPrefix(name, "chain ")
 			if !ok {
 				f[name] = 1 // a set: by name
@@ -202,9 +272,15 @@ func (n *NFT) settleChanged(before uint32, old map[Key]*nsvc) error {
 			f[name] = rules[chain]
 		}
 	}
+	// The shared slot maps' elements, as the model counts them: this
+	// commit changed some; the check below and every drift read count
+	// the kernel's.
+	for name, sh := range n.shards {
+		f["map "+name] = sh.elements
+	}
 	n.seenGen = gen
 	if n.checkBaseline {
-		whole, err := n.readFingerprint()
+		whole, err := n.readFingerprint(true)
 		if err != nil {
 			return err
 		}
@@ -215,12 +291,17 @@ func (n *NFT) settleChanged(before uint32, old map[Key]*nsvc) error {
 	return nil
 }
 
+// slotMap says whether the set named name holds slots: shared (slots4_0)
+// or a service's own (sl12).
+func slotMap(name string) bool { return strings.HasPrefix(name, "sl") }
+
 // objectNames are the fingerprint's names of a service's own chains and
-// sets (not a direct-routing one's: those are in the netdev table).
+// sets (not a direct-routing one's: those are in the netdev table); its
+// own slot map also under "map ", for its elements.
 func objectNames(s *nsvc) []string {
 	names := []string{fmt.Sprintf("chain s%d", s.id)}
-	if s.slots != nil {
-		names = append(names, "set "+s.slots.Name)
+	if s.slots != nil && s.chains() { // not a shared one
+		names = append(names, "set "+s.slots.Name, "map "+s.slots.Name)
 	}
 	if s.chains() {
 		for _, k := range s.idx {
@@ -244,7 +325,7 @@ func (n *NFT) drifted() string {
 	if err != nil || (gen == n.seenGen && n.baseline != nil) {
 		return ""
 	}
-	f, err := n.readFingerprint()
+	f, err := n.readFingerprint(true)
 	if err != nil {
 		return ""
 	}

@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -421,6 +425,10 @@ func TestNFTDriftRepaired(t *testing.T) {
 	}{
 		{"rules flushed", []string{"flush", "table", "inet", lvs.NFTTable}},
 		{"the service map emptied", []string{"flush", "map", "inet", lvs.NFTTable, "svc4"}},
+		// The services' slots, in a map they share.
+		{"the slot map emptied", []string{"flush", "map", "inet", lvs.NFTTable, "slots4_0"}},
+		{"one slot deleted", []string{"delete", "element", "inet", lvs.NFTTable, "slots4_0",
+			fmt.Sprintf("{ %s . tcp . %d . 0x00000001 }", vipTCP.Addr(), vipTCP.Port())}},
 	} {
 		repairs = nil
 		s.Director.MustRun("nft", edit.args...)
@@ -431,6 +439,36 @@ func TestNFTDriftRepaired(t *testing.T) {
 		if n := s.set(t, vs); n != 0 {
 			t.Fatalf("%s: the reconcile after the repair did %d operations", edit.name, n)
 		}
+	}
+}
+
+// TestNFTDriftRepairedPersistent: a persistent service's slots are in a map
+// of its own (to its servers' chains); one of them deleted by hand is
+// drift too.
+func TestNFTDriftRepairedPersistent(t *testing.T) {
+	s := newNFTScene(t, 2)
+	var repairs []lvs.Repair
+	rec, err := lvs.NewReconciler(s.nft, lvs.Options{OnRepair: func(x lvs.Repair) { repairs = append(repairs, x) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.rec = rec
+	vs := tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))
+	vs.Persistence = time.Minute
+	s.set(t, vs)
+	m := regexp.MustCompile(`map (sl\d+) \{`).FindStringSubmatch(s.Director.MustRun("nft", "list", "maps", "inet"))
+	if m == nil {
+		t.Fatal("no slot map of the service's own in nft list maps")
+	}
+	s.Director.MustRun("nft", "delete", "element", "inet", lvs.NFTTable, m[1], "{ 0 }")
+	if n := s.set(t, vs); n == 0 || len(repairs) == 0 || repairs[0].Kind != "table" {
+		t.Fatalf("a slot deleted from %s: the next reconcile did %d operations, repairs %+v", m[1], n, repairs)
+	}
+	if name, err := s.Ask("", vipTCP.String()); err != nil || !strings.HasPrefix(name, "rs") {
+		t.Fatalf("after the repair: %q, %v", name, err)
+	}
+	if n := s.set(t, vs); n != 0 {
+		t.Fatalf("the reconcile after the repair did %d operations", n)
 	}
 }
 
@@ -596,6 +634,136 @@ func TestNFTManyEndpoints(t *testing.T) {
 	}
 	if name, err := s.Ask("", fmt.Sprintf("%s:1000", scene.VIP)); err != nil || name != "rs1" {
 		t.Fatalf("first connection: %q, %v", name, err)
+	}
+}
+
+// TestNFTSlotMapsShared: services share slot maps 64 at a time; a map is
+// deleted when its last service goes and its room is used again, and the
+// drift baseline (checked against the whole table at every commit) and the
+// traffic follow.
+func TestNFTSlotMapsShared(t *testing.T) {
+	s := newNFTScene(t, 1)
+	svc := func(i int) lvs.VirtualServer {
+		vs := lvs.VirtualServer{Name: fmt.Sprint(i), Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP,
+			Addr: netip.MustParseAddrPort(fmt.Sprintf("%s:%d", scene.VIP, 1000+i))}, Scheduler: "wrr"}}
+		vs.Reals = []lvs.Real{backend(0, scene.TCPPort, 1+i%3)}
+		return vs
+	}
+	var vss []lvs.VirtualServer
+	for i := range 150 {
+		vss = append(vss, svc(i))
+	}
+	maps := func() []string {
+		t.Helper()
+		out := s.Director.MustRun("nft", "list", "maps", "inet")
+		var names []string
+		for _, m := range regexp.MustCompile(`map (slots4_\d+) \{`).FindAllStringSubmatch(out, -1) {
+			names = append(names, m[1])
+		}
+		slices.Sort(names)
+		return names
+	}
+	s.set(t, vss...)
+	if got := maps(); !slices.Equal(got, []string{"slots4_0", "slots4_1", "slots4_2"}) {
+		t.Fatalf("150 services: slot maps %v", got)
+	}
+	// The first 100 go: slots4_0 empties and is deleted.
+	s.set(t, vss[100:]...)
+	if got := maps(); !slices.Equal(got, []string{"slots4_1", "slots4_2"}) {
+		t.Fatalf("50 services left: slot maps %v", got)
+	}
+	// 70 new ones fill slots4_0 again (64) and slots4_1's room.
+	for i := 150; i < 220; i++ {
+		vss = append(vss, svc(i))
+	}
+	s.set(t, vss[100:]...)
+	if got := maps(); !slices.Equal(got, []string{"slots4_0", "slots4_1", "slots4_2"}) {
+		t.Fatalf("120 services: slot maps %v", got)
+	}
+	if n := s.set(t, vss[100:]...); n != 0 {
+		t.Fatalf("a reconcile with nothing to do took %d operations", n)
+	}
+	// nft shows the rule as it would read one written by hand.
+	const rule = "dnat ip to ip daddr . meta l4proto . th dport . numgen inc mod 1 map @slots4_1"
+	if out := s.Director.MustRun("nft", "list", "table", "inet", lvs.NFTTable); !strings.Contains(out, rule) {
+		t.Fatalf("nft list table shows no %q:\n%s", rule, out)
+	}
+	for _, port := range []int{1100, 1149, 1150, 1219} {
+		if name, err := s.Ask("", fmt.Sprintf("%s:%d", scene.VIP, port)); err != nil || name != "rs1" {
+			t.Fatalf("port %d: %q, %v", port, name, err)
+		}
+	}
+}
+
+// TestNFTIPv6: IPv6 services schedule and DNAT through the shared slot
+// maps (their key and registers are laid out for 16-byte addresses): rr
+// spreads clients over both servers, sh keeps a client on one.
+func TestNFTIPv6(t *testing.T) {
+	s := newNFTScene(t, 2)
+	s.Client.AddAddr("eth0", "2001:db8::50/64")
+	s.Director.AddAddr("eth0", "2001:db8::11/64")
+	s.Director.AddAddr("eth0", "2001:db8::100/128")
+	s.Director.AddAddr("eth1", "2001:db8:1::1/64")
+	s.Sysctl(s.Director, "net/ipv6/conf/all/forwarding", "1")
+	for i, h := range s.Reals {
+		h.AddAddr("eth0", fmt.Sprintf("2001:db8:1::%d/64", 11+i))
+		h.IP("-6", "route", "add", "default", "via", "2001:db8:1::1")
+		var ln net.Listener
+		if err := h.Do(func() (err error) { ln, err = net.Listen("tcp6", fmt.Sprintf("[::]:%d", scene.TCPPort)); return err }); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%s\n", h.Name)
+				c.Close()
+			}
+		}()
+	}
+	real6 := func(i int) lvs.Real {
+		return lvs.Real{Addr: netip.MustParseAddrPort(fmt.Sprintf("[2001:db8:1::%d]:%d", 11+i, scene.TCPPort)), Weight: 1, Method: lvs.NAT}
+	}
+	vs := func(port uint16, sched string) lvs.VirtualServer {
+		return lvs.VirtualServer{Name: sched, Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP,
+			Addr: netip.AddrPortFrom(netip.MustParseAddr("2001:db8::100"), port)}, Scheduler: sched},
+			Reals: []lvs.Real{real6(0), real6(1)}}
+	}
+	s.set(t, vs(80, "rr"), vs(81, "sh"))
+	ask := func(port int) string {
+		t.Helper()
+		var name string
+		err := s.Client.Do(func() error {
+			d := net.Dialer{Timeout: 3 * time.Second}
+			c, err := d.Dial("tcp6", fmt.Sprintf("[2001:db8::100]:%d", port))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			name, err = bufio.NewReader(c).ReadString('\n')
+			return err
+		})
+		if err != nil {
+			t.Fatalf("port %d: %v", port, err)
+		}
+		return strings.TrimSpace(name)
+	}
+	rr := map[string]int{}
+	for range 6 {
+		rr[ask(80)]++
+	}
+	if rr["rs1"] != 3 || rr["rs2"] != 3 {
+		t.Fatalf("rr over IPv6: %v, want 3 each", rr)
+	}
+	first := ask(81)
+	for range 5 {
+		if got := ask(81); got != first {
+			t.Fatalf("sh over IPv6 moved the client from %s to %s", first, got)
+		}
 	}
 }
 
