@@ -1,11 +1,15 @@
 package lvs
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
+	mdnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -92,4 +96,172 @@ func flowTo(f *netlink.ConntrackFlow, k Key, addr netip.AddrPort) bool {
 func openFlow(f *netlink.ConntrackFlow) bool {
 	tcp, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP)
 	return !ok || tcp.State < tcpTimeWait
+}
+
+// The ctnetlink attributes of a filtered dump that package nl lacks
+// (linux/netfilter/nfnetlink_conntrack.h).
+const (
+	ctaMarkMask         = 21
+	ctaFilter           = 25
+	ctaFilterOrigFlags  = 1
+	ctaFilterReplyFlags = 2
+	ctaFilterIPSrc      = 1 << 0
+	ctaFilterIPDst      = 1 << 1
+	ctaFilterProtoNum   = 1 << 3
+	ctaFilterSrcPort    = 1 << 4
+	ctaFilterDstPort    = 1 << 5
+)
+
+// dumpConnsOf dumps the conntrack entries of service k's connections
+// NATed to addr, filtered by the kernel (Linux 5.8 and later): the reply
+// comes from the real server's address and port (its address left to
+// flowTo for IPv6, which some kernel versions compare inverted; a mark's
+// service's protocol and port too), and the original goes to the
+// service's address, protocol and port (or carries its mark). A draining
+// server is counted without copying the whole table out of the kernel
+// each second. The entries have the fields flowTo and countConns read.
+func dumpConnsOf(c *mdnl.Conn, k Key, addr netip.AddrPort) ([]*netlink.ConntrackFlow, error) {
+	six := addr.Addr().Is6()
+	fam := byte(unix.AF_INET)
+	src, dst := uint16(nl.CTA_IP_V4_SRC), uint16(nl.CTA_IP_V4_DST)
+	if six {
+		fam, src, dst = unix.AF_INET6, nl.CTA_IP_V6_SRC, nl.CTA_IP_V6_DST
+	}
+	proto := protoNum(k.Protocol)
+	ae := mdnl.NewAttributeEncoder()
+	ae.ByteOrder = binary.BigEndian
+	var orig, reply uint32
+	if k.FWMark != 0 {
+		ae.Uint32(nl.CTA_MARK, k.FWMark)
+		ae.Uint32(ctaMarkMask, 0xffffffff)
+	} else {
+		orig = ctaFilterIPDst | ctaFilterProtoNum | ctaFilterDstPort
+		ae.Nested(nl.CTA_TUPLE_ORIG, func(t *mdnl.AttributeEncoder) error {
+			t.Nested(nl.CTA_TUPLE_IP, func(ip *mdnl.AttributeEncoder) error {
+				ip.Bytes(dst, k.Addr.Addr().AsSlice())
+				return nil
+			})
+			t.Nested(nl.CTA_TUPLE_PROTO, func(p *mdnl.AttributeEncoder) error {
+				p.Uint8(nl.CTA_PROTO_NUM, proto)
+				p.Uint16(nl.CTA_PROTO_DST_PORT, k.Addr.Port())
+				return nil
+			})
+			return nil
+		})
+	}
+	if !six {
+		reply = ctaFilterIPSrc
+	}
+	if k.FWMark == 0 { // a mark's service has no one protocol
+		reply |= ctaFilterProtoNum
+		if addr.Port() != 0 {
+			reply |= ctaFilterSrcPort
+		}
+	}
+	if reply != 0 {
+		ae.Nested(nl.CTA_TUPLE_REPLY, func(t *mdnl.AttributeEncoder) error {
+			t.Nested(nl.CTA_TUPLE_IP, func(ip *mdnl.AttributeEncoder) error {
+				ip.Bytes(src, addr.Addr().AsSlice())
+				return nil
+			})
+			t.Nested(nl.CTA_TUPLE_PROTO, func(p *mdnl.AttributeEncoder) error {
+				p.Uint8(nl.CTA_PROTO_NUM, proto)
+				p.Uint16(nl.CTA_PROTO_SRC_PORT, addr.Port())
+				return nil
+			})
+			return nil
+		})
+	}
+	if orig|reply != 0 {
+		ae.Nested(ctaFilter, func(f *mdnl.AttributeEncoder) error {
+			f.Bytes(ctaFilterOrigFlags, binary.NativeEndian.AppendUint32(nil, orig))
+			f.Bytes(ctaFilterReplyFlags, binary.NativeEndian.AppendUint32(nil, reply))
+			return nil
+		})
+	}
+	var out []*netlink.ConntrackFlow
+	var bad error
+	err := nfQuery(c, unix.NFNL_SUBSYS_CTNETLINK<<8|nl.IPCTNL_MSG_CT_GET, true, fam, ae, func(t mdnl.HeaderType, ad *mdnl.AttributeDecoder) {
+		if t&0xff != nl.IPCTNL_MSG_CT_NEW || bad != nil {
+			return
+		}
+		f, err := decodeFlow(ad)
+		if err != nil {
+			bad = err
+			return
+		}
+		out = append(out, f)
+	})
+	if err = errors.Join(err, bad); err != nil {
+		return nil, fmt.Errorf("conntrack dump of %s's connections to %s: %w", k, addr, err)
+	}
+	return out, nil
+}
+
+// decodeFlow reads a ctnetlink entry's tuples, mark and TCP state.
+func decodeFlow(ad *mdnl.AttributeDecoder) (*netlink.ConntrackFlow, error) {
+	f := &netlink.ConntrackFlow{}
+	tuple := func(t *netlink.IPTuple) func(*mdnl.AttributeDecoder) error {
+		return func(td *mdnl.AttributeDecoder) error {
+			for td.Next() {
+				switch td.Type() {
+				case nl.CTA_TUPLE_IP:
+					td.Nested(func(ip *mdnl.AttributeDecoder) error {
+						for ip.Next() {
+							switch ip.Type() {
+							case nl.CTA_IP_V4_SRC, nl.CTA_IP_V6_SRC:
+								t.SrcIP = ip.Bytes()
+							case nl.CTA_IP_V4_DST, nl.CTA_IP_V6_DST:
+								t.DstIP = ip.Bytes()
+							}
+						}
+						return nil
+					})
+				case nl.CTA_TUPLE_PROTO:
+					td.Nested(func(p *mdnl.AttributeDecoder) error {
+						for p.Next() {
+							switch p.Type() {
+							case nl.CTA_PROTO_NUM:
+								t.Protocol = p.Uint8()
+							case nl.CTA_PROTO_SRC_PORT:
+								t.SrcPort = p.Uint16()
+							case nl.CTA_PROTO_DST_PORT:
+								t.DstPort = p.Uint16()
+							}
+						}
+						return nil
+					})
+				}
+			}
+			return nil
+		}
+	}
+	for ad.Next() {
+		switch ad.Type() {
+		case nl.CTA_TUPLE_ORIG:
+			ad.Nested(tuple(&f.Forward))
+		case nl.CTA_TUPLE_REPLY:
+			ad.Nested(tuple(&f.Reverse))
+		case nl.CTA_MARK:
+			f.Mark = ad.Uint32()
+		case nl.CTA_PROTOINFO:
+			ad.Nested(func(pi *mdnl.AttributeDecoder) error {
+				for pi.Next() {
+					if pi.Type() != nl.CTA_PROTOINFO_TCP {
+						continue
+					}
+					pi.Nested(func(tcp *mdnl.AttributeDecoder) error {
+						for tcp.Next() {
+							if tcp.Type() == nl.CTA_PROTOINFO_TCP_STATE {
+								f.ProtoInfo = &netlink.ProtoInfoTCP{State: tcp.Uint8()}
+							}
+						}
+						return nil
+					})
+				}
+				return nil
+			})
+		}
+	}
+	return f, ad.Err()
 }

@@ -1665,7 +1665,7 @@ func seed(k Key) uint32 {
 func (n *NFT) Conns(k Key, addr netip.AddrPort) (active, inactive int, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	flows, err := conntrack(n.nl, n.dumps, addr.Addr().Is6(), n.rates.now())
+	flows, err := dumpConnsOf(n.gen, k, addr)
 	if err != nil {
 		return 0, 0, err
 	}

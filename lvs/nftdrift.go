@@ -47,14 +47,27 @@ func (f fingerprint) diff(got fingerprint) string {
 	return strings.Join(out, "; ")
 }
 
-// generation is the namespace's nftables ruleset generation.
-func generation(c *netlink.Conn) (uint32, error) {
+// nfQuery sends one nfnetlink request, of type typ (subsystem << 8 |
+// message) for family with the attributes ae (nil: none), and hands each
+// answer's type and attributes (big-endian) to each.
+func nfQuery(c *netlink.Conn, typ uint16, dump bool, family byte, ae *netlink.AttributeEncoder, each func(netlink.HeaderType, *netlink.AttributeDecoder)) error {
+	var attrs []byte
+	if ae != nil {
+		var err error
+		if attrs, err = ae.Encode(); err != nil {
+			return err
+		}
+	}
+	flags := netlink.Request
+	if dump {
+		flags |= netlink.Dump
+	}
 	msgs, err := c.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
-		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+		Header: netlink.Header{Type: netlink.HeaderType(typ), Flags: flags},
+		Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	})
 	if err != nil {
-		return 0, fmt.Errorf("nftables generation: %w", err)
+		return err
 	}
 	for _, m := range msgs {
 		if len(m.Data) < 4 {
@@ -62,16 +75,34 @@ func generation(c *netlink.Conn) (uint32, error) {
 		}
 		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
 		if err != nil {
-			return 0, err
+			return err
 		}
 		ad.ByteOrder = binary.BigEndian
-		for ad.Next() {
-			if ad.Type() == unix.NFTA_GEN_ID {
-				return ad.Uint32(), nil
-			}
+		each(m.Header.Type, ad)
+		if err := ad.Err(); err != nil {
+			return err
 		}
 	}
-	return 0, fmt.Errorf("nftables generation: no id in the answer")
+	return nil
+}
+
+// generation is the namespace's nftables ruleset generation.
+func generation(c *netlink.Conn) (uint32, error) {
+	gen, found := uint32(0), false
+	err := nfQuery(c, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETGEN, false, unix.AF_UNSPEC, nil, func(_ netlink.HeaderType, ad *netlink.AttributeDecoder) {
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				gen, found = ad.Uint32(), true
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("nftables generation: %w", err)
+	case !found:
+		return 0, fmt.Errorf("nftables generation: no id in the answer")
+	}
+	return gen, nil
 }
 
 // rulesPerChain counts the rules of each chain of the table in one dump;
@@ -82,31 +113,16 @@ func rulesPerChain(c *netlink.Conn, family byte, table, chain string) (map[strin
 	if chain != "" {
 		ae.String(unix.NFTA_RULE_CHAIN, chain)
 	}
-	attrs, err := ae.Encode()
-	if err != nil {
-		return nil, err
-	}
-	msgs, err := c.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
-		Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("nftables rules: %w", err)
-	}
 	out := map[string]int{}
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-		if err != nil {
-			return nil, err
-		}
+	err := nfQuery(c, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE, true, family, ae, func(_ netlink.HeaderType, ad *netlink.AttributeDecoder) {
 		for ad.Next() {
 			if ad.Type() == unix.NFTA_RULE_CHAIN {
 				out[ad.String()]++
 			}
 		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nftables rules: %w", err)
 	}
 	return out, nil
 }
@@ -117,40 +133,21 @@ func elementCount(c *netlink.Conn, family byte, table, set string) (int, error) 
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, table)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, set)
-	attrs, err := ae.Encode()
-	if err != nil {
-		return 0, err
-	}
-	msgs, err := c.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM), Flags: netlink.Request | netlink.Dump},
-		Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	n := 0
+	err := nfQuery(c, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, true, family, ae, func(_ netlink.HeaderType, ad *netlink.AttributeDecoder) {
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				ad.Nested(func(nad *netlink.AttributeDecoder) error {
+					for nad.Next() {
+						n++
+					}
+					return nil
+				})
+			}
+		}
 	})
 	if err != nil {
 		return 0, fmt.Errorf("nftables map %s: %w", set, err)
-	}
-	n := 0
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-		if err != nil {
-			return 0, err
-		}
-		for ad.Next() {
-			if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-				continue
-			}
-			ad.Nested(func(nad *netlink.AttributeDecoder) error {
-				for nad.Next() {
-					n++
-				}
-				return nil
-			})
-		}
-		if err := ad.Err(); err != nil {
-			return 0, err
-		}
 	}
 	return n, nil
 }
