@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -390,18 +388,25 @@ func TestNFTRebuildsWhenFlushed(t *testing.T) {
 	}
 }
 
-// Edits inside directord's own table (its rules flushed, a dispatch map
-// emptied) are found and repaired at the next reconcile, and reported; on
-// main three reconciles did nothing and the VIP refused connections for
-// good. A change elsewhere in nftables is not taken for drift.
-func TestNFTDriftRepaired(t *testing.T) {
-	s := newNFTScene(t, 2)
+// withRepairs gives s a reconciler that records the repairs it makes.
+func withRepairs(t *testing.T, s *nftScene) *[]lvs.Repair {
+	t.Helper()
 	var repairs []lvs.Repair
 	rec, err := lvs.NewReconciler(s.nft, lvs.Options{OnRepair: func(x lvs.Repair) { repairs = append(repairs, x) }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.rec = rec
+	return &repairs
+}
+
+// Edits inside directord's own table (its rules flushed, a dispatch map
+// emptied) are found and repaired at the next reconcile, and reported; on
+// main three reconciles did nothing and the VIP refused connections for
+// good. A change elsewhere in nftables is not taken for drift.
+func TestNFTDriftRepaired(t *testing.T) {
+	s := newNFTScene(t, 2)
+	got := withRepairs(t, s)
 	vs := tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))
 	s.set(t, vs)
 	answers := func(when string) {
@@ -415,8 +420,8 @@ func TestNFTDriftRepaired(t *testing.T) {
 	// Another table committed: the generation moves, directord's table
 	// is the same: no repair.
 	s.Director.MustRun("nft", "add", "table", "inet", "other")
-	if n := s.set(t, vs); n != 0 || len(repairs) != 0 {
-		t.Fatalf("a foreign table: %d operations, repairs %+v", n, repairs)
+	if n := s.set(t, vs); n != 0 || len((*got)) != 0 {
+		t.Fatalf("a foreign table: %d operations, (*got) %+v", n, (*got))
 	}
 
 	for _, edit := range []struct {
@@ -430,10 +435,10 @@ func TestNFTDriftRepaired(t *testing.T) {
 		{"one slot deleted", []string{"delete", "element", "inet", lvs.NFTTable, "slots4_0",
 			fmt.Sprintf("{ %s . tcp . %d . 0x00000001 }", vipTCP.Addr(), vipTCP.Port())}},
 	} {
-		repairs = nil
+		*got = nil
 		s.Director.MustRun("nft", edit.args...)
-		if n := s.set(t, vs); n == 0 || len(repairs) == 0 || repairs[0].Kind != "table" {
-			t.Fatalf("%s: the next reconcile did %d operations, repairs %+v", edit.name, n, repairs)
+		if n := s.set(t, vs); n == 0 || len((*got)) == 0 || (*got)[0].Kind != "table" {
+			t.Fatalf("%s: the next reconcile did %d operations, (*got) %+v", edit.name, n, (*got))
 		}
 		answers("after repairing " + edit.name)
 		if n := s.set(t, vs); n != 0 {
@@ -447,12 +452,7 @@ func TestNFTDriftRepaired(t *testing.T) {
 // drift too.
 func TestNFTDriftRepairedPersistent(t *testing.T) {
 	s := newNFTScene(t, 2)
-	var repairs []lvs.Repair
-	rec, err := lvs.NewReconciler(s.nft, lvs.Options{OnRepair: func(x lvs.Repair) { repairs = append(repairs, x) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.rec = rec
+	got := withRepairs(t, s)
 	vs := tcpVS("rr", backend(0, scene.TCPPort, 1), backend(1, scene.TCPPort, 1))
 	vs.Persistence = time.Minute
 	s.set(t, vs)
@@ -461,8 +461,8 @@ func TestNFTDriftRepairedPersistent(t *testing.T) {
 		t.Fatal("no slot map of the service's own in nft list maps")
 	}
 	s.Director.MustRun("nft", "delete", "element", "inet", lvs.NFTTable, m[1], "{ 0 }")
-	if n := s.set(t, vs); n == 0 || len(repairs) == 0 || repairs[0].Kind != "table" {
-		t.Fatalf("a slot deleted from %s: the next reconcile did %d operations, repairs %+v", m[1], n, repairs)
+	if n := s.set(t, vs); n == 0 || len((*got)) == 0 || (*got)[0].Kind != "table" {
+		t.Fatalf("a slot deleted from %s: the next reconcile did %d operations, (*got) %+v", m[1], n, (*got))
 	}
 	if name, err := s.Ask("", vipTCP.String()); err != nil || !strings.HasPrefix(name, "rs") {
 		t.Fatalf("after the repair: %q, %v", name, err)
@@ -705,24 +705,9 @@ func TestNFTIPv6(t *testing.T) {
 	s.Director.AddAddr("eth0", "2001:db8::100/128")
 	s.Director.AddAddr("eth1", "2001:db8:1::1/64")
 	s.Sysctl(s.Director, "net/ipv6/conf/all/forwarding", "1")
-	for i, h := range s.Reals {
+	for i, h := range s.Reals { // their servers listen on both families
 		h.AddAddr("eth0", fmt.Sprintf("2001:db8:1::%d/64", 11+i))
 		h.IP("-6", "route", "add", "default", "via", "2001:db8:1::1")
-		var ln net.Listener
-		if err := h.Do(func() (err error) { ln, err = net.Listen("tcp6", fmt.Sprintf("[::]:%d", scene.TCPPort)); return err }); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "%s\n", h.Name)
-				c.Close()
-			}
-		}()
 	}
 	real6 := func(i int) lvs.Real {
 		return lvs.Real{Addr: netip.MustParseAddrPort(fmt.Sprintf("[2001:db8:1::%d]:%d", 11+i, scene.TCPPort)), Weight: 1, Method: lvs.NAT}
@@ -735,22 +720,11 @@ func TestNFTIPv6(t *testing.T) {
 	s.set(t, vs(80, "rr"), vs(81, "sh"))
 	ask := func(port int) string {
 		t.Helper()
-		var name string
-		err := s.Client.Do(func() error {
-			d := net.Dialer{Timeout: 3 * time.Second}
-			c, err := d.Dial("tcp6", fmt.Sprintf("[2001:db8::100]:%d", port))
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(3 * time.Second))
-			name, err = bufio.NewReader(c).ReadString('\n')
-			return err
-		})
+		name, err := s.Ask("", fmt.Sprintf("[2001:db8::100]:%d", port))
 		if err != nil {
 			t.Fatalf("port %d: %v", port, err)
 		}
-		return strings.TrimSpace(name)
+		return name
 	}
 	rr := map[string]int{}
 	for range 6 {

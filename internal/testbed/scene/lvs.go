@@ -81,7 +81,8 @@ func (s *LVS) Serve(h *lab.Host) {
 	var ln net.Listener
 	var pc net.PacketConn
 	if err := h.Do(func() (err error) {
-		if ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", TCPPort)); err != nil {
+		// Both families: a test may give the servers IPv6 addresses.
+		if ln, err = net.Listen("tcp", fmt.Sprintf(":%d", TCPPort)); err != nil {
 			return err
 		}
 		pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", UDPPort))
@@ -223,7 +224,7 @@ func (s *LVS) Open(src, addr string) (*Conn, error) {
 		if src != "" {
 			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
 		}
-		c, err = d.Dial("tcp4", addr)
+		c, err = d.Dial("tcp", addr) // IPv4, or IPv6 in brackets
 		return err
 	})
 	if err != nil {
