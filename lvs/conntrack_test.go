@@ -2,13 +2,17 @@ package lvs
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"testing"
+	"time"
 
+	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	ctlib "github.com/ti-mo/conntrack"
+	vnl "github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -108,6 +112,48 @@ func TestDumpConnsOfFiltersInKernel(t *testing.T) {
 				if !flowTo(f, tc.k, rs) {
 					t.Fatalf("an entry not to %s: %s", rs, fmt.Sprint(*f))
 				}
+			}
+		})
+	}
+}
+
+// TestHeldBy: each open connection is looked up as the persistence entry
+// it keeps: by its mark's service before its destination's (as IPVS
+// looks marks up first), on the server it was NATed to (a mark's server
+// without a port as such), for its client's prefix.
+func TestHeldBy(t *testing.T) {
+	web := Key{Protocol: TCP, Addr: netip.MustParseAddrPort("192.0.2.100:80")}
+	mark := Key{FWMark: 7}
+	rs := netip.MustParseAddrPort("203.0.113.11:8080")
+	anyPort := netip.MustParseAddrPort("203.0.113.12:0")
+	n := &NFT{svcs: map[Key]*nsvc{
+		web:  {svc: Service{Key: web, Persistence: time.Minute, PersistenceBits: 24}, pers: map[netip.AddrPort]*nftables.Set{rs: {}}},
+		mark: {svc: Service{Key: mark, Persistence: time.Minute}, pers: map[netip.AddrPort]*nftables.Set{anyPort: {}}},
+	}}
+	flow := func(client, dst string, dport uint16, real string, rport uint16, m uint32) *vnl.ConntrackFlow {
+		return &vnl.ConntrackFlow{Mark: m,
+			Forward: vnl.IPTuple{Protocol: unix.IPPROTO_TCP, SrcIP: net.ParseIP(client), DstIP: net.ParseIP(dst), DstPort: dport},
+			Reverse: vnl.IPTuple{Protocol: unix.IPPROTO_TCP, SrcIP: net.ParseIP(real), SrcPort: rport}}
+	}
+	for _, tc := range []struct {
+		name string
+		f    *vnl.ConntrackFlow
+		want PersistEntry
+		ok   bool
+	}{
+		{"address service, client's /24", flow("198.51.100.77", "192.0.2.100", 80, "203.0.113.11", 8080, 0),
+			PersistEntry{Service: web, Real: rs, Client: netip.MustParseAddr("198.51.100.0")}, true},
+		{"the mark's service first", flow("198.51.100.77", "192.0.2.100", 80, "203.0.113.12", 443, 7),
+			PersistEntry{Service: mark, Real: anyPort, Client: netip.MustParseAddr("198.51.100.77")}, true},
+		{"another service", flow("198.51.100.77", "192.0.2.100", 81, "203.0.113.11", 8080, 0), PersistEntry{}, false},
+		{"a server without persistence", flow("198.51.100.77", "192.0.2.100", 80, "203.0.113.13", 8080, 0), PersistEntry{}, false},
+		{"an unknown mark: by destination", flow("198.51.100.77", "192.0.2.100", 80, "203.0.113.11", 8080, 9),
+			PersistEntry{Service: web, Real: rs, Client: netip.MustParseAddr("198.51.100.0")}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := n.heldBy(tc.f)
+			if ok != tc.ok || got != tc.want {
+				t.Fatalf("heldBy = %+v, %v; want %+v, %v", got, ok, tc.want, tc.ok)
 			}
 		})
 	}
