@@ -208,6 +208,8 @@ type nsvc struct {
 	// shape is what of the real servers the service's rules show, as
 	// programmed (ruleShape).
 	shape string
+	// own is the digest of its own slot map (services with chains).
+	own digest
 }
 
 // ruleShape is what serviceRules takes from the real servers: the slot
@@ -966,9 +968,10 @@ const shardServices = 64
 // shard is a slot map shared by services without chains, keyed by the
 // service's daddr . l4proto . dport and the slot.
 type shard struct {
-	set                *nftables.Set
-	n                  int // in the name
-	services, elements int
+	set      *nftables.Set
+	n        int // in the name
+	services int
+	d        digest // of its elements
 }
 
 // joinShard returns the slot map of the family with room for one more
@@ -1009,7 +1012,9 @@ func (n *NFT) leaveShard(s *nsvc) {
 	}
 	sh := n.shards[s.slots.Name]
 	sh.services--
-	sh.elements -= len(s.order)
+	for _, el := range els {
+		sh.d.sub(el)
+	}
 	n.roomy[s.svc.Is6()] = min(n.roomy[s.svc.Is6()], sh.n)
 }
 
@@ -1510,9 +1515,11 @@ func (n *NFT) fillSlots(s *nsvc) {
 			n.conn.FlushSet(s.slots)
 		}
 		els := make([]nftables.SetElement, len(order))
+		s.own = digest{}
 		for i, a := range order {
 			els[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
 				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: realChain(s.id, s.idx[a])}}
+			s.own.add(els[i])
 		}
 		if len(els) > 0 {
 			n.elements(s.slots, els, true)
@@ -1539,7 +1546,13 @@ func (n *NFT) fillSlots(s *nsvc) {
 	if len(add) > 0 {
 		n.sharedAdd[s.slots] = append(n.sharedAdd[s.slots], add)
 	}
-	n.shards[s.slots.Name].elements += len(order) - len(s.order)
+	sh := n.shards[s.slots.Name]
+	for _, el := range del {
+		sh.d.sub(el)
+	}
+	for _, el := range add {
+		sh.d.add(el)
+	}
 }
 
 // saddr loads the (masked) client address into reg.

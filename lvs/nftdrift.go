@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -23,8 +24,49 @@ import (
 // rebuilt from the model.
 
 // fingerprint is what is compared: "chain NAME" -> rules, "set NAME" -> 1,
-// "map NAME" -> elements.
+// "map NAME" -> elements, and for a slot map "elements NAME" -> their
+// digest.
 type fingerprint map[string]int
+
+// digest is a map's elements, counted and summed (a hash each, so that the
+// order they come in does not matter): a slot pointed at another server by
+// hand changes the sum though not the count.
+type digest struct {
+	n   int
+	sum uint64
+}
+
+// add and sub count el (its key and value, or its verdict) in or out.
+func (d *digest) add(el nftables.SetElement) {
+	d.n, d.sum = d.n+1, d.sum+elementHash(el.Key, el.Val, el.VerdictData)
+}
+func (d *digest) sub(el nftables.SetElement) {
+	d.n, d.sum = d.n-1, d.sum-elementHash(el.Key, el.Val, el.VerdictData)
+}
+
+// put records d under name in f.
+func (d digest) put(f fingerprint, name string) {
+	f["map "+name], f["elements "+name] = d.n, int(d.sum)
+}
+
+// elementHash is FNV-1a of an element's key, value and verdict, as the
+// kernel lists them (a verdict by its code and chain).
+func elementHash(key, val []byte, v *expr.Verdict) uint64 {
+	h := uint64(14695981039346656037)
+	add := func(b []byte) {
+		for _, c := range b {
+			h = (h ^ uint64(c)) * 1099511628211
+		}
+	}
+	add(key)
+	add([]byte{0xff})
+	add(val)
+	if v != nil {
+		add(binary.BigEndian.AppendUint32(nil, uint32(v.Kind)))
+		add([]byte(v.Chain))
+	}
+	return h
+}
 
 // diff describes how got differs from f, "" when it does not.
 func (f fingerprint) diff(got fingerprint) string {
@@ -32,6 +74,8 @@ func (f fingerprint) diff(got fingerprint) string {
 	for _, k := range slices.Sorted(maps.Keys(f)) {
 		if g, ok := got[k]; !ok {
 			out = append(out, k+" missing")
+		} else if name, ok := strings.CutPrefix(k, "elements "); ok && g != f[k] {
+			out = append(out, "an element of "+name+" changed")
 		} else if g != f[k] {
 			out = append(out, fmt.Sprintf("%s: %d, want %d", k, g, f[k]))
 		}
@@ -127,29 +171,68 @@ func rulesPerChain(c *netlink.Conn, family byte, table, chain string) (map[strin
 	return out, nil
 }
 
-// elementCount counts the elements of set in one dump, without decoding
-// them: the shared slot maps hold hundreds of thousands.
-func elementCount(c *netlink.Conn, family byte, table, set string) (int, error) {
+// elementDigest reads the elements of set in one dump, each only as far
+// as its digest needs: the shared slot maps hold hundreds of thousands.
+func elementDigest(c *netlink.Conn, family byte, table, set string) (digest, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, table)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, set)
-	n := 0
+	var d digest
+	value := func(ad *netlink.AttributeDecoder) (b []byte, v *expr.Verdict) {
+		ad.Nested(func(nad *netlink.AttributeDecoder) error {
+			for nad.Next() {
+				switch nad.Type() {
+				case unix.NFTA_DATA_VALUE:
+					b = nad.Bytes()
+				case unix.NFTA_DATA_VERDICT:
+					v = &expr.Verdict{}
+					nad.Nested(func(vad *netlink.AttributeDecoder) error {
+						for vad.Next() {
+							switch vad.Type() {
+							case unix.NFTA_VERDICT_CODE:
+								v.Kind = expr.VerdictKind(int32(vad.Uint32()))
+							case unix.NFTA_VERDICT_CHAIN:
+								v.Chain = vad.String()
+							}
+						}
+						return nil
+					})
+				}
+			}
+			return nil
+		})
+		return b, v
+	}
 	err := nfQuery(c, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, true, family, ae, func(_ netlink.HeaderType, ad *netlink.AttributeDecoder) {
 		for ad.Next() {
-			if ad.Type() == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-				ad.Nested(func(nad *netlink.AttributeDecoder) error {
-					for nad.Next() {
-						n++
-					}
-					return nil
-				})
+			if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				continue
 			}
+			ad.Nested(func(els *netlink.AttributeDecoder) error {
+				for els.Next() {
+					els.Nested(func(el *netlink.AttributeDecoder) error {
+						var key, val []byte
+						var v *expr.Verdict
+						for el.Next() {
+							switch el.Type() {
+							case unix.NFTA_SET_ELEM_KEY:
+								key, _ = value(el)
+							case unix.NFTA_SET_ELEM_DATA:
+								val, v = value(el)
+							}
+						}
+						d.add(nftables.SetElement{Key: key, Val: val, VerdictData: v})
+						return nil
+					})
+				}
+				return nil
+			})
 		}
 	})
 	if err != nil {
-		return 0, fmt.Errorf("nftables map %s: %w", set, err)
+		return digest{}, fmt.Errorf("nftables map %s: %w", set, err)
 	}
-	return n, nil
+	return d, nil
 }
 
 // readFingerprint reads the table's fingerprint back from the kernel.
@@ -179,31 +262,34 @@ func (n *NFT) readFingerprint(slots bool) (fingerprint, error) {
 	for _, s := range sets {
 		f["set "+s.Name] = 1
 	}
-	var model map[string]int // slot maps' elements, by name
+	var model map[string]digest // slot maps' elements, by name
 	if !slots {
-		model = map[string]int{}
+		model = map[string]digest{}
 		for name, sh := range n.shards {
-			model[name] = sh.elements
+			model[name] = sh.d
 		}
 		for _, s := range n.svcs {
 			if s.chains() && !s.dr {
-				model[s.slots.Name] = len(s.order)
+				model[s.slots.Name] = s.own
 			}
 		}
 	}
 	for _, s := range sets {
-		if _, ok := n.maps[s.Name]; !ok && !slotMap(s.Name) {
+		_, shared := n.maps[s.Name]
+		if !shared && !slotMap(s.Name) {
 			continue // dynamic (persistence)
 		}
-		if c, ok := model[s.Name]; ok {
-			f["map "+s.Name] = c
-			continue
+		d, ok := model[s.Name]
+		if !ok {
+			if d, err = elementDigest(n.gen, unix.NFPROTO_INET, NFTTable, s.Name); err != nil {
+				return nil, err
+			}
 		}
-		els, err := elementCount(n.gen, unix.NFPROTO_INET, NFTTable, s.Name)
-		if err != nil {
-			return nil, err
+		if shared { // counted only: their elements carry counters
+			f["map "+s.Name] = d.n
+		} else {
+			d.put(f, s.Name)
 		}
-		f["map "+s.Name] = els
 	}
 	if n.dr != nil {
 		if err := n.drFingerprint(f); err != nil {
@@ -245,6 +331,9 @@ func (n *NFT) settleChanged(before uint32, old map[Key]*nsvc) error {
 		if o != nil {
 			for _, name := range objectNames(o) {
 				delete(f, name)
+				if m, ok := strings.CutPrefix(name, "map "); ok {
+					delete(f, "elements "+m)
+				}
 			}
 		}
 		s := n.svcs[k]
@@ -252,8 +341,8 @@ func (n *NFT) settleChanged(before uint32, old map[Key]*nsvc) error {
 			continue
 		}
 		for _, name := range objectNames(s) {
-			if strings.HasPrefix(name, "map ") {
-				f[name] = len(s.order) // its own slot map's elements
+			if m, ok := strings.CutPrefix(name, "map "); ok {
+				s.own.put(f, m) // its own slot map's elements
 				continue
 			}
 			chain, ok := strings.CutPrefix(name, "chain ")
@@ -273,7 +362,7 @@ func (n *NFT) settleChanged(before uint32, old map[Key]*nsvc) error {
 	// commit changed some; the check below and every drift read count
 	// the kernel's.
 	for name, sh := range n.shards {
-		f["map "+name] = sh.elements
+		sh.d.put(f, name)
 	}
 	n.seenGen = gen
 	if n.checkBaseline {
@@ -294,7 +383,8 @@ func slotMap(name string) bool { return strings.HasPrefix(name, "sl") }
 
 // objectNames are the fingerprint's names of a service's own chains and
 // sets (not a direct-routing one's: those are in the netdev table); its
-// own slot map also under "map ", for its elements.
+// own slot map also under "map ", for its elements (and their digest,
+// under "elements ").
 func objectNames(s *nsvc) []string {
 	names := []string{fmt.Sprintf("chain s%d", s.id)}
 	if s.slots != nil && s.chains() { // not a shared one

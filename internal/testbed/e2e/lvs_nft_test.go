@@ -420,8 +420,8 @@ func TestNFTDriftRepaired(t *testing.T) {
 	// Another table committed: the generation moves, directord's table
 	// is the same: no repair.
 	s.Director.MustRun("nft", "add", "table", "inet", "other")
-	if n := s.set(t, vs); n != 0 || len((*got)) != 0 {
-		t.Fatalf("a foreign table: %d operations, (*got) %+v", n, (*got))
+	if n := s.set(t, vs); n != 0 || len(*got) != 0 {
+		t.Fatalf("a foreign table: %d operations, repairs %+v", n, *got)
 	}
 
 	for _, edit := range []struct {
@@ -434,11 +434,15 @@ func TestNFTDriftRepaired(t *testing.T) {
 		{"the slot map emptied", []string{"flush", "map", "inet", lvs.NFTTable, "slots4_0"}},
 		{"one slot deleted", []string{"delete", "element", "inet", lvs.NFTTable, "slots4_0",
 			fmt.Sprintf("{ %s . tcp . %d . 0x00000001 }", vipTCP.Addr(), vipTCP.Port())}},
+		// As many slots as before, one of them to the other server.
+		{"one slot pointed elsewhere", []string{fmt.Sprintf("delete element inet %[1]s slots4_0 { %[2]s . tcp . %[3]d . 0x00000001 } ; "+
+			"add element inet %[1]s slots4_0 { %[2]s . tcp . %[3]d . 0x00000001 : %[4]s . %[5]d }",
+			lvs.NFTTable, vipTCP.Addr(), vipTCP.Port(), scene.RealAddr(0), scene.TCPPort)}},
 	} {
 		*got = nil
 		s.Director.MustRun("nft", edit.args...)
-		if n := s.set(t, vs); n == 0 || len((*got)) == 0 || (*got)[0].Kind != "table" {
-			t.Fatalf("%s: the next reconcile did %d operations, (*got) %+v", edit.name, n, (*got))
+		if n := s.set(t, vs); n == 0 || len(*got) == 0 || (*got)[0].Kind != "table" {
+			t.Fatalf("%s: the next reconcile did %d operations, repairs %+v", edit.name, n, *got)
 		}
 		answers("after repairing " + edit.name)
 		if n := s.set(t, vs); n != 0 {
@@ -461,8 +465,8 @@ func TestNFTDriftRepairedPersistent(t *testing.T) {
 		t.Fatal("no slot map of the service's own in nft list maps")
 	}
 	s.Director.MustRun("nft", "delete", "element", "inet", lvs.NFTTable, m[1], "{ 0 }")
-	if n := s.set(t, vs); n == 0 || len((*got)) == 0 || (*got)[0].Kind != "table" {
-		t.Fatalf("a slot deleted from %s: the next reconcile did %d operations, (*got) %+v", m[1], n, (*got))
+	if n := s.set(t, vs); n == 0 || len(*got) == 0 || (*got)[0].Kind != "table" {
+		t.Fatalf("a slot deleted from %s: the next reconcile did %d operations, repairs %+v", m[1], n, *got)
 	}
 	if name, err := s.Ask("", vipTCP.String()); err != nil || !strings.HasPrefix(name, "rs") {
 		t.Fatalf("after the repair: %q, %v", name, err)
