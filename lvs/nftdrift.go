@@ -262,21 +262,12 @@ func (n *NFT) readFingerprint(slots bool) (fingerprint, error) {
 	for _, s := range sets {
 		f["set "+s.Name] = 1
 	}
-	var model map[string]digest // slot maps' elements, by name
+	var model map[string]digest // the maps' elements, by name
 	if !slots {
-		model = map[string]digest{}
-		for name, sh := range n.shards {
-			model[name] = sh.d
-		}
-		for _, s := range n.svcs {
-			if s.chains() && !s.dr {
-				model[s.slots.Name] = s.own
-			}
-		}
+		model = n.modelDigests()
 	}
 	for _, s := range sets {
-		_, shared := n.maps[s.Name]
-		if !shared && !slotMap(s.Name) {
+		if _, shared := n.maps[s.Name]; !shared && !slotMap(s.Name) {
 			continue // dynamic (persistence)
 		}
 		d, ok := model[s.Name]
@@ -285,11 +276,7 @@ func (n *NFT) readFingerprint(slots bool) (fingerprint, error) {
 				return nil, err
 			}
 		}
-		if shared { // counted only: their elements carry counters
-			f["map "+s.Name] = d.n
-		} else {
-			d.put(f, s.Name)
-		}
+		d.put(f, s.Name)
 	}
 	if n.dr != nil {
 		if err := n.drFingerprint(f); err != nil {
@@ -297,6 +284,43 @@ func (n *NFT) readFingerprint(slots bool) (fingerprint, error) {
 		}
 	}
 	return f, nil
+}
+
+// modelDigests are the digests the model says the maps hold: the slot
+// maps' kept as slots come and go; the dispatch maps' (each service's key
+// to its chain) and the endpoint sets' (each endpoint in use) made anew.
+func (n *NFT) modelDigests() map[string]digest {
+	m := map[string]digest{}
+	for name, sh := range n.shards {
+		m[name] = sh.d
+	}
+	for name := range n.maps {
+		m[name] = digest{}
+	}
+	for _, s := range n.svcs {
+		if s.dr {
+			continue // in the netdev table
+		}
+		if s.chains() {
+			m[s.slots.Name] = s.own
+		}
+		name := n.dispatchMap(s.svc.Key).Name
+		d := m[name]
+		d.add(nftables.SetElement{Key: dispatchKey(s.svc.Key), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: fmt.Sprintf("s%d", s.id)}})
+		m[name] = d
+	}
+	for kind, refs := range n.refs {
+		for k := range refs {
+			name := kind + "4"
+			if k.Addr.Addr().Is6() {
+				name = kind + "6"
+			}
+			d := m[name]
+			d.add(nftables.SetElement{Key: dispatchKey(k)})
+			m[name] = d
+		}
+	}
+	return m
 }
 
 // settle records, after a commit of directord's own, the generation and

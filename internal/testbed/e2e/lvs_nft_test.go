@@ -424,23 +424,32 @@ func TestNFTDriftRepaired(t *testing.T) {
 		t.Fatalf("a foreign table: %d operations, repairs %+v", n, *got)
 	}
 
+	args := func(a ...string) func() []string { return func() []string { return a } }
 	for _, edit := range []struct {
 		name string
-		args []string
+		args func() []string // the nft command, made when its turn comes
 	}{
-		{"rules flushed", []string{"flush", "table", "inet", lvs.NFTTable}},
-		{"the service map emptied", []string{"flush", "map", "inet", lvs.NFTTable, "svc4"}},
+		{"rules flushed", args("flush", "table", "inet", lvs.NFTTable)},
+		{"the service map emptied", args("flush", "map", "inet", lvs.NFTTable, "svc4")},
 		// The services' slots, in a map they share.
-		{"the slot map emptied", []string{"flush", "map", "inet", lvs.NFTTable, "slots4_0"}},
-		{"one slot deleted", []string{"delete", "element", "inet", lvs.NFTTable, "slots4_0",
-			fmt.Sprintf("{ %s . tcp . %d . 0x00000001 }", vipTCP.Addr(), vipTCP.Port())}},
-		// As many slots as before, one of them to the other server.
-		{"one slot pointed elsewhere", []string{fmt.Sprintf("delete element inet %[1]s slots4_0 { %[2]s . tcp . %[3]d . 0x00000001 } ; "+
+		{"the slot map emptied", args("flush", "map", "inet", lvs.NFTTable, "slots4_0")},
+		{"one slot deleted", args("delete", "element", "inet", lvs.NFTTable, "slots4_0",
+			fmt.Sprintf("{ %s . tcp . %d . 0x00000001 }", vipTCP.Addr(), vipTCP.Port()))},
+		// As many elements as before, one of them changed.
+		{"one slot pointed elsewhere", args(fmt.Sprintf("delete element inet %[1]s slots4_0 { %[2]s . tcp . %[3]d . 0x00000001 } ; "+
 			"add element inet %[1]s slots4_0 { %[2]s . tcp . %[3]d . 0x00000001 : %[4]s . %[5]d }",
-			lvs.NFTTable, vipTCP.Addr(), vipTCP.Port(), scene.RealAddr(0), scene.TCPPort)}},
+			lvs.NFTTable, vipTCP.Addr(), vipTCP.Port(), scene.RealAddr(0), scene.TCPPort))},
+		{"the service's dispatch moved to another port", func() []string {
+			m := regexp.MustCompile(`goto (s\d+)`).FindStringSubmatch(s.Director.MustRun("nft", "list", "map", "inet", lvs.NFTTable, "svc4"))
+			if m == nil {
+				t.Fatal("no service chain in nft list map svc4")
+			}
+			return []string{fmt.Sprintf("delete element inet %[1]s svc4 { %[2]s . tcp . %[3]d } ; add element inet %[1]s svc4 { %[2]s . tcp . %[4]d : goto %[5]s }",
+				lvs.NFTTable, vipTCP.Addr(), vipTCP.Port(), vipTCP.Port()+1, m[1])}
+		}},
 	} {
 		*got = nil
-		s.Director.MustRun("nft", edit.args...)
+		s.Director.MustRun("nft", edit.args()...)
 		if n := s.set(t, vs); n == 0 || len(*got) == 0 || (*got)[0].Kind != "table" {
 			t.Fatalf("%s: the next reconcile did %d operations, repairs %+v", edit.name, n, *got)
 		}
