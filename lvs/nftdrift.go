@@ -450,7 +450,7 @@ func (n *NFT) drifted() string {
 }
 
 // drFingerprint adds the netdev table of direct routing: its chains'
-// rules, its sets and the elements of its maps, under "dr ".
+// rules, its sets and the digests of its maps, under "dr ".
 func (n *NFT) drFingerprint(f fingerprint) error {
 	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyNetdev)
 	if err != nil {
@@ -470,11 +470,11 @@ func (n *NFT) drFingerprint(f fingerprint) error {
 		return fmt.Errorf("nftables sets: %w", err)
 	}
 	for _, s := range sets {
-		els, err := n.conn.GetSetElements(s)
+		d, err := elementDigest(n.gen, unix.NFPROTO_NETDEV, NFTDRTable, s.Name)
 		if err != nil {
-			return fmt.Errorf("nftables map %s: %w", s.Name, err)
+			return err
 		}
-		f["dr map "+s.Name] = len(els)
+		d.put(f, "dr "+s.Name)
 	}
 	return nil
 }

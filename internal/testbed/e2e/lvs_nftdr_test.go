@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -129,5 +131,25 @@ func TestNFTDirectRouting(t *testing.T) {
 	}
 	if again := tally(t, 30, func() (string, error) { return s.Ask("", vip) }); again["rs3"] != 0 || len(again) != 2 {
 		t.Fatalf("after the repair: %v", again)
+	}
+
+	// A slot pointed at the other server, the count unchanged, is drift
+	// too.
+	m := regexp.MustCompile(`map (sl\d+) \{`).FindStringSubmatch(s.Director.MustRun("nft", "list", "table", "netdev", lvs.NFTDRTable))
+	if m == nil {
+		t.Fatal("no slot map in the netdev table")
+	}
+	els := regexp.MustCompile(`(\d+) : ([^,}\n]+)`).FindAllStringSubmatch(s.Director.MustRun("nft", "list", "map", "netdev", lvs.NFTDRTable, m[1]), -1)
+	other := slices.IndexFunc(els, func(e []string) bool { return strings.TrimSpace(e[2]) != strings.TrimSpace(els[0][2]) })
+	if other < 0 {
+		t.Fatalf("the slots of %s do not name two servers: %v", m[1], els)
+	}
+	s.Director.MustRun("nft", fmt.Sprintf("delete element netdev %[1]s %[2]s { %[3]s } ; add element netdev %[1]s %[2]s { %[3]s : %[4]s }",
+		lvs.NFTDRTable, m[1], els[0][1], strings.TrimSpace(els[other][2])))
+	if n, err := s.rec.Reconcile(); err != nil || n == 0 {
+		t.Fatalf("a slot pointed elsewhere: the next reconcile did %d operations (%v)", n, err)
+	}
+	if again := tally(t, 30, func() (string, error) { return s.Ask("", vip) }); again["rs3"] != 0 || len(again) != 2 {
+		t.Fatalf("after the second repair: %v", again)
 	}
 }
