@@ -1,17 +1,16 @@
 package lvs
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/directord/directord/lvs/lvstest/echo"
 	"github.com/vishvananda/netns"
 )
 
@@ -164,50 +163,20 @@ func (l *ipvsLab) do(ns string, fn func() error) {
 	}
 }
 
-// serve starts a TCP server in ns on port: it answers a connection with
-// name, then echoes lines prefixed with it.
+// serve starts a TCP server in ns on port (echo.Serve) as name.
 func (l *ipvsLab) serve(ns, name string, port int) {
 	var ln net.Listener
 	l.do(ns, func() (err error) { ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); return err })
 	l.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", name)
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s %s", name, line)
-				}
-			}()
-		}
-	}()
+	go echo.Serve(ln, name, nil, nil)
 }
 
-// serveUDP starts a UDP server in ns on port: it answers each datagram
-// with ns's name.
+// serveUDP starts a UDP server in ns on port (echo.ServeUDP) as ns.
 func (l *ipvsLab) serveUDP(ns string, port int) {
 	var pc net.PacketConn
 	l.do(ns, func() (err error) { pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port)); return err })
 	l.t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo([]byte(ns), from)
-		}
-	}()
+	go echo.ServeUDP(pc, ns)
 }
 
 // askUDP sends one datagram from a socket of its own (a new connection
@@ -224,31 +193,15 @@ func (l *ipvsLab) askUDP() (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := c.Write([]byte("who?")); err != nil {
-		return "", err
-	}
-	buf := make([]byte, 64)
-	n, err := c.Read(buf)
-	if err != nil {
-		return "", fmt.Errorf("udp answer: %w", err)
-	}
-	return string(buf[:n]), nil
-}
-
-// labConn is a client connection through the VIP.
-type labConn struct {
-	net.Conn
-	server string
-	r      *bufio.Reader
+	return echo.AskUDP(c)
 }
 
 // open connects from the client to the VIP's port 80 and reads the
 // server's name.
-func (l *ipvsLab) open() (*labConn, error) { return l.openFrom(labClient) }
+func (l *ipvsLab) open() (*echo.Conn, error) { return l.openFrom(labClient) }
 
 // openFrom is open from one of the client's addresses.
-func (l *ipvsLab) openFrom(src string) (*labConn, error) {
+func (l *ipvsLab) openFrom(src string) (*echo.Conn, error) {
 	var c net.Conn
 	var err error
 	l.do("client", func() error {
@@ -259,26 +212,19 @@ func (l *ipvsLab) openFrom(src string) (*labConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	r := bufio.NewReader(c)
-	name, err := r.ReadString('\n')
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("read the server's name: %w", err)
-	}
-	return &labConn{Conn: c, server: strings.TrimSpace(name), r: r}, nil
+	return echo.Greeted(c)
 }
 
 // openTo opens connections until one reaches server (rr alternates:
 // a few suffice) and closes the others.
-func (l *ipvsLab) openTo(t *testing.T, server string) *labConn {
+func (l *ipvsLab) openTo(t *testing.T, server string) *echo.Conn {
 	t.Helper()
 	for range 10 {
 		c, err := l.open()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.server == server {
+		if c.Server == server {
 			t.Cleanup(func() { c.Close() })
 			return c
 		}
@@ -286,15 +232,6 @@ func (l *ipvsLab) openTo(t *testing.T, server string) *labConn {
 	}
 	t.Fatalf("10 connections and none to %s", server)
 	return nil
-}
-
-func (c *labConn) echo(line string) (string, error) {
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
-		return "", err
-	}
-	s, err := c.r.ReadString('\n')
-	return strings.TrimSpace(s), err
 }
 
 // tally opens n connections, each closed at once, and counts them by
@@ -313,7 +250,7 @@ func (l *ipvsLab) tallyFrom(src string, n int) map[string]int {
 		if err != nil {
 			l.t.Fatal(err)
 		}
-		got[c.server]++
+		got[c.Server]++
 		c.Close()
 	}
 	return got
@@ -365,7 +302,7 @@ func TestGuestIPVSPackets(t *testing.T) {
 		if got := l.tally(4); got["rs2"] != 4 {
 			t.Fatalf("with rs1 at its upper threshold, 4 connections went %v", got)
 		}
-		if ans, err := held.echo("over?"); err != nil || ans != "rs1 over?" {
+		if ans, err := held.Echo("over?"); err != nil || ans != "rs1 over?" {
 			t.Fatalf("the connection at the threshold: %q, %v", ans, err)
 		}
 	})
@@ -393,7 +330,7 @@ func TestGuestIPVSPackets(t *testing.T) {
 		if got := l.tally(4); got["rs2"] != 4 {
 			t.Fatalf("new connections while rs1 drains: %v", got)
 		}
-		if ans, err := held.echo("still there?"); err != nil || ans != "rs1 still there?" {
+		if ans, err := held.Echo("still there?"); err != nil || ans != "rs1 still there?" {
 			t.Fatalf("the connection to the draining server: %q, %v", ans, err)
 		}
 		es, _ := d.List()

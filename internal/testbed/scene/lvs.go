@@ -1,18 +1,17 @@
 package scene
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/lvs/lvstest/echo"
 )
 
 const (
@@ -91,37 +90,13 @@ func (s *LVS) Serve(h *lab.Host) {
 		s.Lab.Fatalf("%s: serve: %v", h.Name, err)
 	}
 	var conns sync.Map
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Store(c, true)
-			go func() {
-				defer conns.Delete(c)
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", h.Name)
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s %s\n", h.Name, sc.Text())
-				}
-				if sc.Err() != nil {
-					s.resets.Add(1) // the connection ended in an error (a reset)
-				}
-			}()
+	go echo.Serve(ln, h.Name, func(c net.Conn) { conns.Store(c, true) }, func(c net.Conn, err error) {
+		conns.Delete(c)
+		if err != nil {
+			s.resets.Add(1) // the connection ended in an error (a reset)
 		}
-	}()
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo([]byte(h.Name), from)
-		}
-	}()
+	})
+	go echo.ServeUDP(pc, h.Name)
 	s.mu.Lock()
 	if s.listeners == nil {
 		s.listeners = map[*lab.Host][]func(){}
@@ -194,26 +169,7 @@ func (s *LVS) stopAll() {
 }
 
 // Conn is a client connection through the VIP.
-type Conn struct {
-	net.Conn
-	// Server is the name of the real server that answered.
-	Server string
-	r      *bufio.Reader
-}
-
-// Echo sends a line and returns the server's answer.
-func (c *Conn) Echo(line string) (string, error) { return c.EchoWithin(line, 5*time.Second) }
-
-// EchoWithin is Echo with a deadline of its own, for a path that is being
-// repaired (TCP retransmits until the router has moved).
-func (c *Conn) EchoWithin(line string, d time.Duration) (string, error) {
-	c.SetDeadline(time.Now().Add(d))
-	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
-		return "", err
-	}
-	s, err := c.r.ReadString('\n')
-	return strings.TrimSpace(s), err
-}
+type Conn = echo.Conn
 
 // Open connects from the client (from src, "" for the default address)
 // to addr and reads the server's name.
@@ -230,14 +186,7 @@ func (s *LVS) Open(src, addr string) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	r := bufio.NewReader(c)
-	name, err := r.ReadString('\n')
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("read server name from %s: %w", addr, err)
-	}
-	return &Conn{Conn: c, Server: strings.TrimSpace(name), r: r}, nil
+	return echo.Greeted(c)
 }
 
 // Ask opens a TCP connection, returns the server's name and closes it.
@@ -265,16 +214,7 @@ func (s *LVS) AskUDP(addr string) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte("who")); err != nil {
-		return "", err
-	}
-	buf := make([]byte, 100)
-	n, err := c.Read(buf)
-	if err != nil {
-		return "", err
-	}
-	return string(buf[:n]), nil
+	return echo.AskUDP(c)
 }
 
 // NetNS opens h's namespace file, for data planes working from outside.
