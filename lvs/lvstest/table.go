@@ -32,8 +32,17 @@ type Step struct {
 	Duration time.Duration
 }
 
-// MeasureReconcile reconciles vss into an empty data plane, then after
-// one weight change, then with no change, and times each.
+// The steps MeasureReconcile times, in order.
+const (
+	StepFull     = "full table from empty"
+	StepSettle   = "no change, right after the full table"
+	StepChange   = "one weight change"
+	StepNoChange = "no change"
+)
+
+// MeasureReconcile reconciles vss into an empty data plane, then with no
+// change (as the daemon's next reconcile, within its interval, does), then
+// after one weight change, then with no change again, and times each.
 func MeasureReconcile(r *lvs.Reconciler, vss []lvs.VirtualServer) ([]Step, error) {
 	var steps []Step
 	step := func(name string) error {
@@ -48,7 +57,10 @@ func MeasureReconcile(r *lvs.Reconciler, vss []lvs.VirtualServer) ([]Step, error
 	if err := r.Set(vss); err != nil {
 		return nil, err
 	}
-	if err := step("full table from empty"); err != nil {
+	if err := step(StepFull); err != nil {
+		return nil, err
+	}
+	if err := step(StepSettle); err != nil {
 		return nil, err
 	}
 	changed := make([]lvs.VirtualServer, len(vss))
@@ -59,10 +71,10 @@ func MeasureReconcile(r *lvs.Reconciler, vss []lvs.VirtualServer) ([]Step, error
 	if err := r.Set(changed); err != nil {
 		return nil, err
 	}
-	if err := step("one weight change"); err != nil {
+	if err := step(StepChange); err != nil {
 		return nil, err
 	}
-	if err := step("no change"); err != nil {
+	if err := step(StepNoChange); err != nil {
 		return nil, err
 	}
 	return steps, nil
