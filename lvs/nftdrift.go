@@ -24,12 +24,12 @@ import (
 // rebuilt from the model.
 
 // fingerprint is what is compared: "chain NAME" -> rules, "set NAME" -> 1,
-// "map NAME" -> elements, and for a slot map "elements NAME" -> their
-// digest.
+// and for a map (not a persistence set) "map NAME" -> its elements and
+// "elements NAME" -> their digest's sum.
 type fingerprint map[string]int
 
 // digest is a map's elements, counted and summed (a hash each, so that the
-// order they come in does not matter): a slot pointed at another server by
+// order they come in does not matter): an element pointed elsewhere by
 // hand changes the sum though not the count.
 type digest struct {
 	n   int
