@@ -130,24 +130,28 @@ func dumpConnsOf(c *mdnl.Conn, k Key, addr netip.AddrPort) ([]*netlink.Conntrack
 	proto := protoNum(k.Protocol)
 	ae := mdnl.NewAttributeEncoder()
 	ae.ByteOrder = binary.BigEndian
+	// tuple writes a tuple to match: one address and one port.
+	tuple := func(typ, ipAttr uint16, ip netip.Addr, portAttr, port uint16) {
+		ae.Nested(typ, func(t *mdnl.AttributeEncoder) error {
+			t.Nested(nl.CTA_TUPLE_IP, func(a *mdnl.AttributeEncoder) error {
+				a.Bytes(ipAttr, ip.AsSlice())
+				return nil
+			})
+			t.Nested(nl.CTA_TUPLE_PROTO, func(p *mdnl.AttributeEncoder) error {
+				p.Uint8(nl.CTA_PROTO_NUM, proto)
+				p.Uint16(portAttr, port)
+				return nil
+			})
+			return nil
+		})
+	}
 	var orig, reply uint32
 	if k.FWMark != 0 {
 		ae.Uint32(nl.CTA_MARK, k.FWMark)
 		ae.Uint32(ctaMarkMask, 0xffffffff)
 	} else {
 		orig = ctaFilterIPDst | ctaFilterProtoNum | ctaFilterDstPort
-		ae.Nested(nl.CTA_TUPLE_ORIG, func(t *mdnl.AttributeEncoder) error {
-			t.Nested(nl.CTA_TUPLE_IP, func(ip *mdnl.AttributeEncoder) error {
-				ip.Bytes(dst, k.Addr.Addr().AsSlice())
-				return nil
-			})
-			t.Nested(nl.CTA_TUPLE_PROTO, func(p *mdnl.AttributeEncoder) error {
-				p.Uint8(nl.CTA_PROTO_NUM, proto)
-				p.Uint16(nl.CTA_PROTO_DST_PORT, k.Addr.Port())
-				return nil
-			})
-			return nil
-		})
+		tuple(nl.CTA_TUPLE_ORIG, dst, k.Addr.Addr(), nl.CTA_PROTO_DST_PORT, k.Addr.Port())
 	}
 	if !six {
 		reply = ctaFilterIPSrc
@@ -159,18 +163,7 @@ func dumpConnsOf(c *mdnl.Conn, k Key, addr netip.AddrPort) ([]*netlink.Conntrack
 		}
 	}
 	if reply != 0 {
-		ae.Nested(nl.CTA_TUPLE_REPLY, func(t *mdnl.AttributeEncoder) error {
-			t.Nested(nl.CTA_TUPLE_IP, func(ip *mdnl.AttributeEncoder) error {
-				ip.Bytes(src, addr.Addr().AsSlice())
-				return nil
-			})
-			t.Nested(nl.CTA_TUPLE_PROTO, func(p *mdnl.AttributeEncoder) error {
-				p.Uint8(nl.CTA_PROTO_NUM, proto)
-				p.Uint16(nl.CTA_PROTO_SRC_PORT, addr.Port())
-				return nil
-			})
-			return nil
-		})
+		tuple(nl.CTA_TUPLE_REPLY, src, addr.Addr(), nl.CTA_PROTO_SRC_PORT, addr.Port())
 	}
 	if orig|reply != 0 {
 		ae.Nested(ctaFilter, func(f *mdnl.AttributeEncoder) error {

@@ -208,8 +208,22 @@ type nsvc struct {
 	// shape is what of the real servers the service's rules show, as
 	// programmed (ruleShape).
 	shape string
-	// own is the digest of its own slot map (services with chains).
-	own digest
+}
+
+// ownSlot is slot i, to real server a, in the slot map of service s's own
+// (services with chains): a goto to the server's chain.
+func ownSlot(s *nsvc, i int, a netip.AddrPort) nftables.SetElement {
+	return nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
+		VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: realChain(s.id, s.idx[a])}}
+}
+
+// ownDigest is the digest of the slot map of s's own, as programmed.
+func (s *nsvc) ownDigest() digest {
+	var d digest
+	for i, a := range s.order {
+		d.add(ownSlot(s, i, a))
+	}
+	return d
 }
 
 // ruleShape is what serviceRules takes from the real servers: the slot
@@ -1515,11 +1529,8 @@ func (n *NFT) fillSlots(s *nsvc) {
 			n.conn.FlushSet(s.slots)
 		}
 		els := make([]nftables.SetElement, len(order))
-		s.own = digest{}
 		for i, a := range order {
-			els[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
-				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: realChain(s.id, s.idx[a])}}
-			s.own.add(els[i])
+			els[i] = ownSlot(s, i, a)
 		}
 		if len(els) > 0 {
 			n.elements(s.slots, els, true)

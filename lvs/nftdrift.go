@@ -178,31 +178,6 @@ func elementDigest(c *netlink.Conn, family byte, table, set string) (digest, err
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, table)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, set)
 	var d digest
-	value := func(ad *netlink.AttributeDecoder) (b []byte, v *expr.Verdict) {
-		ad.Nested(func(nad *netlink.AttributeDecoder) error {
-			for nad.Next() {
-				switch nad.Type() {
-				case unix.NFTA_DATA_VALUE:
-					b = nad.Bytes()
-				case unix.NFTA_DATA_VERDICT:
-					v = &expr.Verdict{}
-					nad.Nested(func(vad *netlink.AttributeDecoder) error {
-						for vad.Next() {
-							switch vad.Type() {
-							case unix.NFTA_VERDICT_CODE:
-								v.Kind = expr.VerdictKind(int32(vad.Uint32()))
-							case unix.NFTA_VERDICT_CHAIN:
-								v.Chain = vad.String()
-							}
-						}
-						return nil
-					})
-				}
-			}
-			return nil
-		})
-		return b, v
-	}
 	err := nfQuery(c, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, true, family, ae, func(_ netlink.HeaderType, ad *netlink.AttributeDecoder) {
 		for ad.Next() {
 			if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
@@ -216,9 +191,9 @@ func elementDigest(c *netlink.Conn, family byte, table, set string) (digest, err
 						for el.Next() {
 							switch el.Type() {
 							case unix.NFTA_SET_ELEM_KEY:
-								key, _ = value(el)
+								key, _ = elementData(el)
 							case unix.NFTA_SET_ELEM_DATA:
-								val, v = value(el)
+								val, v = elementData(el)
 							}
 						}
 						d.add(nftables.SetElement{Key: key, Val: val, VerdictData: v})
@@ -235,11 +210,39 @@ func elementDigest(c *netlink.Conn, family byte, table, set string) (digest, err
 	return d, nil
 }
 
+// elementData reads an element's key or data (the attribute ad is at): a
+// value, or a verdict's code and chain.
+func elementData(ad *netlink.AttributeDecoder) (b []byte, v *expr.Verdict) {
+	ad.Nested(func(nad *netlink.AttributeDecoder) error {
+		for nad.Next() {
+			switch nad.Type() {
+			case unix.NFTA_DATA_VALUE:
+				b = nad.Bytes()
+			case unix.NFTA_DATA_VERDICT:
+				v = &expr.Verdict{}
+				nad.Nested(func(vad *netlink.AttributeDecoder) error {
+					for vad.Next() {
+						switch vad.Type() {
+						case unix.NFTA_VERDICT_CODE:
+							v.Kind = expr.VerdictKind(int32(vad.Uint32()))
+						case unix.NFTA_VERDICT_CHAIN:
+							v.Chain = vad.String()
+						}
+					}
+					return nil
+				})
+			}
+		}
+		return nil
+	})
+	return b, v
+}
+
 // readFingerprint reads the table's fingerprint back from the kernel.
 // Dynamic sets (persistence, filled by packets) count by name only. The
-// shared slot maps' elements are counted in the kernel when slots, else
-// taken from the model (reading half a million back took a third of a
-// second after a full table).
+// maps' digests are read from the kernel when slots, else taken from the
+// model (reading half a million slots back took a third of a second
+// after a full table).
 func (n *NFT) readFingerprint(slots bool) (fingerprint, error) {
 	f := fingerprint{}
 	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
@@ -302,7 +305,7 @@ func (n *NFT) modelDigests() map[string]digest {
 			continue // in the netdev table
 		}
 		if s.chains() {
-			m[s.slots.Name] = s.own
+			m[s.slots.Name] = s.ownDigest()
 		}
 		name := n.dispatchMap(s.svc.Key).Name
 		d := m[name]
@@ -366,7 +369,7 @@ func (n *NFT) settleChanged(before uint32, old map[Key]*nsvc) error {
 		}
 		for _, name := range objectNames(s) {
 			if m, ok := strings.CutPrefix(name, "map "); ok {
-				s.own.put(f, m) // its own slot map's elements
+				s.ownDigest().put(f, m) // its own slot map's elements
 				continue
 			}
 			chain, ok := strings.CutPrefix(name, "chain ")
