@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -71,9 +72,13 @@ func TestClusterRefusesUnauthenticated(t *testing.T) {
 		})
 	}
 	// The first refusal is logged with its reason; the rest are counted.
-	if !strings.Contains(l.log.String(), "raft: peer refused") {
-		t.Fatalf("no refusal logged:\n%s", l.log.String())
-	}
+	// It is counted before it is logged, so the log is waited for.
+	waitFor(t, 5*time.Second, func() error {
+		if !strings.Contains(l.log.String(), "raft: peer refused") {
+			return fmt.Errorf("no refusal logged:\n%s", l.log.String())
+		}
+		return nil
+	})
 	// A member's genuine certificate, speaking to Raft as another member:
 	// refused at its first request.
 	liar, err := newStream("127.0.0.1:0", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, issue(t, ca, "n1"),

@@ -786,23 +786,24 @@ func TestStatusDumps(t *testing.T) {
 	for _, tc := range []struct{ kind, file string }{{"data", "directord.json"}, {"stats", "directord.stats.json"}} {
 		h.dump <- tc.kind
 		path := filepath.Join(dir, tc.file)
+		// The file is written before the line is logged, so both are
+		// waited for: checking the log as soon as the file parses raced.
+		logged := fmt.Sprintf(`msg="status dumped" kind=%s file=%s`, tc.kind, path)
 		var doc api.Document
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			b, err := os.ReadFile(path)
-			if err == nil && json.Unmarshal(b, &doc) == nil {
+			parsed := err == nil && json.Unmarshal(b, &doc) == nil
+			if parsed && strings.Contains(h.log.String(), logged) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: %v", path, err)
+				t.Fatalf("%s: parsed %v (%v), logged %v", path, parsed, err, strings.Contains(h.log.String(), logged))
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 		if doc.VRRP == nil || doc.LVS == nil || (tc.kind == "data") != (doc.Node != nil) {
 			t.Fatalf("%s dump: node %v, vrrp %v, lvs %v", tc.kind, doc.Node != nil, doc.VRRP != nil, doc.LVS != nil)
-		}
-		if !strings.Contains(h.log.String(), "status dumped") {
-			t.Fatal("the dump was not logged")
 		}
 	}
 }
