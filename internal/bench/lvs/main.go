@@ -2,8 +2,9 @@
 // services with 10 real servers each from empty, then with no change, then
 // after one weight change, then with no change, on the nftables data plane in a lab
 // namespace (anchor: nft -f) and on IPVS in the qemu guest (anchor:
-// ipvsadm -R), and writes the times and kernel operation counts to
-// docs/benchmarks.md.
+// ipvsadm -R); it times nftables's persistence upkeep and counts the
+// flows sh and mh move when a server leaves; and it writes the times,
+// kernel operation counts and flows to docs/benchmarks.md.
 package main
 
 import (
@@ -74,6 +75,10 @@ func run(services, reals, runs int, out string, nftOnly bool, targets *report.Ta
 		keep = append(keep, d)
 		renewed[n] = true
 	}
+	moved, err := movedRun()
+	if err != nil {
+		return fmt.Errorf("flows moved: %w", err)
+	}
 	if nftOnly {
 		return nil
 	}
@@ -104,6 +109,12 @@ func run(services, reals, runs int, out string, nftOnly bool, targets *report.Ta
 	upkeep, upkeepRuns := report.Median(keep)
 	targets.Check(fmt.Sprintf("persistence upkeep of %d clients under 250 ms on nftables", keepClients), upkeep < 250*time.Millisecond, "%s (%s)", round(upkeep), upkeepRuns)
 	targets.Check(fmt.Sprintf("it renews exactly the %d clients with a connection open", keepOpen), len(renewed) == 1 && renewed[keepOpen], "%v", slices.Sorted(maps.Keys(renewed)))
+	for _, row := range moved {
+		if row.bounded() {
+			targets.Check(fmt.Sprintf("%s: when one of %d servers %s, at most 1/N + 1 %% of the flows move", row.Sched, movedServers, row.How),
+				row.withinBound(), "%s of %d", row.movedText(), row.Flows)
+		}
+	}
 	for _, w := range []struct {
 		step string
 		ops  int
@@ -122,7 +133,7 @@ func run(services, reals, runs int, out string, nftOnly bool, targets *report.Ta
 			targets.Check(fmt.Sprintf("%s: %s issues exactly %d kernel operation(s)", plane.name, ipvs[i].Name, want), got == want, "%d", got)
 		}
 	}
-	return write(out, services, reals, runs, nft, ipvs, upkeep, *targets)
+	return write(out, services, reals, runs, nft, ipvs, upkeep, moved, *targets)
 }
 
 // inLab runs fn with an nftables data plane and its reconciler in a
@@ -206,7 +217,7 @@ func parseGuest(out string) []lvstest.Step {
 	return steps
 }
 
-func write(path string, services, reals, runs int, nft [][]lvstest.Step, ipvs []lvstest.Step, upkeep time.Duration, targets report.Targets) error {
+func write(path string, services, reals, runs int, nft [][]lvstest.Step, ipvs []lvstest.Step, upkeep time.Duration, moved []movedRow, targets report.Targets) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Load-balancer reconcile (`make bench-lvs`)\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s. %d TCP wrr virtual services with %d NAT real servers each\n", time.Now().UTC().Format("2006-01-02"), report.Machine(), services, reals)
@@ -243,9 +254,10 @@ func write(path string, services, reals, runs int, nft [][]lvstest.Step, ipvs []
 	}
 	fmt.Fprintf(&b, "\nPersistence upkeep (nftables renews a persistent client's entry while it has a connection open,\n")
 	fmt.Fprintf(&b, "as IPVS keeps its template, once a reconcile interval): %d IPv6 clients of %d persistent services\n", keepClients, keepServices)
-	fmt.Fprintf(&b, "about to expire, %d of them with a connection open in conntrack, one KeepPersistence call in a\n", keepOpen)
+	fmt.Fprintf(&b, "due to expire (%s left), %d of them with a connection open in conntrack, one KeepPersistence call in a\n", keepExpires, keepOpen)
 	fmt.Fprintf(&b, "namespace of its own: median %s over %d runs (it reads the persistence sets and conntrack and\n", round(upkeep), runs)
 	fmt.Fprintf(&b, "renews in one transaction).\n")
+	writeMoved(&b, moved)
 	b.WriteString("\n" + targets.Markdown())
 	fmt.Fprintf(&b, "\nWhere the time goes (CPU profiles and kernel experiments on this table, 2026-12-05): the kernel\n")
 	fmt.Fprintf(&b, "finds a table's sets by walking a list of them, so a slot map per service made the full table\n")

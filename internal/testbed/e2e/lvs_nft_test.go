@@ -713,27 +713,19 @@ func TestNFTSlotMapsShared(t *testing.T) {
 // spreads clients over both servers, sh keeps a client on one.
 func TestNFTIPv6(t *testing.T) {
 	s := newNFTScene(t, 2)
-	s.Client.AddAddr("eth0", "2001:db8::50/64")
-	s.Director.AddAddr("eth0", "2001:db8::11/64")
-	s.Director.AddAddr("eth0", "2001:db8::100/128")
-	s.Director.AddAddr("eth1", "2001:db8:1::1/64")
-	s.Sysctl(s.Director, "net/ipv6/conf/all/forwarding", "1")
-	for i, h := range s.Reals { // their servers listen on both families
-		h.AddAddr("eth0", fmt.Sprintf("2001:db8:1::%d/64", 11+i))
-		h.IP("-6", "route", "add", "default", "via", "2001:db8:1::1")
-	}
+	s.AddIPv6()
 	real6 := func(i int) lvs.Real {
-		return lvs.Real{Addr: netip.MustParseAddrPort(fmt.Sprintf("[2001:db8:1::%d]:%d", 11+i, scene.TCPPort)), Weight: 1, Method: lvs.NAT}
+		return lvs.Real{Addr: netip.AddrPortFrom(netip.MustParseAddr(scene.RealAddr6(i)), scene.TCPPort), Weight: 1, Method: lvs.NAT}
 	}
 	vs := func(port uint16, sched string) lvs.VirtualServer {
 		return lvs.VirtualServer{Name: sched, Service: lvs.Service{Key: lvs.Key{Protocol: lvs.TCP,
-			Addr: netip.AddrPortFrom(netip.MustParseAddr("2001:db8::100"), port)}, Scheduler: sched},
+			Addr: netip.AddrPortFrom(netip.MustParseAddr(scene.VIP6), port)}, Scheduler: sched},
 			Reals: []lvs.Real{real6(0), real6(1)}}
 	}
 	s.set(t, vs(80, "rr"), vs(81, "sh"))
 	ask := func(port int) string {
 		t.Helper()
-		name, err := s.Ask("", fmt.Sprintf("[2001:db8::100]:%d", port))
+		name, err := s.Ask("", fmt.Sprintf("[%s]:%d", scene.VIP6, port))
 		if err != nil {
 			t.Fatalf("port %d: %v", port, err)
 		}

@@ -67,6 +67,31 @@ func NewLVS(l *lab.Lab, n int) *LVS {
 	return s
 }
 
+// The scene's IPv6 addresses, once AddIPv6 has run.
+const (
+	VIP6      = "2001:db8::100"
+	ClientIP6 = "2001:db8::50"
+)
+
+// RealAddr6 is the i-th real server's IPv6 address (from 0).
+func RealAddr6(i int) string { return fmt.Sprintf("2001:db8:1::%x", 0x11+i) }
+
+// AddIPv6 gives the scene IPv6 beside IPv4: the client ClientIP6, the
+// director VIP6 and a forwarding leg on each side, the real servers
+// RealAddr6 routed through the director (their servers already listen on
+// both families).
+func (s *LVS) AddIPv6() {
+	s.Client.AddAddr("eth0", ClientIP6+"/64")
+	s.Director.AddAddr("eth0", "2001:db8::11/64")
+	s.Director.AddAddr("eth0", VIP6+"/128")
+	s.Director.AddAddr("eth1", "2001:db8:1::1/64")
+	s.Sysctl(s.Director, "net/ipv6/conf/all/forwarding", "1")
+	for i, h := range s.Reals {
+		h.AddAddr("eth0", RealAddr6(i)+"/64")
+		h.IP("-6", "route", "add", "default", "via", "2001:db8:1::1")
+	}
+}
+
 // Sysctl writes /proc/sys/<key> inside h.
 func (s *LVS) Sysctl(h *lab.Host, key, value string) {
 	if err := h.Sysctl(key, value); err != nil {
