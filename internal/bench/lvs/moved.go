@@ -55,7 +55,7 @@ func (r movedRow) bounded() bool { return r.Sched == "mh" || r.How == leaveDrain
 
 // movedText is the flows moved, in all and by kind.
 func (r movedRow) movedText() string {
-	text := fmt.Sprintf("%d (%.1f %%: %d of its own, %d others)", r.Own+r.Others, 100*float64(r.Own+r.Others)/float64(r.Flows), r.Own, r.Others)
+	text := fmt.Sprintf("%d (%.1f %%: %d of its own, %d of the others)", r.Own+r.Others, 100*float64(r.Own+r.Others)/float64(r.Flows), r.Own, r.Others)
 	if r.StayedOnLeft > 0 || r.Fails > 0 {
 		text += fmt.Sprintf("; %d stayed on the server that left, %d failed", r.StayedOnLeft, r.Fails)
 	}
