@@ -45,10 +45,7 @@ func keepRun() (d time.Duration, renewed int, err error) {
 			}
 			vss = append(vss, vs)
 		}
-		if err := r.Set(vss); err != nil {
-			return err
-		}
-		if _, err := r.Reconcile(); err != nil {
+		if err := apply(r, vss); err != nil {
 			return err
 		}
 		ct, err := conntrack.Dial(&netlink.Config{NetNS: int(ns.Fd())})

@@ -24,6 +24,7 @@ import (
 	"github.com/directord/directord/internal/bench/report"
 	"github.com/directord/directord/internal/testbed/guest"
 	"github.com/directord/directord/internal/testbed/lab"
+	"github.com/directord/directord/internal/testbed/scene"
 	"github.com/directord/directord/lvs"
 	"github.com/directord/directord/lvs/lvstest"
 )
@@ -143,8 +144,13 @@ func inLab(fn func(l *lab.Lab, ns *os.File, dp *lvs.NFT, r *lvs.Reconciler) erro
 	defer lab.Recover(&err)
 	l := lab.Open(func(string, ...any) {})
 	defer l.Close()
-	h := l.AddHost("dir")
-	ns, err := os.Open("/run/netns/" + h.NS)
+	return onHost(l.AddHost("dir"), func(ns *os.File, dp *lvs.NFT, r *lvs.Reconciler) error { return fn(l, ns, dp, r) })
+}
+
+// onHost runs fn with an nftables data plane and its reconciler in h's
+// namespace, and closes them after.
+func onHost(h *lab.Host, fn func(ns *os.File, dp *lvs.NFT, r *lvs.Reconciler) error) error {
+	ns, err := scene.NetNS(h)
 	if err != nil {
 		return err
 	}
@@ -158,7 +164,16 @@ func inLab(fn func(l *lab.Lab, ns *os.File, dp *lvs.NFT, r *lvs.Reconciler) erro
 	if err != nil {
 		return err
 	}
-	return fn(l, ns, dp, r)
+	return fn(ns, dp, r)
+}
+
+// apply sets the table and reconciles it.
+func apply(r *lvs.Reconciler, vss []lvs.VirtualServer) error {
+	if err := r.Set(vss); err != nil {
+		return err
+	}
+	_, err := r.Reconcile()
+	return err
 }
 
 func nftRun(table []lvs.VirtualServer) (steps []lvstest.Step, err error) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -89,20 +90,15 @@ func movedRun() (rows []movedRow, err error) {
 	s.Client.IP("-6", "route", "add", "local", movedPrefix, "dev", "lo")
 	s.Sysctl(s.Client, "net/ipv6/ip_nonlocal_bind", "1")
 	s.Director.IP("-6", "route", "add", movedPrefix, "via", scene.ClientIP6)
-	ns, err := scene.NetNS(s.Director)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	dp, err := lvs.NewNFT(lvs.NFTOptions{NetNS: int(ns.Fd())})
-	if err != nil {
-		return nil, err
-	}
-	defer dp.Close()
-	r, err := lvs.NewReconciler(dp, lvs.Options{})
-	if err != nil {
-		return nil, err
-	}
+	err = onHost(s.Director, func(_ *os.File, dp *lvs.NFT, r *lvs.Reconciler) error {
+		rows, err = movedFlows(s, dp, r)
+		return err
+	})
+	return rows, err
+}
+
+// movedFlows is movedRun's measure, on its scene's data plane.
+func movedFlows(s *scene.LVS, dp *lvs.NFT, r *lvs.Reconciler) (rows []movedRow, err error) {
 	vip := netip.AddrPortFrom(netip.MustParseAddr(scene.VIP6), 80)
 	for i, sched := range []string{"sh", "mh"} {
 		key := lvs.Key{Protocol: lvs.TCP, Addr: netip.AddrPortFrom(vip.Addr(), vip.Port()+uint16(i))}
@@ -159,15 +155,6 @@ func movedRun() (rows []movedRow, err error) {
 		}
 	}
 	return rows, nil
-}
-
-// apply sets the table and reconciles it.
-func apply(r *lvs.Reconciler, vss []lvs.VirtualServer) error {
-	if err := r.Set(vss); err != nil {
-		return err
-	}
-	_, err := r.Reconcile()
-	return err
 }
 
 // gone reconciles until the kernel no longer holds addr in key's service.
